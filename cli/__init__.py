@@ -1,0 +1,1 @@
+"""The ``residency`` command line."""

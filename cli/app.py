@@ -1,0 +1,143 @@
+"""``residency``: run the demo or a federated job in simulation.
+
+Exit codes: 0 success; 2 invalid input (job file, node data), with one line naming file, field
+and fix; 3 the federation failed (e.g. no node produced a valid update); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from residency.common.version import __version__
+from residency.common.config.job import Job, load_job
+from residency.common.errors import ConfigError, DataError
+
+app = typer.Typer(
+    help="Federated fine-tuning of BERT-family models with per-country differential privacy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_INPUT = 2
+EXIT_FAILED = 3
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"residency {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Residency command line."""
+
+
+def _default_output(job: Job) -> Path:
+    return Path("runs") / f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
+    from residency.cli.progress import RichObserver, results_table
+    from residency.cli.run_log import log_to_file
+    from residency.server.federation import JobFailed
+    from residency.cli.simulation import simulate
+
+    if out_dir.exists() and any(out_dir.iterdir()) and (out_dir / "results.json").exists():
+        raise _fail(
+            f"{out_dir}: output folder already holds a run; fix: pass a new --output folder",
+            EXIT_INPUT,
+        )
+    console.print(
+        f"[bold]{job.name}[/]: {len(job.nodes)} countries ({', '.join(n.country for n in job.nodes)}),"
+        f" {job.train.rounds} rounds, {job.train.update} updates, target ε={job.privacy.target_epsilon:g}"
+        f" δ={job.privacy.delta:g} per country; output {out_dir}"
+    )
+    started = time.perf_counter()
+    try:
+        with log_to_file(out_dir / "residency.log"), RichObserver(job, console) as observer:
+            results = simulate(job, job_path, out_dir=out_dir, observer=observer)
+    except (ConfigError, DataError) as exc:
+        raise _fail(str(exc), EXIT_INPUT) from exc
+    except JobFailed as exc:
+        raise _fail(f"{exc} (log: {out_dir / 'residency.log'})", EXIT_FAILED) from exc
+    console.print(results_table(results, [n.country for n in job.nodes]))
+    if results.final is not None:
+        acc = results.final.accuracy
+        f1 = results.final.macro_f1
+        if acc is not None and f1 is not None:
+            console.print(f"final accuracy {100 * acc:.1f}%, macro-F1 {100 * f1:.1f}%")
+    console.print(
+        f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}, "
+        f"model in {out_dir / 'model'}, log {out_dir / 'residency.log'}"
+    )
+
+
+@app.command()
+def simulate(
+    job_file: Annotated[Path, typer.Argument(help="Job TOML file with [[nodes]] tables.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default runs/NAME-TIME).")
+    ] = None,
+) -> None:
+    """Run a federated job on Flower's simulation engine, one virtual node per country."""
+    try:
+        job = load_job(job_file)
+        job.require_nodes(job_file)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_INPUT) from exc
+    _run_simulation(job, job_file, output or _default_output(job))
+
+
+@app.command()
+def demo(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default runs/NAME-TIME).")
+    ] = None,
+    countries: Annotated[
+        str, typer.Option(help="Comma-separated countries from DE, FR, ES, BR, CN, US.")
+    ] = "DE,FR,ES",
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    examples: Annotated[int, typer.Option(min=50, help="Training notes per country.")] = 400,
+    epsilon: Annotated[float, typer.Option(min=0.1, help="Target epsilon per country.")] = 8.0,
+    model: Annotated[str, typer.Option(help='"minilm", "tiny" or a checkpoint folder.')] = "minilm",
+) -> None:
+    """Generate a synthetic multilingual triage federation and fine-tune MiniLM on it with DP."""
+    from residency.cli.demo import write_demo_job
+
+    out_dir = output or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        job, job_path = write_demo_job(
+            out_dir / "data",
+            countries=[c.strip().upper() for c in countries.split(",") if c.strip()],
+            rounds=rounds,
+            examples_per_country=examples,
+            target_epsilon=epsilon,
+            model=model,
+        )
+    except (ValueError, ConfigError) as exc:
+        raise _fail(str(exc), EXIT_INPUT) from exc
+    console.print(f"demo data (synthetic, generated locally) in {job_path.parent}")
+    _run_simulation(job, job_path, out_dir)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,114 @@
+"""Live terminal view of a federation: round and node-epoch progress, then a results table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from residency.common.config.job import Job
+from residency.server.results import NodeRound, NodeStatus, Results, RoundResult
+
+
+def human_bytes(count: int) -> str:
+    """``1536`` -> ``1.5 KB`` (decimal units, as network tools report)."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+class RichObserver:
+    """Implements ``FederationObserver`` with a rich progress display."""
+
+    def __init__(self, job: Job, console: Console) -> None:
+        self.job = job
+        self.console = console
+        self.countries = [node.country for node in job.nodes]
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.rounds = self.progress.add_task("rounds", total=job.train.rounds)
+        self.epochs = self.progress.add_task(
+            "local epochs", total=len(job.nodes) * job.train.local_epochs
+        )
+
+    def __enter__(self) -> RichObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def round_started(self, server_round: int, nodes: int) -> None:
+        """Reset the node-epoch bar for the new round."""
+        self.progress.update(
+            self.epochs,
+            completed=0,
+            total=nodes * self.job.train.local_epochs,
+            description=f"round {server_round}: local epochs",
+        )
+
+    def node_finished(self, server_round: int, report: NodeRound) -> None:
+        """Advance by the epochs the node trained; print refusals and failures verbatim."""
+        self.progress.advance(self.epochs, self.job.train.local_epochs)
+        if report.status is not NodeStatus.OK:
+            self.console.print(
+                f"[yellow]round {server_round}: {report.country} {report.status}: {report.reason}"
+            )
+
+    def round_finished(self, result: RoundResult) -> None:
+        """Advance the round bar and print a one-line summary."""
+        self.progress.advance(self.rounds)
+        eps = "  ".join(
+            f"{n.country} ε={n.epsilon:.2f}" for n in result.nodes if n.epsilon is not None
+        )
+        self.console.print(
+            f"round {result.round}: accuracy {_pct(result.accuracy)}  "
+            f"macro-F1 {_pct(result.macro_f1)}  {eps}  "
+            f"↑{human_bytes(result.bytes_up)} ↓{human_bytes(result.bytes_down)}"
+        )
+
+
+def results_table(results: Results, countries: list[str]) -> Table:
+    """One row per round: global scores, each country's cumulative epsilon, bytes up/down."""
+    table = Table(title=f"{results.job}: federated rounds", header_style="bold")
+    table.add_column("round", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("macro-F1", justify="right")
+    for country in countries:
+        table.add_column(f"ε {country}", justify="right")
+    table.add_column("bytes up", justify="right")
+    table.add_column("bytes down", justify="right")
+    table.add_column("time", justify="right")
+    rows = ([results.baseline] if results.baseline else []) + results.rounds
+    for row in rows:
+        by_country = {node.country: node for node in row.nodes}
+        eps = []
+        for country in countries:
+            node = by_country.get(country)
+            if node is None or node.epsilon is None:
+                eps.append("-" if node is None else str(node.status))
+            else:
+                eps.append(f"{node.epsilon:.2f}")
+        table.add_row(
+            str(row.round) if row.round else "start",
+            _pct(row.accuracy),
+            _pct(row.macro_f1),
+            *eps,
+            human_bytes(row.bytes_up),
+            human_bytes(row.bytes_down),
+            f"{row.seconds:.1f} s",
+        )
+    return table

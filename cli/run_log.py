@@ -1,0 +1,44 @@
+"""Send Flower's and Residency's logs to the run's log file instead of the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+LOGGERS = ("flwr", "residency")
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """While active, every record of the ``flwr`` and ``residency`` loggers goes to ``path``.
+
+    Flower's own console handler is muted for the duration (the CLI draws its own progress),
+    and restored afterwards.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved: list[tuple[logging.Handler, int]] = []
+    propagate: dict[str, bool] = {}
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for existing in logger.handlers:
+            saved.append((existing, existing.level))
+            existing.setLevel(logging.CRITICAL + 1)
+        propagate[name] = logger.propagate
+        logger.propagate = False
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name in LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.propagate = propagate[name]
+        for existing, level in saved:
+            existing.setLevel(level)
+        handler.close()

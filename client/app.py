@@ -1,0 +1,202 @@
+"""The Flower ClientApp a country node runs: validate, account, train privately, reply.
+
+The node decides everything privacy-relevant itself: its data path comes from its own
+settings file, the noise multiplier from its own dataset size and the job's target, and it
+refuses a round whose projected epsilon would exceed the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from residency.common.version import __version__
+from residency.client.egress import egress_guard
+from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
+from residency.client.privacy_state import load_state, save_state
+from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
+from residency.common import wire
+from residency.common.config.round_plan import RoundPlan
+from residency.common.data.encoding import encode
+from residency.common.data.readers import read_labeled_texts
+from residency.common.data.records import LabeledTexts
+from residency.common.device import pick_compute
+from residency.common.errors import BudgetExceeded, ConfigError, DataError
+from residency.common.model import (
+    ModelSpec,
+    base_fingerprint,
+    build_classifier,
+    load_tokenizer,
+    load_trainable_state,
+    trainable_state,
+)
+from residency.common.privacy.accountant import (
+    compose,
+    epsilon_spent,
+    noise_for_target,
+    poisson_schedule,
+)
+
+log = logging.getLogger("residency.node")
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _records(path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]) -> LabeledTexts:
+    del mtime_ns  # part of the cache key only: an edited file is read again
+    return read_labeled_texts(path, text_column=text, label_column=label, labels=labels)
+
+
+def _load_records(settings: NodeSettings, plan: RoundPlan) -> LabeledTexts:
+    path = settings.data
+    mtime = path.stat().st_mtime_ns if path.exists() else 0
+    return _records(path, mtime, plan.text_column, plan.label_column, tuple(plan.labels))
+
+
+@lru_cache(maxsize=8)
+def _log_to(path: Path) -> None:
+    """Send this process's node log to the operator's file (once per path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("residency", "flwr"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("residency").setLevel(logging.INFO)
+
+
+def _spec(plan: RoundPlan) -> ModelSpec:
+    return ModelSpec(
+        source=plan.model,
+        labels=tuple(plan.labels),
+        update=plan.update,
+        lora_rank=plan.lora_rank,
+        lora_alpha=plan.lora_alpha,
+        lora_targets=tuple(plan.lora_targets),
+        seed=plan.seed,
+    )
+
+
+def _round_seed(plan: RoundPlan, country: str) -> int:
+    return (plan.seed * 1_000_003 + plan.server_round * 7_919 + sum(map(ord, country))) % 2**31
+
+
+def _train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
+    settings = load_node_settings(node_settings_path(dict(context.node_config)))
+    if settings.log is not None:
+        _log_to(settings.log)
+    plan = RoundPlan.from_record(msg.content.config_records[wire.CONFIG])
+    records = _load_records(settings, plan)
+    examples = len(records)
+    if plan.delta >= 1.0 / examples:
+        raise BudgetExceeded(
+            f"{settings.country} refused round {plan.server_round}: delta {plan.delta:g} is not "
+            f"below 1/{examples} examples"
+        )
+    sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=plan.batch_size)
+    round_steps = plan.local_epochs * steps_per_epoch
+    state = load_state(context)
+    dataset = records.fingerprint()
+    noise_key = f"{plan.job}:{dataset}"
+    noise = state.noise.get(noise_key)
+    if noise is None:
+        noise = noise_for_target(
+            target_epsilon=plan.target_epsilon,
+            delta=plan.delta,
+            sample_rate=sample_rate,
+            steps=plan.rounds * round_steps,
+            kind=plan.accountant,
+        )
+        state = state.with_noise(noise_key, noise)
+    before = state.history(dataset)
+    spent = epsilon_spent(before, delta=plan.delta, kind=plan.accountant)
+    projected = epsilon_spent(
+        compose(before, (noise, sample_rate, round_steps)), delta=plan.delta, kind=plan.accountant
+    )
+    if projected > plan.target_epsilon * 1.0001:
+        raise BudgetExceeded(
+            f"{settings.country} refused round {plan.server_round}: budget "
+            f"{plan.target_epsilon:.2f}, spent {spent:.2f}, round needs {projected - spent:.2f}"
+        )
+
+    spec = _spec(plan)
+    model = build_classifier(spec)
+    if base_fingerprint(model) != plan.base_fingerprint:
+        raise ConfigError(
+            f"{settings.country}: model {plan.model!r}: local base weights differ from the "
+            "coordinator's; fix: install the same checkpoint on every node"
+        )
+    load_trainable_state(model, _received_arrays(msg))
+    data = encode(records.texts, records.labels, load_tokenizer(plan.model), max_length=plan.max_length)
+    outcome = train_dp_round(
+        model,
+        data,
+        schedule=LocalSchedule(
+            epochs=plan.local_epochs,
+            batch_size=plan.batch_size,
+            learning_rate=plan.learning_rate,
+            seed=_round_seed(plan, settings.country),
+        ),
+        dp=DpSgdSettings(
+            noise_multiplier=noise, max_grad_norm=plan.max_grad_norm, accountant=plan.accountant
+        ),
+        history=before,
+        compute=pick_compute(),
+    )
+    state = state.with_history(dataset, outcome.history)
+    save_state(context, state)
+    total = epsilon_spent(outcome.history, delta=plan.delta, kind=plan.accountant)
+    log.info("%s round %d: eps %.3f (+%.3f)", settings.country, plan.server_round, total, total - spent)
+
+    update = ArrayRecord(trainable_state(model))
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: examples,
+            wire.TRAIN_LOSS: outcome.mean_loss,
+            wire.STEPS: outcome.steps,
+            wire.EPSILON: total,
+            wire.EPSILON_ROUND: total - spent,
+            wire.DELTA: plan.delta,
+            wire.NOISE_MULTIPLIER: noise,
+            wire.SAMPLE_RATE: outcome.sample_rate,
+            wire.MAX_GRAD_NORM: plan.max_grad_norm,
+            wire.TRAIN_SECONDS: time.perf_counter() - started,
+        }
+    )
+    node = ConfigRecord(
+        {
+            wire.COUNTRY: settings.country,
+            wire.ACCOUNTANT: plan.accountant.value,
+            wire.DATASET_FINGERPRINT: dataset,
+            wire.VERSION: __version__,
+        }
+    )
+    return Message(
+        RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.NODE: node}), reply_to=msg
+    )
+
+
+def _received_arrays(msg: Message) -> dict[str, np.ndarray]:
+    record = msg.content.array_records[wire.ARRAYS]
+    return {name: array.numpy() for name, array in record.items()}
+
+
+@app.train(mods=[egress_guard])
+def train(msg: Message, context: Context) -> Message:
+    """Train one round; refusals and local faults become error replies with safe reasons."""
+    try:
+        return _train(msg, context)
+    except BudgetExceeded as exc:
+        log.warning("%s", exc)
+        return Message(Error(wire.REFUSED, str(exc)), reply_to=msg)
+    except (ConfigError, DataError) as exc:
+        log.error("%s", exc)
+        return Message(Error(wire.NODE_FAULT, "node configuration or data invalid"), reply_to=msg)

@@ -1,0 +1,89 @@
+"""Egress guard: a Flower mod that lets only allow-listed content leave the node.
+
+Whatever the training code put in a reply, only these pass: arrays whose names, shapes and
+dtypes match the trainable tensors the coordinator sent, numeric metrics from the wire
+contract, and identifier fields matching fixed patterns. Anything else (text, token ids,
+labels, extra records) is dropped and logged as a violation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import numpy as np
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from residency.common import wire
+
+log = logging.getLogger("residency.egress")
+
+SAFE_REASON = re.compile(r"[A-Za-z0-9 .,:;()=<>/_+-]{1,400}")
+GENERIC_REASON = "node error withheld by the egress guard (see the node's log)"
+
+
+def _guard_arrays(sent: ArrayRecord, reply: ArrayRecord) -> ArrayRecord:
+    kept = ArrayRecord()
+    for name, array in reply.items():
+        ref = sent.get(name)
+        if ref is None or tuple(array.shape) != tuple(ref.shape) or array.dtype != ref.dtype:
+            log.warning("egress violation: array %r dropped (not a trainable tensor)", name)
+            continue
+        if not np.issubdtype(np.dtype(array.dtype), np.floating):
+            log.warning("egress violation: array %r dropped (dtype %s)", name, array.dtype)
+            continue
+        kept[name] = array
+    return kept
+
+
+def _guard_metrics(reply: MetricRecord) -> MetricRecord:
+    kept = MetricRecord()
+    for key, value in reply.items():
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if key in wire.REPLY_METRICS and numeric and math.isfinite(float(value)):
+            kept[key] = value
+        else:
+            log.warning("egress violation: metric %r dropped", key)
+    return kept
+
+
+def _guard_node_fields(reply: ConfigRecord) -> ConfigRecord:
+    kept = ConfigRecord()
+    for key, value in reply.items():
+        pattern = wire.REPLY_NODE_FIELDS.get(key)
+        if pattern is not None and isinstance(value, str) and pattern.fullmatch(value):
+            kept[key] = value
+        else:
+            log.warning("egress violation: node field %r dropped", key)
+    return kept
+
+
+def guard_reply(instruction: Message, reply: Message) -> Message:
+    """Rebuild ``reply`` from its allow-listed parts only."""
+    if reply.has_error():
+        reason = reply.error.reason or ""
+        if SAFE_REASON.fullmatch(reason):
+            return reply
+        log.warning("egress violation: error reason withheld")
+        return Message(type(reply.error)(reply.error.code, GENERIC_REASON), reply_to=instruction)
+    content = reply.content
+    sent = instruction.content.array_records.get(wire.ARRAYS, ArrayRecord())
+    guarded = RecordDict()
+    for name in content.keys():
+        if name not in (wire.ARRAYS, wire.METRICS, wire.NODE):
+            log.warning("egress violation: record %r dropped", name)
+    if wire.ARRAYS in content.array_records:
+        guarded[wire.ARRAYS] = _guard_arrays(sent, content.array_records[wire.ARRAYS])
+    if wire.METRICS in content.metric_records:
+        guarded[wire.METRICS] = _guard_metrics(content.metric_records[wire.METRICS])
+    if wire.NODE in content.config_records:
+        guarded[wire.NODE] = _guard_node_fields(content.config_records[wire.NODE])
+    return Message(guarded, reply_to=instruction)
+
+
+def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: run the handler, then filter its reply through :func:`guard_reply`."""
+    return guard_reply(msg, call_next(msg, context))

@@ -1,0 +1,55 @@
+"""The node operator's own settings: the only source of the node's data path and identity.
+
+In deployment the SuperNode is started with ``--node-config 'residency-config="NODE.toml"'``.
+In simulation each virtual node finds its file as ``$RESIDENCY_SIMULATION_NODES/<id>.toml``,
+written by ``residency simulate`` from the job's ``[[nodes]]`` tables. Never from a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from residency.common.config.job import Strict
+from residency.common.config.loading import load_model
+from residency.common.errors import ConfigError
+
+NODE_CONFIG_KEY = "residency-config"
+SIMULATION_NODES_ENV = "RESIDENCY_SIMULATION_NODES"
+
+
+class NodeSettings(Strict):
+    """What a country's operator decides for its node."""
+
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+    data: Path
+    log: Path | None = Field(default=None, description="file the node logs to, if any")
+
+    @field_validator("data", "log")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if value is None or value.is_absolute() or base is None:
+            return value
+        return Path(base) / value
+
+
+def load_node_settings(path: Path) -> NodeSettings:
+    """Read a node file; relative data paths resolve against the file's folder."""
+    return load_model(path, NodeSettings, context={"base_dir": path.resolve().parent})
+
+
+def node_settings_path(node_config: dict[str, object]) -> Path:
+    """Locate this node's settings file from Flower's node config (never from the job)."""
+    if NODE_CONFIG_KEY in node_config:
+        return Path(str(node_config[NODE_CONFIG_KEY]))
+    folder = os.environ.get(SIMULATION_NODES_ENV)
+    if folder and "partition-id" in node_config:
+        return Path(folder) / f"{int(str(node_config['partition-id']))}.toml"
+    raise ConfigError(
+        f"node config: {NODE_CONFIG_KEY}: not set; fix: start the SuperNode with "
+        f"--node-config '{NODE_CONFIG_KEY}=\"/path/to/node.toml\"'"
+    )

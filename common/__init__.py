@@ -1,0 +1,1 @@
+"""Shared by coordinator and nodes: configs, model building, data readers, privacy accounting."""

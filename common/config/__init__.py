@@ -1,0 +1,1 @@
+"""Validated, frozen configuration models read at the edges (job files, node files)."""

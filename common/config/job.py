@@ -1,0 +1,165 @@
+"""The federated job a coordinator launches: model, data schema, training and privacy settings.
+
+A job file is TOML; relative paths resolve against the job file's folder. Everything is
+frozen and strict (unknown keys are errors) because a silently ignored privacy setting is a
+privacy bug.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from residency.common.config.loading import load_model
+
+BUILTIN_MODELS = ("minilm", "tiny")
+
+
+class Strict(BaseModel):
+    """Base for every config model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpdateKind(StrEnum):
+    """What a node trains and sends: LoRA adapters plus head, or every weight."""
+
+    LORA = "lora"
+    FULL = "full"
+
+
+class AccountantKind(StrEnum):
+    """Opacus accountant used for the node's epsilon (PRV is tighter, RDP the classic bound)."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+class ModelSection(Strict):
+    """Which pretrained encoder to fine-tune and how long its inputs may be."""
+
+    path: str = Field(
+        default="minilm",
+        description='"minilm" (shipped MiniLM-L6), "tiny" (random test BERT) or a local '
+        "Hugging Face checkpoint directory",
+    )
+    max_length: Annotated[int, Field(ge=8, le=512)] = 128
+
+    @field_validator("path")
+    @classmethod
+    def _checkpoint_exists(cls, value: str, info: ValidationInfo) -> str:
+        if value in BUILTIN_MODELS:
+            return value
+        folder = _resolve(Path(value), info)
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f'{folder} is not a Hugging Face checkpoint directory (no config.json); use '
+                '"minilm", "tiny" or a local checkpoint folder'
+            )
+        return str(folder.resolve())
+
+
+class DataSection(Strict):
+    """The schema every country's data file follows, and the optional global test file."""
+
+    text_column: Annotated[str, Field(min_length=1)] = "text"
+    label_column: Annotated[str, Field(min_length=1)] = "label"
+    labels: Annotated[list[str], Field(min_length=2, max_length=1000)]
+    test: Path | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, value: list[str]) -> list[str]:
+        if any(not label.strip() for label in value):
+            raise ValueError("labels must be non-empty strings")
+        dupes = sorted({label for label in value if value.count(label) > 1})
+        if dupes:
+            raise ValueError(f"labels must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    @field_validator("test")
+    @classmethod
+    def _test_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+
+class TrainSection(Strict):
+    """Federated schedule and local optimisation settings."""
+
+    rounds: Annotated[int, Field(ge=1, le=10_000)] = 3
+    local_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 32
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 5e-4
+    update: UpdateKind = UpdateKind.LORA
+    lora_rank: Annotated[int, Field(ge=1, le=256)] = 8
+    lora_alpha: Annotated[float, Field(gt=0)] = 16.0
+    lora_targets: Annotated[list[str], Field(min_length=1)] = ["query", "value"]
+    seed: int = 0
+    round_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    nodes_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class PrivacySection(Strict):
+    """Record-level DP for each country over the whole job."""
+
+    target_epsilon: Annotated[float, Field(gt=0, le=1000)]
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    accountant: AccountantKind = AccountantKind.PRV
+
+
+class NodeEntry(Strict):
+    """One simulated country and the data file that stays with it."""
+
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
+    data: Path
+
+    @field_validator("data")
+    @classmethod
+    def _data_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class Job(Strict):
+    """A whole federated fine-tuning job."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "job"
+    model: ModelSection = ModelSection()
+    data: DataSection
+    train: TrainSection = TrainSection()
+    privacy: PrivacySection
+    nodes: Annotated[list[NodeEntry], Field(default_factory=list, max_length=256)]
+
+    @model_validator(mode="after")
+    def _unique_countries(self) -> Job:
+        countries = [node.country for node in self.nodes]
+        dupes = sorted({c for c in countries if countries.count(c) > 1})
+        if dupes:
+            raise ValueError(f"each country may appear once in [[nodes]], repeated: {dupes}")
+        return self
+
+    def require_nodes(self, path: Path) -> None:
+        """Simulation needs the ``[[nodes]]`` tables; deployment takes nodes from the network."""
+        from residency.common.errors import ConfigError
+
+        if not self.nodes:
+            raise ConfigError(
+                f"{path}: nodes: no [[nodes]] tables; fix: add one per country, "
+                'e.g. [[nodes]] country = "DE" data = "de.csv"'
+            )
+
+
+def load_job(path: Path, **overrides: Any) -> Job:
+    """Load and validate a job file; relative paths resolve against its folder."""
+    path = Path(path)
+    return load_model(path, Job, context={"base_dir": path.resolve().parent, **overrides})

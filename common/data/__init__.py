@@ -1,0 +1,1 @@
+"""Reading labelled text records from a country's own files, and the synthetic demo federation."""

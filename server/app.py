@@ -1,0 +1,33 @@
+"""The Flower ServerApp of a Residency job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from residency.common.config.job import Job
+from residency.server.federation import FederationObserver, run_federation
+from residency.server.results import Results
+
+
+def make_server_app(
+    job: Job,
+    *,
+    nodes: int,
+    out_dir: Path,
+    observer: FederationObserver | None = None,
+    sink: list[Results] | None = None,
+) -> ServerApp:
+    """A ServerApp bound to ``job``; its results are appended to ``sink`` when given."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        del context  # the job is bound here; nodes read their own settings, not the context
+        results = run_federation(grid, job, nodes=nodes, out_dir=out_dir, observer=observer)
+        if sink is not None:
+            sink.append(results)
+
+    return app

@@ -1,0 +1,138 @@
+"""``results.json``: the documented record of a federated run (schema in docs/results.md).
+
+Rewritten atomically after every round, so a crash leaves the last complete round on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base for result records: unknown keys are a bug, not extra data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeStatus(StrEnum):
+    """How a node's round ended."""
+
+    OK = "ok"
+    REFUSED = "refused"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class NodeRound(Record):
+    """One country's part in one round, as reported in its (validated) reply."""
+
+    country: str
+    status: NodeStatus
+    examples: int | None = None
+    train_loss: float | None = None
+    epsilon: float | None = None
+    epsilon_round: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    reason: str | None = None
+
+
+class RoundResult(Record):
+    """The global model after one round, and each country's contribution to it."""
+
+    round: int
+    accuracy: float | None
+    macro_f1: float | None
+    test_loss: float | None
+    train_loss: float | None
+    nodes: list[NodeRound]
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+
+
+class ClassResult(Record):
+    """Final precision, recall and F1 of one label."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class FinalResult(Record):
+    """The final global model on the test set."""
+
+    accuracy: float | None
+    macro_f1: float | None
+    per_class: dict[str, ClassResult]
+    model_dir: str
+
+
+class CountryPrivacy(Record):
+    """Record-level (epsilon, delta)-DP a country's data spent in this job."""
+
+    epsilon: float
+    delta: float
+    target_epsilon: float
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    rounds: int
+    dataset_fingerprint: str | None = None
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Results(Record):
+    """Everything a user needs after a run; see docs/results.md for each field."""
+
+    schema_version: int = SCHEMA_VERSION
+    job: str
+    status: RunStatus = RunStatus.RUNNING
+    error: str | None = None
+    residency_version: str
+    started_at: str
+    finished_at: str | None = None
+    config: dict[str, Any]
+    baseline: RoundResult | None = None
+    rounds: list[RoundResult] = []
+    final: FinalResult | None = None
+    privacy: dict[str, CountryPrivacy] = {}
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a temp file in the same folder, then rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.model_dump_json(indent=2))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def now() -> str:
+    """UTC timestamp in ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,88 @@
+"""FedAvg that validates each reply first and remembers what every node reported."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from residency.common import wire
+from residency.common.errors import InvalidUpdate
+from residency.server.validation import validate_metrics, validate_update
+
+log = logging.getLogger("residency.coordinator")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply that did not take part in aggregation, and why."""
+
+    node_id: int
+    reason: str
+    refused: bool  # the node declined (budget, policy) rather than failed
+
+
+def mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean training loss; other reply metrics are per-node, not averaged."""
+    total, weight = 0.0, 0
+    for record in records:
+        metrics = record.metric_records[wire.METRICS]
+        examples = int(metrics[weight_key])  # type: ignore[arg-type]
+        total += float(metrics[wire.TRAIN_LOSS]) * examples  # type: ignore[arg-type]
+        weight += examples
+    return MetricRecord({wire.TRAIN_LOSS: total / weight if weight else float("nan")})
+
+
+class ValidatingFedAvg(FedAvg):
+    """Flower's FedAvg, with every update checked against the arrays it answers."""
+
+    def __init__(self, *, nodes: int) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=nodes,
+            min_available_nodes=nodes,
+            arrayrecord_key=wire.ARRAYS,
+            configrecord_key=wire.CONFIG,
+            train_metrics_aggr_fn=mean_train_loss,
+        )
+        self._sent = ArrayRecord()
+        self.accepted: list[Message] = []
+        self.rejected: list[Rejection] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the arrays sent, to validate the replies against them."""
+        self._sent = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Drop invalid replies and errors, then average the rest with FedAvg."""
+        self.accepted, self.rejected = [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                self.rejected.append(Rejection(node, reason, reply.error.code == wire.REFUSED))
+                continue
+            try:
+                content = reply.content
+                if wire.ARRAYS not in content.array_records:
+                    raise InvalidUpdate("no update arrays")
+                validate_update(content.array_records[wire.ARRAYS], self._sent)
+                validate_metrics(content.metric_records[wire.METRICS])
+            except (InvalidUpdate, KeyError) as exc:
+                log.warning("round %d: update from node %d rejected: %s", server_round, node, exc)
+                self.rejected.append(Rejection(node, f"update rejected: {exc}", refused=False))
+                continue
+            self.accepted.append(reply)
+        if not self.accepted:
+            return None, None
+        return super().aggregate_train(server_round, self.accepted)

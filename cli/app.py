@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from residency.common.version import __version__
 from residency.common.config.job import Job, load_job
 from residency.common.errors import ConfigError, DataError
+from residency.common.version import __version__
 
 app = typer.Typer(
     help="Federated fine-tuning of BERT-family models with per-country differential privacy.",
@@ -57,18 +57,19 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
     from residency.cli.progress import RichObserver, results_table
     from residency.cli.run_log import log_to_file
-    from residency.server.federation import JobFailed
     from residency.cli.simulation import simulate
+    from residency.server.federation import JobFailed
 
     if out_dir.exists() and any(out_dir.iterdir()) and (out_dir / "results.json").exists():
         raise _fail(
             f"{out_dir}: output folder already holds a run; fix: pass a new --output folder",
             EXIT_INPUT,
         )
+    countries = ", ".join(node.country for node in job.nodes)
     console.print(
-        f"[bold]{job.name}[/]: {len(job.nodes)} countries ({', '.join(n.country for n in job.nodes)}),"
-        f" {job.train.rounds} rounds, {job.train.update} updates, target ε={job.privacy.target_epsilon:g}"
-        f" δ={job.privacy.delta:g} per country; output {out_dir}"
+        f"[bold]{job.name}[/]: {len(job.nodes)} countries ({countries}), {job.train.rounds} "
+        f"rounds, {job.train.update} updates, target ε={job.privacy.target_epsilon:g} "
+        f"δ={job.privacy.delta:g} per country; output {out_dir}"
     )
     started = time.perf_counter()
     try:

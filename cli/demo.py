@@ -36,7 +36,8 @@ def write_demo_job(
         f"\n[[nodes]]\ncountry = {q(country)}\ndata = {q(path.name)}\n"
         for country, path in federation.node_files.items()
     )
-    text = f"""# Residency demo: synthetic clinical triage notes -> medical specialty (not real data).
+    labels = ", ".join(q(label) for label in federation.labels)
+    text = f"""# Residency demo: synthetic triage notes -> medical specialty (not real data).
 name = "triage-demo"
 
 [model]
@@ -46,7 +47,7 @@ max_length = 64
 [data]
 text_column = "text"
 label_column = "label"
-labels = [{", ".join(q(label) for label in federation.labels)}]
+labels = [{labels}]
 test = {q(federation.test_file.name)}
 
 [train]

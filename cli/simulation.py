@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.serverapp import Grid
 
 from residency.client.app import app as client_app
 from residency.client.node_config import SIMULATION_NODES_ENV
@@ -80,7 +82,12 @@ def backend_config(nodes: int) -> dict[str, Any]:
 
 
 def simulate(
-    job: Job, job_path: Path, *, out_dir: Path, observer: FederationObserver | None = None
+    job: Job,
+    job_path: Path,
+    *,
+    out_dir: Path,
+    observer: FederationObserver | None = None,
+    wrap_grid: Callable[[Grid], Grid] | None = None,
 ) -> Results:
     """Validate inputs, then run the whole job in simulation and return its results."""
     from flwr.simulation import run_simulation
@@ -91,13 +98,18 @@ def simulate(
     os.environ[SIMULATION_NODES_ENV] = str(write_node_settings(job, out_dir).resolve())
     sink: list[Results] = []
     server_app = make_server_app(
-        job, nodes=len(job.nodes), out_dir=out_dir, observer=observer, sink=sink
+        job,
+        nodes=len(job.nodes),
+        out_dir=out_dir,
+        observer=observer,
+        sink=sink,
+        wrap_grid=wrap_grid,
     )
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=len(job.nodes),
-        backend_config=backend_config(len(job.nodes)),  # type: ignore[arg-type]
+        backend_config=backend_config(len(job.nodes)),
     )
     if not sink:
         raise JobFailed(f"the simulation ended without results; see {out_dir / 'residency.log'}")

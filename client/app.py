@@ -13,11 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from residency.common.version import __version__
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.privacy_state import load_state, save_state
@@ -43,6 +41,7 @@ from residency.common.privacy.accountant import (
     noise_for_target,
     poisson_schedule,
 )
+from residency.common.version import __version__
 
 log = logging.getLogger("residency.node")
 
@@ -50,7 +49,9 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=4)
-def _records(path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]) -> LabeledTexts:
+def _records(
+    path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]
+) -> LabeledTexts:
     del mtime_ns  # part of the cache key only: an edited file is read again
     return read_labeled_texts(path, text_column=text, label_column=label, labels=labels)
 
@@ -135,7 +136,9 @@ def _train(msg: Message, context: Context) -> Message:
             "coordinator's; fix: install the same checkpoint on every node"
         )
     load_trainable_state(model, _received_arrays(msg))
-    data = encode(records.texts, records.labels, load_tokenizer(plan.model), max_length=plan.max_length)
+    data = encode(
+        records.texts, records.labels, load_tokenizer(plan.model), max_length=plan.max_length
+    )
     outcome = train_dp_round(
         model,
         data,
@@ -154,7 +157,9 @@ def _train(msg: Message, context: Context) -> Message:
     state = state.with_history(dataset, outcome.history)
     save_state(context, state)
     total = epsilon_spent(outcome.history, delta=plan.delta, kind=plan.accountant)
-    log.info("%s round %d: eps %.3f (+%.3f)", settings.country, plan.server_round, total, total - spent)
+    log.info(
+        "%s round %d: eps %.3f (+%.3f)", settings.country, plan.server_round, total, total - spent
+    )
 
     update = ArrayRecord(trainable_state(model))
     metrics = MetricRecord(

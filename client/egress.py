@@ -13,8 +13,16 @@ import math
 import re
 
 import numpy as np
-
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable
 
 from residency.common import wire
@@ -25,15 +33,27 @@ SAFE_REASON = re.compile(r"[A-Za-z0-9 .,:;()=<>/_+-]{1,400}")
 GENERIC_REASON = "node error withheld by the egress guard (see the node's log)"
 
 
+def _matches(array: Array, ref: Array) -> bool:
+    """Decode the payload itself: declared dtype and shape prove nothing about the bytes."""
+    if array.stype != ref.stype:
+        return False
+    try:
+        decoded = array.numpy()
+    except (ValueError, TypeError, OSError):
+        return False
+    return (
+        np.issubdtype(decoded.dtype, np.floating)
+        and str(decoded.dtype) == ref.dtype == array.dtype
+        and tuple(decoded.shape) == tuple(ref.shape) == tuple(array.shape)
+    )
+
+
 def _guard_arrays(sent: ArrayRecord, reply: ArrayRecord) -> ArrayRecord:
     kept = ArrayRecord()
     for name, array in reply.items():
         ref = sent.get(name)
-        if ref is None or tuple(array.shape) != tuple(ref.shape) or array.dtype != ref.dtype:
+        if ref is None or not _matches(array, ref):
             log.warning("egress violation: array %r dropped (not a trainable tensor)", name)
-            continue
-        if not np.issubdtype(np.dtype(array.dtype), np.floating):
-            log.warning("egress violation: array %r dropped (dtype %s)", name, array.dtype)
             continue
         kept[name] = array
     return kept
@@ -43,7 +63,7 @@ def _guard_metrics(reply: MetricRecord) -> MetricRecord:
     kept = MetricRecord()
     for key, value in reply.items():
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if key in wire.REPLY_METRICS and numeric and math.isfinite(float(value)):
+        if key in wire.REPLY_METRICS and numeric and math.isfinite(wire.scalar(reply, key)):
             kept[key] = value
         else:
             log.warning("egress violation: metric %r dropped", key)
@@ -68,12 +88,17 @@ def guard_reply(instruction: Message, reply: Message) -> Message:
         if SAFE_REASON.fullmatch(reason):
             return reply
         log.warning("egress violation: error reason withheld")
-        return Message(type(reply.error)(reply.error.code, GENERIC_REASON), reply_to=instruction)
+        return Message(Error(reply.error.code, GENERIC_REASON), reply_to=instruction)
     content = reply.content
     sent = instruction.content.array_records.get(wire.ARRAYS, ArrayRecord())
     guarded = RecordDict()
-    for name in content.keys():
-        if name not in (wire.ARRAYS, wire.METRICS, wire.NODE):
+    allowed = (
+        (wire.ARRAYS, content.array_records),
+        (wire.METRICS, content.metric_records),
+        (wire.NODE, content.config_records),
+    )
+    for name in content:
+        if not any(name == key and name in records for key, records in allowed):
             log.warning("egress violation: record %r dropped", name)
     if wire.ARRAYS in content.array_records:
         guarded[wire.ARRAYS] = _guard_arrays(sent, content.array_records[wire.ARRAYS])
@@ -85,5 +110,17 @@ def guard_reply(instruction: Message, reply: Message) -> Message:
 
 
 def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower mod: run the handler, then filter its reply through :func:`guard_reply`."""
-    return guard_reply(msg, call_next(msg, context))
+    """Flower mod: run the handler, then filter its reply through :func:`guard_reply`.
+
+    An exception escaping the handler would otherwise become an error reply built by Flower
+    outside every mod, carrying the exception text (which may quote a record) to the
+    coordinator; it is logged here and replaced by a generic reason.
+    """
+    try:
+        reply = call_next(msg, context)
+    except Exception:
+        log.exception(
+            "node error during %s; details withheld from the coordinator", msg.metadata.message_type
+        )
+        return Message(Error(wire.NODE_FAULT, GENERIC_REASON), reply_to=msg)
+    return guard_reply(msg, reply)

@@ -6,9 +6,8 @@ that dataset, and the noise multiplier fixed for each (job, dataset) at its firs
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
 from flwr.app import ConfigRecord, Context
+from pydantic import BaseModel, ConfigDict
 
 from residency.common.privacy.accountant import History
 

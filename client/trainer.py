@@ -112,10 +112,8 @@ def train_dp_round(
                 inputs = bert_inputs(ids.to(compute.device), mask.to(compute.device))
                 with compute.autocast():
                     logits = private_model(**inputs).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), labels.to(compute.device)
-                )
-                loss.backward()
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(compute.device))
+                loss.backward()  # type: ignore[no-untyped-call]
                 dp_optimizer.step()
                 dp_optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.item()))

@@ -57,7 +57,9 @@ def predict(
             preds.append(logits.argmax(dim=-1).cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64), total_loss / max(count, 1)
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64), total_loss / max(
+        count, 1
+    )
 
 
 def score(

@@ -33,14 +33,6 @@ from transformers import (
 from residency.common.config.job import Job, UpdateKind
 from residency.common.errors import ConfigError
 
-# Small enough that the test-suite trains in seconds, large enough to learn a separable task.
-TINY_BERT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 512,
-}
 LABEL_MAP_FILE = "residency_labels.json"
 
 
@@ -52,7 +44,7 @@ class ModelSpec:
     labels: tuple[str, ...]
     update: UpdateKind
     lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("query", "value")
     seed: int = 0
 
@@ -106,7 +98,16 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
         torch.manual_seed(spec.seed)
         if spec.source == "tiny":
             vocab = len(load_tokenizer("tiny"))
-            config = BertConfig(vocab_size=vocab, **TINY_BERT, **_label_maps(spec.labels))
+            # Small enough that tests train in seconds, large enough to learn a separable task.
+            config = BertConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=512,
+                **_label_maps(spec.labels),
+            )
             return BertForSequenceClassification(config)
         return cast(
             PreTrainedModel,

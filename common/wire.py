@@ -7,6 +7,7 @@ Both sides import these names, so a key that is not listed here never appears in
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 ARRAYS: Final = "arrays"
@@ -80,3 +81,11 @@ ROUND_FIELDS: Final = (
     "accountant",
     "base-fingerprint",
 )
+
+
+def scalar(metrics: Mapping[str, object], key: str) -> float:
+    """A numeric metric as ``float``; ``KeyError`` if absent, ``TypeError`` if not a number."""
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"metric {key!r} is not a number: {value!r}")
+    return float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -19,13 +20,20 @@ def make_server_app(
     out_dir: Path,
     observer: FederationObserver | None = None,
     sink: list[Results] | None = None,
+    wrap_grid: Callable[[Grid], Grid] | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to ``job``; its results are appended to ``sink`` when given."""
+    """A ServerApp bound to ``job``; its results are appended to ``sink`` when given.
+
+    ``wrap_grid`` lets a caller observe every message the coordinator receives (tests use it
+    to prove that no record text ever arrives).
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         del context  # the job is bound here; nodes read their own settings, not the context
+        if wrap_grid is not None:
+            grid = wrap_grid(grid)
         results = run_federation(grid, job, nodes=nodes, out_dir=out_dir, observer=observer)
         if sink is not None:
             sink.append(results)

@@ -18,7 +18,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from torch.utils.data import TensorDataset
 
-from residency.common.version import __version__
 from residency.common import wire
 from residency.common.config.job import Job
 from residency.common.config.round_plan import round_config
@@ -35,6 +34,7 @@ from residency.common.model import (
     load_trainable_state,
     trainable_state,
 )
+from residency.common.version import __version__
 from residency.server.results import (
     ClassResult,
     CountryPrivacy,
@@ -169,6 +169,107 @@ def _scores_fields(scores: Scores | None) -> dict[str, float | None]:
     return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1, "test_loss": scores.loss}
 
 
+@dataclass
+class _Federation:
+    """State of one run on the coordinator: global model, strategy and what nodes reported."""
+
+    grid: Grid
+    job: Job
+    nodes: int
+    observer: FederationObserver | None
+
+    def __post_init__(self) -> None:
+        self.compute = pick_compute()
+        spec = ModelSpec.from_job(self.job)
+        self.model = build_classifier(spec)
+        self.tokenizer = load_tokenizer(spec.source)
+        self.labels = tuple(self.job.data.labels)
+        self.arrays = ArrayRecord(trainable_state(self.model))
+        self.config = ConfigRecord(
+            round_config(self.job, base_fingerprint=base_fingerprint(self.model))
+        )
+        self.strategy = ValidatingFedAvg(nodes=self.nodes)
+        self.countries = _Countries({})
+        self.privacy: dict[str, CountryPrivacy] = {}
+        self.test = self._load_test()
+
+    def _load_test(self) -> TensorDataset | None:
+        data = self.job.data
+        if data.test is None:
+            return None
+        records = read_labeled_texts(
+            data.test,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            labels=self.labels,
+        )
+        return encode(
+            records.texts, records.labels, self.tokenizer, max_length=self.job.model.max_length
+        )
+
+    def score(self) -> Scores | None:
+        """The current global model on the test set, if there is one."""
+        if self.test is None:
+            return None
+        return evaluate(self.model, self.test, self.labels, compute=self.compute)
+
+    def play_round(self, server_round: int) -> RoundResult:
+        """Send the global model, collect replies, aggregate the valid ones, score."""
+        started = time.perf_counter()
+        strategy = self.strategy
+        messages = list(strategy.configure_train(server_round, self.arrays, self.config, self.grid))
+        if self.observer:
+            self.observer.round_started(server_round, len(messages))
+        reports: list[NodeRound] = []
+
+        def on_reply(reply: Message, bytes_down: int) -> None:
+            report = _node_round(reply, bytes_down, self.countries)
+            reports.append(report)
+            if self.observer:
+                self.observer.node_finished(server_round, report)
+
+        replies = _exchange(
+            self.grid, messages, timeout_s=self.job.train.round_timeout_s, on_reply=on_reply
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
+        for report in reports:
+            node_ids = [i for i, c in self.countries.names.items() if c == report.country]
+            if report.status is NodeStatus.OK and node_ids and node_ids[0] in rejected:
+                report.status, report.reason = NodeStatus.REJECTED, rejected[node_ids[0]]
+        if new_arrays is None:
+            reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports) or "no replies"
+            raise JobFailed(f"round {server_round}: no valid update ({reasons})")
+        self.arrays = new_arrays
+        load_trainable_state(self.model, {k: v.numpy() for k, v in new_arrays.items()})
+        for reply in strategy.accepted:
+            _update_privacy(self.privacy, reply, self.job, self.countries)
+        loss = train_metrics.get(wire.TRAIN_LOSS) if train_metrics else None
+        return RoundResult(
+            round=server_round,
+            **_scores_fields(self.score()),
+            train_loss=float(loss) if isinstance(loss, int | float) else None,
+            nodes=sorted(reports, key=lambda r: r.country),
+            bytes_up=sum(r.bytes_up for r in reports),
+            bytes_down=sum(r.bytes_down for r in reports),
+            seconds=time.perf_counter() - started,
+        )
+
+    def finish(self, out_dir: Path) -> FinalResult:
+        """Score the final model and export it as a Hugging Face checkpoint."""
+        scores = self.score()
+        model_dir = export_hf(self.model, self.tokenizer, self.labels, out_dir / MODEL_DIR)
+        return FinalResult(
+            accuracy=scores.accuracy if scores else None,
+            macro_f1=scores.macro_f1 if scores else None,
+            per_class={
+                label: ClassResult(**vars(value))
+                for label, value in (scores.per_class if scores else {}).items()
+            },
+            model_dir=str(model_dir),
+        )
+
+
 def run_federation(
     grid: Grid,
     job: Job,
@@ -178,101 +279,34 @@ def run_federation(
     observer: FederationObserver | None = None,
 ) -> Results:
     """Run every round of ``job`` over ``nodes`` nodes; write results and the final model."""
-    compute = pick_compute()
-    spec = ModelSpec.from_job(job)
-    model = build_classifier(spec)
-    tokenizer = load_tokenizer(spec.source)
-    arrays = ArrayRecord(trainable_state(model))
-    config = ConfigRecord(round_config(job, base_fingerprint=base_fingerprint(model)))
-    labels = tuple(job.data.labels)
-    test: TensorDataset | None = None
-    if job.data.test is not None:
-        records = read_labeled_texts(
-            job.data.test,
-            text_column=job.data.text_column,
-            label_column=job.data.label_column,
-            labels=labels,
-        )
-        test = encode(records.texts, records.labels, tokenizer, max_length=job.model.max_length)
-
-    def score() -> Scores | None:
-        return None if test is None else evaluate(model, test, labels, compute=compute)
-
+    federation = _Federation(grid, job, nodes, observer)
     results_path = out_dir / RESULTS_FILE
     results = Results(
         job=job.name,
         residency_version=__version__,
         started_at=now(),
         config=job.model_dump(mode="json"),
-    )
-    baseline = score()
-    results.baseline = RoundResult(
-        round=0, **_scores_fields(baseline), train_loss=None, nodes=[], bytes_up=0,
-        bytes_down=0, seconds=0.0,
+        baseline=RoundResult(
+            round=0,
+            **_scores_fields(federation.score()),
+            train_loss=None,
+            nodes=[],
+            bytes_up=0,
+            bytes_down=0,
+            seconds=0.0,
+        ),
     )
     results.write(results_path)
-    strategy = ValidatingFedAvg(nodes=nodes)
-    countries = _Countries({})
-    privacy: dict[str, CountryPrivacy] = {}
     try:
         _wait_for_nodes(grid, nodes, job.train.nodes_timeout_s)
         for server_round in range(1, job.train.rounds + 1):
-            started = time.perf_counter()
-            messages = list(strategy.configure_train(server_round, arrays, config, grid))
-            if observer:
-                observer.round_started(server_round, len(messages))
-            reports: list[NodeRound] = []
-
-            def on_reply(reply: Message, bytes_down: int, rnd: int = server_round) -> None:
-                report = _node_round(reply, bytes_down, countries)
-                reports.append(report)
-                if observer:
-                    observer.node_finished(rnd, report)
-
-            replies = _exchange(
-                grid, messages, timeout_s=job.train.round_timeout_s, on_reply=on_reply
-            )
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-            for rejection in strategy.rejected:
-                for report in reports:
-                    if report.status is NodeStatus.OK and countries.names.get(
-                        rejection.node_id
-                    ) == report.country:
-                        report.status, report.reason = NodeStatus.REJECTED, rejection.reason
-            if new_arrays is None:
-                reasons = "; ".join(r.reason or r.status for r in reports) or "no replies"
-                raise JobFailed(f"round {server_round}: no valid update ({reasons})")
-            arrays = new_arrays
-            load_trainable_state(model, {k: v.numpy() for k, v in arrays.items()})
-            scores = score()
-            for reply in strategy.accepted:
-                _update_privacy(privacy, reply, job, countries)
-            loss = train_metrics.get(wire.TRAIN_LOSS) if train_metrics else None
-            result = RoundResult(
-                round=server_round,
-                **_scores_fields(scores),
-                train_loss=float(loss) if isinstance(loss, int | float) else None,
-                nodes=sorted(reports, key=lambda r: r.country),
-                bytes_up=sum(r.bytes_up for r in reports),
-                bytes_down=sum(r.bytes_down for r in reports),
-                seconds=time.perf_counter() - started,
-            )
+            result = federation.play_round(server_round)
             results.rounds.append(result)
-            results.privacy = dict(sorted(privacy.items()))
+            results.privacy = dict(sorted(federation.privacy.items()))
             results.write(results_path)
             if observer:
                 observer.round_finished(result)
-        final_scores = score()
-        model_dir = export_hf(model, tokenizer, labels, out_dir / MODEL_DIR)
-        results.final = FinalResult(
-            accuracy=final_scores.accuracy if final_scores else None,
-            macro_f1=final_scores.macro_f1 if final_scores else None,
-            per_class={
-                label: ClassResult(**vars(value))
-                for label, value in (final_scores.per_class if final_scores else {}).items()
-            },
-            model_dir=str(model_dir),
-        )
+        results.final = federation.finish(out_dir)
         results.status = RunStatus.COMPLETED
     except BaseException as exc:
         results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
@@ -291,13 +325,13 @@ def _update_privacy(
     country = countries.of(reply.metadata.src_node_id)
     previous = privacy.get(country)
     privacy[country] = CountryPrivacy(
-        epsilon=float(metrics[wire.EPSILON]),  # type: ignore[arg-type]
-        delta=float(metrics[wire.DELTA]),  # type: ignore[arg-type]
+        epsilon=wire.scalar(metrics, wire.EPSILON),
+        delta=wire.scalar(metrics, wire.DELTA),
         target_epsilon=job.privacy.target_epsilon,
         accountant=str(node.get(wire.ACCOUNTANT, job.privacy.accountant.value)),
-        noise_multiplier=float(metrics[wire.NOISE_MULTIPLIER]),  # type: ignore[arg-type]
-        sample_rate=float(metrics[wire.SAMPLE_RATE]),  # type: ignore[arg-type]
-        steps=(previous.steps if previous else 0) + int(metrics[wire.STEPS]),  # type: ignore[call-overload]
+        noise_multiplier=wire.scalar(metrics, wire.NOISE_MULTIPLIER),
+        sample_rate=wire.scalar(metrics, wire.SAMPLE_RATE),
+        steps=(previous.steps if previous else 0) + int(wire.scalar(metrics, wire.STEPS)),
         rounds=(previous.rounds if previous else 0) + 1,
         dataset_fingerprint=str(node[wire.DATASET_FINGERPRINT])
         if wire.DATASET_FINGERPRINT in node

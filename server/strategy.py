@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
-from residency.server.validation import validate_metrics, validate_update
+from residency.server.validation import validate_reply
 
 log = logging.getLogger("residency.coordinator")
 
@@ -31,8 +31,8 @@ def mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:
     total, weight = 0.0, 0
     for record in records:
         metrics = record.metric_records[wire.METRICS]
-        examples = int(metrics[weight_key])  # type: ignore[arg-type]
-        total += float(metrics[wire.TRAIN_LOSS]) * examples  # type: ignore[arg-type]
+        examples = int(wire.scalar(metrics, weight_key))
+        total += wire.scalar(metrics, wire.TRAIN_LOSS) * examples
         weight += examples
     return MetricRecord({wire.TRAIN_LOSS: total / weight if weight else float("nan")})
 
@@ -73,12 +73,8 @@ class ValidatingFedAvg(FedAvg):
                 self.rejected.append(Rejection(node, reason, reply.error.code == wire.REFUSED))
                 continue
             try:
-                content = reply.content
-                if wire.ARRAYS not in content.array_records:
-                    raise InvalidUpdate("no update arrays")
-                validate_update(content.array_records[wire.ARRAYS], self._sent)
-                validate_metrics(content.metric_records[wire.METRICS])
-            except (InvalidUpdate, KeyError) as exc:
+                validate_reply(reply.content, self._sent)
+            except InvalidUpdate as exc:
                 log.warning("round %d: update from node %d rejected: %s", server_round, node, exc)
                 self.rejected.append(Rejection(node, f"update rejected: {exc}", refused=False))
                 continue

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
@@ -14,31 +13,66 @@ from residency.common.errors import InvalidUpdate
 MAX_EXAMPLES = 10**9
 
 
+def _decoded(name: str, array: Array) -> np.ndarray:
+    try:
+        return array.numpy()
+    except (ValueError, TypeError, OSError) as exc:
+        raise InvalidUpdate(f"{name}: payload cannot be decoded ({type(exc).__name__})") from exc
+
+
 def validate_update(update: ArrayRecord, expected: ArrayRecord) -> None:
-    """Same tensor names, shapes and dtypes as the global model, and only finite values."""
+    """Same tensor names, shapes and dtypes as the global model, and only finite values.
+
+    The payload is decoded and checked itself: the declared dtype and shape are only labels.
+    """
     if set(update.keys()) != set(expected.keys()):
         missing = sorted(set(expected) - set(update))[:3]
         extra = sorted(set(update) - set(expected))[:3]
         raise InvalidUpdate(f"tensor names differ: missing {missing}, unexpected {extra}")
     for name, ref in expected.items():
         array = update[name]
-        if array.dtype != ref.dtype or tuple(array.shape) != tuple(ref.shape):
-            raise InvalidUpdate(
-                f"{name}: {array.dtype}{list(array.shape)} != {ref.dtype}{list(ref.shape)}"
-            )
-        if not np.isfinite(array.numpy()).all():
+        if array.stype != ref.stype:
+            raise InvalidUpdate(f"{name}: serialisation {array.stype!r} != {ref.stype!r}")
+        decoded = _decoded(name, array)
+        want = (ref.dtype, tuple(ref.shape))
+        for got in ((array.dtype, tuple(array.shape)), (str(decoded.dtype), decoded.shape)):
+            if got != want:
+                raise InvalidUpdate(f"{name}: {got[0]}{list(got[1])} != {want[0]}{list(want[1])}")
+        if not np.isfinite(decoded).all():
             raise InvalidUpdate(f"{name}: contains NaN or infinity")
 
 
 def validate_metrics(metrics: MetricRecord) -> None:
-    """Plausible example count and well-formed privacy figures."""
-    missing = sorted(wire.REPLY_METRICS - set(metrics.keys()))
-    if missing:
-        raise InvalidUpdate(f"metrics missing: {', '.join(missing)}")
+    """Exactly the contract's metrics, a plausible example count, finite non-negative figures."""
+    keys = set(metrics.keys())
+    if keys != wire.REPLY_METRICS:
+        missing = sorted(wire.REPLY_METRICS - keys)
+        extra = sorted(keys - wire.REPLY_METRICS)
+        raise InvalidUpdate(f"metrics differ from the contract: missing {missing}, extra {extra}")
     examples = metrics[wire.NUM_EXAMPLES]
-    if not isinstance(examples, int) or not 0 < examples <= MAX_EXAMPLES:
+    if isinstance(examples, bool) or not isinstance(examples, int):
+        raise InvalidUpdate(f"num-examples must be an integer, got {examples!r}")
+    if not 0 < examples <= MAX_EXAMPLES:
         raise InvalidUpdate(f"implausible num-examples {examples!r}")
-    for key in (wire.EPSILON, wire.EPSILON_ROUND, wire.NOISE_MULTIPLIER, wire.SAMPLE_RATE):
-        value = float(metrics[key])  # type: ignore[arg-type]
+    for key in sorted(wire.REPLY_METRICS - {wire.NUM_EXAMPLES}):
+        try:
+            value = wire.scalar(metrics, key)
+        except TypeError as exc:
+            raise InvalidUpdate(str(exc)) from exc
         if not math.isfinite(value) or value < 0:
             raise InvalidUpdate(f"{key} is {value}")
+
+
+def validate_reply(content: RecordDict, expected: ArrayRecord) -> None:
+    """A training reply holds exactly the contract's records, each valid."""
+    names = set(content.keys())
+    if names - {wire.ARRAYS, wire.METRICS, wire.NODE}:
+        raise InvalidUpdate(
+            f"unexpected records {sorted(names - {wire.ARRAYS, wire.METRICS, wire.NODE})}"
+        )
+    if wire.ARRAYS not in content.array_records or wire.METRICS not in content.metric_records:
+        raise InvalidUpdate("reply lacks its update arrays or metrics")
+    if wire.NODE in names and wire.NODE not in content.config_records:
+        raise InvalidUpdate("node record has the wrong type")
+    validate_update(content.array_records[wire.ARRAYS], expected)
+    validate_metrics(content.metric_records[wire.METRICS])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from residency.common.config.loading import load_model
 
@@ -53,7 +53,7 @@ class ModelSection(Strict):
         description='"minilm" (shipped MiniLM-L6), "tiny" (random test BERT) or a local '
         "Hugging Face checkpoint directory",
     )
-    max_length: Annotated[int, Field(ge=8, le=512)] = 128
+    max_length: Annotated[int, Field(strict=True, ge=8, le=512)] = 128
 
     @field_validator("path")
     @classmethod
@@ -63,7 +63,7 @@ class ModelSection(Strict):
         folder = _resolve(Path(value), info)
         if not (folder / "config.json").is_file():
             raise ValueError(
-                f'{folder} is not a Hugging Face checkpoint directory (no config.json); use '
+                f"{folder} is not a Hugging Face checkpoint directory (no config.json); use "
                 '"minilm", "tiny" or a local checkpoint folder'
             )
         return str(folder.resolve())
@@ -96,25 +96,25 @@ class DataSection(Strict):
 class TrainSection(Strict):
     """Federated schedule and local optimisation settings."""
 
-    rounds: Annotated[int, Field(ge=1, le=10_000)] = 3
-    local_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 32
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 5e-4
+    rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 3
+    local_epochs: Annotated[int, Field(strict=True, ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=65_536)] = 32
+    learning_rate: Annotated[float, Field(strict=True, gt=0, le=10)] = 5e-4
     update: UpdateKind = UpdateKind.LORA
-    lora_rank: Annotated[int, Field(ge=1, le=256)] = 8
-    lora_alpha: Annotated[float, Field(gt=0)] = 16.0
+    lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
+    lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16
     lora_targets: Annotated[list[str], Field(min_length=1)] = ["query", "value"]
-    seed: int = 0
-    round_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
-    nodes_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    seed: Annotated[int, Field(strict=True)] = 0
+    round_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 3600.0
+    nodes_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 600.0
 
 
 class PrivacySection(Strict):
     """Record-level DP for each country over the whole job."""
 
-    target_epsilon: Annotated[float, Field(gt=0, le=1000)]
-    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    target_epsilon: Annotated[float, Field(strict=True, gt=0, le=1000)]
+    delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = 1e-5
+    max_grad_norm: Annotated[float, Field(strict=True, gt=0)] = 1.0
     accountant: AccountantKind = AccountantKind.PRV
 
 
@@ -140,13 +140,14 @@ class Job(Strict):
     privacy: PrivacySection
     nodes: Annotated[list[NodeEntry], Field(default_factory=list, max_length=256)]
 
-    @model_validator(mode="after")
-    def _unique_countries(self) -> Job:
-        countries = [node.country for node in self.nodes]
+    @field_validator("nodes")
+    @classmethod
+    def _unique_countries(cls, nodes: list[NodeEntry]) -> list[NodeEntry]:
+        countries = [node.country for node in nodes]
         dupes = sorted({c for c in countries if countries.count(c) > 1})
         if dupes:
             raise ValueError(f"each country may appear once in [[nodes]], repeated: {dupes}")
-        return self
+        return nodes
 
     def require_nodes(self, path: Path) -> None:
         """Simulation needs the ``[[nodes]]`` tables; deployment takes nodes from the network."""
@@ -159,7 +160,7 @@ class Job(Strict):
             )
 
 
-def load_job(path: Path, **overrides: Any) -> Job:
+def load_job(path: Path) -> Job:
     """Load and validate a job file; relative paths resolve against its folder."""
     path = Path(path)
-    return load_model(path, Job, context={"base_dir": path.resolve().parent, **overrides})
+    return load_model(path, Job, context={"base_dir": path.resolve().parent})

@@ -25,7 +25,7 @@ class RoundPlan(Strict):
     learning_rate: Annotated[float, Field(gt=0, alias="learning-rate")]
     update: UpdateKind
     lora_rank: Annotated[int, Field(ge=1, alias="lora-rank")]
-    lora_alpha: Annotated[float, Field(gt=0, alias="lora-alpha")]
+    lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
     lora_targets: Annotated[list[str], Field(min_length=1, alias="lora-targets")]
     seed: int
     model: Annotated[str, Field(min_length=1)]

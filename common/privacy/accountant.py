@@ -27,8 +27,10 @@ def poisson_schedule(*, examples: int, batch_size: int) -> tuple[float, int]:
     """
     if examples < 1 or batch_size < 1:
         raise ValueError("examples and batch_size must be positive")
-    steps_per_epoch = math.ceil(examples / batch_size)
-    return 1.0 / steps_per_epoch, steps_per_epoch
+    sample_rate = 1.0 / math.ceil(examples / batch_size)
+    # Opacus' sampler runs int(1 / sample_rate) batches, one short of ceil(N / B) for some
+    # sizes (e.g. 93) in floating point; the schedule must count the steps that really run.
+    return sample_rate, int(1 / sample_rate)
 
 
 def opacus_accountant(kind: AccountantKind, history: Iterable[PrivacyStep]) -> IAccountant:

@@ -1,0 +1,92 @@
+"""Shared fixtures: small, easily separable federations the tiny BERT can learn in seconds."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+WORDS = {
+    "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
+    "neg": ["bad", "awful", "terrible", "sad", "poor", "ugly"],
+    "obj": ["table", "chair", "window", "door", "wall", "floor"],
+}
+LABELS = tuple(WORDS)
+
+
+def write_rows(path: Path, rows: Sequence[tuple[str, str]]) -> Path:
+    """Write ``text,label`` rows as CSV."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def separable_rows(count: int, seed: int, canary: str | None = None) -> list[tuple[str, str]]:
+    """``count`` rows whose label is given away by its words; optionally plant ``canary``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = LABELS[i % len(LABELS)]
+        text = " ".join(rng.choices(WORDS[label], k=5))
+        if canary is not None and i % 10 == 0:
+            text = f"{text} {canary}"
+        rows.append((text, label))
+    return rows
+
+
+def write_toy_job(
+    folder: Path,
+    *,
+    countries: Sequence[str] = ("DE", "FR", "ES"),
+    examples: int = 150,
+    rounds: int = 2,
+    canaries: bool = False,
+    extra: str = "",
+) -> Path:
+    """A tiny-BERT LoRA job over separable per-country data, with a global test file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for index, country in enumerate(countries):
+        canary = f"zqxcanary{country}{index}wvk" if canaries else None
+        write_rows(folder / f"{country.lower()}.csv", separable_rows(examples, index, canary))
+        nodes.append(f'[[nodes]]\ncountry = "{country}"\ndata = "{country.lower()}.csv"\n')
+    write_rows(folder / "test.csv", separable_rows(90, 99))
+    job = folder / "job.toml"
+    job.write_text(
+        f"""name = "toy"
+{extra}
+[model]
+path = "tiny"
+max_length = 16
+
+[data]
+labels = ["pos", "neg", "obj"]
+test = "test.csv"
+
+[train]
+rounds = {rounds}
+local_epochs = 2
+batch_size = 16
+learning_rate = 0.1
+
+[privacy]
+target_epsilon = 8.0
+delta = 1e-4
+accountant = "prv"
+
+"""
+        + "\n".join(nodes),
+        encoding="utf-8",
+    )
+    return job
+
+
+@pytest.fixture
+def toy_job(tmp_path: Path) -> Path:
+    """A valid three-country toy job in a temp folder."""
+    return write_toy_job(tmp_path / "job")

@@ -1,0 +1,423 @@
+"""Egress guard: only allow-listed arrays, metrics and identifiers leave a node."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from residency.client.egress import GENERIC_REASON, egress_guard, guard_reply
+from residency.common import wire
+
+pytestmark = pytest.mark.unit
+
+LOGGER = "residency.egress"
+RNG = np.random.default_rng(0)
+SENT = {
+    "classifier.weight": RNG.standard_normal((2, 4)).astype(np.float32),
+    "classifier.bias": np.zeros(2, dtype=np.float32),
+    "lora_A.query": RNG.standard_normal((3, 4)).astype(np.float32),
+}
+METRICS: dict[str, int | float] = {
+    wire.NUM_EXAMPLES: 120,
+    wire.TRAIN_LOSS: 0.71,
+    wire.STEPS: 12,
+    wire.EPSILON: 1.25,
+    wire.EPSILON_ROUND: 0.4,
+    wire.DELTA: 1e-5,
+    wire.NOISE_MULTIPLIER: 1.1,
+    wire.SAMPLE_RATE: 0.25,
+    wire.MAX_GRAD_NORM: 1.0,
+    wire.TRAIN_SECONDS: 3.5,
+}
+NODE = {
+    wire.COUNTRY: "DE",
+    wire.ACCOUNTANT: "prv",
+    wire.DATASET_FINGERPRINT: "0123456789abcdef" * 4,
+    wire.VERSION: "0.1.0",
+}
+SECRET = "Jane Doe, 45, admitted with chest pain"
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction messages take run and node ids from the process' task identity."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 11)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def instruction(arrays: dict[str, np.ndarray] | None = None, node_id: int = 1) -> Message:
+    """A train instruction as the coordinator sends it, with the id the SuperLink assigns."""
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord(
+                {name: Array(value) for name, value in (arrays or SENT).items()}
+            ),
+            wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1, "job": "toy"}),
+        }
+    )
+    msg = Message(content, dst_node_id=node_id, message_type="train")
+    # As flwr's SuperLink does (flwr/server/superlink/linkstate/utils.py).
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    return msg
+
+
+def updated_arrays() -> dict[str, Any]:
+    return {name: Array(value + 0.5) for name, value in SENT.items()}
+
+
+def reply(
+    to: Message,
+    *,
+    arrays: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    node: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Message:
+    """A training reply; each part defaults to a clean one."""
+    records: dict[str, Any] = {
+        wire.ARRAYS: ArrayRecord(updated_arrays() if arrays is None else arrays),
+        wire.METRICS: MetricRecord(dict(METRICS) if metrics is None else metrics),
+        wire.NODE: ConfigRecord(dict(NODE) if node is None else node),
+    }
+    records.update(extra or {})
+    return Message(RecordDict(records), reply_to=to)
+
+
+def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING
+    ]
+
+
+def npy_bytes(value: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def test_clean_reply_passes_unchanged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    sent = instruction()
+    original = reply(sent)
+
+    guarded = guard_reply(sent, original)
+
+    assert not guarded.has_error()
+    assert set(guarded.content.keys()) == {wire.ARRAYS, wire.METRICS, wire.NODE}
+    arrays = as_numpy(guarded.content.array_records[wire.ARRAYS])
+    assert arrays.keys() == SENT.keys()
+    for name, value in SENT.items():
+        np.testing.assert_array_equal(arrays[name], value + 0.5)
+        assert arrays[name].dtype == value.dtype
+    assert dict(guarded.content.metric_records[wire.METRICS]) == METRICS
+    assert dict(guarded.content.config_records[wire.NODE]) == NODE
+    assert warnings_logged(caplog) == []
+
+
+def test_guarded_reply_still_answers_the_instruction() -> None:
+    sent = instruction(node_id=7)
+
+    guarded = guard_reply(sent, reply(sent))
+
+    assert guarded.metadata.reply_to_message_id == sent.metadata.message_id
+    assert guarded.metadata.src_node_id == 7
+    assert guarded.metadata.dst_node_id == sent.metadata.src_node_id
+    assert guarded.metadata.message_type == "train"
+    assert guarded.metadata.run_id == sent.metadata.run_id
+
+
+def test_partial_reply_is_not_padded() -> None:
+    sent = instruction()
+    original = Message(RecordDict({wire.METRICS: MetricRecord(dict(METRICS))}), reply_to=sent)
+
+    guarded = guard_reply(sent, original)
+
+    assert list(guarded.content.keys()) == [wire.METRICS]
+
+
+# Each case: the reply's parts to override, and which (record, key) must be dropped.
+ARRAY_VIOLATIONS = {
+    "extra-array-name": (
+        {**updated_arrays(), "bert.embeddings.word": Array(np.ones((5, 4), dtype=np.float32))},
+        "bert.embeddings.word",
+    ),
+    "transposed-shape": (
+        {**updated_arrays(), "classifier.weight": Array(np.ones((4, 2), dtype=np.float32))},
+        "classifier.weight",
+    ),
+    "flattened-shape": (
+        {**updated_arrays(), "classifier.weight": Array(np.ones(8, dtype=np.float32))},
+        "classifier.weight",
+    ),
+    "int-dtype": (
+        {**updated_arrays(), "classifier.bias": Array(np.array([3, 1], dtype=np.int64))},
+        "classifier.bias",
+    ),
+    "wider-float": (
+        {**updated_arrays(), "lora_A.query": Array(np.ones((3, 4), dtype=np.float64))},
+        "lora_A.query",
+    ),
+    "token-ids": (
+        {**updated_arrays(), "input_ids": Array(np.arange(16, dtype=np.int64).reshape(2, 8))},
+        "input_ids",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ARRAY_VIOLATIONS))
+def test_bad_array_is_dropped_and_logged(case: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    arrays, dropped = ARRAY_VIOLATIONS[case]
+    sent = instruction()
+
+    guarded = guard_reply(sent, reply(sent, arrays=arrays))
+
+    kept = as_numpy(guarded.content.array_records[wire.ARRAYS])
+    assert dropped not in kept
+    assert kept.keys() == SENT.keys() - {dropped}
+    for name in kept:
+        np.testing.assert_array_equal(kept[name], SENT[name] + 0.5)
+    assert dict(guarded.content.metric_records[wire.METRICS]) == METRICS
+    logged = warnings_logged(caplog)
+    assert len(logged) == 1
+    assert repr(dropped) in logged[0]
+
+
+def test_int_array_that_was_sent_is_still_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    ids = np.arange(8, dtype=np.int64).reshape(1, 8)
+    sent = instruction({**SENT, "position_ids": ids})
+    arrays = {**updated_arrays(), "position_ids": Array(ids + 100)}
+
+    guarded = guard_reply(sent, reply(sent, arrays=arrays))
+
+    assert "position_ids" not in guarded.content.array_records[wire.ARRAYS]
+    assert any("'position_ids'" in line for line in warnings_logged(caplog))
+
+
+def test_array_payload_must_match_its_declared_shape_and_dtype(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An Array's dtype/shape fields are metadata; the bytes may hold something else entirely."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    smuggled = Array(
+        dtype="float32",
+        shape=(2, 4),
+        stype="numpy.ndarray",
+        data=npy_bytes(np.array([SECRET])),
+    )
+    sent = instruction()
+    arrays = {**updated_arrays(), "classifier.weight": smuggled}
+
+    guarded = guard_reply(sent, reply(sent, arrays=arrays))
+
+    kept = guarded.content.array_records[wire.ARRAYS]
+    assert "classifier.weight" not in kept
+    assert all(SECRET not in str(array.numpy()) for array in kept.values())
+    assert any("'classifier.weight'" in line for line in warnings_logged(caplog))
+
+
+def test_extra_record_is_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    sent = instruction()
+    extra = {
+        "debug": ConfigRecord({"text": SECRET, "label": "Cardiology"}),
+        "samples": ArrayRecord({"input_ids": Array(np.arange(8, dtype=np.int64))}),
+        "per-record": MetricRecord({"loss": [0.1, 0.2, 0.3]}),
+    }
+
+    guarded = guard_reply(sent, reply(sent, extra=extra))
+
+    assert set(guarded.content.keys()) == {wire.ARRAYS, wire.METRICS, wire.NODE}
+    assert as_numpy(guarded.content.array_records[wire.ARRAYS]).keys() == SENT.keys()
+    assert dict(guarded.content.metric_records[wire.METRICS]) == METRICS
+    assert dict(guarded.content.config_records[wire.NODE]) == NODE
+    logged = " | ".join(warnings_logged(caplog))
+    for name in extra:
+        assert repr(name) in logged
+
+
+def test_allowed_name_with_the_wrong_record_type_is_dropped() -> None:
+    sent = instruction()
+    original = Message(
+        RecordDict(
+            {
+                wire.ARRAYS: ArrayRecord(updated_arrays()),
+                wire.METRICS: ConfigRecord({"note": SECRET}),
+                wire.NODE: MetricRecord({"country-code": 49}),
+            }
+        ),
+        reply_to=sent,
+    )
+
+    guarded = guard_reply(sent, original)
+
+    assert list(guarded.content.keys()) == [wire.ARRAYS]
+
+
+METRIC_VIOLATIONS = {
+    "unknown-key": ({**METRICS, "label-Cardiology-count": 12}, "label-Cardiology-count"),
+    "accuracy": ({**METRICS, "train-accuracy": 0.9}, "train-accuracy"),
+    "nan": ({**METRICS, wire.TRAIN_LOSS: math.nan}, wire.TRAIN_LOSS),
+    "inf": ({**METRICS, wire.EPSILON: math.inf}, wire.EPSILON),
+    "minus-inf": ({**METRICS, wire.EPSILON_ROUND: -math.inf}, wire.EPSILON_ROUND),
+    "per-record-list": ({**METRICS, wire.TRAIN_LOSS: [0.5, 0.9, 0.1]}, wire.TRAIN_LOSS),
+}
+
+
+@pytest.mark.parametrize("case", list(METRIC_VIOLATIONS))
+def test_bad_metric_is_dropped_and_logged(case: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    metrics, dropped = METRIC_VIOLATIONS[case]
+    sent = instruction()
+
+    guarded = guard_reply(sent, reply(sent, metrics=metrics))
+
+    kept = dict(guarded.content.metric_records[wire.METRICS])
+    assert dropped not in kept
+    assert kept == {k: v for k, v in METRICS.items() if k != dropped}
+    assert as_numpy(guarded.content.array_records[wire.ARRAYS]).keys() == SENT.keys()
+    logged = warnings_logged(caplog)
+    assert len(logged) == 1
+    assert repr(dropped) in logged[0]
+
+
+NODE_VIOLATIONS = {
+    "country-name": ({**NODE, wire.COUNTRY: "Germany"}, wire.COUNTRY),
+    "country-lower": ({**NODE, wire.COUNTRY: "de"}, wire.COUNTRY),
+    "country-snippet": ({**NODE, wire.COUNTRY: f"DE {SECRET}"}, wire.COUNTRY),
+    "country-newline": ({**NODE, wire.COUNTRY: "DE\n"}, wire.COUNTRY),
+    "accountant": ({**NODE, wire.ACCOUNTANT: "prv (see Jane Doe)"}, wire.ACCOUNTANT),
+    "fingerprint": ({**NODE, wire.DATASET_FINGERPRINT: SECRET}, wire.DATASET_FINGERPRINT),
+    "short-fingerprint": ({**NODE, wire.DATASET_FINGERPRINT: "abc123"}, wire.DATASET_FINGERPRINT),
+    "version-text": ({**NODE, wire.VERSION: "0.1.0 built by Jane Doe"}, wire.VERSION),
+    "unknown-field": ({**NODE, "note": SECRET}, "note"),
+    "non-string": ({**NODE, wire.COUNTRY: 49}, wire.COUNTRY),
+    "bytes": ({**NODE, wire.COUNTRY: b"DE"}, wire.COUNTRY),
+    "list": ({**NODE, wire.COUNTRY: ["DE", "FR"]}, wire.COUNTRY),
+}
+
+
+@pytest.mark.parametrize("case", list(NODE_VIOLATIONS))
+def test_bad_node_field_is_dropped_and_logged(case: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    node, dropped = NODE_VIOLATIONS[case]
+    sent = instruction()
+
+    guarded = guard_reply(sent, reply(sent, node=node))
+
+    kept = dict(guarded.content.config_records[wire.NODE])
+    assert dropped not in kept
+    assert kept == {k: v for k, v in NODE.items() if k != dropped}
+    logged = warnings_logged(caplog)
+    assert len(logged) == 1
+    assert repr(dropped) in logged[0]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (wire.REFUSED, "DE refused round 3: budget 8.00, spent 7.50, round needs 1.20"),
+        (wire.NODE_FAULT, "node configuration or data invalid"),
+        (wire.REFUSED, "budget exhausted (epsilon=8.00 > target=8.00)"),
+    ],
+)
+def test_error_reply_with_safe_reason_passes(
+    code: int, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    sent = instruction()
+
+    guarded = guard_reply(sent, Message(Error(code, reason), reply_to=sent))
+
+    assert guarded.has_error()
+    assert not guarded.has_content()
+    assert (guarded.error.code, guarded.error.reason) == (code, reason)
+    assert warnings_logged(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pytest.param(f"<class 'ValueError'>:<'could not parse row: {SECRET}'>", id="quotes"),
+        pytest.param(f'bad row "{SECRET}"', id="double-quotes"),
+        pytest.param(f"bad row\n{SECRET}", id="newline"),
+        pytest.param("bad row\r\nCardiology", id="crlf"),
+        pytest.param("Patient Müller, 45", id="non-ascii"),
+        pytest.param("mail jane.doe@example.org", id="email"),
+        pytest.param("x" * 401, id="too-long"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_error_reply_with_unsafe_reason_is_replaced(
+    reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    sent = instruction(node_id=3)
+
+    guarded = guard_reply(sent, Message(Error(wire.NODE_FAULT, reason), reply_to=sent))
+
+    assert guarded.has_error()
+    assert guarded.error.code == wire.NODE_FAULT
+    assert guarded.error.reason == GENERIC_REASON
+    assert guarded.metadata.reply_to_message_id == sent.metadata.message_id
+    assert guarded.metadata.src_node_id == 3
+    assert len(warnings_logged(caplog)) == 1
+
+
+def node_context() -> Context:
+    return Context(run_id=11, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+
+def test_mod_filters_what_the_handler_returns(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    sent = instruction()
+    seen: list[Message] = []
+
+    def handler(msg: Message, context: Context) -> Message:
+        seen.append(msg)
+        return reply(msg, extra={"debug": ConfigRecord({"text": SECRET})})
+
+    guarded = egress_guard(sent, node_context(), handler)
+
+    assert seen == [sent]
+    assert set(guarded.content.keys()) == {wire.ARRAYS, wire.METRICS, wire.NODE}
+    assert any("'debug'" in line for line in warnings_logged(caplog))
+
+
+def test_mod_does_not_let_an_exception_carry_record_text_out() -> None:
+    """Flower turns an exception escaping the handler into an error reply with its text.
+
+    That reply is built outside every mod, so the guard must catch the exception itself.
+    """
+    sent = instruction()
+
+    def handler(msg: Message, context: Context) -> Message:
+        raise ValueError(f"could not encode row {SECRET!r}")
+
+    guarded = egress_guard(sent, node_context(), handler)
+
+    assert guarded.has_error()
+    assert SECRET not in guarded.error.reason
+    assert guarded.error.reason == GENERIC_REASON

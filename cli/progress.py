@@ -45,14 +45,14 @@ class RichObserver:
         )
 
     def __enter__(self) -> RichObserver:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def round_started(self, server_round: int, nodes: int) -> None:
-        """Reset the node-epoch bar for the new round."""
+        """Show the bars (from the first round on) and reset the node-epoch bar."""
+        self.progress.start()
         self.progress.update(
             self.epochs,
             completed=0,

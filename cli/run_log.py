@@ -10,6 +10,20 @@ from pathlib import Path
 LOGGERS = ("flwr", "residency")
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """Creates the file and its folder at the first record.
+
+    A run refused during input validation therefore leaves no output folder behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
+
+    def _open(self):  # type: ignore[no-untyped-def]  # typeshed leaves the stream type open
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 @contextlib.contextmanager
 def log_to_file(path: Path) -> Iterator[None]:
     """While active, every record of the ``flwr`` and ``residency`` loggers goes to ``path``.
@@ -17,8 +31,7 @@ def log_to_file(path: Path) -> Iterator[None]:
     Flower's own console handler is muted for the duration (the CLI draws its own progress),
     and restored afterwards.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LazyFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved: list[tuple[logging.Handler, int]] = []
     propagate: dict[str, bool] = {}

@@ -83,8 +83,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 def test_federated_dp_training_beats_chance(run: Run) -> None:
     final = run.results.final
-    assert final is not None and final.accuracy is not None
-    assert run.results.baseline is not None and run.results.baseline.accuracy is not None
+    assert final is not None
+    assert final.accuracy is not None
+    assert run.results.baseline is not None
+    assert run.results.baseline.accuracy is not None
     assert final.accuracy > 0.6, f"3 balanced classes, chance is 0.33; got {final.accuracy}"
     assert final.accuracy > run.results.baseline.accuracy + 0.2
 
@@ -93,8 +95,10 @@ def test_every_country_trained_every_round(run: Run) -> None:
     assert [r.round for r in run.results.rounds] == [1, 2, 3]
     for result in run.results.rounds:
         assert sorted(n.country for n in result.nodes) == sorted(COUNTRIES)
-        assert all(n.status == "ok" and n.examples == 150 for n in result.nodes)
-        assert all(n.bytes_up > 0 and n.bytes_down > 0 for n in result.nodes)
+        assert all(n.status == "ok" for n in result.nodes)
+        assert all(n.examples == 150 for n in result.nodes)
+        assert all(n.bytes_up > 0 for n in result.nodes)
+        assert all(n.bytes_down > 0 for n in result.nodes)
 
 
 def test_results_file_has_documented_schema(run: Run) -> None:
@@ -104,7 +108,8 @@ def test_results_file_has_documented_schema(run: Run) -> None:
         assert {"accuracy", "macro_f1", "bytes_up", "bytes_down"} <= entry.keys()
         for node in entry["nodes"]:
             assert {"country", "examples", "train_loss", "epsilon"} <= node.keys()
-    assert 0 <= data["final"]["accuracy"] <= 1 and 0 <= data["final"]["macro_f1"] <= 1
+    assert 0 <= data["final"]["accuracy"] <= 1
+    assert 0 <= data["final"]["macro_f1"] <= 1
     assert set(data["final"]["per_class"]) == set(LABELS)
     assert {"precision", "recall", "f1"} <= data["final"]["per_class"]["pos"].keys()
     for country in COUNTRIES:
@@ -116,13 +121,13 @@ def test_reported_epsilon_is_opacus_composed_over_rounds(run: Run) -> None:
     """Cumulative epsilon equals a fresh Opacus accountant over every step of every round."""
     for country in COUNTRIES:
         summary = run.results.privacy[country]
-        per_round = [
-            next(n for n in r.nodes if n.country == country) for r in run.results.rounds
-        ]
+        per_round = [next(n for n in r.nodes if n.country == country) for r in run.results.rounds]
         assert summary.steps == sum(n.steps or 0 for n in per_round)
         accountant = PRVAccountant()
         accountant.history = [(summary.noise_multiplier, summary.sample_rate, summary.steps)]
-        assert summary.epsilon == pytest.approx(accountant.get_epsilon(delta=summary.delta), rel=1e-9)
+        assert summary.epsilon == pytest.approx(
+            accountant.get_epsilon(delta=summary.delta), rel=1e-9
+        )
         # Composed, not reset: round 2's cumulative epsilon exceeds round 1's.
         assert per_round[1].epsilon > per_round[0].epsilon  # type: ignore[operator]
         one_round = PRVAccountant()
@@ -162,8 +167,9 @@ def test_saved_model_reloads_with_transformers_and_predicts(run: Run) -> None:
         run.job_path.parent / "test.csv", text_column="text", label_column="label", labels=LABELS
     )
     with torch.no_grad():
-        batch = tokenizer(list(test.texts), padding=True, truncation=True, max_length=16,
-                          return_tensors="pt")
+        batch = tokenizer(
+            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
+        )
         predicted = model(**batch).logits.argmax(-1).numpy()
     accuracy = float(np.mean(predicted == np.array(test.labels)))
     assert run.results.final is not None

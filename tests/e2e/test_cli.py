@@ -1,0 +1,113 @@
+"""The ``residency`` command as a user runs it: real subprocesses, real Flower simulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_toy_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+RESIDENCY = shutil.which("residency") or str(Path(sys.executable).parent / "residency")
+
+
+def residency(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [RESIDENCY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_simulate_writes_results_model_and_log(tmp_path: Path) -> None:
+    job = write_toy_job(tmp_path / "job", countries=("DE", "FR"), rounds=2)
+    proc = residency("simulate", str(job), "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "federated rounds" in proc.stdout
+    assert "ε DE" in proc.stdout
+    assert "final accuracy" in proc.stdout
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert len(results["rounds"]) == 2
+    assert set(results["privacy"]) == {"DE", "FR"}
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "model" / "tokenizer.json").is_file()
+    log = (out / "residency.log").read_text()
+    assert "aggregate_train" in log
+    assert "round 2" in (out / "nodes" / "DE.log").read_text()
+
+    again = residency("simulate", str(job), "--output", "out", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "already holds a run" in error_line(again)
+
+
+def test_missing_job_file_is_one_clear_line(tmp_path: Path) -> None:
+    proc = residency("simulate", "nope.toml", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "nope.toml" in line
+    assert "not found" in line
+    assert "fix:" in line
+
+
+def test_unknown_privacy_key_is_refused(tmp_path: Path) -> None:
+    job = write_toy_job(tmp_path / "job")
+    text = job.read_text().replace("[privacy]\n", "[privacy]\nnoise = 0.0\n")
+    job.write_text(text)
+    proc = residency("simulate", str(job), cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "job.toml" in line
+    assert "privacy.noise" in line
+    assert "unknown key" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_label_outside_the_job_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    job = write_toy_job(tmp_path / "job", countries=("DE", "FR"))
+    data = job.parent / "fr.csv"
+    data.write_text(data.read_text() + "some text,positive\n")
+    proc = residency("simulate", str(job), "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "node FR" in line
+    assert "fr.csv" in line
+    assert "'positive'" in line
+    assert "fix:" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
+    proc = residency(
+        "demo",
+        "--model",
+        "tiny",
+        "--countries",
+        "DE,FR,ES",
+        "--rounds",
+        "1",
+        "--examples",
+        "60",
+        "--output",
+        "demo",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "synthetic" in proc.stdout
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results["privacy"]) == {"DE", "FR", "ES"}
+    assert results["final"]["accuracy"] is not None
+    assert (tmp_path / "demo" / "data" / "job.toml").is_file()

@@ -84,14 +84,10 @@ class RichObserver:
 def results_table(results: Results, countries: list[str]) -> Table:
     """One row per round: global scores, each country's cumulative epsilon, bytes up/down."""
     table = Table(title=f"{results.job}: federated rounds", header_style="bold")
-    table.add_column("round", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("macro-F1", justify="right")
-    for country in countries:
-        table.add_column(f"ε {country}", justify="right")
-    table.add_column("bytes up", justify="right")
-    table.add_column("bytes down", justify="right")
-    table.add_column("time", justify="right")
+    for name in ("round", "accuracy", "macro-F1", *(f"ε {c}" for c in countries)):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name in ("↑ bytes", "↓ bytes", "time"):
+        table.add_column(name, justify="right", no_wrap=True)
     rows = ([results.baseline] if results.baseline else []) + results.rounds
     for row in rows:
         by_country = {node.country: node for node in row.nodes}
@@ -109,6 +105,6 @@ def results_table(results: Results, countries: list[str]) -> Table:
             *eps,
             human_bytes(row.bytes_up),
             human_bytes(row.bytes_down),
-            f"{row.seconds:.1f} s",
+            f"{row.seconds:.0f} s",
         )
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,24 @@ class _LazyFileHandler(logging.FileHandler):
     def _open(self):  # type: ignore[no-untyped-def]  # typeshed leaves the stream type open
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
+
+
+def _quiet_libraries() -> contextlib.ExitStack:
+    """Keep library load reports, progress bars and FutureWarnings off the terminal.
+
+    The run's own progress display is what the user reads; the log file keeps the details.
+    """
+    import transformers
+
+    stack = contextlib.ExitStack()
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity(logging.ERROR)
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    stack.callback(transformers.logging.set_verbosity, level)
+    stack.callback(transformers.logging.enable_progress_bar)
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", FutureWarning)
+    return stack
 
 
 @contextlib.contextmanager
@@ -45,9 +64,11 @@ def log_to_file(path: Path) -> Iterator[None]:
         logger.addHandler(handler)
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
+    quiet = _quiet_libraries()
     try:
         yield
     finally:
+        quiet.close()
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(handler)

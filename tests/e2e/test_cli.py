@@ -76,6 +76,16 @@ def test_unknown_privacy_key_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_job_without_nodes_names_the_tables_to_add(tmp_path: Path) -> None:
+    job = write_toy_job(tmp_path / "job")
+    job.write_text(job.read_text().split("[[nodes]]")[0])
+    proc = residency("simulate", str(job), cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "nodes: no [[nodes]] tables" in line
+    assert 'country = "DE"' in line
+
+
 def test_label_outside_the_job_is_refused_before_anything_runs(tmp_path: Path) -> None:
     job = write_toy_job(tmp_path / "job", countries=("DE", "FR"))
     data = job.parent / "fr.csv"

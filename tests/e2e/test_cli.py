@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_toy_job
+from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
 from residency.common.data.readers import read_labeled_texts
 from residency.server.results import Results
-from tests.conftest import LABELS, write_toy_job
+from toy_federation import LABELS, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: small, easily separable federations the tiny BERT can learn in seconds."""
+"""Small, easily separable federations the tiny BERT can learn in seconds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import csv
 import random
 from collections.abc import Sequence
 from pathlib import Path
-
-import pytest
 
 WORDS = {
     "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
@@ -84,9 +82,3 @@ accountant = "prv"
         encoding="utf-8",
     )
     return job
-
-
-@pytest.fixture
-def toy_job(tmp_path: Path) -> Path:
-    """A valid three-country toy job in a temp folder."""
-    return write_toy_job(tmp_path / "job")

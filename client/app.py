@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch.utils.data import TensorDataset
 
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
@@ -60,6 +61,12 @@ def _load_records(settings: NodeSettings, plan: RoundPlan) -> LabeledTexts:
     path = settings.data
     mtime = path.stat().st_mtime_ns if path.exists() else 0
     return _records(path, mtime, plan.text_column, plan.label_column, tuple(plan.labels))
+
+
+@lru_cache(maxsize=4)
+def _encoded(records: LabeledTexts, model: str, max_length: int) -> TensorDataset:
+    """Tokenise a node's records once per process, not once per round."""
+    return encode(records.texts, records.labels, load_tokenizer(model), max_length=max_length)
 
 
 @lru_cache(maxsize=8)
@@ -136,9 +143,7 @@ def _train(msg: Message, context: Context) -> Message:
             "coordinator's; fix: install the same checkpoint on every node"
         )
     load_trainable_state(model, _received_arrays(msg))
-    data = encode(
-        records.texts, records.labels, load_tokenizer(plan.model), max_length=plan.max_length
-    )
+    data = _encoded(records, plan.model, plan.max_length)
     outcome = train_dp_round(
         model,
         data,

@@ -1,7 +1,8 @@
 """``residency``: run the demo or a federated job in simulation.
 
-Exit codes: 0 success; 2 invalid input (job file, node data), with one line naming file, field
-and fix; 3 the federation failed (e.g. no node produced a valid update); 1 anything else.
+Exit codes: 0 success; 2 invalid input (job file, node data, flags), with one line naming file,
+field and fix; 3 the federation failed (e.g. no node produced a valid update); 4 the
+coordinator could not be reached or refused the request; 1 anything else.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
+from residency.cli.coordinator import coordinator_app
+from residency.cli.deployment import run, runs_app
+from residency.cli.node import node_app
 from residency.common.config.job import Job, load_job
 from residency.common.errors import ConfigError, DataError
 from residency.common.version import __version__
@@ -24,11 +27,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-EXIT_INPUT = 2
-EXIT_FAILED = 3
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(node_app, name="node")
+app.add_typer(runs_app, name="runs")
+app.command()(run)
 
 
 def _version(value: bool) -> None:
@@ -46,15 +48,6 @@ def main_options(
     """Residency command line."""
 
 
-def _default_output(job: Job) -> Path:
-    return Path("runs") / f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
     from residency.cli.progress import RichObserver, results_table
     from residency.cli.run_log import log_to_file
@@ -62,7 +55,7 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
     from residency.server.federation import JobFailed
 
     if out_dir.exists() and any(out_dir.iterdir()) and (out_dir / "results.json").exists():
-        raise _fail(
+        raise fail(
             f"{out_dir}: output folder already holds a run; fix: pass a new --output folder",
             EXIT_INPUT,
         )
@@ -77,9 +70,9 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
         with log_to_file(out_dir / "residency.log"), RichObserver(job, console) as observer:
             results = simulate(job, job_path, out_dir=out_dir, observer=observer)
     except (ConfigError, DataError) as exc:
-        raise _fail(str(exc), EXIT_INPUT) from exc
+        raise fail(str(exc), EXIT_INPUT) from exc
     except JobFailed as exc:
-        raise _fail(f"{exc} (log: {out_dir / 'residency.log'})", EXIT_FAILED) from exc
+        raise fail(f"{exc} (log: {out_dir / 'residency.log'})", EXIT_FAILED) from exc
     console.print(results_table(results, [n.country for n in job.nodes]))
     if results.final is not None:
         acc = results.final.accuracy
@@ -104,8 +97,8 @@ def simulate(
         job = load_job(job_file)
         job.require_nodes(job_file)
     except ConfigError as exc:
-        raise _fail(str(exc), EXIT_INPUT) from exc
-    _run_simulation(job, job_file, output or _default_output(job))
+        raise fail(str(exc), EXIT_INPUT) from exc
+    _run_simulation(job, job_file, output or default_output(job))
 
 
 @app.command()
@@ -135,7 +128,7 @@ def demo(
             model=model,
         )
     except (ValueError, ConfigError) as exc:
-        raise _fail(str(exc), EXIT_INPUT) from exc
+        raise fail(str(exc), EXIT_INPUT) from exc
     console.print(f"demo data (synthetic, generated locally) in {job_path.parent}")
     _run_simulation(job, job_path, out_dir)
 

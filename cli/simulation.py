@@ -33,6 +33,8 @@ def check_node_data(job: Job) -> dict[str, int]:
     """Validate every country's file before anything starts; returns examples per country."""
     sizes: dict[str, int] = {}
     for node in job.nodes:
+        if node.data is None:
+            raise DataError(f"node {node.country}: no data file in the job")
         try:
             records = read_labeled_texts(
                 node.data,
@@ -55,9 +57,13 @@ def write_node_settings(job: Job, out_dir: Path) -> Path:
     folder = out_dir / NODES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for index, node in enumerate(job.nodes):
+        if node.data is None:
+            raise DataError(f"node {node.country}: no data file in the job")
         text = (
             f"country = {_toml_string(node.country)}\n"
             f"data = {_toml_string(str(node.data.resolve()))}\n"
+            f"budget_epsilon = {job.privacy.target_epsilon!r}\n"
+            f"delta = {job.privacy.delta!r}\n"
             f"log = {_toml_string(str((folder / f'{node.country}.log').resolve()))}\n"
         )
         tomllib.loads(text)  # never write a file the node cannot read

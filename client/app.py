@@ -27,7 +27,7 @@ from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.data.records import LabeledTexts
 from residency.common.device import pick_compute
-from residency.common.errors import BudgetExceeded, ConfigError, DataError
+from residency.common.errors import BudgetExceeded, ConfigError, DataError, PolicyViolation
 from residency.common.model import (
     ModelSpec,
     base_fingerprint,
@@ -96,12 +96,29 @@ def _round_seed(plan: RoundPlan, country: str) -> int:
     return (plan.seed * 1_000_003 + plan.server_round * 7_919 + sum(map(ord, country))) % 2**31
 
 
+def _check_policy(settings: NodeSettings, plan: RoundPlan) -> None:
+    """The operator's own limits come before anything the coordinator asks for."""
+    who = f"{settings.country} refused job {plan.job}"
+    if settings.country not in plan.countries:
+        raise PolicyViolation(f"{who}: the job names {', '.join(plan.countries)}, not this node")
+    if plan.target_epsilon > settings.budget_epsilon:
+        raise PolicyViolation(
+            f"{who}: target epsilon {plan.target_epsilon:g} exceeds this node's budget "
+            f"{settings.budget_epsilon:g}"
+        )
+    if plan.delta > settings.delta:
+        raise PolicyViolation(
+            f"{who}: delta {plan.delta:g} exceeds this node's limit {settings.delta:g}"
+        )
+
+
 def _train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     settings = load_node_settings(node_settings_path(dict(context.node_config)))
     if settings.log is not None:
         _log_to(settings.log)
     plan = RoundPlan.from_record(msg.content.config_records[wire.CONFIG])
+    _check_policy(settings, plan)
     records = _load_records(settings, plan)
     examples = len(records)
     if plan.delta >= 1.0 / examples:
@@ -204,7 +221,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train one round; refusals and local faults become error replies with safe reasons."""
     try:
         return _train(msg, context)
-    except BudgetExceeded as exc:
+    except (BudgetExceeded, PolicyViolation) as exc:
         log.warning("%s", exc)
         return Message(Error(wire.REFUSED, str(exc)), reply_to=msg)
     except (ConfigError, DataError) as exc:

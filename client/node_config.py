@@ -26,7 +26,16 @@ class NodeSettings(Strict):
 
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
     data: Path
+    budget_epsilon: Annotated[float, Field(strict=True, gt=0, le=1000)] = Field(
+        description="largest target epsilon this node accepts for a job on its data"
+    )
+    delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
+        description="largest delta this node accepts"
+    )
     log: Path | None = Field(default=None, description="file the node logs to, if any")
+    runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
+        default=9094, description="loopback port between the SuperNode and its executor"
+    )
 
     @field_validator("data", "log")
     @classmethod

@@ -15,3 +15,7 @@ class InvalidUpdate(ValueError):
 
 class BudgetExceeded(RuntimeError):
     """Training would spend more privacy budget than the node allows."""
+
+
+class PolicyViolation(RuntimeError):
+    """A round breaks the node operator's own rules (not in the job, delta too large...)."""

@@ -5,14 +5,14 @@ Rewritten atomically after every round, so a crash leaves the last complete roun
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from residency.common.files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -122,15 +122,7 @@ class Results(Record):
 
     def write(self, path: Path) -> None:
         """Write atomically: a temp file in the same folder, then rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.model_dump_json(indent=2))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, self.model_dump_json(indent=2))
 
 
 def now() -> str:

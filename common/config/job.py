@@ -119,15 +119,15 @@ class PrivacySection(Strict):
 
 
 class NodeEntry(Strict):
-    """One simulated country and the data file that stays with it."""
+    """One country in the job; ``data`` is its file in simulation (a deployed node owns its own)."""
 
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
-    data: Path
+    data: Path | None = None
 
     @field_validator("data")
     @classmethod
-    def _data_path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+    def _data_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
 
 
 class Job(Strict):
@@ -149,14 +149,21 @@ class Job(Strict):
             raise ValueError(f"each country may appear once in [[nodes]], repeated: {dupes}")
         return nodes
 
-    def require_nodes(self, path: Path) -> None:
-        """Simulation needs the ``[[nodes]]`` tables; deployment takes nodes from the network."""
+    def require_nodes(self, path: Path, *, with_data: bool = True) -> None:
+        """Every job names its countries; simulation also needs each country's data file."""
         from residency.common.errors import ConfigError
 
+        example = 'country = "DE" data = "de.csv"' if with_data else 'country = "DE"'
         if not self.nodes:
             raise ConfigError(
                 f"{path}: nodes: no [[nodes]] tables; fix: add one per country, "
-                'e.g. [[nodes]] country = "DE" data = "de.csv"'
+                f"e.g. [[nodes]] {example}"
+            )
+        missing = [node.country for node in self.nodes if node.data is None]
+        if with_data and missing:
+            raise ConfigError(
+                f"{path}: nodes: no data file for {', '.join(missing)}; fix: simulation reads "
+                'each country\'s file, add e.g. data = "de.csv" to its [[nodes]] table'
             )
 
 

@@ -38,6 +38,7 @@ class RoundPlan(Strict):
     max_grad_norm: Annotated[float, Field(gt=0, alias="max-grad-norm")]
     accountant: AccountantKind
     base_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", alias="base-fingerprint")]
+    countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]], Field(min_length=1)]
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RoundPlan:
@@ -76,4 +77,5 @@ def round_config(job: Job, *, base_fingerprint: str) -> dict[str, Any]:
         "max-grad-norm": job.privacy.max_grad_norm,
         "accountant": job.privacy.accountant.value,
         "base-fingerprint": base_fingerprint,
+        "countries": [node.country for node in job.nodes],
     }

@@ -249,7 +249,6 @@ def test_unknown_key_is_an_error(tmp_path: Path, text: str, field: str) -> None:
         pytest.param('[data]\ntext_column = "t"\n' + PRIVACY, "data.labels", id="labels"),
         pytest.param(DATA, "privacy", id="privacy-table"),
         pytest.param(DATA + "[privacy]\ndelta = 1e-5\n", "privacy.target_epsilon", id="epsilon"),
-        pytest.param(MINIMAL + '[[nodes]]\ncountry = "DE"\n', "nodes.0.data", id="node-data"),
         pytest.param(MINIMAL + '[[nodes]]\ndata = "de.csv"\n', "nodes.0.country", id="country"),
     ],
 )
@@ -416,6 +415,19 @@ def test_require_nodes_without_nodes(tmp_path: Path) -> None:
     assert "\n" not in message
     assert message.startswith(f"{path}: nodes: "), message
     assert message.count("; fix: ") == 1, message
+
+
+def test_simulation_requires_each_node_data_file(tmp_path: Path) -> None:
+    path = write_job(tmp_path, MINIMAL + '[[nodes]]\ncountry = "DE"\n')
+    job = load_job(path)
+    job.require_nodes(path, with_data=False)  # deployment: nodes own their data
+
+    with pytest.raises(ConfigError) as caught:
+        job.require_nodes(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: nodes: no data file for DE; fix: "), message
+    assert "\n" not in message
 
 
 def test_require_nodes_with_nodes(tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""The Flower App Bundle ``residency run`` submits: Residency's apps plus the job as config.
+
+The bundle carries no code: its components point at the ``residency`` package every
+coordinator and node has installed (runtime dependency installation is off), and the
+validated job travels as JSON under the run-config key ``job``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tomli_w
+
+from residency.common.config.job import Job
+from residency.common.version import __version__
+from residency.server.deployment import JOB_KEY
+
+
+def write_bundle(job: Job, folder: Path) -> Path:
+    """Write the app's ``pyproject.toml`` into ``folder``."""
+    # Data paths in [[nodes]] are the launcher's own files; nodes read theirs from node.toml.
+    job = job.model_copy(update={"nodes": [n.model_copy(update={"data": None}) for n in job.nodes]})
+    project = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "residency-job",
+            "version": __version__,
+            "description": f"Residency federated job {job.name}",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
+            "flwr": {
+                "app": {
+                    "publisher": "residency",
+                    "components": {
+                        "serverapp": "residency.server.deployment:app",
+                        "clientapp": "residency.client.app:app",
+                    },
+                    "config": {JOB_KEY: json.dumps(job.model_dump(mode="json"))},
+                }
+            },
+        },
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pyproject.toml"
+    path.write_text(tomli_w.dumps(project), encoding="utf-8")
+    return path

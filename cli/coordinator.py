@@ -1,0 +1,182 @@
+"""``residency coordinator``: create, start and admit nodes to a coordinator."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from residency.cli.common import EXIT_INPUT, EXIT_UNAVAILABLE, console, fail, warn_insecure
+from residency.cli.flower import Coordinator, CoordinatorUnavailable
+from residency.cli.processes import Child, supervise
+from residency.common.errors import ConfigError
+from residency.server.admission import (
+    AdmittedNode,
+    key_fingerprint,
+    read_admitted,
+    record_admission,
+)
+from residency.server.coordinator import (
+    DEFAULT_PORT,
+    CoordinatorDir,
+    CoordinatorSettings,
+    init_coordinator,
+    superlink_command,
+)
+
+coordinator_app = typer.Typer(
+    help="Run the coordinator: its CA, its SuperLink, and which nodes may join.",
+    no_args_is_help=True,
+)
+
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="Coordinator folder.")]
+
+
+def _load(root: Path) -> tuple[CoordinatorDir, CoordinatorSettings]:
+    folder = CoordinatorDir(root)
+    try:
+        return folder, folder.load()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+
+
+def _local(folder: CoordinatorDir, settings: CoordinatorSettings) -> Coordinator:
+    return Coordinator(address=settings.address, ca=folder.tls.ca_cert)
+
+
+@coordinator_app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="New folder for the coordinator.")],
+    san: Annotated[
+        list[str],
+        typer.Option(help="DNS name or IP address nodes dial (repeat); the first is advertised."),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(min=1, max=65_535, help="HTTPS port.")] = DEFAULT_PORT,
+) -> None:
+    """Create a private CA, the server certificate and coordinator.toml."""
+    try:
+        made = init_coordinator(folder, names=san, host=host, port=port)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    settings = made.load()
+    console.print(
+        f"coordinator in {folder}: nodes dial [bold]{settings.address}[/] and trust "
+        f"{made.tls.ca_cert} (send them this file; keep tls/ca.key private)\n"
+        f"next: residency coordinator start {folder}"
+    )
+
+
+@coordinator_app.command()
+def start(
+    folder: Annotated[Path, typer.Argument(help="Coordinator folder from `coordinator init`.")],
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS (tests only); needs --no-node-auth.")
+    ] = False,
+    node_auth: Annotated[
+        bool, typer.Option("--node-auth/--no-node-auth", help="Admit only registered keys.")
+    ] = True,
+) -> None:
+    """Run SuperLink with TLS, node authentication and SQLite state until SIGINT/SIGTERM."""
+    where, settings = _load(folder)
+    if insecure and node_auth:
+        raise fail(
+            "--insecure: node authentication requires TLS, so the coordinator refuses to start; "
+            "fix: drop --insecure (or add --no-node-auth, for tests on an isolated network)",
+            EXIT_INPUT,
+        )
+    if not insecure and not node_auth:
+        raise fail(
+            "--no-node-auth: with TLS on, nodes must be authenticated; fix: drop --no-node-auth",
+            EXIT_INPUT,
+        )
+    if insecure:
+        warn_insecure("coordinator")
+    command, env = superlink_command(where, settings, insecure=insecure)
+    log = where.logs / "superlink.out"
+    scheme = "http" if insecure else "https"
+    console.print(
+        f"coordinator: SuperLink on {scheme}://{settings.host}:{settings.port} "
+        f"(nodes dial {settings.address}); state {where.database}; log {log}; Ctrl-C stops"
+    )
+    outcome = supervise([Child("superlink", command, env, log)])
+    if outcome.first_exit is not None and outcome.first_exit[1] != 0:
+        tail = [line for line in log.read_text("utf-8", "replace").splitlines() if line.strip()]
+        raise fail(
+            f"SuperLink exited with code {outcome.first_exit[1]}: "
+            f"{tail[-1].strip() if tail else 'no output'} (log: {log})",
+            1,
+        )
+    console.print("coordinator stopped")
+
+
+@coordinator_app.command()
+def admit(
+    public_key: Annotated[Path, typer.Argument(help="The node's keys/node.pub.")],
+    country: Annotated[str, typer.Option(help="ISO country code the node speaks for.")],
+    folder: DirOption = Path("."),
+) -> None:
+    """Register a node's public key, so its SuperNode may connect."""
+    where, settings = _load(folder)
+    country = country.strip().upper()
+    if not re.fullmatch(r"[A-Z]{2}", country):
+        raise fail(f"--country: {country!r} is not a two-letter ISO code; fix: e.g. DE", EXIT_INPUT)
+    if not public_key.is_file():
+        raise fail(f"{public_key}: file not found; fix: pass the node's keys/node.pub", EXIT_INPUT)
+    fingerprint = key_fingerprint(public_key.read_bytes())
+    if any(node.key_sha256 == fingerprint for node in read_admitted(where.admitted)):
+        raise fail(f"{public_key}: this key is already admitted; fix: nothing to do", EXIT_INPUT)
+    try:
+        answer = _local(where, settings).call_json(
+            "supernode", "register", str(public_key), "residency", "--name", country
+        )
+    except CoordinatorUnavailable as exc:
+        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
+    record = AdmittedNode(node_id=str(answer["node-id"]), country=country, key_sha256=fingerprint)
+    record_admission(where.admitted, record)
+    console.print(f"admitted {country}: node {record.node_id}, key sha256 {fingerprint[:16]}…")
+
+
+@coordinator_app.command()
+def nodes(
+    folder: DirOption = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List admitted nodes and whether each is connected."""
+    where, settings = _load(folder)
+    try:
+        answer = _local(where, settings).call_json("supernode", "ls", "residency")
+    except CoordinatorUnavailable as exc:
+        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
+    countries = {node.node_id: node for node in read_admitted(where.admitted)}
+    rows = [
+        {
+            "country": known.country if known else None,
+            "node_id": str(node.get("node-id")),
+            "status": str(node.get("status")),
+            "online_at": str(node.get("online-at")),
+            "key_sha256": known.key_sha256 if known else None,
+        }
+        for node in answer.get("nodes", [])
+        for known in [countries.get(str(node.get("node-id")))]
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"nodes of {settings.address}", header_style="bold")
+    for column in ("country", "node id", "status", "online since", "key sha256"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        key = row["key_sha256"]
+        table.add_row(
+            row["country"] or "?",
+            row["node_id"],
+            row["status"],
+            row["online_at"],
+            f"{key[:16]}…" if key else "-",
+        )
+    console.print(table)

@@ -1,0 +1,207 @@
+"""``residency run`` and ``residency runs``: launch and manage jobs on a coordinator."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from residency.cli.bundle import write_bundle
+from residency.cli.common import (
+    EXIT_INPUT,
+    EXIT_UNAVAILABLE,
+    console,
+    default_output,
+    fail,
+    warn_insecure,
+)
+from residency.cli.flower import CONNECTION, Coordinator, CoordinatorUnavailable, flwr_binary
+from residency.common.config.job import load_job
+from residency.common.errors import ConfigError
+from residency.server.events import (
+    NodeFinished,
+    RoundFinished,
+    RoundStarted,
+    RunFinished,
+    RunStarted,
+    parse,
+)
+from residency.server.results import Results, RunStatus
+
+runs_app = typer.Typer(help="List and stop runs on a coordinator.", invoke_without_command=True)
+
+CoordinatorOption = Annotated[
+    str,
+    typer.Option(
+        "--coordinator", envvar="RESIDENCY_COORDINATOR", help="Coordinator address HOST:PORT."
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="RESIDENCY_CA", help="The coordinator's ca.pem."),
+]
+InsecureOption = Annotated[
+    bool, typer.Option("--insecure", help="Plain-text connection (tests only).")
+]
+_STARTED = re.compile(r"started run (\d+)")
+
+
+def _coordinator(address: str, ca: Path | None, insecure: bool) -> Coordinator:
+    if insecure:
+        warn_insecure("client")
+        return Coordinator(address=address, ca=None, insecure=True)
+    if ca is None:
+        raise fail("--ca: missing; fix: pass the coordinator's tls/ca.pem", EXIT_INPUT)
+    if not ca.is_file():
+        raise fail(f"--ca: {ca}: file not found; fix: pass the coordinator's ca.pem", EXIT_INPUT)
+    return Coordinator(address=address, ca=ca)
+
+
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Job TOML file ([[nodes]] name countries).")],
+    coordinator: CoordinatorOption,
+    ca: CaOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Local folder for results.json + log.")
+    ] = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Launch a job on the connected nodes, stream its progress, write its results."""
+    from residency.cli.progress import RichObserver, results_table
+
+    try:
+        job = load_job(job_file)
+        job.require_nodes(job_file, with_data=False)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    out_dir = output or default_output(job)
+    if (out_dir / "results.json").exists():
+        raise fail(f"{out_dir}: output folder already holds a run; fix: pass a new --output", 2)
+    target = _coordinator(coordinator, ca, insecure)
+    countries = [node.country for node in job.nodes]
+    console.print(
+        f"[bold]{job.name}[/] on {coordinator}: {', '.join(countries)}, {job.train.rounds} rounds, "
+        f"target ε={job.privacy.target_epsilon:g} δ={job.privacy.delta:g} per country"
+    )
+    started = time.perf_counter()
+    results: Results | None = None
+    run_id: str | None = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="residency-app-") as bundle,
+        target.home() as env,
+        (out_dir / "run.log").open("w", encoding="utf-8") as log,
+        RichObserver(job, console) as observer,
+    ):
+        write_bundle(job, Path(bundle))
+        process = subprocess.Popen(
+            [flwr_binary(), "run", bundle, CONNECTION, "--stream"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert process.stdout is not None
+        last = ""
+        try:
+            for line in process.stdout:
+                log.write(line)
+                last = line.strip() or last
+                if run_id is None and (match := _STARTED.search(line)):
+                    run_id = match.group(1)
+                    console.print(f"run {run_id} started")
+                event = parse(line)
+                if isinstance(event, RunStarted):
+                    console.print(f"outputs on the coordinator host: {event.run_dir}")
+                elif isinstance(event, RoundStarted):
+                    observer.round_started(event.round, event.nodes)
+                elif isinstance(event, NodeFinished):
+                    observer.node_finished(event.round, event.report)
+                elif isinstance(event, RoundFinished):
+                    observer.round_finished(event.result)
+                elif isinstance(event, RunFinished):
+                    results = event.results
+                    results.write(out_dir / "results.json")
+        except KeyboardInterrupt:
+            process.terminate()
+            hint = f"; stop it with `residency runs stop {run_id}`" if run_id else ""
+            raise fail(f"detached: run {run_id} continues on the coordinator{hint}", 130) from None
+        process.wait()
+    if run_id is None:
+        raise fail(f"{coordinator}: the run did not start: {last}", EXIT_UNAVAILABLE)
+    if results is None:
+        raise fail(f"run {run_id}: ended without results (log: {out_dir / 'run.log'})", 3)
+    console.print(results_table(results, countries))
+    if results.status is not RunStatus.COMPLETED:
+        raise fail(f"run {run_id} failed: {results.error} (log: {out_dir / 'run.log'})", 3)
+    model = results.final.model_dir if results.final else "-"
+    console.print(
+        f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}; "
+        f"model on the coordinator host in {model}"
+    )
+
+
+OptionalCoordinator = Annotated[
+    str | None,
+    typer.Option(
+        "--coordinator", envvar="RESIDENCY_COORDINATOR", help="Coordinator address HOST:PORT."
+    ),
+]
+
+
+@runs_app.callback()
+def runs(
+    ctx: typer.Context,
+    coordinator: OptionalCoordinator = None,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List runs with their status (or use a subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if coordinator is None:
+        raise fail("--coordinator: missing; fix: pass HOST:PORT of the coordinator", EXIT_INPUT)
+    try:
+        answer = _coordinator(coordinator, ca, insecure).call_json("ls", CONNECTION)
+    except CoordinatorUnavailable as exc:
+        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
+    if as_json:
+        print(json.dumps(answer.get("runs", []), indent=2))
+        return
+    table = Table(title=f"runs on {coordinator}", header_style="bold")
+    for column in ("run id", "status", "started", "finished", "elapsed", "traffic"):
+        table.add_column(column, no_wrap=True)
+    for item in answer.get("runs", []):
+        traffic = item.get("network-traffic", {}).get("total-bytes", 0)
+        table.add_row(
+            str(item.get("run-id")),
+            str(item.get("status")),
+            str(item.get("running-at")),
+            str(item.get("finished-at")),
+            f"{float(item.get('elapsed', 0)):.0f} s",
+            f"{int(traffic) / 1e6:.2f} MB",
+        )
+    console.print(table)
+
+
+@runs_app.command()
+def stop(
+    run_id: Annotated[int, typer.Argument(help="Run id from `runs`.")],
+    coordinator: CoordinatorOption,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Stop a run; its nodes stop being asked, and budget already spent stays spent."""
+    try:
+        _coordinator(coordinator, ca, insecure).call_json("stop", str(run_id), CONNECTION)
+    except CoordinatorUnavailable as exc:
+        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
+    console.print(f"run {run_id} stopped")

@@ -1,0 +1,106 @@
+"""``residency node``: set up and run a country's node next to its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from residency.cli.common import EXIT_INPUT, console, fail, warn_insecure
+from residency.cli.processes import Child, supervise
+from residency.client.daemon import (
+    NodeDir,
+    daemon_env,
+    executor_command,
+    explain_supernode_exit,
+    init_node,
+    supernode_command,
+)
+from residency.common.errors import ConfigError
+
+node_app = typer.Typer(
+    help="Run a country node: its own data, budget and key; only updates leave.",
+    no_args_is_help=True,
+)
+
+
+@node_app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="New folder for the node.")],
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 code, e.g. DE.")],
+    data: Annotated[Path, typer.Option(help="The node's data file (CSV, JSONL or Parquet).")],
+    budget_epsilon: Annotated[
+        float, typer.Option(help="Largest target epsilon a job may use on this data.")
+    ],
+    delta: Annotated[float, typer.Option(help="Largest delta a job may use.")],
+    runtime_port: Annotated[
+        int, typer.Option(min=1, max=65_535, help="Loopback port for the node's executor.")
+    ] = 9094,
+) -> None:
+    """Create the node's key pair and node.toml (the operator's own settings)."""
+    try:
+        made = init_node(
+            folder,
+            country=country.strip().upper(),
+            data=data,
+            budget_epsilon=budget_epsilon,
+            delta=delta,
+            runtime_port=runtime_port,
+        )
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    console.print(
+        f"node {country.upper()} in {folder}: settings {made.settings_file}\n"
+        f"send {made.public_key} to the coordinator (it runs `residency coordinator admit`), "
+        f"then: residency node start {folder} --coordinator HOST:PORT --ca ca.pem"
+    )
+
+
+@node_app.command()
+def start(
+    folder: Annotated[Path, typer.Argument(help="Node folder from `node init`.")],
+    coordinator: Annotated[str, typer.Option(help="Coordinator address HOST:PORT.")],
+    ca: Annotated[
+        Path | None, typer.Option(help="The coordinator's ca.pem (its only trusted CA).")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS, no node key (tests only).")
+    ] = False,
+) -> None:
+    """Run the SuperNode (authenticated with the node key) and its executor until stopped."""
+    where = NodeDir(folder)
+    try:
+        settings = where.load()
+        if ca is not None and not ca.is_file():
+            raise ConfigError(f"--ca: {ca}: file not found; fix: pass the coordinator's ca.pem")
+        command = supernode_command(
+            where, settings, coordinator=coordinator, ca=ca, insecure=insecure
+        )
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    if insecure:
+        warn_insecure(f"node {settings.country}")
+    env = daemon_env()
+    supernode_log = where.logs / "supernode.log"
+    supernode_log.parent.mkdir(parents=True, exist_ok=True)
+    offset = supernode_log.stat().st_size if supernode_log.exists() else 0
+    console.print(
+        f"node {settings.country}: connecting to {coordinator}; data {settings.data}; "
+        f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g}; logs {where.logs}; "
+        "Ctrl-C stops"
+    )
+    outcome = supervise(
+        [
+            Child("supernode", command, env, supernode_log),
+            Child("executor", executor_command(settings), env, where.logs / "executor.log"),
+        ]
+    )
+    if outcome.first_exit is not None and not outcome.stopped_by_signal:
+        name, code = outcome.first_exit
+        with supernode_log.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
+        reason = explain_supernode_exit(text, where, settings.country)
+        raise fail(f"node {settings.country}: {name} exited ({code}): {reason}", 1)
+    console.print(f"node {settings.country} stopped")

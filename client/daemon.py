@@ -1,0 +1,179 @@
+"""The node's folder and how its SuperNode and warm executor are started.
+
+``residency node init DIR`` writes everything the node operator owns::
+
+    DIR/node.toml      country, data path, privacy budget and limits (only the operator edits it)
+    DIR/keys/node.key  the node's private key for SuperNode authentication (0600)
+    DIR/keys/node.pub  the public key to hand to the coordinator
+    DIR/logs/          SuperNode, executor and node logs
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from residency.client.identity import PRIVATE_KEY, PUBLIC_KEY, create_identity
+from residency.client.node_config import NODE_CONFIG_KEY, NodeSettings, load_node_settings
+from residency.common.config.toml_file import write_model
+from residency.common.errors import ConfigError
+
+SETTINGS_FILE = "node.toml"
+
+
+@dataclass(frozen=True)
+class NodeDir:
+    """Paths inside a node folder."""
+
+    root: Path
+
+    @property
+    def settings_file(self) -> Path:
+        """``node.toml``."""
+        return self.root / SETTINGS_FILE
+
+    @property
+    def private_key(self) -> Path:
+        """SuperNode authentication key (never leaves the node)."""
+        return self.root / "keys" / PRIVATE_KEY
+
+    @property
+    def public_key(self) -> Path:
+        """What the coordinator admits."""
+        return self.root / "keys" / PUBLIC_KEY
+
+    @property
+    def logs(self) -> Path:
+        """Log files."""
+        return self.root / "logs"
+
+    def load(self) -> NodeSettings:
+        """Read ``node.toml``, or explain how to create it."""
+        if not self.settings_file.exists():
+            raise ConfigError(
+                f"{self.settings_file}: not found; fix: run `residency node init {self.root} "
+                "--country XX --data FILE --budget-epsilon E --delta D` first"
+            )
+        return load_node_settings(self.settings_file)
+
+
+def init_node(
+    root: Path,
+    *,
+    country: str,
+    data: Path,
+    budget_epsilon: float,
+    delta: float,
+    runtime_port: int = 9094,
+) -> NodeDir:
+    """Write the operator's settings and a fresh key pair; refuse to overwrite a node."""
+    folder = NodeDir(root)
+    if folder.settings_file.exists():
+        raise ConfigError(
+            f"{folder.settings_file}: a node already lives here; fix: pick a new folder "
+            "(re-running init would replace the key the coordinator admitted)"
+        )
+    if not data.is_file():
+        raise ConfigError(f"--data: {data}: file not found; fix: pass the node's data file")
+    try:
+        settings = NodeSettings(
+            country=country,
+            data=data.resolve(),
+            budget_epsilon=budget_epsilon,
+            delta=delta,
+            log=(folder.logs / "node.log").resolve(),
+            runtime_port=runtime_port,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise ConfigError(
+            f"{flag}: {err['msg']} (got {err.get('input')!r}); fix: correct the flag"
+        ) from exc
+    folder.logs.mkdir(parents=True, exist_ok=True)
+    create_identity(folder.private_key.parent, comment=f"residency-node-{country}")
+    write_model(
+        folder.settings_file,
+        settings,
+        header=(
+            "Residency node: the operator's own settings. The node reads its data path,\n"
+            "budget and limits only from here, never from the coordinator."
+        ),
+    )
+    return folder
+
+
+def supernode_command(
+    folder: NodeDir,
+    settings: NodeSettings,
+    *,
+    coordinator: str,
+    ca: Path | None,
+    insecure: bool,
+) -> list[str]:
+    """The SuperNode command line: authenticated with the node key unless ``insecure``."""
+    config = f'{NODE_CONFIG_KEY}="{folder.settings_file.resolve()}"'
+    command = [
+        str(Path(sys.executable).parent / "flower-supernode"),
+        "--superlink",
+        coordinator,
+        "--node-config",
+        config,
+        "--isolation",
+        "process",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.runtime_port),
+    ]
+    if insecure:
+        return [*command, "--insecure"]
+    if ca is None:
+        raise ConfigError("--ca: missing; fix: pass the coordinator's ca.pem (or --insecure)")
+    return [
+        *command,
+        "--root-certificates",
+        str(ca.resolve()),
+        "--auth-supernode-private-key",
+        str(folder.private_key.resolve()),
+    ]
+
+
+def executor_command(settings: NodeSettings) -> list[str]:
+    """The warm executor that runs this node's ClientApp tasks."""
+    return [
+        sys.executable,
+        "-m",
+        "residency.client.executor",
+        "--runtime-api-address",
+        f"127.0.0.1:{settings.runtime_port}",
+    ]
+
+
+def daemon_env() -> dict[str, str]:
+    """Environment for both processes: poll the local SuperNode often (loopback is cheap)."""
+    return {**os.environ, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+
+
+def explain_supernode_exit(log_text: str, folder: NodeDir, country: str) -> str:
+    """One line saying why the SuperNode stopped, from its own log."""
+    if "CERTIFICATE_VERIFY_FAILED" in log_text:
+        return (
+            "the coordinator's certificate is not signed by the given CA; fix: use the "
+            "coordinator's tls/ca.pem with --ca and an address named in its certificate"
+        )
+    if "Failed to activate SuperNode" in log_text:
+        return (
+            f"the coordinator refused this node's key (not admitted); fix: send "
+            f"{folder.public_key} to the coordinator, who runs `residency coordinator admit "
+            f"node.pub --country {country}`"
+        )
+    if "Exit Code: 303" in log_text:
+        return "node authentication needs TLS; fix: pass --ca instead of --insecure"
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    tail = lines[-1].strip() if lines else "no output"
+    return f"the SuperNode stopped ({tail}); see {folder.logs / 'supernode.log'}"

@@ -1,0 +1,127 @@
+"""A warm executor for the node's ClientApp: import torch once, fork once per message.
+
+Flower's SuperExec starts a fresh ``flwr-clientapp`` process per message, which re-imports
+torch, transformers and Opacus (about 6-10 s here, every round, every phase). This executor
+implements Flower's SuperExec ``Executor`` protocol: its parent process imports the ClientApp
+once, then each task runs Flower's own ``run_clientapp`` in a forked child. Isolation per
+message is kept (a crash or leak in one round dies with its child); only the import is shared.
+The parent never runs a torch operation or touches CUDA, so forking it is safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec import run_superexec as superexec
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
+
+log = logging.getLogger("residency.node")
+
+
+class ForkExecutor:
+    """Runs each ClientApp task in a child forked from a process that already imported it."""
+
+    def __init__(self) -> None:
+        import residency.client.app  # noqa: F401  (the warm import every child inherits)
+
+        self.children: set[int] = set()
+
+    def get_eligible_capacity(
+        self,
+        supported_task_types: set[TaskType],
+        *,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> tuple[set[TaskType], set[str]]:
+        """Only ClientApp tasks: a node runs nothing else."""
+        del insecure, root_certificates_path
+        return supported_task_types & {TaskType.CLIENT_APP}, set()
+
+    def wait_for_capacity(
+        self,
+        task_type: TaskType | None = None,
+        *,
+        fab_hash: str | None = None,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> None:
+        """Forking has no capacity gate."""
+        del task_type, fab_hash, insecure, root_certificates_path
+
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
+        """Fork; the child runs Flower's ClientApp runtime for this one token and exits."""
+        if spec.task_type is not TaskType.CLIENT_APP:
+            return LaunchResult.failed(
+                f"a Residency node runs ClientApps only, not {spec.task_type}"
+            )
+        pid = os.fork()
+        if pid == 0:  # child
+            os._exit(_run_task(spec))
+        self.children.add(pid)
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        """Reap finished children so none linger as zombies."""
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+            self.children.discard(pid)
+
+    def close(self) -> None:
+        """Leave running children alone: each ends with its task or with the SuperNode."""
+
+
+def _run_task(spec: ExecutionSpec) -> int:
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    certificates = (
+        Path(spec.root_certificates_path).read_bytes() if spec.root_certificates_path else None
+    )
+    try:
+        run_clientapp(
+            runtime_api_address=spec.runtime_api_address,
+            token=spec.token,
+            insecure=spec.insecure,
+            certificates=certificates,
+            parent_pid=spec.parent_pid,
+            runtime_dependency_install=False,
+        )
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("ClientApp task failed")
+        return 1
+    return 0
+
+
+def run(runtime_api_address: str, parent_pid: int | None) -> None:
+    """Run Flower's SuperExec loop with the fork executor (loopback, so no TLS)."""
+    executor = ForkExecutor()
+    # Flower 1.42 picks executors by name only; hand it ours at its one construction point.
+    superexec.get_executor = lambda *args, **kwargs: executor  # type: ignore[attr-defined]
+    superexec.run_superexec(
+        runtime_api_address=runtime_api_address,
+        insecure=True,
+        parent_pid=parent_pid,
+        runtime_dependency_install=False,
+    )
+
+
+def main() -> None:
+    """``python -m residency.client.executor --runtime-api-address 127.0.0.1:9094``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args()
+    run(args.runtime_api_address, args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""A real deployment on loopback: SuperLink and three SuperNodes over TLS with node keys.
+
+Every process is started through the ``residency`` CLI exactly as operators would, and the
+job's outcome is compared with the same job in simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from deployment_harness import Federation, cli, free_port, wait_until
+
+from residency.cli.simulation import simulate
+from residency.common.config.job import load_job
+from residency.server.results import Results
+from toy_federation import write_toy_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+COUNTRIES = ("DE", "FR", "ES")
+
+
+@dataclass
+class Deployed:
+    federation: Federation
+    job_path: Path
+    out: Path
+    run: subprocess.CompletedProcess[str]
+    results: Results
+    simulated: Results
+    runs_listing: subprocess.CompletedProcess[str]
+    node_rows: list[dict[str, object]]
+    exit_codes: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    root = tmp_path_factory.mktemp("deployment")
+    job_path = write_toy_job(root / "job", countries=COUNTRIES, rounds=2)
+    simulated = simulate(load_job(job_path), job_path, out_dir=root / "simulated")
+
+    federation = Federation(root / "fed")
+    federation.init_coordinator("127.0.0.1", "localhost")
+    try:
+        federation.start_coordinator()
+        for country in COUNTRIES:
+            node = federation.init_node(country, root / "job" / f"{country.lower()}.csv")
+            federation.admit(node, country)
+            federation.start_node(node)
+        federation.wait_online(COUNTRIES)
+        node_rows = federation.nodes()
+        out = root / "deployed"
+        run = cli(
+            "run",
+            str(job_path),
+            "--coordinator",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--output",
+            str(out),
+            timeout_s=600,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        listing = cli(
+            "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
+        )
+        results = Results.model_validate_json((out / "results.json").read_text("utf-8"))
+    finally:
+        codes = federation.stop_all()
+    return Deployed(federation, job_path, out, run, results, simulated, listing, node_rows, codes)
+
+
+def test_job_completes_over_tls_with_node_authentication(deployed: Deployed) -> None:
+    results = deployed.results
+    assert results.status == "completed"
+    assert [r.round for r in results.rounds] == [1, 2]
+    for result in results.rounds:
+        assert {n.country for n in result.nodes} == set(COUNTRIES)
+        assert all(n.status == "ok" for n in result.nodes)
+    assert sorted(r["country"] for r in deployed.node_rows) == sorted(COUNTRIES)
+
+
+def test_epsilon_matches_simulation_exactly(deployed: Deployed) -> None:
+    # Epsilon depends only on (noise, sample rate, steps, delta): no tolerance is needed.
+    for country in COUNTRIES:
+        got, want = deployed.results.privacy[country], deployed.simulated.privacy[country]
+        assert got.epsilon == pytest.approx(want.epsilon, rel=1e-12)
+        assert (got.noise_multiplier, got.sample_rate, got.steps) == (
+            want.noise_multiplier,
+            want.sample_rate,
+            want.steps,
+        )
+
+
+def test_accuracy_matches_simulation(deployed: Deployed) -> None:
+    # Same seeds, so the same batches and noise draws; CPU thread counts differ between Ray
+    # actors and forked node processes, which changes float summation order only. 0.05 is
+    # 4-5 of the 90 test examples.
+    got = deployed.results.final
+    want = deployed.simulated.final
+    assert got is not None
+    assert want is not None
+    assert got.accuracy is not None
+    assert want.accuracy is not None
+    assert got.accuracy == pytest.approx(want.accuracy, abs=0.05)
+    assert got.accuracy > 0.5
+
+
+def test_outputs_match_simulate_layout(deployed: Deployed) -> None:
+    final = deployed.results.final
+    assert final is not None
+    model_dir = Path(final.model_dir)
+    assert model_dir.parent.parent == deployed.federation.coordinator_dir / "runs"
+    assert (model_dir / "model.safetensors").is_file()
+    assert (model_dir.parent / "results.json").is_file()
+    assert "round 2" in deployed.run.stdout
+
+
+def test_runs_lists_the_finished_run(deployed: Deployed) -> None:
+    assert deployed.runs_listing.returncode == 0, deployed.runs_listing.stderr
+    runs = json.loads(deployed.runs_listing.stdout)
+    assert [run["status"] for run in runs] == ["finished:completed"]
+
+
+def test_daemons_stop_cleanly_on_sigint(deployed: Deployed) -> None:
+    assert set(deployed.exit_codes.values()) == {0}, deployed.exit_codes
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Federation]:
+    federation = Federation(tmp_path)
+    federation.init_coordinator()
+    federation.start_coordinator()
+    yield federation
+    federation.stop_all()
+
+
+def _node(federation: Federation, tmp_path: Path, country: str = "DE") -> Path:
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nhello,pos\n", encoding="utf-8")
+    return federation.init_node(country, data)
+
+
+def test_unregistered_node_key_is_refused(coordinator: Federation, tmp_path: Path) -> None:
+    node = _node(coordinator, tmp_path)
+    daemon = coordinator.start_node(node)
+    assert daemon.process.wait(timeout=120) == 1
+    assert "refused this node's key" in daemon.output()
+    assert coordinator.nodes() == []
+
+
+def test_node_trusting_another_ca_is_refused(coordinator: Federation, tmp_path: Path) -> None:
+    other = Federation(tmp_path / "other")
+    other.init_coordinator()
+    node = _node(coordinator, tmp_path)
+    coordinator.admit(node, "DE")
+    daemon = coordinator.start_node(node, ca=other.ca)
+    assert daemon.process.wait(timeout=120) == 1
+    assert "not signed by the given CA" in daemon.output()
+    assert all(row["status"] != "online" for row in coordinator.nodes())
+
+
+def test_coordinator_refuses_node_authentication_without_tls(tmp_path: Path) -> None:
+    federation = Federation(tmp_path)
+    federation.init_coordinator()
+    done = cli("coordinator", "start", str(federation.coordinator_dir), "--insecure")
+    assert done.returncode == 2
+    assert "node authentication requires TLS" in done.stderr
+    # Flower's SuperLink itself refuses the combination too (exit 104).
+    superlink = Path(sys.executable).parent / "flower-superlink"
+    raw = subprocess.run(
+        [str(superlink), "--insecure", "--enable-supernode-auth", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert raw.returncode != 0
+
+
+def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path: Path) -> None:
+    node = _node(coordinator, tmp_path)
+    coordinator.admit(node, "DE")
+    daemon = coordinator.start_node(node)
+    coordinator.wait_online(["DE"])
+    assert daemon.stop() == 0
+    wait_until(
+        lambda: all(row["status"] != "online" for row in coordinator.nodes()),
+        timeout_s=60,
+        what="the node to go offline",
+    )
+    again = cli(
+        "coordinator",
+        "admit",
+        str(node / "keys" / "node.pub"),
+        "--country",
+        "DE",
+        "--dir",
+        str(coordinator.coordinator_dir),
+    )
+    assert again.returncode == 2
+    assert "already admitted" in again.stderr

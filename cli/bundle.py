@@ -14,7 +14,7 @@ import tomli_w
 
 from residency.common.config.job import Job
 from residency.common.version import __version__
-from residency.server.deployment import JOB_KEY
+from residency.server.launch import JOB_KEY
 
 
 def write_bundle(job: Job, folder: Path) -> Path:

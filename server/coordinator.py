@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from residency.common.config.job import Strict
 from residency.common.config.loading import load_model
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
-from residency.server.deployment import RUNS_DIR_ENV
+from residency.server.launch import RUNS_DIR_ENV
 from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"
@@ -121,8 +121,11 @@ def init_coordinator(
         )
     try:
         settings = CoordinatorSettings(host=host, port=port, names=names)
-    except ValueError as exc:
-        raise ConfigError(f"--san: {exc}; fix: pass DNS names or IP addresses") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = {"names": "--san"}.get(str(err["loc"][0]), f"--{err['loc'][0]}")
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{flag}: {message}; fix: pass DNS names or IP addresses") from exc
     for sub in (folder.database.parent, folder.runs, folder.logs, folder.flwr_home):
         sub.mkdir(parents=True, exist_ok=True)
     create_tls(folder.tls.folder, names=names, common_name=names[0])

@@ -17,10 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 from residency.common.config.job import Job
 from residency.server.events import EventPrinter, RunFinished, RunStarted, emit
 from residency.server.federation import RESULTS_FILE, JobFailed, run_federation
+from residency.server.launch import JOB_KEY, RUNS_DIR_ENV
 from residency.server.results import Results
-
-JOB_KEY = "job"
-RUNS_DIR_ENV = "RESIDENCY_RUNS_DIR"
 
 app = ServerApp()
 

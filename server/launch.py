@@ -1,0 +1,11 @@
+"""The contract between ``residency run`` and the deployed ServerApp (kept import-light).
+
+The CLI must not import torch just to launch a job, so these names live apart from the
+ServerApp that uses them.
+"""
+
+JOB_KEY = "job"
+"""Run-config key holding the validated job as JSON."""
+
+RUNS_DIR_ENV = "RESIDENCY_RUNS_DIR"
+"""Environment variable naming the coordinator's folder of run outputs."""

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from residency.cli.bundle import write_bundle
 from residency.cli.common import (
+    EXIT_FAILED,
     EXIT_INPUT,
     EXIT_UNAVAILABLE,
     console,
@@ -83,7 +84,9 @@ def run(
         raise fail(str(exc), EXIT_INPUT) from exc
     out_dir = output or default_output(job)
     if (out_dir / "results.json").exists():
-        raise fail(f"{out_dir}: output folder already holds a run; fix: pass a new --output", 2)
+        raise fail(
+            f"{out_dir}: output folder already holds a run; fix: pass a new --output", EXIT_INPUT
+        )
     target = _coordinator(coordinator, ca, insecure)
     countries = [node.country for node in job.nodes]
     console.print(
@@ -93,6 +96,7 @@ def run(
     started = time.perf_counter()
     results: Results | None = None
     run_id: str | None = None
+    run_dir, rounds_done = "(unknown)", 0
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="residency-app-") as bundle,
@@ -119,12 +123,14 @@ def run(
                     console.print(f"run {run_id} started")
                 event = parse(line)
                 if isinstance(event, RunStarted):
-                    console.print(f"outputs on the coordinator host: {event.run_dir}")
+                    run_dir = event.run_dir
+                    console.print(f"outputs on the coordinator host: {run_dir}")
                 elif isinstance(event, RoundStarted):
                     observer.round_started(event.round, event.nodes)
                 elif isinstance(event, NodeFinished):
                     observer.node_finished(event.round, event.report)
                 elif isinstance(event, RoundFinished):
+                    rounds_done += 1
                     observer.round_finished(event.result)
                 elif isinstance(event, RunFinished):
                     results = event.results
@@ -137,10 +143,25 @@ def run(
     if run_id is None:
         raise fail(f"{coordinator}: the run did not start: {last}", EXIT_UNAVAILABLE)
     if results is None:
-        raise fail(f"run {run_id}: ended without results (log: {out_dir / 'run.log'})", 3)
+        # Flower closes the log stream when a run is stopped, before its last lines arrive.
+        status = _run_status(target, run_id)
+        if status.endswith("stopped"):
+            raise fail(
+                f"run {run_id} was stopped after {rounds_done} round(s); results on the "
+                f"coordinator host: {run_dir}",
+                EXIT_FAILED,
+            )
+        raise fail(
+            f"run {run_id}: ended ({status}) without results (log: {out_dir / 'run.log'})",
+            EXIT_FAILED,
+        )
     console.print(results_table(results, countries))
+    if results.status is RunStatus.STOPPED:
+        raise fail(f"run {run_id} was stopped after {len(results.rounds)} round(s)", EXIT_FAILED)
     if results.status is not RunStatus.COMPLETED:
-        raise fail(f"run {run_id} failed: {results.error} (log: {out_dir / 'run.log'})", 3)
+        raise fail(
+            f"run {run_id} failed: {results.error} (log: {out_dir / 'run.log'})", EXIT_FAILED
+        )
     model = results.final.model_dir if results.final else "-"
     console.print(
         f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}; "
@@ -154,6 +175,15 @@ OptionalCoordinator = Annotated[
         "--coordinator", envvar="RESIDENCY_COORDINATOR", help="Coordinator address HOST:PORT."
     ),
 ]
+
+
+def _run_status(target: Coordinator, run_id: str) -> str:
+    try:
+        answer = target.call_json("ls", CONNECTION, "--run-id", run_id)
+    except CoordinatorUnavailable:
+        return "status unknown"
+    runs = answer.get("runs", [])
+    return str(runs[0].get("status")) if runs else "status unknown"
 
 
 @runs_app.callback()

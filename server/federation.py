@@ -308,6 +308,9 @@ def run_federation(
                 observer.round_finished(result)
         results.final = federation.finish(out_dir)
         results.status = RunStatus.COMPLETED
+    except (SystemExit, KeyboardInterrupt):
+        results.status, results.error = RunStatus.STOPPED, "stopped by a signal (runs stop, Ctrl-C)"
+        raise
     except BaseException as exc:
         results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
         raise

@@ -56,10 +56,10 @@ class Daemon:
         """What it printed so far."""
         return self.log.read_text("utf-8", "replace") if self.log.exists() else ""
 
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGINT, then wait; kill only if it ignores the signal."""
+    def stop(self, timeout_s: float = 60, sig: signal.Signals = signal.SIGINT) -> int:
+        """SIGINT (or ``sig``), then wait; kill only if it ignores the signal."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(sig)
             try:
                 return self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

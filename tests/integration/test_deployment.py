@@ -7,6 +7,7 @@ job's outcome is compared with the same job in simulation.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deployment_harness import Federation, cli, free_port, wait_until
+from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
 
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
@@ -26,6 +27,46 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 COUNTRIES = ("DE", "FR", "ES")
 
 
+def _stop_a_long_run(
+    federation: Federation, root: Path
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """Launch a 50-round job, stop it with `runs stop` once it runs, let `run` notice."""
+    job = write_toy_job(root / "long", countries=COUNTRIES, rounds=50)
+    launcher = subprocess.Popen(
+        [
+            RESIDENCY,
+            "run",
+            str(job),
+            "--coordinator",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--output",
+            str(root / "long-out"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    connection = ("--coordinator", federation.address, "--ca", str(federation.ca))
+
+    def running() -> list[str]:
+        listed = json.loads(cli("runs", "--json", *connection).stdout)
+        return [str(r["run-id"]) for r in listed if str(r["status"]).startswith("running")]
+
+    wait_until(lambda: bool(running()), timeout_s=120, what="the long run to be running")
+    run_id = running()[0]
+    results = federation.coordinator_dir / "runs" / run_id / "results.json"
+
+    def one_round_done() -> bool:
+        return results.exists() and bool(json.loads(results.read_text("utf-8"))["rounds"])
+
+    wait_until(one_round_done, timeout_s=180, what="the long run's first round")
+    stopped = cli("runs", "stop", run_id, *connection)
+    out, err = launcher.communicate(timeout=180)
+    return stopped, subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)
+
+
 @dataclass
 class Deployed:
     federation: Federation
@@ -35,6 +76,8 @@ class Deployed:
     results: Results
     simulated: Results
     runs_listing: subprocess.CompletedProcess[str]
+    stopped: subprocess.CompletedProcess[str]
+    detached_run: subprocess.CompletedProcess[str]
     node_rows: list[dict[str, object]]
     exit_codes: dict[str, int]
 
@@ -72,9 +115,25 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
         )
         results = Results.model_validate_json((out / "results.json").read_text("utf-8"))
+        stopped, detached = _stop_a_long_run(federation, root)
+        listing = cli(
+            "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
+        )
     finally:
         codes = federation.stop_all()
-    return Deployed(federation, job_path, out, run, results, simulated, listing, node_rows, codes)
+    return Deployed(
+        federation,
+        job_path,
+        out,
+        run,
+        results,
+        simulated,
+        listing,
+        stopped,
+        detached,
+        node_rows,
+        codes,
+    )
 
 
 def test_job_completes_over_tls_with_node_authentication(deployed: Deployed) -> None:
@@ -123,10 +182,17 @@ def test_outputs_match_simulate_layout(deployed: Deployed) -> None:
     assert "round 2" in deployed.run.stdout
 
 
-def test_runs_lists_the_finished_run(deployed: Deployed) -> None:
+def test_runs_lists_and_stops_runs(deployed: Deployed) -> None:
+    assert deployed.stopped.returncode == 0, deployed.stopped.stderr
+    assert "stopped" in deployed.stopped.stdout
+    assert deployed.detached_run.returncode == 3  # the launcher saw its run end early
+    assert "was stopped" in deployed.detached_run.stderr
+    results = sorted(deployed.federation.coordinator_dir.glob("runs/*/results.json"))
+    statuses = sorted(json.loads(path.read_text("utf-8"))["status"] for path in results)
+    assert statuses == ["completed", "stopped"]
     assert deployed.runs_listing.returncode == 0, deployed.runs_listing.stderr
     runs = json.loads(deployed.runs_listing.stdout)
-    assert [run["status"] for run in runs] == ["finished:completed"]
+    assert sorted(run["status"] for run in runs) == ["finished:completed", "finished:stopped"]
 
 
 def test_daemons_stop_cleanly_on_sigint(deployed: Deployed) -> None:
@@ -190,7 +256,7 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     coordinator.admit(node, "DE")
     daemon = coordinator.start_node(node)
     coordinator.wait_online(["DE"])
-    assert daemon.stop() == 0
+    assert daemon.stop(sig=signal.SIGTERM) == 0  # what systemd, Docker and Kubernetes send
     wait_until(
         lambda: all(row["status"] != "online" for row in coordinator.nodes()),
         timeout_s=60,
@@ -207,3 +273,4 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     )
     assert again.returncode == 2
     assert "already admitted" in again.stderr
+    assert coordinator.daemons[0].stop(sig=signal.SIGTERM) == 0

@@ -31,6 +31,7 @@ from residency.server.events import (
     RoundFinished,
     RoundStarted,
     RunFinished,
+    RunRefused,
     RunStarted,
     parse,
 )
@@ -97,6 +98,7 @@ def run(
     results: Results | None = None
     run_id: str | None = None
     run_dir, rounds_done = "(unknown)", 0
+    refused: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="residency-app-") as bundle,
@@ -132,6 +134,8 @@ def run(
                 elif isinstance(event, RoundFinished):
                     rounds_done += 1
                     observer.round_finished(event.result)
+                elif isinstance(event, RunRefused):
+                    refused = event.error
                 elif isinstance(event, RunFinished):
                     results = event.results
                     results.write(out_dir / "results.json")
@@ -142,6 +146,8 @@ def run(
         process.wait()
     if run_id is None:
         raise fail(f"{coordinator}: the run did not start: {last}", EXIT_UNAVAILABLE)
+    if refused is not None:
+        raise fail(f"run {run_id}: the coordinator refused the job: {refused}", EXIT_INPUT)
     if results is None:
         # Flower closes the log stream when a run is stopped, before its last lines arrive.
         status = _run_status(target, run_id)

@@ -98,9 +98,12 @@ def start(
     )
     if outcome.first_exit is not None and not outcome.stopped_by_signal:
         name, code = outcome.first_exit
-        with supernode_log.open("rb") as handle:
-            handle.seek(offset)
-            text = handle.read().decode("utf-8", "replace")
-        reason = explain_supernode_exit(text, where, settings.country)
+        if name == "supernode":
+            with supernode_log.open("rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode("utf-8", "replace")
+            reason = explain_supernode_exit(text, where, settings.country)
+        else:
+            reason = f"see {where.logs / 'executor.log'}"
         raise fail(f"node {settings.country}: {name} exited ({code}): {reason}", 1)
     console.print(f"node {settings.country} stopped")

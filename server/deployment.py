@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from pydantic import ValidationError
 
 from residency.common.config.job import Job
-from residency.server.events import EventPrinter, RunFinished, RunStarted, emit
+from residency.common.config.loading import describe_validation_error
+from residency.common.errors import ConfigError, DataError
+from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
 from residency.server.federation import RESULTS_FILE, JobFailed, run_federation
 from residency.server.launch import JOB_KEY, RUNS_DIR_ENV
 from residency.server.results import Results
@@ -34,14 +38,37 @@ def runs_dir() -> Path:
     return Path(folder)
 
 
+def job_from_run_config(run_config: Mapping[str, object]) -> Job:
+    """The job ``residency run`` sent; a job the coordinator cannot accept is refused in one line.
+
+    Validation runs again here because paths in the job (a checkpoint folder, the test set) are
+    read on the coordinator host, which may not be where the job was written.
+    """
+    try:
+        job = Job.model_validate(json.loads(str(run_config[JOB_KEY])))
+    except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        error = (
+            describe_validation_error(Path("job"), exc)
+            if isinstance(exc, ValidationError)
+            else f"job: missing or not JSON ({type(exc).__name__}); fix: use `residency run`"
+        )
+        emit(RunRefused(error=error))
+        raise JobFailed(error) from exc
+    return job
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the job in the run config; print progress events; keep outputs on the coordinator."""
-    job = Job.model_validate(json.loads(str(context.run_config[JOB_KEY])))
+    job = job_from_run_config(context.run_config)
     out_dir = runs_dir() / str(context.run_id)
     emit(RunStarted(run_dir=str(out_dir.resolve()), nodes=len(job.nodes)))
     try:
         run_federation(grid, job, nodes=len(job.nodes), out_dir=out_dir, observer=EventPrinter())
+    except (ConfigError, DataError) as exc:  # e.g. the job's test file is not on this host
+        if not (out_dir / RESULTS_FILE).exists():
+            emit(RunRefused(error=str(exc)))
+        raise
     finally:
         path = out_dir / RESULTS_FILE
         if path.exists():

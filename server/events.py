@@ -52,6 +52,13 @@ class RoundFinished(_Event):
     result: RoundResult
 
 
+class RunRefused(_Event):
+    """The coordinator could not accept the job (e.g. a path that is not on its host)."""
+
+    kind: Literal["refused"] = "refused"
+    error: str
+
+
 class RunFinished(_Event):
     """The whole results document, completed or failed."""
 
@@ -60,7 +67,7 @@ class RunFinished(_Event):
 
 
 Event = Annotated[
-    RunStarted | RoundStarted | NodeFinished | RoundFinished | RunFinished,
+    RunStarted | RoundStarted | NodeFinished | RoundFinished | RunFinished | RunRefused,
     Field(discriminator="kind"),
 ]
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)

@@ -26,7 +26,9 @@ from residency.client.identity import create_identity
 from residency.common.config.job import Job, load_job
 from residency.common.errors import ConfigError
 from residency.server.admission import key_fingerprint
-from residency.server.events import RoundStarted, emit, parse
+from residency.server.deployment import job_from_run_config
+from residency.server.events import RoundStarted, RunRefused, emit, parse
+from residency.server.federation import JobFailed
 from residency.server.launch import JOB_KEY
 from residency.server.tls import create_tls
 from toy_federation import write_toy_job
@@ -160,3 +162,21 @@ def test_flower_connection_home_is_private_and_temporary(tmp_path: Path) -> None
         }
         assert env["FLWR_HOME"] != os.environ.get("FLWR_HOME")
     assert not home.exists()
+
+
+def test_coordinator_refuses_a_job_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = load_job(write_toy_job(tmp_path / "job"))
+    sent = job.model_dump(mode="json")
+    assert job_from_run_config({JOB_KEY: json.dumps(sent)}) == job
+
+    sent["model"]["path"] = str(tmp_path / "only-on-the-launcher")
+    with pytest.raises(JobFailed, match=r"model\.path"):
+        job_from_run_config({JOB_KEY: json.dumps(sent)})
+    event = parse(capsys.readouterr().out)
+    assert isinstance(event, RunRefused)
+    assert event.error.startswith("job: model.path: ")
+
+    with pytest.raises(JobFailed, match="fix: use `residency run`"):
+        job_from_run_config({})

@@ -145,11 +145,19 @@ def admit(
 def nodes(
     folder: DirOption = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="The coordinator was started with --insecure.")
+    ] = False,
 ) -> None:
     """List admitted nodes and whether each is connected."""
     where, settings = _load(folder)
+    target = (
+        Coordinator(address=settings.address, ca=None, insecure=True)
+        if insecure
+        else _local(where, settings)
+    )
     try:
-        answer = _local(where, settings).call_json("supernode", "ls", "residency")
+        answer = target.call_json("supernode", "ls", "residency")
     except CoordinatorUnavailable as exc:
         raise fail(str(exc), EXIT_UNAVAILABLE) from exc
     countries = {node.node_id: node for node in read_admitted(where.admitted)}

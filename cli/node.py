@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -93,7 +94,12 @@ def start(
     outcome = supervise(
         [
             Child("supernode", command, env, supernode_log),
-            Child("executor", executor_command(settings), env, where.logs / "executor.log"),
+            Child(
+                "executor",
+                executor_command(settings, supervisor_pid=os.getpid()),
+                env,
+                where.logs / "executor.log",
+            ),
         ]
     )
     if outcome.first_exit is not None and not outcome.stopped_by_signal:

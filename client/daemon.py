@@ -143,14 +143,16 @@ def supernode_command(
     ]
 
 
-def executor_command(settings: NodeSettings) -> list[str]:
-    """The warm executor that runs this node's ClientApp tasks."""
+def executor_command(settings: NodeSettings, *, supervisor_pid: int) -> list[str]:
+    """The warm executor that runs this node's ClientApp tasks; it ends with its supervisor."""
     return [
         sys.executable,
         "-m",
         "residency.client.executor",
         "--runtime-api-address",
         f"127.0.0.1:{settings.runtime_port}",
+        "--parent-pid",
+        str(supervisor_pid),
     ]
 
 

@@ -14,6 +14,8 @@ import argparse
 import contextlib
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 from flwr.supercore.constant import TaskType
@@ -59,8 +61,10 @@ class ForkExecutor:
             return LaunchResult.failed(
                 f"a Residency node runs ClientApps only, not {spec.task_type}"
             )
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child
+            _die_with(parent)
             os._exit(_run_task(spec))
         self.children.add(pid)
         return LaunchResult.accepted()
@@ -76,6 +80,21 @@ class ForkExecutor:
 
     def close(self) -> None:
         """Leave running children alone: each ends with its task or with the SuperNode."""
+
+
+def _die_with(parent: int) -> None:
+    """End this task the moment its executor is gone.
+
+    Without its SuperNode a task can only retry pushing a reply nobody will take (Flower's
+    retries have no end), so it exits at once instead of lingering as an orphan.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="residency-parent-watch", daemon=True).start()
 
 
 def _run_task(spec: ExecutionSpec) -> int:
@@ -102,7 +121,10 @@ def _run_task(spec: ExecutionSpec) -> int:
 
 
 def run(runtime_api_address: str, parent_pid: int | None) -> None:
-    """Run Flower's SuperExec loop with the fork executor (loopback, so no TLS)."""
+    """Run Flower's SuperExec loop with the fork executor (loopback, so no TLS).
+
+    ``parent_pid`` is the ``residency node start`` supervisor: if it dies, so does this loop.
+    """
     executor = ForkExecutor()
     # Flower 1.42 picks executors by name only; hand it ours at its one construction point.
     superexec.get_executor = lambda *args, **kwargs: executor  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,21 @@ def start(name: str, args: Sequence[str], log: Path, prefix: Sequence[str] = ())
     )
     handle.close()
     return Daemon(name, process, log)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (to prove nothing was left behind)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(proc.name))
+    return found
 
 
 def port_open(host: str, port: int) -> bool:
@@ -209,3 +225,11 @@ class Federation:
         for daemon in reversed(self.daemons):
             codes[daemon.name] = daemon.stop()
         return codes
+
+    def leftovers(self) -> list[int]:
+        """Processes still running for this federation's folders or node executors."""
+        found = set(processes_mentioning(str(self.root)))
+        for settings in self.root.glob("node-*/node.toml"):
+            port = tomllib.loads(settings.read_text("utf-8"))["runtime_port"]
+            found.update(processes_mentioning(f"--runtime-api-address 127.0.0.1:{port} "))
+        return sorted(found)

@@ -121,6 +121,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         )
     finally:
         codes = federation.stop_all()
+    # Every process a daemon started (SuperLink, SuperNodes, executors, forked tasks) is gone.
+    wait_until(lambda: not federation.leftovers(), timeout_s=30, what="no leftover processes")
     return Deployed(
         federation,
         job_path,

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from deployment_harness import free_port
 
+from deployment_harness import free_port
 from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.e2e]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
 
+from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
 from residency.server.results import Results

@@ -1,0 +1,623 @@
+"""Round overhead: a round's wall time against its slowest node's local training, measured.
+
+A federated round cannot end before its slowest node has trained; everything above that
+(message transport, SuperNode polling, process start-up, aggregation, scoring) is overhead.
+Flower's stock SuperNode starts a fresh ``flwr-clientapp`` process per message, which
+re-imports torch, transformers and Opacus every round; Residency's node daemon forks a warm
+executor instead (``residency.client.executor``). This bench runs one job three ways in one
+go and prints, per round, ``round wall s / slowest node train s`` and the overhead in seconds,
+all read from each run's ``results.json``:
+
+* simulation: ``residency simulate`` (Flower's simulation engine, Ray);
+* deployment, fork executor: ``residency coordinator start`` and ``residency node start``
+  (TLS, node keys) on loopback, then ``residency run``;
+* deployment, stock Flower: the same nodes started as plain ``flower-supernode
+  --isolation subprocess`` (the flags ``residency node start`` uses, but Flower launches a
+  ``flwr-clientapp`` process per message), then ``residency run`` again.
+
+All nodes share this machine, so each node process gets ``cores // nodes`` torch threads
+(``OMP_NUM_THREADS``), as Ray gives each simulated node one CPU; otherwise concurrent nodes
+oversubscribe the cores and their training time, not the round overhead, dominates. Every
+process is started here and ended here by its PID with SIGINT; ports are free ones and waits
+poll a condition against a deadline. Usage::
+
+    python bench/round_overhead.py [--rounds N] [--nodes K] [--model tiny|minilm] [--examples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from residency.client.daemon import NodeDir, daemon_env, supernode_command
+from residency.server.results import NodeStatus, Results, RunStatus
+
+BIN = Path(sys.executable).parent
+RESIDENCY = str(BIN / "residency")
+COUNTRIES = ("DE", "FR", "ES", "IT", "NL", "PL", "PT", "SE", "AT", "BE", "DK", "FI")
+WORDS = {
+    "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
+    "neg": ["bad", "awful", "terrible", "sad", "poor", "ugly"],
+    "obj": ["table", "chair", "window", "door", "wall", "floor"],
+}
+TARGET_EPSILON = 4.0
+NODE_BUDGET_EPSILON = 10.0  # room for both deployment runs, should budgets outlive a run
+DELTA = 1e-4
+MODES = {
+    "simulation": "simulation (Ray)",
+    "fork": "deployment, fork executor",
+    "stock": "deployment, stock subprocess",
+}
+
+
+class BenchFailed(RuntimeError):
+    """A step of the bench did not work; the message says which and where its log is."""
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """One round as ``results.json`` reports it."""
+
+    round: int
+    wall_s: float
+    slowest_train_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Round wall time per second of the slowest node's training."""
+        return self.wall_s / self.slowest_train_s
+
+    @property
+    def overhead_s(self) -> float:
+        """Seconds the round took beyond its slowest node's training."""
+        return self.wall_s - self.slowest_train_s
+
+
+@dataclass(frozen=True)
+class ModeTiming:
+    """A whole run in one mode: its rounds and the launcher's own wall time."""
+
+    mode: str
+    rounds: list[RoundTiming]
+    command_s: float
+    load: tuple[float, float] = (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- job and data
+
+
+def _rows(count: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    labels = list(WORDS)
+    rows = []
+    for i in range(count):
+        label = labels[i % len(labels)]
+        rows.append((" ".join(rng.choices(WORDS[label], k=5)), label))
+    return rows
+
+
+def _write_csv(path: Path, rows: Sequence[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+
+
+def write_job(
+    folder: Path, *, countries: Sequence[str], examples: int, rounds: int, model: str
+) -> Path:
+    """A LoRA job over small separable per-country files, with a global test file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for index, country in enumerate(countries):
+        _write_csv(folder / f"{country.lower()}.csv", _rows(examples, index))
+        nodes.append(f'[[nodes]]\ncountry = "{country}"\ndata = "{country.lower()}.csv"\n')
+    _write_csv(folder / "test.csv", _rows(60, 99))
+    job = folder / "job.toml"
+    job.write_text(
+        f"""name = "round-overhead"
+
+[model]
+path = "{model}"
+max_length = {16 if model == "tiny" else 32}
+
+[data]
+labels = {json.dumps(list(WORDS))}
+test = "test.csv"
+
+[train]
+rounds = {rounds}
+local_epochs = 2
+batch_size = 16
+learning_rate = 0.1
+
+[privacy]
+target_epsilon = {TARGET_EPSILON}
+delta = {DELTA}
+
+"""
+        + "\n".join(nodes),
+        encoding="utf-8",
+    )
+    return job
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """True when something accepts TCP connections on loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Daemon:
+    """A background process this bench started, with its output file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        """Fail with the end of its log if it has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise BenchFailed(f"{self.name} exited ({code}): {_tail(self.log)} (log: {self.log})")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGINT, then wait; kill only if it ignores the signal."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                print(f"warning: {self.name} ignored SIGINT for {timeout_s:g} s; killed")
+        return int(self.process.returncode)
+
+
+@dataclass
+class Processes:
+    """Everything started in the background, stopped newest first."""
+
+    daemons: list[Daemon] = field(default_factory=list)
+
+    def start(
+        self, name: str, command: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> Daemon:
+        """Start ``command`` with its output in ``log``."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as handle:
+            process = subprocess.Popen(
+                list(command), stdout=handle, stderr=subprocess.STDOUT, env=env
+            )
+        daemon = Daemon(name, process, log)
+        self.daemons.append(daemon)
+        return daemon
+
+    def stop(self, daemons: Sequence[Daemon]) -> None:
+        """Stop these daemons (newest first) and forget them."""
+        for daemon in reversed(daemons):
+            daemon.stop()
+            self.daemons.remove(daemon)
+
+    def stop_all(self) -> None:
+        """Stop everything still running."""
+        self.stop(list(self.daemons))
+
+
+def _tail(path: Path) -> str:
+    lines = [line for line in path.read_text("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def residency(*args: str, log: Path, timeout_s: float = 300) -> None:
+    """Run one ``residency`` command to completion; its output goes to ``log``."""
+    with log.open("wb") as handle:
+        done = subprocess.run(
+            [RESIDENCY, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise BenchFailed(
+            f"residency {' '.join(args[:2])} exited ({done.returncode}): {_tail(log)} (log: {log})"
+        )
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout_s: float, what: str, watch: Sequence[Daemon] = ()
+) -> None:
+    """Poll ``check`` until true; fail naming ``what`` at the deadline or if one dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for daemon in watch:
+            daemon.check_alive()
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- the federation
+
+
+def node_threads(nodes: int) -> int:
+    """Torch threads per node process when ``nodes`` nodes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // nodes)
+
+
+@dataclass
+class Federation:
+    """A coordinator folder and one node folder per country under ``root``."""
+
+    root: Path
+    countries: Sequence[str]
+    processes: Processes
+    port: int = field(default_factory=free_port)
+
+    def node_env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` with this machine's cores shared out between the nodes."""
+        return {**base, "OMP_NUM_THREADS": str(node_threads(len(self.countries)))}
+
+    @property
+    def coordinator_dir(self) -> Path:
+        """``residency coordinator init`` folder."""
+        return self.root / "coordinator"
+
+    @property
+    def ca(self) -> Path:
+        """The coordinator's CA certificate, the nodes' only trust anchor."""
+        return self.coordinator_dir / "tls" / "ca.pem"
+
+    @property
+    def address(self) -> str:
+        """What nodes and ``residency run`` dial."""
+        return f"127.0.0.1:{self.port}"
+
+    def node_dir(self, country: str) -> Path:
+        """A country's node folder."""
+        return self.root / f"node-{country}"
+
+    def logs(self, name: str) -> Path:
+        """A log file for one command."""
+        folder = self.root / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def set_up(self, data: Path) -> Daemon:
+        """Init and start the coordinator, init the nodes and admit their keys."""
+        residency(
+            *("coordinator", "init", str(self.coordinator_dir), "--san", "127.0.0.1"),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+            log=self.logs("coordinator-init.log"),
+        )
+        coordinator = self.processes.start(
+            "coordinator",
+            [RESIDENCY, "coordinator", "start", str(self.coordinator_dir)],
+            self.logs("coordinator.out"),
+        )
+        inits = [
+            self.processes.start(
+                f"node init {country}",
+                [
+                    *(RESIDENCY, "node", "init", str(self.node_dir(country))),
+                    *("--country", country, "--data", str(data / f"{country.lower()}.csv")),
+                    *("--budget-epsilon", str(NODE_BUDGET_EPSILON), "--delta", str(DELTA)),
+                    *("--runtime-port", str(free_port())),
+                ],
+                self.logs(f"node-init-{country}.log"),
+            )
+            for country in self.countries
+        ]
+        wait_until(
+            lambda: all(d.process.poll() is not None for d in inits),
+            timeout_s=120,
+            what="node init",
+        )
+        for daemon in inits:
+            if daemon.process.returncode != 0:
+                raise BenchFailed(f"{daemon.name} failed: {_tail(daemon.log)} (log: {daemon.log})")
+        self.processes.stop(inits)
+        wait_until(
+            lambda: port_open(self.port),
+            timeout_s=60,
+            what="the coordinator's port",
+            watch=[coordinator],
+        )
+        for country in self.countries:
+            residency(
+                *("coordinator", "admit", str(self.node_dir(country) / "keys" / "node.pub")),
+                *("--country", country, "--dir", str(self.coordinator_dir)),
+                log=self.logs(f"admit-{country}.log"),
+            )
+        return coordinator
+
+    def online(self) -> set[str]:
+        """Countries whose node the coordinator sees online right now."""
+        done = subprocess.run(
+            [RESIDENCY, "coordinator", "nodes", "--json", "--dir", str(self.coordinator_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            return set()
+        return {str(row["country"]) for row in json.loads(done.stdout) if row["status"] == "online"}
+
+    def start_residency_nodes(self) -> list[Daemon]:
+        """``residency node start``: SuperNode plus the warm fork executor."""
+        return [
+            self.processes.start(
+                f"node {country}",
+                [
+                    *(RESIDENCY, "node", "start", str(self.node_dir(country))),
+                    *("--coordinator", self.address, "--ca", str(self.ca)),
+                ],
+                self.logs(f"node-{country}-fork.out"),
+                self.node_env(dict(os.environ)),
+            )
+            for country in self.countries
+        ]
+
+    def start_stock_supernodes(self) -> list[Daemon]:
+        """The same SuperNode command, but Flower runs a ``flwr-clientapp`` per message."""
+        env = self.node_env(
+            {**daemon_env(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        )
+        daemons = []
+        for country in self.countries:
+            folder = NodeDir(self.node_dir(country))
+            command = supernode_command(
+                folder, folder.load(), coordinator=self.address, ca=self.ca, insecure=False
+            )
+            flag = command.index("--isolation")
+            command[flag + 1] = "subprocess"
+            daemons.append(
+                self.processes.start(
+                    f"stock supernode {country}",
+                    command,
+                    self.logs(f"node-{country}-stock.out"),
+                    env,
+                )
+            )
+        return daemons
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def read_timings(
+    mode: str, results_file: Path, command: tuple[float, tuple[float, float]]
+) -> ModeTiming:
+    """Round wall time and slowest node's training time per round, from ``results.json``."""
+    results = Results.model_validate_json(results_file.read_text("utf-8"))
+    if results.status is not RunStatus.COMPLETED:
+        raise BenchFailed(f"{MODES[mode]}: run {results.status}: {results.error}")
+    rounds = []
+    for result in results.rounds:
+        trained = [n.train_seconds for n in result.nodes if n.status is NodeStatus.OK]
+        if len(trained) != len(result.nodes) or not trained or None in trained:
+            raise BenchFailed(f"{MODES[mode]}: round {result.round}: a node did not train")
+        slowest = max(t for t in trained if t is not None)
+        rounds.append(RoundTiming(result.round, result.seconds, slowest))
+    return ModeTiming(mode, rounds, *command)
+
+
+def timed_residency(*args: str, log: Path, timeout_s: float) -> tuple[float, tuple[float, float]]:
+    """Run a ``residency`` command; return its wall time and the 1-min load before and after."""
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    residency(*args, log=log, timeout_s=timeout_s)
+    return time.perf_counter() - started, (load_before, os.getloadavg()[0])
+
+
+def run_simulation(root: Path, job: Path, timeout_s: float) -> ModeTiming:
+    """``residency simulate``."""
+    out = root / "out-simulation"
+    command = timed_residency(
+        "simulate", str(job), "--output", str(out), log=root / "simulate.out", timeout_s=timeout_s
+    )
+    return read_timings("simulation", out / "results.json", command)
+
+
+def run_deployment(
+    mode: str, federation: Federation, job: Path, nodes: list[Daemon], timeout_s: float
+) -> ModeTiming:
+    """Wait for ``nodes`` to be online, run the job, stop the nodes and see them go offline."""
+    countries = set(federation.countries)
+    try:
+        wait_until(
+            lambda: countries <= federation.online(),
+            timeout_s=180,
+            what=f"{MODES[mode]}: nodes online",
+            watch=nodes,
+        )
+        out = federation.root / f"out-{mode}"
+        command = timed_residency(
+            *("run", str(job), "--coordinator", federation.address, "--ca", str(federation.ca)),
+            *("--output", str(out)),
+            log=federation.logs(f"run-{mode}.out"),
+            timeout_s=timeout_s,
+        )
+    finally:
+        federation.processes.stop(nodes)
+    wait_until(
+        lambda: not countries & federation.online(),
+        timeout_s=120,
+        what=f"{MODES[mode]}: nodes offline",
+    )
+    return read_timings(mode, out / "results.json", command)
+
+
+@contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    """A temp folder, removed afterwards unless ``keep`` or something failed."""
+    root = Path(tempfile.mkdtemp(prefix="residency-bench-"))
+    try:
+        yield root
+    except BaseException:
+        print(f"kept {root} for inspection", file=sys.stderr)
+        raise
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def report(timings: Sequence[ModeTiming]) -> str:
+    """The per-round table, then one summary line per mode."""
+    header = (
+        f"{'mode':<30} {'round':>5} {'round s':>8} {'slowest train s':>16} "
+        f"{'ratio':>6} {'overhead s':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    for timing in timings:
+        for r in timing.rounds:
+            lines.append(
+                f"{MODES[timing.mode]:<30} {r.round:>5} {r.wall_s:>8.2f} "
+                f"{r.slowest_train_s:>16.2f} {r.ratio:>6.2f} {r.overhead_s:>10.2f}"
+            )
+    lines.append("")
+    steady: dict[str, float | None] = {}
+    for timing in timings:
+        first, rest = timing.rounds[0], timing.rounds[1:]
+        mean_ratio = _mean([r.ratio for r in rest])
+        steady[timing.mode] = _mean([r.overhead_s for r in rest])
+        later = f"rounds 2-{len(timing.rounds)}" if len(rest) > 1 else "round 2"
+        steady_text = (
+            f"{later} mean ratio {_fmt(mean_ratio, '.2f')}, "
+            f"overhead {_fmt(steady[timing.mode], '.2f')} s/round"
+            if rest
+            else "no round after the first (pass --rounds 2 or more)"
+        )
+        lines.append(
+            f"{MODES[timing.mode]}: {steady_text}; "
+            f"round 1 (warm-up) ratio {first.ratio:.2f}, overhead {first.overhead_s:.2f} s; "
+            f"command {timing.command_s:.1f} s, load {timing.load[0]:.1f} -> {timing.load[1]:.1f}"
+        )
+    fork, stock = steady.get("fork"), steady.get("stock")
+    if fork is not None and stock is not None:
+        lines.append(
+            f"fork executor saves {stock - fork:.2f} s per round over stock Flower "
+            "(steady-state overhead difference)"
+        )
+    cores = os.cpu_count() or 1
+    busiest = max(max(t.load) for t in timings)
+    if busiest > cores:
+        lines.append(
+            f"warning: 1-min load average reached {busiest:.1f} on {cores} cores; if other "
+            "processes were running, these times are inflated: rerun on an idle machine"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4, help="federated rounds (default 4)")
+    parser.add_argument("--nodes", type=int, default=2, help="countries (default 2)")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
+    parser.add_argument("--examples", type=int, default=200, help="training rows per node")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, runs)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.nodes <= len(COUNTRIES):
+        parser.error(f"--nodes: between 1 and {len(COUNTRIES)}")
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
+    if args.examples < 20:
+        parser.error("--examples: at least 20")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    countries = COUNTRIES[: args.nodes]
+    timeout_s = 300.0 + 300.0 * args.rounds
+    started = time.perf_counter()
+    timings: list[ModeTiming] = []
+    with workspace(args.keep) as root:
+        job = write_job(
+            root / "job",
+            countries=countries,
+            examples=args.examples,
+            rounds=args.rounds,
+            model=args.model,
+        )
+        print(
+            f"{args.nodes} nodes ({', '.join(countries)}), {args.rounds} rounds, "
+            f"model {args.model}, {args.examples} examples per node, "
+            f"{node_threads(args.nodes)} torch thread(s) per deployed node; work folder {root}",
+            flush=True,
+        )
+        print(f"[{time.perf_counter() - started:6.1f} s] {MODES['simulation']}", flush=True)
+        timings.append(run_simulation(root, job, timeout_s))
+        processes = Processes()
+        try:
+            federation = Federation(root / "federation", countries, processes)
+            print(f"[{time.perf_counter() - started:6.1f} s] coordinator and nodes", flush=True)
+            federation.set_up(job.parent)
+            for mode, start_nodes in (
+                ("fork", federation.start_residency_nodes),
+                ("stock", federation.start_stock_supernodes),
+            ):
+                print(f"[{time.perf_counter() - started:6.1f} s] {MODES[mode]}", flush=True)
+                timings.append(run_deployment(mode, federation, job, start_nodes(), timeout_s))
+        finally:
+            processes.stop_all()
+    print()
+    print(report(timings))
+    print(f"\nbench took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -103,12 +103,12 @@ def _check_policy(settings: NodeSettings, plan: RoundPlan) -> None:
         raise PolicyViolation(f"{who}: the job names {', '.join(plan.countries)}, not this node")
     if plan.target_epsilon > settings.budget_epsilon:
         raise PolicyViolation(
-            f"{who}: target epsilon {plan.target_epsilon:g} exceeds this node's budget "
-            f"{settings.budget_epsilon:g}"
+            f"{who}: target epsilon {plan.target_epsilon:g} exceeds the budget "
+            f"{settings.budget_epsilon:g} set by this node"
         )
     if plan.delta > settings.delta:
         raise PolicyViolation(
-            f"{who}: delta {plan.delta:g} exceeds this node's limit {settings.delta:g}"
+            f"{who}: delta {plan.delta:g} exceeds the limit {settings.delta:g} set by this node"
         )
 
 

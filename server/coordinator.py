@@ -26,7 +26,7 @@ from residency.common.config.job import Strict
 from residency.common.config.loading import load_model
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
-from residency.server.launch import RUNS_DIR_ENV
+from residency.server.launch import ADMITTED_ENV, RUNS_DIR_ENV
 from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"
@@ -170,6 +170,7 @@ def superlink_command(
     env = {
         **os.environ,
         RUNS_DIR_ENV: str(folder.runs.resolve()),
+        ADMITTED_ENV: str(folder.admitted.resolve()),
         "FLWR_HOME": str(folder.flwr_home.resolve()),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from residency.common.config.job import Job
 from residency.common.config.loading import describe_validation_error
 from residency.common.errors import ConfigError, DataError
+from residency.server.admission import read_admitted
 from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
 from residency.server.federation import RESULTS_FILE, JobFailed, run_federation
-from residency.server.launch import JOB_KEY, RUNS_DIR_ENV
+from residency.server.launch import ADMITTED_ENV, JOB_KEY, RUNS_DIR_ENV
 from residency.server.results import Results
 
 app = ServerApp()
@@ -36,6 +37,14 @@ def runs_dir() -> Path:
             "`residency coordinator start DIR`"
         )
     return Path(folder)
+
+
+def admitted_countries() -> dict[int, str]:
+    """Node id to the country its key was admitted for (`residency coordinator admit`)."""
+    path = os.environ.get(ADMITTED_ENV)
+    if not path:
+        return {}
+    return {int(node.node_id): node.country for node in read_admitted(Path(path))}
 
 
 def job_from_run_config(run_config: Mapping[str, object]) -> Job:
@@ -64,7 +73,14 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = runs_dir() / str(context.run_id)
     emit(RunStarted(run_dir=str(out_dir.resolve()), nodes=len(job.nodes)))
     try:
-        run_federation(grid, job, nodes=len(job.nodes), out_dir=out_dir, observer=EventPrinter())
+        run_federation(
+            grid,
+            job,
+            nodes=len(job.nodes),
+            out_dir=out_dir,
+            observer=EventPrinter(),
+            admitted=admitted_countries(),
+        )
     except (ConfigError, DataError) as exc:  # e.g. the job's test file is not on this host
         if not (out_dir / RESULTS_FILE).exists():
             emit(RunRefused(error=str(exc)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,12 +73,20 @@ class FederationObserver(Protocol):
 
 @dataclass
 class _Countries:
-    """Node id to country, learned from replies (error replies carry no content)."""
+    """Node id to country: admitted ones (deployment) are fixed, others learned from replies."""
 
     names: dict[int, str]
+    admitted: Mapping[int, str]
 
     def of(self, node_id: int) -> str:
-        return self.names.get(node_id, f"node-{node_id}")
+        return self.admitted.get(node_id) or self.names.get(node_id, f"node-{node_id}")
+
+    def impostor(self, node_id: int, reported: str) -> str | None:
+        """Why a reply's country contradicts the node's admission, if it does."""
+        expected = self.admitted.get(node_id)
+        if expected is None or expected == reported:
+            return None
+        return f"reports country {reported} but its key was admitted for {expected}"
 
 
 def _record_bytes(content: RecordDict) -> int:
@@ -102,6 +110,15 @@ def _node_round(reply: Message, bytes_down: int, countries: _Countries) -> NodeR
     content = reply.content
     node = content.config_records.get(wire.NODE, ConfigRecord())
     country = str(node.get(wire.COUNTRY, countries.of(node_id)))
+    impostor = countries.impostor(node_id, country)
+    if impostor is not None:
+        return NodeRound(
+            country=countries.of(node_id),
+            status=NodeStatus.REJECTED,
+            bytes_up=_record_bytes(content),
+            bytes_down=bytes_down,
+            reason=impostor,
+        )
     countries.names[node_id] = country
     metrics = content.metric_records.get(wire.METRICS)
 
@@ -126,12 +143,32 @@ def _node_round(reply: Message, bytes_down: int, countries: _Countries) -> NodeR
     )
 
 
-def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float) -> None:
+def _wait_for_nodes(grid: Grid, job: Job, countries: _Countries) -> None:
+    """Wait for the job's nodes: its admitted countries' keys, or any N nodes in simulation."""
+    wanted = {node.country for node in job.nodes}
+    ids = {i for i, country in countries.admitted.items() if country in wanted}
+    if countries.admitted:
+        missing = wanted - {countries.admitted[i] for i in ids}
+        if missing:
+            raise JobFailed(
+                f"no admitted node for {', '.join(sorted(missing))}; fix: `residency coordinator "
+                "admit node.pub --country XX` for each country the job names"
+            )
+    timeout_s = job.train.nodes_timeout_s
     deadline = time.monotonic() + timeout_s
-    while len(list(grid.get_node_ids())) < nodes:
+
+    def ready() -> bool:
+        connected = set(grid.get_node_ids())
+        return ids <= connected if ids else len(connected) >= len(wanted)
+
+    while not ready():
         if time.monotonic() > deadline:
-            connected = len(list(grid.get_node_ids()))
-            raise JobFailed(f"only {connected} of {nodes} nodes connected within {timeout_s:g} s")
+            connected = set(grid.get_node_ids())
+            absent = sorted(countries.admitted[i] for i in ids - connected)
+            detail = f"{', '.join(absent)} not connected" if ids else f"{len(connected)} connected"
+            raise JobFailed(
+                f"nodes for {len(wanted)} countries needed, {detail} after {timeout_s:g} s"
+            )
         time.sleep(0.2)
 
 
@@ -177,6 +214,7 @@ class _Federation:
     job: Job
     nodes: int
     observer: FederationObserver | None
+    admitted: Mapping[int, str]
 
     def __post_init__(self) -> None:
         self.compute = pick_compute()
@@ -189,7 +227,7 @@ class _Federation:
             round_config(self.job, base_fingerprint=base_fingerprint(self.model))
         )
         self.strategy = ValidatingFedAvg(nodes=self.nodes)
-        self.countries = _Countries({})
+        self.countries = _Countries({}, self.admitted)
         self.privacy: dict[str, CountryPrivacy] = {}
         self.test = self._load_test()
 
@@ -207,6 +245,12 @@ class _Federation:
             records.texts, records.labels, self.tokenizer, max_length=self.job.model.max_length
         )
 
+    def takes_part(self, node_id: int) -> bool:
+        """Only the job's countries get its messages (all nodes when none are admitted)."""
+        if not self.admitted:
+            return True
+        return self.admitted.get(node_id) in {node.country for node in self.job.nodes}
+
     def score(self) -> Scores | None:
         """The current global model on the test set, if there is one."""
         if self.test is None:
@@ -217,13 +261,23 @@ class _Federation:
         """Send the global model, collect replies, aggregate the valid ones, score."""
         started = time.perf_counter()
         strategy = self.strategy
-        messages = list(strategy.configure_train(server_round, self.arrays, self.config, self.grid))
+        messages = [
+            message
+            for message in strategy.configure_train(
+                server_round, self.arrays, self.config, self.grid
+            )
+            if self.takes_part(message.metadata.dst_node_id)
+        ]
         if self.observer:
             self.observer.round_started(server_round, len(messages))
         reports: list[NodeRound] = []
 
+        impostors: set[int] = set()
+
         def on_reply(reply: Message, bytes_down: int) -> None:
             report = _node_round(reply, bytes_down, self.countries)
+            if report.status is NodeStatus.REJECTED:
+                impostors.add(reply.metadata.src_node_id)
             reports.append(report)
             if self.observer:
                 self.observer.node_finished(server_round, report)
@@ -231,7 +285,9 @@ class _Federation:
         replies = _exchange(
             self.grid, messages, timeout_s=self.job.train.round_timeout_s, on_reply=on_reply
         )
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        new_arrays, train_metrics = strategy.aggregate_train(
+            server_round, [r for r in replies if r.metadata.src_node_id not in impostors]
+        )
         rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
         for report in reports:
             node_ids = [i for i, c in self.countries.names.items() if c == report.country]
@@ -277,9 +333,14 @@ def run_federation(
     nodes: int,
     out_dir: Path,
     observer: FederationObserver | None = None,
+    admitted: Mapping[int, str] | None = None,
 ) -> Results:
-    """Run every round of ``job`` over ``nodes`` nodes; write results and the final model."""
-    federation = _Federation(grid, job, nodes, observer)
+    """Run every round of ``job`` over ``nodes`` nodes; write results and the final model.
+
+    ``admitted`` maps node ids to the country each key was admitted for (deployment): only
+    those countries' nodes take part, and a node reporting another country is rejected.
+    """
+    federation = _Federation(grid, job, nodes, observer, dict(admitted or {}))
     results_path = out_dir / RESULTS_FILE
     results = Results(
         job=job.name,
@@ -298,7 +359,7 @@ def run_federation(
     )
     results.write(results_path)
     try:
-        _wait_for_nodes(grid, nodes, job.train.nodes_timeout_s)
+        _wait_for_nodes(grid, job, federation.countries)
         for server_round in range(1, job.train.rounds + 1):
             result = federation.play_round(server_round)
             results.rounds.append(result)

@@ -9,3 +9,6 @@ JOB_KEY = "job"
 
 RUNS_DIR_ENV = "RESIDENCY_RUNS_DIR"
 """Environment variable naming the coordinator's folder of run outputs."""
+
+ADMITTED_ENV = "RESIDENCY_ADMITTED_NODES"
+"""Environment variable naming the coordinator's record of which country each key speaks for."""

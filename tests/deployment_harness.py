@@ -7,6 +7,7 @@ expect); ports are free ones; waits poll a condition against a deadline.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -41,7 +42,12 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run one ``residency`` command to completion."""
     return subprocess.run(
-        [*prefix, RESIDENCY, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+        [*prefix, RESIDENCY, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        env={**os.environ, "COLUMNS": "250"},  # no line wrapping in what tests read
     )
 
 

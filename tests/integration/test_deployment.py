@@ -276,3 +276,38 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     assert again.returncode == 2
     assert "already admitted" in again.stderr
     assert coordinator.daemons[0].stop(sig=signal.SIGTERM) == 0
+
+
+def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
+    coordinator: Federation, tmp_path: Path
+) -> None:
+    job = write_toy_job(tmp_path / "job", countries=("DE",), rounds=1)  # target epsilon 8
+    data = tmp_path / "job" / "de.csv"
+    for country, budget in (("DE", 4.0), ("IT", 8.0)):  # IT: admitted, online, not in the job
+        node = coordinator.init_node(country, data, budget=budget)
+        coordinator.admit(node, country)
+        coordinator.start_node(node)
+    coordinator.wait_online(["DE", "IT"])
+
+    out = tmp_path / "out"
+    run = cli(
+        "run",
+        str(job),
+        "--coordinator",
+        coordinator.address,
+        "--ca",
+        str(coordinator.ca),
+        "--output",
+        str(out),
+        timeout_s=300,
+    )
+
+    assert run.returncode == 3, run.stdout + run.stderr
+    refusal = "DE refused job toy: target epsilon 8 exceeds the budget 4 set by this node"
+    assert refusal in run.stdout  # shown live, verbatim from the node
+    results = json.loads((out / "results.json").read_text("utf-8"))
+    assert results["status"] == "failed"
+    assert refusal in results["error"]
+    assert "IT" not in results["error"]
+    it_log = tmp_path / "node-IT" / "logs" / "node.log"
+    assert not it_log.exists() or "round 1" not in it_log.read_text("utf-8")

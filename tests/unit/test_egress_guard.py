@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -421,3 +422,34 @@ def test_mod_does_not_let_an_exception_carry_record_text_out() -> None:
     assert guarded.has_error()
     assert SECRET not in guarded.error.reason
     assert guarded.error.reason == GENERIC_REASON
+
+
+@pytest.mark.parametrize(
+    ("settings", "phrase"),
+    [
+        ({"country": "IT"}, "the job names DE, FR, ES, not this node"),
+        ({"budget_epsilon": 4.0}, "target epsilon 8 exceeds the budget 4 set by this node"),
+        ({"delta": 1e-6}, "delta 0.0001 exceeds the limit 1e-06 set by this node"),
+    ],
+    ids=["country", "budget", "delta"],
+)
+def test_node_policy_refusals_reach_the_coordinator_verbatim(
+    tmp_path: Path, settings: dict[str, object], phrase: str
+) -> None:
+    from residency.client.app import _check_policy
+    from residency.client.egress import SAFE_REASON
+    from residency.client.node_config import NodeSettings
+    from residency.common.config.job import load_job
+    from residency.common.config.round_plan import RoundPlan, round_config
+    from residency.common.errors import PolicyViolation
+    from toy_federation import write_toy_job
+
+    job = load_job(write_toy_job(tmp_path / "job"))
+    plan = RoundPlan.from_record(round_config(job, base_fingerprint="0" * 64) | {"server-round": 1})
+    node = NodeSettings.model_validate(
+        {"country": "DE", "data": "d.csv", "budget_epsilon": 8.0, "delta": 1e-4, **settings}
+    )
+    with pytest.raises(PolicyViolation) as refused:
+        _check_policy(node, plan)
+    assert phrase in str(refused.value)
+    assert SAFE_REASON.fullmatch(str(refused.value))  # not withheld by the egress guard

@@ -444,3 +444,21 @@ def test_mean_train_loss_weights_by_examples() -> None:
 
 def test_mean_train_loss_of_nothing_is_nan() -> None:
     assert math.isnan(float(mean_train_loss([], wire.NUM_EXAMPLES)[wire.TRAIN_LOSS]))
+
+
+def test_a_node_claiming_another_country_than_its_admission_is_rejected() -> None:
+    from residency.server.federation import _Countries, _node_round
+    from residency.server.results import NodeStatus
+
+    reply = train_reply(7, arrays=GLOBAL, metric_values=metrics())  # reports DE
+    honest = _node_round(reply, 0, _Countries({}, {7: "DE"}))
+    assert honest.status is NodeStatus.OK
+    assert honest.country == "DE"
+
+    impostor = _node_round(reply, 0, _Countries({}, {7: "FR"}))
+    assert impostor.status is NodeStatus.REJECTED
+    assert impostor.country == "FR"
+    assert impostor.reason == "reports country DE but its key was admitted for FR"
+
+    refused = _node_round(error_reply(7, wire.REFUSED, "no"), 0, _Countries({}, {7: "FR"}))
+    assert refused.country == "FR"  # an error reply carries no country; the admission does

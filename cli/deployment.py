@@ -23,7 +23,13 @@ from residency.cli.common import (
     fail,
     warn_insecure,
 )
-from residency.cli.flower import CONNECTION, Coordinator, CoordinatorUnavailable, flwr_binary
+from residency.cli.flower import (
+    CONNECTION,
+    Coordinator,
+    CoordinatorUnavailable,
+    flower_message,
+    flwr_binary,
+)
 from residency.common.config.job import load_job
 from residency.common.errors import ConfigError
 from residency.server.events import (
@@ -115,11 +121,11 @@ def run(
             text=True,
         )
         assert process.stdout is not None
-        last = ""
+        printed: list[str] = []
         try:
             for line in process.stdout:
                 log.write(line)
-                last = line.strip() or last
+                printed.append(line)
                 if run_id is None and (match := _STARTED.search(line)):
                     run_id = match.group(1)
                     console.print(f"run {run_id} started")
@@ -145,7 +151,8 @@ def run(
             raise fail(f"detached: run {run_id} continues on the coordinator{hint}", 130) from None
         process.wait()
     if run_id is None:
-        raise fail(f"{coordinator}: the run did not start: {last}", EXIT_UNAVAILABLE)
+        detail = flower_message("".join(printed))
+        raise fail(f"{coordinator}: the run did not start: {detail}", EXIT_UNAVAILABLE)
     if refused is not None:
         raise fail(f"run {run_id}: the coordinator refused the job: {refused}", EXIT_INPUT)
     if results is None:

@@ -69,8 +69,7 @@ class Coordinator:
                 )
             except subprocess.TimeoutExpired as exc:
                 raise CoordinatorUnavailable(
-                    f"{self.address}: no answer within {timeout_s:g} s; fix: check that "
-                    "`residency coordinator start` runs there and the port is reachable"
+                    f"{self.address}: {explain(f'no answer within {timeout_s:g} s, unavailable')}"
                 ) from exc
         return self._answer(done)
 
@@ -83,16 +82,26 @@ class Coordinator:
             answer = {}
         if done.returncode == 0 and answer.get("success", False):
             return answer
-        detail = _last_line(str(answer.get("error-message") or "") or done.stderr or done.stdout)
-        raise CoordinatorUnavailable(f"{self.address}: {_explain(detail)}")
+        detail = str(answer.get("error-message") or "") or done.stderr or done.stdout
+        raise CoordinatorUnavailable(f"{self.address}: {flower_message(detail)}")
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no answer"
+_BOX = str.maketrans("", "", "│╭╮╰╯─┌┐└┘━┃")
 
 
-def _explain(detail: str) -> str:
+def flower_message(text: str) -> str:
+    """Flower's last message in ``text`` (its error panel, or the last line), on one line."""
+    lines = [line.translate(_BOX).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Using SuperLink")]
+    if not lines:
+        return "no answer"
+    panel = [i for i, line in enumerate(lines) if line.startswith(("Error", "[code:"))]
+    chosen = lines[panel[-1] :] if panel else lines[-1:]
+    message = " ".join(" ".join(chosen).split()).removeprefix("Error ").strip()
+    return explain(message)
+
+
+def explain(detail: str) -> str:
     """Flower's message plus what to do about the usual causes."""
     flat = " ".join(detail.split())
     if "CERTIFICATE_VERIFY_FAILED" in flat:
@@ -100,6 +109,9 @@ def _explain(detail: str) -> str:
             f"{flat}; fix: pass the coordinator's own tls/ca.pem with --ca, and an address "
             "named in its certificate"
         )
-    if "onnect" in flat or "refused" in flat.lower() or "unavailable" in flat.lower():
-        return f"{flat}; fix: check that `residency coordinator start` runs and the port is open"
+    if "unavailable" in flat.lower() or "refused" in flat.lower() or "onnect" in flat:
+        return (
+            f"{flat}; fix: check that `residency coordinator start` runs there, the port is "
+            "open, and --ca is that coordinator's own tls/ca.pem"
+        )
     return flat

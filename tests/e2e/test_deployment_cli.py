@@ -122,40 +122,15 @@ def test_node_init_missing_data(tmp_path: Path) -> None:
 
 def test_node_init_writes_operator_settings_and_key(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("text,label\na,b\n", encoding="utf-8")
-    done = residency(
-        "node",
-        "init",
-        "n",
-        "--country",
-        "de",
-        "--data",
-        "d.csv",
-        "--budget-epsilon",
-        "4",
-        "--delta",
-        "1e-6",
-        cwd=tmp_path,
-    )
+    init = ("node", "init", "n", "--data", "d.csv", "--budget-epsilon", "4", "--delta", "1e-6")
+    done = residency(*init, "--country", "de", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     settings = (tmp_path / "n" / "node.toml").read_text("utf-8")
     assert 'country = "DE"' in settings
     assert "budget_epsilon = 4.0" in settings
     assert (tmp_path / "n" / "keys" / "node.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "n" / "keys" / "node.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
-    again = residency(
-        "node",
-        "init",
-        "n",
-        "--country",
-        "DE",
-        "--data",
-        "d.csv",
-        "--budget-epsilon",
-        "4",
-        "--delta",
-        "1e-6",
-        cwd=tmp_path,
-    )
+    again = residency(*init, "--country", "DE", cwd=tmp_path)
     assert "a node already lives here" in error_line(again, 2)
 
     missing_ca = residency(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from residency.cli.common import EXIT_INPUT, console, fail, warn_insecure
 from residency.cli.processes import Child, supervise
@@ -113,3 +115,63 @@ def start(
             reason = f"see {where.logs / 'executor.log'}"
         raise fail(f"node {settings.country}: {name} exited ({code}): {reason}", 1)
     console.print(f"node {settings.country} stopped")
+
+
+@node_app.command()
+def status(
+    folder: Annotated[Path, typer.Argument(help="Node folder from `node init`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Privacy budget spent and left per dataset, from the node's own durable store."""
+    from residency.client.budget_store import STORE_FILE, BudgetStore
+    from residency.common.config.job import AccountantKind
+    from residency.common.privacy.accountant import epsilon_spent
+
+    try:
+        settings = NodeDir(folder).load()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    store = BudgetStore(settings.state / STORE_FILE)
+    charges = store.charges()
+    rows = []
+    for dataset in dict.fromkeys(charge.dataset for charge in charges):
+        mine = [c for c in charges if c.dataset == dataset]
+        kind = AccountantKind(mine[-1].accountant)
+        spent = epsilon_spent(store.history(dataset), delta=settings.delta, kind=kind)
+        rows.append(
+            {
+                "dataset": dataset,
+                "epsilon_spent": spent,
+                "epsilon_left": max(settings.budget_epsilon - spent, 0.0),
+                "budget_epsilon": settings.budget_epsilon,
+                "delta": settings.delta,
+                "accountant": kind.value,
+                "rounds": len(mine),
+                "runs": len({c.run for c in mine}),
+                "untrained_charges": sum(c.trained_at is None for c in mine),
+            }
+        )
+    refusals = [
+        {"run": r[0], "job": r[1], "round": r[2], "reason": r[4], "at": r[5]}
+        for r in store.refusals()
+    ]
+    if as_json:
+        print(json.dumps({"country": settings.country, "datasets": rows, "refusals": refusals}))
+        return
+    table = Table(title=f"node {settings.country}: privacy budget (δ={settings.delta:g})")
+    for column in ("dataset", "ε spent", "ε left", "budget", "rounds", "runs"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            f"{str(row['dataset'])[:12]}…",
+            f"{row['epsilon_spent']:.3f}",
+            f"{row['epsilon_left']:.3f}",
+            f"{row['budget_epsilon']:g}",
+            str(row["rounds"]),
+            str(row["runs"]),
+        )
+    console.print(table)
+    for refusal in refusals[-5:]:
+        console.print(f"refused {refusal['at']}: {refusal['reason']}")
+    if not rows:
+        console.print("nothing spent yet")

@@ -64,6 +64,7 @@ def write_node_settings(job: Job, out_dir: Path) -> Path:
             f"data = {_toml_string(str(node.data.resolve()))}\n"
             f"budget_epsilon = {job.privacy.target_epsilon!r}\n"
             f"delta = {job.privacy.delta!r}\n"
+            f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"
             f"log = {_toml_string(str((folder / f'{node.country}.log').resolve()))}\n"
         )
         tomllib.loads(text)  # never write a file the node cannot read

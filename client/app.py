@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch.utils.data import TensorDataset
 
+from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
-from residency.client.privacy_state import load_state, save_state
 from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
 from residency.common import wire
 from residency.common.config.round_plan import RoundPlan
@@ -37,6 +38,8 @@ from residency.common.model import (
     trainable_state,
 )
 from residency.common.privacy.accountant import (
+    History,
+    PrivacyStep,
     compose,
     epsilon_spent,
     noise_for_target,
@@ -112,12 +115,32 @@ def _check_policy(settings: NodeSettings, plan: RoundPlan) -> None:
         )
 
 
-def _train(msg: Message, context: Context) -> Message:
-    started = time.perf_counter()
-    settings = load_node_settings(node_settings_path(dict(context.node_config)))
-    if settings.log is not None:
-        _log_to(settings.log)
-    plan = RoundPlan.from_record(msg.content.config_records[wire.CONFIG])
+def _check_budget(
+    refusal: str, budget: float, history: History, step: PrivacyStep, plan: RoundPlan
+) -> float:
+    """Epsilon already spent; refuse if this round would take the total past ``budget``."""
+    spent = epsilon_spent(history, delta=plan.delta, kind=plan.accountant)
+    projected = epsilon_spent(compose(history, step), delta=plan.delta, kind=plan.accountant)
+    if projected > budget * 1.0001:
+        raise BudgetExceeded(
+            f"{refusal} {budget:.2f}, spent {spent:.2f}, round needs {projected - spent:.2f}"
+        )
+    return spent
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A round the node agreed to train: its data, dataset, cost and this run's history."""
+
+    records: LabeledTexts
+    dataset: str
+    step: PrivacyStep
+    before: History
+    spent: float
+
+
+def _admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str) -> _Admitted:
+    """Apply the operator's policy and both budgets (this job's, the dataset's lifetime)."""
     _check_policy(settings, plan)
     records = _load_records(settings, plan)
     examples = len(records)
@@ -128,29 +151,46 @@ def _train(msg: Message, context: Context) -> Message:
         )
     sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=plan.batch_size)
     round_steps = plan.local_epochs * steps_per_epoch
-    state = load_state(context)
     dataset = records.fingerprint()
-    noise_key = f"{plan.job}:{dataset}"
-    noise = state.noise.get(noise_key)
-    if noise is None:
-        noise = noise_for_target(
+    noise = store.noise_for(
+        run=run,
+        dataset=dataset,
+        derive=lambda: noise_for_target(
             target_epsilon=plan.target_epsilon,
             delta=plan.delta,
             sample_rate=sample_rate,
             steps=plan.rounds * round_steps,
             kind=plan.accountant,
-        )
-        state = state.with_noise(noise_key, noise)
-    before = state.history(dataset)
-    spent = epsilon_spent(before, delta=plan.delta, kind=plan.accountant)
-    projected = epsilon_spent(
-        compose(before, (noise, sample_rate, round_steps)), delta=plan.delta, kind=plan.accountant
+        ),
     )
-    if projected > plan.target_epsilon * 1.0001:
-        raise BudgetExceeded(
-            f"{settings.country} refused round {plan.server_round}: budget "
-            f"{plan.target_epsilon:.2f}, spent {spent:.2f}, round needs {projected - spent:.2f}"
+    step = (noise, sample_rate, round_steps)
+    before = store.history(dataset, run=run)
+    refused = f"{settings.country} refused round {plan.server_round}"
+    spent = _check_budget(f"{refused}: job budget", plan.target_epsilon, before, step, plan)
+    _check_budget(
+        f"{refused}: dataset budget", settings.budget_epsilon, store.history(dataset), step, plan
+    )
+    return _Admitted(records, dataset, step, before, spent)
+
+
+def _train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
+    settings = load_node_settings(node_settings_path(dict(context.node_config)))
+    if settings.log is not None:
+        _log_to(settings.log)
+    plan = RoundPlan.from_record(msg.content.config_records[wire.CONFIG])
+    store = BudgetStore(settings.state / STORE_FILE)
+    run = str(context.run_id)
+    try:
+        admitted = _admit(settings, plan, store, run)
+    except (BudgetExceeded, PolicyViolation) as exc:
+        store.refuse(
+            run=run, job=plan.job, server_round=plan.server_round, dataset=None, reason=str(exc)
         )
+        raise
+    records, dataset, step = admitted.records, admitted.dataset, admitted.step
+    before, spent, noise = admitted.before, admitted.spent, admitted.step[0]
+    examples = len(records)
 
     spec = _spec(plan)
     model = build_classifier(spec)
@@ -161,6 +201,15 @@ def _train(msg: Message, context: Context) -> Message:
         )
     load_trainable_state(model, _received_arrays(msg))
     data = _encoded(records, plan.model, plan.max_length)
+    charge = store.charge(  # write-ahead: from here on the round counts as spent
+        run=run,
+        job=plan.job,
+        server_round=plan.server_round,
+        dataset=dataset,
+        step=step,
+        delta=plan.delta,
+        accountant=plan.accountant.value,
+    )
     outcome = train_dp_round(
         model,
         data,
@@ -176,8 +225,9 @@ def _train(msg: Message, context: Context) -> Message:
         history=before,
         compute=pick_compute(),
     )
-    state = state.with_history(dataset, outcome.history)
-    save_state(context, state)
+    store.trained(charge)
+    if outcome.history != compose(before, step):
+        raise ConfigError(f"{settings.country}: trainer ran other steps than charged {step}")
     total = epsilon_spent(outcome.history, delta=plan.delta, kind=plan.accountant)
     log.info(
         "%s round %d: eps %.3f (+%.3f)", settings.country, plan.server_round, total, total - spent

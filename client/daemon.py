@@ -5,6 +5,7 @@
     DIR/node.toml      country, data path, privacy budget and limits (only the operator edits it)
     DIR/keys/node.key  the node's private key for SuperNode authentication (0600)
     DIR/keys/node.pub  the public key to hand to the coordinator
+    DIR/state/         the durable privacy budget store (every charge, write-ahead)
     DIR/logs/          SuperNode, executor and node logs
 """
 
@@ -85,6 +86,7 @@ def init_node(
             data=data.resolve(),
             budget_epsilon=budget_epsilon,
             delta=delta,
+            state=(folder.root / "state").resolve(),
             log=(folder.logs / "node.log").resolve(),
             runtime_port=runtime_port,
         )

@@ -32,12 +32,13 @@ class NodeSettings(Strict):
     delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
         description="largest delta this node accepts"
     )
+    state: Path = Field(description="folder of the node's durable privacy budget store")
     log: Path | None = Field(default=None, description="file the node logs to, if any")
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
     )
 
-    @field_validator("data", "log")
+    @field_validator("data", "state", "log")
     @classmethod
     def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")

@@ -447,7 +447,14 @@ def test_node_policy_refusals_reach_the_coordinator_verbatim(
     job = load_job(write_toy_job(tmp_path / "job"))
     plan = RoundPlan.from_record(round_config(job, base_fingerprint="0" * 64) | {"server-round": 1})
     node = NodeSettings.model_validate(
-        {"country": "DE", "data": "d.csv", "budget_epsilon": 8.0, "delta": 1e-4, **settings}
+        {
+            "country": "DE",
+            "data": "d.csv",
+            "state": "s",
+            "budget_epsilon": 8.0,
+            "delta": 1e-4,
+            **settings,
+        }
     )
     with pytest.raises(PolicyViolation) as refused:
         _check_policy(node, plan)

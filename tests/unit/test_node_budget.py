@@ -1,0 +1,155 @@
+"""The node's ClientApp against its durable budget: restarts and re-runs never reset spending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from residency.client.app import _train
+from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.node_config import NODE_CONFIG_KEY
+from residency.common import wire
+from residency.common.config.job import Job, load_job
+from residency.common.config.round_plan import round_config
+from residency.common.errors import BudgetExceeded
+from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
+from residency.common.privacy.accountant import compose, epsilon_spent
+from toy_federation import write_toy_job
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Job:
+    return load_job(write_toy_job(tmp_path / "job", countries=("DE",), examples=60, rounds=2))
+
+
+def node_file(tmp_path: Path, budget: float) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        f'country = "DE"\ndata = "job/de.csv"\nstate = "state"\n'
+        f"budget_epsilon = {budget}\ndelta = 1e-4\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def train_round(job: Job, settings: Path, *, run_id: int, server_round: int) -> Message:
+    """One training message, handled as by a freshly started node (empty Flower state)."""
+    model = build_classifier(ModelSpec.from_job(job))
+    config = round_config(job, base_fingerprint=base_fingerprint(model))
+    message = Message(
+        RecordDict(
+            {
+                wire.ARRAYS: ArrayRecord(trainable_state(model)),
+                wire.CONFIG: ConfigRecord({**config, "server-round": server_round}),
+            }
+        ),
+        dst_node_id=0,
+        message_type="train",
+    )
+    context = Context(
+        run_id=run_id,
+        node_id=0,
+        node_config={NODE_CONFIG_KEY: str(settings)},
+        state=RecordDict(),
+        run_config={},
+    )
+    return _train(message, context)
+
+
+def epsilon(reply: Message) -> float:
+    return float(wire.scalar(reply.content.metric_records[wire.METRICS], wire.EPSILON))
+
+
+def test_a_restarted_node_keeps_composing_its_job(job: Job, tmp_path: Path) -> None:
+    settings = node_file(tmp_path, budget=100.0)
+    first = train_round(job, settings, run_id=1, server_round=1)
+    second = train_round(job, settings, run_id=1, server_round=2)  # new process, empty state
+    store = BudgetStore(tmp_path / "state" / STORE_FILE)
+    history = store.history(store.charges()[0].dataset)
+    assert len(store.charges()) == 2
+    assert epsilon(second) > epsilon(first)
+    assert epsilon(second) == pytest.approx(
+        epsilon_spent(history, delta=1e-4, kind=job.privacy.accountant), rel=1e-9
+    )
+    assert epsilon(second) <= job.privacy.target_epsilon * 1.0001
+
+
+def test_a_rerun_is_refused_at_exactly_the_round_the_dataset_budget_runs_out(
+    job: Job, tmp_path: Path
+) -> None:
+    budget = 12.0
+    settings = node_file(tmp_path, budget=budget)
+    store = BudgetStore(tmp_path / "state" / STORE_FILE)
+    outcomes: list[tuple[int, int, str]] = []
+    for run_id in (1, 2, 3):
+        for server_round in (1, 2):
+            try:
+                train_round(job, settings, run_id=run_id, server_round=server_round)
+                outcomes.append((run_id, server_round, "ok"))
+            except BudgetExceeded as exc:
+                outcomes.append((run_id, server_round, str(exc)))
+    # Replay the same charges with the library accountant: the first round whose projected
+    # lifetime epsilon exceeds the budget is where the node must have refused.
+    charges = store.charges()
+    step = charges[0].step
+    history: tuple[tuple[float, float, int], ...] = ()
+    expected = []
+    for run_id in (1, 2, 3):
+        for server_round in (1, 2):
+            projected = epsilon_spent(
+                compose(history, step), delta=1e-4, kind=job.privacy.accountant
+            )
+            if projected > budget * 1.0001:
+                expected.append((run_id, server_round, "refused"))
+            else:
+                history = compose(history, step)
+                expected.append((run_id, server_round, "ok"))
+    assert [o[2] == "ok" for o in outcomes] == [e[2] == "ok" for e in expected]
+    assert "refused" in {e[2] for e in expected}, "the budget must run out within this test"
+    refusal = next(o[2] for o in outcomes if o[2] != "ok")
+    assert refusal.startswith("DE refused round ")
+    assert ": dataset budget 12.00, spent " in refusal
+    assert ", round needs " in refusal
+    assert len(charges) == sum(e[2] == "ok" for e in expected)  # refusals charge nothing
+    assert [r[4] for r in store.refusals()] == [o[2] for o in outcomes if o[2] != "ok"]
+
+
+def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from deployment_harness import RESIDENCY
+
+    settings = node_file(tmp_path, budget=8.0)
+    train_round(job, settings, run_id=1, server_round=1)
+    train_round(job, settings, run_id=1, server_round=2)
+    with pytest.raises(BudgetExceeded):
+        train_round(job, settings, run_id=2, server_round=1)  # a re-run: dataset budget spent
+    done = subprocess.run(
+        [RESIDENCY, "node", "status", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    [row] = status["datasets"]
+    assert row["rounds"] == 2
+    assert row["runs"] == 1
+    assert row["epsilon_spent"] + row["epsilon_left"] == pytest.approx(8.0)
+    assert row["epsilon_spent"] == pytest.approx(job.privacy.target_epsilon, abs=0.05)
+    assert [r["round"] for r in status["refusals"]] == [1]
+    assert "dataset budget 8.00" in status["refusals"][0]["reason"]

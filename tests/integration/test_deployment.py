@@ -93,7 +93,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     try:
         federation.start_coordinator()
         for country in COUNTRIES:
-            node = federation.init_node(country, root / "job" / f"{country.lower()}.csv")
+            node = federation.init_node(
+                country, root / "job" / f"{country.lower()}.csv", budget=100.0
+            )  # room for the second, long run on the same data
             federation.admit(node, country)
             federation.start_node(node)
         federation.wait_online(COUNTRIES)

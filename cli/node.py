@@ -14,6 +14,7 @@ from residency.cli.common import EXIT_INPUT, console, fail, warn_insecure
 from residency.cli.processes import Child, supervise
 from residency.client.daemon import (
     NodeDir,
+    check_coordinator_allowed,
     daemon_env,
     executor_command,
     explain_supernode_exit,
@@ -40,6 +41,9 @@ def init(
     runtime_port: Annotated[
         int, typer.Option(min=1, max=65_535, help="Loopback port for the node's executor.")
     ] = 9094,
+    policy: Annotated[
+        Path | None, typer.Option(help="Jurisdiction policy TOML (see docs/policies/).")
+    ] = None,
 ) -> None:
     """Create the node's key pair and node.toml (the operator's own settings)."""
     try:
@@ -50,6 +54,7 @@ def init(
             budget_epsilon=budget_epsilon,
             delta=delta,
             runtime_port=runtime_port,
+            policy=policy,
         )
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
@@ -77,6 +82,7 @@ def start(
         settings = where.load()
         if ca is not None and not ca.is_file():
             raise ConfigError(f"--ca: {ca}: file not found; fix: pass the coordinator's ca.pem")
+        check_coordinator_allowed(settings, None if insecure else ca)
         command = supernode_command(
             where, settings, coordinator=coordinator, ca=ca, insecure=insecure
         )

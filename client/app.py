@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
+from residency.client.policy import Policy, load_policy
 from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
 from residency.common import wire
 from residency.common.config.round_plan import RoundPlan
@@ -139,11 +140,43 @@ class _Admitted:
     spent: float
 
 
+@lru_cache(maxsize=8)
+def _policy(path: Path, mtime_ns: int) -> Policy:
+    del mtime_ns  # part of the cache key only: an edited policy is read again
+    return load_policy(path)
+
+
+def _jurisdiction(settings: NodeSettings) -> Policy | None:
+    path = settings.policy
+    if path is None:
+        return None
+    return _policy(path, path.stat().st_mtime_ns if path.exists() else 0)
+
+
+def _check_jurisdiction(
+    policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int
+) -> None:
+    """The policy's rules that depend on the job; budgets are checked with the accountant."""
+    who = f"{settings.country} refused job {plan.job} under policy {policy.name}"
+    if plan.update not in policy.allowed_updates:
+        allowed = ", ".join(kind.value for kind in policy.allowed_updates)
+        raise PolicyViolation(f"{who}: update {plan.update.value} not allowed ({allowed} only)")
+    if policy.max_delta is not None and plan.delta > policy.max_delta:
+        raise PolicyViolation(f"{who}: delta {plan.delta:g} above {policy.max_delta:g}")
+    if examples < policy.min_examples_per_round:
+        raise PolicyViolation(
+            f"{who}: {examples} examples, fewer than {policy.min_examples_per_round}"
+        )
+
+
 def _admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str) -> _Admitted:
     """Apply the operator's policy and both budgets (this job's, the dataset's lifetime)."""
     _check_policy(settings, plan)
+    policy = _jurisdiction(settings)
     records = _load_records(settings, plan)
     examples = len(records)
+    if policy is not None:
+        _check_jurisdiction(policy, settings, plan, examples)
     if plan.delta >= 1.0 / examples:
         raise BudgetExceeded(
             f"{settings.country} refused round {plan.server_round}: delta {plan.delta:g} is not "
@@ -164,12 +197,18 @@ def _admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str
         ),
     )
     step = (noise, sample_rate, round_steps)
-    before = store.history(dataset, run=run)
     refused = f"{settings.country} refused round {plan.server_round}"
+    if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
+        raise PolicyViolation(
+            f"{refused}: noise multiplier {noise:.3f} below the minimum "
+            f"{policy.min_noise_multiplier:g} of policy {policy.name}"
+        )
+    before = store.history(dataset, run=run)
     spent = _check_budget(f"{refused}: job budget", plan.target_epsilon, before, step, plan)
-    _check_budget(
-        f"{refused}: dataset budget", settings.budget_epsilon, store.history(dataset), step, plan
-    )
+    lifetime = settings.budget_epsilon
+    if policy is not None and policy.max_epsilon_per_dataset is not None:
+        lifetime = min(lifetime, policy.max_epsilon_per_dataset)
+    _check_budget(f"{refused}: dataset budget", lifetime, store.history(dataset), step, plan)
     return _Admitted(records, dataset, step, before, spent)
 
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from residency.client.identity import PRIVATE_KEY, PUBLIC_KEY, create_identity
 from residency.client.node_config import NODE_CONFIG_KEY, NodeSettings, load_node_settings
+from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
 
@@ -70,6 +71,7 @@ def init_node(
     budget_epsilon: float,
     delta: float,
     runtime_port: int = 9094,
+    policy: Path | None = None,
 ) -> NodeDir:
     """Write the operator's settings and a fresh key pair; refuse to overwrite a node."""
     folder = NodeDir(root)
@@ -80,6 +82,8 @@ def init_node(
         )
     if not data.is_file():
         raise ConfigError(f"--data: {data}: file not found; fix: pass the node's data file")
+    if policy is not None:
+        load_policy(policy)  # a policy the node could not read must not get this far
     try:
         settings = NodeSettings(
             country=country,
@@ -89,6 +93,7 @@ def init_node(
             state=(folder.root / "state").resolve(),
             log=(folder.logs / "node.log").resolve(),
             runtime_port=runtime_port,
+            policy=None if policy is None else policy.resolve(),
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -107,6 +112,26 @@ def init_node(
         ),
     )
     return folder
+
+
+def check_coordinator_allowed(settings: NodeSettings, ca: Path | None) -> None:
+    """Refuse to start when the policy names coordinators and this CA is not one of them."""
+    if settings.policy is None:
+        return
+    policy = load_policy(settings.policy)
+    if not policy.allowed_coordinators:
+        return
+    if ca is None:
+        raise ConfigError(
+            f"{settings.policy}: allowed_coordinators: a plain-text coordinator cannot be "
+            "identified; fix: start with --ca"
+        )
+    fingerprint = ca_fingerprint(ca.read_bytes())
+    if fingerprint not in policy.allowed_coordinators:
+        raise ConfigError(
+            f"{settings.policy}: allowed_coordinators: CA {ca} (sha256 {fingerprint}) is not "
+            "listed; fix: add its fingerprint to the policy if this coordinator is allowed"
+        )
 
 
 def supernode_command(

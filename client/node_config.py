@@ -33,12 +33,13 @@ class NodeSettings(Strict):
         description="largest delta this node accepts"
     )
     state: Path = Field(description="folder of the node's durable privacy budget store")
+    policy: Path | None = Field(default=None, description="the jurisdiction's policy file")
     log: Path | None = Field(default=None, description="file the node logs to, if any")
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
     )
 
-    @field_validator("data", "state", "log")
+    @field_validator("data", "state", "policy", "log")
     @classmethod
     def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")

@@ -10,11 +10,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from residency.client.app import _train
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.egress import SAFE_REASON
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.config.job import Job, load_job
 from residency.common.config.round_plan import round_config
-from residency.common.errors import BudgetExceeded
+from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
 from residency.common.privacy.accountant import compose, epsilon_spent
 from toy_federation import write_toy_job
@@ -153,3 +154,30 @@ def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> Non
     assert row["epsilon_spent"] == pytest.approx(job.privacy.target_epsilon, abs=0.05)
     assert [r["round"] for r in status["refusals"]] == [1]
     assert "dataset budget 8.00" in status["refusals"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "phrase"),
+    [
+        ('allowed_updates = ["full"]', "update lora not allowed (full only)"),
+        ("max_delta = 1e-6", "delta 0.0001 above 1e-06"),
+        ("min_examples_per_round = 1000", "60 examples, fewer than 1000"),
+        ("min_noise_multiplier = 50.0", "below the minimum 50 of policy strict"),
+        ("max_epsilon_per_dataset = 1.0", "dataset budget 1.00, spent 0.00"),
+    ],
+    ids=["update", "delta", "examples", "noise", "lifetime"],
+)
+def test_policy_rules_refuse_before_any_charge(
+    job: Job, tmp_path: Path, rules: str, phrase: str
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'name = "strict"\n{rules}\n', encoding="utf-8")
+    settings = node_file(tmp_path, budget=100.0)
+    settings.write_text(settings.read_text("utf-8") + 'policy = "policy.toml"\n', encoding="utf-8")
+    with pytest.raises((BudgetExceeded, PolicyViolation), match="refused") as refused:
+        train_round(job, settings, run_id=1, server_round=1)
+    assert phrase in str(refused.value)
+    assert SAFE_REASON.fullmatch(str(refused.value))  # reaches the coordinator verbatim
+    store = BudgetStore(tmp_path / "state" / STORE_FILE)
+    assert store.charges() == []
+    assert [r[4] for r in store.refusals()] == [str(refused.value)]

@@ -1,0 +1,60 @@
+"""The node operator's jurisdiction policy: limits no job and no coordinator can lift.
+
+A policy is a TOML file the operator points ``node.toml`` at (examples in ``docs/policies/``).
+The node checks every round against it before reading its data, and its hash identifies the
+exact rules a round ran under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from residency.common.config.job import Strict, UpdateKind
+from residency.common.config.loading import load_model
+
+
+class Policy(Strict):
+    """What the jurisdiction allows on this node's data (absent limits are not enforced)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    max_epsilon_per_dataset: Annotated[float | None, Field(strict=True, gt=0)] = Field(
+        default=None, description="lifetime epsilon over every job on one dataset"
+    )
+    max_delta: Annotated[float | None, Field(strict=True, gt=0, lt=1)] = None
+    min_noise_multiplier: Annotated[float | None, Field(strict=True, ge=0)] = None
+    allowed_updates: Annotated[list[UpdateKind], Field(min_length=1)] = Field(
+        default_factory=lambda: [UpdateKind.LORA, UpdateKind.FULL]
+    )
+    min_examples_per_round: Annotated[int, Field(strict=True, ge=1)] = 1
+    allowed_coordinators: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default=[], description="SHA-256 of the coordinator CA certificates (DER) to trust"
+    )
+
+    @field_validator("allowed_updates")
+    @classmethod
+    def _unique(cls, kinds: list[UpdateKind]) -> list[UpdateKind]:
+        return list(dict.fromkeys(kinds))
+
+    def digest(self) -> str:
+        """SHA-256 of the policy's canonical JSON: the same rules always hash the same."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file (one-line errors naming file and field)."""
+    return load_model(path, Policy)
+
+
+def ca_fingerprint(pem: bytes) -> str:
+    """SHA-256 of a PEM certificate's DER bytes, as `openssl x509 -fingerprint -sha256` shows."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    certificate = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()

@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from residency.common.clock import now
 from residency.common.privacy.accountant import History, PrivacyStep, compose
 
 STORE_FILE = "budget.sqlite"
@@ -57,11 +57,6 @@ CREATE TRIGGER IF NOT EXISTS charges_are_never_lowered
 BEFORE UPDATE OF run, job, round, dataset, noise_multiplier, sample_rate, steps, delta ON charges
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 """
-
-
-def now() -> str:
-    """UTC timestamp in ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

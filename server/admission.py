@@ -8,8 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from residency.common.clock import now
 from residency.common.files import write_atomic
-from residency.server.results import now
 
 
 class AdmittedNode(BaseModel):

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from torch.utils.data import TensorDataset
 
 from residency.common import wire
+from residency.common.clock import now
 from residency.common.config.job import Job
 from residency.common.config.round_plan import round_config
 from residency.common.data.encoding import encode
@@ -44,7 +45,6 @@ from residency.server.results import (
     Results,
     RoundResult,
     RunStatus,
-    now,
 )
 from residency.server.strategy import ValidatingFedAvg
 

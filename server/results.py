@@ -5,7 +5,6 @@ Rewritten atomically after every round, so a crash leaves the last complete roun
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -124,8 +123,3 @@ class Results(Record):
     def write(self, path: Path) -> None:
         """Write atomically: a temp file in the same folder, then rename."""
         write_atomic(path, self.model_dump_json(indent=2))
-
-
-def now() -> str:
-    """UTC timestamp in ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")

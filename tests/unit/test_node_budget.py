@@ -13,11 +13,12 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import SAFE_REASON
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import AccountantKind, Job, load_job
 from residency.common.config.round_plan import round_config
 from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
 from residency.common.privacy.accountant import compose, epsilon_spent
+from residency.common.privacy.crosscheck import epsilon_dp_accounting
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.unit
@@ -181,3 +182,21 @@ def test_policy_rules_refuse_before_any_charge(
     store = BudgetStore(tmp_path / "state" / STORE_FILE)
     assert store.charges() == []
     assert [r[4] for r in store.refusals()] == [str(refused.value)]
+
+
+@pytest.mark.parametrize("kind", [AccountantKind.PRV, AccountantKind.RDP])
+def test_recorded_charges_give_the_same_epsilon_in_both_libraries(
+    job: Job, tmp_path: Path, kind: AccountantKind
+) -> None:
+    settings = node_file(tmp_path, budget=100.0)
+    for run_id in (1, 2):  # two runs on one dataset: a history with repeated entries
+        for server_round in (1, 2):
+            train_round(job, settings, run_id=run_id, server_round=server_round)
+    store = BudgetStore(tmp_path / "state" / STORE_FILE)
+    history = store.history(store.charges()[0].dataset)
+    opacus = epsilon_spent(history, delta=1e-4, kind=kind)
+    google = epsilon_dp_accounting(history, delta=1e-4, kind=kind)
+    # Same tolerances as test_accountant.py. RDP: one bound, two order grids; PRV vs PLD: two
+    # numerical estimates of the same privacy curve.
+    assert google == pytest.approx(opacus, rel=0.01 if kind is AccountantKind.RDP else 0.03)
+    assert opacus > job.privacy.target_epsilon  # two full runs spend more than one target

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from residency.cli.audit import audit_app
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
 from residency.cli.coordinator import coordinator_app
 from residency.cli.deployment import run, runs_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(node_app, name="node")
 app.add_typer(runs_app, name="runs")
+app.add_typer(audit_app, name="audit")
 app.command()(run)
 
 
@@ -81,7 +83,9 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
             console.print(f"final accuracy {100 * acc:.1f}%, macro-F1 {100 * f1:.1f}%")
     console.print(
         f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}, "
-        f"model in {out_dir / 'model'}, log {out_dir / 'residency.log'}"
+        f"model in {out_dir / 'model'}, log {out_dir / 'residency.log'}\n"
+        f"privacy ledger {out_dir / 'ledger' / 'ledger.jsonl'}; check it with: residency audit "
+        f"verify {out_dir / 'ledger' / 'ledger.jsonl'} --keys {out_dir / 'keys'}"
     )
 
 

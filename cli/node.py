@@ -61,7 +61,10 @@ def init(
     console.print(
         f"node {country.upper()} in {folder}: settings {made.settings_file}\n"
         f"send {made.public_key} to the coordinator (it runs `residency coordinator admit`), "
-        f"then: residency node start {folder} --coordinator HOST:PORT --ca ca.pem"
+        f"then: residency node start {folder} --coordinator HOST:PORT --ca ca.pem\n"
+        f"auditors verify this node's privacy records with {made.record_key}.pub "
+        f"(give it to them as {country.upper()}.pub); its own ledger is {made.root / 'state'}"
+        "/ledger.jsonl"
     )
 
 
@@ -181,3 +184,12 @@ def status(
         console.print(f"refused {refusal['at']}: {refusal['reason']}")
     if not rows:
         console.print("nothing spent yet")
+    from residency.common.privacy.signing import key_id, load_public, public_path
+
+    public = public_path(settings.record_key)
+    if public.exists():
+        console.print(
+            f"records signed with key {key_id(load_public(public))} ({public}); own ledger "
+            f"{settings.ledger}: check it with `residency audit verify {settings.ledger} "
+            "--keys DIR`"
+        )

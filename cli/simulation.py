@@ -18,15 +18,20 @@ import torch
 from flwr.serverapp import Grid
 
 from residency.client.app import app as client_app
-from residency.client.node_config import SIMULATION_NODES_ENV
+from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import Job
 from residency.common.data.readers import read_labeled_texts
 from residency.common.errors import DataError
+from residency.common.files import write_atomic
+from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed
 from residency.server.results import Results
 
 NODES_DIR = "nodes"
+LEDGER_DIR = "ledger"
+KEYS_DIR = "keys"
+COORDINATOR_KEY = "coordinator.key"
 
 
 def check_node_data(job: Job) -> dict[str, int]:
@@ -72,6 +77,24 @@ def write_node_settings(job: Job, out_dir: Path) -> Path:
     return folder
 
 
+def create_keys(job: Job, out_dir: Path) -> tuple[Path, Path]:
+    """Signing keys for the simulated coordinator and nodes; public halves in ``OUT/keys/``.
+
+    In a deployment each party makes its own key and hands its public half to auditors; in a
+    simulation one machine plays every party, so it lays out the auditor's key folder itself.
+    """
+    keys = out_dir / KEYS_DIR
+    keys.mkdir(parents=True, exist_ok=True)
+    coordinator = out_dir / NODES_DIR / COORDINATOR_KEY
+    load_or_create_signer(coordinator, comment="residency-coordinator-ledger")
+    write_atomic(keys / "coordinator.pub", public_path(coordinator).read_bytes())
+    for node in job.nodes:
+        private = out_dir / NODES_DIR / f"{node.country}-state" / RECORD_KEY
+        load_or_create_signer(private, comment=f"residency-record-{node.country}")
+        write_atomic(keys / f"{node.country}.pub", public_path(private).read_bytes())
+    return out_dir / LEDGER_DIR, coordinator
+
+
 def backend_config(nodes: int) -> dict[str, Any]:
     """Ray resources: one CPU per virtual node; a GPU share per node when CUDA is present."""
     cpus = os.cpu_count() or 1
@@ -103,6 +126,7 @@ def simulate(
     check_node_data(job)
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ[SIMULATION_NODES_ENV] = str(write_node_settings(job, out_dir).resolve())
+    ledger = create_keys(job, out_dir)
     sink: list[Results] = []
     server_app = make_server_app(
         job,
@@ -111,6 +135,7 @@ def simulate(
         observer=observer,
         sink=sink,
         wrap_grid=wrap_grid,
+        ledger=ledger,
     )
     run_simulation(
         server_app=server_app,

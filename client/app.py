@@ -24,6 +24,7 @@ from residency.client.node_config import NodeSettings, load_node_settings, node_
 from residency.client.policy import Policy, load_policy
 from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
 from residency.common import wire
+from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
@@ -46,6 +47,10 @@ from residency.common.privacy.accountant import (
     noise_for_target,
     poisson_schedule,
 )
+from residency.common.privacy.ledger import EntryKind, Ledger
+from residency.common.privacy.record import PrivacyRecord, sign_record
+from residency.common.privacy.signing import Signer, load_or_create_signer
+from residency.common.privacy.update_digest import update_sha256
 from residency.common.version import __version__
 
 log = logging.getLogger("residency.node")
@@ -138,6 +143,8 @@ class _Admitted:
     step: PrivacyStep
     before: History
     spent: float
+    lifetime: float
+    policy: Policy | None
 
 
 @lru_cache(maxsize=8)
@@ -209,7 +216,13 @@ def _admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str
     if policy is not None and policy.max_epsilon_per_dataset is not None:
         lifetime = min(lifetime, policy.max_epsilon_per_dataset)
     _check_budget(f"{refused}: dataset budget", lifetime, store.history(dataset), step, plan)
-    return _Admitted(records, dataset, step, before, spent)
+    return _Admitted(records, dataset, step, before, spent, lifetime, policy)
+
+
+def _signer(settings: NodeSettings) -> Signer:
+    return load_or_create_signer(
+        settings.record_key, comment=f"residency-record-{settings.country}"
+    )
 
 
 def _train(msg: Message, context: Context) -> Message:
@@ -219,13 +232,17 @@ def _train(msg: Message, context: Context) -> Message:
         _log_to(settings.log)
     plan = RoundPlan.from_record(msg.content.config_records[wire.CONFIG])
     store = BudgetStore(settings.state / STORE_FILE)
+    signer = _signer(settings)
+    ledger = Ledger(settings.ledger, signer)  # the node's own copy of what it spent and signed
     run = str(context.run_id)
+    where = {"run": run, "job": plan.job, "country": settings.country, "round": plan.server_round}
     try:
         admitted = _admit(settings, plan, store, run)
     except (BudgetExceeded, PolicyViolation) as exc:
         store.refuse(
             run=run, job=plan.job, server_round=plan.server_round, dataset=None, reason=str(exc)
         )
+        ledger.append(EntryKind.REFUSAL, **where, reason=str(exc))
         raise
     records, dataset, step = admitted.records, admitted.dataset, admitted.step
     before, spent, noise = admitted.before, admitted.spent, admitted.step[0]
@@ -249,6 +266,19 @@ def _train(msg: Message, context: Context) -> Message:
         delta=plan.delta,
         accountant=plan.accountant.value,
     )
+    ledger.append(
+        EntryKind.CHARGE,
+        **where,
+        detail={
+            "charge": charge,
+            "dataset": dataset,
+            "noise_multiplier": noise,
+            "sample_rate": step[1],
+            "steps": step[2],
+            "delta": plan.delta,
+            "accountant": plan.accountant.value,
+        },
+    )
     outcome = train_dp_round(
         model,
         data,
@@ -268,11 +298,52 @@ def _train(msg: Message, context: Context) -> Message:
     if outcome.history != compose(before, step):
         raise ConfigError(f"{settings.country}: trainer ran other steps than charged {step}")
     total = epsilon_spent(outcome.history, delta=plan.delta, kind=plan.accountant)
+    lifetime = epsilon_spent(store.history(dataset), delta=plan.delta, kind=plan.accountant)
     log.info(
-        "%s round %d: eps %.3f (+%.3f)", settings.country, plan.server_round, total, total - spent
+        "%s round %d: eps %.3f (+%.3f), dataset %.3f of %.3f",
+        settings.country,
+        plan.server_round,
+        total,
+        total - spent,
+        lifetime,
+        admitted.lifetime,
     )
 
     update = ArrayRecord(trainable_state(model))
+    sent_hash = update_sha256({name: array.numpy() for name, array in update.items()})
+    policy = admitted.policy
+    signed = sign_record(
+        PrivacyRecord(
+            job=plan.job,
+            run=run,
+            round=plan.server_round,
+            node=int(context.node_id),
+            country=settings.country,
+            dataset=dataset,
+            examples=examples,
+            noise_multiplier=noise,
+            sample_rate=step[1],
+            steps=step[2],
+            max_grad_norm=plan.max_grad_norm,
+            accountant=plan.accountant,
+            delta=plan.delta,
+            history=list(outcome.history),
+            epsilon_round=total - spent,
+            epsilon=total,
+            target_epsilon=plan.target_epsilon,
+            epsilon_dataset=lifetime,
+            budget_epsilon=admitted.lifetime,
+            policy=None if policy is None else policy.digest(),
+            policy_name=None if policy is None else policy.name,
+            version=__version__,
+            update_sha256=sent_hash,
+            charge=charge,
+            signed_at=now(),
+            key=signer.public_hex,
+        ),
+        signer,
+    )
+    ledger.append(EntryKind.RECORD, **where, record=signed, received_sha256=sent_hash)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: examples,
@@ -295,8 +366,12 @@ def _train(msg: Message, context: Context) -> Message:
             wire.VERSION: __version__,
         }
     )
+    record = ConfigRecord({wire.RECORD_BODY: signed.body, wire.RECORD_SIGNATURE: signed.signature})
     return Message(
-        RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.NODE: node}), reply_to=msg
+        RecordDict(
+            {wire.ARRAYS: update, wire.METRICS: metrics, wire.NODE: node, wire.RECORD: record}
+        ),
+        reply_to=msg,
     )
 
 

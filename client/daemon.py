@@ -5,7 +5,10 @@
     DIR/node.toml      country, data path, privacy budget and limits (only the operator edits it)
     DIR/keys/node.key  the node's private key for SuperNode authentication (0600)
     DIR/keys/node.pub  the public key to hand to the coordinator
-    DIR/state/         the durable privacy budget store (every charge, write-ahead)
+    DIR/keys/record.key      the Ed25519 key that signs privacy records and the node's ledger
+    DIR/keys/record.key.pub  its public half, for auditors (handed to them directly)
+    DIR/state/         the durable privacy budget store (every charge, write-ahead) and the
+                       node's own signed ledger of every charge, record and refusal
     DIR/logs/          SuperNode, executor and node logs
 """
 
@@ -19,10 +22,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from residency.client.identity import PRIVATE_KEY, PUBLIC_KEY, create_identity
-from residency.client.node_config import NODE_CONFIG_KEY, NodeSettings, load_node_settings
+from residency.client.node_config import (
+    NODE_CONFIG_KEY,
+    RECORD_KEY,
+    NodeSettings,
+    load_node_settings,
+)
 from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
+from residency.common.privacy.signing import create_signer
 
 SETTINGS_FILE = "node.toml"
 
@@ -47,6 +56,11 @@ class NodeDir:
     def public_key(self) -> Path:
         """What the coordinator admits."""
         return self.root / "keys" / PUBLIC_KEY
+
+    @property
+    def record_key(self) -> Path:
+        """Ed25519 key signing privacy records (public half: ``record.key.pub``)."""
+        return self.root / "keys" / RECORD_KEY
 
     @property
     def logs(self) -> Path:
@@ -94,6 +108,7 @@ def init_node(
             log=(folder.logs / "node.log").resolve(),
             runtime_port=runtime_port,
             policy=None if policy is None else policy.resolve(),
+            signing_key=folder.record_key.resolve(),
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -103,6 +118,7 @@ def init_node(
         ) from exc
     folder.logs.mkdir(parents=True, exist_ok=True)
     create_identity(folder.private_key.parent, comment=f"residency-node-{country}")
+    create_signer(folder.record_key, comment=f"residency-record-{country}")
     write_model(
         folder.settings_file,
         settings,

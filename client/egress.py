@@ -2,8 +2,9 @@
 
 Whatever the training code put in a reply, only these pass: arrays whose names, shapes and
 dtypes match the trainable tensors the coordinator sent, numeric metrics from the wire
-contract, and identifier fields matching fixed patterns. Anything else (text, token ids,
-labels, extra records) is dropped and logged as a violation.
+contract, identifier fields matching fixed patterns, and one signed privacy record that parses
+under its strict schema, in canonical form, with a valid signature. Anything else (text,
+token ids, labels, extra records or fields) is dropped and logged as a violation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from flwr.app import (
 from flwr.clientapp.typing import ClientAppCallable
 
 from residency.common import wire
+from residency.common.errors import InvalidUpdate
+from residency.common.privacy.record import SignedRecord, open_record
 
 log = logging.getLogger("residency.egress")
 
@@ -81,6 +84,23 @@ def _guard_node_fields(reply: ConfigRecord) -> ConfigRecord:
     return kept
 
 
+def _guard_record(reply: ConfigRecord) -> ConfigRecord | None:
+    """The signed record, only if it is exactly a valid one (no room for anything else)."""
+    if set(reply) != {wire.RECORD_BODY, wire.RECORD_SIGNATURE}:
+        log.warning("egress violation: privacy record with other fields dropped")
+        return None
+    try:
+        open_record(
+            SignedRecord.model_validate(
+                {"body": reply[wire.RECORD_BODY], "signature": reply[wire.RECORD_SIGNATURE]}
+            )
+        )
+    except (InvalidUpdate, ValueError) as exc:
+        log.warning("egress violation: privacy record dropped (%s)", exc)
+        return None
+    return reply
+
+
 def guard_reply(instruction: Message, reply: Message) -> Message:
     """Rebuild ``reply`` from its allow-listed parts only."""
     if reply.has_error():
@@ -96,6 +116,7 @@ def guard_reply(instruction: Message, reply: Message) -> Message:
         (wire.ARRAYS, content.array_records),
         (wire.METRICS, content.metric_records),
         (wire.NODE, content.config_records),
+        (wire.RECORD, content.config_records),
     )
     for name in content:
         if not any(name == key and name in records for key, records in allowed):
@@ -106,6 +127,10 @@ def guard_reply(instruction: Message, reply: Message) -> Message:
         guarded[wire.METRICS] = _guard_metrics(content.metric_records[wire.METRICS])
     if wire.NODE in content.config_records:
         guarded[wire.NODE] = _guard_node_fields(content.config_records[wire.NODE])
+    if wire.RECORD in content.config_records:
+        record = _guard_record(content.config_records[wire.RECORD])
+        if record is not None:
+            guarded[wire.RECORD] = record
     return Message(guarded, reply_to=instruction)
 
 

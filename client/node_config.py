@@ -18,6 +18,8 @@ from residency.common.config.loading import load_model
 from residency.common.errors import ConfigError
 
 NODE_CONFIG_KEY = "residency-config"
+RECORD_KEY = "record.key"
+LEDGER_FILE = "ledger.jsonl"
 SIMULATION_NODES_ENV = "RESIDENCY_SIMULATION_NODES"
 
 
@@ -35,11 +37,25 @@ class NodeSettings(Strict):
     state: Path = Field(description="folder of the node's durable privacy budget store")
     policy: Path | None = Field(default=None, description="the jurisdiction's policy file")
     log: Path | None = Field(default=None, description="file the node logs to, if any")
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 key that signs privacy records (default: record.key in state)",
+    )
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
     )
 
-    @field_validator("data", "state", "policy", "log")
+    @property
+    def record_key(self) -> Path:
+        """The private key that signs this node's privacy records and ledger."""
+        return self.signing_key or self.state / RECORD_KEY
+
+    @property
+    def ledger(self) -> Path:
+        """The node's own copy of everything it charged and signed."""
+        return self.state / LEDGER_FILE
+
+    @field_validator("data", "state", "policy", "log", "signing_key")
     @classmethod
     def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")

@@ -8,7 +8,6 @@ exact rules a round ran under.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,12 +15,13 @@ from pydantic import Field, field_validator
 
 from residency.common.config.job import Strict, UpdateKind
 from residency.common.config.loading import load_model
+from residency.common.privacy.canonical import canonical_json
 
 
 class Policy(Strict):
     """What the jurisdiction allows on this node's data (absent limits are not enforced)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     max_epsilon_per_dataset: Annotated[float | None, Field(strict=True, gt=0)] = Field(
         default=None, description="lifetime epsilon over every job on one dataset"
     )
@@ -42,8 +42,7 @@ class Policy(Strict):
 
     def digest(self) -> str:
         """SHA-256 of the policy's canonical JSON: the same rules always hash the same."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(self).encode()).hexdigest()
 
 
 def load_policy(path: Path) -> Policy:

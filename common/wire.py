@@ -14,6 +14,9 @@ ARRAYS: Final = "arrays"
 CONFIG: Final = "config"
 METRICS: Final = "metrics"
 NODE: Final = "node"
+RECORD: Final = "privacy-record"  # ConfigRecord: the node's signed privacy record
+RECORD_BODY: Final = "body"
+RECORD_SIGNATURE: Final = "signature"
 
 # MetricRecord of a training reply: aggregate numbers only, never per-record values.
 NUM_EXAMPLES: Final = "num-examples"

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from residency.common.config.job import Job
 from residency.server.federation import FederationObserver, run_federation
 from residency.server.results import Results
+from residency.server.run_ledger import RunLedger
 
 
 def make_server_app(
@@ -21,20 +22,30 @@ def make_server_app(
     observer: FederationObserver | None = None,
     sink: list[Results] | None = None,
     wrap_grid: Callable[[Grid], Grid] | None = None,
+    ledger: tuple[Path, Path] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``job``; its results are appended to ``sink`` when given.
 
     ``wrap_grid`` lets a caller observe every message the coordinator receives (tests use it
-    to prove that no record text ever arrives).
+    to prove that no record text ever arrives). ``ledger`` is (ledger folder, signing key).
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        del context  # the job is bound here; nodes read their own settings, not the context
+        # the job is bound here; nodes read their own settings, not the context
         if wrap_grid is not None:
             grid = wrap_grid(grid)
-        results = run_federation(grid, job, nodes=nodes, out_dir=out_dir, observer=observer)
+        run = str(context.run_id)
+        results = run_federation(
+            grid,
+            job,
+            nodes=nodes,
+            out_dir=out_dir,
+            observer=observer,
+            run=run,
+            ledger=None if ledger is None else RunLedger.open(*ledger, run=run, job=job.name),
+        )
         if sink is not None:
             sink.append(results)
 

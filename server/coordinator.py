@@ -9,6 +9,8 @@ backing it up or moving it is one copy::
     DIR/runs/<run id>/     each run's output folder (results.json, model/)
     DIR/logs/              SuperLink and coordinator logs
     DIR/nodes.json         which country each admitted key belongs to
+    DIR/ledger/            the signed, hash-chained privacy ledger and the updates it names
+    DIR/keys/ledger.key    the Ed25519 key that signs ledger entries (ledger.key.pub: public)
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from residency.common.config.job import Strict
 from residency.common.config.loading import load_model
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
-from residency.server.launch import ADMITTED_ENV, RUNS_DIR_ENV
+from residency.common.privacy.signing import create_signer
+from residency.server.launch import ADMITTED_ENV, LEDGER_DIR_ENV, LEDGER_KEY_ENV, RUNS_DIR_ENV
 from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"
@@ -99,6 +102,16 @@ class CoordinatorDir:
         """Country of each admitted node key."""
         return self.root / "nodes.json"
 
+    @property
+    def ledger(self) -> Path:
+        """The privacy ledger folder."""
+        return self.root / "ledger"
+
+    @property
+    def ledger_key(self) -> Path:
+        """The ledger signing key (its public half is ``ledger.key.pub``)."""
+        return self.root / "keys" / "ledger.key"
+
     def load(self) -> CoordinatorSettings:
         """Read ``coordinator.toml``, or explain how to create it."""
         if not self.settings_file.exists():
@@ -129,6 +142,7 @@ def init_coordinator(
     for sub in (folder.database.parent, folder.runs, folder.logs, folder.flwr_home):
         sub.mkdir(parents=True, exist_ok=True)
     create_tls(folder.tls.folder, names=names, common_name=names[0])
+    create_signer(folder.ledger_key, comment="residency-coordinator-ledger")
     write_model(
         folder.settings_file,
         settings,
@@ -171,6 +185,8 @@ def superlink_command(
         **os.environ,
         RUNS_DIR_ENV: str(folder.runs.resolve()),
         ADMITTED_ENV: str(folder.admitted.resolve()),
+        LEDGER_DIR_ENV: str(folder.ledger.resolve()),
+        LEDGER_KEY_ENV: str(folder.ledger_key.resolve()),
         "FLWR_HOME": str(folder.flwr_home.resolve()),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

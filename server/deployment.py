@@ -22,8 +22,15 @@ from residency.common.errors import ConfigError, DataError
 from residency.server.admission import read_admitted
 from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
 from residency.server.federation import RESULTS_FILE, JobFailed, run_federation
-from residency.server.launch import ADMITTED_ENV, JOB_KEY, RUNS_DIR_ENV
+from residency.server.launch import (
+    ADMITTED_ENV,
+    JOB_KEY,
+    LEDGER_DIR_ENV,
+    LEDGER_KEY_ENV,
+    RUNS_DIR_ENV,
+)
 from residency.server.results import Results
+from residency.server.run_ledger import RunLedger
 
 app = ServerApp()
 
@@ -45,6 +52,14 @@ def admitted_countries() -> dict[int, str]:
     if not path:
         return {}
     return {int(node.node_id): node.country for node in read_admitted(Path(path))}
+
+
+def run_ledger(run: str, job: Job) -> RunLedger | None:
+    """The coordinator's ledger (set by ``residency coordinator start``)."""
+    folder, key = os.environ.get(LEDGER_DIR_ENV), os.environ.get(LEDGER_KEY_ENV)
+    if not folder or not key:
+        return None
+    return RunLedger.open(Path(folder), Path(key), run=run, job=job.name)
 
 
 def job_from_run_config(run_config: Mapping[str, object]) -> Job:
@@ -80,6 +95,8 @@ def main(grid: Grid, context: Context) -> None:
             out_dir=out_dir,
             observer=EventPrinter(),
             admitted=admitted_countries(),
+            run=str(context.run_id),
+            ledger=run_ledger(str(context.run_id), job),
         )
     except (ConfigError, DataError) as exc:  # e.g. the job's test file is not on this host
         if not (out_dir / RESULTS_FILE).exists():

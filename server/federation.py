@@ -25,6 +25,7 @@ from residency.common.config.round_plan import round_config
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
+from residency.common.errors import InvalidUpdate
 from residency.common.evaluation import Scores, evaluate
 from residency.common.model import (
     ModelSpec,
@@ -36,6 +37,7 @@ from residency.common.model import (
     trainable_state,
 )
 from residency.common.version import __version__
+from residency.server.record_check import Received, received_record
 from residency.server.results import (
     ClassResult,
     CountryPrivacy,
@@ -46,6 +48,7 @@ from residency.server.results import (
     RoundResult,
     RunStatus,
 )
+from residency.server.run_ledger import RunLedger
 from residency.server.strategy import ValidatingFedAvg
 
 log = logging.getLogger("residency.coordinator")
@@ -215,6 +218,8 @@ class _Federation:
     nodes: int
     observer: FederationObserver | None
     admitted: Mapping[int, str]
+    run: str
+    ledger: RunLedger | None
 
     def __post_init__(self) -> None:
         self.compute = pick_compute()
@@ -271,13 +276,25 @@ class _Federation:
         if self.observer:
             self.observer.round_started(server_round, len(messages))
         reports: list[NodeRound] = []
-
-        impostors: set[int] = set()
+        excluded: set[int] = set()
+        received: dict[int, Received] = {}
 
         def on_reply(reply: Message, bytes_down: int) -> None:
+            node_id = reply.metadata.src_node_id
             report = _node_round(reply, bytes_down, self.countries)
+            if report.status is NodeStatus.OK:
+                try:
+                    received[node_id] = received_record(
+                        reply.content,
+                        job=self.job.name,
+                        run=self.run,
+                        server_round=server_round,
+                        country=report.country,
+                    )
+                except InvalidUpdate as exc:
+                    report.status, report.reason = NodeStatus.REJECTED, str(exc)
             if report.status is NodeStatus.REJECTED:
-                impostors.add(reply.metadata.src_node_id)
+                excluded.add(node_id)
             reports.append(report)
             if self.observer:
                 self.observer.node_finished(server_round, report)
@@ -286,9 +303,10 @@ class _Federation:
             self.grid, messages, timeout_s=self.job.train.round_timeout_s, on_reply=on_reply
         )
         new_arrays, train_metrics = strategy.aggregate_train(
-            server_round, [r for r in replies if r.metadata.src_node_id not in impostors]
+            server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
         )
         rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
+        self._to_ledger(server_round, received, rejected, reports)
         for report in reports:
             node_ids = [i for i, c in self.countries.names.items() if c == report.country]
             if report.status is NodeStatus.OK and node_ids and node_ids[0] in rejected:
@@ -299,7 +317,8 @@ class _Federation:
         self.arrays = new_arrays
         load_trainable_state(self.model, {k: v.numpy() for k, v in new_arrays.items()})
         for reply in strategy.accepted:
-            _update_privacy(self.privacy, reply, self.job, self.countries)
+            got = received.get(reply.metadata.src_node_id)
+            _update_privacy(self.privacy, reply, self.job, self.countries, got)
         loss = train_metrics.get(wire.TRAIN_LOSS) if train_metrics else None
         return RoundResult(
             round=server_round,
@@ -310,6 +329,23 @@ class _Federation:
             bytes_down=sum(r.bytes_down for r in reports),
             seconds=time.perf_counter() - started,
         )
+
+    def _to_ledger(
+        self,
+        server_round: int,
+        received: Mapping[int, Received],
+        rejected: Mapping[int, str],
+        reports: Iterable[NodeRound],
+    ) -> None:
+        """Every signed record (averaged or not) and every refusal of the round."""
+        if self.ledger is None:
+            return
+        averaged = {reply.metadata.src_node_id for reply in self.strategy.accepted}
+        for node_id, got in sorted(received.items()):
+            self.ledger.record(got, averaged=node_id in averaged, reason=rejected.get(node_id))
+        for report in reports:
+            if report.status is NodeStatus.REFUSED:
+                self.ledger.refusal(report.country, server_round, report.reason or "")
 
     def finish(self, out_dir: Path) -> FinalResult:
         """Score the final model and export it as a Hugging Face checkpoint."""
@@ -334,13 +370,17 @@ def run_federation(
     out_dir: Path,
     observer: FederationObserver | None = None,
     admitted: Mapping[int, str] | None = None,
+    run: str = "0",
+    ledger: RunLedger | None = None,
 ) -> Results:
     """Run every round of ``job`` over ``nodes`` nodes; write results and the final model.
 
     ``admitted`` maps node ids to the country each key was admitted for (deployment): only
     those countries' nodes take part, and a node reporting another country is rejected.
+    ``run`` is Flower's run id, which every node's signed record must name; ``ledger``
+    receives the run's privacy events.
     """
-    federation = _Federation(grid, job, nodes, observer, dict(admitted or {}))
+    federation = _Federation(grid, job, nodes, observer, dict(admitted or {}), run, ledger)
     results_path = out_dir / RESULTS_FILE
     results = Results(
         job=job.name,
@@ -358,6 +398,8 @@ def run_federation(
         ),
     )
     results.write(results_path)
+    if ledger is not None:
+        ledger.started(job)
     try:
         _wait_for_nodes(grid, job, federation.countries)
         for server_round in range(1, job.train.rounds + 1):
@@ -378,11 +420,17 @@ def run_federation(
     finally:
         results.finished_at = now()
         results.write(results_path)
+        if ledger is not None:
+            ledger.finished(results.status.value, results.error)
     return results
 
 
 def _update_privacy(
-    privacy: dict[str, CountryPrivacy], reply: Message, job: Job, countries: _Countries
+    privacy: dict[str, CountryPrivacy],
+    reply: Message,
+    job: Job,
+    countries: _Countries,
+    got: Received | None,
 ) -> None:
     metrics = reply.content.metric_records[wire.METRICS]
     node = reply.content.config_records.get(wire.NODE, ConfigRecord())
@@ -400,4 +448,6 @@ def _update_privacy(
         dataset_fingerprint=str(node[wire.DATASET_FINGERPRINT])
         if wire.DATASET_FINGERPRINT in node
         else None,
+        epsilon_dataset=None if got is None else got.record.epsilon_dataset,
+        budget_epsilon=None if got is None else got.record.budget_epsilon,
     )

@@ -12,3 +12,9 @@ RUNS_DIR_ENV = "RESIDENCY_RUNS_DIR"
 
 ADMITTED_ENV = "RESIDENCY_ADMITTED_NODES"
 """Environment variable naming the coordinator's record of which country each key speaks for."""
+
+LEDGER_DIR_ENV = "RESIDENCY_LEDGER_DIR"
+"""Environment variable naming the coordinator's ledger folder (ledger.jsonl, updates/)."""
+
+LEDGER_KEY_ENV = "RESIDENCY_LEDGER_KEY"
+"""Environment variable naming the Ed25519 key the coordinator signs ledger entries with."""

@@ -93,6 +93,8 @@ class CountryPrivacy(Record):
     steps: int
     rounds: int
     dataset_fingerprint: str | None = None
+    epsilon_dataset: float | None = None
+    budget_epsilon: float | None = None
 
 
 class RunStatus(StrEnum):

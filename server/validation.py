@@ -66,10 +66,9 @@ def validate_metrics(metrics: MetricRecord) -> None:
 def validate_reply(content: RecordDict, expected: ArrayRecord) -> None:
     """A training reply holds exactly the contract's records, each valid."""
     names = set(content.keys())
-    if names - {wire.ARRAYS, wire.METRICS, wire.NODE}:
-        raise InvalidUpdate(
-            f"unexpected records {sorted(names - {wire.ARRAYS, wire.METRICS, wire.NODE})}"
-        )
+    unexpected = names - {wire.ARRAYS, wire.METRICS, wire.NODE, wire.RECORD}
+    if unexpected:
+        raise InvalidUpdate(f"unexpected records {sorted(unexpected)}")
     if wire.ARRAYS not in content.array_records or wire.METRICS not in content.metric_records:
         raise InvalidUpdate("reply lacks its update arrays or metrics")
     if wire.NODE in names and wire.NODE not in content.config_records:

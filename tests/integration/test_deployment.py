@@ -7,6 +7,7 @@ job's outcome is compared with the same job in simulation.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,3 +314,39 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     assert "IT" not in results["error"]
     it_log = tmp_path / "node-IT" / "logs" / "node.log"
     assert not it_log.exists() or "round 1" not in it_log.read_text("utf-8")
+
+
+def test_auditor_verifies_the_coordinators_ledger_with_keys_from_each_party(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """The auditor collects each party's public key, then `audit verify` checks both runs."""
+    coordinator = deployed.federation.coordinator_dir
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(coordinator / "keys" / "ledger.key.pub", keys / "coordinator.pub")
+    node_ledgers: list[str] = []
+    for country in COUNTRIES:
+        node = deployed.federation.root / f"node-{country}"
+        shutil.copy(node / "keys" / "record.key.pub", keys / f"{country}.pub")
+        node_ledgers += ["--node-ledger", str(node / "state" / "ledger.jsonl")]
+    ledger = coordinator / "ledger" / "ledger.jsonl"
+
+    done = cli("audit", "verify", str(ledger), "--keys", str(keys), "--json", *node_ledgers)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    completed = [r for r in report["records"] if r["run"] == _completed_run(deployed)]
+    assert sorted((r["country"], r["round"]) for r in completed) == sorted(
+        (c, n) for c in COUNTRIES for n in (1, 2)
+    )
+    for record in completed:
+        summary = deployed.results.privacy[record["country"]]
+        if record["round"] == 2:
+            assert record["epsilon"] == summary.epsilon
+        assert record["epsilon_dp_accounting"] == pytest.approx(record["epsilon_opacus"], rel=0.03)
+
+
+def _completed_run(deployed: Deployed) -> str:
+    final = deployed.results.final
+    assert final is not None
+    return Path(final.model_dir).parent.name

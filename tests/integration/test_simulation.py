@@ -16,8 +16,10 @@ from opacus.accountants import PRVAccountant
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from residency.cli.simulation import simulate
+from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import load_job
 from residency.common.data.readers import read_labeled_texts
+from residency.common.privacy.record import PrivacyRecord
 from residency.server.results import Results
 from toy_federation import LABELS, write_toy_job
 
@@ -174,3 +176,38 @@ def test_saved_model_reloads_with_transformers_and_predicts(run: Run) -> None:
     accuracy = float(np.mean(predicted == np.array(test.labels)))
     assert run.results.final is not None
     assert accuracy == pytest.approx(run.results.final.accuracy, abs=0.02)
+
+
+def test_the_runs_ledger_verifies_and_holds_every_signed_round(run: Run) -> None:
+    """`residency audit verify` on what a simulation wrote: every round signed and averaged."""
+    ledger = run.out / "ledger" / "ledger.jsonl"
+    node_copies = [run.out / "nodes" / f"{c}-state" / "ledger.jsonl" for c in COUNTRIES]
+
+    result = verify_ledger(ledger, load_keys(run.out / "keys"), node_ledgers=node_copies)
+
+    assert result.ok, [str(p) for p in result.problems]
+    assert result.notes == []
+    assert sorted((s.country, s.round) for s in result.spends) == sorted(
+        (c, r) for c in COUNTRIES for r in (1, 2, 3)
+    )
+    assert all(s.averaged for s in result.spends)
+    for spend in result.spends:
+        reported = next(
+            n for n in run.results.rounds[spend.round - 1].nodes if n.country == spend.country
+        )
+        assert spend.record.epsilon == reported.epsilon
+        assert spend.record.epsilon_dataset == pytest.approx(spend.record.epsilon)  # fresh node
+        assert spend.record.budget_epsilon == 8.0
+    assert len(list((run.out / "ledger" / "updates").glob("*.safetensors"))) == 9
+
+
+def test_privacy_records_are_the_only_text_besides_identifiers(run: Run) -> None:
+    """Each reply carries exactly one signed record, and it names no training text."""
+    replies = [m for m in run.received if not m.has_error()]
+    assert len(replies) == 9
+    for reply in replies:
+        record = reply.content.config_records["privacy-record"]
+        assert set(record) == {"body", "signature"}
+        body = json.loads(str(record["body"]))
+        assert body["country"] in COUNTRIES
+        assert len(body) == len(PrivacyRecord.model_fields)

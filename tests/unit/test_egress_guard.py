@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from pathlib import Path
@@ -22,8 +23,10 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+from ledger_factory import write_ledger
 from residency.client.egress import GENERIC_REASON, egress_guard, guard_reply
 from residency.common import wire
+from residency.common.privacy.record import PrivacyRecord, sign_record
 
 pytestmark = pytest.mark.unit
 
@@ -460,3 +463,47 @@ def test_node_policy_refusals_reach_the_coordinator_verbatim(
         _check_policy(node, plan)
     assert phrase in str(refused.value)
     assert SAFE_REASON.fullmatch(str(refused.value))  # not withheld by the egress guard
+
+
+def _signed_record_fields(tmp_path: Path, **changes: Any) -> dict[str, str]:
+    """A valid signed record from the ledger factory, optionally altered before signing."""
+    made = write_ledger(tmp_path, countries=("DE",), rounds=1, refuse=None)
+    line = made.node_ledgers["DE"].read_text("ascii").splitlines()[-1]
+    body = json.loads(line)["record"]["body"]
+    record = PrivacyRecord.model_validate_json(body).model_copy(update=changes)
+    signed = sign_record(record, made.signers["DE"])
+    return {wire.RECORD_BODY: signed.body, wire.RECORD_SIGNATURE: signed.signature}
+
+
+def test_a_valid_signed_record_passes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    sent = instruction()
+    fields = _signed_record_fields(tmp_path)
+
+    guarded = guard_reply(sent, reply(sent, extra={wire.RECORD: ConfigRecord(fields)}))
+
+    assert dict(guarded.content.config_records[wire.RECORD]) == fields
+    assert warnings_logged(caplog) == []
+
+
+@pytest.mark.parametrize("case", ["extra-field", "text-in-body", "bad-signature", "not-canonical"])
+def test_a_record_that_is_not_exactly_a_valid_one_is_dropped(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent = instruction()
+    fields = _signed_record_fields(tmp_path)
+    if case == "extra-field":
+        fields["note"] = SECRET
+    elif case == "text-in-body":
+        body = json.loads(fields[wire.RECORD_BODY])
+        body["policy_name"] = SECRET
+        fields[wire.RECORD_BODY] = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    elif case == "bad-signature":
+        fields[wire.RECORD_SIGNATURE] = "0" * 128
+    else:
+        fields[wire.RECORD_BODY] = json.dumps(json.loads(fields[wire.RECORD_BODY]), indent=1)
+
+    guarded = guard_reply(sent, reply(sent, extra={wire.RECORD: ConfigRecord(fields)}))
+
+    assert wire.RECORD not in guarded.content.config_records
+    assert any("privacy record" in w for w in warnings_logged(caplog))

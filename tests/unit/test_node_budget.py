@@ -13,12 +13,16 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import SAFE_REASON
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
+from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import AccountantKind, Job, load_job
 from residency.common.config.round_plan import round_config
 from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
 from residency.common.privacy.accountant import compose, epsilon_spent
 from residency.common.privacy.crosscheck import epsilon_dp_accounting
+from residency.common.privacy.record import SignedRecord, open_record
+from residency.common.privacy.signing import load_public
+from residency.common.privacy.update_digest import update_sha256
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.unit
@@ -200,3 +204,44 @@ def test_recorded_charges_give_the_same_epsilon_in_both_libraries(
     # numerical estimates of the same privacy curve.
     assert google == pytest.approx(opacus, rel=0.01 if kind is AccountantKind.RDP else 0.03)
     assert opacus > job.privacy.target_epsilon  # two full runs spend more than one target
+
+
+def test_every_reply_carries_a_signed_record_and_the_node_keeps_its_own_ledger(
+    job: Job, tmp_path: Path
+) -> None:
+    settings = node_file(tmp_path, budget=8.0)
+    first = train_round(job, settings, run_id=1, server_round=1)
+    second = train_round(job, settings, run_id=1, server_round=2)
+    with pytest.raises(BudgetExceeded):
+        train_round(job, settings, run_id=2, server_round=1)  # the lifetime budget is spent
+
+    records = [
+        open_record(
+            SignedRecord(
+                body=str(reply.content.config_records[wire.RECORD][wire.RECORD_BODY]),
+                signature=str(reply.content.config_records[wire.RECORD][wire.RECORD_SIGNATURE]),
+            )
+        )
+        for reply in (first, second)
+    ]
+    public = load_public(tmp_path / "state" / "record.key.pub")
+    assert {record.key for record in records} == {public}
+    assert [record.epsilon for record in records] == [epsilon(first), epsilon(second)]
+    assert records[1].epsilon_dataset == pytest.approx(records[1].epsilon)
+    assert records[1].budget_epsilon == 8.0
+    assert records[0].history[0][2] * 2 == records[1].history[0][2]  # composed, not reset
+    arrays = first.content.array_records[wire.ARRAYS]
+    assert records[0].update_sha256 == update_sha256({k: v.numpy() for k, v in arrays.items()})
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "DE.pub").write_bytes((tmp_path / "state" / "record.key.pub").read_bytes())
+    result = verify_ledger(tmp_path / "state" / "ledger.jsonl", load_keys(keys))
+    assert result.ok, [str(p) for p in result.problems]
+    kinds = [line.split('"kind":"')[1].split('"')[0] for line in _ledger_lines(tmp_path)]
+    assert kinds == ["charge", "record", "charge", "record", "refusal"]
+    assert result.refusals[0].reason.startswith("DE refused round 1: dataset budget 8.00")
+
+
+def _ledger_lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "state" / "ledger.jsonl").read_text("ascii").splitlines()

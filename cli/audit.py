@@ -1,0 +1,141 @@
+"""``residency audit``: check what every country spent, trusting neither coordinator nor nodes.
+
+Exit codes: 0 verified; 3 the ledger has problems (each printed with its entry number); 2 bad
+input (a missing ledger or key folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from residency.cli.audit_report import report
+from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
+from residency.common.errors import ConfigError
+
+audit_app = typer.Typer(
+    help="Verify privacy ledgers, report on them, and audit a training configuration.",
+    no_args_is_help=True,
+)
+audit_app.command()(report)
+
+
+def parse_since(value: str | None) -> tuple[int, str] | None:
+    """``N:HASH`` from an earlier ``audit verify`` (its last line prints it)."""
+    if value is None:
+        return None
+    index, _, digest = value.partition(":")
+    if not index.isdigit() or len(digest) != 64:
+        raise ConfigError(
+            f"--since: {value!r} is not ENTRY:HASH; fix: copy the `head` line an earlier "
+            "`residency audit verify` printed"
+        )
+    return int(index), digest
+
+
+@audit_app.command()
+def verify(
+    ledger: Annotated[Path, typer.Argument(help="ledger.jsonl (a coordinator's or a node's).")],
+    keys: Annotated[
+        Path,
+        typer.Option(help="Folder of public keys obtained from each party: DE.pub, ..."),
+    ],
+    node_ledger: Annotated[
+        list[Path] | None,
+        typer.Option(help="A node's own ledger; its records must all be in LEDGER (repeat)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="ENTRY:HASH printed by an earlier verify: proves nothing was cut."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check the chain, every signature and update hash, and recompute every epsilon twice."""
+    from residency.common.audit.verify import load_keys, verify_ledger
+    from residency.common.privacy.crosscheck import AGREEMENT_RTOL
+    from residency.common.privacy.signing import key_id
+
+    try:
+        result = verify_ledger(
+            ledger,
+            load_keys(keys),
+            since=parse_since(since),
+            node_ledgers=node_ledger or [],
+        )
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    except OSError as exc:
+        raise fail(
+            f"{exc.filename}: cannot read ({exc.strerror}); fix: check its permissions", EXIT_INPUT
+        ) from exc
+    last = result.entries - 1
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ledger": str(ledger),
+                    "ok": result.ok,
+                    "entries": result.entries,
+                    "head": f"{last}:{result.head}" if result.head else None,
+                    "problems": [{"entry": p.entry, "problem": p.what} for p in result.problems],
+                    "notes": [{"entry": p.entry, "note": p.what} for p in result.notes],
+                    "records": [
+                        {
+                            "entry": s.entry,
+                            "run": s.run,
+                            "country": s.country,
+                            "round": s.round,
+                            "epsilon": s.record.epsilon,
+                            "epsilon_opacus": s.epsilon_opacus,
+                            "epsilon_dp_accounting": s.epsilon_dp_accounting,
+                            "epsilon_dataset": s.record.epsilon_dataset,
+                            "budget_epsilon": s.record.budget_epsilon,
+                        }
+                        for s in result.spends
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        table = Table(title=f"{ledger}: {result.entries} entries")
+        for column in ("run", "country", "rounds", "ε recorded", "ε Opacus", "ε dp-accounting"):
+            table.add_column(column, justify="left" if column in ("run", "country") else "right")
+        table.add_column("dataset ε / budget", justify="right")
+        latest = {(s.run, s.country): s for s in result.spends}
+        rounds: dict[tuple[str, str], int] = {}
+        for spend in result.spends:
+            rounds[(spend.run, spend.country)] = rounds.get((spend.run, spend.country), 0) + 1
+        for (run, country), spend in sorted(latest.items()):
+            table.add_row(
+                run,
+                country,
+                str(rounds[(run, country)]),
+                f"{spend.record.epsilon:.4f}",
+                f"{spend.epsilon_opacus:.4f}",
+                f"{spend.epsilon_dp_accounting:.4f}",
+                f"{spend.record.epsilon_dataset:.3f} / {spend.record.budget_epsilon:g}",
+            )
+        console.print(table)
+        tolerances = ", ".join(f"{k.value} {v:.0%}" for k, v in AGREEMENT_RTOL.items())
+        console.print(
+            f"keeper key {key_id(result.keeper) if result.keeper else '-'}; Opacus must match "
+            f"each record to 1e-6; dp-accounting must agree with Opacus within {tolerances}"
+        )
+        for note in result.notes:
+            console.print(f"[yellow]note[/] {escape(str(note))}", highlight=False)
+        for problem in result.problems:
+            err_console.print(f"[bold red]problem[/] {escape(str(problem))}", highlight=False)
+        if result.head:
+            console.print(f"head {last}:{result.head}", highlight=False)
+    if not result.ok:
+        if not as_json:
+            err_console.print(f"[bold red]FAILED[/]: {len(result.problems)} problem(s)")
+        raise typer.Exit(EXIT_FAILED)
+    if not as_json:
+        console.print(f"[bold green]VERIFIED[/]: {result.entries} entries, {ledger}")

@@ -1,0 +1,1 @@
+"""The auditor's tools: verify a ledger, report on it, audit a training configuration."""

@@ -1,0 +1,110 @@
+"""The signed privacy record a node attaches to every training reply.
+
+It states, in the node's own words and under its Ed25519 key, what one round cost: the
+mechanism (noise, sample rate, steps, clipping), the run's composed history on the dataset, the
+epsilon this round and in total, the dataset's lifetime spend against its budget, the policy in
+force and the hash of the update sent. An auditor recomputes every epsilon in it with two
+independent accountants; nothing in it is taken on trust.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from residency.common.config.job import AccountantKind
+from residency.common.errors import InvalidUpdate
+from residency.common.privacy.accountant import History
+from residency.common.privacy.canonical import canonical_json
+from residency.common.privacy.signing import Signer, verify
+
+RECORD_SCHEMA = 1
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Epsilon = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Step = tuple[
+    Annotated[float, Field(ge=0, allow_inf_nan=False)],
+    Annotated[float, Field(gt=0, le=1)],
+    Annotated[int, Field(ge=0)],
+]
+
+
+class PrivacyRecord(BaseModel):
+    """One node's account of one round; immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    schema_version: Literal[1] = 1
+    job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
+    round: Annotated[int, Field(ge=1)]
+    node: Annotated[int, Field(ge=0)]
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    dataset: Hex64
+    examples: Annotated[int, Field(ge=1)]
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    sample_rate: Annotated[float, Field(gt=0, le=1)]
+    steps: Annotated[int, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    accountant: AccountantKind
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    history: Annotated[list[Step], Field(min_length=1, max_length=64)]
+    epsilon_round: Epsilon
+    epsilon: Epsilon
+    target_epsilon: Epsilon
+    epsilon_dataset: Epsilon
+    budget_epsilon: Epsilon
+    policy: Hex64 | None
+    policy_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None
+    version: Annotated[str, Field(pattern=r"^[0-9A-Za-z.+_-]{1,40}$")]
+    update_sha256: Hex64
+    charge: Annotated[int, Field(ge=1)]
+    signed_at: Annotated[str, Field(pattern=r"^[0-9T:.+-]{19,40}Z?$")]
+    key: Hex64
+
+    @property
+    def step(self) -> tuple[float, float, int]:
+        """This round's mechanism in Opacus' history format."""
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
+    def run_history(self) -> History:
+        """The run's composed history on the dataset, this round included."""
+        return tuple((float(z), float(q), int(n)) for z, q, n in self.history)
+
+
+class SignedRecord(BaseModel):
+    """A record's canonical JSON and the Ed25519 signature over its bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    body: Annotated[str, Field(max_length=16_384)]
+    signature: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+
+def sign_record(record: PrivacyRecord, signer: Signer) -> SignedRecord:
+    """Serialise canonically and sign; the record must name ``signer``'s key."""
+    if record.key != signer.public_hex:
+        raise ValueError("record.key must be the signer's public key")
+    body = canonical_json(record)
+    return SignedRecord(body=body, signature=signer.sign(body.encode("ascii")))
+
+
+def open_record(signed: SignedRecord) -> PrivacyRecord:
+    """Parse a signed record and check it: strict schema, canonical bytes, valid signature.
+
+    Raises ``InvalidUpdate`` with the reason; the signature is checked against the key the
+    record names (whether that key belongs to the country is the auditor's check, against key
+    files obtained from each node).
+    """
+    try:
+        record = PrivacyRecord.model_validate_json(signed.body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        raise InvalidUpdate(f"privacy record: {where}: {err['msg']}") from exc
+    if canonical_json(record) != signed.body:
+        raise InvalidUpdate("privacy record: not in canonical form")
+    if not verify(record.key, signed.body.encode("ascii"), signed.signature):
+        raise InvalidUpdate("privacy record: signature does not verify")
+    return record

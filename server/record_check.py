@@ -1,0 +1,63 @@
+"""The coordinator's check of a node's signed privacy record against the reply it came with.
+
+A reply is averaged only if its record parses, is canonical, carries a valid signature, names
+this job, run, round and the node's admitted country, reports the epsilon its metrics report,
+and hashes to exactly the arrays that arrived.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from pydantic import ValidationError
+
+from residency.common import wire
+from residency.common.errors import InvalidUpdate
+from residency.common.privacy.record import PrivacyRecord, SignedRecord, open_record
+from residency.common.privacy.update_digest import update_sha256
+
+
+@dataclass(frozen=True)
+class Received:
+    """A reply's checked record, the hash of what arrived, and the arrays themselves."""
+
+    record: PrivacyRecord
+    signed: SignedRecord
+    received_sha256: str
+    arrays: dict[str, np.ndarray]
+
+
+def received_record(
+    content: RecordDict, *, job: str, run: str, server_round: int, country: str
+) -> Received:
+    """Check the record in ``content``; ``InvalidUpdate`` says what is wrong."""
+    config = content.config_records.get(wire.RECORD, ConfigRecord())
+    if wire.RECORD_BODY not in config:
+        raise InvalidUpdate("no signed privacy record in the reply")
+    try:
+        signed = SignedRecord.model_validate(
+            {"body": config[wire.RECORD_BODY], "signature": config.get(wire.RECORD_SIGNATURE)}
+        )
+    except ValidationError as exc:
+        raise InvalidUpdate("privacy record: malformed signature") from exc
+    record = open_record(signed)
+    expected = {"job": job, "run": run, "round": server_round, "country": country}
+    for field, value in expected.items():
+        if getattr(record, field) != value:
+            raise InvalidUpdate(
+                f"privacy record names {field} {getattr(record, field)!r}, expected {value!r}"
+            )
+    metrics = content.metric_records.get(wire.METRICS, MetricRecord())
+    reported = metrics.get(wire.EPSILON)
+    if not isinstance(reported, int | float) or not math.isclose(reported, record.epsilon):
+        raise InvalidUpdate("privacy record epsilon differs from the reply's metrics")
+    arrays = {
+        name: array.numpy() for name, array in content.array_records.get(wire.ARRAYS, {}).items()
+    }
+    received = update_sha256(arrays)
+    if received != record.update_sha256:
+        raise InvalidUpdate("update differs from the hash in the signed privacy record")
+    return Received(record, signed, received, arrays)

@@ -1,0 +1,173 @@
+"""The HTML audit report as a browser renders it: headless Chromium, its DOM and a screenshot.
+
+Chromium is a test requirement (Debian: ``apt-get install -y chromium``); without it this test
+fails rather than skips, so a page that renders blank can never pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import zlib
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ledger_factory import write_ledger
+from residency.common.audit.report import render_report
+from residency.common.audit.report_format import ReportFormat
+from residency.common.audit.verify import load_keys, verify_ledger
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+COUNTRIES = ("DE", "FR", "IT")
+WIDTH, HEIGHT = 1200, 1600
+RECORDED_BLUE = (0x00, 0x72, 0xB2)
+BUDGET_RED = (0xB2, 0x18, 0x2B)
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    binary = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    if binary is None:
+        pytest.fail(
+            f"{CHROMIUM} not found: this test renders the audit report in headless Chromium; "
+            "install it with `apt-get install -y chromium` (Debian)"
+        )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    return subprocess.run(
+        [binary, *flags, *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+class _Dom(HTMLParser):
+    """The elements of the rendered page, with their attributes and the text inside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.texts: list[tuple[str, str]] = []  # (class of the element it is in, text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        if data.strip() and self.elements:
+            self.texts.append((self.elements[-1][1].get("class", ""), data.strip()))
+
+    def text(self, css: str) -> list[str]:
+        return [text for classes, text in self.texts if css in classes.split()]
+
+    def find(self, tag: str, css: str = "") -> list[dict[str, str]]:
+        return [
+            attrs
+            for name, attrs in self.elements
+            if name == tag and set(css.split()) <= set(attrs.get("class", "").split())
+        ]
+
+
+def png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and RGB rows of an 8-bit, non-interlaced RGB(A) PNG (what Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, []
+    width = height = depth = colour = interlace = -1
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + length
+    assert (depth, interlace) == (8, 0)
+    assert colour in (2, 6), f"PNG colour type {colour}"
+    bpp = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    prev = bytearray(stride)
+    rows = []
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        if kind == 2:  # up: the common case, done without a per-byte loop
+            line = bytearray((x + y) & 255 for x, y in zip(line, prev, strict=True))
+        elif kind in (1, 3, 4):  # sub, average, Paeth
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b = prev[i]
+                if kind == 1:
+                    line[i] = (line[i] + a) & 255
+                elif kind == 3:
+                    line[i] = (line[i] + ((a + b) >> 1)) & 255
+                else:
+                    c = prev[i - bpp] if i >= bpp else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    line[i] = (
+                        line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)
+                    ) & 255
+        rows.append(b"".join(bytes(line[i : i + 3]) for i in range(0, stride, bpp)))
+        prev = line
+    return width, height, rows
+
+
+def near(pixel: bytes, colour: tuple[int, int, int], tolerance: int = 36) -> bool:
+    return sum(abs(p - c) for p, c in zip(pixel, colour, strict=True)) <= tolerance
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    written = write_ledger(tmp_path / "ledger", countries=COUNTRIES, rounds=4, refuse=("FR", 3))
+    result = verify_ledger(
+        written.ledger, load_keys(written.keys), node_ledgers=written.node_ledgers.values()
+    )
+    assert result.ok, result.problems
+    page = tmp_path / "report.html"
+    page.write_text(render_report(result, fmt=ReportFormat.HTML), encoding="utf-8")
+    url = page.as_uri()
+
+    dumped = chromium(tmp_path, "--dump-dom", url)
+    assert dumped.returncode == 0, dumped.stderr[-3000:]
+    dom = _Dom()
+    dom.feed(dumped.stdout)
+    svgs = dom.find("svg", "burndown")
+    assert [s["data-country"] for s in svgs] == list(COUNTRIES)
+    assert all(s["role"] == "img" and s["aria-labelledby"] for s in svgs)
+    for country in COUNTRIES:
+        lines = [p for p in dom.find("polyline", "series recorded") if p["data-country"] == country]
+        assert len(lines) == 1, country
+        assert len(lines[0]["points"].split()) == (3 if country == "FR" else 4)
+    assert len(dom.find("polyline", "series opacus")) == len(COUNTRIES)
+    assert len(dom.find("g", "budget")) == len(COUNTRIES)
+    assert len(dom.find("g", "target")) == len(COUNTRIES)
+    assert [g["data-round"] for g in dom.find("g", "refused")] == ["3"]
+    assert dom.text("axis-label") == ["Cumulative ε", "Round"] * len(COUNTRIES)
+    assert dom.text("line-label") == ["job target 8", "dataset budget 12"] * len(COUNTRIES)
+    assert dom.text("verdict") == ["VERIFIED"]
+
+    shot = tmp_path / "report.png"
+    taken = chromium(tmp_path, f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", url)
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    width, height, rows = png_rgb(shot.read_bytes())
+    assert (width, height) == (WIDTH, HEIGHT)
+    pixels = Counter(row[i : i + 3] for row in rows for i in range(0, len(row), 3))
+    white = pixels[b"\xff\xff\xff"]
+    assert 1 - white / (width * height) > 0.03, "the page rendered (almost) blank"
+    assert len(pixels) > 200, "too few colours: text and plot lines are missing"
+    blue = sum(n for pixel, n in pixels.items() if near(pixel, RECORDED_BLUE))
+    red = sum(n for pixel, n in pixels.items() if near(pixel, BUDGET_RED))
+    assert blue > 100, "the first country's epsilon line is not painted"
+    assert red > 300, "the budget line is not painted"

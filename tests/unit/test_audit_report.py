@@ -1,0 +1,335 @@
+"""Audit report: built from the auditor's numbers, escaped, problems shown at their entries."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ledger_factory import LedgerFixture, write_ledger
+from residency.cli.audit_report import report
+from residency.common.audit.report import render_report
+from residency.common.audit.report_format import ReportFormat
+from residency.common.audit.verify import Verification, load_keys, verify_ledger
+from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
+from residency.common.privacy.signing import key_id
+
+pytestmark = pytest.mark.unit
+
+HOSTILE = '<script>alert("x")</script> | **bold** & <img src=https://evil.example/x.png>'
+VOID = {"meta", "br", "img", "hr", "input", "link", "col", "area", "base", "source", "wbr"}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> LedgerFixture:
+    return write_ledger(tmp_path_factory.mktemp("ledger"))
+
+
+@pytest.fixture(scope="module")
+def verified(written: LedgerFixture) -> Verification:
+    return verify_ledger(
+        written.ledger, load_keys(written.keys), node_ledgers=written.node_ledgers.values()
+    )
+
+
+def tampered_copy(written: LedgerFixture, folder: Path) -> Path:
+    """A copy of the coordinator's ledger folder (entries and update files) to edit."""
+    shutil.copytree(written.ledger.parent, folder)
+    return folder / LEDGER_FILE
+
+
+def edit_entry(ledger: Path, index: int, **changes: object) -> None:
+    """Change fields of one entry in place, leaving its hash and signature as they were."""
+    lines = ledger.read_text("ascii").splitlines()
+    entry = json.loads(lines[index])
+    entry.update(changes)
+    lines[index] = json.dumps(entry, separators=(",", ":"))
+    ledger.write_text("\n".join(lines) + "\n", "ascii")
+
+
+class _Balance(HTMLParser):
+    """Fails on a closing tag that does not close the innermost open element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        pass
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open[-1:] == [tag], f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+
+def assert_well_formed(page: str) -> None:
+    assert page.startswith('<!DOCTYPE html>\n<html lang="en">')
+    parser = _Balance()
+    parser.feed(page)
+    parser.close()
+    assert parser.open == []
+
+
+def test_json_is_the_verification_numbers(verified: Verification) -> None:
+    assert verified.ok, verified.problems
+    doc = json.loads(render_report(verified, fmt=ReportFormat.JSON))
+    assert doc["schema_version"] == 1
+    assert doc["verified"] is True
+    assert doc["verdict"] == "VERIFIED"
+    assert doc["problems"] == []
+    assert doc["ledger"] == {
+        "path": str(verified.ledger),
+        "entries": verified.entries,
+        "keeper": verified.keeper,
+        "keeper_key_id": key_id(verified.keeper or ""),
+        "head": verified.head,
+        "head_entry": verified.entries - 1,
+    }
+    [run] = doc["runs"]
+    assert (run["run"], run["job"], run["status"]) == ("7", "triage", "completed")
+    assert (run["target_epsilon"], run["delta"], run["accountant"]) == (8.0, 1e-5, "prv")
+    assert [c["country"] for c in run["countries"]] == ["DE", "FR"]
+    rows = {(c["country"], r["round"]): r for c in run["countries"] for r in c["rounds"]}
+    assert len(rows) == len(verified.spends) == 5
+    for spend in verified.spends:
+        row = rows[(spend.country, spend.round)]
+        record = spend.record
+        assert row == {
+            "round": spend.round,
+            "entry": spend.entry,
+            "epsilon_round": record.epsilon_round,
+            "epsilon_recorded": record.epsilon,
+            "epsilon_opacus": spend.epsilon_opacus,
+            "epsilon_dp_accounting": spend.epsilon_dp_accounting,
+            "epsilon_dataset": record.epsilon_dataset,
+            "budget_epsilon": record.budget_epsilon,
+            "target_epsilon": record.target_epsilon,
+            "noise_multiplier": record.noise_multiplier,
+            "sample_rate": record.sample_rate,
+            "steps": record.steps,
+            "max_grad_norm": record.max_grad_norm,
+            "averaged": True,
+            "problems": [],
+        }
+    fr = run["countries"][1]
+    [refusal] = verified.refusals
+    assert fr["refusals"] == [
+        {"round": 3, "entry": refusal.entry, "reason": refusal.reason, "problems": []}
+    ]
+    assert fr["policies"] == [{"name": "eu-health", "sha256": "ab" * 32}]
+    assert fr["keys"] == [key_id(verified.spends[1].record.key)]
+    assert fr["epsilon_recorded"] == rows[("FR", 2)]["epsilon_recorded"]
+
+
+def test_markdown_has_the_tables(verified: Verification) -> None:
+    text = render_report(verified, fmt=ReportFormat.MD)
+    lines = text.splitlines()
+    assert lines[0] == "# Privacy ledger audit: VERIFIED"
+    assert "## Run 7 · job triage" in lines
+    assert {"### DE", "### FR"} <= set(lines)
+    header = next(line for line in lines if line.startswith("| Round | Entry | ε round"))
+    assert header.count("|") == 15
+    for spend in verified.spends:
+        row = f"| {spend.round} | {spend.entry} | {spend.record.epsilon_round:.4f} |"
+        assert any(line.startswith(row) for line in lines), row
+        assert f"{spend.epsilon_dp_accounting:.4f}" in text
+    assert "| 3 | 6 | FR refused round 3: dataset budget 12.00 | ok |" in lines
+    assert "- round 3: refused" in lines
+
+
+def test_html_is_one_self_contained_page(verified: Verification) -> None:
+    page = render_report(verified, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="burndown"') == 2
+    assert "<script" not in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    for external in ("https://", "url(", "@import", "src="):
+        assert external not in page
+    assert 'class="verdict ok" role="status">VERIFIED<' in page
+    assert key_id(verified.keeper or "") in page
+    assert page == render_report(verified, fmt=ReportFormat.HTML)  # deterministic
+
+
+def test_hostile_refusal_reason_is_escaped_and_its_entry_flagged(
+    written: LedgerFixture, tmp_path: Path
+) -> None:
+    ledger = tampered_copy(written, tmp_path / "ledger")
+    refusal = next(
+        i
+        for i, line in enumerate(ledger.read_text("ascii").splitlines())
+        if LedgerEntry.model_validate_json(line).kind == "refusal"
+    )
+    edit_entry(ledger, refusal, reason=HOSTILE, country="<i>FR</i>")
+    result = verify_ledger(ledger, load_keys(written.keys))
+    assert [p.entry for p in result.problems] == [refusal]
+
+    page = render_report(result, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    for raw in ("<script", "<img", "<i>"):
+        assert raw not in page
+    assert '<h3 id="run0-c2-heading">&lt;i&gt;FR&lt;/i&gt;</h3>' in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; | **bold** &amp; &lt;img" in page
+    assert 'class="verdict bad" role="status">1 PROBLEM<' in page
+    assert f'href="#entry-{refusal}">entry {refusal}</a>: content does not match' in page
+
+    text = render_report(result, fmt=ReportFormat.MD)
+    for raw in ("<script", "<img", "<i>"):
+        assert raw not in text
+    assert r'&lt;script&gt;alert("x")&lt;/script&gt; \| \*\*bold\*\* &amp; &lt;img' in text
+    assert f"1. **entry {refusal}**: content does not match its hash" in text
+
+    doc = json.loads(render_report(result, fmt=ReportFormat.JSON))
+    countries = doc["runs"][0]["countries"]
+    assert [c["country"] for c in countries] == ["DE", "FR", "<i>FR</i>"]
+    assert countries[2]["rounds"] == []
+    assert countries[2]["refusals"] == [
+        {"round": 3, "entry": refusal, "reason": HOSTILE, "problems": [result.problems[0].what]}
+    ]
+
+
+def test_removed_entry_is_shown_at_its_entry_number(written: LedgerFixture, tmp_path: Path) -> None:
+    ledger = tampered_copy(written, tmp_path / "ledger")
+    lines = ledger.read_text("ascii").splitlines()
+    del lines[3]  # DE's round 2 record
+    ledger.write_text("\n".join(lines) + "\n", "ascii")
+    result = verify_ledger(ledger, load_keys(written.keys))
+    assert not result.ok
+    flagged = {p.entry for p in result.problems}
+    assert 3 in flagged
+
+    doc = json.loads(render_report(result, fmt=ReportFormat.JSON))
+    assert doc["verified"] is False
+    assert doc["verdict"] == f"{len(result.problems)} PROBLEMS"
+    assert {p["entry"] for p in doc["problems"]} == flagged
+    rows = [r for c in doc["runs"][0]["countries"] for r in c["rounds"]]
+    moved = next(r for r in rows if r["entry"] == 3)
+    assert any("entries were removed" in what for what in moved["problems"])
+    assert [r["round"] for r in doc["runs"][0]["countries"][0]["rounds"]] == [1, 3]
+
+    page = render_report(result, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    assert '<a class="where" href="#entry-3">entry 3</a>: numbered 4: entries were' in page
+    assert '<tr id="entry-3" class="bad">' in page
+    assert '<circle class="flagged"' in page
+
+    text = render_report(result, fmt=ReportFormat.MD)
+    assert "**entry 3**: numbered 4: entries were removed" in text
+
+
+def test_no_run_at_all_still_renders(tmp_path: Path) -> None:
+    empty = Verification(tmp_path / "ledger.jsonl")
+    empty.flag(None, "the ledger is empty")
+    for fmt in ReportFormat:
+        assert "the ledger is empty" in render_report(empty, fmt=fmt)
+    assert_well_formed(render_report(empty, fmt=ReportFormat.HTML))
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    app = typer.Typer()
+    app.command()(report)
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_command_writes_html_and_exits_zero(
+    written: LedgerFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = invoke(str(written.ledger), "--keys", str(written.keys))
+    assert code == 0, out
+    assert (tmp_path / "audit-report.html").read_text().startswith("<!DOCTYPE html>")
+    assert out.strip().startswith("VERIFIED: 8 entries, 1 run(s), 5 record(s), 1 refusal(s)")
+    assert "audit-report.html" in out
+
+    args = [str(written.ledger), "--keys", str(written.keys), "--format", "md", "-o", "r.md"]
+    args += [f"--node-ledger={path}" for path in written.node_ledgers.values()]
+    code, out, _ = invoke(*args)
+    assert code == 0
+    assert (tmp_path / "r.md").read_text().startswith("# Privacy ledger audit: VERIFIED")
+
+
+def test_command_json_to_stdout_is_only_the_report(written: LedgerFixture) -> None:
+    code, out, err = invoke(str(written.ledger), "--keys", str(written.keys), "--format", "json")
+    assert code == 0
+    assert json.loads(out)["verdict"] == "VERIFIED"
+    assert "VERIFIED: 8 entries" in err
+
+
+def test_command_with_problems_writes_the_report_and_exits_three(
+    written: LedgerFixture, tmp_path: Path
+) -> None:
+    ledger = tampered_copy(written, tmp_path / "ledger")
+    edit_entry(ledger, 6, reason="edited")
+    out_file = tmp_path / "report.html"
+    code, out, _ = invoke(str(ledger), "--keys", str(written.keys), "-o", str(out_file))
+    assert code == 3
+    assert out.startswith("1 PROBLEM: ")
+    assert "entry 6</a>: content does not match its hash" in out_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing-ledger", "ledger not found"),
+        ("missing-keys", "not a folder"),
+        ("empty-keys", "no .pub files"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_two(
+    written: LedgerFixture, tmp_path: Path, case: str, message: str
+) -> None:
+    ledger, keys = str(written.ledger), str(written.keys)
+    if case == "missing-ledger":
+        ledger = str(tmp_path / "nope.jsonl")
+    else:
+        keys = str(tmp_path / "nokeys") if case == "missing-keys" else str(tmp_path)
+    code, out, err = invoke(ledger, "--keys", keys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert "; fix: " in lines[0]
+    assert out == ""
+
+
+def test_bad_key_file_names_a_fix(written: LedgerFixture, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    shutil.copytree(written.keys, keys)
+    (keys / "DE.pub").write_text("ssh-ed25519 AAAAC3Nz DE\n")  # truncated
+    code, _, err = invoke(str(written.ledger), "--keys", str(keys))
+    assert code == 2
+    assert "DE.pub: not an OpenSSH public key" in err
+    assert "; fix: copy the party's .pub file as is" in err
+
+
+def test_infinite_recomputed_epsilon_is_null_in_json_and_off_the_plot(
+    verified: Verification,
+) -> None:
+    spend = replace(verified.spends[0], epsilon_opacus=math.inf)
+    broken = replace(verified, spends=[spend, *verified.spends[1:]], problems=[])
+    broken.flag(spend.entry, "epsilon 2.01 recorded, Opacus gives inf")
+    doc = json.loads(render_report(broken, fmt=ReportFormat.JSON))
+    row = doc["runs"][0]["countries"][0]["rounds"][0]
+    assert (row["entry"], row["epsilon_opacus"]) == (spend.entry, None)
+    page = render_report(broken, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    assert '<td class="auditor">∞</td>' in page
+    points = re.findall(r'<polyline class="series opacus"[^>]* points="([^"]*)"', page)
+    assert len(points[0].split()) == 2  # DE's rounds 2 and 3; round 1 is off the plot
+    assert all(math.isfinite(float(v)) for p in points for xy in p.split() for v in xy.split(","))

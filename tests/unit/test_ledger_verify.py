@@ -1,0 +1,310 @@
+"""Tamper cases on a real ledger: each is detected and names its entry; a clean one verifies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ledger_factory import LedgerFixture, write_ledger
+from residency.common.audit.verify import Verification, load_keys, verify_ledger
+from residency.common.config.job import AccountantKind
+from residency.common.privacy.canonical import canonical_json
+from residency.common.privacy.ledger import GENESIS, EntryBody, LedgerEntry
+from residency.common.privacy.record import PrivacyRecord, sign_record
+from residency.common.privacy.signing import load_signer
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> LedgerFixture:
+    return write_ledger(tmp_path)
+
+
+def _verify(made: LedgerFixture, **kwargs: object) -> Verification:
+    return verify_ledger(made.ledger, load_keys(made.keys), **kwargs)  # type: ignore[arg-type]
+
+
+def _lines(made: LedgerFixture) -> list[str]:
+    return made.ledger.read_text("ascii").splitlines()
+
+
+def _write(made: LedgerFixture, lines: list[str]) -> None:
+    made.ledger.write_text("".join(line + "\n" for line in lines), "ascii")
+
+
+def _resign(made: LedgerFixture, entries: list[dict[str, object]]) -> None:
+    """Rewrite the chain as a keeper holding its key would: new hashes, links, signatures."""
+    signer = load_signer(made.ledger.parent.parent / "private" / "coordinator.key")
+    prev, lines = GENESIS, []
+    for index, data in enumerate(entries):
+        data = {k: v for k, v in data.items() if k not in ("hash", "signature")}
+        body = EntryBody.model_validate_json(json.dumps({**data, "index": index, "prev": prev}))
+        digest = body.digest()
+        entry = LedgerEntry.model_validate(
+            {**body.model_dump(), "hash": digest, "signature": signer.sign(digest.encode())}
+        )
+        lines.append(canonical_json(entry))
+        prev = digest
+    _write(made, lines)
+
+
+def _entries(made: LedgerFixture) -> list[dict[str, object]]:
+    return [json.loads(line) for line in _lines(made)]
+
+
+def _record_entry(made: LedgerFixture, country: str, server_round: int) -> int:
+    for index, entry in enumerate(_entries(made)):
+        if entry["kind"] == "record" and (entry["country"], entry["round"]) == (
+            country,
+            server_round,
+        ):
+            return index
+    raise AssertionError("no such record")
+
+
+def _problems(result: Verification) -> list[str]:
+    return [str(problem) for problem in result.problems]
+
+
+def test_a_clean_ledger_verifies_with_both_accountants(made: LedgerFixture) -> None:
+    result = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    assert result.ok, _problems(result)
+    assert result.entries == 8  # start, 5 records, 1 refusal, finish
+    assert [(s.country, s.round) for s in result.spends] == [
+        ("DE", 1),
+        ("FR", 1),
+        ("DE", 2),
+        ("FR", 2),
+        ("DE", 3),
+    ]
+    for spend in result.spends:
+        assert spend.epsilon_opacus == pytest.approx(spend.record.epsilon, rel=1e-9)
+        assert spend.epsilon_dp_accounting == pytest.approx(spend.epsilon_opacus, rel=0.03)
+    assert [(r.country, r.round) for r in result.refusals] == [("FR", 3)]
+    assert result.runs["7"]["status"] == "completed"
+
+
+def test_node_ledgers_verify_on_their_own(made: LedgerFixture) -> None:
+    for path in made.node_ledgers.values():
+        result = verify_ledger(path, load_keys(made.keys))
+        assert result.ok, _problems(result)
+
+
+def _edit_reason(made: LedgerFixture) -> int:
+    lines = _lines(made)
+    index = next(i for i, line in enumerate(lines) if '"kind":"refusal"' in line)
+    lines[index] = lines[index].replace("dataset budget 12.00", "dataset budget 99.00")
+    _write(made, lines)
+    return index
+
+
+def _delete(made: LedgerFixture) -> int:
+    lines = _lines(made)
+    del lines[3]
+    _write(made, lines)
+    return 3
+
+
+def _reorder(made: LedgerFixture) -> int:
+    lines = _lines(made)
+    lines[2], lines[3] = lines[3], lines[2]
+    _write(made, lines)
+    return 2
+
+
+def _torn_tail(made: LedgerFixture) -> int:
+    lines = _lines(made)
+    made.ledger.write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2], "ascii")
+    return len(lines)
+
+
+def _rehash_without_key(made: LedgerFixture) -> int:
+    """Edit and fix the hash, but sign with nothing: the signature must fail."""
+    lines = _lines(made)
+    data = json.loads(lines[1])
+    data["at"] = "2020-01-01T00:00:00+00:00"
+    body = EntryBody.model_validate_json(
+        json.dumps({k: v for k, v in data.items() if k not in ("hash", "signature")})
+    )
+    data["hash"] = body.digest()
+    lines[1] = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    _write(made, lines)
+    return 1
+
+
+def _forge_record(made: LedgerFixture) -> int:
+    """The keeper lowers a node's epsilon and re-signs its own chain: the node's seal breaks."""
+    entries = _entries(made)
+    index = _record_entry(made, "DE", 2)
+    record = entries[index]["record"]
+    assert isinstance(record, dict)
+    body = json.loads(str(record["body"]))
+    body["epsilon"] = body["epsilon"] / 2
+    record["body"] = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    _resign(made, entries)
+    return index
+
+
+def _wrong_country_key(made: LedgerFixture) -> int:
+    """A record for DE that FR's key signed."""
+    entries = _entries(made)
+    index = _record_entry(made, "DE", 1)
+    record = entries[index]["record"]
+    assert isinstance(record, dict)
+    french = made.signers["FR"]
+    claimed = PrivacyRecord.model_validate_json(str(record["body"]))
+    forged = sign_record(claimed.model_copy(update={"key": french.public_hex}), french)
+    entries[index]["record"] = forged.model_dump()
+    _resign(made, entries)
+    return index
+
+
+def _under_reported_epsilon(made: LedgerFixture) -> int:
+    """DE's own key signs a record claiming less than its mechanism spent."""
+    entries = _entries(made)
+    index = _record_entry(made, "DE", 3)
+    record = entries[index]["record"]
+    assert isinstance(record, dict)
+    german = made.signers["DE"]
+    honest = PrivacyRecord.model_validate_json(str(record["body"]))
+    lie = honest.model_copy(update={"epsilon": honest.epsilon - 0.5})
+    entries[index]["record"] = sign_record(lie, german).model_dump()
+    _resign(made, entries)
+    return index
+
+
+def _swapped_update(made: LedgerFixture) -> int:
+    """The keeper records another update than the one the node signed."""
+    entries = _entries(made)
+    index = _record_entry(made, "FR", 1)
+    other = entries[_record_entry(made, "DE", 1)]["received_sha256"]
+    entries[index]["received_sha256"] = other
+    _resign(made, entries)
+    return index
+
+
+def _replayed_record(made: LedgerFixture) -> int:
+    entries = _entries(made)
+    index = _record_entry(made, "FR", 2)
+    entries.insert(index + 1, dict(entries[index]))
+    _resign(made, entries)
+    return index + 1
+
+
+def _edited_update_file(made: LedgerFixture) -> int:
+    index = _record_entry(made, "DE", 1)
+    digest = _entries(made)[index]["received_sha256"]
+    path = made.ledger.parent / "updates" / f"{digest}.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # flip one bit of the last float
+    path.write_bytes(bytes(data))
+    return index
+
+
+def _deleted_update_file(made: LedgerFixture) -> int:
+    index = _record_entry(made, "FR", 2)
+    digest = _entries(made)[index]["received_sha256"]
+    (made.ledger.parent / "updates" / f"{digest}.safetensors").unlink()
+    return index
+
+
+TAMPERS: dict[str, tuple[Callable[[LedgerFixture], int], str]] = {
+    "edit": (_edit_reason, "content does not match its hash"),
+    "delete": (_delete, "numbered 4"),
+    "reorder": (_reorder, "previous-hash link broken"),
+    "torn-tail": (_torn_tail, "not a valid ledger entry"),
+    "rehash-without-key": (_rehash_without_key, "keeper signature does not verify"),
+    "forged-record": (_forge_record, "signature does not verify"),
+    "wrong-country-key": (_wrong_country_key, "record for DE signed by FR's key"),
+    "under-reported-epsilon": (_under_reported_epsilon, "Opacus gives"),
+    "swapped-update": (_swapped_update, "update received differs"),
+    "replayed-record": (_replayed_record, "second record for FR round 2"),
+    "edited-update-file": (_edited_update_file, "does not hash to its name"),
+    "deleted-update-file": (_deleted_update_file, "is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_each_tamper_is_detected_at_its_entry(made: LedgerFixture, case: str) -> None:
+    tamper, expected = TAMPERS[case]
+    entry = tamper(made)
+
+    result = _verify(made)
+
+    assert not result.ok
+    assert any(p.entry == entry and expected in p.what for p in result.problems), _problems(result)
+
+
+def test_truncation_is_caught_by_the_run_end_by_since_and_by_node_copies(
+    made: LedgerFixture,
+) -> None:
+    head = _verify(made)
+    lines = _lines(made)
+    seen = (len(lines) - 1, head.head or "")
+    _write(made, lines[:5])  # the last DE and FR rounds and the run's end are cut
+
+    plain = _verify(made)
+    pinned = _verify(made, since=seen)
+    crossed = _verify(made, node_ledgers=[made.node_ledgers["DE"]])
+
+    assert "run 7 has no run-finished entry" in " ".join(_problems(plain))
+    assert any(p.entry == seen[0] and "truncated" in p.what for p in pinned.problems)
+    assert any("DE round 3 of run 7" in p.what for p in crossed.problems), _problems(crossed)
+
+
+def test_a_rewritten_ledger_is_caught_by_since(made: LedgerFixture) -> None:
+    seen = (3, json.loads(_lines(made)[3])["hash"])
+    entries = _entries(made)
+    entries[2]["at"] = "2020-01-01T00:00:00+00:00"
+    _resign(made, entries)  # internally consistent again
+
+    assert _verify(made).ok
+    result = _verify(made, since=seen)
+
+    assert any(p.entry == 3 and "rewritten" in p.what for p in result.problems)
+
+
+def test_a_keeper_key_missing_from_the_key_folder_is_a_problem(made: LedgerFixture) -> None:
+    (made.keys / "coordinator.pub").unlink()
+
+    result = _verify(made)
+
+    assert any(p.entry == 0 and "not in the key folder" in p.what for p in result.problems)
+
+
+def test_a_node_copy_with_a_lowered_lifetime_spend_is_caught(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path, countries=("DE",), rounds=2, refuse=None)
+    path = made.node_ledgers["DE"]
+    lines = path.read_text("ascii").splitlines()
+    index = max(i for i, line in enumerate(lines) if '"kind":"record"' in line)
+    data = json.loads(lines[index])
+    honest = PrivacyRecord.model_validate_json(data["record"]["body"])
+    lie = honest.model_copy(update={"epsilon_dataset": honest.epsilon_dataset / 2})
+    data["record"] = sign_record(lie, made.signers["DE"]).model_dump()
+    signer = made.signers["DE"]
+    body = EntryBody.model_validate_json(
+        json.dumps({k: v for k, v in data.items() if k not in ("hash", "signature")})
+    )
+    data["hash"] = body.digest()
+    data["signature"] = signer.sign(data["hash"].encode())
+    lines[index] = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    path.write_text("".join(line + "\n" for line in lines), "ascii")
+
+    result = verify_ledger(path, load_keys(made.keys))
+
+    assert any(p.entry == index and "charges in this ledger" in p.what for p in result.problems)
+
+
+@pytest.mark.parametrize("kind", list(AccountantKind))
+def test_recomputation_uses_the_recorded_accountant(tmp_path: Path, kind: AccountantKind) -> None:
+    made = write_ledger(tmp_path, kind=kind, rounds=2, refuse=None)
+
+    result = _verify(made)
+
+    assert result.ok, _problems(result)
+    assert {s.record.accountant for s in result.spends} == {kind}

@@ -1,0 +1,96 @@
+"""The coordinator averages a reply only if its signed record matches it exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors.numpy import load_file
+
+from ledger_factory import write_ledger
+from residency.common import wire
+from residency.common.errors import InvalidUpdate
+from residency.common.privacy.record import PrivacyRecord
+from residency.server.record_check import received_record
+
+pytestmark = pytest.mark.unit
+
+
+def _reply(tmp_path: Path) -> tuple[RecordDict, PrivacyRecord]:
+    """DE's round-1 reply as its node sent it: arrays, metrics and the signed record."""
+    made = write_ledger(tmp_path, countries=("DE",), rounds=1, refuse=None)
+    entry = json.loads(made.node_ledgers["DE"].read_text("ascii").splitlines()[-1])
+    record = PrivacyRecord.model_validate_json(entry["record"]["body"])
+    digest = record.update_sha256
+    arrays = load_file(str(made.ledger.parent / "updates" / f"{digest}.safetensors"))
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            wire.METRICS: MetricRecord({wire.EPSILON: record.epsilon}),
+            wire.RECORD: ConfigRecord(
+                {
+                    wire.RECORD_BODY: entry["record"]["body"],
+                    wire.RECORD_SIGNATURE: entry["record"]["signature"],
+                }
+            ),
+        }
+    )
+    return content, record
+
+
+def test_a_matching_record_is_accepted(tmp_path: Path) -> None:
+    content, record = _reply(tmp_path)
+
+    got = received_record(content, job="triage", run="7", server_round=1, country="DE")
+
+    assert got.record == record
+    assert got.received_sha256 == record.update_sha256
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({"job": "other"}, "names job 'triage'"),
+        ({"run": "8"}, "names run '7'"),
+        ({"server_round": 2}, "names round 1"),
+        ({"country": "FR"}, "names country 'DE'"),
+    ],
+)
+def test_a_record_for_another_job_run_round_or_country_is_rejected(
+    tmp_path: Path, where: dict[str, object], expected: str
+) -> None:
+    content, _ = _reply(tmp_path)
+    args: dict[str, object] = {"job": "triage", "run": "7", "server_round": 1, "country": "DE"}
+    args.update(where)
+
+    with pytest.raises(InvalidUpdate, match=expected):
+        received_record(content, **args)  # type: ignore[arg-type]
+
+
+def test_arrays_other_than_the_signed_ones_are_rejected(tmp_path: Path) -> None:
+    content, _ = _reply(tmp_path)
+    arrays = content.array_records[wire.ARRAYS]
+    name = next(iter(arrays))
+    arrays[name] = Array(arrays[name].numpy() + np.float32(1e-6))
+
+    with pytest.raises(InvalidUpdate, match="update differs from the hash"):
+        received_record(content, job="triage", run="7", server_round=1, country="DE")
+
+
+def test_metrics_that_contradict_the_record_are_rejected(tmp_path: Path) -> None:
+    content, record = _reply(tmp_path)
+    content.metric_records[wire.METRICS] = MetricRecord({wire.EPSILON: record.epsilon / 2})
+
+    with pytest.raises(InvalidUpdate, match="epsilon differs"):
+        received_record(content, job="triage", run="7", server_round=1, country="DE")
+
+
+def test_a_reply_without_a_record_is_rejected(tmp_path: Path) -> None:
+    content, _ = _reply(tmp_path)
+    del content.config_records[wire.RECORD]
+
+    with pytest.raises(InvalidUpdate, match="no signed privacy record"):
+        received_record(content, job="triage", run="7", server_round=1, country="DE")

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from torch.utils.data import TensorDataset
 
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.policy import Policy, load_policy
+from residency.client.token_cache import encoded
 from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
 from residency.common import wire
 from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
-from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.data.records import LabeledTexts
 from residency.common.device import pick_compute
@@ -70,12 +69,6 @@ def _load_records(settings: NodeSettings, plan: RoundPlan) -> LabeledTexts:
     path = settings.data
     mtime = path.stat().st_mtime_ns if path.exists() else 0
     return _records(path, mtime, plan.text_column, plan.label_column, tuple(plan.labels))
-
-
-@lru_cache(maxsize=4)
-def _encoded(records: LabeledTexts, model: str, max_length: int) -> TensorDataset:
-    """Tokenise a node's records once per process, not once per round."""
-    return encode(records.texts, records.labels, load_tokenizer(model), max_length=max_length)
 
 
 @lru_cache(maxsize=8)
@@ -256,7 +249,9 @@ def _train(msg: Message, context: Context) -> Message:
             "coordinator's; fix: install the same checkpoint on every node"
         )
     load_trainable_state(model, _received_arrays(msg))
-    data = _encoded(records, plan.model, plan.max_length)
+    data = encoded(
+        records, load_tokenizer(plan.model), max_length=plan.max_length, folder=settings.state
+    )
     charge = store.charge(  # write-ahead: from here on the round counts as spent
         run=run,
         job=plan.job,

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from residency.cli.audit_report import report
+from residency.cli.canary import canary
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
 from residency.common.errors import ConfigError
 
@@ -23,6 +24,7 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 audit_app.command()(report)
+audit_app.command()(canary)
 
 
 def parse_since(value: str | None) -> tuple[int, str] | None:

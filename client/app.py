@@ -14,7 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from residency.client.budget_store import STORE_FILE, BudgetStore
@@ -36,6 +45,7 @@ from residency.common.model import (
     build_classifier,
     load_tokenizer,
     load_trainable_state,
+    on_the_wire,
     trainable_state,
 )
 from residency.common.privacy.accountant import (
@@ -304,7 +314,12 @@ def _train(msg: Message, context: Context) -> Message:
         admitted.lifetime,
     )
 
-    update = ArrayRecord(trainable_state(model))
+    update = ArrayRecord(
+        {
+            name: Array(value)
+            for name, value in on_the_wire(trainable_state(model), plan.transfer_dtype).items()
+        }
+    )
     sent_hash = update_sha256({name: array.numpy() for name, array in update.items()})
     policy = admitted.policy
     signed = sign_record(

@@ -28,7 +28,7 @@ class Policy(Strict):
     max_delta: Annotated[float | None, Field(strict=True, gt=0, lt=1)] = None
     min_noise_multiplier: Annotated[float | None, Field(strict=True, ge=0)] = None
     allowed_updates: Annotated[list[UpdateKind], Field(min_length=1)] = Field(
-        default_factory=lambda: [UpdateKind.LORA, UpdateKind.FULL]
+        default_factory=lambda: list(UpdateKind)
     )
     min_examples_per_round: Annotated[int, Field(strict=True, ge=1)] = 1
     allowed_coordinators: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(

@@ -11,7 +11,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,7 +52,54 @@ class RoundOutcome:
     history: History
 
 
-def _noise_only_step(optimizer: DPOptimizer) -> None:
+@dataclass(frozen=True)
+class PrivateTraining:
+    """Opacus' private model, optimizer and Poisson loader, and the engine that accounts."""
+
+    engine: PrivacyEngine
+    model: GradSampleModule
+    optimizer: DPOptimizer
+    loader: DPDataLoader
+
+
+def make_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    *,
+    dp: DpSgdSettings,
+    history: History,
+    noise_generator: torch.Generator | None = None,
+) -> PrivateTraining:
+    """Wrap model, optimizer and loader in the node's DP-SGD mechanism.
+
+    The one place the mechanism is configured (Poisson sampling at ``1 / len(loader)``,
+    per-sample gradients by hooks, flat clipping at ``dp.max_grad_norm``, Gaussian noise of
+    ``dp.noise_multiplier`` times that), so the canary audit runs exactly what training runs.
+    The accountant starts from ``history``. Without ``noise_generator`` the noise comes from
+    torch's global generator, and the sampler from the loader's generator or the global one.
+    """
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off; the noise generator choice is documented.
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=dp.accountant.value)
+        engine.accountant.history = list(history)
+        private_model, dp_optimizer, dp_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode="hooks",
+            noise_generator=noise_generator,
+        )
+    return PrivateTraining(
+        engine=engine, model=private_model, optimizer=dp_optimizer, loader=dp_loader
+    )
+
+
+def noise_only_step(optimizer: DPOptimizer) -> None:
     """Take a DP step for an empty Poisson batch: zero gradients plus the full noise.
 
     BERT cannot run a forward pass on zero rows, but skipping the step would under-count it;
@@ -83,20 +131,8 @@ def train_dp_round(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
     loader = DataLoader(data, batch_size=schedule.batch_size)
-    engine = PrivacyEngine(accountant=dp.accountant.value)
-    engine.accountant.history = list(history)
-    with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off; the noise generator choice is documented.
-        warnings.simplefilter("ignore", UserWarning)
-        private_model, dp_optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode="hooks",
-        )
+    private = make_private(model, optimizer, loader, dp=dp, history=history)
+    private_model, dp_optimizer, dp_loader = private.model, private.optimizer, private.loader
     if not math.isclose(dp_loader.sample_rate, sample_rate):
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
     losses: list[float] = []
@@ -106,7 +142,7 @@ def train_dp_round(
             for input_ids, mask, labels in dp_loader:
                 steps += 1
                 if len(labels) == 0:
-                    _noise_only_step(dp_optimizer)
+                    noise_only_step(dp_optimizer)
                     continue
                 ids, mask = trim(input_ids, mask)
                 inputs = bert_inputs(ids.to(compute.device), mask.to(compute.device))
@@ -126,5 +162,7 @@ def train_dp_round(
         steps=steps,
         sample_rate=sample_rate,
         mean_loss=sum(losses) / len(losses) if losses else float("nan"),
-        history=tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history),
+        history=tuple(
+            (float(z), float(q), int(n)) for z, q, n in private.engine.accountant.history
+        ),
     )

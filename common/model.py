@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from residency.common.config.job import Job, UpdateKind
+from residency.common.config.job import Job, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 
 LABEL_MAP_FILE = "residency_labels.json"
@@ -124,7 +124,7 @@ def build_classifier(spec: ModelSpec) -> torch.nn.Module:
     mode, so the model is switched here once.
     """
     model: torch.nn.Module = _base_classifier(spec)
-    if spec.update is UpdateKind.LORA:
+    if spec.update in (UpdateKind.LORA, UpdateKind.LORA_FA):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed + 1)
             lora = LoraConfig(
@@ -136,6 +136,10 @@ def build_classifier(spec: ModelSpec) -> torch.nn.Module:
                 task_type="SEQ_CLS",
             )
             model = get_peft_model(cast(PreTrainedModel, model), lora)
+        if spec.update is UpdateKind.LORA_FA:
+            for name, param in model.named_parameters():
+                if ".lora_A." in name:
+                    param.requires_grad_(False)  # seeded alike everywhere; in the fingerprint
     model.train()
     return model
 
@@ -147,6 +151,12 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name, param in model.named_parameters()
         if param.requires_grad
     }
+
+
+def on_the_wire(state: Mapping[str, torch.Tensor], dtype: TransferDtype) -> dict[str, np.ndarray]:
+    """Trainable tensors as the arrays that cross the border, in the job's transfer precision."""
+    wire_dtype = np.float16 if dtype is TransferDtype.FLOAT16 else np.float32
+    return {name: tensor.float().numpy().astype(wire_dtype) for name, tensor in state.items()}
 
 
 def load_trainable_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:

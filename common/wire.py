@@ -69,6 +69,7 @@ ROUND_FIELDS: Final = (
     "batch-size",
     "learning-rate",
     "update",
+    "transfer-dtype",
     "lora-rank",
     "lora-alpha",
     "lora-targets",

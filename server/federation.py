@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from torch.utils.data import TensorDataset
 
@@ -34,6 +35,7 @@ from residency.common.model import (
     export_hf,
     load_tokenizer,
     load_trainable_state,
+    on_the_wire,
     trainable_state,
 )
 from residency.common.version import __version__
@@ -250,6 +252,16 @@ class _Federation:
             records.texts, records.labels, self.tokenizer, max_length=self.job.model.max_length
         )
 
+    def outgoing(self) -> ArrayRecord:
+        """The global trainable arrays in the job's transfer precision."""
+        state = {name: torch.from_numpy(array.numpy()) for name, array in self.arrays.items()}
+        return ArrayRecord(
+            {
+                name: Array(value)
+                for name, value in on_the_wire(state, self.job.train.transfer_dtype).items()
+            }
+        )
+
     def takes_part(self, node_id: int) -> bool:
         """Only the job's countries get its messages (all nodes when none are admitted)."""
         if not self.admitted:
@@ -269,7 +281,7 @@ class _Federation:
         messages = [
             message
             for message in strategy.configure_train(
-                server_round, self.arrays, self.config, self.grid
+                server_round, self.outgoing(), self.config, self.grid
             )
             if self.takes_part(message.metadata.dst_node_id)
         ]

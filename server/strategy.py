@@ -6,7 +6,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -81,4 +82,9 @@ class ValidatingFedAvg(FedAvg):
             self.accepted.append(reply)
         if not self.accepted:
             return None, None
+        for reply in self.accepted:  # average in float32 whatever the wire precision
+            arrays = reply.content.array_records[wire.ARRAYS]
+            reply.content.array_records[wire.ARRAYS] = ArrayRecord(
+                {name: Array(array.numpy().astype(np.float32)) for name, array in arrays.items()}
+            )
         return super().aggregate_train(server_round, self.accepted)

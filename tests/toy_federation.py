@@ -45,6 +45,7 @@ def write_toy_job(
     rounds: int = 2,
     canaries: bool = False,
     extra: str = "",
+    train: str = "",
 ) -> Path:
     """A tiny-BERT LoRA job over separable per-country data, with a global test file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,7 @@ rounds = {rounds}
 local_epochs = 2
 batch_size = 16
 learning_rate = 0.1
+{train}
 
 [privacy]
 target_epsilon = 8.0

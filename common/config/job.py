@@ -25,10 +25,22 @@ class Strict(BaseModel):
 
 
 class UpdateKind(StrEnum):
-    """What a node trains and sends: LoRA adapters plus head, or every weight."""
+    """What a node trains and sends: LoRA adapters plus head, or every weight.
+
+    ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
+    the head are trained and sent: half the adapter bytes.
+    """
 
     LORA = "lora"
+    LORA_FA = "lora-fa"
     FULL = "full"
+
+
+class TransferDtype(StrEnum):
+    """Precision of the arrays on the wire (both ways); training and averaging stay float32."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
 
 
 class AccountantKind(StrEnum):
@@ -101,6 +113,7 @@ class TrainSection(Strict):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=65_536)] = 32
     learning_rate: Annotated[float, Field(strict=True, gt=0, le=10)] = 5e-4
     update: UpdateKind = UpdateKind.LORA
+    transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
     lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16
     lora_targets: Annotated[list[str], Field(min_length=1)] = ["query", "value"]

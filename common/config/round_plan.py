@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
-from residency.common.config.job import AccountantKind, Job, Strict, UpdateKind
+from residency.common.config.job import AccountantKind, Job, Strict, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 
 
@@ -24,6 +24,7 @@ class RoundPlan(Strict):
     batch_size: Annotated[int, Field(ge=1, alias="batch-size")]
     learning_rate: Annotated[float, Field(gt=0, alias="learning-rate")]
     update: UpdateKind
+    transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
     lora_rank: Annotated[int, Field(ge=1, alias="lora-rank")]
     lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
     lora_targets: Annotated[list[str], Field(min_length=1, alias="lora-targets")]
@@ -63,6 +64,7 @@ def round_config(job: Job, *, base_fingerprint: str) -> dict[str, Any]:
         "batch-size": job.train.batch_size,
         "learning-rate": job.train.learning_rate,
         "update": job.train.update.value,
+        "transfer-dtype": job.train.transfer_dtype.value,
         "lora-rank": job.train.lora_rank,
         "lora-alpha": job.train.lora_alpha,
         "lora-targets": list(job.train.lora_targets),

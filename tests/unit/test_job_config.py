@@ -440,3 +440,16 @@ def test_job_model_validates_without_a_file() -> None:
     job = Job.model_validate({"data": {"labels": ["a", "b"]}, "privacy": {"target_epsilon": 1}})
 
     assert job.privacy.target_epsilon == pytest.approx(1.0)
+
+
+def test_update_variants_and_wire_precision_are_choices(tmp_path: Path) -> None:
+    job = load_job(
+        write_job(tmp_path, MINIMAL + '[train]\nupdate = "lora-fa"\ntransfer_dtype = "float16"\n')
+    )
+    assert (job.train.update.value, job.train.transfer_dtype.value) == ("lora-fa", "float16")
+
+    load_error(
+        write_job(tmp_path, MINIMAL + '[train]\ntransfer_dtype = "bfloat16"\n'),
+        "train.transfer_dtype",
+        "'float32' or 'float16'",
+    )

@@ -157,7 +157,9 @@ def superlink_command(
     """SuperLink's command line and environment for this coordinator."""
     bin_dir = Path(sys.executable).parent
     command = [
-        str(bin_dir / "flower-superlink"),
+        sys.executable,
+        "-m",
+        "residency.server.superlink",  # flower-superlink with a longer SQLite lock timeout
         "--host",
         settings.host,
         "--port",

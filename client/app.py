@@ -31,7 +31,7 @@ from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.policy import Policy, load_policy
 from residency.client.token_cache import encoded
-from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
+from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
 from residency.common import wire
 from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
@@ -294,7 +294,10 @@ def _train(msg: Message, context: Context) -> Message:
             seed=_round_seed(plan, settings.country),
         ),
         dp=DpSgdSettings(
-            noise_multiplier=noise, max_grad_norm=plan.max_grad_norm, accountant=plan.accountant
+            noise_multiplier=noise,
+            max_grad_norm=plan.max_grad_norm,
+            accountant=plan.accountant,
+            grad_sample_mode=dp_mode_for(plan.update),
         ),
         history=before,
         compute=pick_compute(),

@@ -2,33 +2,85 @@
 
 The accountant's history comes in and goes out, so the caller composes epsilon over every
 round; a fresh ``PrivacyEngine`` per round would otherwise forget earlier rounds.
+
+Two ways of clipping give the same update (``tests/unit/test_dp_modes.py`` checks both against
+a batch-size-1 loop); :func:`dp_mode_for` picks the faster one per update kind, as measured by
+``bench/throughput.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
-from residency.common.config.job import AccountantKind
+from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.data.encoding import bert_inputs, trim
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
 
 
+class GradSampleMode(StrEnum):
+    """How each example's gradient is bounded; both clip flat, at the same norm, to the same sum.
+
+    ``hooks`` (Opacus' default) materialises every example's gradient of every trainable
+    tensor, then clips and sums: cheap for LoRA's small adapters, but ``batch x vocabulary x
+    hidden`` numbers for the word embeddings of full fine-tuning. ``ghost`` (ghost clipping,
+    Li et al. 2022) finds each example's gradient norm without materialising the gradient,
+    then back-propagates again with each example's loss weighted by its clip factor.
+
+    In float32 both are exact (``tests/unit/test_dp_modes.py``). Under bf16 autocast,
+    ``hooks`` still clips the very per-example gradients it sums (in float32), but ``ghost``
+    computes the norms and the clipped sum apart, each rounded to bf16: on the tiny BERT an
+    example's share of the sum came out up to 0.5% above the clipping norm. A sensitivity above
+    the one the accountant assumes is a privacy bug, so ``train_dp_round`` runs ghost clipping
+    in float32 even where bf16 autocast is available (:func:`forward_precision`).
+    """
+
+    HOOKS = "hooks"
+    GHOST = "ghost"
+
+
+def forward_precision(
+    compute: Compute, mode: GradSampleMode
+) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast where the mode clips exactly under it (hooks); float32 for ghost."""
+    return compute.autocast() if mode is GradSampleMode.HOOKS else contextlib.nullcontext()
+
+
+def dp_mode_for(update: UpdateKind) -> GradSampleMode:
+    """The faster correct mode for an update kind, as ``bench/throughput.py`` measured it.
+
+    MiniLM-L6, batch 32 x 64 tokens, 2 CPU cores, against non-private training of the same
+    kind. Full fine-tuning: ghost, 0.66x the throughput at 1.16x the memory, where hooks
+    reach 0.34x at 3.95x (per-example gradients of the word embeddings). LoRA and LoRA-FA:
+    hooks, 0.95-1.01x, since per-example adapter gradients are small and one backward pass
+    beats ghost clipping's two (0.64-0.71x).
+    """
+    return GradSampleMode.GHOST if update is UpdateKind.FULL else GradSampleMode.HOOKS
+
+
 @dataclass(frozen=True)
 class DpSgdSettings:
-    """The mechanism of one round; the node, not the coordinator, fixes the noise."""
+    """The mechanism of one round; the node, not the coordinator, fixes the noise.
+
+    ``grad_sample_mode`` changes only the speed and memory of clipping, never the mechanism
+    or what the accountant charges.
+    """
 
     noise_multiplier: float
     max_grad_norm: float
     accountant: AccountantKind
+    grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
 
 
 @dataclass(frozen=True)
@@ -54,12 +106,77 @@ class RoundOutcome:
 
 @dataclass(frozen=True)
 class PrivateTraining:
-    """Opacus' private model, optimizer and Poisson loader, and the engine that accounts."""
+    """Opacus' private model, optimizer and Poisson loader, and the engine that accounts.
+
+    ``model`` is a ``GradSampleModule`` in ``hooks`` mode and a
+    ``GradSampleModuleFastGradientClipping`` in ``ghost`` mode; :meth:`backward` drives
+    either, so a training loop is the same for both.
+    """
 
     engine: PrivacyEngine
-    model: GradSampleModule
+    model: GradSampleModule | GradSampleModuleFastGradientClipping
     optimizer: DPOptimizer
     loader: DPDataLoader
+    mode: GradSampleMode = GradSampleMode.HOOKS
+
+    def backward(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """Back-propagate a non-empty batch's cross-entropy for the optimizer's clipped step.
+
+        Returns the batch's mean cross-entropy (what a non-private loop would log). ``hooks``:
+        one pass; Opacus keeps each example's gradient for the optimizer to clip. ``ghost``:
+        the first pass only finds each example's gradient norm, the second back-propagates
+        ``sum_i c_i * loss_i`` with clip factors ``c_i = min(1, C / (norm_i + 1e-6))`` (as
+        Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``.
+        """
+        per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        mean = per_example.mean()
+        with warnings.catch_warnings():
+            # Frozen embeddings (LoRA): the first adapter's input needs no gradient, so torch
+            # notes that its hook fires on the output, which is what Opacus expects.
+            warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+            if self.mode is GradSampleMode.HOOKS:
+                mean.backward()  # type: ignore[no-untyped-call]
+            else:
+                self._ghost_backward(per_example, mean)
+        return float(mean.item())
+
+    def _ghost_backward(self, per_example: torch.Tensor, mean: torch.Tensor) -> None:
+        model = self.model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for param in trainable:
+            if hasattr(param, "_norm_sample"):
+                del param._norm_sample  # a stale norm must not stand in for a missing one
+        mean.backward(inputs=_norm_pass_inputs(model), retain_graph=True)  # type: ignore[no-untyped-call]
+        if any(not hasattr(param, "_norm_sample") for param in trainable):
+            raise RuntimeError("ghost clipping: a trainable tensor got no per-example norm")
+        for param in trainable:
+            param.grad = None
+        factors = model.get_clipping_coef().to(per_example.device)
+        model.disable_hooks()
+        try:
+            (factors * per_example).sum().backward()
+        finally:
+            model.enable_hooks()
+
+
+def _norm_pass_inputs(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What ghost clipping's first pass must back-propagate into: the trainable embedding tables.
+
+    Each layer's norm hook fires once the gradient reaches that layer's input (or, for an
+    embedding, whose input is token ids, its output), so a pass into the embedding tables
+    reaches every layer above them, while sparing the weight gradients of every other layer,
+    which that pass would compute only to throw away. A model without trainable embeddings
+    gets the ordinary pass into every trainable tensor. :meth:`PrivateTraining.backward`
+    checks that every trainable tensor got its norm.
+    """
+    tables = [
+        param
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding)
+        for param in module.parameters(recurse=False)
+        if param.requires_grad
+    ]
+    return tables or [p for p in model.parameters() if p.requires_grad]
 
 
 def make_private(
@@ -74,29 +191,49 @@ def make_private(
     """Wrap model, optimizer and loader in the node's DP-SGD mechanism.
 
     The one place the mechanism is configured (Poisson sampling at ``1 / len(loader)``,
-    per-sample gradients by hooks, flat clipping at ``dp.max_grad_norm``, Gaussian noise of
-    ``dp.noise_multiplier`` times that), so the canary audit runs exactly what training runs.
-    The accountant starts from ``history``. Without ``noise_generator`` the noise comes from
-    torch's global generator, and the sampler from the loader's generator or the global one.
+    per-sample gradients by ``dp.grad_sample_mode``, flat clipping at ``dp.max_grad_norm``,
+    Gaussian noise of ``dp.noise_multiplier`` times that), so the canary audit runs exactly
+    what training runs. The accountant starts from ``history``. Without ``noise_generator``
+    the noise comes from torch's global generator, and the sampler from the loader's
+    generator or the global one. In ``ghost`` mode Opacus also returns a criterion that runs
+    both backward passes; :meth:`PrivateTraining.backward` runs them instead, with a cheaper
+    first pass.
     """
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; the noise generator choice is documented.
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=dp.accountant.value)
         engine.accountant.history = list(history)
-        private_model, dp_optimizer, dp_loader = engine.make_private(
+        private_model, dp_optimizer, *_, dp_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
+            criterion=torch.nn.CrossEntropyLoss(),
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=True,
-            grad_sample_mode="hooks",
+            grad_sample_mode=dp.grad_sample_mode.value,
             noise_generator=noise_generator,
         )
     return PrivateTraining(
-        engine=engine, model=private_model, optimizer=dp_optimizer, loader=dp_loader
+        engine=engine,
+        model=private_model,
+        optimizer=dp_optimizer,
+        loader=dp_loader,
+        mode=dp.grad_sample_mode,
     )
+
+
+def model_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A stored batch as the model's inputs on ``device``: trimmed, contiguous, explicit.
+
+    Trimming slices columns off, which leaves the token ids non-contiguous; Opacus' ghost
+    norm of the word embeddings views them flat and would fail.
+    """
+    ids, mask = trim(input_ids, attention_mask)
+    return bert_inputs(ids.contiguous().to(device), mask.contiguous().to(device))
 
 
 def noise_only_step(optimizer: DPOptimizer) -> None:
@@ -104,9 +241,16 @@ def noise_only_step(optimizer: DPOptimizer) -> None:
 
     BERT cannot run a forward pass on zero rows, but skipping the step would under-count it;
     Opacus clips an empty batch to zero, adds noise and lets the accountant count the step.
+    The ghost optimizer reads the clipped sum from ``.grad`` (zero), the others clip
+    per-example gradients (none).
     """
     for param in optimizer.params:
-        param.grad_sample = torch.zeros((0, *param.shape), device=param.device, dtype=param.dtype)
+        if isinstance(optimizer, DPOptimizerFastGradientClipping):
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = torch.zeros(
+                (0, *param.shape), device=param.device, dtype=param.dtype
+            )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -144,15 +288,12 @@ def train_dp_round(
                 if len(labels) == 0:
                     noise_only_step(dp_optimizer)
                     continue
-                ids, mask = trim(input_ids, mask)
-                inputs = bert_inputs(ids.to(compute.device), mask.to(compute.device))
-                with compute.autocast():
+                inputs = model_inputs(input_ids, mask, device=compute.device)
+                with forward_precision(compute, dp.grad_sample_mode):
                     logits = private_model(**inputs).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(compute.device))
-                loss.backward()  # type: ignore[no-untyped-call]
+                losses.append(private.backward(logits, labels.to(compute.device)))
                 dp_optimizer.step()
                 dp_optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.item()))
     finally:
         private_model._close()  # remove Opacus hooks so the model can be reused or exported
     if steps != schedule.epochs * steps_per_epoch:

@@ -1,0 +1,234 @@
+"""Every DP mode against a batch-size-1 reference: clipped sum, noise scale, empty batches.
+
+Opacus' own tests check per-sample gradients against a loop over single examples; these do
+the same for the whole mechanism as the trainer drives it (``make_private`` and
+``PrivateTraining.backward``), on the tiny BERT, for every update kind and clipping mode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from residency.client.trainer import (
+    DpSgdSettings,
+    GradSampleMode,
+    LocalSchedule,
+    PrivateTraining,
+    dp_mode_for,
+    forward_precision,
+    make_private,
+    model_inputs,
+    noise_only_step,
+    train_dp_round,
+)
+from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.device import Compute
+from residency.common.model import ModelSpec, build_classifier
+from residency.common.privacy.accountant import poisson_schedule
+
+pytestmark = pytest.mark.unit
+
+LABELS = ("a", "b", "c")
+EXAMPLES = 8
+LOADER_BATCH = 4  # Opacus' expected batch size: EXAMPLES / (EXAMPLES / LOADER_BATCH)
+WIDTH = 12  # stored width; no example uses all of it, so trimming slices
+CASES = [(update, mode) for update in UpdateKind for mode in GradSampleMode]
+
+
+def _model(update: UpdateKind) -> torch.nn.Module:
+    model = build_classifier(ModelSpec(source="tiny", labels=LABELS, update=update))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # the batch and the loop must see the same function
+    return model
+
+
+def _data() -> TensorDataset:
+    generator = torch.Generator().manual_seed(7)
+    ids = torch.randint(1000, 5000, (EXAMPLES, WIDTH), generator=generator)
+    lengths = torch.tensor([10, 3, 7, 10, 5, 2, 9, 6])
+    mask = (torch.arange(WIDTH).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    labels = torch.randint(0, len(LABELS), (EXAMPLES,), generator=generator)
+    return TensorDataset(ids * mask, mask, labels)
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logits: torch.Tensor = model(**model_inputs(ids, mask, device=torch.device("cpu"))).logits
+    return logits
+
+
+def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+            for p in model.parameters()
+            if p.requires_grad
+        ]
+    )
+
+
+def _per_example_grads(model: torch.nn.Module, data: TensorDataset) -> list[torch.Tensor]:
+    """The slow reference: one example at a time, every trainable gradient flattened."""
+    grads = []
+    for ids, mask, label in zip(*data.tensors, strict=True):
+        model.zero_grad(set_to_none=True)
+        logits = _logits(model, ids.unsqueeze(0), mask.unsqueeze(0))
+        torch.nn.functional.cross_entropy(logits, label.unsqueeze(0)).backward()
+        grads.append(_flat_grad(model))
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _private(
+    model: torch.nn.Module, *, mode: GradSampleMode, noise: float, clip: float
+) -> PrivateTraining:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return make_private(
+        model,
+        torch.optim.SGD(params, lr=1.0),
+        DataLoader(_data(), batch_size=LOADER_BATCH),
+        dp=DpSgdSettings(
+            noise_multiplier=noise,
+            max_grad_norm=clip,
+            accountant=AccountantKind.RDP,
+            grad_sample_mode=mode,
+        ),
+        history=(),
+        noise_generator=torch.Generator().manual_seed(3),
+    )
+
+
+@pytest.mark.parametrize(("update", "mode"), CASES)
+def test_clipped_sum_matches_batch_size_one_loop(update: UpdateKind, mode: GradSampleMode) -> None:
+    model = _model(update)
+    data = _data()
+    per_example = _per_example_grads(model, data)
+    norms = torch.stack([g.norm() for g in per_example])
+    clip = float(norms.median())  # some examples clipped, some not
+    assert (norms > clip * 1.01).any()
+    assert (norms < clip * 0.99).any()
+    expected_batch = EXAMPLES // (EXAMPLES // LOADER_BATCH)
+    reference = sum(
+        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in per_example),
+        start=torch.zeros_like(per_example[0]),
+    )
+    reference = reference / expected_batch
+
+    private = _private(model, mode=mode, noise=0.0, clip=clip)
+    assert private.optimizer.expected_batch_size == expected_batch
+    ids, mask, labels = data.tensors
+    loss = private.backward(_logits(private.model, ids, mask), labels)
+    assert private.optimizer.pre_step()  # clip, sum, (zero) noise, divide by the expected batch
+    got = _flat_grad(model)
+    private.model._close()
+
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+    with torch.no_grad():
+        mean_ce = torch.nn.functional.cross_entropy(_logits(model, ids, mask), labels)
+    assert loss == pytest.approx(float(mean_ce), rel=1e-5)
+
+
+@pytest.mark.parametrize(("update", "mode"), CASES)
+def test_empty_batch_adds_noise_of_the_configured_scale(
+    update: UpdateKind, mode: GradSampleMode
+) -> None:
+    model = _model(update)
+    clip, noise = 0.5, 1.0
+    private = _private(model, mode=mode, noise=noise, clip=clip)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = torch.cat([p.detach().reshape(-1).clone() for p in params])
+    noise_only_step(private.optimizer)  # SGD at learning rate 1: the step is -noise / batch
+    after = torch.cat([p.detach().reshape(-1) for p in params])
+    added = (before - after) * private.optimizer.expected_batch_size
+    private.model._close()
+
+    assert added.numel() > 1000
+    assert float(added.std()) == pytest.approx(noise * clip, rel=0.05)
+    assert abs(float(added.mean())) < 5 * noise * clip / math.sqrt(added.numel())
+    assert private.engine.accountant.history == [(noise, 1 / (EXAMPLES // LOADER_BATCH), 1)]
+
+
+def test_mode_per_update_kind() -> None:
+    assert dp_mode_for(UpdateKind.FULL) is GradSampleMode.GHOST
+    assert dp_mode_for(UpdateKind.LORA) is GradSampleMode.HOOKS
+    assert dp_mode_for(UpdateKind.LORA_FA) is GradSampleMode.HOOKS
+    settings = DpSgdSettings(noise_multiplier=1.0, max_grad_norm=1.0, accountant=AccountantKind.RDP)
+    assert settings.grad_sample_mode is GradSampleMode.HOOKS  # the canary audit's default
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("update", "mode"), CASES)
+def test_round_accounts_the_same_steps_in_every_mode(
+    update: UpdateKind, mode: GradSampleMode, bf16: bool
+) -> None:
+    """A whole round, also under bf16 autocast (on the CPU here; CUDA runs the same code)."""
+    model = _model(update)
+    data = _data()
+    prior = ((1.1, 0.5, 3),)
+    outcome = train_dp_round(
+        model,
+        TensorDataset(*(torch.cat([t] * 3) for t in data.tensors)),
+        schedule=LocalSchedule(epochs=2, batch_size=4, learning_rate=1e-3, seed=5),
+        dp=DpSgdSettings(
+            noise_multiplier=1.1,
+            max_grad_norm=1.0,
+            accountant=AccountantKind.RDP,
+            grad_sample_mode=mode,
+        ),
+        history=prior,
+        compute=Compute(torch.device("cpu"), bf16=bf16),
+    )
+    sample_rate, steps_per_epoch = poisson_schedule(examples=3 * EXAMPLES, batch_size=4)
+    assert outcome.steps == 2 * steps_per_epoch
+    assert outcome.history == ((1.1, 0.5, 3), (1.1, sample_rate, outcome.steps))
+    assert math.isfinite(outcome.mean_loss)
+    assert not any(
+        hasattr(p, "_norm_sample") or hasattr(p, "grad_sample") for p in model.parameters()
+    )
+
+
+def test_ghost_refuses_a_layer_its_norm_pass_cannot_reach() -> None:
+    class TwoBranches(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(5, 3)
+            self.side = torch.nn.Linear(2, 3)
+
+        def forward(self, ids: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.table(ids) + self.side(side)
+            return out
+
+    model = TwoBranches()
+    loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=2)
+    private = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        loader,
+        dp=DpSgdSettings(
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            accountant=AccountantKind.RDP,
+            grad_sample_mode=GradSampleMode.GHOST,
+        ),
+        history=(),
+    )
+    logits = private.model(torch.tensor([0, 1]), torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match="no per-example norm"):
+        private.backward(logits, torch.tensor([0, 2]))
+    private.model._close()
+
+
+def test_ghost_clipping_never_runs_under_bf16_autocast() -> None:
+    """Ghost's norms and sum rounded apart in bf16 can exceed C: it runs in float32."""
+    bf16 = Compute(torch.device("cpu"), bf16=True)
+
+    with forward_precision(bf16, GradSampleMode.GHOST):
+        ghost = torch.is_autocast_enabled("cpu")
+    with forward_precision(bf16, GradSampleMode.HOOKS):
+        hooks = torch.is_autocast_enabled("cpu")
+
+    assert (ghost, hooks) == (False, True)

@@ -115,7 +115,9 @@ def demo(
     ] = "DE,FR,ES",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     examples: Annotated[int, typer.Option(min=50, help="Training notes per country.")] = 400,
-    epsilon: Annotated[float, typer.Option(min=0.1, help="Target epsilon per country.")] = 8.0,
+    epsilon: Annotated[
+        float, typer.Option(min=0.1, max=100.0, help="Target epsilon per country.")
+    ] = 8.0,
     model: Annotated[str, typer.Option(help='"minilm", "tiny" or a checkpoint folder.')] = "minilm",
 ) -> None:
     """Generate a synthetic multilingual triage federation and fine-tune MiniLM on it with DP."""

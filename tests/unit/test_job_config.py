@@ -453,3 +453,10 @@ def test_update_variants_and_wire_precision_are_choices(tmp_path: Path) -> None:
         "train.transfer_dtype",
         "'float32' or 'float16'",
     )
+
+
+def test_a_target_epsilon_above_100_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace("target_epsilon = 8.0", "target_epsilon = 1000.0")
+    assert text != MINIMAL
+
+    load_error(write_job(tmp_path, text), "privacy.target_epsilon", "less than or equal to 100")

@@ -7,14 +7,13 @@ input (a missing ledger or key folder).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from residency.cli.audit_report import report
+from residency.cli.audit_report import KeysOption, LedgerArgument, NodeLedgerOption, report
 from residency.cli.canary import canary
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
 from residency.common.errors import ConfigError
@@ -42,15 +41,9 @@ def parse_since(value: str | None) -> tuple[int, str] | None:
 
 @audit_app.command()
 def verify(
-    ledger: Annotated[Path, typer.Argument(help="ledger.jsonl (a coordinator's or a node's).")],
-    keys: Annotated[
-        Path,
-        typer.Option(help="Folder of public keys obtained from each party: DE.pub, ..."),
-    ],
-    node_ledger: Annotated[
-        list[Path] | None,
-        typer.Option(help="A node's own ledger; its records must all be in LEDGER (repeat)."),
-    ] = None,
+    ledger: LedgerArgument,
+    keys: KeysOption,
+    node_ledger: NodeLedgerOption = None,
     since: Annotated[
         str | None,
         typer.Option(help="ENTRY:HASH printed by an earlier verify: proves nothing was cut."),

@@ -19,21 +19,25 @@ from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, 
 from residency.common.audit.report_format import ReportFormat
 from residency.common.errors import ConfigError
 
+LedgerArgument = Annotated[Path, typer.Argument(help="ledger.jsonl (a coordinator's or a node's).")]
+KeysOption = Annotated[
+    Path, typer.Option(help="Folder of public keys obtained from each party: DE.pub, ...")
+]
+NodeLedgerOption = Annotated[
+    list[Path] | None,
+    typer.Option(help="A node's own ledger; its records must all be in LEDGER (repeat)."),
+]
+"""What ``audit verify`` and ``audit report`` both take."""
+
 DEFAULT_HTML = Path("audit-report.html")
 """Where an HTML report goes without ``--output``: a page is not for the terminal."""
 STDOUT = Path("-")
 
 
 def report(
-    ledger: Annotated[Path, typer.Argument(help="ledger.jsonl (a coordinator's or a node's).")],
-    keys: Annotated[
-        Path,
-        typer.Option(help="Folder of public keys obtained from each party: DE.pub, ..."),
-    ],
-    node_ledger: Annotated[
-        list[Path] | None,
-        typer.Option(help="A node's own ledger; its records must all be in LEDGER (repeat)."),
-    ] = None,
+    ledger: LedgerArgument,
+    keys: KeysOption,
+    node_ledger: NodeLedgerOption = None,
     fmt: Annotated[
         ReportFormat,
         typer.Option("--format", help="html: one self-contained page; json; md (Markdown)."),

@@ -17,16 +17,23 @@ from residency.common.version import __version__
 from residency.server.launch import JOB_KEY
 
 
-def write_bundle(job: Job, folder: Path) -> Path:
-    """Write the app's ``pyproject.toml`` into ``folder``."""
-    # Data paths in [[nodes]] are the launcher's own files; nodes read theirs from node.toml.
-    job = job.model_copy(update={"nodes": [n.model_copy(update={"data": None}) for n in job.nodes]})
+def write_app_bundle(
+    folder: Path,
+    *,
+    name: str,
+    version: str,
+    description: str,
+    serverapp: str,
+    clientapp: str,
+    config: dict[str, str | int],
+) -> Path:
+    """Write a Flower App Bundle's ``pyproject.toml``: the two components and the run config."""
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
-            "name": "residency-job",
-            "version": __version__,
-            "description": f"Residency federated job {job.name}",
+            "name": name,
+            "version": version,
+            "description": description,
             "license": "Apache-2.0",
             "dependencies": [],
         },
@@ -35,11 +42,8 @@ def write_bundle(job: Job, folder: Path) -> Path:
             "flwr": {
                 "app": {
                     "publisher": "residency",
-                    "components": {
-                        "serverapp": "residency.server.deployment:app",
-                        "clientapp": "residency.client.app:app",
-                    },
-                    "config": {JOB_KEY: json.dumps(job.model_dump(mode="json"))},
+                    "components": {"serverapp": serverapp, "clientapp": clientapp},
+                    "config": config,
                 }
             },
         },
@@ -48,3 +52,18 @@ def write_bundle(job: Job, folder: Path) -> Path:
     path = folder / "pyproject.toml"
     path.write_text(tomli_w.dumps(project), encoding="utf-8")
     return path
+
+
+def write_bundle(job: Job, folder: Path) -> Path:
+    """Write the app's ``pyproject.toml`` into ``folder``."""
+    # Data paths in [[nodes]] are the launcher's own files; nodes read theirs from node.toml.
+    job = job.model_copy(update={"nodes": [n.model_copy(update={"data": None}) for n in job.nodes]})
+    return write_app_bundle(
+        folder,
+        name="residency-job",
+        version=__version__,
+        description=f"Residency federated job {job.name}",
+        serverapp="residency.server.deployment:app",
+        clientapp="residency.client.app:app",
+        config={JOB_KEY: json.dumps(job.model_dump(mode="json"))},
+    )

@@ -22,10 +22,10 @@ from typing import Any
 
 import large_update_app
 import pytest
-import tomli_w
 from large_update_app import DOWN_SEED_KEY, REPORT_KEY, UP_SEED_KEY, payload, payload_bytes
 
 from deployment_harness import Federation, cli, wait_until
+from residency.cli.bundle import write_app_bundle
 from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.privacy.update_digest import update_sha256
 
@@ -45,34 +45,15 @@ def _bundle(folder: Path, report: Path) -> Path:
     """An app bundle like ``residency run`` writes, carrying ``large_update_app`` itself."""
     folder.mkdir(parents=True)
     shutil.copy(large_update_app.__file__, folder / "large_update_app.py")
-    project = {
-        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {
-            "name": "large-update",
-            "version": "1.0.0",
-            "description": "Moves one BERT-base-sized model each way",
-            "license": "Apache-2.0",
-            "dependencies": [],
-        },
-        "tool": {
-            "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
-            "flwr": {
-                "app": {
-                    "publisher": "residency",
-                    "components": {
-                        "serverapp": "large_update_app:server_app",
-                        "clientapp": "large_update_app:client_app",
-                    },
-                    "config": {
-                        REPORT_KEY: str(report),
-                        DOWN_SEED_KEY: DOWN_SEED,
-                        UP_SEED_KEY: UP_SEED,
-                    },
-                }
-            },
-        },
-    }
-    (folder / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
+    write_app_bundle(
+        folder,
+        name="large-update",
+        version="1.0.0",
+        description="Moves one BERT-base-sized model each way",
+        serverapp="large_update_app:server_app",
+        clientapp="large_update_app:client_app",
+        config={REPORT_KEY: str(report), DOWN_SEED_KEY: DOWN_SEED, UP_SEED_KEY: UP_SEED},
+    )
     return folder
 
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,8 +33,18 @@ from transformers import (
 
 from residency.common.config.job import Job, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
+from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
 
 LABEL_MAP_FILE = "residency_labels.json"
+SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
+
+
+class Pooling(StrEnum):
+    """How the classifier head reads the encoder: the [CLS] pooler or the tokens' mean."""
+
+    AUTO = "auto"
+    CLS = "cls"
+    MEAN = "mean"
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class ModelSpec:
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("query", "value")
     seed: int = 0
+    pooling: Pooling = Pooling.AUTO
 
     @classmethod
     def from_job(cls, job: Job) -> ModelSpec:
@@ -84,6 +96,32 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return cast(PreTrainedTokenizerBase, AutoTokenizer.from_pretrained(checkpoint_dir(source)))
 
 
+def checkpoint_pooling(source: str) -> Pooling:
+    """The pooling the checkpoint was trained to be read with; ``tiny`` uses the [CLS] pooler.
+
+    A sentence-transformers checkpoint says so in ``1_Pooling/config.json`` (MiniLM-L6: mean);
+    a Residency export names its mean-pooling class; any other BERT checkpoint uses [CLS].
+    Every party reads the same checkpoint, and a mismatch changes the frozen fingerprint (the
+    mean classifier has no pooler layer), so nodes and coordinator cannot silently disagree.
+    """
+    if source == "tiny":
+        return Pooling.CLS
+    folder = checkpoint_dir(source)
+    pooling_file = folder / SENTENCE_POOLING_FILE
+    if pooling_file.is_file():
+        try:
+            declared = json.loads(pooling_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{pooling_file}: unreadable ({exc}); fix: repair the file") from exc
+        if isinstance(declared, dict) and declared.get("pooling_mode_mean_tokens") is True:
+            return Pooling.MEAN
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    if MeanPoolingBertForSequenceClassification.__name__ in architectures:
+        return Pooling.MEAN
+    return Pooling.CLS
+
+
 def _label_maps(labels: tuple[str, ...]) -> dict[str, Any]:
     return {
         "num_labels": len(labels),
@@ -94,6 +132,7 @@ def _label_maps(labels: tuple[str, ...]) -> dict[str, Any]:
 
 def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
     # Seeded and isolated from the global RNG: every party must build identical frozen weights.
+    pooling = checkpoint_pooling(spec.source) if spec.pooling is Pooling.AUTO else spec.pooling
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         if spec.source == "tiny":
@@ -108,7 +147,16 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
                 max_position_embeddings=512,
                 **_label_maps(spec.labels),
             )
+            if pooling is Pooling.MEAN:
+                return MeanPoolingBertForSequenceClassification(config)
             return BertForSequenceClassification(config)
+        if pooling is Pooling.MEAN:
+            return cast(
+                PreTrainedModel,
+                MeanPoolingBertForSequenceClassification.from_pretrained(
+                    checkpoint_dir(spec.source), **_label_maps(spec.labels)
+                ),
+            )
         return cast(
             PreTrainedModel,
             AutoModelForSequenceClassification.from_pretrained(

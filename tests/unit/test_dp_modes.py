@@ -27,7 +27,7 @@ from residency.client.trainer import (
 )
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.device import Compute
-from residency.common.model import ModelSpec, build_classifier
+from residency.common.model import ModelSpec, Pooling, build_classifier
 from residency.common.privacy.accountant import poisson_schedule
 
 pytestmark = pytest.mark.unit
@@ -37,10 +37,13 @@ EXAMPLES = 8
 LOADER_BATCH = 4  # Opacus' expected batch size: EXAMPLES / (EXAMPLES / LOADER_BATCH)
 WIDTH = 12  # stored width; no example uses all of it, so trimming slices
 CASES = [(update, mode) for update in UpdateKind for mode in GradSampleMode]
+HEADS = [Pooling.CLS, Pooling.MEAN]
 
 
-def _model(update: UpdateKind) -> torch.nn.Module:
-    model = build_classifier(ModelSpec(source="tiny", labels=LABELS, update=update))
+def _model(update: UpdateKind, pooling: Pooling = Pooling.CLS) -> torch.nn.Module:
+    model = build_classifier(
+        ModelSpec(source="tiny", labels=LABELS, update=update, pooling=pooling)
+    )
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0  # the batch and the loop must see the same function
@@ -102,9 +105,12 @@ def _private(
     )
 
 
+@pytest.mark.parametrize("pooling", HEADS)
 @pytest.mark.parametrize(("update", "mode"), CASES)
-def test_clipped_sum_matches_batch_size_one_loop(update: UpdateKind, mode: GradSampleMode) -> None:
-    model = _model(update)
+def test_clipped_sum_matches_batch_size_one_loop(
+    update: UpdateKind, mode: GradSampleMode, pooling: Pooling
+) -> None:
+    model = _model(update, pooling)
     data = _data()
     per_example = _per_example_grads(model, data)
     norms = torch.stack([g.norm() for g in per_example])

@@ -32,6 +32,7 @@ from residency.client.node_config import NodeSettings, load_node_settings, node_
 from residency.client.policy import Policy, load_policy
 from residency.client.token_cache import encoded
 from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
+from residency.client.warm_model import classifier_for, forget
 from residency.common import wire
 from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
@@ -41,8 +42,6 @@ from residency.common.device import pick_compute
 from residency.common.errors import BudgetExceeded, ConfigError, DataError, PolicyViolation
 from residency.common.model import (
     ModelSpec,
-    base_fingerprint,
-    build_classifier,
     load_tokenizer,
     load_trainable_state,
     on_the_wire,
@@ -251,9 +250,9 @@ def _train(msg: Message, context: Context) -> Message:
     before, spent, noise = admitted.before, admitted.spent, admitted.step[0]
     examples = len(records)
 
-    spec = _spec(plan)
-    model = build_classifier(spec)
-    if base_fingerprint(model) != plan.base_fingerprint:
+    warm = classifier_for(_spec(plan))
+    model = warm.model
+    if warm.fingerprint != plan.base_fingerprint:
         raise ConfigError(
             f"{settings.country}: model {plan.model!r}: local base weights differ from the "
             "coordinator's; fix: install the same checkpoint on every node"
@@ -388,6 +387,14 @@ def _train(msg: Message, context: Context) -> Message:
     )
 
 
+def _train_keeping_model(msg: Message, context: Context) -> Message:
+    try:
+        return _train(msg, context)
+    except BaseException:
+        forget()  # a failed round may leave the kept model half-loaded or half-trained
+        raise
+
+
 def _received_arrays(msg: Message) -> dict[str, np.ndarray]:
     record = msg.content.array_records[wire.ARRAYS]
     return {name: array.numpy() for name, array in record.items()}
@@ -397,7 +404,7 @@ def _received_arrays(msg: Message) -> dict[str, np.ndarray]:
 def train(msg: Message, context: Context) -> Message:
     """Train one round; refusals and local faults become error replies with safe reasons."""
     try:
-        return _train(msg, context)
+        return _train_keeping_model(msg, context)
     except (BudgetExceeded, PolicyViolation) as exc:
         log.warning("%s", exc)
         return Message(Error(wire.REFUSED, str(exc)), reply_to=msg)

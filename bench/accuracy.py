@@ -144,6 +144,7 @@ def _train_plain(
 ) -> None:
     """The non-private reference: same model, optimizer and batch size; no clipping, no noise."""
     generator = torch.Generator().manual_seed(schedule.seed)
+    torch.manual_seed(schedule.seed)  # dropout, as train_dp_round seeds it: runs repeat exactly
     model.to(compute.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -334,7 +334,7 @@ def _simulate(folder: Path, job: Path, settings: Settings, epsilon: float) -> fl
     sim_job.write_text(tomli_w.dumps(data), encoding="utf-8")
     out = folder / "simulate-out"
     subprocess.run(
-        [RESIDENCY, "simulate", str(sim_job), "--out", str(out)],
+        [RESIDENCY, "simulate", str(sim_job), "--output", str(out)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -31,12 +31,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from residency.common.config.job import Job, TransferDtype, UpdateKind
+from residency.common.config.job import SENTENCE_POOLING_FILE, Job, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
 
 LABEL_MAP_FILE = "residency_labels.json"
-SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
 
 
 class Pooling(StrEnum):

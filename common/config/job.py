@@ -7,6 +7,7 @@ privacy bug.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from residency.common.config.loading import load_model
 
 BUILTIN_MODELS = ("minilm", "tiny")
+SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
+"""Where a sentence-transformers checkpoint says how it pools (the classifier head follows it)."""
 
 
 class Strict(BaseModel):
@@ -78,6 +81,14 @@ class ModelSection(Strict):
                 f"{folder} is not a Hugging Face checkpoint directory (no config.json); use "
                 '"minilm", "tiny" or a local checkpoint folder'
             )
+        pooling = folder / SENTENCE_POOLING_FILE
+        if pooling.is_file():
+            try:
+                json.loads(pooling.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"{pooling} is unreadable ({exc}); repair it or remove the 1_Pooling folder"
+                ) from exc
         return str(folder.resolve())
 
 

@@ -19,11 +19,12 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny", "--countries", "DE,FR",
          "--examples", "40", "--test", "30", "--rounds", "2", "--epsilons", "3,8",
-         "--batch-size", "16", "--alpha", "0.3", "--json", str(out)],
+         "--batch-size", "16", "--alpha", "0.3", "--simulate", "--json", str(out)],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
     seen = {(row["regime"], row["epsilon"]) for row in rows}
     for regime in ("federated", "central", "local-only DE", "local-only FR", "local-only (mean)"):
         assert {(regime, 3.0), (regime, 8.0), (regime, None)} <= seen, regime
@@ -46,6 +47,9 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     mixes = [line.split("labels ")[1] for line in lines if line.strip().startswith(("DE:", "FR:"))]
     assert len(mixes) == 2
     assert mixes[0] != mixes[1]
+    # The product itself, run on the same rows, lands where the in-process loop does.
+    in_process = next(r for r in rows if r["regime"] == "federated" and r["epsilon"] == 8.0)
+    assert abs(report["simulated_eps8"] - in_process["accuracy"]) <= 0.1
     assert "federated DP-LoRA against non-private federated" in done.stdout
     assert "target <= 3: " in done.stdout
     assert "target <= 5: " in done.stdout

@@ -398,6 +398,16 @@ def test_model_path_must_be_builtin_or_checkpoint(tmp_path: Path, setup: str) ->
     load_error(write_job(tmp_path, text), "model.path", "config.json", "ckpt")
 
 
+def test_unreadable_sentence_pooling_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "1_Pooling" / "config.json").write_text("{oops", encoding="utf-8")
+    text = MINIMAL + '[model]\npath = "ckpt"\n'
+
+    load_error(write_job(tmp_path, text), "model.path", "1_Pooling/config.json", "unreadable")
+
+
 def test_hub_model_name_is_not_a_checkpoint(tmp_path: Path) -> None:
     text = MINIMAL + '[model]\npath = "bert-base-uncased"\n'
 

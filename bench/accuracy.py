@@ -48,6 +48,7 @@ from residency.client.trainer import (
     LocalSchedule,
     dp_mode_for,
     model_inputs,
+    round_seed,
     train_dp_round,
 )
 from residency.common.config.job import AccountantKind, TransferDtype, UpdateKind
@@ -199,7 +200,7 @@ class Party:
             epochs=self.settings.local_epochs,
             batch_size=self.settings.batch_size,
             learning_rate=self.settings.learning_rate,
-            seed=self.settings.seed * 1_000_003 + server_round * 7_919 + sum(map(ord, self.name)),
+            seed=round_seed(self.settings.seed, server_round, self.name),
         )
         if self.epsilon == NO_DP:
             _train_plain(self.model, self.data, schedule, compute)

@@ -31,7 +31,13 @@ from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.policy import Policy, load_policy
 from residency.client.token_cache import encoded
-from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
+from residency.client.trainer import (
+    DpSgdSettings,
+    LocalSchedule,
+    dp_mode_for,
+    round_seed,
+    train_dp_round,
+)
 from residency.client.warm_model import classifier_for, forget
 from residency.common import wire
 from residency.common.clock import now
@@ -101,10 +107,6 @@ def _spec(plan: RoundPlan) -> ModelSpec:
         lora_targets=tuple(plan.lora_targets),
         seed=plan.seed,
     )
-
-
-def _round_seed(plan: RoundPlan, country: str) -> int:
-    return (plan.seed * 1_000_003 + plan.server_round * 7_919 + sum(map(ord, country))) % 2**31
 
 
 def _check_policy(settings: NodeSettings, plan: RoundPlan) -> None:
@@ -290,7 +292,7 @@ def _train(msg: Message, context: Context) -> Message:
             epochs=plan.local_epochs,
             batch_size=plan.batch_size,
             learning_rate=plan.learning_rate,
-            seed=_round_seed(plan, settings.country),
+            seed=round_seed(plan.seed, plan.server_round, settings.country),
         ),
         dp=DpSgdSettings(
             noise_multiplier=noise,

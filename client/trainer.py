@@ -93,6 +93,11 @@ class LocalSchedule:
     seed: int
 
 
+def round_seed(job_seed: int, server_round: int, country: str) -> int:
+    """The seed of one country's round: its batches and noise differ by round and by country."""
+    return (job_seed * 1_000_003 + server_round * 7_919 + sum(map(ord, country))) % 2**31
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
     """What one round of local training did, for the node's records and its reply."""

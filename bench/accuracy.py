@@ -358,6 +358,57 @@ def _table(rows: list[Row], epsilons: list[float]) -> list[str]:
     return lines
 
 
+def prepare(
+    folder: Path,
+    *,
+    countries: tuple[str, ...],
+    examples: int,
+    test_examples: int,
+    alpha: float,
+    model: str,
+    max_length: int,
+    seed: int,
+) -> tuple[Path, dict[str, TensorDataset], TensorDataset, tuple[str, ...]]:
+    """Write the demo job into ``folder`` with each country's rows re-drawn label-skewed.
+
+    Returns the job file, each country's encoded rows, the encoded mixed test set and the
+    labels. The CSV files are rewritten too, so ``--simulate`` trains on exactly these rows.
+    """
+    # A pool four times larger than needed, so each country can draw its skewed mix.
+    job, job_path = write_demo_job(
+        folder,
+        countries=countries,
+        examples_per_country=4 * examples,
+        test_examples=test_examples,
+        model=model,
+        seed=seed,
+    )
+    labels = tuple(job.data.labels)
+    tokenizer = load_tokenizer(model)
+    rng = np.random.default_rng(seed)
+    datasets: dict[str, TensorDataset] = {}
+    print(f"label skew: Dirichlet(alpha={alpha:g}), {examples} rows per country")
+    for node in job.nodes:
+        if node.data is None:
+            raise RuntimeError(f"{job_path}: node {node.country} has no data file")
+        path = folder / node.data
+        pool = read_labeled_texts(path, text_column="text", label_column="label", labels=labels)
+        texts, ys = _skewed(
+            pool.texts, pool.labels, classes=len(labels), size=examples, alpha=alpha, rng=rng
+        )
+        _write_csv(path, texts, ys, labels)
+        counts = np.bincount(ys, minlength=len(labels))
+        print(f"  {node.country}: {len(ys)} rows, labels {counts.tolist()}")
+        datasets[node.country] = encode(texts, ys, tokenizer, max_length=max_length)
+    test_rows = read_labeled_texts(
+        folder / "test.csv", text_column="text", label_column="label", labels=labels
+    )
+    test = encode(test_rows.texts, test_rows.labels, tokenizer, max_length=max_length)
+    majority = np.bincount(test_rows.labels).max() / len(test_rows.labels)
+    print(f"test: {len(test_rows.labels)} rows, majority class {majority:.3f}")
+    return job_path, datasets, test, labels
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
@@ -412,43 +463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
         folder = Path(tmp)
-        # A pool four times larger than needed, so each country can draw its skewed mix.
-        job, job_path = write_demo_job(
+        job_path, datasets, test, labels = prepare(
             folder,
             countries=countries,
-            examples_per_country=4 * args.examples,
+            examples=args.examples,
             test_examples=args.test,
+            alpha=args.alpha,
             model=args.model,
+            max_length=args.max_length,
             seed=args.seed,
         )
-        labels = tuple(job.data.labels)
-        tokenizer = load_tokenizer(args.model)
-        rng = np.random.default_rng(args.seed)
-        datasets: dict[str, TensorDataset] = {}
-        print(f"label skew: Dirichlet(alpha={args.alpha:g}), {args.examples} rows per country")
-        for node in job.nodes:
-            if node.data is None:
-                raise RuntimeError(f"{job_path}: node {node.country} has no data file")
-            path = folder / node.data
-            pool = read_labeled_texts(path, text_column="text", label_column="label", labels=labels)
-            texts, ys = _skewed(
-                pool.texts,
-                pool.labels,
-                classes=len(labels),
-                size=args.examples,
-                alpha=args.alpha,
-                rng=rng,
-            )
-            _write_csv(path, texts, ys, labels)  # --simulate trains on exactly these rows
-            counts = np.bincount(ys, minlength=len(labels))
-            print(f"  {node.country}: {len(ys)} rows, labels {counts.tolist()}")
-            datasets[node.country] = encode(texts, ys, tokenizer, max_length=args.max_length)
-        test_rows = read_labeled_texts(
-            folder / "test.csv", text_column="text", label_column="label", labels=labels
-        )
-        test = encode(test_rows.texts, test_rows.labels, tokenizer, max_length=args.max_length)
-        majority = np.bincount(test_rows.labels).max() / len(test_rows.labels)
-        print(f"test: {len(test_rows.labels)} rows, majority class {majority:.3f}")
 
         run: Callable[..., Row] = lambda data, epsilon, **kw: federated(  # noqa: E731
             data, test, epsilon=epsilon, settings=settings, labels=labels, **kw

@@ -463,16 +463,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
         folder = Path(tmp)
-        job_path, datasets, test, labels = prepare(
-            folder,
-            countries=countries,
-            examples=args.examples,
-            test_examples=args.test,
-            alpha=args.alpha,
-            model=args.model,
-            max_length=args.max_length,
-            seed=args.seed,
-        )
+        try:
+            job_path, datasets, test, labels = prepare(
+                folder,
+                countries=countries,
+                examples=args.examples,
+                test_examples=args.test,
+                alpha=args.alpha,
+                model=args.model,
+                max_length=args.max_length,
+                seed=args.seed,
+            )
+        except ValueError as exc:  # an unknown country, a count below 1: one line, exit 2
+            parser.error(str(exc))
 
         run: Callable[..., Row] = lambda data, epsilon, **kw: federated(  # noqa: E731
             data, test, epsilon=epsilon, settings=settings, labels=labels, **kw

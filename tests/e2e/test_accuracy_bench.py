@@ -53,3 +53,23 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     assert "federated DP-LoRA against non-private federated" in done.stdout
     assert "target <= 3: " in done.stdout
     assert "target <= 5: " in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [("--countries", "DE,XX", "XX"), ("--examples", "0", "examples")],
+)
+def test_bad_data_arguments_give_one_usage_line(
+    tmp_path: Path, flag: str, value: str, named: str
+) -> None:
+    out = tmp_path / "accuracy.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--model", "tiny", flag, value, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("accuracy.py: error")]
+    assert len(errors) == 1, done.stderr
+    assert named in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()

@@ -55,7 +55,8 @@ from residency.common.config.job import AccountantKind, TransferDtype, UpdateKin
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import Compute, pick_compute
-from residency.common.evaluation import predict
+from residency.common.evaluation import evaluate
+from residency.common.files import write_atomic
 from residency.common.model import (
     ModelSpec,
     Pooling,
@@ -223,11 +224,6 @@ class Party:
         return epsilon_spent(self.history, delta=self.settings.delta, kind=ACCOUNTANT)
 
 
-def _accuracy(model: torch.nn.Module, test: TensorDataset, compute: Compute) -> float:
-    predicted, _ = predict(model, test, compute=compute)
-    return float(np.mean(predicted == test.tensors[2].numpy()))
-
-
 def _spec(settings: Settings, labels: tuple[str, ...], update: UpdateKind) -> ModelSpec:
     return ModelSpec(
         source=settings.model,
@@ -278,7 +274,7 @@ def federated(
             )
         averaged = aggregate_arrayrecords(replies, WEIGHT)
         load_trainable_state(global_model, {k: v.numpy() for k, v in averaged.items()})
-        curve.append(_accuracy(global_model, test, compute))
+        curve.append(evaluate(global_model, test, labels, compute=compute).accuracy)
         print(
             f"  {regime:<22} eps={_eps(epsilon):>5} round {server_round}: acc {curve[-1]:.3f}",
             flush=True,
@@ -545,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": [_finite(asdict(r)) for r in rows + variants],
             "simulated_eps8": simulated,
         }
-        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 

@@ -19,11 +19,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+
+from residency.common.files import write_atomic
 
 BENCH = Path(__file__).resolve().parent
 
@@ -113,15 +114,6 @@ def _markdown(runs: list[Ran], quick: bool, machine: list[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """Write next to ``path`` and rename, so a report is never half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-report.md"))
@@ -131,7 +123,7 @@ def main() -> int:
     plan = QUICK if args.quick else FULL
     machine = _machine()
     runs = [_run(name, plan[name]) for name in plan if not args.only or name in args.only]
-    _write(args.out, _markdown(runs, args.quick, machine))
+    write_atomic(args.out, _markdown(runs, args.quick, machine))  # never half written
     failed = [r.name for r in runs if r.returncode != 0]
     print(f"report written to {args.out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -14,9 +14,10 @@ on one mixed-language test set:
 - local-only: each country trains alone for the same epochs; the mean over countries is shown.
 
 "no DP" trains on the same batch sizes with the same optimizer, without clipping or noise.
-The federated epsilon-8 run is repeated with LoRA-FA and with float16 transfer, to price the
-cheaper variants, and (``--simulate``) once through ``residency simulate`` itself, to show the
-in-process loop measures what the product does. Usage::
+``--update`` picks what every party trains and sends (LoRA by default; ``head`` for the linear
+probe). The federated epsilon-8 run is repeated with LoRA-FA (for LoRA) and with float16
+transfer, to price the cheaper variants, and (``--simulate``) once through ``residency
+simulate`` itself, to show the in-process loop measures what the product does. Usage::
 
     python bench/accuracy.py [--model minilm|tiny|PATH] [--examples N] [--rounds R] [--simulate]
 """
@@ -43,6 +44,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.cli.demo import write_demo_job
+from residency.client.linear_probe import head_features, trained_head
 from residency.client.trainer import (
     DpSgdSettings,
     LocalSchedule,
@@ -93,6 +95,7 @@ class Settings:
     max_length: int
     seed: int
     pooling: Pooling = Pooling.AUTO
+    update: UpdateKind = UpdateKind.LORA
 
 
 @dataclass
@@ -148,15 +151,21 @@ def _train_plain(
     generator = torch.Generator().manual_seed(schedule.seed)
     torch.manual_seed(schedule.seed)  # dropout, as train_dp_round seeds it: runs repeat exactly
     model.to(compute.device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    head = trained_head(model)  # the head alone trains on features, as train_dp_round does
+    trained: torch.nn.Module = model if head is None else head
+    if head is not None:
+        data = head_features(model, head, data, compute=compute)
+    trained.train()
+    params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
     loader = DataLoader(data, batch_size=schedule.batch_size, shuffle=True, generator=generator)
     for _ in range(schedule.epochs):
-        for input_ids, mask, labels in loader:
-            inputs = model_inputs(input_ids, mask, device=compute.device)
+        for *inputs, labels in loader:
             with compute.autocast():
-                logits = model(**inputs).logits
+                if head is None:
+                    logits = model(**model_inputs(*inputs, device=compute.device)).logits
+                else:
+                    logits = head(inputs[0].to(compute.device))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(compute.device))
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -241,11 +250,15 @@ def federated(
     epsilon: float,
     settings: Settings,
     labels: tuple[str, ...],
-    update: UpdateKind = UpdateKind.LORA,
+    update: UpdateKind | None = None,
     transfer: TransferDtype = TransferDtype.FLOAT32,
     regime: str = "federated",
 ) -> Row:
-    """FedAvg over ``datasets`` (one party alone is central or local-only training)."""
+    """FedAvg over ``datasets`` (one party alone is central or local-only training).
+
+    ``update`` overrides ``settings.update`` (the variants rows).
+    """
+    update = settings.update if update is None else update
     compute = pick_compute()
     started = time.perf_counter()
     spec = _spec(settings, labels, update)
@@ -323,6 +336,7 @@ def _simulate(folder: Path, job: Path, settings: Settings, epsilon: float) -> fl
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         seed=settings.seed,
+        update=settings.update.value,
     )
     data["privacy"].update(
         target_epsilon=epsilon, delta=settings.delta, max_grad_norm=settings.max_grad_norm
@@ -422,6 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--update",
+        choices=[u.value for u in UpdateKind],
+        default="lora",
+        help="what each party trains and sends (the job's [train] update)",
+    )
+    parser.add_argument(
         "--pooling",
         choices=[p.value for p in Pooling],
         default="auto",
@@ -453,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_length=args.max_length,
         seed=args.seed,
         pooling=Pooling(args.pooling),
+        update=UpdateKind(args.update),
     )
     if args.simulate and settings.pooling is not Pooling.AUTO:
         parser.error("--simulate runs the product, which always uses the checkpoint's pooling")
@@ -497,10 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         variants: list[Row] = []
-        if "variants" in regimes:
+        if "variants" in regimes and settings.update is UpdateKind.LORA:
             variants.append(
                 run(datasets, 8.0, update=UpdateKind.LORA_FA, regime="federated lora-fa")
             )
+        if "variants" in regimes:
             variants.append(
                 run(datasets, 8.0, transfer=TransferDtype.FLOAT16, regime="federated float16")
             )
@@ -513,8 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"accuracy on the global test set after {settings.rounds} rounds x "
         f"{settings.local_epochs} local epoch(s), {args.model} ({pooling.value} pooling), "
-        f"LoRA r=8, batch {settings.batch_size}, lr {settings.learning_rate:g}, "
-        f"C={settings.max_grad_norm:g}, delta={settings.delta:g}, {ACCOUNTANT.value}:"
+        f"update {settings.update.value}, batch {settings.batch_size}, "
+        f"lr {settings.learning_rate:g}, C={settings.max_grad_norm:g}, "
+        f"delta={settings.delta:g}, {ACCOUNTANT.value}:"
     )
     shown = [
         r for r in rows if not r.regime.startswith("local-only ") or r.regime == "local-only (mean)"
@@ -549,7 +572,7 @@ def _gaps(federated_rows: dict[float, Row], epsilons: list[float]) -> None:
     """Each federated epsilon's gap to non-private federated, against the issue's targets."""
     reference = federated_rows[NO_DP].accuracy
     print()
-    print("federated DP-LoRA against non-private federated (points):")
+    print("federated DP against non-private federated, same update (points):")
     for epsilon in epsilons[:-1]:
         row = federated_rows[epsilon]
         gap = 100 * (reference - row.accuracy)

@@ -2,8 +2,9 @@
 
 The coordinator and every node build the same architecture from the same local checkpoint
 (nothing is downloaded). Only *trainable* tensors cross the border: LoRA adapters plus the
-classification head for ``update = "lora"``, every weight for ``"full"``. The frozen base is
-identified by a fingerprint so a node with a different checkpoint is caught before it trains.
+classification head for ``update = "lora"``, the head alone for ``"head"``, every weight for
+``"full"``. The frozen base is identified by a fingerprint so a node with a different
+checkpoint is caught before it trains.
 """
 
 from __future__ import annotations
@@ -164,6 +165,14 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
         )
 
 
+def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The output layer, from the pooled sentence vector to the logits (``update = "head"``)."""
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear classifier head")
+    return head
+
+
 def build_classifier(spec: ModelSpec) -> torch.nn.Module:
     """Build the classifier in train mode, wrapped with LoRA adapters when asked.
 
@@ -187,6 +196,10 @@ def build_classifier(spec: ModelSpec) -> torch.nn.Module:
             for name, param in model.named_parameters():
                 if ".lora_A." in name:
                     param.requires_grad_(False)  # seeded alike everywhere; in the fingerprint
+    if spec.update is UpdateKind.HEAD:
+        head = set(classifier_head(model).parameters())
+        for param in model.parameters():
+            param.requires_grad_(param in head)
     model.train()
     return model
 

@@ -46,6 +46,7 @@ def write_toy_job(
     canaries: bool = False,
     extra: str = "",
     train: str = "",
+    model: str = "tiny",
 ) -> Path:
     """A tiny-BERT LoRA job over separable per-country data, with a global test file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def write_toy_job(
         f"""name = "toy"
 {extra}
 [model]
-path = "tiny"
+path = "{model}"
 max_length = 16
 
 [data]

@@ -28,14 +28,18 @@ class Strict(BaseModel):
 
 
 class UpdateKind(StrEnum):
-    """What a node trains and sends: LoRA adapters plus head, or every weight.
+    """What a node trains and sends: LoRA adapters plus head, the head alone, or every weight.
 
     ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
-    the head are trained and sent: half the adapter bytes.
+    the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
+    head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
+    far less noise, which on small per-country data beats adapting the encoder
+    (docs/performance.md).
     """
 
     LORA = "lora"
     LORA_FA = "lora-fa"
+    HEAD = "head"
     FULL = "full"
 
 

@@ -10,8 +10,15 @@ from safetensors.numpy import load_file
 
 from residency.cli.simulation import simulate
 from residency.common.audit.verify import load_keys, verify_ledger
-from residency.common.config.job import load_job
-from toy_federation import write_toy_job
+from residency.common.config.job import UpdateKind, load_job
+from residency.common.model import (
+    ModelSpec,
+    Pooling,
+    build_classifier,
+    export_hf,
+    load_tokenizer,
+)
+from toy_federation import LABELS, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,5 +51,37 @@ def test_lora_fa_in_float16_learns_and_sends_only_b_and_head_at_half_precision(
         assert not any(".lora_A." in name for name in arrays)
         assert any(".lora_B." in name for name in arrays)
         assert any("classifier" in name for name in arrays)
+    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
+    assert verified.ok, [str(p) for p in verified.problems]
+
+
+def test_head_only_learns_and_sends_only_the_classifier(tmp_path: Path) -> None:
+    # A linear probe needs features that tell texts apart: the tiny BERT's [CLS] pooler, random
+    # and squashed by tanh, gives nearly one vector for every text; its token mean does not.
+    untrained = build_classifier(
+        ModelSpec(source="tiny", labels=LABELS, update=UpdateKind.FULL, pooling=Pooling.MEAN)
+    )
+    base = export_hf(untrained, load_tokenizer("tiny"), LABELS, tmp_path / "mean-tiny")
+    job_path = write_toy_job(
+        tmp_path / "job",
+        countries=("DE", "FR"),
+        rounds=3,
+        train='update = "head"',
+        model=str(base),
+    )
+    out = tmp_path / "out"
+
+    results = simulate(load_job(job_path), job_path, out_dir=out)
+
+    assert results.status == "completed"
+    assert results.final is not None
+    assert results.final.accuracy is not None
+    assert results.baseline is not None
+    assert results.baseline.accuracy is not None
+    assert results.final.accuracy > max(0.45, results.baseline.accuracy + 0.1)
+    updates = sorted((out / "ledger" / "updates").glob("*.safetensors"))
+    assert len(updates) == 6
+    for path in updates:
+        assert set(load_file(str(path))) == {"classifier.weight", "classifier.bias"}
     verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
     assert verified.ok, [str(p) for p in verified.problems]

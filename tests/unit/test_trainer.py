@@ -1,4 +1,4 @@
-"""One round of Opacus DP-SGD on the tiny BERT, for both update kinds."""
+"""One round of Opacus DP-SGD on the tiny BERT, for each update kind."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 LABELS = ("pos", "neg")
 
 
-@pytest.mark.parametrize("update", [UpdateKind.LORA, UpdateKind.FULL])
+@pytest.mark.parametrize("update", [UpdateKind.LORA, UpdateKind.HEAD, UpdateKind.FULL])
 def test_round_trains_only_trainable_tensors_and_extends_history(update: UpdateKind) -> None:
     model = build_classifier(ModelSpec(source="tiny", labels=LABELS, update=update))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -45,5 +45,7 @@ def test_round_trains_only_trainable_tensors_and_extends_history(update: UpdateK
     if update is UpdateKind.FULL:
         assert not frozen
         assert any("word_embeddings" in name for name in after)
+    elif update is UpdateKind.HEAD:
+        assert set(after) == {"classifier.weight", "classifier.bias"}
     else:
         assert all("lora_" in n or "classifier" in n for n in after)

@@ -1,0 +1,65 @@
+"""Training the classifier head alone on features the frozen encoder computes once per round.
+
+With ``update = "head"`` nothing below the head learns, so running the encoder at every step of
+every epoch would recompute the same vectors: the round encodes its data once, in eval mode
+(dropout off, so each example's features are a fixed function of its text), and DP-SGD then
+runs on the head over those features. Clipping, noise, Poisson sampling and the accountant are
+Opacus' as for every other update kind; the per-example gradient of the head is the same
+whether its input comes from a cache or from the encoder (``tests/unit/test_linear_probe.py``
+checks it against a batch-size-1 loop through the whole model).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from residency.common.data.encoding import bert_inputs, trim
+from residency.common.device import Compute
+from residency.common.model import classifier_head
+
+FEATURE_BATCH = 256
+"""Examples per forward pass of the frozen encoder; memory only, the features do not change."""
+
+
+def trained_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The classifier head when it is all that trains (``update = "head"``), else None."""
+    try:
+        head = classifier_head(model)
+    except TypeError:
+        return None  # PEFT wraps a LoRA model's head
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    return head if trained == {id(p) for p in head.parameters()} else None
+
+
+def head_features(
+    model: torch.nn.Module, head: torch.nn.Linear, data: TensorDataset, *, compute: Compute
+) -> TensorDataset:
+    """``(features, labels)``: what ``head`` reads for each row of ``(ids, mask, labels)``.
+
+    The features are captured at the head's input, so they are exactly what the model's own
+    pooling (mean or [CLS] pooler) feeds it, in float32 whatever the autocast precision.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured.append(args[0].detach().float().cpu())
+
+    hook = head.register_forward_pre_hook(capture)
+    was_training = model.training
+    model.to(compute.device)
+    model.eval()
+    ids, mask, labels = data.tensors
+    try:
+        with torch.no_grad(), compute.autocast():
+            for start in range(0, len(labels), FEATURE_BATCH):
+                batch = trim(
+                    ids[start : start + FEATURE_BATCH], mask[start : start + FEATURE_BATCH]
+                )
+                model(**bert_inputs(*(t.contiguous().to(compute.device) for t in batch)))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    width = head.in_features
+    features = torch.cat(captured) if captured else torch.zeros((0, width))
+    return TensorDataset(features, labels)

@@ -50,7 +50,8 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     # The product itself, run on the same rows, lands where the in-process loop does.
     in_process = next(r for r in rows if r["regime"] == "federated" and r["epsilon"] == 8.0)
     assert abs(report["simulated_eps8"] - in_process["accuracy"]) <= 0.1
-    assert "federated DP-LoRA against non-private federated" in done.stdout
+    assert "update lora, batch 16" in done.stdout  # the default update, named in the header
+    assert "federated DP against non-private federated, same update" in done.stdout
     assert "target <= 3: " in done.stdout
     assert "target <= 5: " in done.stdout
 

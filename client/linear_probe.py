@@ -38,7 +38,8 @@ def head_features(
     """``(features, labels)``: what ``head`` reads for each row of ``(ids, mask, labels)``.
 
     The features are captured at the head's input, so they are exactly what the model's own
-    pooling (mean or [CLS] pooler) feeds it, in float32 whatever the autocast precision.
+    pooling (mean or [CLS] pooler) feeds it; they are kept in float32 even when the encoder
+    ran under bf16 autocast.
     """
     captured: list[torch.Tensor] = []
 

@@ -44,12 +44,11 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.cli.demo import write_demo_job
-from residency.client.linear_probe import head_features, trained_head
+from residency.client.linear_probe import trained_part
 from residency.client.trainer import (
     DpSgdSettings,
     LocalSchedule,
     dp_mode_for,
-    model_inputs,
     round_seed,
     train_dp_round,
 )
@@ -151,21 +150,17 @@ def _train_plain(
     generator = torch.Generator().manual_seed(schedule.seed)
     torch.manual_seed(schedule.seed)  # dropout, as train_dp_round seeds it: runs repeat exactly
     model.to(compute.device)
-    head = trained_head(model)  # the head alone trains on features, as train_dp_round does
-    trained: torch.nn.Module = model if head is None else head
-    if head is not None:
-        data = head_features(model, head, data, compute=compute)
-    trained.train()
-    params = [p for p in trained.parameters() if p.requires_grad]
+    part = trained_part(model, data, compute=compute)  # the head alone, as train_dp_round
+    part.module.train()
+    params = [p for p in part.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
-    loader = DataLoader(data, batch_size=schedule.batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(
+        part.data, batch_size=schedule.batch_size, shuffle=True, generator=generator
+    )
     for _ in range(schedule.epochs):
         for *inputs, labels in loader:
             with compute.autocast():
-                if head is None:
-                    logits = model(**model_inputs(*inputs, device=compute.device)).logits
-                else:
-                    logits = head(inputs[0].to(compute.device))
+                logits = part.logits(part.module, inputs, device=compute.device)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(compute.device))
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

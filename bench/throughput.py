@@ -45,9 +45,9 @@ from residency.client.trainer import (
     dp_mode_for,
     forward_precision,
     make_private,
-    model_inputs,
 )
 from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute, pick_compute
 from residency.common.model import ModelSpec, build_classifier
 

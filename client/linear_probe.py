@@ -11,10 +11,13 @@ checks it against a batch-size-1 loop through the whole model).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch.utils.data import TensorDataset
 
-from residency.common.data.encoding import bert_inputs, trim
+from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
 from residency.common.model import classifier_head
 
@@ -54,13 +57,44 @@ def head_features(
     try:
         with torch.no_grad(), compute.autocast():
             for start in range(0, len(labels), FEATURE_BATCH):
-                batch = trim(
-                    ids[start : start + FEATURE_BATCH], mask[start : start + FEATURE_BATCH]
-                )
-                model(**bert_inputs(*(t.contiguous().to(compute.device) for t in batch)))
+                end = start + FEATURE_BATCH
+                model(**model_inputs(ids[start:end], mask[start:end], device=compute.device))
     finally:
         hook.remove()
         model.train(was_training)
     width = head.in_features
     features = torch.cat(captured) if captured else torch.zeros((0, width))
     return TensorDataset(features, labels)
+
+
+@dataclass(frozen=True)
+class TrainedPart:
+    """What a round optimises and the rows it reads.
+
+    The whole model on token rows, or (``head_only``) the head alone on its features.
+    """
+
+    module: torch.nn.Module
+    data: TensorDataset
+    head_only: bool
+
+    def logits(
+        self, module: torch.nn.Module, inputs: Sequence[torch.Tensor], *, device: torch.device
+    ) -> torch.Tensor:
+        """Logits of one batch's inputs (its rows less the labels).
+
+        ``module`` is ``self.module`` or Opacus' wrapper of it.
+        """
+        if self.head_only:
+            head_logits: torch.Tensor = module(inputs[0].to(device))
+            return head_logits
+        model_logits: torch.Tensor = module(**model_inputs(*inputs, device=device)).logits
+        return model_logits
+
+
+def trained_part(model: torch.nn.Module, data: TensorDataset, *, compute: Compute) -> TrainedPart:
+    """The part of ``model`` a round trains and its rows: features are computed here, once."""
+    head = trained_head(model)
+    if head is None:
+        return TrainedPart(model, data, head_only=False)
+    return TrainedPart(head, head_features(model, head, data, compute=compute), head_only=True)

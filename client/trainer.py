@@ -23,9 +23,8 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
-from residency.client.linear_probe import head_features, trained_head
+from residency.client.linear_probe import trained_part
 from residency.common.config.job import AccountantKind, UpdateKind
-from residency.common.data.encoding import bert_inputs, trim
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
 
@@ -230,18 +229,6 @@ def make_private(
     )
 
 
-def model_inputs(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """A stored batch as the model's inputs on ``device``: trimmed, contiguous, explicit.
-
-    Trimming slices columns off, which leaves the token ids non-contiguous; Opacus' ghost
-    norm of the word embeddings views them flat and would fail.
-    """
-    ids, mask = trim(input_ids, attention_mask)
-    return bert_inputs(ids.contiguous().to(device), mask.contiguous().to(device))
-
-
 def noise_only_step(optimizer: DPOptimizer) -> None:
     """Take a DP step for an empty Poisson batch: zero gradients plus the full noise.
 
@@ -282,15 +269,12 @@ def train_dp_round(
     )
     torch.manual_seed(schedule.seed)
     model.to(compute.device)
-    head = trained_head(model)
-    trained: torch.nn.Module = model if head is None else head
-    if head is not None:
-        data = head_features(model, head, data, compute=compute)
-    trained.train()
-    params = [p for p in trained.parameters() if p.requires_grad]
+    part = trained_part(model, data, compute=compute)
+    part.module.train()
+    params = [p for p in part.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
-    loader = DataLoader(data, batch_size=schedule.batch_size)
-    private = make_private(trained, optimizer, loader, dp=dp, history=history)
+    loader = DataLoader(part.data, batch_size=schedule.batch_size)
+    private = make_private(part.module, optimizer, loader, dp=dp, history=history)
     private_model, dp_optimizer, dp_loader = private.model, private.optimizer, private.loader
     if not math.isclose(dp_loader.sample_rate, sample_rate):
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
@@ -304,12 +288,7 @@ def train_dp_round(
                     noise_only_step(dp_optimizer)
                     continue
                 with forward_precision(compute, dp.grad_sample_mode):
-                    if head is None:
-                        logits = private_model(
-                            **model_inputs(*inputs, device=compute.device)
-                        ).logits
-                    else:
-                        logits = private_model(inputs[0].to(compute.device))
+                    logits = part.logits(private_model, inputs, device=compute.device)
                 losses.append(private.backward(logits, labels.to(compute.device)))
                 dp_optimizer.step()
                 dp_optimizer.zero_grad(set_to_none=True)

@@ -58,3 +58,15 @@ def bert_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[s
         "position_ids": positions.contiguous(),
         "token_type_ids": torch.zeros_like(input_ids),
     }
+
+
+def model_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A stored batch as the model's inputs on ``device``: trimmed, contiguous, explicit.
+
+    Trimming slices columns off, which leaves the token ids non-contiguous; Opacus' ghost
+    norm of the word embeddings views them flat and would fail.
+    """
+    ids, mask = trim(input_ids, attention_mask)
+    return bert_inputs(ids.contiguous().to(device), mask.contiguous().to(device))

@@ -21,11 +21,11 @@ from residency.client.trainer import (
     dp_mode_for,
     forward_precision,
     make_private,
-    model_inputs,
     noise_only_step,
     train_dp_round,
 )
 from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
 from residency.common.model import ModelSpec, Pooling, build_classifier
 from residency.common.privacy.accountant import poisson_schedule

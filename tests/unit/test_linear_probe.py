@@ -7,8 +7,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import head_features, trained_head
-from residency.client.trainer import DpSgdSettings, GradSampleMode, make_private, model_inputs
+from residency.client.trainer import DpSgdSettings, GradSampleMode, make_private
 from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
 from residency.common.model import ModelSpec, Pooling, build_classifier
 

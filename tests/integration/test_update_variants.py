@@ -23,17 +23,11 @@ from toy_federation import LABELS, write_toy_job
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_lora_fa_in_float16_learns_and_sends_only_b_and_head_at_half_precision(
-    tmp_path: Path,
-) -> None:
-    job_path = write_toy_job(
-        tmp_path / "job",
-        countries=("DE", "FR"),
-        rounds=3,
-        train='update = "lora-fa"\ntransfer_dtype = "float16"',
-    )
-    out = tmp_path / "out"
+def _learned_and_kept(job_path: Path, out: Path) -> list[dict[str, np.ndarray]]:
+    """Simulate a 2-country, 3-round toy job; check it learned and its ledger verifies.
 
+    Returns the arrays of every update the coordinator kept, for the caller's checks.
+    """
     results = simulate(load_job(job_path), job_path, out_dir=out)
 
     assert results.status == "completed"
@@ -43,16 +37,27 @@ def test_lora_fa_in_float16_learns_and_sends_only_b_and_head_at_half_precision(
     assert results.baseline.accuracy is not None
     # Learns well above chance (0.33); how much accuracy the variants cost is bench/ work.
     assert results.final.accuracy > max(0.45, results.baseline.accuracy + 0.1)
+    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
+    assert verified.ok, [str(p) for p in verified.problems]
     updates = sorted((out / "ledger" / "updates").glob("*.safetensors"))
     assert len(updates) == 6  # 2 countries x 3 rounds, each kept by its hash
-    for path in updates:
-        arrays = load_file(str(path))
+    return [load_file(str(path)) for path in updates]
+
+
+def test_lora_fa_in_float16_learns_and_sends_only_b_and_head_at_half_precision(
+    tmp_path: Path,
+) -> None:
+    job_path = write_toy_job(
+        tmp_path / "job",
+        countries=("DE", "FR"),
+        rounds=3,
+        train='update = "lora-fa"\ntransfer_dtype = "float16"',
+    )
+    for arrays in _learned_and_kept(job_path, tmp_path / "out"):
         assert {a.dtype for a in arrays.values()} == {np.dtype(np.float16)}
         assert not any(".lora_A." in name for name in arrays)
         assert any(".lora_B." in name for name in arrays)
         assert any("classifier" in name for name in arrays)
-    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
-    assert verified.ok, [str(p) for p in verified.problems]
 
 
 def test_head_only_learns_and_sends_only_the_classifier(tmp_path: Path) -> None:
@@ -69,19 +74,5 @@ def test_head_only_learns_and_sends_only_the_classifier(tmp_path: Path) -> None:
         train='update = "head"',
         model=str(base),
     )
-    out = tmp_path / "out"
-
-    results = simulate(load_job(job_path), job_path, out_dir=out)
-
-    assert results.status == "completed"
-    assert results.final is not None
-    assert results.final.accuracy is not None
-    assert results.baseline is not None
-    assert results.baseline.accuracy is not None
-    assert results.final.accuracy > max(0.45, results.baseline.accuracy + 0.1)
-    updates = sorted((out / "ledger" / "updates").glob("*.safetensors"))
-    assert len(updates) == 6
-    for path in updates:
-        assert set(load_file(str(path))) == {"classifier.weight", "classifier.bias"}
-    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
-    assert verified.ok, [str(p) for p in verified.problems]
+    for arrays in _learned_and_kept(job_path, tmp_path / "out"):
+        assert set(arrays) == {"classifier.weight", "classifier.bias"}

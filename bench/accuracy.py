@@ -44,6 +44,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.cli.demo import write_demo_job
+from residency.cli.run_log import quiet_libraries
 from residency.client.linear_probe import trained_part
 from residency.client.trainer import (
     DpSgdSettings,
@@ -473,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.simulate and settings.pooling is not Pooling.AUTO:
         parser.error("--simulate runs the product, which always uses the checkpoint's pooling")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
+    # Every regime loads the checkpoint afresh; its load report would bury the table.
+    with quiet_libraries(), tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
         folder = Path(tmp)
         try:
             job_path, datasets, test, labels = prepare(

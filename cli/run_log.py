@@ -25,7 +25,7 @@ class _LazyFileHandler(logging.FileHandler):
         return super()._open()
 
 
-def _quiet_libraries() -> contextlib.ExitStack:
+def quiet_libraries() -> contextlib.ExitStack:
     """Keep library load reports, progress bars and FutureWarnings off the terminal.
 
     The run's own progress display is what the user reads; the log file keeps the details.
@@ -64,7 +64,7 @@ def log_to_file(path: Path) -> Iterator[None]:
         logger.addHandler(handler)
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
-    quiet = _quiet_libraries()
+    quiet = quiet_libraries()
     try:
         yield
     finally:

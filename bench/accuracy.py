@@ -25,6 +25,7 @@ simulate`` itself, to show the in-process loop measures what the product does. U
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -46,11 +47,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from residency.cli.demo import write_demo_job
 from residency.cli.run_log import quiet_libraries
 from residency.client.linear_probe import trained_part
+from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
     LocalSchedule,
     dp_mode_for,
-    round_seed,
     train_dp_round,
 )
 from residency.common.config.job import AccountantKind, TransferDtype, UpdateKind
@@ -145,11 +146,15 @@ def _write_csv(
 
 
 def _train_plain(
-    model: torch.nn.Module, data: TensorDataset, schedule: LocalSchedule, compute: Compute
+    model: torch.nn.Module,
+    data: TensorDataset,
+    schedule: LocalSchedule,
+    compute: Compute,
+    randomness: RoundRandomness,
 ) -> None:
     """The non-private reference: same model, optimizer and batch size; no clipping, no noise."""
-    generator = torch.Generator().manual_seed(schedule.seed)
-    torch.manual_seed(schedule.seed)  # dropout, as train_dp_round seeds it: runs repeat exactly
+    generator = randomness.sampling_generator()
+    torch.manual_seed(randomness.dropout_seed)  # as train_dp_round seeds it: runs repeat
     model.to(compute.device)
     part = trained_part(model, data, compute=compute)  # the head alone, as train_dp_round
     part.module.train()
@@ -166,6 +171,12 @@ def _train_plain(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
+
+def _party_seed(seed: int, name: str) -> int:
+    """A distinct seed per party: a hash of its name, not the sum of its letters (FR = ES)."""
+    digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class Party:
@@ -206,10 +217,14 @@ class Party:
             epochs=self.settings.local_epochs,
             batch_size=self.settings.batch_size,
             learning_rate=self.settings.learning_rate,
-            seed=round_seed(self.settings.seed, server_round, self.name),
+        )
+        # A benchmark repeats exactly: its noise comes from a seed, as node.toml's noise_seed
+        # would give (never in production); each party's seed differs.
+        randomness = RoundRandomness.reproducible(
+            _party_seed(self.settings.seed, self.name), server_round=server_round
         )
         if self.epsilon == NO_DP:
-            _train_plain(self.model, self.data, schedule, compute)
+            _train_plain(self.model, self.data, schedule, compute, randomness)
             return
         dp = DpSgdSettings(
             noise_multiplier=self.noise,
@@ -218,7 +233,13 @@ class Party:
             grad_sample_mode=dp_mode_for(update),
         )
         outcome = train_dp_round(
-            self.model, self.data, schedule=schedule, dp=dp, history=self.history, compute=compute
+            self.model,
+            self.data,
+            schedule=schedule,
+            dp=dp,
+            history=self.history,
+            compute=compute,
+            randomness=randomness,
         )
         self.history = outcome.history
 

@@ -1,12 +1,15 @@
-"""Round overhead: a round's wall time against its slowest node's local training, measured.
+"""Round overhead: a deployed round's wall time against the same round in simulation, measured.
 
 A federated round cannot end before its slowest node has trained; everything above that
 (message transport, SuperNode polling, process start-up, aggregation, scoring) is overhead.
 Flower's stock SuperNode starts a fresh ``flwr-clientapp`` process per message, which
 re-imports torch, transformers and Opacus every round; Residency's node daemon forks a warm
-executor instead (``residency.client.executor``). This bench runs one job three ways in one
-go and prints, per round, ``round wall s / slowest node train s`` and the overhead in seconds,
-all read from each run's ``results.json``:
+executor instead (``residency.client.executor``). Nodes do not say how long they trained (an
+un-noised timing never leaves a node), so everything is measured on the coordinator: this
+bench runs one job three ways in one go and prints, per round, the round's wall time and, for
+the deployed modes, how much longer it took than the same round in simulation, where messages
+stay in one process and the nodes train the same job on the same data and thread counts. All
+is read from each run's ``results.json``:
 
 * simulation: ``residency simulate`` (Flower's simulation engine, Ray);
 * deployment, fork executor: ``residency coordinator start`` and ``residency node start``
@@ -71,21 +74,10 @@ class BenchFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class RoundTiming:
-    """One round as ``results.json`` reports it."""
+    """One round as ``results.json`` reports it: its wall time on the coordinator."""
 
     round: int
     wall_s: float
-    slowest_train_s: float
-
-    @property
-    def ratio(self) -> float:
-        """Round wall time per second of the slowest node's training."""
-        return self.wall_s / self.slowest_train_s
-
-    @property
-    def overhead_s(self) -> float:
-        """Seconds the round took beyond its slowest node's training."""
-        return self.wall_s - self.slowest_train_s
 
 
 @dataclass(frozen=True)
@@ -421,17 +413,15 @@ class Federation:
 def read_timings(
     mode: str, results_file: Path, command: tuple[float, tuple[float, float]]
 ) -> ModeTiming:
-    """Round wall time and slowest node's training time per round, from ``results.json``."""
+    """Each round's wall time on the coordinator, from ``results.json``; every node trained."""
     results = Results.model_validate_json(results_file.read_text("utf-8"))
     if results.status is not RunStatus.COMPLETED:
         raise BenchFailed(f"{MODES[mode]}: run {results.status}: {results.error}")
     rounds = []
     for result in results.rounds:
-        trained = [n.train_seconds for n in result.nodes if n.status is NodeStatus.OK]
-        if len(trained) != len(result.nodes) or not trained or None in trained:
+        if not result.nodes or any(n.status is not NodeStatus.OK for n in result.nodes):
             raise BenchFailed(f"{MODES[mode]}: round {result.round}: a node did not train")
-        slowest = max(t for t in trained if t is not None)
-        rounds.append(RoundTiming(result.round, result.seconds, slowest))
+        rounds.append(RoundTiming(result.round, result.seconds))
     return ModeTiming(mode, rounds, *command)
 
 
@@ -509,40 +499,47 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def report(timings: Sequence[ModeTiming]) -> str:
     """The per-round table, then one summary line per mode."""
-    header = (
-        f"{'mode':<30} {'round':>5} {'round s':>8} {'slowest train s':>16} "
-        f"{'ratio':>6} {'overhead s':>10}"
-    )
+    simulated = {r.round: r.wall_s for t in timings if t.mode == "simulation" for r in t.rounds}
+
+    def excess(timing: ModeTiming, r: RoundTiming) -> float | None:
+        """Seconds beyond the same round in simulation (``None`` for simulation itself)."""
+        if timing.mode == "simulation" or r.round not in simulated:
+            return None
+        return r.wall_s - simulated[r.round]
+
+    header = f"{'mode':<30} {'round':>5} {'round s':>8} {'over simulation s':>18}"
     lines = [header, "-" * len(header)]
     for timing in timings:
         for r in timing.rounds:
             lines.append(
                 f"{MODES[timing.mode]:<30} {r.round:>5} {r.wall_s:>8.2f} "
-                f"{r.slowest_train_s:>16.2f} {r.ratio:>6.2f} {r.overhead_s:>10.2f}"
+                f"{_fmt(excess(timing, r), '.2f'):>18}"
             )
     lines.append("")
     steady: dict[str, float | None] = {}
     for timing in timings:
         first, rest = timing.rounds[0], timing.rounds[1:]
-        mean_ratio = _mean([r.ratio for r in rest])
-        steady[timing.mode] = _mean([r.overhead_s for r in rest])
+        steady[timing.mode] = _mean([r.wall_s for r in rest])
+        extra = [e for e in (excess(timing, r) for r in rest) if e is not None]
         later = f"rounds 2-{len(timing.rounds)}" if len(rest) > 1 else "round 2"
         steady_text = (
-            f"{later} mean ratio {_fmt(mean_ratio, '.2f')}, "
-            f"overhead {_fmt(steady[timing.mode], '.2f')} s/round"
+            f"{later} mean {_fmt(steady[timing.mode], '.2f')} s/round"
+            + ("" if not extra else f", {_fmt(_mean(extra), '.2f')} s over simulation")
             if rest
             else "no round after the first (pass --rounds 2 or more)"
         )
+        first_extra = excess(timing, first)
         lines.append(
-            f"{MODES[timing.mode]}: {steady_text}; "
-            f"round 1 (warm-up) ratio {first.ratio:.2f}, overhead {first.overhead_s:.2f} s; "
-            f"command {timing.command_s:.1f} s, load {timing.load[0]:.1f} -> {timing.load[1]:.1f}"
+            f"{MODES[timing.mode]}: {steady_text}; round 1 (warm-up) {first.wall_s:.2f} s"
+            + ("" if first_extra is None else f", {first_extra:.2f} s over simulation")
+            + f"; command {timing.command_s:.1f} s, "
+            f"load {timing.load[0]:.1f} -> {timing.load[1]:.1f}"
         )
     fork, stock = steady.get("fork"), steady.get("stock")
     if fork is not None and stock is not None:
         lines.append(
             f"fork executor saves {stock - fork:.2f} s per round over stock Flower "
-            "(steady-state overhead difference)"
+            "(steady-state round time difference)"
         )
     cores = os.cpu_count() or 1
     busiest = max(max(t.load) for t in timings)

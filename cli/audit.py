@@ -1,7 +1,8 @@
 """``residency audit``: check what every country spent, trusting neither coordinator nor nodes.
 
 Exit codes: 0 verified; 3 the ledger has problems (each printed with its entry number); 2 bad
-input (a missing ledger or key folder).
+input (a missing ledger or key folder). Budget resets are printed, not failed: an operator may
+open a new account for a dataset, but an auditor must see every time one did.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ def verify(
                     "head": f"{last}:{result.head}" if result.head else None,
                     "problems": [{"entry": p.entry, "problem": p.what} for p in result.problems],
                     "notes": [{"entry": p.entry, "note": p.what} for p in result.notes],
+                    "resets": [
+                        {
+                            "ledger": str(r.ledger),
+                            "entry": r.entry,
+                            "at": r.at,
+                            "country": r.country,
+                            "dataset": r.dataset,
+                            "old_account": r.old_account,
+                            "new_account": r.new_account,
+                            "reason": r.reason,
+                        }
+                        for r in result.resets
+                    ],
                     "records": [
                         {
                             "entry": s.entry,
@@ -90,6 +104,7 @@ def verify(
                             "epsilon_dp_accounting": s.epsilon_dp_accounting,
                             "epsilon_dataset": s.record.epsilon_dataset,
                             "budget_epsilon": s.record.budget_epsilon,
+                            "noise_source": s.record.noise_source.value,
                         }
                         for s in result.spends
                     ],
@@ -124,6 +139,16 @@ def verify(
         )
         for note in result.notes:
             console.print(f"[yellow]note[/] {escape(str(note))}", highlight=False)
+        for reset in result.resets:
+            console.print(
+                f"[cyan]budget reset[/] {escape(str(reset.ledger))} entry {reset.entry}: "
+                f"{escape(reset.country)} opened a new account for dataset "
+                f"{escape(repr(reset.dataset))} at {escape(reset.at)} (account "
+                f"{reset.old_account[:12]} -> {reset.new_account[:12]}); reason: "
+                f"{escape(repr(reset.reason))}",
+                highlight=False,
+                soft_wrap=True,
+            )
         for problem in result.problems:
             err_console.print(f"[bold red]problem[/] {escape(str(problem))}", highlight=False)
         if result.head:

@@ -89,7 +89,8 @@ def report(
     out.print(
         f"[bold {colour}]{verdict(len(result.problems))}[/]: {result.entries} entries, "
         f"{len(result.runs)} run(s), {len(result.spends)} record(s), "
-        f"{len(result.refusals)} refusal(s); {fmt} report: {escape(where)}",
+        f"{len(result.refusals)} refusal(s), {len(result.resets)} budget reset(s); "
+        f"{fmt} report: {escape(where)}",
         highlight=False,
         soft_wrap=True,
     )

@@ -142,14 +142,18 @@ def status(
         raise fail(str(exc), EXIT_INPUT) from exc
     store = BudgetStore(settings.state / STORE_FILE)
     charges = store.charges()
+    accounts = {account.id: account for account in store.accounts()}
     rows = []
     for dataset in dict.fromkeys(charge.dataset for charge in charges):
         mine = [c for c in charges if c.dataset == dataset]
         kind = AccountantKind(mine[-1].accountant)
         spent = epsilon_spent(store.history(dataset), delta=settings.delta, kind=kind)
+        account = accounts.get(dataset)
         rows.append(
             {
                 "dataset": dataset,
+                "name": None if account is None else account.name,
+                "generation": None if account is None else account.generation,
                 "epsilon_spent": spent,
                 "epsilon_left": max(settings.budget_epsilon - spent, 0.0),
                 "budget_epsilon": settings.budget_epsilon,
@@ -168,10 +172,11 @@ def status(
         print(json.dumps({"country": settings.country, "datasets": rows, "refusals": refusals}))
         return
     table = Table(title=f"node {settings.country}: privacy budget (δ={settings.delta:g})")
-    for column in ("dataset", "ε spent", "ε left", "budget", "rounds", "runs"):
+    for column in ("dataset", "account", "ε spent", "ε left", "budget", "rounds", "runs"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
+            f"{row['name']} #{row['generation']}",
             f"{str(row['dataset'])[:12]}…",
             f"{row['epsilon_spent']:.3f}",
             f"{row['epsilon_left']:.3f}",
@@ -193,3 +198,49 @@ def status(
             f"{settings.ledger}: check it with `residency audit verify {settings.ledger} "
             "--keys DIR`"
         )
+
+
+budget_app = typer.Typer(help="The node's dataset budget accounts.", no_args_is_help=True)
+node_app.add_typer(budget_app, name="budget")
+
+
+@budget_app.command()
+def reset(
+    folder: Annotated[Path, typer.Argument(help="Node folder from `node init`.")],
+    reason: Annotated[str, typer.Option(help="Why a new account is justified (signed, audited).")],
+) -> None:
+    """Open a new budget account for the node's dataset: an explicit, signed operator act.
+
+    The old account keeps every charge; only later rounds charge the new one. The reset is
+    appended to the node's ledger, so `residency audit verify` and `audit report` show it.
+    """
+    from residency.client.budget_store import STORE_FILE, BudgetStore
+    from residency.common.privacy.ledger import EntryKind, Ledger
+    from residency.common.privacy.signing import load_or_create_signer
+
+    try:
+        settings = NodeDir(folder).load()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+    if not reason.strip():
+        raise fail("--reason: empty; fix: say why this dataset gets a new account", EXIT_INPUT)
+    if not settings.data.is_file():
+        raise fail(
+            f"{settings.data}: data file not found; fix: check data in node.toml", EXIT_INPUT
+        )
+    store = BudgetStore(settings.state / STORE_FILE)
+    old, new = store.reset(settings.dataset_name, settings.data, reason=reason)
+    signer = load_or_create_signer(
+        settings.record_key, comment=f"residency-record-{settings.country}"
+    )
+    Ledger(settings.ledger, signer).append(
+        EntryKind.BUDGET_RESET,
+        country=settings.country,
+        reason=reason.strip(),
+        detail={"dataset": settings.dataset_name, "old_account": old, "new_account": new},
+    )
+    console.print(
+        f"node {settings.country}: dataset {settings.dataset_name} has a new budget account "
+        f"({new[:12]}…; the old one, {old[:12]}…, keeps its charges); recorded in "
+        f"{settings.ledger}"
+    )

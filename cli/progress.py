@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -61,12 +62,18 @@ class RichObserver:
         )
 
     def node_finished(self, server_round: int, report: NodeRound) -> None:
-        """Advance by the epochs the node trained; print refusals and failures verbatim."""
+        """Advance by the epochs the node trained; print refusals, failures and rejections.
+
+        A refusal's or failure's reason is already the coordinator's whole sentence (who,
+        which round, why); a rejection's says only why.
+        """
         self.progress.advance(self.epochs, self.job.train.local_epochs)
-        if report.status is not NodeStatus.OK:
-            self.console.print(
-                f"[yellow]round {server_round}: {report.country} {report.status}: {report.reason}"
-            )
+        if report.status is NodeStatus.OK:
+            return
+        said = report.reason or f"{report.country} {report.status} round {server_round}"
+        if report.status is NodeStatus.REJECTED:
+            said = f"round {server_round}: {report.country} rejected: {said}"
+        self.console.print(f"[yellow]{escape(said)}", highlight=False)
 
     def round_finished(self, result: RoundResult) -> None:
         """Advance the round bar and print a one-line summary."""

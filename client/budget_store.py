@@ -2,13 +2,22 @@
 
 One SQLite file in the node's state folder. A round's cost is committed as a *charge* before
 any training step runs (write-ahead), so a crash, a kill or a restart after that point still
-counts it as spent; nothing ever deletes or lowers a charge. Spending is composed per dataset
-fingerprint over every round of every run that touched it, so re-running a job, restarting
-the node or talking to a new coordinator never resets it.
+counts it as spent; nothing ever deletes or lowers a charge. The budget check and the charge
+are one ``BEGIN IMMEDIATE`` transaction (:meth:`BudgetStore.charge_within`), so two rounds
+racing for the last of a budget cannot both pass the check.
+
+Spending is composed per *account*: the dataset as the operator named it in ``node.toml``
+(its name and the file it points at), never anything a job chooses (labels, columns, order,
+lengths). Editing or appending to the file keeps the account; only the operator's explicit
+:meth:`BudgetStore.reset` opens a new one. An account's identifier is an HMAC under a secret
+kept in this store, so it names the account without revealing its name, path or content.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -19,6 +28,7 @@ from residency.common.clock import now
 from residency.common.privacy.accountant import History, PrivacyStep, compose
 
 STORE_FILE = "budget.sqlite"
+_ACCOUNT_DOMAIN = b"residency.dataset-account.v1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (
@@ -51,6 +61,23 @@ CREATE TABLE IF NOT EXISTS refusals (
     reason TEXT NOT NULL,
     refused_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secret (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    key BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    opened_at TEXT NOT NULL,
+    reason TEXT,
+    UNIQUE (name, path, generation)
+);
+CREATE TRIGGER IF NOT EXISTS accounts_are_never_deleted BEFORE DELETE ON accounts
+BEGIN SELECT RAISE(ABORT, 'budget accounts are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS accounts_are_never_changed BEFORE UPDATE ON accounts
+BEGIN SELECT RAISE(ABORT, 'budget accounts are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS charges_are_never_deleted BEFORE DELETE ON charges
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS charges_are_never_lowered
@@ -73,6 +100,41 @@ class Charge:
     accountant: str
     charged_at: str
     trained_at: str | None
+
+
+@dataclass(frozen=True)
+class Account:
+    """One budget account: an operator's dataset (name and file) from one opening on."""
+
+    id: str
+    name: str
+    path: str
+    generation: int
+    opened_at: str
+    reason: str | None
+
+
+def _charge(row: tuple[object, ...]) -> Charge:
+    r = row
+    return Charge(
+        int(str(r[0])),
+        str(r[1]),
+        str(r[2]),
+        int(str(r[3])),
+        str(r[4]),
+        (float(str(r[5])), float(str(r[6])), int(str(r[7]))),
+        float(str(r[8])),
+        str(r[9]),
+        str(r[10]),
+        None if r[11] is None else str(r[11]),
+    )
+
+
+def _history(charges: list[Charge]) -> History:
+    history: History = ()
+    for charge in charges:
+        history = compose(history, charge.step)
+    return history
 
 
 class BudgetStore:
@@ -109,24 +171,82 @@ class BudgetStore:
             db.execute("INSERT INTO plans VALUES (?, ?, ?, ?)", (run, dataset, noise, now()))
             return noise
 
-    def charges(self, dataset: str | None = None, *, run: str | None = None) -> list[Charge]:
-        """Charges in the order they were made, optionally for one dataset and one run."""
-        query = "SELECT * FROM charges WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR run = ?)"
+    def _account_key(self, db: sqlite3.Connection) -> bytes:
+        row = db.execute("SELECT key FROM secret WHERE only = 1").fetchone()
+        if row is not None:
+            return bytes(row[0])
+        key = secrets.token_bytes(32)
+        db.execute("INSERT INTO secret VALUES (1, ?)", (key,))
+        return key
+
+    def _account_id(self, db: sqlite3.Connection, name: str, path: str, generation: int) -> str:
+        message = b"\x00".join(
+            (_ACCOUNT_DOMAIN, name.encode(), path.encode(), str(generation).encode())
+        )
+        return hmac.new(self._account_key(db), message, hashlib.sha256).hexdigest()
+
+    def _current(self, db: sqlite3.Connection, name: str, path: str) -> Account | None:
+        row = db.execute(
+            "SELECT * FROM accounts WHERE name = ? AND path = ? ORDER BY generation DESC",
+            (name, path),
+        ).fetchone()
+        return None if row is None else Account(*row)
+
+    def _open(
+        self, db: sqlite3.Connection, name: str, path: str, generation: int, reason: str | None
+    ) -> Account:
+        account = Account(
+            self._account_id(db, name, path, generation), name, path, generation, now(), reason
+        )
+        db.execute(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
+            (account.id, name, path, generation, account.opened_at, reason),
+        )
+        return account
+
+    def account(self, name: str, path: Path) -> str:
+        """The current account of the operator's dataset ``name`` in file ``path``."""
+        where = str(path.resolve())
         with self._db() as db:
-            rows = db.execute(query + " ORDER BY id", (dataset, dataset, run, run)).fetchall()
-        return [
-            Charge(r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11])
-            for r in rows
-        ]
+            current = self._current(db, name, where)
+            return (current or self._open(db, name, where, 0, None)).id
+
+    def reset(self, name: str, path: Path, *, reason: str) -> tuple[str, str]:
+        """Open a new account for the dataset: the operator's explicit act; (old, new) ids.
+
+        The old account's charges stay, unchanged and still counted against it; only rounds
+        from now on charge the new one. The caller writes the reset to the node's ledger.
+        """
+        if not reason.strip():
+            raise ValueError("a budget reset needs a reason")
+        where = str(path.resolve())
+        with self._db() as db:
+            current = self._current(db, name, where) or self._open(db, name, where, 0, None)
+            new = self._open(db, name, where, current.generation + 1, reason.strip())
+            return current.id, new.id
+
+    def accounts(self) -> list[Account]:
+        """Every account ever opened, oldest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM accounts ORDER BY opened_at, generation").fetchall()
+        return [Account(*row) for row in rows]
+
+    @staticmethod
+    def _charges(db: sqlite3.Connection, dataset: str | None, run: str | None) -> list[Charge]:
+        query = "SELECT * FROM charges WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR run = ?)"
+        rows = db.execute(query + " ORDER BY id", (dataset, dataset, run, run)).fetchall()
+        return [_charge(row) for row in rows]
+
+    def charges(self, dataset: str | None = None, *, run: str | None = None) -> list[Charge]:
+        """Charges in the order they were made, optionally for one account and one run."""
+        with self._db() as db:
+            return self._charges(db, dataset, run)
 
     def history(self, dataset: str, *, run: str | None = None) -> History:
-        """Opacus-format history of every charge on ``dataset`` (optionally one run only)."""
-        history: History = ()
-        for charge in self.charges(dataset, run=run):
-            history = compose(history, charge.step)
-        return history
+        """Opacus-format history of every charge on account ``dataset`` (optionally one run)."""
+        return _history(self.charges(dataset, run=run))
 
-    def charge(
+    def charge_within(
         self,
         *,
         run: str,
@@ -136,10 +256,20 @@ class BudgetStore:
         step: PrivacyStep,
         delta: float,
         accountant: str,
+        check: Callable[[History, History], None],
     ) -> int:
-        """Record a round's cost durably; call before the first training step."""
+        """Check and charge a round in one transaction; call before the first training step.
+
+        ``check(run_history, account_history)`` sees every charge committed so far and
+        raises to refuse; nothing is written then. While it runs, this transaction holds
+        SQLite's write lock, so no other round on this node can charge in between.
+        """
         noise, rate, steps = step
         with self._db() as db:
+            check(
+                _history(self._charges(db, dataset, run)),
+                _history(self._charges(db, dataset, None)),
+            )
             cursor = db.execute(
                 "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate,"
                 " steps, delta, accountant, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

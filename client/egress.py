@@ -3,15 +3,16 @@
 Whatever the training code put in a reply, only these pass: arrays whose names, shapes and
 dtypes match the trainable tensors the coordinator sent, numeric metrics from the wire
 contract, identifier fields matching fixed patterns, and one signed privacy record that parses
-under its strict schema, in canonical form, with a valid signature. Anything else (text,
-token ids, labels, extra records or fields) is dropped and logged as a violation.
+under its strict schema, in canonical form, with a valid signature. An error leaves only as a
+coded refusal (a code and numbers, :mod:`residency.common.refusal`) or one fixed sentence.
+Anything else (text, token ids, labels, extra records or fields) is dropped and logged as a
+violation.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 
 import numpy as np
 from flwr.app import (
@@ -29,11 +30,23 @@ from flwr.clientapp.typing import ClientAppCallable
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
 from residency.common.privacy.record import SignedRecord, open_record
+from residency.common.refusal import decode
 
 log = logging.getLogger("residency.egress")
 
-SAFE_REASON = re.compile(r"[A-Za-z0-9 .,:;()=<>/_+-]{1,400}")
 GENERIC_REASON = "node error withheld by the egress guard (see the node's log)"
+FIXED_REASONS = frozenset({GENERIC_REASON, wire.NODE_FAULT_REASON})
+"""The only free sentences an error may carry: fixed ones, written here, never composed."""
+
+
+def _safe_error(code: int, reason: str) -> str | None:
+    """The reason as it may leave, or ``None``: a refusal re-encoded, or a fixed sentence."""
+    if code == wire.REFUSED:
+        try:
+            return decode(reason).encode()
+        except ValueError:
+            return None
+    return reason if reason in FIXED_REASONS else None
 
 
 def _matches(array: Array, ref: Array) -> bool:
@@ -104,11 +117,13 @@ def _guard_record(reply: ConfigRecord) -> ConfigRecord | None:
 def guard_reply(instruction: Message, reply: Message) -> Message:
     """Rebuild ``reply`` from its allow-listed parts only."""
     if reply.has_error():
-        reason = reply.error.reason or ""
-        if SAFE_REASON.fullmatch(reason):
-            return reply
+        code = reply.error.code
+        safe = _safe_error(code, reply.error.reason or "")
+        if safe is not None:
+            return Message(Error(code, safe), reply_to=instruction)
         log.warning("egress violation: error reason withheld")
-        return Message(Error(reply.error.code, GENERIC_REASON), reply_to=instruction)
+        fallback = wire.NODE_FAULT if code == wire.REFUSED else code
+        return Message(Error(fallback, GENERIC_REASON), reply_to=instruction)
     content = reply.content
     sent = instruction.content.array_records.get(wire.ARRAYS, ArrayRecord())
     guarded = RecordDict()

@@ -34,6 +34,16 @@ class NodeSettings(Strict):
     delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
         description="largest delta this node accepts"
     )
+    dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
+        default=None,
+        description="name of the budget account of `data` (default: the data file's name); "
+        "jobs never choose it, and only `residency node budget reset` opens a new one",
+    )
+    noise_seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | None = Field(
+        default=None,
+        description="TESTS AND BENCHMARKS ONLY: seeds the noise and batches so runs repeat; "
+        "every record then says so and `audit verify` reports it as not DP",
+    )
     state: Path = Field(description="folder of the node's durable privacy budget store")
     policy: Path | None = Field(default=None, description="the jurisdiction's policy file")
     log: Path | None = Field(default=None, description="file the node logs to, if any")
@@ -44,6 +54,11 @@ class NodeSettings(Strict):
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
     )
+
+    @property
+    def dataset_name(self) -> str:
+        """The operator's name for the budget account of ``data``."""
+        return self.dataset or self.data.name
 
     @property
     def record_key(self) -> Path:

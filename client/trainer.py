@@ -24,6 +24,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
+from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
@@ -85,17 +86,11 @@ class DpSgdSettings:
 
 @dataclass(frozen=True)
 class LocalSchedule:
-    """How long and how fast the node optimises in one round."""
+    """How long and how fast the node optimises in one round (no seed: see ``randomness``)."""
 
     epochs: int
     batch_size: int
     learning_rate: float
-    seed: int
-
-
-def round_seed(job_seed: int, server_round: int, country: str) -> int:
-    """The seed of one country's round: its batches and noise differ by round and by country."""
-    return (job_seed * 1_000_003 + server_round * 7_919 + sum(map(ord, country))) % 2**31
 
 
 @dataclass(frozen=True)
@@ -198,11 +193,15 @@ def make_private(
     The one place the mechanism is configured (Poisson sampling at ``1 / len(loader)``,
     per-sample gradients by ``dp.grad_sample_mode``, flat clipping at ``dp.max_grad_norm``,
     Gaussian noise of ``dp.noise_multiplier`` times that), so the canary audit runs exactly
-    what training runs. The accountant starts from ``history``. Without ``noise_generator``
-    the noise comes from torch's global generator, and the sampler from the loader's
-    generator or the global one. In ``ghost`` mode Opacus also returns a criterion that runs
-    both backward passes; :meth:`PrivateTraining.backward` runs them instead, with a cheaper
-    first pass.
+    what training runs. The accountant starts from ``history``. The Poisson sampler draws
+    from ``loader``'s generator and the noise from ``noise_generator``: the node passes
+    generators seeded from its own OS entropy (:mod:`.randomness`).
+
+    The noise is drawn as Opacus' secure mode draws it (the sum of four Gaussians, halved:
+    the defence of Holohan et al. against floating-point attacks on the sampler) without
+    Opacus' ``PrivacyEngine(secure_mode=True)``, which needs ``torchcsprng``, unbuilt for
+    this torch. In ``ghost`` mode Opacus also returns a criterion that runs both backward
+    passes; :meth:`PrivateTraining.backward` runs them instead, with a cheaper first pass.
     """
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; the noise generator choice is documented.
@@ -220,6 +219,7 @@ def make_private(
             grad_sample_mode=dp.grad_sample_mode.value,
             noise_generator=noise_generator,
         )
+    dp_optimizer.secure_mode = True  # Opacus' 2n-draw Gaussian; the generator is ours
     return PrivateTraining(
         engine=engine,
         model=private_model,
@@ -256,25 +256,37 @@ def train_dp_round(
     dp: DpSgdSettings,
     history: History,
     compute: Compute,
+    randomness: RoundRandomness,
 ) -> RoundOutcome:
     """Train ``model`` in place for one round and return the composed accountant history.
 
-    When only the classifier head trains (``update = "head"``), the encoder runs once over
-    ``data`` and DP-SGD trains the head on those features (:mod:`.linear_probe`): the same
-    mechanism on the same rows, without an encoder pass per step.
+    Poisson masks, noise and dropout come from ``randomness`` alone (the node's secret
+    seeds), never from torch's global state as the caller left it. When only the classifier
+    head trains (``update = "head"``), the encoder runs once over ``data`` and DP-SGD trains
+    the head on those features (:mod:`.linear_probe`): the same mechanism on the same rows,
+    without an encoder pass per step.
     """
     examples = len(data)
     sample_rate, steps_per_epoch = poisson_schedule(
         examples=examples, batch_size=schedule.batch_size
     )
-    torch.manual_seed(schedule.seed)
+    torch.manual_seed(randomness.dropout_seed)
     model.to(compute.device)
     part = trained_part(model, data, compute=compute)
     part.module.train()
     params = [p for p in part.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
-    loader = DataLoader(part.data, batch_size=schedule.batch_size)
-    private = make_private(part.module, optimizer, loader, dp=dp, history=history)
+    loader = DataLoader(
+        part.data, batch_size=schedule.batch_size, generator=randomness.sampling_generator()
+    )
+    private = make_private(
+        part.module,
+        optimizer,
+        loader,
+        dp=dp,
+        history=history,
+        noise_generator=randomness.noise_generator(compute.device),
+    )
     private_model, dp_optimizer, dp_loader = private.model, private.optimizer, private.loader
     if not math.isclose(dp_loader.sample_rate, sample_rate):
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")

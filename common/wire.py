@@ -18,9 +18,10 @@ RECORD: Final = "privacy-record"  # ConfigRecord: the node's signed privacy reco
 RECORD_BODY: Final = "body"
 RECORD_SIGNATURE: Final = "signature"
 
-# MetricRecord of a training reply: aggregate numbers only, never per-record values.
+# MetricRecord of a training reply: the public figures of the privacy statement only. The
+# example count is public (the Poisson sample rate reveals it); the training loss and the time
+# a round took are not noised, so they never leave the node (docs/privacy.md).
 NUM_EXAMPLES: Final = "num-examples"
-TRAIN_LOSS: Final = "train-loss"
 STEPS: Final = "steps"
 EPSILON: Final = "epsilon"
 EPSILON_ROUND: Final = "epsilon-round"
@@ -28,11 +29,9 @@ DELTA: Final = "delta"
 NOISE_MULTIPLIER: Final = "noise-multiplier"
 SAMPLE_RATE: Final = "sample-rate"
 MAX_GRAD_NORM: Final = "max-grad-norm"
-TRAIN_SECONDS: Final = "train-seconds"
 REPLY_METRICS: Final = frozenset(
     {
         NUM_EXAMPLES,
-        TRAIN_LOSS,
         STEPS,
         EPSILON,
         EPSILON_ROUND,
@@ -40,25 +39,26 @@ REPLY_METRICS: Final = frozenset(
         NOISE_MULTIPLIER,
         SAMPLE_RATE,
         MAX_GRAD_NORM,
-        TRAIN_SECONDS,
     }
 )
 
 # ConfigRecord of a training reply: identifiers with a fixed, text-free shape.
 COUNTRY: Final = "country"
 ACCOUNTANT: Final = "accountant"
-DATASET_FINGERPRINT: Final = "dataset-fingerprint"
+DATASET_ACCOUNT: Final = "dataset-account"  # keyed by a node secret: no content oracle
 VERSION: Final = "residency-version"
 REPLY_NODE_FIELDS: Final[dict[str, re.Pattern[str]]] = {
     COUNTRY: re.compile(r"[A-Z]{2}"),
     ACCOUNTANT: re.compile(r"prv|rdp"),
-    DATASET_FINGERPRINT: re.compile(r"[0-9a-f]{64}"),
+    DATASET_ACCOUNT: re.compile(r"[0-9a-f]{64}"),
     VERSION: re.compile(r"[0-9A-Za-z.+_-]{1,40}"),
 }
 
-# Error codes of a node's reply. A refusal's reason is written to be shown to the coordinator.
+# Error codes of a node's reply. A refusal's reason is a structured code with numeric fields
+# (residency.common.refusal), never free text; a fault's reason is one fixed sentence.
 REFUSED: Final = 4001  # the node declined the round (budget or policy)
 NODE_FAULT: Final = 4002  # the node could not train (its config or data); details stay local
+NODE_FAULT_REASON: Final = "node configuration or data invalid (see the node's log)"
 
 # ConfigRecord a node receives from the coordinator (besides Flower's "server-round").
 SERVER_ROUND: Final = "server-round"

@@ -39,10 +39,10 @@ from residency.common.model import (
     trainable_state,
 )
 from residency.common.version import __version__
+from residency.server.node_errors import error_sentence, timeout_sentence
 from residency.server.record_check import Received, received_record
 from residency.server.results import (
     ClassResult,
-    CountryPrivacy,
     FinalResult,
     NodeRound,
     NodeStatus,
@@ -51,6 +51,7 @@ from residency.server.results import (
     RunStatus,
 )
 from residency.server.run_ledger import RunLedger
+from residency.server.spend_tally import SpendTally
 from residency.server.strategy import ValidatingFedAvg
 
 log = logging.getLogger("residency.coordinator")
@@ -102,27 +103,37 @@ def _record_bytes(content: RecordDict) -> int:
     )
 
 
-def _node_round(reply: Message, bytes_down: int, countries: _Countries) -> NodeRound:
+def _node_round(
+    reply: Message, bytes_down: int, countries: _Countries, *, server_round: int
+) -> NodeRound:
+    """What one reply says about its node's round; an error's own text is never kept."""
     node_id = reply.metadata.src_node_id
     if reply.has_error():
         code = reply.error.code
+        country = countries.of(node_id)
         return NodeRound(
-            country=countries.of(node_id),
+            country=country,
             status=NodeStatus.REFUSED if code == wire.REFUSED else NodeStatus.FAILED,
             bytes_down=bytes_down,
-            reason=reply.error.reason,
+            reason=error_sentence(
+                code, reply.error.reason or "", country=country, server_round=server_round
+            ),
         )
     content = reply.content
     node = content.config_records.get(wire.NODE, ConfigRecord())
-    country = str(node.get(wire.COUNTRY, countries.of(node_id)))
-    impostor = countries.impostor(node_id, country)
-    if impostor is not None:
+    reported = node.get(wire.COUNTRY, countries.of(node_id))
+    country = reported if isinstance(reported, str) else ""
+    if wire.COUNTRY in node and not wire.REPLY_NODE_FIELDS[wire.COUNTRY].fullmatch(country):
+        problem: str | None = "reports a malformed country code"  # its text is not shown
+    else:
+        problem = countries.impostor(node_id, country)
+    if problem is not None:
         return NodeRound(
             country=countries.of(node_id),
             status=NodeStatus.REJECTED,
             bytes_up=_record_bytes(content),
             bytes_down=bytes_down,
-            reason=impostor,
+            reason=problem,
         )
     countries.names[node_id] = country
     metrics = content.metric_records.get(wire.METRICS)
@@ -136,13 +147,11 @@ def _node_round(reply: Message, bytes_down: int, countries: _Countries) -> NodeR
         country=country,
         status=NodeStatus.OK,
         examples=None if examples is None else int(examples),
-        train_loss=metric(wire.TRAIN_LOSS),
         epsilon=metric(wire.EPSILON),
         epsilon_round=metric(wire.EPSILON_ROUND),
         noise_multiplier=metric(wire.NOISE_MULTIPLIER),
         sample_rate=metric(wire.SAMPLE_RATE),
         steps=None if steps is None else int(steps),
-        train_seconds=metric(wire.TRAIN_SECONDS),
         bytes_up=_record_bytes(content),
         bytes_down=bytes_down,
     )
@@ -235,7 +244,7 @@ class _Federation:
         )
         self.strategy = ValidatingFedAvg(nodes=self.nodes)
         self.countries = _Countries({}, self.admitted)
-        self.privacy: dict[str, CountryPrivacy] = {}
+        self.spend = SpendTally(self.job)
         self.test = self._load_test()
 
     def _load_test(self) -> TensorDataset | None:
@@ -287,13 +296,13 @@ class _Federation:
         ]
         if self.observer:
             self.observer.round_started(server_round, len(messages))
-        reports: list[NodeRound] = []
+        reports: dict[int, NodeRound] = {}
         excluded: set[int] = set()
         received: dict[int, Received] = {}
 
         def on_reply(reply: Message, bytes_down: int) -> None:
             node_id = reply.metadata.src_node_id
-            report = _node_round(reply, bytes_down, self.countries)
+            report = _node_round(reply, bytes_down, self.countries, server_round=server_round)
             if report.status is NodeStatus.OK:
                 try:
                     received[node_id] = received_record(
@@ -307,40 +316,58 @@ class _Federation:
                     report.status, report.reason = NodeStatus.REJECTED, str(exc)
             if report.status is NodeStatus.REJECTED:
                 excluded.add(node_id)
-            reports.append(report)
+            reports[node_id] = report
             if self.observer:
                 self.observer.node_finished(server_round, report)
 
-        replies = _exchange(
-            self.grid, messages, timeout_s=self.job.train.round_timeout_s, on_reply=on_reply
-        )
-        new_arrays, train_metrics = strategy.aggregate_train(
+        timeout_s = self.job.train.round_timeout_s
+        replies = _exchange(self.grid, messages, timeout_s=timeout_s, on_reply=on_reply)
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            if node_id not in reports:
+                country = self.countries.of(node_id)
+                reports[node_id] = NodeRound(
+                    country=country,
+                    status=NodeStatus.FAILED,
+                    reason=timeout_sentence(country, server_round, timeout_s),
+                )
+        new_arrays, _ = strategy.aggregate_train(
             server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
         )
         rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
-        self._to_ledger(server_round, received, rejected, reports)
-        for report in reports:
-            node_ids = [i for i, c in self.countries.names.items() if c == report.country]
-            if report.status is NodeStatus.OK and node_ids and node_ids[0] in rejected:
-                report.status, report.reason = NodeStatus.REJECTED, rejected[node_ids[0]]
+        self._to_ledger(server_round, received, rejected, reports.values())
+        for node_id, report in reports.items():
+            if report.status is NodeStatus.OK and node_id in rejected:
+                report.status, report.reason = NodeStatus.REJECTED, rejected[node_id]
+        self._tally(received, reports)
         if new_arrays is None:
-            reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports) or "no replies"
-            raise JobFailed(f"round {server_round}: no valid update ({reasons})")
+            reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports.values())
+            raise JobFailed(f"round {server_round}: no valid update ({reasons or 'no replies'})")
         self.arrays = new_arrays
         load_trainable_state(self.model, {k: v.numpy() for k, v in new_arrays.items()})
-        for reply in strategy.accepted:
-            got = received.get(reply.metadata.src_node_id)
-            _update_privacy(self.privacy, reply, self.job, self.countries, got)
-        loss = train_metrics.get(wire.TRAIN_LOSS) if train_metrics else None
         return RoundResult(
             round=server_round,
             **_scores_fields(self.score()),
-            train_loss=float(loss) if isinstance(loss, int | float) else None,
-            nodes=sorted(reports, key=lambda r: r.country),
-            bytes_up=sum(r.bytes_up for r in reports),
-            bytes_down=sum(r.bytes_down for r in reports),
+            nodes=sorted(reports.values(), key=lambda r: r.country),
+            bytes_up=sum(r.bytes_up for r in reports.values()),
+            bytes_down=sum(r.bytes_down for r in reports.values()),
             seconds=time.perf_counter() - started,
         )
+
+    def _tally(self, received: Mapping[int, Received], reports: Mapping[int, NodeRound]) -> None:
+        """Count every node sent this round: charged (with a valid record) or unconfirmed.
+
+        A refusal comes before any charge; every other outcome without a valid signed record
+        (a timeout, a fault, a reply rejected before its record could be checked) may follow
+        one, so it counts as unconfirmed for the country the node is known as.
+        """
+        averaged = {reply.metadata.src_node_id for reply in self.strategy.accepted}
+        for node_id, report in reports.items():
+            got = received.get(node_id)
+            if got is not None:
+                self.spend.charged(got.record, averaged=node_id in averaged)
+            elif report.status is not NodeStatus.REFUSED:
+                self.spend.unconfirmed(report.country)
 
     def _to_ledger(
         self,
@@ -402,7 +429,6 @@ def run_federation(
         baseline=RoundResult(
             round=0,
             **_scores_fields(federation.score()),
-            train_loss=None,
             nodes=[],
             bytes_up=0,
             bytes_down=0,
@@ -417,7 +443,7 @@ def run_federation(
         for server_round in range(1, job.train.rounds + 1):
             result = federation.play_round(server_round)
             results.rounds.append(result)
-            results.privacy = dict(sorted(federation.privacy.items()))
+            results.privacy = federation.spend.summary()
             results.write(results_path)
             if observer:
                 observer.round_finished(result)
@@ -430,36 +456,9 @@ def run_federation(
         results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
         raise
     finally:
+        results.privacy = federation.spend.summary()  # a failed round's charges count too
         results.finished_at = now()
         results.write(results_path)
         if ledger is not None:
             ledger.finished(results.status.value, results.error)
     return results
-
-
-def _update_privacy(
-    privacy: dict[str, CountryPrivacy],
-    reply: Message,
-    job: Job,
-    countries: _Countries,
-    got: Received | None,
-) -> None:
-    metrics = reply.content.metric_records[wire.METRICS]
-    node = reply.content.config_records.get(wire.NODE, ConfigRecord())
-    country = countries.of(reply.metadata.src_node_id)
-    previous = privacy.get(country)
-    privacy[country] = CountryPrivacy(
-        epsilon=wire.scalar(metrics, wire.EPSILON),
-        delta=wire.scalar(metrics, wire.DELTA),
-        target_epsilon=job.privacy.target_epsilon,
-        accountant=str(node.get(wire.ACCOUNTANT, job.privacy.accountant.value)),
-        noise_multiplier=wire.scalar(metrics, wire.NOISE_MULTIPLIER),
-        sample_rate=wire.scalar(metrics, wire.SAMPLE_RATE),
-        steps=(previous.steps if previous else 0) + int(wire.scalar(metrics, wire.STEPS)),
-        rounds=(previous.rounds if previous else 0) + 1,
-        dataset_fingerprint=str(node[wire.DATASET_FINGERPRINT])
-        if wire.DATASET_FINGERPRINT in node
-        else None,
-        epsilon_dataset=None if got is None else got.record.epsilon_dataset,
-        budget_epsilon=None if got is None else got.record.budget_epsilon,
-    )

@@ -1,8 +1,8 @@
 """The coordinator's check of a node's signed privacy record against the reply it came with.
 
 A reply is averaged only if its record parses, is canonical, carries a valid signature, names
-this job, run, round and the node's admitted country, reports the epsilon its metrics report,
-and hashes to exactly the arrays that arrived.
+this job, run, round and the node's admitted country, reports the epsilon and the example count
+its metrics report, and hashes to exactly the arrays that arrived.
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ class Received:
 def received_record(
     content: RecordDict, *, job: str, run: str, server_round: int, country: str
 ) -> Received:
-    """Check the record in ``content``; ``InvalidUpdate`` says what is wrong."""
+    """Check the record in ``content``; ``InvalidUpdate`` says what is wrong.
+
+    FedAvg weights an update by the reply's unsigned ``num-examples`` metric (the one Flower's
+    ``weighted_by_key`` names); requiring it to equal the signed ``record.examples`` makes the
+    weight the count the node signed for, so a node cannot inflate its share of the average.
+    """
     config = content.config_records.get(wire.RECORD, ConfigRecord())
     if wire.RECORD_BODY not in config:
         raise InvalidUpdate("no signed privacy record in the reply")
@@ -54,6 +59,16 @@ def received_record(
     reported = metrics.get(wire.EPSILON)
     if not isinstance(reported, int | float) or not math.isclose(reported, record.epsilon):
         raise InvalidUpdate("privacy record epsilon differs from the reply's metrics")
+    examples = metrics.get(wire.NUM_EXAMPLES)
+    if examples is None:
+        raise InvalidUpdate(f"reply has no {wire.NUM_EXAMPLES} metric to weight its update by")
+    if isinstance(examples, bool) or not isinstance(examples, int):
+        raise InvalidUpdate(f"{wire.NUM_EXAMPLES} is not an integer")
+    if examples != record.examples:
+        raise InvalidUpdate(
+            f"{wire.NUM_EXAMPLES} {examples} differs from the {record.examples} examples in the "
+            "signed privacy record"
+        )
     arrays = {
         name: array.numpy() for name, array in content.array_records.get(wire.ARRAYS, {}).items()
     }

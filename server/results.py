@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from residency.common.files import write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Record(BaseModel):
@@ -32,18 +32,19 @@ class NodeStatus(StrEnum):
 
 
 class NodeRound(Record):
-    """One country's part in one round, as reported in its (validated) reply."""
+    """One country's part in one round, as reported in its (validated) reply.
+
+    No training loss or time: neither is noised, so neither leaves a node.
+    """
 
     country: str
     status: NodeStatus
     examples: int | None = None
-    train_loss: float | None = None
     epsilon: float | None = None
     epsilon_round: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     steps: int | None = None
-    train_seconds: float | None = None
     bytes_up: int = 0
     bytes_down: int = 0
     reason: str | None = None
@@ -56,7 +57,6 @@ class RoundResult(Record):
     accuracy: float | None
     macro_f1: float | None
     test_loss: float | None
-    train_loss: float | None
     nodes: list[NodeRound]
     bytes_up: int
     bytes_down: int
@@ -82,17 +82,25 @@ class FinalResult(Record):
 
 
 class CountryPrivacy(Record):
-    """Record-level (epsilon, delta)-DP a country's data spent in this job."""
+    """Record-level (epsilon, delta)-DP a country's data spent in this job.
 
-    epsilon: float
+    From the country's latest valid signed record, averaged or not: a node charges before it
+    trains, so a round rejected after its record arrived still counts. The figures are
+    ``None`` until a record arrives; ``rounds_unconfirmed`` counts rounds that may have been
+    charged with no record to show (see docs/results.md).
+    """
+
+    epsilon: float | None = None
     delta: float
     target_epsilon: float
     accountant: str
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    rounds: int
-    dataset_fingerprint: str | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int | None = None
+    rounds_averaged: int = 0
+    rounds_charged: int = 0
+    rounds_unconfirmed: int = 0
+    dataset_account: str | None = None
     epsilon_dataset: float | None = None
     budget_epsilon: float | None = None
 

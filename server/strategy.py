@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
+from residency.server.node_errors import error_sentence
 from residency.server.validation import validate_reply
 
 log = logging.getLogger("residency.coordinator")
@@ -27,19 +28,25 @@ class Rejection:
     refused: bool  # the node declined (budget, policy) rather than failed
 
 
-def mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted mean training loss; other reply metrics are per-node, not averaged."""
-    total, weight = 0.0, 0
-    for record in records:
-        metrics = record.metric_records[wire.METRICS]
-        examples = int(wire.scalar(metrics, weight_key))
-        total += wire.scalar(metrics, wire.TRAIN_LOSS) * examples
-        weight += examples
-    return MetricRecord({wire.TRAIN_LOSS: total / weight if weight else float("nan")})
+def no_mean(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """No reply metric is averaged: each is one country's own privacy figure.
+
+    Flower's default would average epsilons, deltas and noise multipliers across countries,
+    which means nothing. The figures a mean would suit, training loss and time, are not
+    noised, so they never leave a node.
+    """
+    return MetricRecord()
 
 
 class ValidatingFedAvg(FedAvg):
-    """Flower's FedAvg, with every update checked against the arrays it answers."""
+    """Flower's FedAvg, with every update checked against the arrays it answers.
+
+    Each update is weighted by the reply's ``num-examples`` metric (Flower's FedAvg reads the
+    metric named by ``weighted_by_key``). The coordinator averages a reply only once
+    ``received_record`` has checked that metric equals the example count in the node's signed
+    privacy record, so the weight is the signed count: a node cannot claim a larger share of
+    the average than its record states.
+    """
 
     def __init__(self, *, nodes: int) -> None:
         super().__init__(
@@ -47,9 +54,10 @@ class ValidatingFedAvg(FedAvg):
             fraction_evaluate=0.0,
             min_train_nodes=nodes,
             min_available_nodes=nodes,
+            weighted_by_key=wire.NUM_EXAMPLES,
             arrayrecord_key=wire.ARRAYS,
             configrecord_key=wire.CONFIG,
-            train_metrics_aggr_fn=mean_train_loss,
+            train_metrics_aggr_fn=no_mean,
         )
         self._sent = ArrayRecord()
         self.accepted: list[Message] = []
@@ -70,8 +78,14 @@ class ValidatingFedAvg(FedAvg):
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                reason = reply.error.reason or f"error code {reply.error.code}"
-                self.rejected.append(Rejection(node, reason, reply.error.code == wire.REFUSED))
+                code = reply.error.code
+                reason = error_sentence(
+                    code,
+                    reply.error.reason or "",
+                    country=f"node {node}",
+                    server_round=server_round,
+                )
+                self.rejected.append(Rejection(node, reason, code == wire.REFUSED))
                 continue
             try:
                 validate_reply(reply.content, self._sent)

@@ -8,6 +8,7 @@ produces, only faster (no training).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +19,17 @@ from residency.common.config.job import AccountantKind
 from residency.common.files import write_atomic
 from residency.common.privacy.accountant import History, compose, epsilon_spent
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger
-from residency.common.privacy.record import PrivacyRecord, SignedRecord, sign_record
+from residency.common.privacy.record import NoiseSource, PrivacyRecord, SignedRecord, sign_record
 from residency.common.privacy.signing import Signer, create_signer, public_path
 from residency.common.privacy.update_digest import update_sha256
+from residency.common.refusal import Refusal, RefusalCode, describe
 from residency.server.record_check import Received
 from residency.server.run_ledger import RunLedger
 
 DELTA = 1e-5
 TARGET = 8.0
 BUDGET = 12.0
+RESET_REASON = "new extract of the ward's notes, approved by the DPO"
 
 
 @dataclass
@@ -47,6 +50,74 @@ def _update(country: str, server_round: int) -> dict[str, np.ndarray]:
     }
 
 
+def account(country: str, generation: int = 1) -> str:
+    """A country's dataset account id (a keyed id on a real node; any 64 hex digits here)."""
+    suffix = "" if generation == 1 else f"-{generation}"
+    return hashlib.sha256(f"{country}-records{suffix}".encode()).hexdigest()
+
+
+def refusal_reason(country: str, server_round: int) -> str:
+    """The sentence a coordinator writes for a dataset-budget refusal."""
+    wire_reason = Refusal(
+        RefusalCode.DATASET_BUDGET, {"budget": BUDGET, "spent": 11.5, "needed": 1.2}
+    ).encode()
+    return describe(wire_reason, country=country, server_round=server_round)
+
+
+def signed_record(
+    signer: Signer,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    job: str,
+    run: str,
+    server_round: int,
+    country: str,
+    before: History = (),
+    step: tuple[float, float, int] = (1.1, 0.05, 40),
+    examples: int = 400,
+    dataset: str | None = None,
+    charge: int = 1,
+    kind: AccountantKind = AccountantKind.PRV,
+    noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
+) -> SignedRecord:
+    """A node's signed record of one round whose run history was ``before`` plus ``step``."""
+    after = compose(before, step)
+    total = epsilon_spent(after, delta=DELTA, kind=kind)
+    noise, sample_rate, steps = step
+    return sign_record(
+        PrivacyRecord(
+            job=job,
+            run=run,
+            round=server_round,
+            node=100 + len(country),
+            country=country,
+            dataset=dataset or account(country),
+            examples=examples,
+            noise_multiplier=noise,
+            sample_rate=sample_rate,
+            steps=steps,
+            max_grad_norm=1.0,
+            noise_source=noise_source,
+            accountant=kind,
+            delta=DELTA,
+            history=list(after),
+            epsilon_round=total - epsilon_spent(before, delta=DELTA, kind=kind),
+            epsilon=total,
+            target_epsilon=TARGET,
+            epsilon_dataset=total,
+            budget_epsilon=BUDGET,
+            policy="ab" * 32,
+            policy_name="eu-health",
+            version="0.1.0",
+            update_sha256=update_sha256(arrays),
+            charge=charge,
+            signed_at=now(),
+            key=signer.public_hex,
+        ),
+        signer,
+    )
+
+
 def write_ledger(
     folder: Path,
     *,
@@ -59,8 +130,17 @@ def write_ledger(
     steps: int = 40,
     run: str = "7",
     job: str = "triage",
+    examples: int = 400,
+    noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
+    repeat_update: bool = False,
+    reset: str | None = None,
 ) -> LedgerFixture:
-    """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round."""
+    """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round.
+
+    ``repeat_update``: each country sends bit-identical arrays every round. ``reset``: that
+    country's operator opened a new account for its dataset before the run, so its node ledger
+    starts with a budget-reset entry and its records name the new account.
+    """
     keys = folder / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     coordinator_key = folder / "private" / "coordinator.key"
@@ -84,6 +164,7 @@ def write_ledger(
     )
     node_ledgers: dict[str, Ledger] = {}
     histories: dict[str, History] = {}
+    datasets: dict[str, str] = {}
     for country in countries:
         private = folder / "private" / f"{country}.key"
         signer = create_signer(private, comment=country)
@@ -93,24 +174,36 @@ def write_ledger(
         node_ledgers[country] = Ledger(path, signer)
         fixture.node_ledgers[country] = path
         histories[country] = ()
+        datasets[country] = account(country)
+        if country == reset:
+            datasets[country] = account(country, 2)
+            node_ledgers[country].append(
+                EntryKind.BUDGET_RESET,
+                country=country,
+                reason=RESET_REASON,
+                detail={
+                    "dataset": f"{country.lower()}-notes",
+                    "old_account": account(country),
+                    "new_account": datasets[country],
+                },
+            )
     step = (noise, sample_rate, steps)
     charge = 0
     for server_round in range(1, rounds + 1):
         for country in countries:
             where = {"run": run, "job": job, "country": country, "round": server_round}
             if refuse == (country, server_round):
-                reason = f"{country} refused round {server_round}: dataset budget 12.00"
+                reason = refusal_reason(country, server_round)
                 node_ledgers[country].append(EntryKind.REFUSAL, **where, reason=reason)
                 run_ledger.refusal(country, server_round, reason)
                 continue
             charge += 1
-            dataset = hashlib.sha256(f"{country}-records".encode()).hexdigest()
             node_ledgers[country].append(
                 EntryKind.CHARGE,
                 **where,
                 detail={
                     "charge": charge,
-                    "dataset": dataset,
+                    "dataset": datasets[country],
                     "noise_multiplier": noise,
                     "sample_rate": sample_rate,
                     "steps": steps,
@@ -119,43 +212,24 @@ def write_ledger(
                 },
             )
             before = histories[country]
-            after = compose(before, step)
-            histories[country] = after
-            total = epsilon_spent(after, delta=DELTA, kind=kind)
-            arrays = _update(country, server_round)
-            digest = update_sha256(arrays)
-            signer = fixture.signers[country]
-            signed = sign_record(
-                PrivacyRecord(
-                    job=job,
-                    run=run,
-                    round=server_round,
-                    node=100 + len(country),
-                    country=country,
-                    dataset=dataset,
-                    examples=400,
-                    noise_multiplier=noise,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    max_grad_norm=1.0,
-                    accountant=kind,
-                    delta=DELTA,
-                    history=list(after),
-                    epsilon_round=total - epsilon_spent(before, delta=DELTA, kind=kind),
-                    epsilon=total,
-                    target_epsilon=TARGET,
-                    epsilon_dataset=total,
-                    budget_epsilon=BUDGET,
-                    policy="ab" * 32,
-                    policy_name="eu-health",
-                    version="0.1.0",
-                    update_sha256=digest,
-                    charge=charge,
-                    signed_at=now(),
-                    key=signer.public_hex,
-                ),
-                signer,
+            histories[country] = compose(before, step)
+            arrays = _update(country, 1 if repeat_update else server_round)
+            signed = signed_record(
+                fixture.signers[country],
+                arrays,
+                job=job,
+                run=run,
+                server_round=server_round,
+                country=country,
+                before=before,
+                step=step,
+                examples=examples,
+                dataset=datasets[country],
+                charge=charge,
+                kind=kind,
+                noise_source=noise_source,
             )
+            digest = update_sha256(arrays)
             node_ledgers[country].append(
                 EntryKind.RECORD, **where, record=signed, received_sha256=digest
             )

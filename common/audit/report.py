@@ -3,9 +3,10 @@
 Every number comes from a ``Verification``: each node's recorded epsilon stands beside the
 auditor's own recomputations (Opacus and Google's dp-accounting), and every problem the verifier
 found is shown with its entry number, so the report says what was checked, not only what was
-claimed. The HTML page is one self-contained file (inline CSS and SVG, no script, no external
-URL, no web font) so it can be archived, mailed and opened offline; rendering the same ledger
-twice gives the same bytes.
+claimed; every budget reset a node operator made is listed with the operator's reason. The
+HTML page is one self-contained file (inline CSS and SVG, no script, no external URL, no web
+font) so it can be archived, mailed and opened offline; rendering the same ledger twice gives
+the same bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from residency.common.audit.verify import (
     SAME_LIBRARY_RTOL,
     Problem,
     Refusal,
+    Reset,
     RoundSpend,
     Verification,
 )
@@ -34,7 +36,7 @@ from residency.common.version import __version__
 
 _T = TypeVar("_T")
 SHORT_HASH = 12
-"""Hex digits shown of a dataset fingerprint or policy hash (the JSON keeps all 64)."""
+"""Hex digits shown of a dataset account or policy hash (the JSON keeps all 64)."""
 
 
 class _Model(BaseModel):
@@ -76,6 +78,23 @@ class RefusalRow(_Model):
     entry: int
     reason: str
     problems: list[str]
+
+
+class ResetRow(_Model):
+    """A node operator opened a new budget account for a dataset, in the operator's words.
+
+    ``entry`` is an entry number of ``ledger`` (a node's ledger, not necessarily the one
+    reported on).
+    """
+
+    ledger: str
+    entry: int
+    at: str
+    country: str
+    dataset: str
+    old_account: str
+    new_account: str
+    reason: str
 
 
 class PolicyRef(_Model):
@@ -137,6 +156,7 @@ class Report(_Model):
     verdict: str
     problems: list[Finding]
     notes: list[Finding]
+    resets: list[ResetRow]
     runs: list[RunReport]
 
 
@@ -168,6 +188,7 @@ def build_report(verification: Verification) -> Report:
         verdict=verdict(len(verification.problems)),
         problems=_findings(verification.problems),
         notes=_findings(verification.notes),
+        resets=[_reset(reset) for reset in verification.resets],
         runs=[_run(run, verification, by_entry) for run in _run_order(verification)],
     )
 
@@ -196,6 +217,19 @@ def _key_id(public: str | None) -> str | None:
 
 def _findings(problems: Iterable[Problem]) -> list[Finding]:
     return [Finding(entry=p.entry, what=p.what) for p in problems]
+
+
+def _reset(reset: Reset) -> ResetRow:
+    return ResetRow(
+        ledger=str(reset.ledger),
+        entry=reset.entry,
+        at=reset.at,
+        country=reset.country,
+        dataset=reset.dataset,
+        old_account=reset.old_account,
+        new_account=reset.new_account,
+        reason=reset.reason,
+    )
 
 
 def _run_order(verification: Verification) -> list[str]:
@@ -443,6 +477,7 @@ code { font-family: "DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, mono
 .problems { border-color: var(--bad); background: var(--bad-bg); }
 .problems h2 { color: var(--bad); }
 .notes { border-color: var(--warn); background: var(--warn-bg); }
+.resets { border-color: var(--muted); background: var(--soft); }
 .where { font-weight: 600; color: inherit; }
 section.run { border-top: 3px solid var(--ink); margin-top: 32px; padding-top: 10px; }
 section.country { border-top: 1px solid var(--rule); margin-top: 24px; padding-top: 12px; }
@@ -517,6 +552,35 @@ def _findings_html(title: str, css: str, findings: Sequence[Finding], rows: froz
     return (
         f'<section class="box {css}" aria-labelledby="{css}-heading">'
         f'<h2 id="{css}-heading">{_h(title)} ({len(findings)})</h2><ol>{items}</ol></section>'
+    )
+
+
+def _resets_html(resets: Sequence[ResetRow]) -> str:
+    """Each budget reset: not a fault, but the one way a dataset's budget starts over."""
+    if not resets:
+        return ""
+    head = "".join(
+        f'<th scope="col" class="text">{_h(name)}</th>'
+        for name in ("Country", "Dataset", "Account", "At", "Ledger entry", "Reason, verbatim")
+    )
+    rows = "".join(
+        f'<tr><th scope="row" class="text">{_h(r.country)}</th>'
+        f'<td class="text">{_h(r.dataset)}</td>'
+        f'<td class="text">{_code(_short(r.old_account))} → {_code(_short(r.new_account))}</td>'
+        f'<td class="text">{_h(r.at)}</td>'
+        f'<td class="text">{_code(r.ledger)} entry {r.entry}</td>'
+        f'<td class="text"><q>{_h(r.reason)}</q></td></tr>'
+        for r in resets
+    )
+    return (
+        '<section class="box resets" aria-labelledby="resets-heading">'
+        f'<h2 id="resets-heading">Budget resets ({len(resets)})</h2>'
+        "<p>A node operator opened a new budget account for a dataset: its lifetime ε starts "
+        "again from 0 and the old account's spend no longer binds it. Each is a signed entry "
+        "of the node's ledger, not a fault; whether the reason justifies it is for the "
+        "auditor to judge.</p>"
+        f'<div class="table-wrap"><table class="resets"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div></section>"
     )
 
 
@@ -679,7 +743,8 @@ def _html(report: Report) -> str:
         f'<p class="verdict {"ok" if ok else "bad"}" role="status">{_h(report.verdict)}</p>'
         f"{header}</header>\n"
         f"{_findings_html('Problems', 'problems', report.problems, rows)}"
-        f"{_findings_html('Notes', 'notes', report.notes, rows)}\n"
+        f"{_findings_html('Notes', 'notes', report.notes, rows)}"
+        f"{_resets_html(report.resets)}\n"
         f"<main>{runs}</main>\n"
         "<footer><p>ε Opacus: Opacus' accountant re-run on each record's history; it must equal "
         f"the recorded ε (relative {SAME_LIBRARY_RTOL:g}). ε dp-accounting: Google's "
@@ -718,6 +783,36 @@ def _md_findings(title: str, findings: Sequence[Finding]) -> list[str]:
         f"## {title} ({len(findings)})",
         "",
         *(f"{i}. **{_where(f.entry)}**: {_md(f.what)}" for i, f in enumerate(findings, 1)),
+        "",
+    ]
+
+
+def _md_resets(resets: Sequence[ResetRow]) -> list[str]:
+    if not resets:
+        return []
+    return [
+        f"## Budget resets ({len(resets)})",
+        "",
+        "A node operator opened a new budget account for a dataset: its lifetime ε starts again "
+        "from 0. Not a fault; the auditor judges the reason.",
+        "",
+        *_md_table(
+            ["Country", "Dataset", "Old account", "New account", "At", "Ledger", "Entry", "Reason"],
+            (
+                [
+                    _md(r.country),
+                    _md(r.dataset),
+                    f"`{_short(r.old_account)}`",
+                    f"`{_short(r.new_account)}`",
+                    _md(r.at),
+                    _md(r.ledger),
+                    str(r.entry),
+                    _md(r.reason),
+                ]
+                for r in resets
+            ),
+            align="llllllrl",
+        ),
         "",
     ]
 
@@ -809,6 +904,7 @@ def _markdown(report: Report) -> str:
         "",
         *_md_findings("Problems", report.problems),
         *_md_findings("Notes", report.notes),
+        *_md_resets(report.resets),
     ]
     for run in report.runs:
         rtol = "–" if run.dp_accounting_rtol is None else f"{run.dp_accounting_rtol:.0%}"

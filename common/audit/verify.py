@@ -3,15 +3,19 @@
 Checks, entry by entry: the JSON parses under the strict schema; entries are numbered
 0, 1, 2... with no gap; each names the previous entry's hash; its own hash matches its content;
 its keeper's signature verifies under a key from the auditor's key folder; each node record is
-signed by that country's key, names the entry's run, round and country, and hashes to the update
-that arrived (and to the update file kept beside the ledger). Every epsilon in every record is
-recomputed from the recorded mechanism twice, with Opacus and with Google's dp-accounting, and
-compared under a stated tolerance. Every problem names its entry number.
+signed by that country's key, names the entry's run, round and country, hashes to the update
+that arrived (and, in a coordinator's ledger, to the update file kept beside it), and says its
+noise came from the node's OS entropy, not a seed. Every epsilon in every record is recomputed
+from the recorded mechanism twice, with Opacus and with Google's dp-accounting, and compared
+under a stated tolerance. Every problem names its entry number. A node operator's budget
+resets are listed: they are legitimate, but an auditor must see each one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,16 +27,22 @@ from safetensors.numpy import load_file
 
 from residency.common.config.job import AccountantKind
 from residency.common.errors import ConfigError, InvalidUpdate
-from residency.common.privacy.accountant import History, compose, epsilon_spent
+from residency.common.privacy.accountant import BUDGET_RTOL, History, compose, epsilon_spent
 from residency.common.privacy.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
 from residency.common.privacy.ledger import GENESIS, EntryKind, LedgerEntry, read_lines
-from residency.common.privacy.record import PrivacyRecord, open_record
+from residency.common.privacy.record import NoiseSource, PrivacyRecord, open_record
 from residency.common.privacy.signing import key_id, load_public
 from residency.common.privacy.update_digest import update_sha256
 
 SAME_LIBRARY_RTOL = 1e-6
 """Opacus recomputing its own number on the same parameters: equal up to float noise."""
 UPDATES_DIR = "updates"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def record_sha256(body: str) -> str:
+    """SHA-256 of a signed record's body: names one record, whatever update it carries."""
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,26 @@ class RoundSpend:
     record: PrivacyRecord
     epsilon_opacus: float
     epsilon_dp_accounting: float
+    record_sha256: str
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A node operator opened a new budget account for a dataset: its lifetime spend restarts.
+
+    Legitimate (a new extract of the data, a decision recorded outside the ledger), but it is
+    the one way a dataset's budget stops binding, so every reset is shown to the auditor with
+    the operator's reason. ``entry`` is an entry number of ``ledger``.
+    """
+
+    ledger: Path
+    entry: int
+    at: str
+    country: str
+    dataset: str
+    old_account: str
+    new_account: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +116,7 @@ class Verification:
     notes: list[Problem] = field(default_factory=list)
     spends: list[RoundSpend] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    resets: list[Reset] = field(default_factory=list)
     runs: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
@@ -151,6 +182,7 @@ class _Verifier:
         self.charges: dict[str, History] = defaultdict(tuple)
         self.lifetime_at: dict[int, History] = {}
         self.record_steps: dict[tuple[str, str], History] = defaultdict(tuple)
+        self.record_entries: list[int] = []
 
     def entries(self, lines: list[str]) -> None:
         result = self.result
@@ -192,6 +224,8 @@ class _Verifier:
             self.record(position, entry)
         elif entry.kind is EntryKind.CHARGE:
             self.charge(position, entry)
+        elif entry.kind is EntryKind.BUDGET_RESET:
+            self.reset(position, entry)
         elif entry.kind is EntryKind.REFUSAL:
             result.refusals.append(
                 Refusal(
@@ -225,11 +259,41 @@ class _Verifier:
         self.charges[dataset] = compose(self.charges[dataset], step)
         self.lifetime_at[charge] = self.charges[dataset]
 
+    def reset(self, position: int, entry: LedgerEntry) -> None:
+        detail = entry.detail
+        dataset, old, new = (detail.get(k) for k in ("dataset", "old_account", "new_account"))
+        if (
+            not isinstance(dataset, str)
+            or not dataset
+            or not isinstance(old, str)
+            or not isinstance(new, str)
+            or not _HEX64.fullmatch(old)
+            or not _HEX64.fullmatch(new)
+            or not entry.country
+        ):
+            self.result.flag(position, "budget-reset entry lacks its country, dataset or accounts")
+            return
+        if old == new:
+            self.result.flag(position, "budget-reset entry names the same old and new account")
+        self.result.resets.append(
+            Reset(
+                self.result.ledger,
+                position,
+                entry.at,
+                entry.country,
+                dataset,
+                old,
+                new,
+                entry.reason or "",
+            )
+        )
+
     def record(self, position: int, entry: LedgerEntry) -> None:
         result = self.result
         if entry.record is None:
             result.flag(position, "record entry without a record")
             return
+        self.record_entries.append(position)
         try:
             record = open_record(entry.record)
         except InvalidUpdate as exc:
@@ -245,16 +309,23 @@ class _Verifier:
                 result.flag(position, f"entry says {name} {value!r}, the signed record another")
         if entry.received_sha256 != record.update_sha256:
             result.flag(position, "update received differs from the update the node signed")
+        if record.noise_source is NoiseSource.OPERATOR_SEED:
+            result.flag(
+                position,
+                f"{record.country} round {record.round} is not differentially private: its "
+                "noise and batches were reproducible from a seed in the operator's node.toml "
+                "(tests and benchmarks only)",
+            )
         self.update_file(position, entry)
         replay = (record.run, record.country, record.round)
         if replay in self.seen_rounds:
             result.flag(position, f"second record for {record.country} round {record.round}")
         self.seen_rounds.add(replay)
-        self.epsilons(position, entry, record)
+        self.epsilons(position, entry, record, record_sha256(entry.record.body))
 
     def update_file(self, position: int, entry: LedgerEntry) -> None:
         if not self.updates.is_dir() or entry.received_sha256 is None:
-            return  # node ledgers keep no updates
+            return  # node ledgers keep no updates; a coordinator's missing folder: finish()
         path = self.updates / f"{entry.received_sha256}.safetensors"
         if not path.is_file():
             self.result.flag(position, f"update file {path.name} is missing")
@@ -267,7 +338,9 @@ class _Verifier:
         if digest != entry.received_sha256:
             self.result.flag(position, f"update file {path.name} does not hash to its name")
 
-    def epsilons(self, position: int, entry: LedgerEntry, record: PrivacyRecord) -> None:
+    def epsilons(
+        self, position: int, entry: LedgerEntry, record: PrivacyRecord, signed_sha256: str
+    ) -> None:
         result = self.result
         kind, delta, history = record.accountant, record.delta, record.run_history
         opacus = _opacus(history, delta, kind)
@@ -293,9 +366,9 @@ class _Verifier:
                 position,
                 f"round epsilon {record.epsilon_round:.6g} recorded, Opacus gives {round_eps:.6g}",
             )
-        if record.epsilon > record.target_epsilon * (1 + 1e-4):
+        if record.epsilon > record.target_epsilon * (1 + BUDGET_RTOL):
             result.flag(position, f"epsilon {record.epsilon:.4g} exceeds the job's target")
-        if record.epsilon_dataset > record.budget_epsilon * (1 + 1e-4):
+        if record.epsilon_dataset > record.budget_epsilon * (1 + BUDGET_RTOL):
             result.flag(
                 position,
                 f"dataset epsilon {record.epsilon_dataset:.4g} exceeds its budget "
@@ -315,6 +388,7 @@ class _Verifier:
                 record,
                 opacus,
                 google,
+                signed_sha256,
             )
         )
 
@@ -360,11 +434,24 @@ class _Verifier:
             )
 
     def finish(self) -> None:
-        for run, info in self.result.runs.items():
+        result = self.result
+        for run, info in result.runs.items():
             if "finished" not in info:
-                self.result.flag(
+                result.flag(
                     None, f"run {run} has no run-finished entry (truncated, or still running)"
                 )
+        coordinator = any("started" in info for info in result.runs.values())
+        if coordinator and self.record_entries and not self.updates.is_dir():
+            result.flag(
+                None,
+                f"{len(self.record_entries)} record entries (the first is entry "
+                f"{self.record_entries[0]}) but no {UPDATES_DIR}/ folder beside this "
+                "coordinator ledger: the updates that were averaged cannot be checked against "
+                "the hashes the nodes signed",
+            )
+        if coordinator:
+            for reset in result.resets:
+                result.flag(reset.entry, "budget-reset entry in a coordinator's ledger")
 
 
 def _steps(history: Iterable[tuple[float, float, int]]) -> int:
@@ -417,13 +504,25 @@ def _check_since(result: Verification, lines: list[str], since: tuple[int, str])
         )
 
 
+def _spend_key(spend: RoundSpend) -> tuple[str, int, str, str]:
+    """What ties a node's copy of a record to the coordinator's: the update alone does not."""
+    return (spend.run, spend.round, spend.country, spend.record_sha256)
+
+
 def _cross_check(result: Verification, keys: dict[str, str], path: Path) -> None:
+    """Every record in the node's ledger must be in ``result``'s, the very same signed bytes.
+
+    Matched on run, round, country and the hash of the signed record: an update hash alone
+    would let one kept entry stand for another round that sent bit-identical arrays. The
+    node's budget resets join ``result``'s, as the coordinator never sees them.
+    """
     node = verify_ledger(path, keys)
     for problem in node.problems:
         result.flag(problem.entry, f"node ledger {path.name}: {problem.what}")
-    here = {spend.record.update_sha256 for spend in result.spends}
+    result.resets.extend(node.resets)
+    here = {_spend_key(spend) for spend in result.spends}
     for spend in node.spends:
-        if spend.record.update_sha256 in here:
+        if _spend_key(spend) in here:
             continue
         what = (
             f"{spend.country} round {spend.round} of run {spend.run} (entry {spend.entry} of "

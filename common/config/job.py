@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from residency.common.config.loading import load_model
 
@@ -126,7 +126,7 @@ class TrainSection(Strict):
     rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 3
     local_epochs: Annotated[int, Field(strict=True, ge=1, le=1000)] = 1
     batch_size: Annotated[int, Field(strict=True, ge=1, le=65_536)] = 32
-    learning_rate: Annotated[float, Field(strict=True, gt=0, le=10)] = 5e-4
+    learning_rate: Annotated[float, Field(strict=True, gt=0, le=10, allow_inf_nan=False)] = 5e-4
     update: UpdateKind = UpdateKind.LORA
     transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
@@ -136,8 +136,20 @@ class TrainSection(Strict):
     round_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 3600.0
     nodes_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 600.0
 
+    @model_validator(mode="after")
+    def _deltas_survive_the_wire(self) -> TrainSection:
+        if self.update is UpdateKind.FULL and self.transfer_dtype is TransferDtype.FLOAT16:
+            raise ValueError(
+                'transfer_dtype "float16" with update "full" rounds the weights, not the '
+                'changes: most of a round\'s update is lost; fix: transfer_dtype = "float32", '
+                "or a LoRA or head update"
+            )
+        return self
+
 
 MAX_TARGET_EPSILON = 100.0
+MAX_GRAD_NORM = 1e4
+"""Clipping norms above this are a typo or an attack (an infinite norm is no clipping)."""
 
 
 class PrivacySection(Strict):
@@ -147,7 +159,9 @@ class PrivacySection(Strict):
     # (20 s at 300, over 5 min at 1000 on 2 cores) while the node holds the round.
     target_epsilon: Annotated[float, Field(strict=True, gt=0, le=MAX_TARGET_EPSILON)]
     delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = 1e-5
-    max_grad_norm: Annotated[float, Field(strict=True, gt=0)] = 1.0
+    max_grad_norm: Annotated[
+        float, Field(strict=True, gt=0, le=MAX_GRAD_NORM, allow_inf_nan=False)
+    ] = 1.0
     accountant: AccountantKind = AccountantKind.PRV
 
 

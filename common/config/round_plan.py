@@ -1,6 +1,7 @@
 """What the coordinator asks of a node for one round, validated again on the node.
 
-The node never trusts the coordinator's message: the same strict model checks it on arrival.
+The node never trusts the coordinator's message: the same strict model checks it on arrival,
+with the job file's bounds (finite numbers, the same limits), before anything is charged.
 """
 
 from __future__ import annotations
@@ -8,9 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from residency.common.config.job import AccountantKind, Job, Strict, TransferDtype, UpdateKind
+from residency.common.config.job import (
+    MAX_GRAD_NORM,
+    MAX_TARGET_EPSILON,
+    AccountantKind,
+    Job,
+    Strict,
+    TransferDtype,
+    UpdateKind,
+)
 from residency.common.errors import ConfigError
 
 
@@ -19,13 +28,13 @@ class RoundPlan(Strict):
 
     server_round: Annotated[int, Field(ge=1, alias="server-round")]
     job: Annotated[str, Field(min_length=1, max_length=64)]
-    rounds: Annotated[int, Field(ge=1)]
-    local_epochs: Annotated[int, Field(ge=1, alias="local-epochs")]
-    batch_size: Annotated[int, Field(ge=1, alias="batch-size")]
-    learning_rate: Annotated[float, Field(gt=0, alias="learning-rate")]
+    rounds: Annotated[int, Field(ge=1, le=10_000)]
+    local_epochs: Annotated[int, Field(ge=1, le=1000, alias="local-epochs")]
+    batch_size: Annotated[int, Field(ge=1, le=65_536, alias="batch-size")]
+    learning_rate: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, alias="learning-rate")]
     update: UpdateKind
     transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
-    lora_rank: Annotated[int, Field(ge=1, alias="lora-rank")]
+    lora_rank: Annotated[int, Field(ge=1, le=256, alias="lora-rank")]
     lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
     lora_targets: Annotated[list[str], Field(min_length=1, alias="lora-targets")]
     seed: int
@@ -34,12 +43,22 @@ class RoundPlan(Strict):
     labels: Annotated[list[str], Field(min_length=2)]
     text_column: Annotated[str, Field(min_length=1, alias="text-column")]
     label_column: Annotated[str, Field(min_length=1, alias="label-column")]
-    target_epsilon: Annotated[float, Field(gt=0, alias="target-epsilon")]
-    delta: Annotated[float, Field(gt=0, lt=1)]
-    max_grad_norm: Annotated[float, Field(gt=0, alias="max-grad-norm")]
+    target_epsilon: Annotated[
+        float, Field(gt=0, le=MAX_TARGET_EPSILON, allow_inf_nan=False, alias="target-epsilon")
+    ]
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    max_grad_norm: Annotated[
+        float, Field(gt=0, le=MAX_GRAD_NORM, allow_inf_nan=False, alias="max-grad-norm")
+    ]
     accountant: AccountantKind
     base_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", alias="base-fingerprint")]
     countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _deltas_survive_the_wire(self) -> RoundPlan:
+        if self.update is UpdateKind.FULL and self.transfer_dtype is TransferDtype.FLOAT16:
+            raise ValueError("float16 transfer of a full update rounds the weights")
+        return self
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RoundPlan:

@@ -18,6 +18,20 @@ from residency.common.config.job import AccountantKind
 PrivacyStep = tuple[float, float, int]
 History = tuple[PrivacyStep, ...]
 
+BUDGET_RTOL = 1e-4
+"""Relative slack when an epsilon is compared with the budget it must stay within.
+
+The noise multiplier is chosen so that the whole job's history lands just under its target,
+and the last round's projection recomputes that same epsilon: PRV's numerical answer for one
+history can differ in the last digits between calls. The slack is far below what one more
+round of any real schedule adds, so it can only absorb rounding, never a round.
+"""
+
+
+def within_budget(epsilon: float, budget: float) -> bool:
+    """Whether ``epsilon`` stays within ``budget`` up to :data:`BUDGET_RTOL`."""
+    return epsilon <= budget * (1 + BUDGET_RTOL)
+
 
 def poisson_schedule(*, examples: int, batch_size: int) -> tuple[float, int]:
     """Sample rate and steps per epoch exactly as Opacus' ``DPDataLoader`` derives them.

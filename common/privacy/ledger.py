@@ -41,6 +41,7 @@ class EntryKind(StrEnum):
     REFUSAL = "refusal"  # a node declined a round (budget or policy), in its own words
     RUN_FINISHED = "run-finished"
     CHARGE = "charge"  # node ledgers: a round's cost, written before training
+    BUDGET_RESET = "budget-reset"  # node ledgers: the operator opened a new dataset account
 
 
 class EntryBody(BaseModel):

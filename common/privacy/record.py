@@ -9,6 +9,7 @@ independent accountants; nothing in it is taken on trust.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +20,7 @@ from residency.common.privacy.accountant import History
 from residency.common.privacy.canonical import canonical_json
 from residency.common.privacy.signing import Signer, verify
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Epsilon = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Step = tuple[
@@ -29,23 +30,37 @@ Step = tuple[
 ]
 
 
+class NoiseSource(StrEnum):
+    """Where the round's Poisson masks and Gaussian noise came from.
+
+    ``os-entropy``: a generator seeded per round from the node's OS entropy, never from a
+    message (the DP guarantee holds against whoever wrote the job). ``operator-seed``: a
+    seed in the operator's ``node.toml``, for tests and benchmarks only; anyone who learns it
+    can subtract the noise, so ``residency audit verify`` flags such a record as not DP.
+    """
+
+    OS_ENTROPY = "os-entropy"
+    OPERATOR_SEED = "operator-seed"
+
+
 class PrivacyRecord(BaseModel):
     """One node's account of one round; immutable, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
     round: Annotated[int, Field(ge=1)]
     node: Annotated[int, Field(ge=0)]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
-    dataset: Hex64
+    dataset: Hex64  # the operator's dataset account, keyed by a node secret (no content hash)
     examples: Annotated[int, Field(ge=1)]
     noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
     steps: Annotated[int, Field(ge=0)]
     max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    noise_source: NoiseSource
     accountant: AccountantKind
     delta: Annotated[float, Field(gt=0, lt=1)]
     history: Annotated[list[Step], Field(min_length=1, max_length=64)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_factory import write_ledger
+from ledger_factory import RESET_REASON, account, write_ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,34 @@ def test_verify_names_the_edited_entry_and_exits_3(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["problems"] == [
         {"entry": 4, "problem": "content does not match its hash: the entry was edited"}
     ]
+
+
+def test_verify_prints_budget_resets_without_failing(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path, rounds=1, refuse=None, reset="FR")
+    node = str(made.node_ledgers["FR"])
+
+    done = audit("verify", str(made.ledger), "--keys", str(made.keys), "--node-ledger", node)
+    as_json = audit(
+        "verify", str(made.ledger), "--keys", str(made.keys), "--node-ledger", node, "--json"
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        f"budget reset {node} entry 0: FR opened a new account for dataset 'fr-notes' at "
+    ) in done.stdout
+    assert f"(account {account('FR')[:12]} -> {account('FR', 2)[:12]}); reason: " in done.stdout
+    assert repr(RESET_REASON) in done.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    [reset] = json.loads(as_json.stdout)["resets"]
+    assert {k: v for k, v in reset.items() if k != "at"} == {
+        "ledger": node,
+        "entry": 0,
+        "country": "FR",
+        "dataset": "fr-notes",
+        "old_account": account("FR"),
+        "new_account": account("FR", 2),
+        "reason": RESET_REASON,
+    }
 
 
 @pytest.mark.parametrize(

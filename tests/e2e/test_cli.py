@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from e2e_cli import error_line, residency
 from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-RESIDENCY = shutil.which("residency") or str(Path(sys.executable).parent / "residency")
-
-
-def residency(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [RESIDENCY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_simulate_writes_results_model_and_log(tmp_path: Path) -> None:

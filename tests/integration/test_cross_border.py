@@ -6,7 +6,7 @@ the coordinator crosses one interface, which ``dumpcap`` records. With TLS off, 
 strings planted in every country's records must appear nowhere in that traffic: not in the
 raw packets, not in the reassembled TCP streams, not in the HTTP bodies as tshark decodes
 them; the same search does find what a node legitimately sends (a metric name, its dataset
-fingerprint), which shows it would have found a canary. With TLS on, every byte of every
+account id), which shows it would have found a canary. With TLS on, every byte of every
 connection is inside a TLS record.
 
 Needs root (network namespaces) and tshark; CI runs as root and ``.ci/run`` installs tshark.
@@ -36,9 +36,8 @@ from netns import (
     wireshark_tool,
 )
 from residency.cli.flower import Coordinator
-from residency.common.data.readers import read_labeled_texts
-from residency.common.wire import TRAIN_LOSS
-from toy_federation import LABELS, write_toy_job
+from residency.common.wire import EPSILON_ROUND
+from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,19 +90,11 @@ class Crossing:
             for found in CANARY.findall((self.job_dir / f"{country.lower()}.csv").read_bytes())
         }
 
-    def fingerprints(self) -> dict[str, bytes]:
-        """Each country's dataset fingerprint, which its node reports with every update."""
-        return {
-            country: read_labeled_texts(
-                self.job_dir / f"{country.lower()}.csv",
-                text_column="text",
-                label_column="label",
-                labels=LABELS,
-            )
-            .fingerprint()
-            .encode()
-            for country in COUNTRIES
-        }
+    def accounts(self) -> dict[str, bytes]:
+        """Each country's dataset account id, which its node reports with every update."""
+        privacy = self.results["privacy"]
+        assert isinstance(privacy, dict)
+        return {country: str(privacy[country]["dataset_account"]).encode() for country in COUNTRIES}
 
     def node_traffic(self, country: str, *, to_coordinator: bool) -> int:
         """Frames between one node and the coordinator's port, in one direction."""
@@ -284,14 +275,14 @@ def test_canaries_never_cross_the_border_in_plaintext(plaintext: Crossing, tmp_p
     assert len(views.to_coordinator) >= len(COUNTRIES)
     assert len(views.bodies) > 100  # tshark decoded the HTTP exchanges
 
-    # Positive controls, same search: a metric name and each country's dataset fingerprint
+    # Positive controls, same search: a metric name and each country's dataset account id
     # travel up in the clear with every update, so a canary sent the same way would be found.
-    control = views.count(TRAIN_LOSS.encode())
+    control = views.count(EPSILON_ROUND.encode())
     assert control["raw"] == 1, control
     assert control["to coordinator"] >= len(COUNTRIES), control
     assert control["http bodies"] >= len(COUNTRIES), control
-    for country, fingerprint in plaintext.fingerprints().items():
-        seen = views.count(fingerprint)
+    for country, dataset_account in plaintext.accounts().items():
+        seen = views.count(dataset_account)
         assert min(seen["raw"], seen["to coordinator"], seen["http bodies"]) > 0, (country, seen)
     assert views.count(b"POST /v1/fleet/")["to coordinator"] >= len(COUNTRIES)
     # ... and the checks the TLS test relies on do tell plain HTTP from TLS.
@@ -353,7 +344,7 @@ def test_with_tls_every_byte_between_nodes_and_coordinator_is_tls(
 
     # What the plaintext test finds in the clear is nowhere to be seen here. (Not "HTTP/1.1":
     # the ClientHello offers ALPN "http/1.1" in the clear, and the search ignores case.)
-    for needle in (b"POST /", b"/v1/fleet/", TRAIN_LOSS.encode(), b"zqxcanary"):
+    for needle in (b"POST /", b"/v1/fleet/", EPSILON_ROUND.encode(), b"zqxcanary"):
         assert views.count(needle) == views.nowhere(), needle
-    for fingerprint in encrypted.fingerprints().values():
-        assert views.count(fingerprint) == views.nowhere()
+    for dataset_account in encrypted.accounts().values():
+        assert views.count(dataset_account) == views.nowhere()

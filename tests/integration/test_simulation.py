@@ -106,17 +106,24 @@ def test_every_country_trained_every_round(run: Run) -> None:
 def test_results_file_has_documented_schema(run: Run) -> None:
     data = json.loads((run.out / "results.json").read_text())
     assert data["status"] == "completed"
+    assert data["schema_version"] == 2
     for entry in data["rounds"]:
         assert {"accuracy", "macro_f1", "bytes_up", "bytes_down"} <= entry.keys()
+        assert "train_loss" not in entry  # never noised, so never sent (docs/privacy.md)
         for node in entry["nodes"]:
-            assert {"country", "examples", "train_loss", "epsilon"} <= node.keys()
+            assert {"country", "examples", "epsilon"} <= node.keys()
+            assert not {"train_loss", "train_seconds"} & node.keys()
     assert 0 <= data["final"]["accuracy"] <= 1
     assert 0 <= data["final"]["macro_f1"] <= 1
     assert set(data["final"]["per_class"]) == set(LABELS)
     assert {"precision", "recall", "f1"} <= data["final"]["per_class"]["pos"].keys()
     for country in COUNTRIES:
-        assert data["privacy"][country]["delta"] == 1e-4
-        assert 0 < data["privacy"][country]["epsilon"] <= 8.0
+        privacy = data["privacy"][country]
+        assert privacy["delta"] == 1e-4
+        assert 0 < privacy["epsilon"] <= 8.0
+        assert (privacy["rounds_averaged"], privacy["rounds_charged"]) == (3, 3)
+        assert privacy["rounds_unconfirmed"] == 0
+        assert len(privacy["dataset_account"]) == 64
 
 
 def test_reported_epsilon_is_opacus_composed_over_rounds(run: Run) -> None:

@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ledger_factory import LedgerFixture, write_ledger
+from ledger_factory import RESET_REASON, LedgerFixture, account, write_ledger
 from residency.cli.audit_report import report
 from residency.common.audit.report import render_report
 from residency.common.audit.report_format import ReportFormat
@@ -89,6 +89,7 @@ def test_json_is_the_verification_numbers(verified: Verification) -> None:
     assert doc["verified"] is True
     assert doc["verdict"] == "VERIFIED"
     assert doc["problems"] == []
+    assert doc["resets"] == []
     assert doc["ledger"] == {
         "path": str(verified.ledger),
         "entries": verified.entries,
@@ -145,7 +146,9 @@ def test_markdown_has_the_tables(verified: Verification) -> None:
         row = f"| {spend.round} | {spend.entry} | {spend.record.epsilon_round:.4f} |"
         assert any(line.startswith(row) for line in lines), row
         assert f"{spend.epsilon_dp_accounting:.4f}" in text
-    assert "| 3 | 6 | FR refused round 3: dataset budget 12.00 | ok |" in lines
+    assert (
+        "| 3 | 6 | FR refused round 3: dataset budget 12.00, spent 11.50, round needs 1.20 | ok |"
+    ) in lines
     assert "- round 3: refused" in lines
 
 
@@ -228,6 +231,50 @@ def test_removed_entry_is_shown_at_its_entry_number(written: LedgerFixture, tmp_
     assert "**entry 3**: numbered 4: entries were removed" in text
 
 
+def test_budget_resets_are_listed_in_every_format_and_escaped(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path / "reset", reset="FR")
+    node = made.node_ledgers["FR"]
+    lines = node.read_text("ascii").splitlines()
+    assert LedgerEntry.model_validate_json(lines[0]).kind == "budget-reset"
+    result = verify_ledger(made.ledger, load_keys(made.keys), node_ledgers=[node])
+    assert result.ok, result.problems
+    hostile = replace(result.resets[0], reason=HOSTILE)
+    result = replace(result, resets=[hostile])
+
+    doc = json.loads(render_report(result, fmt=ReportFormat.JSON))
+    assert doc["verdict"] == "VERIFIED"
+    assert doc["resets"] == [
+        {
+            "ledger": str(node),
+            "entry": 0,
+            "at": hostile.at,
+            "country": "FR",
+            "dataset": "fr-notes",
+            "old_account": account("FR"),
+            "new_account": account("FR", 2),
+            "reason": HOSTILE,
+        }
+    ]
+
+    page = render_report(result, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    assert '<h2 id="resets-heading">Budget resets (1)</h2>' in page
+    assert f"<code>{account('FR')[:12]}</code> → <code>{account('FR', 2)[:12]}</code>" in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    for raw in ("<script", "<img"):
+        assert raw not in page
+
+    text = render_report(result, fmt=ReportFormat.MD)
+    assert "## Budget resets (1)" in text.splitlines()
+    row = next(line for line in text.splitlines() if line.startswith("| FR | fr-notes |"))
+    assert f"`{account('FR')[:12]}` | `{account('FR', 2)[:12]}`" in row
+    assert r'&lt;script&gt;alert("x")&lt;/script&gt; \| \*\*bold\*\* &amp; &lt;img' in row
+
+    plain = render_report(replace(result, resets=[]), fmt=ReportFormat.HTML)
+    assert "Budget resets" not in plain
+    assert RESET_REASON not in render_report(result, fmt=ReportFormat.MD)
+
+
 def test_no_run_at_all_still_renders(tmp_path: Path) -> None:
     empty = Verification(tmp_path / "ledger.jsonl")
     empty.flag(None, "the ledger is empty")
@@ -253,7 +300,9 @@ def test_command_writes_html_and_exits_zero(
     code, out, _ = invoke(str(written.ledger), "--keys", str(written.keys))
     assert code == 0, out
     assert (tmp_path / "audit-report.html").read_text().startswith("<!DOCTYPE html>")
-    assert out.strip().startswith("VERIFIED: 8 entries, 1 run(s), 5 record(s), 1 refusal(s)")
+    assert out.strip().startswith(
+        "VERIFIED: 8 entries, 1 run(s), 5 record(s), 1 refusal(s), 0 budget reset(s)"
+    )
     assert "audit-report.html" in out
 
     args = [str(written.ledger), "--keys", str(written.keys), "--format", "md", "-o", "r.md"]

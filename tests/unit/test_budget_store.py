@@ -18,7 +18,7 @@ STEP = (1.1, 0.1, 20)
 
 
 def charge(store: BudgetStore, run: str = "r1", dataset: str = "d" * 64, rnd: int = 1) -> int:
-    return store.charge(
+    return store.charge_within(
         run=run,
         job="job",
         server_round=rnd,
@@ -26,6 +26,7 @@ def charge(store: BudgetStore, run: str = "r1", dataset: str = "d" * 64, rnd: in
         step=STEP,
         delta=1e-5,
         accountant="prv",
+        check=lambda run_history, account_history: None,
     )
 
 
@@ -81,3 +82,56 @@ def test_refusals_are_kept(tmp_path: Path) -> None:
     store = BudgetStore(tmp_path / "budget.sqlite")
     store.refuse(run="r", job="j", server_round=3, dataset=None, reason="DE refused round 3")
     assert [r[4] for r in BudgetStore(store.path).refusals()] == ["DE refused round 3"]
+
+
+def test_a_refused_check_writes_nothing(tmp_path: Path) -> None:
+    store = BudgetStore(tmp_path / "budget.sqlite")
+    charge(store)
+    seen: list[tuple[object, object]] = []
+
+    def refuse(run_history: object, account_history: object) -> None:
+        seen.append((run_history, account_history))
+        raise RuntimeError("over budget")
+
+    with pytest.raises(RuntimeError, match="over budget"):
+        store.charge_within(
+            run="r1",
+            job="job",
+            server_round=2,
+            dataset="d" * 64,
+            step=STEP,
+            delta=1e-5,
+            accountant="prv",
+            check=refuse,
+        )
+    assert seen == [((STEP,), (STEP,))]  # the check saw every committed charge
+    assert len(store.charges()) == 1
+
+
+def test_an_account_is_the_operators_dataset_and_only_a_reset_opens_another(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "de.csv"
+    data.write_text("text,label\na,x\n", encoding="utf-8")
+    store = BudgetStore(tmp_path / "budget.sqlite")
+    first = store.account("patients", data)
+    data.write_text("text,label\na,x\nb,y\n", encoding="utf-8")  # edited, appended
+    assert BudgetStore(store.path).account("patients", data) == first
+    assert store.account("patients", tmp_path / "." / "de.csv") == first  # same file
+    assert store.account("other", data) != first
+    old, new = store.reset("patients", data, reason="new consent round")
+    assert (old, store.account("patients", data)) == (first, new)
+    assert new != first
+    assert [(a.generation, a.reason) for a in store.accounts() if a.name == "patients"] == [
+        (0, None),
+        (1, "new consent round"),
+    ]
+    with pytest.raises(ValueError, match="reason"):
+        store.reset("patients", data, reason="  ")
+    # Keyed by this store's own secret: another node's store names the same file otherwise.
+    assert BudgetStore(tmp_path / "other.sqlite").account("patients", data) not in {first, new}
+    with sqlite3.connect(store.path) as db:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM accounts")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE accounts SET generation = 0")

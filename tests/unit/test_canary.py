@@ -23,6 +23,7 @@ from residency.client.canary import (
     run_sizes,
 )
 from residency.client.canary_settings import CanarySettings, Mechanism
+from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
 
 pytestmark = pytest.mark.unit
@@ -102,12 +103,13 @@ def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -
     trainer.train_dp_round(
         model,
         data,
-        schedule=trainer.LocalSchedule(epochs=1, batch_size=5, learning_rate=1e-2, seed=0),
+        schedule=trainer.LocalSchedule(epochs=1, batch_size=5, learning_rate=1e-2),
         dp=trainer.DpSgdSettings(
             noise_multiplier=0.7, max_grad_norm=1.0, accountant=AccountantKind.RDP
         ),
         history=(),
         compute=pick_compute(),
+        randomness=RoundRandomness.secret(),
     )
     assert len(made) == audit.runs + 1
     assert made[-1].optimizer.noise_multiplier == 0.7

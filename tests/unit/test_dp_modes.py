@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
     GradSampleMode,
@@ -183,7 +184,7 @@ def test_round_accounts_the_same_steps_in_every_mode(
     outcome = train_dp_round(
         model,
         TensorDataset(*(torch.cat([t] * 3) for t in data.tensors)),
-        schedule=LocalSchedule(epochs=2, batch_size=4, learning_rate=1e-3, seed=5),
+        schedule=LocalSchedule(epochs=2, batch_size=4, learning_rate=1e-3),
         dp=DpSgdSettings(
             noise_multiplier=1.1,
             max_grad_norm=1.0,
@@ -192,6 +193,7 @@ def test_round_accounts_the_same_steps_in_every_mode(
         ),
         history=prior,
         compute=Compute(torch.device("cpu"), bf16=bf16),
+        randomness=RoundRandomness.reproducible(5, server_round=1),
     )
     sample_rate, steps_per_epoch = poisson_schedule(examples=3 * EXAMPLES, batch_size=4)
     assert outcome.steps == 2 * steps_per_epoch

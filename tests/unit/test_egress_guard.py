@@ -27,6 +27,7 @@ from ledger_factory import write_ledger
 from residency.client.egress import GENERIC_REASON, egress_guard, guard_reply
 from residency.common import wire
 from residency.common.privacy.record import PrivacyRecord, sign_record
+from residency.common.refusal import Refusal, RefusalCode, describe
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +40,6 @@ SENT = {
 }
 METRICS: dict[str, int | float] = {
     wire.NUM_EXAMPLES: 120,
-    wire.TRAIN_LOSS: 0.71,
     wire.STEPS: 12,
     wire.EPSILON: 1.25,
     wire.EPSILON_ROUND: 0.4,
@@ -47,12 +47,11 @@ METRICS: dict[str, int | float] = {
     wire.NOISE_MULTIPLIER: 1.1,
     wire.SAMPLE_RATE: 0.25,
     wire.MAX_GRAD_NORM: 1.0,
-    wire.TRAIN_SECONDS: 3.5,
 }
 NODE = {
     wire.COUNTRY: "DE",
     wire.ACCOUNTANT: "prv",
-    wire.DATASET_FINGERPRINT: "0123456789abcdef" * 4,
+    wire.DATASET_ACCOUNT: "0123456789abcdef" * 4,
     wire.VERSION: "0.1.0",
 }
 SECRET = "Jane Doe, 45, admitted with chest pain"
@@ -283,10 +282,12 @@ def test_allowed_name_with_the_wrong_record_type_is_dropped() -> None:
 METRIC_VIOLATIONS = {
     "unknown-key": ({**METRICS, "label-Cardiology-count": 12}, "label-Cardiology-count"),
     "accuracy": ({**METRICS, "train-accuracy": 0.9}, "train-accuracy"),
-    "nan": ({**METRICS, wire.TRAIN_LOSS: math.nan}, wire.TRAIN_LOSS),
+    "nan": ({**METRICS, wire.NOISE_MULTIPLIER: math.nan}, wire.NOISE_MULTIPLIER),
+    "train-loss": ({**METRICS, "train-loss": 0.71}, "train-loss"),  # un-noised: never leaves
+    "train-seconds": ({**METRICS, "train-seconds": 3.5}, "train-seconds"),
     "inf": ({**METRICS, wire.EPSILON: math.inf}, wire.EPSILON),
     "minus-inf": ({**METRICS, wire.EPSILON_ROUND: -math.inf}, wire.EPSILON_ROUND),
-    "per-record-list": ({**METRICS, wire.TRAIN_LOSS: [0.5, 0.9, 0.1]}, wire.TRAIN_LOSS),
+    "per-record-list": ({**METRICS, wire.STEPS: [0.5, 0.9, 0.1]}, wire.STEPS),
 }
 
 
@@ -313,8 +314,9 @@ NODE_VIOLATIONS = {
     "country-snippet": ({**NODE, wire.COUNTRY: f"DE {SECRET}"}, wire.COUNTRY),
     "country-newline": ({**NODE, wire.COUNTRY: "DE\n"}, wire.COUNTRY),
     "accountant": ({**NODE, wire.ACCOUNTANT: "prv (see Jane Doe)"}, wire.ACCOUNTANT),
-    "fingerprint": ({**NODE, wire.DATASET_FINGERPRINT: SECRET}, wire.DATASET_FINGERPRINT),
-    "short-fingerprint": ({**NODE, wire.DATASET_FINGERPRINT: "abc123"}, wire.DATASET_FINGERPRINT),
+    "account": ({**NODE, wire.DATASET_ACCOUNT: SECRET}, wire.DATASET_ACCOUNT),
+    "short-account": ({**NODE, wire.DATASET_ACCOUNT: "abc123"}, wire.DATASET_ACCOUNT),
+    "content-fingerprint": ({**NODE, "dataset-fingerprint": "ab" * 32}, "dataset-fingerprint"),
     "version-text": ({**NODE, wire.VERSION: "0.1.0 built by Jane Doe"}, wire.VERSION),
     "unknown-field": ({**NODE, "note": SECRET}, "note"),
     "non-string": ({**NODE, wire.COUNTRY: 49}, wire.COUNTRY),
@@ -342,12 +344,17 @@ def test_bad_node_field_is_dropped_and_logged(case: str, caplog: pytest.LogCaptu
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
-        (wire.REFUSED, "DE refused round 3: budget 8.00, spent 7.50, round needs 1.20"),
-        (wire.NODE_FAULT, "node configuration or data invalid"),
-        (wire.REFUSED, "budget exhausted (epsilon=8.00 > target=8.00)"),
+        (
+            wire.REFUSED,
+            Refusal(
+                RefusalCode.DATASET_BUDGET, {"budget": 8.0, "spent": 7.5, "needed": 1.2}
+            ).encode(),
+        ),
+        (wire.REFUSED, Refusal(RefusalCode.NOT_IN_JOB).encode()),
+        (wire.NODE_FAULT, wire.NODE_FAULT_REASON),
     ],
 )
-def test_error_reply_with_safe_reason_passes(
+def test_error_reply_with_a_coded_reason_passes(
     code: int, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
@@ -362,25 +369,39 @@ def test_error_reply_with_safe_reason_passes(
 
 
 @pytest.mark.parametrize(
-    "reason",
+    ("code", "reason"),
     [
-        pytest.param(f"<class 'ValueError'>:<'could not parse row: {SECRET}'>", id="quotes"),
-        pytest.param(f'bad row "{SECRET}"', id="double-quotes"),
-        pytest.param(f"bad row\n{SECRET}", id="newline"),
-        pytest.param("bad row\r\nCardiology", id="crlf"),
-        pytest.param("Patient Müller, 45", id="non-ascii"),
-        pytest.param("mail jane.doe@example.org", id="email"),
-        pytest.param("x" * 401, id="too-long"),
-        pytest.param("", id="empty"),
+        pytest.param(
+            wire.NODE_FAULT, f"<class 'ValueError'>:<'could not parse row: {SECRET}'>", id="quotes"
+        ),
+        pytest.param(wire.NODE_FAULT, f'bad row "{SECRET}"', id="double-quotes"),
+        pytest.param(wire.NODE_FAULT, f"bad row\n{SECRET}", id="newline"),
+        pytest.param(wire.NODE_FAULT, "Patient Müller, 45", id="non-ascii"),
+        pytest.param(wire.NODE_FAULT, "x" * 401, id="too-long"),
+        pytest.param(wire.NODE_FAULT, "", id="empty"),
+        # Plain ASCII sentences passed the old character-class check: a path, a name.
+        pytest.param(wire.REFUSED, "cannot read /data/de/patients_hiv.csv", id="path"),
+        pytest.param(wire.REFUSED, "DE refused round 3: Jane Doe, 45, chest pain", id="name"),
+        pytest.param(wire.REFUSED, '{"code":"not-in-job","name":1}', id="extra-field"),
+        pytest.param(wire.REFUSED, '{"code":"job-budget","budget":8.0}', id="missing-field"),
+        pytest.param(
+            wire.REFUSED,
+            '{"code":"job-budget","budget":"Jane Doe","spent":1.0,"needed":1.0}',
+            id="text-field",
+        ),
+        pytest.param(wire.REFUSED, '{"code":"jane-doe"}', id="unknown-code"),
+        pytest.param(
+            wire.REFUSED, '{"code": "not-in-job"}', id="not-canonical"
+        ),  # spacing is a channel
     ],
 )
-def test_error_reply_with_unsafe_reason_is_replaced(
-    reason: str, caplog: pytest.LogCaptureFixture
+def test_error_reply_with_any_other_reason_is_replaced(
+    code: int, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     sent = instruction(node_id=3)
 
-    guarded = guard_reply(sent, Message(Error(wire.NODE_FAULT, reason), reply_to=sent))
+    guarded = guard_reply(sent, Message(Error(code, reason), reply_to=sent))
 
     assert guarded.has_error()
     assert guarded.error.code == wire.NODE_FAULT
@@ -428,19 +449,30 @@ def test_mod_does_not_let_an_exception_carry_record_text_out() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "phrase"),
+    ("settings", "phrase", "said"),
     [
-        ({"country": "IT"}, "the job names DE, FR, ES, not this node"),
-        ({"budget_epsilon": 4.0}, "target epsilon 8 exceeds the budget 4 set by this node"),
-        ({"delta": 1e-6}, "delta 0.0001 exceeds the limit 1e-06 set by this node"),
+        (
+            {"country": "IT"},
+            "the job names DE, FR, ES, not this node",
+            "IT refused round 1: the job does not name this node's country",
+        ),
+        (
+            {"budget_epsilon": 4.0},
+            "target epsilon 8 exceeds the budget 4 set by this node",
+            "IT refused round 1: target epsilon 8 exceeds the node's budget 4",
+        ),
+        (
+            {"delta": 1e-6},
+            "delta 0.0001 exceeds the limit 1e-06 set by this node",
+            "IT refused round 1: delta 0.0001 exceeds the node's limit 1e-06",
+        ),
     ],
     ids=["country", "budget", "delta"],
 )
-def test_node_policy_refusals_reach_the_coordinator_verbatim(
-    tmp_path: Path, settings: dict[str, object], phrase: str
+def test_node_refusals_reach_the_coordinator_as_codes_and_numbers(
+    tmp_path: Path, settings: dict[str, object], phrase: str, said: str
 ) -> None:
-    from residency.client.app import _check_policy
-    from residency.client.egress import SAFE_REASON
+    from residency.client.admission import check_operator_limits
     from residency.client.node_config import NodeSettings
     from residency.common.config.job import load_job
     from residency.common.config.round_plan import RoundPlan, round_config
@@ -460,9 +492,13 @@ def test_node_policy_refusals_reach_the_coordinator_verbatim(
         }
     )
     with pytest.raises(PolicyViolation) as refused:
-        _check_policy(node, plan)
-    assert phrase in str(refused.value)
-    assert SAFE_REASON.fullmatch(str(refused.value))  # not withheld by the egress guard
+        check_operator_limits(node, plan)
+    assert phrase in str(refused.value)  # the node's own log
+    sent = instruction()
+    reply = Message(Error(wire.REFUSED, refused.value.refusal.encode()), reply_to=sent)
+    guarded = guard_reply(sent, reply)
+    assert guarded.error.code == wire.REFUSED  # not withheld by the egress guard
+    assert describe(guarded.error.reason, country="IT", server_round=1) == said
 
 
 def _signed_record_fields(tmp_path: Path, **changes: Any) -> dict[str, str]:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ledger_factory import LedgerFixture, write_ledger
+from ledger_factory import RESET_REASON, LedgerFixture, account, write_ledger
 from residency.common.audit.verify import Verification, load_keys, verify_ledger
 from residency.common.config.job import AccountantKind
 from residency.common.privacy.canonical import canonical_json
-from residency.common.privacy.ledger import GENESIS, EntryBody, LedgerEntry
-from residency.common.privacy.record import PrivacyRecord, sign_record
+from residency.common.privacy.ledger import GENESIS, EntryBody, EntryKind, Ledger, LedgerEntry
+from residency.common.privacy.record import NoiseSource, PrivacyRecord, sign_record
 from residency.common.privacy.signing import load_signer
 
 pytestmark = pytest.mark.unit
@@ -308,3 +309,129 @@ def test_recomputation_uses_the_recorded_accountant(tmp_path: Path, kind: Accoun
 
     assert result.ok, _problems(result)
     assert {s.record.accountant for s in result.spends} == {kind}
+
+
+def test_a_coordinator_ledger_without_its_updates_folder_is_a_problem(
+    made: LedgerFixture,
+) -> None:
+    shutil.rmtree(made.ledger.parent / "updates")
+
+    result = _verify(made)
+
+    assert [(p.entry, p.what) for p in result.problems] == [
+        (
+            None,
+            "5 record entries (the first is entry 1) but no updates/ folder beside this "
+            "coordinator ledger: the updates that were averaged cannot be checked against the "
+            "hashes the nodes signed",
+        )
+    ]
+    for path in made.node_ledgers.values():  # a node's ledger has records but keeps no updates
+        assert not (path.parent / "updates").exists()
+        node = verify_ledger(path, load_keys(made.keys))
+        assert node.ok, _problems(node)
+
+
+def test_a_deleted_record_is_found_even_if_another_round_sent_the_same_update(
+    tmp_path: Path,
+) -> None:
+    """Bit-identical updates in rounds 1 and 2: round 1's entry must not stand in for round 2's."""
+    made = write_ledger(tmp_path, countries=("DE",), rounds=2, refuse=None, repeat_update=True)
+    entries = _entries(made)
+    digests = {entries[_record_entry(made, "DE", r)]["received_sha256"] for r in (1, 2)}
+    assert len(digests) == 1
+    del entries[_record_entry(made, "DE", 2)]
+    _resign(made, entries)  # the keeper re-signs its shortened chain: it verifies on its own
+    assert _verify(made).ok
+
+    result = _verify(made, node_ledgers=[made.node_ledgers["DE"]])
+
+    assert any(
+        "DE round 2 of run 7" in p.what and "missing from this ledger" in p.what
+        for p in result.problems
+    ), _problems(result)
+    assert not any("DE round 1 of run 7" in p.what for p in result.problems)
+
+
+def test_an_operator_seeded_record_is_not_differentially_private(tmp_path: Path) -> None:
+    made = write_ledger(
+        tmp_path, countries=("DE",), rounds=1, refuse=None, noise_source=NoiseSource.OPERATOR_SEED
+    )
+
+    result = _verify(made)
+    node = verify_ledger(made.node_ledgers["DE"], load_keys(made.keys))
+
+    expected = (
+        "DE round 1 is not differentially private: its noise and batches were reproducible "
+        "from a seed in the operator's node.toml (tests and benchmarks only)"
+    )
+    assert [(p.entry, p.what) for p in result.problems] == [(1, expected)]
+    assert [p.what for p in node.problems] == [expected]
+
+
+def test_budget_resets_are_listed_not_failed(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path, reset="FR")
+    path = made.node_ledgers["FR"]
+
+    node = verify_ledger(path, load_keys(made.keys))
+    coordinator = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    assert node.ok, _problems(node)
+    [reset] = node.resets
+    assert (reset.ledger, reset.entry, reset.country) == (path, 0, "FR")
+    assert (reset.dataset, reset.reason) == ("fr-notes", RESET_REASON)
+    assert (reset.old_account, reset.new_account) == (account("FR"), account("FR", 2))
+    assert {s.record.dataset for s in node.spends} == {account("FR", 2)}
+    assert coordinator.ok, _problems(coordinator)
+    assert coordinator.resets == [reset]  # the coordinator never sees it; the node's copy does
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        pytest.param({"dataset": "fr-notes", "old_account": "ab" * 32}, id="no-new-account"),
+        pytest.param(
+            {"dataset": "fr-notes", "old_account": "ab" * 32, "new_account": "XY"}, id="not-hex"
+        ),
+        pytest.param(
+            {"dataset": "", "old_account": "ab" * 32, "new_account": "cd" * 32}, id="no-name"
+        ),
+        pytest.param(
+            {"dataset": "fr-notes", "old_account": "ab" * 32, "new_account": "ab" * 32},
+            id="same-account",
+        ),
+    ],
+)
+def test_a_malformed_budget_reset_is_a_problem(made: LedgerFixture, detail: dict[str, str]) -> None:
+    path = made.node_ledgers["FR"]
+    Ledger(path, made.signers["FR"]).append(
+        EntryKind.BUDGET_RESET, country="FR", reason="why not", detail=detail
+    )
+
+    result = verify_ledger(path, load_keys(made.keys))
+
+    last = len(path.read_text("ascii").splitlines()) - 1
+    assert [p.entry for p in result.problems] == [last], _problems(result)
+    assert "budget-reset entry" in result.problems[0].what
+
+
+def test_a_budget_reset_in_a_coordinators_ledger_is_a_problem(made: LedgerFixture) -> None:
+    entries = _entries(made)
+    entries.insert(
+        1,
+        {
+            "kind": "budget-reset",
+            "at": entries[0]["at"],
+            "signer": entries[0]["signer"],
+            "country": "FR",
+            "reason": "the coordinator wants more rounds",
+            "detail": {"dataset": "fr", "old_account": "ab" * 32, "new_account": "cd" * 32},
+        },
+    )
+    _resign(made, entries)
+
+    result = _verify(made)
+
+    assert [(p.entry, p.what) for p in result.problems] == [
+        (1, "budget-reset entry in a coordinator's ledger")
+    ]

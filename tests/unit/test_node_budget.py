@@ -5,24 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from residency.client.app import _train
+from node_harness import node_file, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.client.egress import SAFE_REASON
-from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import AccountantKind, Job, load_job
-from residency.common.config.round_plan import round_config
 from residency.common.errors import BudgetExceeded, PolicyViolation
-from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
 from residency.common.privacy.accountant import compose, epsilon_spent
 from residency.common.privacy.crosscheck import epsilon_dp_accounting
 from residency.common.privacy.record import SignedRecord, open_record
 from residency.common.privacy.signing import load_public
 from residency.common.privacy.update_digest import update_sha256
+from residency.common.refusal import describe
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.unit
@@ -38,40 +35,6 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def job(tmp_path: Path) -> Job:
     return load_job(write_toy_job(tmp_path / "job", countries=("DE",), examples=60, rounds=2))
-
-
-def node_file(tmp_path: Path, budget: float) -> Path:
-    path = tmp_path / "node.toml"
-    path.write_text(
-        f'country = "DE"\ndata = "job/de.csv"\nstate = "state"\n'
-        f"budget_epsilon = {budget}\ndelta = 1e-4\n",
-        encoding="utf-8",
-    )
-    return path
-
-
-def train_round(job: Job, settings: Path, *, run_id: int, server_round: int) -> Message:
-    """One training message, handled as by a freshly started node (empty Flower state)."""
-    model = build_classifier(ModelSpec.from_job(job))
-    config = round_config(job, base_fingerprint=base_fingerprint(model))
-    message = Message(
-        RecordDict(
-            {
-                wire.ARRAYS: ArrayRecord(trainable_state(model)),
-                wire.CONFIG: ConfigRecord({**config, "server-round": server_round}),
-            }
-        ),
-        dst_node_id=0,
-        message_type="train",
-    )
-    context = Context(
-        run_id=run_id,
-        node_id=0,
-        node_config={NODE_CONFIG_KEY: str(settings)},
-        state=RecordDict(),
-        run_config={},
-    )
-    return _train(message, context)
 
 
 def epsilon(reply: Message) -> float:
@@ -181,8 +144,9 @@ def test_policy_rules_refuse_before_any_charge(
     settings.write_text(settings.read_text("utf-8") + 'policy = "policy.toml"\n', encoding="utf-8")
     with pytest.raises((BudgetExceeded, PolicyViolation), match="refused") as refused:
         train_round(job, settings, run_id=1, server_round=1)
-    assert phrase in str(refused.value)
-    assert SAFE_REASON.fullmatch(str(refused.value))  # reaches the coordinator verbatim
+    assert phrase in str(refused.value)  # the node's own log and store keep the sentence
+    wire_reason = refused.value.refusal.encode()  # only the code and numbers leave
+    assert describe(wire_reason, country="DE", server_round=1).startswith("DE refused round 1: ")
     store = BudgetStore(tmp_path / "state" / STORE_FILE)
     assert store.charges() == []
     assert [r[4] for r in store.refusals()] == [str(refused.value)]

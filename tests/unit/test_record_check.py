@@ -19,9 +19,9 @@ from residency.server.record_check import received_record
 pytestmark = pytest.mark.unit
 
 
-def _reply(tmp_path: Path) -> tuple[RecordDict, PrivacyRecord]:
+def _reply(tmp_path: Path, examples: int = 400) -> tuple[RecordDict, PrivacyRecord]:
     """DE's round-1 reply as its node sent it: arrays, metrics and the signed record."""
-    made = write_ledger(tmp_path, countries=("DE",), rounds=1, refuse=None)
+    made = write_ledger(tmp_path, countries=("DE",), rounds=1, refuse=None, examples=examples)
     entry = json.loads(made.node_ledgers["DE"].read_text("ascii").splitlines()[-1])
     record = PrivacyRecord.model_validate_json(entry["record"]["body"])
     digest = record.update_sha256
@@ -29,7 +29,9 @@ def _reply(tmp_path: Path) -> tuple[RecordDict, PrivacyRecord]:
     content = RecordDict(
         {
             wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            wire.METRICS: MetricRecord({wire.EPSILON: record.epsilon}),
+            wire.METRICS: MetricRecord(
+                {wire.EPSILON: record.epsilon, wire.NUM_EXAMPLES: record.examples}
+            ),
             wire.RECORD: ConfigRecord(
                 {
                     wire.RECORD_BODY: entry["record"]["body"],
@@ -82,7 +84,7 @@ def test_arrays_other_than_the_signed_ones_are_rejected(tmp_path: Path) -> None:
 
 def test_metrics_that_contradict_the_record_are_rejected(tmp_path: Path) -> None:
     content, record = _reply(tmp_path)
-    content.metric_records[wire.METRICS] = MetricRecord({wire.EPSILON: record.epsilon / 2})
+    content.metric_records[wire.METRICS][wire.EPSILON] = record.epsilon / 2
 
     with pytest.raises(InvalidUpdate, match="epsilon differs"):
         received_record(content, job="triage", run="7", server_round=1, country="DE")
@@ -93,4 +95,31 @@ def test_a_reply_without_a_record_is_rejected(tmp_path: Path) -> None:
     del content.config_records[wire.RECORD]
 
     with pytest.raises(InvalidUpdate, match="no signed privacy record"):
+        received_record(content, job="triage", run="7", server_round=1, country="DE")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expected"),
+    [
+        pytest.param(
+            10**9, "num-examples 1000000000 differs from the 50 examples in the signed", id="1e9"
+        ),
+        pytest.param(1e9, "num-examples is not an integer", id="1e9-float"),
+        pytest.param(49, "num-examples 49 differs from the 50 examples", id="fewer"),
+        pytest.param(None, "reply has no num-examples metric", id="missing"),
+    ],
+)
+def test_the_average_weight_must_be_the_signed_example_count(
+    tmp_path: Path, claimed: int | float | None, expected: str
+) -> None:
+    """FedAvg weights by the unsigned metric: a node must not claim more than it signed."""
+    content, record = _reply(tmp_path, examples=50)
+    assert record.examples == 50
+    metrics = content.metric_records[wire.METRICS]
+    if claimed is None:
+        del metrics[wire.NUM_EXAMPLES]
+    else:
+        metrics[wire.NUM_EXAMPLES] = claimed
+
+    with pytest.raises(InvalidUpdate, match=expected):
         received_record(content, job="triage", run="7", server_round=1, country="DE")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from residency.client.randomness import RoundRandomness
 from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.data.encoding import encode
@@ -28,10 +29,11 @@ def test_round_trains_only_trainable_tensors_and_extends_history(update: UpdateK
     outcome = train_dp_round(
         model,
         data,
-        schedule=LocalSchedule(epochs=2, batch_size=10, learning_rate=1e-2, seed=1),
+        schedule=LocalSchedule(epochs=2, batch_size=10, learning_rate=1e-2),
         dp=DpSgdSettings(noise_multiplier=0.9, max_grad_norm=1.0, accountant=AccountantKind.RDP),
         history=prior,
         compute=pick_compute(),
+        randomness=RoundRandomness.reproducible(1, server_round=1),
     )
     sample_rate, steps_per_epoch = poisson_schedule(examples=40, batch_size=10)
     assert outcome.steps == 2 * steps_per_epoch

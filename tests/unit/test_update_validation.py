@@ -13,7 +13,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
-from residency.server.strategy import ValidatingFedAvg, mean_train_loss
+from residency.common.refusal import Refusal, RefusalCode
+from residency.server.strategy import ValidatingFedAvg
 from residency.server.validation import MAX_EXAMPLES, validate_metrics, validate_update
 
 pytestmark = pytest.mark.unit
@@ -25,7 +26,6 @@ GLOBAL = {
 }
 METRICS: dict[str, int | float] = {
     wire.NUM_EXAMPLES: 100,
-    wire.TRAIN_LOSS: 0.7,
     wire.STEPS: 10,
     wire.EPSILON: 1.5,
     wire.EPSILON_ROUND: 0.5,
@@ -33,8 +33,10 @@ METRICS: dict[str, int | float] = {
     wire.NOISE_MULTIPLIER: 1.1,
     wire.SAMPLE_RATE: 0.1,
     wire.MAX_GRAD_NORM: 1.0,
-    wire.TRAIN_SECONDS: 2.0,
 }
+BUDGET_REFUSAL = Refusal(
+    RefusalCode.DATASET_BUDGET, {"budget": 1.0, "spent": 0.9, "needed": 0.3}
+).encode()
 
 
 @pytest.fixture(autouse=True)
@@ -97,11 +99,9 @@ def error_reply(node_id: int, code: int, reason: str) -> Message:
     return Message(Error(code, reason), reply_to=sent)
 
 
-def good_reply(node_id: int, examples: int, loss: float = 0.5) -> Message:
+def good_reply(node_id: int, examples: int) -> Message:
     return train_reply(
-        node_id,
-        arrays=weights(node_id),
-        metric_values=metrics(**{wire.NUM_EXAMPLES: examples, wire.TRAIN_LOSS: loss}),
+        node_id, arrays=weights(node_id), metric_values=metrics(**{wire.NUM_EXAMPLES: examples})
     )
 
 
@@ -290,15 +290,14 @@ def test_list_valued_metric_is_invalid_not_a_crash(key: str) -> None:
 
 def test_fedavg_of_valid_replies_is_the_example_weighted_mean() -> None:
     fedavg = strategy()
-    replies = [good_reply(1, 10, 0.9), good_reply(2, 30, 0.5), good_reply(3, 60, 0.2)]
+    replies = [good_reply(1, 10), good_reply(2, 30), good_reply(3, 60)]
 
     arrays, train_metrics = fedavg.aggregate_train(1, replies)
 
     assert_average(arrays, [(10, weights(1)), (30, weights(2)), (60, weights(3))])
+    assert fedavg.weighted_by_key == wire.NUM_EXAMPLES
     assert train_metrics is not None
-    assert dict(train_metrics) == {
-        wire.TRAIN_LOSS: pytest.approx((10 * 0.9 + 30 * 0.5 + 60 * 0.2) / 100)
-    }
+    assert dict(train_metrics) == {}  # each reply metric is one country's; none is averaged
     assert [r.metadata.src_node_id for r in fedavg.accepted] == [1, 2, 3]
     assert fedavg.rejected == []
 
@@ -314,7 +313,7 @@ def test_invalid_and_error_replies_are_left_out_of_the_average() -> None:
     nan_update = weights(3)
     nan_update["lora_A.query"][0, 0] = math.nan
     replies = [
-        good_reply(1, 10, 0.9),
+        good_reply(1, 10),
         train_reply(3, arrays=nan_update, metric_values=metrics(**{wire.NUM_EXAMPLES: 1000})),
         train_reply(
             4,
@@ -323,23 +322,23 @@ def test_invalid_and_error_replies_are_left_out_of_the_average() -> None:
         ),
         train_reply(5, arrays=weights(5), metric_values=metrics(**{wire.EPSILON: None})),
         train_reply(6, arrays=weights(6)),  # no metrics record at all
-        error_reply(7, wire.REFUSED, "FR refused round 1: budget 1.00, spent 0.90"),
-        error_reply(8, wire.NODE_FAULT, "node configuration or data invalid"),
+        error_reply(7, wire.REFUSED, BUDGET_REFUSAL),
+        error_reply(8, wire.NODE_FAULT, wire.NODE_FAULT_REASON),
         train_reply(9, metric_values=metrics()),  # no arrays at all
-        good_reply(2, 30, 0.5),
+        good_reply(2, 30),
     ]
 
-    arrays, train_metrics = fedavg.aggregate_train(1, replies)
+    arrays, _ = fedavg.aggregate_train(1, replies)
 
     assert_average(arrays, [(10, weights(1)), (30, weights(2))])
-    assert train_metrics is not None
-    assert train_metrics[wire.TRAIN_LOSS] == pytest.approx((10 * 0.9 + 30 * 0.5) / 40)
     assert [r.metadata.src_node_id for r in fedavg.accepted] == [1, 2]
     rejected = {r.node_id: r for r in fedavg.rejected}
     assert sorted(rejected) == [3, 4, 5, 6, 7, 8, 9]
     assert {node for node, r in rejected.items() if r.refused} == {7}
-    assert rejected[7].reason == "FR refused round 1: budget 1.00, spent 0.90"
-    assert rejected[8].reason == "node configuration or data invalid"
+    assert rejected[7].reason == (
+        "node 7 refused round 1: dataset budget 1.00, spent 0.90, round needs 0.30"
+    )
+    assert rejected[8].reason == f"node 8 failed round 1: {wire.NODE_FAULT_REASON}"
     assert "NaN" in rejected[3].reason
     assert "extra" in rejected[4].reason
     assert wire.EPSILON in rejected[5].reason
@@ -347,13 +346,24 @@ def test_invalid_and_error_replies_are_left_out_of_the_average() -> None:
         assert rejected[node].reason.startswith("update rejected: ")
 
 
-def test_error_without_reason_is_recorded_with_its_code() -> None:
+def test_an_errors_own_text_is_never_kept() -> None:
     fedavg = strategy()
+    leak = "Jane Doe, born 1961-04-02: /data/de/notes.csv line 17"
+    replies = [
+        error_reply(2, wire.NODE_FAULT, ""),
+        error_reply(3, wire.NODE_FAULT, leak),
+        error_reply(4, wire.REFUSED, leak),
+        error_reply(5, 2, leak),  # Flower's "ClientApp raised an exception"
+        good_reply(1, 5),
+    ]
 
-    fedavg.aggregate_train(1, [error_reply(2, wire.NODE_FAULT, ""), good_reply(1, 5)])
+    fedavg.aggregate_train(1, replies)
 
     assert [(r.node_id, r.reason, r.refused) for r in fedavg.rejected] == [
-        (2, f"error code {wire.NODE_FAULT}", False)
+        (2, "node 2 failed round 1: node error, details withheld (see the node's log)", False),
+        (3, "node 3 failed round 1: node error, details withheld (see the node's log)", False),
+        (4, "node 4 refused round 1 (reason not readable)", True),
+        (5, "node 5 failed round 1: error code 2 (client app raised exception)", False),
     ]
 
 
@@ -362,7 +372,7 @@ def test_nothing_valid_returns_none() -> None:
     bad = weights(2)
     bad["classifier.bias"][0] = math.inf
     replies = [
-        error_reply(1, wire.REFUSED, "DE refused round 2: budget 1.00, spent 1.00"),
+        error_reply(1, wire.REFUSED, BUDGET_REFUSAL),
         train_reply(2, arrays=bad, metric_values=metrics()),
     ]
 
@@ -380,7 +390,7 @@ def test_no_replies_returns_none() -> None:
 
 def test_each_round_starts_with_fresh_bookkeeping() -> None:
     fedavg = strategy()
-    fedavg.aggregate_train(1, [error_reply(1, wire.REFUSED, "no budget"), good_reply(2, 5)])
+    fedavg.aggregate_train(1, [error_reply(1, wire.REFUSED, BUDGET_REFUSAL), good_reply(2, 5)])
 
     fedavg.aggregate_train(2, [good_reply(1, 5), good_reply(2, 5)])
 
@@ -431,34 +441,39 @@ def test_malformed_reply_is_rejected_without_failing_the_round(case: str) -> Non
     assert [r.node_id for r in fedavg.rejected] == [9]
 
 
-def test_mean_train_loss_weights_by_examples() -> None:
-    records = [
-        RecordDict({wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: loss})})
-        for n, loss in [(1, 4.0), (3, 0.0), (4, 1.0)]
-    ]
-
-    result = mean_train_loss(records, wire.NUM_EXAMPLES)
-
-    assert dict(result) == {wire.TRAIN_LOSS: pytest.approx((4.0 + 0.0 + 4.0) / 8)}
-
-
-def test_mean_train_loss_of_nothing_is_nan() -> None:
-    assert math.isnan(float(mean_train_loss([], wire.NUM_EXAMPLES)[wire.TRAIN_LOSS]))
-
-
 def test_a_node_claiming_another_country_than_its_admission_is_rejected() -> None:
     from residency.server.federation import _Countries, _node_round
     from residency.server.results import NodeStatus
 
     reply = train_reply(7, arrays=GLOBAL, metric_values=metrics())  # reports DE
-    honest = _node_round(reply, 0, _Countries({}, {7: "DE"}))
+    honest = _node_round(reply, 0, _Countries({}, {7: "DE"}), server_round=1)
     assert honest.status is NodeStatus.OK
     assert honest.country == "DE"
 
-    impostor = _node_round(reply, 0, _Countries({}, {7: "FR"}))
+    impostor = _node_round(reply, 0, _Countries({}, {7: "FR"}), server_round=1)
     assert impostor.status is NodeStatus.REJECTED
     assert impostor.country == "FR"
     assert impostor.reason == "reports country DE but its key was admitted for FR"
 
-    refused = _node_round(error_reply(7, wire.REFUSED, "no"), 0, _Countries({}, {7: "FR"}))
+    refused = _node_round(
+        error_reply(7, wire.REFUSED, BUDGET_REFUSAL), 0, _Countries({}, {7: "FR"}), server_round=3
+    )
     assert refused.country == "FR"  # an error reply carries no country; the admission does
+    assert refused.reason == (
+        "FR refused round 3: dataset budget 1.00, spent 0.90, round needs 0.30"
+    )
+
+
+def test_a_malformed_country_is_rejected_and_never_shown() -> None:
+    from residency.server.federation import _Countries, _node_round
+    from residency.server.results import NodeStatus
+
+    reply = train_reply(7, arrays=GLOBAL, metric_values=metrics())
+    reply.content.config_records[wire.NODE] = ConfigRecord({wire.COUNTRY: "Jane Doe"})
+    countries = _Countries({}, {})
+
+    report = _node_round(reply, 0, countries, server_round=1)
+
+    assert report.status is NodeStatus.REJECTED
+    assert (report.country, report.reason) == ("node-7", "reports a malformed country code")
+    assert countries.names == {}

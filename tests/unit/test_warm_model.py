@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from residency.client import warm_model
+from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
     GradSampleMode,
@@ -39,7 +40,7 @@ def _round(
     train_dp_round(
         model,
         data,
-        schedule=LocalSchedule(epochs=1, batch_size=6, learning_rate=1e-2, seed=server_round),
+        schedule=LocalSchedule(epochs=1, batch_size=6, learning_rate=1e-2),
         dp=DpSgdSettings(
             noise_multiplier=0.5,
             max_grad_norm=1.0,
@@ -48,6 +49,7 @@ def _round(
         ),
         history=(),
         compute=pick_compute(),
+        randomness=RoundRandomness.reproducible(0, server_round=server_round),
     )
     return {name: tensor.clone() for name, tensor in trainable_state(model).items()}
 

@@ -1,0 +1,282 @@
+"""Whether the node trains a round, and the charge that makes it count; all before training.
+
+Every check uses the node operator's own settings and the node's durable store, never the
+coordinator's word: the job may ask, the node decides. The order is the one a reader needs
+to trust it:
+
+1. :func:`admit` applies the operator's limits and policy to the round plan, reads the data
+   (named in ``node.toml``), fixes the run's noise multiplier and pre-checks both budgets, so
+   a round that cannot run is refused before the node builds a model for it.
+2. :func:`charge` repeats the budget check inside the store's write transaction, builds and
+   signs a draft of the very record the reply will carry, and only then commits the charge.
+   A round that passes is spent (write-ahead); a round that fails anything is refused with
+   nothing charged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from residency.client.budget_store import BudgetStore
+from residency.client.node_config import NodeSettings
+from residency.client.policy import Policy, load_policy
+from residency.common.config.round_plan import RoundPlan
+from residency.common.data.readers import read_labeled_texts
+from residency.common.data.records import LabeledTexts
+from residency.common.errors import BudgetExceeded, PolicyViolation
+from residency.common.privacy.accountant import (
+    History,
+    PrivacyStep,
+    compose,
+    epsilon_spent,
+    noise_for_target,
+    poisson_schedule,
+    within_budget,
+)
+from residency.common.refusal import Refusal, RefusalCode
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A round the node agreed to consider: its data, account, mechanism and limits."""
+
+    records: LabeledTexts
+    account: str
+    step: PrivacyStep
+    lifetime_budget: float
+    policy: Policy | None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Epsilon before and after this round, for this run and for the dataset's account."""
+
+    before: History  # this run's history on the account, before this round
+    step: PrivacyStep
+    spent: float  # this run's epsilon before this round
+    total: float  # this run's epsilon with this round
+    lifetime: float  # the account's epsilon with this round (every run, every coordinator)
+
+    @property
+    def history(self) -> History:
+        """This run's history with this round: what the trainer must run and the record signs."""
+        return compose(self.before, self.step)
+
+
+@lru_cache(maxsize=4)
+def _records(
+    path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]
+) -> LabeledTexts:
+    del mtime_ns  # part of the cache key only: an edited file is read again
+    return read_labeled_texts(path, text_column=text, label_column=label, labels=labels)
+
+
+def load_records(settings: NodeSettings, plan: RoundPlan) -> LabeledTexts:
+    """The operator's data file, read with the job's columns and labels."""
+    path = settings.data
+    mtime = path.stat().st_mtime_ns if path.exists() else 0
+    return _records(path, mtime, plan.text_column, plan.label_column, tuple(plan.labels))
+
+
+@lru_cache(maxsize=8)
+def _policy(path: Path, mtime_ns: int) -> Policy:
+    del mtime_ns  # part of the cache key only: an edited policy is read again
+    return load_policy(path)
+
+
+def jurisdiction(settings: NodeSettings) -> Policy | None:
+    """The operator's policy file, if ``node.toml`` names one."""
+    path = settings.policy
+    if path is None:
+        return None
+    return _policy(path, path.stat().st_mtime_ns if path.exists() else 0)
+
+
+def _refused(message: str, code: RefusalCode, **values: float) -> PolicyViolation:
+    return PolicyViolation(message, Refusal(code, values))
+
+
+def check_operator_limits(settings: NodeSettings, plan: RoundPlan) -> None:
+    """The operator's own limits come before anything the coordinator asks for."""
+    who = f"{settings.country} refused job {plan.job}"
+    if settings.country not in plan.countries:
+        raise _refused(
+            f"{who}: the job names {', '.join(plan.countries)}, not this node",
+            RefusalCode.NOT_IN_JOB,
+        )
+    if plan.target_epsilon > settings.budget_epsilon:
+        raise _refused(
+            f"{who}: target epsilon {plan.target_epsilon:g} exceeds the budget "
+            f"{settings.budget_epsilon:g} set by this node",
+            RefusalCode.TARGET_ABOVE_BUDGET,
+            target=plan.target_epsilon,
+            budget=settings.budget_epsilon,
+        )
+    if plan.delta > settings.delta:
+        raise _refused(
+            f"{who}: delta {plan.delta:g} exceeds the limit {settings.delta:g} set by this node",
+            RefusalCode.DELTA_ABOVE_LIMIT,
+            delta=plan.delta,
+            limit=settings.delta,
+        )
+
+
+def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int) -> None:
+    """The policy's rules that depend on the job; budgets are checked with the accountant."""
+    who = f"{settings.country} refused job {plan.job} under policy {policy.name}"
+    if plan.update not in policy.allowed_updates:
+        allowed = ", ".join(kind.value for kind in policy.allowed_updates)
+        raise _refused(
+            f"{who}: update {plan.update.value} not allowed ({allowed} only)",
+            RefusalCode.UPDATE_NOT_ALLOWED,
+        )
+    if policy.max_delta is not None and plan.delta > policy.max_delta:
+        raise _refused(
+            f"{who}: delta {plan.delta:g} above {policy.max_delta:g}",
+            RefusalCode.DELTA_ABOVE_POLICY,
+            delta=plan.delta,
+            limit=policy.max_delta,
+        )
+    if examples < policy.min_examples_per_round:
+        raise _refused(
+            f"{who}: {examples} examples, fewer than {policy.min_examples_per_round}",
+            RefusalCode.TOO_FEW_EXAMPLES,
+            examples=examples,
+            minimum=policy.min_examples_per_round,
+        )
+
+
+def _check_budget(
+    refusal: str, code: RefusalCode, budget: float, spent: float, projected: float
+) -> None:
+    if not within_budget(projected, budget):
+        raise BudgetExceeded(
+            f"{refusal} {budget:.2f}, spent {spent:.2f}, round needs {projected - spent:.2f}",
+            Refusal(code, {"budget": budget, "spent": spent, "needed": projected - spent}),
+        )
+
+
+def spend(
+    settings: NodeSettings,
+    plan: RoundPlan,
+    admission: Admission,
+    *,
+    run_history: History,
+    account_history: History,
+) -> Spend:
+    """This round's cost against both budgets; ``BudgetExceeded`` if either would break."""
+    step, kind, delta = admission.step, plan.accountant, plan.delta
+    refused = f"{settings.country} refused round {plan.server_round}"
+    spent = epsilon_spent(run_history, delta=delta, kind=kind)
+    total = epsilon_spent(compose(run_history, step), delta=delta, kind=kind)
+    _check_budget(
+        f"{refused}: job budget", RefusalCode.JOB_BUDGET, plan.target_epsilon, spent, total
+    )
+    lifetime_before = epsilon_spent(account_history, delta=delta, kind=kind)
+    lifetime = epsilon_spent(compose(account_history, step), delta=delta, kind=kind)
+    _check_budget(
+        f"{refused}: dataset budget",
+        RefusalCode.DATASET_BUDGET,
+        admission.lifetime_budget,
+        lifetime_before,
+        lifetime,
+    )
+    return Spend(run_history, step, spent, total, lifetime)
+
+
+def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str) -> Admission:
+    """Apply the operator's limits, policy and both budgets; refuse before any charge."""
+    check_operator_limits(settings, plan)
+    policy = jurisdiction(settings)
+    records = load_records(settings, plan)
+    examples = len(records)
+    if policy is not None:
+        check_policy(policy, settings, plan, examples)
+    refused = f"{settings.country} refused round {plan.server_round}"
+    if plan.delta >= 1.0 / examples:
+        raise BudgetExceeded(
+            f"{refused}: delta {plan.delta:g} is not below 1/{examples} examples",
+            Refusal(
+                RefusalCode.DELTA_TOO_LARGE_FOR_DATA, {"delta": plan.delta, "examples": examples}
+            ),
+        )
+    sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=plan.batch_size)
+    round_steps = plan.local_epochs * steps_per_epoch
+    account = store.account(settings.dataset_name, settings.data)
+    noise = store.noise_for(
+        run=run,
+        dataset=account,
+        derive=lambda: noise_for_target(
+            target_epsilon=plan.target_epsilon,
+            delta=plan.delta,
+            sample_rate=sample_rate,
+            steps=plan.rounds * round_steps,
+            kind=plan.accountant,
+        ),
+    )
+    if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
+        raise _refused(
+            f"{refused}: noise multiplier {noise:.3f} below the minimum "
+            f"{policy.min_noise_multiplier:g} of policy {policy.name}",
+            RefusalCode.NOISE_BELOW_POLICY,
+            noise=noise,
+            minimum=policy.min_noise_multiplier or 0.0,
+        )
+    lifetime_budget = settings.budget_epsilon
+    if policy is not None and policy.max_epsilon_per_dataset is not None:
+        lifetime_budget = min(lifetime_budget, policy.max_epsilon_per_dataset)
+    admission = Admission(
+        records, account, (noise, sample_rate, round_steps), lifetime_budget, policy
+    )
+    spend(  # an early refusal; charge() checks again under the store's lock
+        settings,
+        plan,
+        admission,
+        run_history=store.history(account, run=run),
+        account_history=store.history(account),
+    )
+    return admission
+
+
+def charge(
+    settings: NodeSettings,
+    plan: RoundPlan,
+    admission: Admission,
+    store: BudgetStore,
+    *,
+    run: str,
+    draft: Callable[[Spend], object],
+) -> tuple[int, Spend]:
+    """Check the budgets again and charge the round, atomically; (charge id, the spend).
+
+    ``draft`` builds and checks everything the node will sign for this spend (raising if it
+    would not validate), inside the transaction: a round whose record could not be signed
+    is never charged.
+    """
+    spent: list[Spend] = []
+
+    def check(run_history: History, account_history: History) -> None:
+        got = spend(
+            settings,
+            plan,
+            admission,
+            run_history=run_history,
+            account_history=account_history,
+        )
+        draft(got)
+        spent.append(got)
+
+    charge_id = store.charge_within(
+        run=run,
+        job=plan.job,
+        server_round=plan.server_round,
+        dataset=admission.account,
+        step=admission.step,
+        delta=plan.delta,
+        accountant=plan.accountant.value,
+        check=check,
+    )
+    return charge_id, spent[0]

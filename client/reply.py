@@ -1,0 +1,129 @@
+"""What a trained round sends back: the update, the public figures and the signed record.
+
+The record is drafted before the charge (:func:`draft_record`, called inside the charging
+transaction) with every figure it will carry, signed and re-opened as the coordinator will
+open it; after training only the update's hash, the charge id and the time are filled in.
+So a round whose record could not be signed is refused, never charged and then wasted.
+The reply holds only what ``docs/privacy.md`` lists as public; the egress guard enforces it.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from residency.client.admission import Admission, Spend
+from residency.client.node_config import NodeSettings
+from residency.common import wire
+from residency.common.clock import now
+from residency.common.config.round_plan import RoundPlan
+from residency.common.privacy.record import (
+    NoiseSource,
+    PrivacyRecord,
+    SignedRecord,
+    open_record,
+    sign_record,
+)
+from residency.common.privacy.signing import Signer
+from residency.common.privacy.update_digest import update_sha256
+from residency.common.version import __version__
+
+_UNSENT = "0" * 64  # the draft's update hash: the update does not exist yet
+
+
+def draft_record(
+    *,
+    settings: NodeSettings,
+    plan: RoundPlan,
+    admission: Admission,
+    spend: Spend,
+    run: str,
+    node_id: int,
+    noise_source: NoiseSource,
+    signer: Signer,
+) -> PrivacyRecord:
+    """The record this round will sign, checked as the coordinator will check it.
+
+    Raises ``ValueError`` (pydantic's ``ValidationError`` or ``InvalidUpdate``) when any
+    figure would not validate: an infinite clipping norm, a history too long to sign...
+    """
+    noise, sample_rate, steps = admission.step
+    policy = admission.policy
+    record = PrivacyRecord(
+        job=plan.job,
+        run=run,
+        round=plan.server_round,
+        node=node_id,
+        country=settings.country,
+        dataset=admission.account,
+        examples=len(admission.records),
+        noise_multiplier=noise,
+        sample_rate=sample_rate,
+        steps=steps,
+        max_grad_norm=plan.max_grad_norm,
+        noise_source=noise_source,
+        accountant=plan.accountant,
+        delta=plan.delta,
+        history=list(spend.history),
+        epsilon_round=spend.total - spend.spent,
+        epsilon=spend.total,
+        target_epsilon=plan.target_epsilon,
+        epsilon_dataset=spend.lifetime,
+        budget_epsilon=admission.lifetime_budget,
+        policy=None if policy is None else policy.digest(),
+        policy_name=None if policy is None else policy.name,
+        version=__version__,
+        update_sha256=_UNSENT,
+        charge=1,
+        signed_at=now(),
+        key=signer.public_hex,
+    )
+    open_record(sign_record(record, signer))
+    return record
+
+
+def training_reply(
+    instruction: Message,
+    *,
+    draft: PrivacyRecord,
+    update: ArrayRecord,
+    charge_id: int,
+    signer: Signer,
+) -> tuple[Message, SignedRecord]:
+    """The reply to ``instruction``: the update, public figures and the completed record."""
+    arrays = {name: array.numpy() for name, array in update.items()}
+    record = draft.model_copy(
+        update={"update_sha256": update_sha256(arrays), "charge": charge_id, "signed_at": now()}
+    )
+    signed = sign_record(record, signer)
+    open_record(signed)  # the completed record validates as the draft did
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: record.examples,
+            wire.STEPS: record.steps,
+            wire.EPSILON: record.epsilon,
+            wire.EPSILON_ROUND: record.epsilon_round,
+            wire.DELTA: record.delta,
+            wire.NOISE_MULTIPLIER: record.noise_multiplier,
+            wire.SAMPLE_RATE: record.sample_rate,
+            wire.MAX_GRAD_NORM: record.max_grad_norm,
+        }
+    )
+    node = ConfigRecord(
+        {
+            wire.COUNTRY: record.country,
+            wire.ACCOUNTANT: record.accountant.value,
+            wire.DATASET_ACCOUNT: record.dataset,
+            wire.VERSION: record.version,
+        }
+    )
+    content = RecordDict(
+        {
+            wire.ARRAYS: update,
+            wire.METRICS: metrics,
+            wire.NODE: node,
+            wire.RECORD: ConfigRecord(
+                {wire.RECORD_BODY: signed.body, wire.RECORD_SIGNATURE: signed.signature}
+            ),
+        }
+    )
+    return Message(content, reply_to=instruction), signed

@@ -1,0 +1,69 @@
+"""Each country's privacy spend in a run, as far as the coordinator can vouch for it.
+
+A node charges its budget before it trains, so what a country spent is not what was averaged:
+a reply whose update fails validation still came with a valid signed record of a charged
+round, and a node that timed out or failed after its charge may have spent up to its plan
+with no record to show for it. The tally keeps each country's latest valid signed record,
+averaged or not, and counts its rounds three ways, so ``results.json`` shows the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from residency.common.config.job import Job
+from residency.common.privacy.record import PrivacyRecord
+from residency.server.results import CountryPrivacy
+
+
+@dataclass
+class _Country:
+    latest: PrivacyRecord | None = None
+    averaged: int = 0
+    charged: int = 0
+    unconfirmed: int = 0
+
+
+class SpendTally:
+    """What each country's signed records say it spent, and the rounds no record covers."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._countries: dict[str, _Country] = {}
+
+    def _of(self, country: str) -> _Country:
+        return self._countries.setdefault(country, _Country())
+
+    def charged(self, record: PrivacyRecord, *, averaged: bool) -> None:
+        """A valid signed record arrived (checked by ``received_record``), averaged or not."""
+        tally = self._of(record.country)
+        tally.latest = record
+        tally.charged += 1
+        tally.averaged += int(averaged)
+
+    def unconfirmed(self, country: str) -> None:
+        """``country`` was sent a round and did not refuse it, but no valid record came back."""
+        self._of(country).unconfirmed += 1
+
+    def summary(self) -> dict[str, CountryPrivacy]:
+        """The ``privacy`` object of ``results.json``, by country."""
+        return {country: self._privacy(tally) for country, tally in sorted(self._countries.items())}
+
+    def _privacy(self, tally: _Country) -> CountryPrivacy:
+        privacy = self._job.privacy
+        record = tally.latest
+        return CountryPrivacy(
+            epsilon=None if record is None else record.epsilon,
+            delta=privacy.delta if record is None else record.delta,
+            target_epsilon=privacy.target_epsilon,
+            accountant=(record.accountant if record else privacy.accountant).value,
+            noise_multiplier=None if record is None else record.noise_multiplier,
+            sample_rate=None if record is None else record.sample_rate,
+            steps=None if record is None else sum(n for _, _, n in record.run_history),
+            rounds_averaged=tally.averaged,
+            rounds_charged=tally.charged,
+            rounds_unconfirmed=tally.unconfirmed,
+            dataset_account=None if record is None else record.dataset,
+            epsilon_dataset=None if record is None else record.epsilon_dataset,
+            budget_epsilon=None if record is None else record.budget_epsilon,
+        )

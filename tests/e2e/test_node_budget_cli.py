@@ -1,0 +1,47 @@
+"""``residency node budget reset``: a new account only by the operator's signed, audited act."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e_cli import error_line, residency
+from toy_federation import separable_rows, write_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "de.csv", separable_rows(30, 0))
+    made = residency(
+        "node", "init", "node-de", "--country", "DE", "--data", str(data),
+        "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    empty = residency("node", "budget", "reset", "node-de", "--reason", " ", cwd=tmp_path)
+    assert empty.returncode == 2
+    assert "--reason: empty; fix:" in error_line(empty)
+    assert not (tmp_path / "node-de" / "state" / "ledger.jsonl").exists()  # nothing written
+
+    done = residency(
+        "node", "budget", "reset", "node-de", "--reason", "new consent cohort", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "new budget account" in done.stdout
+    ledger = tmp_path / "node-de" / "state" / "ledger.jsonl"
+    [entry] = [json.loads(line) for line in ledger.read_text("ascii").splitlines()]
+    assert entry["kind"] == "budget-reset"
+    assert entry["reason"] == "new consent cohort"
+    assert entry["detail"]["dataset"] == "de.csv"
+    assert entry["detail"]["old_account"] != entry["detail"]["new_account"]
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(tmp_path / "node-de" / "keys" / "record.key.pub", keys / "DE.pub")
+    verified = residency("audit", "verify", str(ledger), "--keys", str(keys), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "new consent cohort" in verified.stdout

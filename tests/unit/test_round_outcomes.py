@@ -1,0 +1,319 @@
+"""One coordinator round against scripted nodes: what reaches the average, results and ledger.
+
+Every way a node's round can end is played through the coordinator's own loop (a stand-in
+for Flower's Grid returns the replies): averaged; charged with a valid signed record but
+rejected by validation; a signed count the reply's weight contradicts; refused with a coded
+reason or with free text; failed; never answered. The tiny model makes a round take a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from ledger_factory import account, signed_record
+from residency.common import wire
+from residency.common.config.job import Job, load_job
+from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
+from residency.common.privacy.record import PrivacyRecord
+from residency.common.privacy.signing import Signer, create_signer
+from residency.common.refusal import Refusal, RefusalCode
+from residency.server.federation import JobFailed, _Federation, run_federation
+from residency.server.results import NodeStatus, RoundResult
+from residency.server.run_ledger import RunLedger
+from toy_federation import write_toy_job
+
+pytestmark = pytest.mark.unit
+
+RUN = "7"
+TIMEOUT_S = 0.5
+LEAK = "Jane Doe, born 1961-04-02, /data/notes.csv line 17"
+BUDGET = Refusal(RefusalCode.DATASET_BUDGET, {"budget": 8.0, "spent": 7.99, "needed": 2.41})
+
+Answer = Callable[[Message, str, Signer], Message | None]
+"""A node's reply to a training message (``None``: it never answers)."""
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction messages take run and node ids from the process' task identity."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", int(RUN))
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@dataclass
+class ScriptedGrid:
+    """The part of Flower's Grid the round loop uses; each node answers as scripted."""
+
+    answers: dict[int, tuple[str, Answer]]
+    signers: dict[str, Signer]
+    waiting: dict[str, Message] = field(default_factory=dict)
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.answers)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message_id = f"message-{message.metadata.dst_node_id}"
+            message.metadata.__dict__["_message_id"] = message_id  # as the SuperLink does
+            country, answer = self.answers[message.metadata.dst_node_id]
+            reply = answer(message, country, self.signers[country])
+            if reply is not None:
+                self.waiting[message_id] = reply
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
+
+
+def _sent(message: Message) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in message.content.array_records[wire.ARRAYS].items()}
+
+
+def _trained(
+    *, examples: int = 100, claimed: int | None = None, extra_tensor: bool = False
+) -> Answer:
+    """A node that trained and signed a record of ``examples`` (its reply may claim others)."""
+
+    def answer(message: Message, country: str, signer: Signer) -> Message:
+        server_round = int(message.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+        rng = np.random.default_rng(sum(map(ord, country)))
+        update = {
+            k: (v + rng.standard_normal(v.shape).astype(np.float32))
+            for k, v in _sent(message).items()
+        }
+        if extra_tensor:
+            update["smuggled"] = np.ones(4, dtype=np.float32)
+        signed = signed_record(
+            signer,
+            update,
+            job="toy",
+            run=RUN,
+            server_round=server_round,
+            country=country,
+            examples=examples,
+        )
+        record = PrivacyRecord.model_validate_json(signed.body)
+        metrics = {
+            wire.NUM_EXAMPLES: examples if claimed is None else claimed,
+            wire.STEPS: record.steps,
+            wire.EPSILON: record.epsilon,
+            wire.EPSILON_ROUND: record.epsilon_round,
+            wire.DELTA: record.delta,
+            wire.NOISE_MULTIPLIER: record.noise_multiplier,
+            wire.SAMPLE_RATE: record.sample_rate,
+            wire.MAX_GRAD_NORM: record.max_grad_norm,
+        }
+        node = {
+            wire.COUNTRY: country,
+            wire.ACCOUNTANT: record.accountant.value,
+            wire.DATASET_ACCOUNT: record.dataset,
+            wire.VERSION: record.version,
+        }
+        content = RecordDict(
+            {
+                wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in update.items()}),
+                wire.METRICS: MetricRecord(metrics),
+                wire.NODE: ConfigRecord(node),
+                wire.RECORD: ConfigRecord(
+                    {wire.RECORD_BODY: signed.body, wire.RECORD_SIGNATURE: signed.signature}
+                ),
+            }
+        )
+        return Message(content, reply_to=message)
+
+    return answer
+
+
+def _error(code: int, reason: str) -> Answer:
+    def answer(message: Message, country: str, signer: Signer) -> Message:
+        return Message(Error(code, reason), reply_to=message)
+
+    return answer
+
+
+def _silent(message: Message, country: str, signer: Signer) -> None:
+    return None
+
+
+SCRIPT: dict[str, Answer] = {
+    "DE": _trained(examples=100),  # averaged
+    "FR": _trained(examples=80, extra_tensor=True),  # signed and charged, fails validation
+    "AT": _trained(examples=50, claimed=10**9),  # weight claimed above the signed count
+    "ES": _error(wire.NODE_FAULT, LEAK),  # failed: maybe after its charge
+    "IT": _error(wire.REFUSED, BUDGET.encode()),  # refused, before any charge
+    "NL": _error(wire.REFUSED, LEAK),  # a refusal in free text
+    "PL": _silent,  # never answers
+}
+
+
+@dataclass
+class Coordinator:
+    """A job over the script's countries, each admitted under its own node id."""
+
+    job: Job
+    grid: ScriptedGrid
+    admitted: dict[int, str]
+    ledger: RunLedger
+
+
+def _coordinator(folder: Path, script: dict[str, Answer]) -> Coordinator:
+    countries = tuple(script)
+    path = write_toy_job(
+        folder / "job", countries=countries, rounds=1, train=f"round_timeout_s = {TIMEOUT_S}"
+    )
+    signers = {c: create_signer(folder / "keys" / f"{c}.key", comment=c) for c in countries}
+    admitted = {i: country for i, country in enumerate(countries, start=1)}
+    grid = ScriptedGrid({i: (c, script[c]) for i, c in admitted.items()}, signers)
+    ledger = RunLedger.open(folder / "ledger", folder / "keys" / "ledger.key", run=RUN, job="toy")
+    return Coordinator(load_job(path), grid, admitted, ledger)
+
+
+def _ledger(coordinator: Coordinator) -> list[LedgerEntry]:
+    lines = (coordinator.ledger.folder / LEDGER_FILE).read_text("ascii").splitlines()
+    return [LedgerEntry.model_validate_json(line) for line in lines]
+
+
+@dataclass
+class Played:
+    """One round played: the coordinator's state, the arrays it sent, the round's result."""
+
+    coordinator: Coordinator
+    federation: _Federation
+    sent: dict[str, np.ndarray]
+    result: RoundResult
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> Played:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TaskIdentity, "_run_id", int(RUN))
+        patch.setattr(TaskIdentity, "_node_id", 0)
+        patch.setattr(TaskIdentity, "_task_id", 1)
+        coordinator = _coordinator(tmp_path_factory.mktemp("round"), SCRIPT)
+        federation = _Federation(
+            coordinator.grid,  # type: ignore[arg-type]
+            coordinator.job,
+            len(SCRIPT),
+            None,
+            coordinator.admitted,
+            RUN,
+            coordinator.ledger,
+        )
+        sent = {k: v.numpy().copy() for k, v in federation.arrays.items()}
+        return Played(coordinator, federation, sent, federation.play_round(1))
+
+
+def test_spend_counts_every_valid_signed_record_not_only_the_averaged_ones(
+    played: Played,
+) -> None:
+    privacy = played.federation.spend.summary()
+
+    counts = {
+        c: (p.rounds_averaged, p.rounds_charged, p.rounds_unconfirmed) for c, p in privacy.items()
+    }
+    assert counts == {
+        "AT": (0, 0, 1),  # its reply contradicted its record: no valid record
+        "DE": (1, 1, 0),
+        "ES": (0, 0, 1),
+        "FR": (0, 1, 0),  # charged, not averaged: it still spent its round
+        "PL": (0, 0, 1),
+    }  # IT and NL refused before any charge
+    french = privacy["FR"]
+    assert french.epsilon is not None
+    assert french.epsilon > 0
+    assert french.dataset_account == account("FR")
+    assert (french.steps, french.epsilon_dataset, french.budget_epsilon) == (
+        40,
+        french.epsilon,
+        12.0,
+    )
+    for country in ("AT", "ES", "PL"):
+        assert privacy[country].epsilon is None
+        assert privacy[country].dataset_account is None
+
+
+def test_only_the_signed_update_is_averaged_with_its_signed_weight(
+    played: Played,
+) -> None:
+    rng = np.random.default_rng(sum(map(ord, "DE")))
+    german = {
+        k: v + rng.standard_normal(v.shape).astype(np.float32) for k, v in played.sent.items()
+    }
+
+    averaged = {k: v.numpy() for k, v in played.federation.arrays.items()}
+
+    assert averaged.keys() == german.keys()
+    for name, value in german.items():
+        np.testing.assert_array_equal(averaged[name], value)
+    statuses = {n.country: (n.status, n.reason) for n in played.result.nodes}
+    assert statuses["DE"] == (NodeStatus.OK, None)
+    assert statuses["FR"][0] is NodeStatus.REJECTED
+    assert "smuggled" in (statuses["FR"][1] or "")
+    assert statuses["AT"] == (
+        NodeStatus.REJECTED,
+        "num-examples 1000000000 differs from the 50 examples in the signed privacy record",
+    )
+    records = [e for e in _ledger(played.coordinator) if e.kind == "record"]
+    assert [(e.country, e.detail["averaged"]) for e in records] == [("DE", True), ("FR", False)]
+
+
+def test_refusals_and_failures_are_rendered_never_shown_raw(
+    played: Played,
+) -> None:
+    reasons = {n.country: (n.status, n.reason) for n in played.result.nodes}
+
+    assert reasons["IT"] == (
+        NodeStatus.REFUSED,
+        "IT refused round 1: dataset budget 8.00, spent 7.99, round needs 2.41",
+    )
+    assert reasons["NL"] == (NodeStatus.REFUSED, "NL refused round 1 (reason not readable)")
+    assert reasons["ES"] == (
+        NodeStatus.FAILED,
+        "ES failed round 1: node error, details withheld (see the node's log)",
+    )
+    assert reasons["PL"] == (NodeStatus.FAILED, "PL sent no reply to round 1 within 0.5 s")
+    ledger = _ledger(played.coordinator)
+    refusals = [(e.country, e.reason) for e in ledger if e.kind == "refusal"]
+    assert sorted(refusals) == [("IT", reasons["IT"][1]), ("NL", reasons["NL"][1])]
+    assert "Jane Doe" not in "".join(e.model_dump_json() for e in ledger)
+    assert "Jane Doe" not in played.result.model_dump_json()
+
+
+def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
+    coordinator = _coordinator(
+        tmp_path, {"FR": SCRIPT["FR"], "IT": SCRIPT["IT"], "ES": SCRIPT["ES"]}
+    )
+    out = tmp_path / "out"
+
+    with pytest.raises(JobFailed, match="round 1: no valid update"):
+        run_federation(
+            coordinator.grid,  # type: ignore[arg-type]
+            coordinator.job,
+            nodes=3,
+            out_dir=out,
+            admitted=coordinator.admitted,
+            run=RUN,
+            ledger=coordinator.ledger,
+        )
+
+    results = json.loads((out / "results.json").read_text("utf-8"))
+    assert results["status"] == "failed"
+    assert results["schema_version"] == 2
+    privacy = results["privacy"]
+    assert sorted(privacy) == ["ES", "FR"]
+    assert privacy["FR"]["rounds_charged"] == 1
+    assert privacy["FR"]["rounds_averaged"] == 0
+    assert privacy["FR"]["epsilon"] > 0
+    assert privacy["ES"]["rounds_unconfirmed"] == 1
+    assert "Jane Doe" not in json.dumps(results)

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 
 from residency.client.app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
-from residency.common.config.job import Job
+from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.data.readers import read_labeled_texts
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
@@ -72,6 +72,8 @@ def write_node_settings(job: Job, out_dir: Path) -> Path:
             f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"
             f"log = {_toml_string(str((folder / f'{node.country}.log').resolve()))}\n"
         )
+        if job.model.path not in BUILTIN_MODELS:  # the job's checkpoint, as an operator lists it
+            text += f"models = [{_toml_string(job.model.path)}]\n"
         tomllib.loads(text)  # never write a file the node cannot read
         (folder / f"{index}.toml").write_text(text, encoding="utf-8")
     return folder

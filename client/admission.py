@@ -122,6 +122,12 @@ def check_operator_limits(settings: NodeSettings, plan: RoundPlan) -> None:
             delta=plan.delta,
             limit=settings.delta,
         )
+    if not settings.may_load(plan.model):
+        raise _refused(
+            f"{who}: model {plan.model!r} is not minilm, tiny or a folder listed in models; "
+            "fix (operator): add the checkpoint folder to models in node.toml",
+            RefusalCode.MODEL_NOT_ALLOWED,
+        )
 
 
 def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int) -> None:
@@ -206,17 +212,24 @@ def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str)
     sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=plan.batch_size)
     round_steps = plan.local_epochs * steps_per_epoch
     account = store.account(settings.dataset_name, settings.data)
-    noise = store.noise_for(
-        run=run,
-        dataset=account,
-        derive=lambda: noise_for_target(
-            target_epsilon=plan.target_epsilon,
-            delta=plan.delta,
-            sample_rate=sample_rate,
-            steps=plan.rounds * round_steps,
-            kind=plan.accountant,
-        ),
-    )
+
+    def derive() -> float:
+        try:
+            return noise_for_target(
+                target_epsilon=plan.target_epsilon,
+                delta=plan.delta,
+                sample_rate=sample_rate,
+                steps=plan.rounds * round_steps,
+                kind=plan.accountant,
+            )
+        except ValueError as exc:  # Opacus: "The privacy budget is too low."
+            raise BudgetExceeded(
+                f"{refused}: no noise multiplier reaches target epsilon {plan.target_epsilon:g} "
+                f"in {plan.rounds * round_steps} steps ({exc})",
+                Refusal(RefusalCode.TARGET_UNREACHABLE, {"target": plan.target_epsilon}),
+            ) from exc
+
+    noise = store.noise_for(run=run, dataset=account, derive=derive)
     if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
         raise _refused(
             f"{refused}: noise multiplier {noise:.3f} below the minimum "

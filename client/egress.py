@@ -34,9 +34,7 @@ from residency.common.refusal import decode
 
 log = logging.getLogger("residency.egress")
 
-GENERIC_REASON = "node error withheld by the egress guard (see the node's log)"
-FIXED_REASONS = frozenset({GENERIC_REASON, wire.NODE_FAULT_REASON})
-"""The only free sentences an error may carry: fixed ones, written here, never composed."""
+GENERIC_REASON = wire.WITHHELD_REASON
 
 
 def _safe_error(code: int, reason: str) -> str | None:
@@ -46,7 +44,7 @@ def _safe_error(code: int, reason: str) -> str | None:
             return decode(reason).encode()
         except ValueError:
             return None
-    return reason if reason in FIXED_REASONS else None
+    return reason if reason in wire.FIXED_REASONS else None
 
 
 def _matches(array: Array, ref: Array) -> bool:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from residency.common.config.job import Strict
+from residency.common.config.job import BUILTIN_MODELS, Strict
 from residency.common.config.loading import load_model
 from residency.common.errors import ConfigError
 
@@ -43,6 +43,11 @@ class NodeSettings(Strict):
         default=None,
         description="TESTS AND BENCHMARKS ONLY: seeds the noise and batches so runs repeat; "
         "every record then says so and `audit verify` reports it as not DP",
+    )
+    models: list[Path] = Field(
+        default_factory=list,
+        description="checkpoint folders a job may name besides the shipped minilm and tiny; "
+        "the node loads no other path a coordinator sends",
     )
     state: Path = Field(description="folder of the node's durable privacy budget store")
     policy: Path | None = Field(default=None, description="the jurisdiction's policy file")
@@ -77,6 +82,27 @@ class NodeSettings(Strict):
         if value is None or value.is_absolute() or base is None:
             return value
         return Path(base) / value
+
+    @field_validator("models")
+    @classmethod
+    def _models_relative_to_file(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        base = (info.context or {}).get("base_dir")
+        if base is None:
+            return value
+        return [path if path.is_absolute() else Path(base) / path for path in value]
+
+    def may_load(self, model: str) -> bool:
+        """Whether a job may make this node load ``model``; decided without touching the disk.
+
+        The comparison is lexical (absolute, normalised paths), so a coordinator cannot make
+        the node stat, list or read a folder the operator did not name.
+        """
+        if model in BUILTIN_MODELS:
+            return True
+        if not os.path.isabs(model):
+            return False
+        wanted = os.path.normpath(model)
+        return any(os.path.normpath(os.path.abspath(path)) == wanted for path in self.models)
 
 
 def load_node_settings(path: Path) -> NodeSettings:

@@ -22,10 +22,12 @@ class RefusalCode(StrEnum):
     TARGET_ABOVE_BUDGET = "target-above-budget"
     DELTA_ABOVE_LIMIT = "delta-above-limit"
     UPDATE_NOT_ALLOWED = "update-not-allowed"
+    MODEL_NOT_ALLOWED = "model-not-allowed"
     DELTA_ABOVE_POLICY = "delta-above-policy"
     TOO_FEW_EXAMPLES = "too-few-examples"
     DELTA_TOO_LARGE_FOR_DATA = "delta-too-large-for-data"
     NOISE_BELOW_POLICY = "noise-below-policy"
+    TARGET_UNREACHABLE = "target-unreachable"
     JOB_BUDGET = "job-budget"
     DATASET_BUDGET = "dataset-budget"
     INVALID_PLAN = "invalid-plan"
@@ -36,10 +38,12 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.TARGET_ABOVE_BUDGET: ("target", "budget"),
     RefusalCode.DELTA_ABOVE_LIMIT: ("delta", "limit"),
     RefusalCode.UPDATE_NOT_ALLOWED: (),
+    RefusalCode.MODEL_NOT_ALLOWED: (),
     RefusalCode.DELTA_ABOVE_POLICY: ("delta", "limit"),
     RefusalCode.TOO_FEW_EXAMPLES: ("examples", "minimum"),
     RefusalCode.DELTA_TOO_LARGE_FOR_DATA: ("delta", "examples"),
     RefusalCode.NOISE_BELOW_POLICY: ("noise", "minimum"),
+    RefusalCode.TARGET_UNREACHABLE: ("target",),
     RefusalCode.JOB_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.DATASET_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.INVALID_PLAN: (),
@@ -53,12 +57,14 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     ),
     RefusalCode.DELTA_ABOVE_LIMIT: "delta {delta:g} exceeds the node's limit {limit:g}",
     RefusalCode.UPDATE_NOT_ALLOWED: "the node's policy does not allow this update kind",
+    RefusalCode.MODEL_NOT_ALLOWED: "the job's model is not one the node's operator listed",
     RefusalCode.DELTA_ABOVE_POLICY: "delta {delta:g} above the policy's {limit:g}",
     RefusalCode.TOO_FEW_EXAMPLES: "{examples:g} examples, fewer than the policy's {minimum:g}",
     RefusalCode.DELTA_TOO_LARGE_FOR_DATA: "delta {delta:g} is not below 1/{examples:g} examples",
     RefusalCode.NOISE_BELOW_POLICY: (
         "noise multiplier {noise:.3f} below the policy's minimum {minimum:g}"
     ),
+    RefusalCode.TARGET_UNREACHABLE: "no noise multiplier reaches target epsilon {target:g}",
     RefusalCode.JOB_BUDGET: "job budget {budget:.2f}, spent {spent:.2f}, round needs {needed:.2f}",
     RefusalCode.DATASET_BUDGET: (
         "dataset budget {budget:.2f}, spent {spent:.2f}, round needs {needed:.2f}"

@@ -59,6 +59,9 @@ REPLY_NODE_FIELDS: Final[dict[str, re.Pattern[str]]] = {
 REFUSED: Final = 4001  # the node declined the round (budget or policy)
 NODE_FAULT: Final = 4002  # the node could not train (its config or data); details stay local
 NODE_FAULT_REASON: Final = "node configuration or data invalid (see the node's log)"
+WITHHELD_REASON: Final = "node error withheld by the egress guard (see the node's log)"
+FIXED_REASONS: Final = frozenset({NODE_FAULT_REASON, WITHHELD_REASON})
+"""The only sentences an error reply may carry besides a coded refusal."""
 
 # ConfigRecord a node receives from the coordinator (besides Flower's "server-round").
 SERVER_ROUND: Final = "server-round"

@@ -335,7 +335,7 @@ class _Federation:
             server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
         )
         rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
-        self._to_ledger(server_round, received, rejected, reports.values())
+        self._to_ledger(server_round, received, rejected, reports)
         for node_id, report in reports.items():
             if report.status is NodeStatus.OK and node_id in rejected:
                 report.status, report.reason = NodeStatus.REJECTED, rejected[node_id]
@@ -374,17 +374,20 @@ class _Federation:
         server_round: int,
         received: Mapping[int, Received],
         rejected: Mapping[int, str],
-        reports: Iterable[NodeRound],
+        reports: Mapping[int, NodeRound],
     ) -> None:
-        """Every signed record (averaged or not) and every refusal of the round."""
+        """Every signed record (averaged or not), refusal and unconfirmed round of the round."""
         if self.ledger is None:
             return
         averaged = {reply.metadata.src_node_id for reply in self.strategy.accepted}
         for node_id, got in sorted(received.items()):
             self.ledger.record(got, averaged=node_id in averaged, reason=rejected.get(node_id))
-        for report in reports:
+        for node_id, report in sorted(reports.items()):
             if report.status is NodeStatus.REFUSED:
                 self.ledger.refusal(report.country, server_round, report.reason or "")
+            elif node_id not in received:
+                reason = report.reason or "no valid signed record"
+                self.ledger.unconfirmed(report.country, server_round, reason)
 
     def finish(self, out_dir: Path) -> FinalResult:
         """Score the final model and export it as a Hugging Face checkpoint."""

@@ -30,11 +30,7 @@ def error_sentence(code: int, reason: str, *, country: str, server_round: int) -
     if code == wire.REFUSED:
         return describe(reason, country=country, server_round=server_round)
     if code == wire.NODE_FAULT:
-        said = (
-            wire.NODE_FAULT_REASON
-            if reason == wire.NODE_FAULT_REASON
-            else "node error, details withheld (see the node's log)"
-        )
+        said = reason if reason in wire.FIXED_REASONS else "node error (reason not readable)"
         return f"{country} failed round {server_round}: {said}"
     name = _FLOWER_ERRORS.get(code, "not a Residency or Flower code")
     return f"{country} failed round {server_round}: error code {code} ({name})"

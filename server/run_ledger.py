@@ -85,6 +85,21 @@ class RunLedger:
             reason=reason,
         )
 
+    def unconfirmed(self, country: str, server_round: int, reason: str) -> None:
+        """A node was sent the round and no valid signed record came back in time.
+
+        The node may have charged its budget (it charges before it trains), so the auditor is
+        told here why its record, which the node's own ledger holds, is not in this one.
+        """
+        self.ledger.append(
+            EntryKind.UNCONFIRMED,
+            run=self.run,
+            job=self.job,
+            country=country,
+            round=server_round,
+            reason=reason,
+        )
+
     def finished(self, status: str, error: str | None) -> None:
         """How the run ended."""
         self.ledger.append(

@@ -117,6 +117,8 @@ class Verification:
     spends: list[RoundSpend] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     resets: list[Reset] = field(default_factory=list)
+    unconfirmed: set[tuple[str, str, int]] = field(default_factory=set)
+    """(run, country, round) the coordinator sent but got no valid signed record for."""
     runs: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
@@ -226,6 +228,8 @@ class _Verifier:
             self.charge(position, entry)
         elif entry.kind is EntryKind.BUDGET_RESET:
             self.reset(position, entry)
+        elif entry.kind is EntryKind.UNCONFIRMED:
+            result.unconfirmed.add((entry.run or "", entry.country or "", entry.round or 0))
         elif entry.kind is EntryKind.REFUSAL:
             result.refusals.append(
                 Refusal(
@@ -529,7 +533,13 @@ def _cross_check(result: Verification, keys: dict[str, str], path: Path) -> None
             f"{path}) is missing from this ledger"
         )
         status = result.runs.get(spend.run, {}).get("status")
-        if status in ("stopped", "failed"):
+        if (spend.run, spend.country, spend.round) in result.unconfirmed:
+            result.note(
+                None,
+                f"{what}: the coordinator recorded the round as unconfirmed (no valid reply in "
+                "time); the node's charge is real and counts for the country",
+            )
+        elif status in ("stopped", "failed"):
             result.note(None, f"{what}: the run was {status} before the reply arrived")
         else:
             result.flag(None, f"{what}: deleted, truncated, or never delivered")

@@ -42,6 +42,7 @@ class EntryKind(StrEnum):
     RUN_FINISHED = "run-finished"
     CHARGE = "charge"  # node ledgers: a round's cost, written before training
     BUDGET_RESET = "budget-reset"  # node ledgers: the operator opened a new dataset account
+    UNCONFIRMED = "unconfirmed"  # a node sent no valid record in time; it may have charged
 
 
 class EntryBody(BaseModel):

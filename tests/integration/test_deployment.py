@@ -21,7 +21,7 @@ from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
 from residency.server.results import Results
-from toy_federation import write_toy_job
+from toy_federation import LEARNABLE, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +86,7 @@ class Deployed:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     root = tmp_path_factory.mktemp("deployment")
-    job_path = write_toy_job(root / "job", countries=COUNTRIES, rounds=2)
+    job_path = write_toy_job(root / "job", countries=COUNTRIES, rounds=2, examples=LEARNABLE)
     simulated = simulate(load_job(job_path), job_path, out_dir=root / "simulated")
 
     federation = Federation(root / "fed")
@@ -164,17 +164,17 @@ def test_epsilon_matches_simulation_exactly(deployed: Deployed) -> None:
 
 
 def test_accuracy_matches_simulation(deployed: Deployed) -> None:
-    # Same seeds, so the same batches and noise draws; CPU thread counts differ between Ray
-    # actors and forked node processes, which changes float summation order only. 0.05 is
-    # 4-5 of the 90 test examples.
+    # Each node draws its noise and batches from its own OS entropy, so the two runs differ
+    # by DP noise, not only float order; on LEARNABLE rows both land well above chance, and
+    # 0.2 (18 of the 90 test examples) is wider than the spread measured across runs.
     got = deployed.results.final
     want = deployed.simulated.final
     assert got is not None
     assert want is not None
     assert got.accuracy is not None
     assert want.accuracy is not None
-    assert got.accuracy == pytest.approx(want.accuracy, abs=0.05)
-    assert got.accuracy > 0.5
+    assert got.accuracy == pytest.approx(want.accuracy, abs=0.2)
+    assert got.accuracy > 0.6
 
 
 def test_outputs_match_simulate_layout(deployed: Deployed) -> None:
@@ -306,8 +306,9 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     )
 
     assert run.returncode == 3, run.stdout + run.stderr
-    refusal = "DE refused job toy: target epsilon 8 exceeds the budget 4 set by this node"
-    assert refusal in run.stdout  # shown live, verbatim from the node
+    # The node's code and numbers, rendered by the coordinator: no free text crosses.
+    refusal = "DE refused round 1: target epsilon 8 exceeds the node's budget 4"
+    assert refusal in run.stdout  # shown live
     results = json.loads((out / "results.json").read_text("utf-8"))
     assert results["status"] == "failed"
     assert refusal in results["error"]

@@ -21,7 +21,7 @@ from residency.common.config.job import load_job
 from residency.common.data.readers import read_labeled_texts
 from residency.common.privacy.record import PrivacyRecord
 from residency.server.results import Results
-from toy_federation import LABELS, write_toy_job
+from toy_federation import LABELS, LEARNABLE, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +71,9 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     folder = tmp_path_factory.mktemp("federation")
-    job_path = write_toy_job(folder / "job", countries=COUNTRIES, rounds=3, canaries=True)
+    job_path = write_toy_job(
+        folder / "job", countries=COUNTRIES, rounds=3, canaries=True, examples=LEARNABLE
+    )
     grids: list[RecordingGrid] = []
 
     def wrap(grid: Grid) -> Grid:
@@ -98,7 +100,7 @@ def test_every_country_trained_every_round(run: Run) -> None:
     for result in run.results.rounds:
         assert sorted(n.country for n in result.nodes) == sorted(COUNTRIES)
         assert all(n.status == "ok" for n in result.nodes)
-        assert all(n.examples == 150 for n in result.nodes)
+        assert all(n.examples == LEARNABLE for n in result.nodes)
         assert all(n.bytes_up > 0 for n in result.nodes)
         assert all(n.bytes_down > 0 for n in result.nodes)
 

@@ -18,7 +18,7 @@ from residency.common.model import (
     export_hf,
     load_tokenizer,
 )
-from toy_federation import LABELS, write_toy_job
+from toy_federation import LABELS, LEARNABLE, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,6 +51,7 @@ def test_lora_fa_in_float16_learns_and_sends_only_b_and_head_at_half_precision(
         tmp_path / "job",
         countries=("DE", "FR"),
         rounds=3,
+        examples=LEARNABLE,
         train='update = "lora-fa"\ntransfer_dtype = "float16"',
     )
     for arrays in _learned_and_kept(job_path, tmp_path / "out"):
@@ -71,6 +72,7 @@ def test_head_only_learns_and_sends_only_the_classifier(tmp_path: Path) -> None:
         tmp_path / "job",
         countries=("DE", "FR"),
         rounds=3,
+        examples=LEARNABLE,
         train='update = "head"',
         model=str(base),
     )

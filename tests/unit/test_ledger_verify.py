@@ -353,6 +353,27 @@ def test_a_deleted_record_is_found_even_if_another_round_sent_the_same_update(
     assert not any("DE round 1 of run 7" in p.what for p in result.problems)
 
 
+def test_a_record_the_coordinator_marked_unconfirmed_is_a_note_not_a_problem(
+    tmp_path: Path,
+) -> None:
+    """A node that charged but whose reply came too late: its own ledger has the record."""
+    made = write_ledger(tmp_path, countries=("DE",), rounds=2, refuse=None)
+    entries = _entries(made)
+    index = _record_entry(made, "DE", 2)
+    late = {k: entries[index][k] for k in ("kind", "at", "signer", "run", "job", "country")}
+    entries[index] = {**late, "kind": "unconfirmed", "round": 2, "reason": "DE sent no reply"}
+    _resign(made, entries)
+
+    result = _verify(made, node_ledgers=[made.node_ledgers["DE"]])
+
+    assert result.ok, _problems(result)
+    assert ("7", "DE", 2) in result.unconfirmed
+    assert any(
+        "DE round 2 of run 7" in n.what and "recorded the round as unconfirmed" in n.what
+        for n in result.notes
+    )
+
+
 def test_an_operator_seeded_record_is_not_differentially_private(tmp_path: Path) -> None:
     made = write_ledger(
         tmp_path, countries=("DE",), rounds=1, refuse=None, noise_source=NoiseSource.OPERATOR_SEED

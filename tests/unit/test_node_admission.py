@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from node_harness import node_file, signed_record, train_round
@@ -21,7 +21,7 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import load_node_settings
 from residency.common.config.job import Job, load_job
 from residency.common.config.round_plan import RoundPlan, round_config
-from residency.common.errors import BudgetExceeded, PolicyViolation, Refused
+from residency.common.errors import ConfigError, DataError, PolicyViolation, Refused
 from residency.common.refusal import RefusalCode
 from toy_federation import write_toy_job
 
@@ -124,9 +124,13 @@ PLANS = st.fixed_dictionaries(
 )
 
 
+@example(overrides={"target-epsilon": 1e-12})  # Opacus finds no noise: a refusal
+@example(overrides={"update": "head"})  # arrays for another update: a fault, never a charge
+@example(overrides={"max-grad-norm": math.inf})
 @settings(
     max_examples=25,
     deadline=None,
+    derandomize=True,  # the same plans on every run, so CI is repeatable
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(overrides=PLANS)
@@ -140,10 +144,25 @@ def test_a_round_is_refused_uncharged_or_trained_with_a_valid_record(
         store = BudgetStore(root / "state" / STORE_FILE)
         try:
             reply = train_round(job, settings_file, run_id=1, server_round=1, overrides=overrides)
-        except (Refused, BudgetExceeded):
+        except (Refused, ConfigError, DataError):  # a refusal, or a fault of the node's own
             assert store.charges() == []
             return
         record = signed_record(reply)  # parses, canonical, signature verifies
         [charge] = store.charges()
         assert record.charge == charge.id
         assert charge.trained_at is not None
+
+
+@pytest.mark.parametrize("model", ["/etc", "/nonexistent/checkpoint", "relative/folder", "../x"])
+def test_a_model_path_the_operator_did_not_list_is_refused_unread(
+    job: Job, tmp_path: Path, model: str
+) -> None:
+    listed = tmp_path / "checkpoints" / "bert"
+    settings_file = node_file(tmp_path, 100.0, extra=f'models = ["{listed}"]\n')
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(job, settings_file, run_id=1, server_round=1, overrides={"model": model})
+    # Refused as not listed, not as a missing or unreadable checkpoint: nothing was read.
+    assert refused.value.refusal.code is RefusalCode.MODEL_NOT_ALLOWED
+    assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
+    assert load_node_settings(settings_file).may_load(str(listed))
+    assert load_node_settings(settings_file).may_load(f"{listed}/../bert")

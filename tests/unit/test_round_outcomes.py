@@ -229,6 +229,12 @@ def test_spend_counts_every_valid_signed_record_not_only_the_averaged_ones(
         "FR": (0, 1, 0),  # charged, not averaged: it still spent its round
         "PL": (0, 0, 1),
     }  # IT and NL refused before any charge
+    # The auditor's copy says the same: every round a node may have charged is accounted for.
+    ledger = _ledger(played.coordinator)
+    recorded = {(e.country, e.detail.get("averaged")) for e in ledger if e.kind == "record"}
+    assert recorded == {("DE", True), ("FR", False)}
+    unconfirmed = {e.country for e in ledger if e.kind == "unconfirmed"}
+    assert unconfirmed == {"AT", "ES", "PL"}
     french = privacy["FR"]
     assert french.epsilon is not None
     assert french.epsilon > 0
@@ -259,7 +265,8 @@ def test_only_the_signed_update_is_averaged_with_its_signed_weight(
     statuses = {n.country: (n.status, n.reason) for n in played.result.nodes}
     assert statuses["DE"] == (NodeStatus.OK, None)
     assert statuses["FR"][0] is NodeStatus.REJECTED
-    assert "smuggled" in (statuses["FR"][1] or "")
+    assert "1 unexpected" in (statuses["FR"][1] or "")  # counted, never named
+    assert "smuggled" not in (statuses["FR"][1] or "")
     assert statuses["AT"] == (
         NodeStatus.REJECTED,
         "num-examples 1000000000 differs from the 50 examples in the signed privacy record",
@@ -280,7 +287,7 @@ def test_refusals_and_failures_are_rendered_never_shown_raw(
     assert reasons["NL"] == (NodeStatus.REFUSED, "NL refused round 1 (reason not readable)")
     assert reasons["ES"] == (
         NodeStatus.FAILED,
-        "ES failed round 1: node error, details withheld (see the node's log)",
+        "ES failed round 1: node error (reason not readable)",
     )
     assert reasons["PL"] == (NodeStatus.FAILED, "PL sent no reply to round 1 within 0.5 s")
     ledger = _ledger(played.coordinator)

@@ -15,7 +15,12 @@ from residency.common import wire
 from residency.common.errors import InvalidUpdate
 from residency.common.refusal import Refusal, RefusalCode
 from residency.server.strategy import ValidatingFedAvg
-from residency.server.validation import MAX_EXAMPLES, validate_metrics, validate_update
+from residency.server.validation import (
+    MAX_EXAMPLES,
+    validate_metrics,
+    validate_reply,
+    validate_update,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -159,7 +164,7 @@ def test_update_in_another_order_is_accepted() -> None:
         ),
         pytest.param(
             {**weights(3), "bert.pooler.dense": np.ones((4, 4), dtype=np.float32)},
-            "bert.pooler.dense",
+            "1 unexpected",
             id="extra",
         ),
         pytest.param({}, "missing", id="empty"),
@@ -238,6 +243,19 @@ def test_undecodable_update_is_invalid_not_a_crash(stype: str, data: bytes) -> N
 
     with pytest.raises(InvalidUpdate):
         validate_update(update, record(GLOBAL))
+
+
+def test_a_rejection_never_quotes_what_the_node_chose() -> None:
+    """Reasons are kept in results.json and the ledger: a name a node picked is a channel."""
+    secret = "Jane Doe 45 chest pain"
+    with pytest.raises(InvalidUpdate) as tensors:
+        validate_update(record({**weights(3), secret: np.ones(1, np.float32)}), record(GLOBAL))
+    with pytest.raises(InvalidUpdate) as metric_keys:
+        validate_metrics(MetricRecord({**metrics(), secret: 1.0}))
+    with pytest.raises(InvalidUpdate) as records:
+        validate_reply(RecordDict({secret: MetricRecord({"x": 1.0})}), record(GLOBAL))
+    for caught in (tensors, metric_keys, records):
+        assert secret not in str(caught.value)
 
 
 # ---------------------------------------------------------------------------- validate_metrics
@@ -340,7 +358,7 @@ def test_invalid_and_error_replies_are_left_out_of_the_average() -> None:
     )
     assert rejected[8].reason == f"node 8 failed round 1: {wire.NODE_FAULT_REASON}"
     assert "NaN" in rejected[3].reason
-    assert "extra" in rejected[4].reason
+    assert "1 unexpected" in rejected[4].reason
     assert wire.EPSILON in rejected[5].reason
     for node in (3, 4, 5, 6, 9):
         assert rejected[node].reason.startswith("update rejected: ")
@@ -354,16 +372,18 @@ def test_an_errors_own_text_is_never_kept() -> None:
         error_reply(3, wire.NODE_FAULT, leak),
         error_reply(4, wire.REFUSED, leak),
         error_reply(5, 2, leak),  # Flower's "ClientApp raised an exception"
+        error_reply(6, wire.NODE_FAULT, wire.WITHHELD_REASON),  # the egress guard's sentence
         good_reply(1, 5),
     ]
 
     fedavg.aggregate_train(1, replies)
 
     assert [(r.node_id, r.reason, r.refused) for r in fedavg.rejected] == [
-        (2, "node 2 failed round 1: node error, details withheld (see the node's log)", False),
-        (3, "node 3 failed round 1: node error, details withheld (see the node's log)", False),
+        (2, "node 2 failed round 1: node error (reason not readable)", False),
+        (3, "node 3 failed round 1: node error (reason not readable)", False),
         (4, "node 4 refused round 1 (reason not readable)", True),
         (5, "node 5 failed round 1: error code 2 (client app raised exception)", False),
+        (6, f"node 6 failed round 1: {wire.WITHHELD_REASON}", False),
     ]
 
 

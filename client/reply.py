@@ -81,6 +81,22 @@ def draft_record(
     return record
 
 
+def reply_metrics(record: PrivacyRecord) -> MetricRecord:
+    """The reply's metrics: the public figures of the signed record, nothing else."""
+    return MetricRecord(
+        {
+            wire.NUM_EXAMPLES: record.examples,
+            wire.STEPS: record.steps,
+            wire.EPSILON: record.epsilon,
+            wire.EPSILON_ROUND: record.epsilon_round,
+            wire.DELTA: record.delta,
+            wire.NOISE_MULTIPLIER: record.noise_multiplier,
+            wire.SAMPLE_RATE: record.sample_rate,
+            wire.MAX_GRAD_NORM: record.max_grad_norm,
+        }
+    )
+
+
 def training_reply(
     instruction: Message,
     *,
@@ -96,18 +112,7 @@ def training_reply(
     )
     signed = sign_record(record, signer)
     open_record(signed)  # the completed record validates as the draft did
-    metrics = MetricRecord(
-        {
-            wire.NUM_EXAMPLES: record.examples,
-            wire.STEPS: record.steps,
-            wire.EPSILON: record.epsilon,
-            wire.EPSILON_ROUND: record.epsilon_round,
-            wire.DELTA: record.delta,
-            wire.NOISE_MULTIPLIER: record.noise_multiplier,
-            wire.SAMPLE_RATE: record.sample_rate,
-            wire.MAX_GRAD_NORM: record.max_grad_norm,
-        }
-    )
+    metrics = reply_metrics(record)
     node = ConfigRecord(
         {
             wire.COUNTRY: record.country,

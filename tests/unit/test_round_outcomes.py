@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.supercore.task_identity import TaskIdentity
 
 from ledger_factory import account, signed_record
+from residency.client.reply import reply_metrics
 from residency.common import wire
 from residency.common.config.job import Job, load_job
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
@@ -104,16 +105,9 @@ def _trained(
             examples=examples,
         )
         record = PrivacyRecord.model_validate_json(signed.body)
-        metrics = {
-            wire.NUM_EXAMPLES: examples if claimed is None else claimed,
-            wire.STEPS: record.steps,
-            wire.EPSILON: record.epsilon,
-            wire.EPSILON_ROUND: record.epsilon_round,
-            wire.DELTA: record.delta,
-            wire.NOISE_MULTIPLIER: record.noise_multiplier,
-            wire.SAMPLE_RATE: record.sample_rate,
-            wire.MAX_GRAD_NORM: record.max_grad_norm,
-        }
+        metrics = dict(reply_metrics(record))  # what a node sends with this record
+        if claimed is not None:
+            metrics[wire.NUM_EXAMPLES] = claimed
         node = {
             wire.COUNTRY: country,
             wire.ACCOUNTANT: record.accountant.value,

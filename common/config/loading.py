@@ -39,6 +39,8 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
     message = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    if "; fix: " in message:  # the validator already says how to fix it
+        return f"{path}: {loc}: {message}"
     return f"{path}: {loc}: {message}{shown}; fix: correct this value"
 
 

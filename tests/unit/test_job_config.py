@@ -312,12 +312,33 @@ def test_wrong_type_is_not_coerced(tmp_path: Path, text: str, field: str) -> Non
         pytest.param(
             DATA + PRIVACY + "max_grad_norm = 0\n", "privacy.max_grad_norm", "0", id="clip"
         ),
+        pytest.param(
+            DATA + PRIVACY + "max_grad_norm = inf\n", "privacy.max_grad_norm", "inf", id="clip-inf"
+        ),
+        pytest.param(
+            DATA + PRIVACY + "max_grad_norm = nan\n", "privacy.max_grad_norm", "nan", id="clip-nan"
+        ),
+        pytest.param(
+            DATA + PRIVACY + "max_grad_norm = 1e5\n",
+            "privacy.max_grad_norm",
+            "100000.0",
+            id="clip-huge",
+        ),
         pytest.param(MINIMAL + "[model]\nmax_length = 4\n", "model.max_length", "4", id="len-4"),
         pytest.param(MINIMAL + "[model]\nmax_length = 513\n", "model.max_length", "513", id="len"),
     ],
 )
 def test_out_of_range_value(tmp_path: Path, text: str, field: str, got: str) -> None:
     load_error(write_job(tmp_path, text), field, f"(got {got})")
+
+
+def test_float16_transfer_of_a_full_update_is_refused_with_one_fix(tmp_path: Path) -> None:
+    path = write_job(tmp_path, MINIMAL + '[train]\nupdate = "full"\ntransfer_dtype = "float16"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_job(path)
+    message = str(refused.value)
+    assert message.startswith(f'{path}: train: transfer_dtype "float16" with update "full"')
+    assert message.count("fix:") == 1
 
 
 @pytest.mark.parametrize(

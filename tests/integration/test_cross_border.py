@@ -277,10 +277,13 @@ def test_canaries_never_cross_the_border_in_plaintext(plaintext: Crossing, tmp_p
 
     # Positive controls, same search: a metric name and each country's dataset account id
     # travel up in the clear with every update, so a canary sent the same way would be found.
+    # Flower stores message parts by content hash and a node pushes only those the SuperLink
+    # lacks: countries of equal size send byte-identical metrics, which cross once. Each
+    # country's node record (its account id) is its own, so that control is per country.
     control = views.count(EPSILON_ROUND.encode())
     assert control["raw"] == 1, control
-    assert control["to coordinator"] >= len(COUNTRIES), control
-    assert control["http bodies"] >= len(COUNTRIES), control
+    assert control["to coordinator"] >= 1, control
+    assert control["http bodies"] >= 1, control
     for country, dataset_account in plaintext.accounts().items():
         seen = views.count(dataset_account)
         assert min(seen["raw"], seen["to coordinator"], seen["http bodies"]) > 0, (country, seen)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import TensorDataset
 
+from residency.common.classifier_head import classifier_head
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
-from residency.common.model import classifier_head
 
 FEATURE_BATCH = 256
 """Examples per forward pass of the frozen encoder; memory only, the features do not change."""

@@ -14,7 +14,6 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 from opacus import GradSampleModule, PrivacyEngine
@@ -28,27 +27,7 @@ from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
-
-
-class GradSampleMode(StrEnum):
-    """How each example's gradient is bounded; both clip flat, at the same norm, to the same sum.
-
-    ``hooks`` (Opacus' default) materialises every example's gradient of every trainable
-    tensor, then clips and sums: cheap for LoRA's small adapters, but ``batch x vocabulary x
-    hidden`` numbers for the word embeddings of full fine-tuning. ``ghost`` (ghost clipping,
-    Li et al. 2022) finds each example's gradient norm without materialising the gradient,
-    then back-propagates again with each example's loss weighted by its clip factor.
-
-    In float32 both are exact (``tests/unit/test_dp_modes.py``). Under bf16 autocast,
-    ``hooks`` still clips the very per-example gradients it sums (in float32), but ``ghost``
-    computes the norms and the clipped sum apart, each rounded to bf16: on the tiny BERT an
-    example's share of the sum came out up to 0.5% above the clipping norm. A sensitivity above
-    the one the accountant assumes is a privacy bug, so ``train_dp_round`` runs ghost clipping
-    in float32 even where bf16 autocast is available (:func:`forward_precision`).
-    """
-
-    HOOKS = "hooks"
-    GHOST = "ghost"
+from residency.common.updates import GradSampleMode, method_for
 
 
 def forward_precision(
@@ -59,15 +38,12 @@ def forward_precision(
 
 
 def dp_mode_for(update: UpdateKind) -> GradSampleMode:
-    """The faster correct mode for an update kind, as ``bench/throughput.py`` measured it.
+    """The faster correct clipping mode for an update kind, as its module declares it.
 
-    MiniLM-L6, batch 32 x 64 tokens, 2 CPU cores, against non-private training of the same
-    kind. Full fine-tuning: ghost, 0.66x the throughput at 1.16x the memory, where hooks
-    reach 0.34x at 3.95x (per-example gradients of the word embeddings). LoRA and LoRA-FA:
-    hooks, 0.95-1.01x, since per-example adapter gradients are small and one backward pass
-    beats ghost clipping's two (0.64-0.71x). The head alone: hooks, for the same reason.
+    ``bench/throughput.py`` measured each (MiniLM-L6, batch 32 x 64 tokens, 2 CPU cores):
+    ghost clipping for full fine-tuning, Opacus' hooks for LoRA, LoRA-FA and the head.
     """
-    return GradSampleMode.GHOST if update is UpdateKind.FULL else GradSampleMode.HOOKS
+    return method_for(update).grad_sample_mode
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -35,6 +35,7 @@ from transformers import (
 from residency.common.config.job import SENTENCE_POOLING_FILE, Job, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
+from residency.common.updates import method_for
 
 LABEL_MAP_FILE = "residency_labels.json"
 
@@ -165,41 +166,14 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
         )
 
 
-def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The output layer, from the pooled sentence vector to the logits (``update = "head"``)."""
-    head = getattr(model, "classifier", None)
-    if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"{type(model).__name__} has no linear classifier head")
-    return head
-
-
 def build_classifier(spec: ModelSpec) -> torch.nn.Module:
-    """Build the classifier in train mode, wrapped with LoRA adapters when asked.
+    """Build the classifier in train mode, training exactly what its update kind sends.
 
+    What trains is the update kind's own decision (:mod:`residency.common.updates`).
     ``from_pretrained`` returns eval mode (dropout off); Opacus and the optimiser expect train
     mode, so the model is switched here once.
     """
-    model: torch.nn.Module = _base_classifier(spec)
-    if spec.update in (UpdateKind.LORA, UpdateKind.LORA_FA):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed + 1)
-            lora = LoraConfig(
-                r=spec.lora_rank,
-                lora_alpha=spec.lora_alpha,
-                target_modules=list(spec.lora_targets),
-                modules_to_save=["classifier"],
-                lora_dropout=0.0,
-                task_type="SEQ_CLS",
-            )
-            model = get_peft_model(cast(PreTrainedModel, model), lora)
-        if spec.update is UpdateKind.LORA_FA:
-            for name, param in model.named_parameters():
-                if ".lora_A." in name:
-                    param.requires_grad_(False)  # seeded alike everywhere; in the fingerprint
-    if spec.update is UpdateKind.HEAD:
-        head = set(classifier_head(model).parameters())
-        for param in model.parameters():
-            param.requires_grad_(param in head)
+    model = method_for(spec.update).prepare(_base_classifier(spec), spec)
     model.train()
     return model
 

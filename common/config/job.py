@@ -138,11 +138,16 @@ class TrainSection(Strict):
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> TrainSection:
-        if self.update is UpdateKind.FULL and self.transfer_dtype is TransferDtype.FLOAT16:
+        from residency.common.updates import method_for  # the registry imports torch
+
+        if (
+            self.transfer_dtype is TransferDtype.FLOAT16
+            and not method_for(self.update).float16_wire
+        ):
             raise ValueError(
-                'transfer_dtype "float16" with update "full" rounds the weights, not the '
-                'changes: most of a round\'s update is lost; fix: transfer_dtype = "float32", '
-                "or a LoRA or head update"
+                f'transfer_dtype "float16" with update "{self.update.value}" rounds the weights, '
+                "not the changes: most of a round's update is lost; fix: transfer_dtype = "
+                '"float32", or a LoRA or head update'
             )
         return self
 

@@ -56,8 +56,13 @@ class RoundPlan(Strict):
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> RoundPlan:
-        if self.update is UpdateKind.FULL and self.transfer_dtype is TransferDtype.FLOAT16:
-            raise ValueError("float16 transfer of a full update rounds the weights")
+        from residency.common.updates import method_for  # the registry imports torch
+
+        if (
+            self.transfer_dtype is TransferDtype.FLOAT16
+            and not method_for(self.update).float16_wire
+        ):
+            raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
         return self
 
     @classmethod

@@ -1,0 +1,34 @@
+"""``update = "full"``: every weight trains and crosses (90.9 MB for MiniLM in float32).
+
+Per-example gradients of the word embeddings are ``batch x vocabulary x hidden`` numbers, so
+ghost clipping (0.66x non-private, 1.16x memory) beats Opacus' hooks (0.34x, 3.95x memory).
+float16 on the wire would round the weights themselves, losing most of a round's change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import PreTrainedModel
+
+from residency.common.config.job import UpdateKind
+from residency.common.updates.base import GradSampleMode, UpdateMethod
+
+if TYPE_CHECKING:
+    from residency.common.model import ModelSpec
+
+
+def every_weight(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
+    """The whole classifier, as built."""
+    del spec
+    return model
+
+
+METHOD = UpdateMethod(
+    kind=UpdateKind.FULL,
+    trains="every weight of the classifier",
+    prepare=every_weight,
+    grad_sample_mode=GradSampleMode.GHOST,
+    float16_wire=False,
+)

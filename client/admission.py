@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from residency.client.budget_store import BudgetStore
 from residency.client.node_config import NodeSettings
@@ -37,6 +38,8 @@ from residency.common.privacy.accountant import (
     within_budget,
 )
 from residency.common.refusal import Refusal, RefusalCode
+
+D = TypeVar("D")
 
 
 @dataclass(frozen=True)
@@ -261,28 +264,22 @@ def charge(
     store: BudgetStore,
     *,
     run: str,
-    draft: Callable[[Spend], object],
-) -> tuple[int, Spend]:
-    """Check the budgets again and charge the round, atomically; (charge id, the spend).
+    draft: Callable[[Spend], D],
+) -> tuple[int, Spend, D]:
+    """Check the budgets again and charge the round, atomically; (charge id, spend, draft).
 
     ``draft`` builds and checks everything the node will sign for this spend (raising if it
     would not validate), inside the transaction: a round whose record could not be signed
     is never charged.
     """
-    spent: list[Spend] = []
 
-    def check(run_history: History, account_history: History) -> None:
+    def check(run_history: History, account_history: History) -> tuple[Spend, D]:
         got = spend(
-            settings,
-            plan,
-            admission,
-            run_history=run_history,
-            account_history=account_history,
+            settings, plan, admission, run_history=run_history, account_history=account_history
         )
-        draft(got)
-        spent.append(got)
+        return got, draft(got)
 
-    charge_id = store.charge_within(
+    charge_id, (spent, drafted) = store.charge_within(
         run=run,
         job=plan.job,
         server_round=plan.server_round,
@@ -292,4 +289,4 @@ def charge(
         accountant=plan.accountant.value,
         check=check,
     )
-    return charge_id, spent[0]
+    return charge_id, spent, drafted

@@ -49,7 +49,7 @@ from residency.common.model import (
     trainable_state,
 )
 from residency.common.privacy.ledger import EntryKind, Ledger
-from residency.common.privacy.record import NoiseSource, PrivacyRecord, open_record
+from residency.common.privacy.record import NoiseSource, PrivacyRecord
 from residency.common.privacy.signing import Signer, load_or_create_signer
 from residency.common.refusal import Refusal, RefusalCode
 
@@ -120,21 +120,18 @@ def _charge(
 ) -> tuple[int, Spend, PrivacyRecord]:
     """Charge the round write-ahead, with the record it will sign drafted and checked first."""
     run = str(context.run_id)
-    drafts: list[PrivacyRecord] = []
 
-    def draft(spend: Spend) -> None:
+    def draft(spend: Spend) -> PrivacyRecord:
         try:
-            drafts.append(
-                draft_record(
-                    settings=settings,
-                    plan=plan,
-                    admission=admitted,
-                    spend=spend,
-                    run=run,
-                    node_id=int(context.node_id),
-                    noise_source=noise_source,
-                    signer=signer,
-                )
+            return draft_record(
+                settings=settings,
+                plan=plan,
+                admission=admitted,
+                spend=spend,
+                run=run,
+                node_id=int(context.node_id),
+                noise_source=noise_source,
+                signer=signer,
             )
         except (ValueError, InvalidUpdate) as exc:
             raise PolicyViolation(
@@ -143,8 +140,7 @@ def _charge(
                 Refusal(RefusalCode.INVALID_PLAN),
             ) from exc
 
-    charge_id, spend = admission_steps.charge(settings, plan, admitted, store, run=run, draft=draft)
-    return charge_id, spend, drafts[-1]
+    return admission_steps.charge(settings, plan, admitted, store, run=run, draft=draft)
 
 
 def _train(msg: Message, context: Context) -> Message:
@@ -245,11 +241,10 @@ def _train(msg: Message, context: Context) -> Message:
             for name, value in on_the_wire(trainable_state(model), plan.transfer_dtype).items()
         }
     )
-    reply, signed = training_reply(
+    reply, signed, sent = training_reply(
         msg, draft=draft, update=update, charge_id=charge_id, signer=signer
     )
-    sent = open_record(signed).update_sha256
-    ledger.append(EntryKind.RECORD, **where, record=signed, received_sha256=sent)
+    ledger.append(EntryKind.RECORD, **where, record=signed, received_sha256=sent.update_sha256)
     return reply
 
 

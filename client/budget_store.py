@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from residency.common.clock import now
 from residency.common.privacy.accountant import History, PrivacyStep, compose
 
 STORE_FILE = "budget.sqlite"
+T = TypeVar("T")
 _ACCOUNT_DOMAIN = b"residency.dataset-account.v1"
 
 _SCHEMA = """
@@ -114,20 +116,9 @@ class Account:
     reason: str | None
 
 
-def _charge(row: tuple[object, ...]) -> Charge:
-    r = row
-    return Charge(
-        int(str(r[0])),
-        str(r[1]),
-        str(r[2]),
-        int(str(r[3])),
-        str(r[4]),
-        (float(str(r[5])), float(str(r[6])), int(str(r[7]))),
-        float(str(r[8])),
-        str(r[9]),
-        str(r[10]),
-        None if r[11] is None else str(r[11]),
-    )
+def _charge(r: Any) -> Charge:
+    """A ``charges`` row, in the table's column order."""
+    return Charge(r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11])
 
 
 def _history(charges: list[Charge]) -> History:
@@ -256,17 +247,18 @@ class BudgetStore:
         step: PrivacyStep,
         delta: float,
         accountant: str,
-        check: Callable[[History, History], None],
-    ) -> int:
+        check: Callable[[History, History], T],
+    ) -> tuple[int, T]:
         """Check and charge a round in one transaction; call before the first training step.
 
         ``check(run_history, account_history)`` sees every charge committed so far and
         raises to refuse; nothing is written then. While it runs, this transaction holds
-        SQLite's write lock, so no other round on this node can charge in between.
+        SQLite's write lock, so no other round on this node can charge in between. Returns
+        the charge's id and what ``check`` returned.
         """
         noise, rate, steps = step
         with self._db() as db:
-            check(
+            checked = check(
                 _history(self._charges(db, dataset, run)),
                 _history(self._charges(db, dataset, None)),
             )
@@ -275,7 +267,7 @@ class BudgetStore:
                 " steps, delta, accountant, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run, job, server_round, dataset, noise, rate, steps, delta, accountant, now()),
             )
-            return int(cursor.lastrowid or 0)
+            return int(cursor.lastrowid or 0), checked
 
     def trained(self, charge_id: int) -> None:
         """Mark a charge's round as trained (its cost stays charged either way)."""

@@ -104,14 +104,14 @@ def training_reply(
     update: ArrayRecord,
     charge_id: int,
     signer: Signer,
-) -> tuple[Message, SignedRecord]:
-    """The reply to ``instruction``: the update, public figures and the completed record."""
+) -> tuple[Message, SignedRecord, PrivacyRecord]:
+    """The reply to ``instruction`` (update, public figures, signed record) and that record."""
     arrays = {name: array.numpy() for name, array in update.items()}
-    record = draft.model_copy(
+    completed = draft.model_copy(
         update={"update_sha256": update_sha256(arrays), "charge": charge_id, "signed_at": now()}
     )
-    signed = sign_record(record, signer)
-    open_record(signed)  # the completed record validates as the draft did
+    signed = sign_record(completed, signer)
+    record = open_record(signed)  # the completed record validates as the draft did
     metrics = reply_metrics(record)
     node = ConfigRecord(
         {
@@ -131,4 +131,4 @@ def training_reply(
             ),
         }
     )
-    return Message(content, reply_to=instruction), signed
+    return Message(content, reply_to=instruction), signed, record

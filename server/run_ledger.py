@@ -74,16 +74,14 @@ class RunLedger:
             detail={"averaged": averaged},
         )
 
-    def refusal(self, country: str, server_round: int, reason: str) -> None:
-        """A node declined a round; its reason, verbatim."""
+    def _node_round(self, kind: EntryKind, country: str, server_round: int, reason: str) -> None:
         self.ledger.append(
-            EntryKind.REFUSAL,
-            run=self.run,
-            job=self.job,
-            country=country,
-            round=server_round,
-            reason=reason,
+            kind, run=self.run, job=self.job, country=country, round=server_round, reason=reason
         )
+
+    def refusal(self, country: str, server_round: int, reason: str) -> None:
+        """A node declined a round before any charge; the reason as rendered from its code."""
+        self._node_round(EntryKind.REFUSAL, country, server_round, reason)
 
     def unconfirmed(self, country: str, server_round: int, reason: str) -> None:
         """A node was sent the round and no valid signed record came back in time.
@@ -91,14 +89,7 @@ class RunLedger:
         The node may have charged its budget (it charges before it trains), so the auditor is
         told here why its record, which the node's own ledger holds, is not in this one.
         """
-        self.ledger.append(
-            EntryKind.UNCONFIRMED,
-            run=self.run,
-            job=self.job,
-            country=country,
-            round=server_round,
-            reason=reason,
-        )
+        self._node_round(EntryKind.UNCONFIRMED, country, server_round, reason)
 
     def finished(self, status: str, error: str | None) -> None:
         """How the run ended."""

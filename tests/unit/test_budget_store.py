@@ -18,7 +18,7 @@ STEP = (1.1, 0.1, 20)
 
 
 def charge(store: BudgetStore, run: str = "r1", dataset: str = "d" * 64, rnd: int = 1) -> int:
-    return store.charge_within(
+    charge_id, _ = store.charge_within(
         run=run,
         job="job",
         server_round=rnd,
@@ -28,6 +28,7 @@ def charge(store: BudgetStore, run: str = "r1", dataset: str = "d" * 64, rnd: in
         accountant="prv",
         check=lambda run_history, account_history: None,
     )
+    return charge_id
 
 
 def test_charges_compose_per_dataset_across_runs_and_restarts(tmp_path: Path) -> None:

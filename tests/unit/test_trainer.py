@@ -9,6 +9,7 @@ from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
     LocalSchedule,
+    PrivateTraining,
     make_private,
     noise_only_step,
     train_dp_round,
@@ -59,8 +60,8 @@ def test_round_trains_only_trainable_tensors_and_extends_history(update: UpdateK
         assert all("lora_" in n or "classifier" in n for n in after)
 
 
-def test_noise_is_drawn_the_floating_point_safe_way_from_the_nodes_generator() -> None:
-    """Opacus' secure-mode Gaussian (4 draws, halved) on our generator, without torchcsprng."""
+def _noised_once(seed: int) -> tuple[torch.nn.Linear, PrivateTraining]:
+    """A zero layer of 20,000 weights after one noise-only DP step from generator ``seed``."""
     linear = torch.nn.Linear(4, 20_000, bias=False)
     torch.nn.init.zeros_(linear.weight)
     loader = torch.utils.data.DataLoader(
@@ -74,22 +75,18 @@ def test_noise_is_drawn_the_floating_point_safe_way_from_the_nodes_generator() -
         loader,
         dp=DpSgdSettings(noise_multiplier=2.0, max_grad_norm=0.5, accountant=AccountantKind.RDP),
         history=(),
-        noise_generator=torch.Generator().manual_seed(7),
+        noise_generator=torch.Generator().manual_seed(seed),
     )
-    assert private.optimizer.secure_mode
     noise_only_step(private.optimizer)
+    return linear, private
+
+
+def test_noise_is_drawn_the_floating_point_safe_way_from_the_nodes_generator() -> None:
+    """Opacus' secure-mode Gaussian (4 draws, halved) on our generator, without torchcsprng."""
+    linear, private = _noised_once(7)
+    assert private.optimizer.secure_mode
     drawn = -linear.weight.detach().flatten() * private.optimizer.expected_batch_size
     # std of the summed noise is noise_multiplier x max_grad_norm = 1.0, whatever the 4 draws
     assert float(drawn.std()) == pytest.approx(1.0, rel=0.03)
-    again = torch.nn.Linear(4, 20_000, bias=False)
-    torch.nn.init.zeros_(again.weight)
-    twin = make_private(
-        again,
-        torch.optim.SGD(again.parameters(), lr=1.0),
-        loader,
-        dp=DpSgdSettings(noise_multiplier=2.0, max_grad_norm=0.5, accountant=AccountantKind.RDP),
-        history=(),
-        noise_generator=torch.Generator().manual_seed(7),
-    )
-    noise_only_step(twin.optimizer)
+    again, _ = _noised_once(7)
     assert torch.equal(again.weight, linear.weight)  # the noise came from the given generator

@@ -37,6 +37,7 @@ VARIANTS = (
     ("lora-fa", "float16"),
     ("head", "float32"),
     ("head", "float16"),
+    ("prototypes", "float32"),
 )
 # Targets from the issue, for LoRA r=8 on MiniLM (MB = 10^6 bytes, sent per node per round).
 LORA_TARGET_MB = 0.31
@@ -106,12 +107,12 @@ def main() -> None:
             for update, dtype in VARIANTS
         ]
     full = rows[0]
-    print(f"\nbytes per node per round, model {args.model} (1 node, 1 round each, DP-SGD)\n")
-    header = f"{'update':<8} {'wire':<8} {'up MB':>9} {'down MB':>9} {'arrays MB':>10}"
+    print(f"\nbytes per node per round, model {args.model} (1 node, 1 round or release each)\n")
+    header = f"{'update':<10} {'wire':<8} {'up MB':>9} {'down MB':>9} {'arrays MB':>10}"
     print(f"{header} {'up / full fp32':>15} {'run s':>6}")
     for row in rows:
         print(
-            f"{row.update:<8} {row.dtype:<8} {row.up / 1e6:>9.3f} {row.down / 1e6:>9.3f} "
+            f"{row.update:<10} {row.dtype:<8} {row.up / 1e6:>9.3f} {row.down / 1e6:>9.3f} "
             f"{row.arrays / 1e6:>10.3f} {row.up / full.up:>15.5f} {row.seconds:>6.0f}"
         )
     lora = next(r for r in rows if (r.update, r.dtype) == ("lora", "float32"))

@@ -32,7 +32,7 @@ FULL: dict[str, list[str]] = {
     "throughput": ["throughput.py"],
     "bytes": ["bytes.py"],
     "round_overhead": ["round_overhead.py"],
-    "accuracy": ["accuracy.py", "--simulate"],
+    "accuracy": ["accuracy.py"],
 }
 QUICK: dict[str, list[str]] = {
     "throughput": ["throughput.py", "--model", "tiny", "--steps", "2", "--warmup", "1"],
@@ -46,12 +46,10 @@ QUICK: dict[str, list[str]] = {
         "40",
         "--test",
         "30",
-        "--rounds",
-        "1",
         "--epsilons",
         "8",
-        "--batch-size",
-        "16",
+        "--repeats",
+        "1",
         "--regimes",
         "federated,central",
     ],

@@ -18,7 +18,7 @@ from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_outpu
 from residency.cli.coordinator import coordinator_app
 from residency.cli.deployment import run, runs_app
 from residency.cli.node import node_app
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job, UpdateKind, load_job
 from residency.common.errors import ConfigError, DataError
 from residency.common.version import __version__
 
@@ -113,7 +113,13 @@ def demo(
     countries: Annotated[
         str, typer.Option(help="Comma-separated countries from DE, FR, ES, BR, CN, US.")
     ] = "DE,FR,ES",
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Federated rounds (default: 1 for prototypes, else 3)."),
+    ] = None,
+    update: Annotated[
+        UpdateKind, typer.Option(help="What nodes send (default: the class-mean release).")
+    ] = UpdateKind.PROTOTYPES,
     examples: Annotated[int, typer.Option(min=50, help="Training notes per country.")] = 400,
     epsilon: Annotated[
         float, typer.Option(min=0.1, max=100.0, help="Target epsilon per country.")
@@ -129,6 +135,7 @@ def demo(
             out_dir / "data",
             countries=[c.strip().upper() for c in countries.split(",") if c.strip()],
             rounds=rounds,
+            update=update,
             examples_per_country=examples,
             target_epsilon=epsilon,
             model=model,

@@ -6,24 +6,39 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job, UpdateKind, load_job
 from residency.common.data.demo import write_demo_federation
+from residency.common.updates import method_for
 
 JOB_FILE = "job.toml"
+DEMO_UPDATE = UpdateKind.PROTOTYPES
+"""What the demo trains: the class-mean release, the best of every kind on the demo's data
+at epsilon 8 (docs/performance.md, ``bench/accuracy.py``), in seconds."""
+TRAINING_ROUNDS = 3
+"""Rounds of a DP-SGD demo (a release has one)."""
+
+
+def default_rounds(update: UpdateKind) -> int:
+    """One for a one-shot release, :data:`TRAINING_ROUNDS` for DP-SGD."""
+    return 1 if method_for(update).release_sensitivity is not None else TRAINING_ROUNDS
 
 
 def write_demo_job(
     folder: Path,
     *,
     countries: Sequence[str] = ("DE", "FR", "ES"),
-    rounds: int = 3,
+    rounds: int | None = None,
+    update: UpdateKind = DEMO_UPDATE,
     examples_per_country: int = 400,
     test_examples: int = 300,
     target_epsilon: float = 8.0,
     model: str = "minilm",
     seed: int = 0,
 ) -> tuple[Job, Path]:
-    """Generate the demo data under ``folder`` and a job file that trains on it."""
+    """Generate the demo data under ``folder`` and a job file that trains on it.
+
+    ``rounds`` defaults to :func:`default_rounds` of ``update``.
+    """
     federation = write_demo_federation(
         folder,
         countries=countries,
@@ -51,11 +66,11 @@ labels = [{labels}]
 test = {q(federation.test_file.name)}
 
 [train]
-rounds = {rounds}
+rounds = {default_rounds(update) if rounds is None else rounds}
 local_epochs = 1
 batch_size = 32
 learning_rate = 0.005
-update = "lora"
+update = {q(update.value)}
 seed = {seed}
 
 [privacy]

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from residency.common.config.job import Job
+from residency.common.updates import method_for
 from residency.server.results import NodeRound, NodeStatus, Results, RoundResult
 
 
@@ -40,10 +41,13 @@ class RichObserver:
             console=console,
             transient=False,
         )
-        self.rounds = self.progress.add_task("rounds", total=job.train.rounds)
-        self.epochs = self.progress.add_task(
-            "local epochs", total=len(job.nodes) * job.train.local_epochs
+        release = method_for(job.train.update).release_sensitivity is not None
+        # Per node: its local epochs, or its one release (which has no epochs).
+        self.unit, self.per_node = (
+            ("releases", 1) if release else ("local epochs", job.train.local_epochs)
         )
+        self.rounds = self.progress.add_task("rounds", total=job.train.rounds)
+        self.epochs = self.progress.add_task(self.unit, total=len(job.nodes) * self.per_node)
 
     def __enter__(self) -> RichObserver:
         return self
@@ -57,8 +61,8 @@ class RichObserver:
         self.progress.update(
             self.epochs,
             completed=0,
-            total=nodes * self.job.train.local_epochs,
-            description=f"round {server_round}: local epochs",
+            total=nodes * self.per_node,
+            description=f"round {server_round}: {self.unit}",
         )
 
     def node_finished(self, server_round: int, report: NodeRound) -> None:
@@ -67,7 +71,7 @@ class RichObserver:
         A refusal's or failure's reason is already the coordinator's whole sentence (who,
         which round, why); a rejection's says only why.
         """
-        self.progress.advance(self.epochs, self.job.train.local_epochs)
+        self.progress.advance(self.epochs, self.per_node)
         if report.status is NodeStatus.OK:
             return
         said = report.reason or f"{report.country} {report.status} round {server_round}"

@@ -34,10 +34,10 @@ from residency.common.privacy.accountant import (
     compose,
     epsilon_spent,
     noise_for_target,
-    poisson_schedule,
     within_budget,
 )
 from residency.common.refusal import Refusal, RefusalCode
+from residency.common.updates import method_for
 
 D = TypeVar("D")
 
@@ -212,8 +212,9 @@ def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str)
                 RefusalCode.DELTA_TOO_LARGE_FOR_DATA, {"delta": plan.delta, "examples": examples}
             ),
         )
-    sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=plan.batch_size)
-    round_steps = plan.local_epochs * steps_per_epoch
+    sample_rate, round_steps = method_for(plan.update).schedule(
+        examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
+    )
     account = store.account(settings.dataset_name, settings.data)
 
     def derive() -> float:

@@ -25,12 +25,14 @@ from residency.client.admission import Admission, Spend
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
+from residency.client.prototype_release import release_prototypes
 from residency.client.randomness import round_randomness
 from residency.client.reply import draft_record, training_reply
 from residency.client.token_cache import encoded
 from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
 from residency.client.warm_model import classifier_for, forget
 from residency.common import wire
+from residency.common.classifier_head import classifier_head
 from residency.common.config.round_plan import RoundPlan
 from residency.common.device import pick_compute
 from residency.common.errors import (
@@ -52,6 +54,7 @@ from residency.common.privacy.ledger import EntryKind, Ledger
 from residency.common.privacy.record import NoiseSource, PrivacyRecord
 from residency.common.privacy.signing import Signer, load_or_create_signer
 from residency.common.refusal import Refusal, RefusalCode
+from residency.common.updates import Combine, method_for, prototypes
 
 log = logging.getLogger("residency.node")
 
@@ -174,7 +177,12 @@ def _train(msg: Message, context: Context) -> Message:
             f"{settings.country}: model {plan.model!r}: local base weights differ from the "
             "coordinator's; fix: install the same checkpoint on every node"
         )
-    load_trainable_state(model, _received_arrays(msg))
+    method = method_for(plan.update)
+    if method.combine is Combine.PROTOTYPES:  # a release reads no weights, only its template
+        head = classifier_head(model)
+        prototypes.check_template(_received_arrays(msg), head.out_features, head.in_features)
+    else:
+        load_trainable_state(model, _received_arrays(msg))
     data = encoded(
         admitted.records,
         load_tokenizer(plan.model),
@@ -205,27 +213,38 @@ def _train(msg: Message, context: Context) -> Message:
             "noise_source": randomness.source.value,
         },
     )
-    outcome = train_dp_round(
-        model,
-        data,
-        schedule=LocalSchedule(
-            epochs=plan.local_epochs,
-            batch_size=plan.batch_size,
-            learning_rate=plan.learning_rate,
-        ),
-        dp=DpSgdSettings(
+    if method.combine is Combine.PROTOTYPES:
+        arrays = release_prototypes(
+            model,
+            data,
+            classes=len(plan.labels),
             noise_multiplier=noise,
-            max_grad_norm=plan.max_grad_norm,
-            accountant=plan.accountant,
-            grad_sample_mode=dp_mode_for(plan.update),
-        ),
-        history=spend.before,
-        compute=pick_compute(),
-        randomness=randomness,
-    )
+            compute=pick_compute(),
+            randomness=randomness,
+        )
+    else:
+        outcome = train_dp_round(
+            model,
+            data,
+            schedule=LocalSchedule(
+                epochs=plan.local_epochs,
+                batch_size=plan.batch_size,
+                learning_rate=plan.learning_rate,
+            ),
+            dp=DpSgdSettings(
+                noise_multiplier=noise,
+                max_grad_norm=plan.max_grad_norm,
+                accountant=plan.accountant,
+                grad_sample_mode=dp_mode_for(plan.update),
+            ),
+            history=spend.before,
+            compute=pick_compute(),
+            randomness=randomness,
+        )
+        if outcome.history != spend.history:
+            raise ConfigError(f"{settings.country}: trainer ran other steps than charged {steps}")
+        arrays = on_the_wire(trainable_state(model), plan.transfer_dtype)
     store.trained(charge_id)
-    if outcome.history != spend.history:
-        raise ConfigError(f"{settings.country}: trainer ran other steps than charged {steps}")
     log.info(
         "%s round %d: eps %.3f (+%.3f), dataset %.3f of %.3f",
         settings.country,
@@ -235,12 +254,7 @@ def _train(msg: Message, context: Context) -> Message:
         spend.lifetime,
         admitted.lifetime_budget,
     )
-    update = ArrayRecord(
-        {
-            name: Array(value)
-            for name, value in on_the_wire(trainable_state(model), plan.transfer_dtype).items()
-        }
-    )
+    update = ArrayRecord({name: Array(value) for name, value in arrays.items()})
     reply, signed, sent = training_reply(
         msg, draft=draft, update=update, charge_id=charge_id, signer=signer
     )

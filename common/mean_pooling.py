@@ -5,6 +5,9 @@ mean pooling: their [CLS] vector and pooler carry little of the sentence. A clas
 the mean needs far less signal to train, which under DP-SGD's noise is the difference between
 learning and staying at the majority class (``bench/accuracy.py``).
 
+With ``normalize_features`` set in the config, the head reads the mean scaled to unit L2 norm:
+a cosine classifier, what ``update = "prototypes"`` builds from noisy class means.
+
 This file imports only torch and transformers because Hugging Face copies it into every
 exported checkpoint (``register_for_auto_class``): users load the model with
 ``AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`` without
@@ -33,6 +36,7 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):  # type: ig
         dropout = config.classifier_dropout
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        self.normalize_features = bool(getattr(config, "normalize_features", False))
         self.post_init()  # type: ignore[no-untyped-call]
 
     def forward(
@@ -63,6 +67,8 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):  # type: ig
             mask = attention_mask.to(hidden.dtype)
         mask = mask.unsqueeze(-1)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if self.normalize_features:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:

@@ -32,10 +32,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from residency.common.classifier_head import classifier_head
 from residency.common.config.job import SENTENCE_POOLING_FILE, Job, TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
-from residency.common.updates import method_for
+from residency.common.updates import Combine, method_for, prototypes
 
 LABEL_MAP_FILE = "residency_labels.json"
 
@@ -134,6 +135,11 @@ def _label_maps(labels: tuple[str, ...]) -> dict[str, Any]:
 def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
     # Seeded and isolated from the global RNG: every party must build identical frozen weights.
     pooling = checkpoint_pooling(spec.source) if spec.pooling is Pooling.AUTO else spec.pooling
+    extra: dict[str, Any] = _label_maps(spec.labels)
+    if method_for(spec.update).normalized_features:
+        # The class-mean head reads the normalised mean of the tokens, whatever the pooler.
+        pooling = Pooling.MEAN
+        extra["normalize_features"] = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         if spec.source == "tiny":
@@ -146,17 +152,19 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
                 num_attention_heads=2,
                 intermediate_size=64,
                 max_position_embeddings=512,
-                **_label_maps(spec.labels),
+                **extra,
             )
             if pooling is Pooling.MEAN:
                 return MeanPoolingBertForSequenceClassification(config)
             return BertForSequenceClassification(config)
         if pooling is Pooling.MEAN:
+            folder = checkpoint_dir(spec.source)
+            config = BertConfig.from_pretrained(folder)
+            for key, value in extra.items():  # from_pretrained drops keys it does not know
+                setattr(config, key, value)
             return cast(
                 PreTrainedModel,
-                MeanPoolingBertForSequenceClassification.from_pretrained(
-                    checkpoint_dir(spec.source), **_label_maps(spec.labels)
-                ),
+                MeanPoolingBertForSequenceClassification.from_pretrained(folder, config=config),
             )
         return cast(
             PreTrainedModel,
@@ -185,6 +193,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name, param in model.named_parameters()
         if param.requires_grad
     }
+
+
+def round_one_arrays(model: torch.nn.Module, update: UpdateKind) -> dict[str, np.ndarray]:
+    """What the coordinator sends in round 1: the trainable tensors, or a release's template.
+
+    A node's reply must match these names and shapes (its egress guard and the coordinator's
+    validation both check), so a release's template fixes what a release may contain.
+    """
+    if method_for(update).combine is Combine.PROTOTYPES:
+        head = classifier_head(model)
+        return prototypes.template(head.out_features, head.in_features)
+    return {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
 
 
 def on_the_wire(state: Mapping[str, torch.Tensor], dtype: TransferDtype) -> dict[str, np.ndarray]:

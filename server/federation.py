@@ -36,8 +36,9 @@ from residency.common.model import (
     load_tokenizer,
     load_trainable_state,
     on_the_wire,
-    trainable_state,
+    round_one_arrays,
 )
+from residency.common.updates import Combine, method_for, prototypes
 from residency.common.version import __version__
 from residency.server.node_errors import error_sentence, timeout_sentence
 from residency.server.record_check import Received, received_record
@@ -238,14 +239,29 @@ class _Federation:
         self.model = build_classifier(spec)
         self.tokenizer = load_tokenizer(spec.source)
         self.labels = tuple(self.job.data.labels)
-        self.arrays = ArrayRecord(trainable_state(self.model))
+        self.method = method_for(spec.update)
+        self.arrays = self._initial_arrays()
         self.config = ConfigRecord(
             round_config(self.job, base_fingerprint=base_fingerprint(self.model))
         )
-        self.strategy = ValidatingFedAvg(nodes=self.nodes)
+        self.strategy = ValidatingFedAvg(nodes=self.nodes, combine=self.method.combine)
         self.countries = _Countries({}, self.admitted)
         self.spend = SpendTally(self.job)
         self.test = self._load_test()
+
+    def _initial_arrays(self) -> ArrayRecord:
+        """What goes out in round 1: the trainable tensors, or a release's empty template."""
+        arrays = round_one_arrays(self.model, self.job.train.update)
+        return ArrayRecord({name: Array(value) for name, value in arrays.items()})
+
+    def _absorb(self, arrays: ArrayRecord) -> None:
+        """Make the combined arrays the global model (for a release: set the head from them)."""
+        values = {name: array.numpy() for name, array in arrays.items()}
+        if self.method.combine is Combine.PROTOTYPES:
+            prototypes.set_head(self.model, values)
+            return
+        self.arrays = arrays
+        load_trainable_state(self.model, values)
 
     def _load_test(self) -> TensorDataset | None:
         data = self.job.data
@@ -343,8 +359,7 @@ class _Federation:
         if new_arrays is None:
             reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports.values())
             raise JobFailed(f"round {server_round}: no valid update ({reasons or 'no replies'})")
-        self.arrays = new_arrays
-        load_trainable_state(self.model, {k: v.numpy() for k, v in new_arrays.items()})
+        self._absorb(new_arrays)
         return RoundResult(
             round=server_round,
             **_scores_fields(self.score()),

@@ -1,4 +1,8 @@
-"""FedAvg that validates each reply first and remembers what every node reported."""
+"""FedAvg that validates each reply first and remembers what every node reported.
+
+For ``update = "prototypes"`` the validated releases are combined (summed, with each node's
+means kept) instead of averaged.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
+from residency.common.updates import Combine, prototypes
 from residency.server.node_errors import error_sentence
 from residency.server.validation import validate_reply
 
@@ -48,7 +53,7 @@ class ValidatingFedAvg(FedAvg):
     the average than its record states.
     """
 
-    def __init__(self, *, nodes: int) -> None:
+    def __init__(self, *, nodes: int, combine: Combine = Combine.FEDAVG) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=0.0,
@@ -59,6 +64,7 @@ class ValidatingFedAvg(FedAvg):
             configrecord_key=wire.CONFIG,
             train_metrics_aggr_fn=no_mean,
         )
+        self.combine = combine
         self._sent = ArrayRecord()
         self.accepted: list[Message] = []
         self.rejected: list[Rejection] = []
@@ -96,6 +102,18 @@ class ValidatingFedAvg(FedAvg):
             self.accepted.append(reply)
         if not self.accepted:
             return None, None
+        if self.combine is Combine.PROTOTYPES:  # statistics add up; a mean would shrink them
+            releases = [
+                {
+                    name: array.numpy()
+                    for name, array in r.content.array_records[wire.ARRAYS].items()
+                }
+                for r in self.accepted
+            ]
+            total = prototypes.combined(releases)
+            return ArrayRecord(
+                {name: Array(value) for name, value in total.items()}
+            ), MetricRecord()
         for reply in self.accepted:  # average in float32 whatever the wire precision
             arrays = reply.content.array_records[wire.ARRAYS]
             reply.content.array_records[wire.ARRAYS] = ArrayRecord(

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from residency.client.app import _train
@@ -14,7 +15,7 @@ from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.config.job import Job
 from residency.common.config.round_plan import round_config
-from residency.common.model import ModelSpec, base_fingerprint, build_classifier, trainable_state
+from residency.common.model import ModelSpec, base_fingerprint, build_classifier, round_one_arrays
 from residency.common.privacy.record import PrivacyRecord, SignedRecord, open_record
 
 
@@ -39,15 +40,20 @@ def node_file(
 
 
 def round_message(
-    job: Job, *, server_round: int, overrides: Mapping[str, Any] | None = None
+    job: Job,
+    *,
+    server_round: int,
+    overrides: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Message:
     """The coordinator's training message for ``job``, optionally tampered with."""
     model = build_classifier(ModelSpec.from_job(job))
     config = round_config(job, base_fingerprint=base_fingerprint(model))
+    sent = round_one_arrays(model, job.train.update) if arrays is None else arrays
     return Message(
         RecordDict(
             {
-                wire.ARRAYS: ArrayRecord(trainable_state(model)),
+                wire.ARRAYS: ArrayRecord({name: Array(value) for name, value in sent.items()}),
                 wire.CONFIG: ConfigRecord(
                     {**config, "server-round": server_round, **(overrides or {})}
                 ),
@@ -65,6 +71,7 @@ def train_round(
     run_id: int,
     server_round: int,
     overrides: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Message:
     """One training message, handled as by a freshly started node (empty Flower state)."""
     context = Context(
@@ -77,7 +84,7 @@ def train_round(
     saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = run_id, 0, 1
     try:  # Flower's messages read the task's identity, as a ClientApp process has it
-        message = round_message(job, server_round=server_round, overrides=overrides)
+        message = round_message(job, server_round=server_round, overrides=overrides, arrays=arrays)
         return _train(message, context)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

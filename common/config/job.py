@@ -30,17 +30,22 @@ class Strict(BaseModel):
 class UpdateKind(StrEnum):
     """What a node trains and sends: LoRA adapters plus head, the head alone, or every weight.
 
-    ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
-    the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
-    head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
-    far less noise, which on small per-country data beats adapting the encoder
-    (docs/performance.md).
+    ``prototypes`` trains nothing: each node releases, once, noisy per-class sums and counts of
+    its frozen encoder's normalised features, and the coordinator sets the classifier head from
+    the noisy class means (one Gaussian release at sample rate 1: the cheapest use of a budget).
+
+        ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
+        the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
+        head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
+        far less noise, which on small per-country data beats adapting the encoder
+        (docs/performance.md).
     """
 
     LORA = "lora"
     LORA_FA = "lora-fa"
     HEAD = "head"
     FULL = "full"
+    PROTOTYPES = "prototypes"
 
 
 class TransferDtype(StrEnum):
@@ -149,6 +154,11 @@ class TrainSection(Strict):
                 "not the changes: most of a round's update is lost; fix: transfer_dtype = "
                 '"float32", or a LoRA or head update'
             )
+        if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
+            raise ValueError(
+                f'update "{self.update.value}" is one release, not rounds of training; '
+                "fix: rounds = 1"
+            )
         return self
 
 
@@ -186,9 +196,9 @@ class Job(Strict):
     """A whole federated fine-tuning job."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "job"
-    model: ModelSection = ModelSection()
+    model: Annotated[ModelSection, Field(default_factory=ModelSection)]
     data: DataSection
-    train: TrainSection = TrainSection()
+    train: Annotated[TrainSection, Field(default_factory=TrainSection)]
     privacy: PrivacySection
     nodes: Annotated[list[NodeEntry], Field(default_factory=list, max_length=256)]
 

@@ -63,6 +63,10 @@ class RoundPlan(Strict):
             and not method_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
+        if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
+            raise ValueError(
+                f"a {self.update.value} update is one release, not {self.rounds} rounds"
+            )
         return self
 
     @classmethod

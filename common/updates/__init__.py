@@ -7,13 +7,14 @@ is sound, how the coordinator combines it) and add its ``METHOD`` to ``_METHODS`
 from __future__ import annotations
 
 from residency.common.config.job import UpdateKind
-from residency.common.updates import full, head, lora, lora_fa
+from residency.common.updates import full, head, lora, lora_fa, prototypes
 from residency.common.updates.base import Combine, GradSampleMode, UpdateMethod
 
 __all__ = ["Combine", "GradSampleMode", "UpdateMethod", "method_for"]
 
 _METHODS: dict[UpdateKind, UpdateMethod] = {
-    method.kind: method for method in (lora.METHOD, lora_fa.METHOD, head.METHOD, full.METHOD)
+    method.kind: method
+    for method in (lora.METHOD, lora_fa.METHOD, head.METHOD, full.METHOD, prototypes.METHOD)
 }
 
 

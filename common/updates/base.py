@@ -4,6 +4,7 @@ Each kind is one module of this package (PEFT keeps one folder per method for th
 reason): adding a kind is one new module and one line in the registry
 (:mod:`residency.common.updates`), not an ``if`` in the model builder, the trainer and the
 job's rules. This module holds only the vocabulary, so it imports neither torch nor PEFT.
+
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from residency.common.config.job import UpdateKind
+from residency.common.privacy.accountant import poisson_schedule
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +49,7 @@ class Combine(StrEnum):
     """How the coordinator turns the nodes' updates into the next global arrays."""
 
     FEDAVG = "fedavg"  # the example-weighted mean (weights: the signed example counts)
+    PROTOTYPES = "prototypes"  # the sum of the class statistics, then the head from their means
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class UpdateMethod:
         float16_wire: Whether float16 transfer is sound: rounding the *weights* (not the
             changes) loses most of a round's update when every weight is sent.
         combine: How the coordinator combines the nodes' updates.
+        release_sensitivity: None for DP-SGD (clipped at the job's ``max_grad_norm``, Poisson
+            sampled, ``local_epochs`` per round); a number for a one-shot Gaussian release
+            of that L2 sensitivity: one step at sample rate 1, whatever the batch settings.
+        normalized_features: Whether the head reads the L2-normalised mean of the tokens'
+            hidden states (the model is built with mean pooling and normalisation).
     """
 
     kind: UpdateKind
@@ -70,3 +78,16 @@ class UpdateMethod:
     grad_sample_mode: GradSampleMode
     float16_wire: bool = True
     combine: Combine = Combine.FEDAVG
+    release_sensitivity: float | None = None
+    normalized_features: bool = False
+
+    def schedule(self, *, examples: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
+        """Sample rate and steps of one round, as the accountant charges and the node runs them."""
+        if self.release_sensitivity is not None:
+            return 1.0, 1
+        sample_rate, steps_per_epoch = poisson_schedule(examples=examples, batch_size=batch_size)
+        return sample_rate, local_epochs * steps_per_epoch
+
+    def clip_norm(self, max_grad_norm: float) -> float:
+        """What the noise is scaled by: the job's clipping norm, or the release's sensitivity."""
+        return max_grad_norm if self.release_sensitivity is None else self.release_sensitivity

@@ -18,42 +18,39 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     out = tmp_path / "accuracy.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny", "--countries", "DE,FR",
-         "--examples", "40", "--test", "30", "--rounds", "2", "--epsilons", "3,8",
-         "--batch-size", "16", "--alpha", "0.3", "--simulate", "--json", str(out)],
+         "--examples", "40", "--test", "30", "--epsilons", "3,8", "--repeats", "1",
+         "--alpha", "0.3", "--json", str(out)],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
-    rows = report["rows"]
-    seen = {(row["regime"], row["epsilon"]) for row in rows}
-    for regime in ("federated", "central", "local-only DE", "local-only FR", "local-only (mean)"):
-        assert {(regime, 3.0), (regime, 8.0), (regime, None)} <= seen, regime
-    assert {("federated lora-fa", 8.0), ("federated float16", 8.0)} <= seen
+    rows = json.loads(out.read_text())["rows"]
+    references = {row["regime"] for row in rows if row["update"] is None}
+    assert references == {
+        "class means (no DP)",
+        "linear probe fed. (no DP)",
+        "linear probe central (no DP)",
+        "majority class",
+    }
+    assert all(row["epsilon"] is None for row in rows if row["update"] is None)
+    seen = {(row["regime"], row["epsilon"]) for row in rows if row["update"] == "prototypes"}
+    for regime in ("federated", "central", "local-only DE", "local-only FR"):
+        assert {(regime, 3.0), (regime, 8.0)} <= seen, regime
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0
-        assert len(row["curve"]) == 2  # scored after every round
-        if row["regime"] == "local-only (mean)":
-            continue
-        parties = 2 if row["regime"].startswith("federated") else 1
-        assert len(row["spent"]) == len(row["noise"]) == parties
-        if row["epsilon"] is None:  # no DP: no noise, nothing to account
-            assert row["noise"] == [0.0] * parties
-            assert row["spent"] == [None] * parties
-        else:  # each party's noise spends its whole target over the run, and no more
-            assert all(z > 0 for z in row["noise"])
+        if row["update"] is not None:  # the product's own run: its nodes spent the target
+            assert len(row["runs"]) == len(row["spent"]) == 1
             assert all(row["epsilon"] * 0.95 <= s <= row["epsilon"] for s in row["spent"])
     # Label skew: the two countries do not share one label mix.
     lines = done.stdout.splitlines()
     mixes = [line.split("labels ")[1] for line in lines if line.strip().startswith(("DE:", "FR:"))]
     assert len(mixes) == 2
     assert mixes[0] != mixes[1]
-    # The product itself, run on the same rows, lands where the in-process loop does.
-    in_process = next(r for r in rows if r["regime"] == "federated" and r["epsilon"] == 8.0)
-    assert abs(report["simulated_eps8"] - in_process["accuracy"]) <= 0.1
-    assert "update lora, batch 16" in done.stdout  # the default update, named in the header
-    assert "federated DP against non-private federated, same update" in done.stdout
+    table = lines[lines.index(next(x for x in lines if x.startswith("regime "))) :]
+    assert all(len(line) <= 80 for line in table)
+    assert "targets for prototypes" in done.stdout
     assert "target <= 3: " in done.stdout
-    assert "target <= 5: " in done.stdout
+    assert "target <= 8: " in done.stdout
+    assert "beats every country alone" in done.stdout
 
 
 @pytest.mark.parametrize(

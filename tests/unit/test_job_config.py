@@ -341,6 +341,18 @@ def test_float16_transfer_of_a_full_update_is_refused_with_one_fix(tmp_path: Pat
     assert message.count("fix:") == 1
 
 
+def test_a_release_in_more_than_one_round_is_refused_with_one_fix(tmp_path: Path) -> None:
+    path = write_job(tmp_path, MINIMAL + '[train]\nupdate = "prototypes"\nrounds = 3\n')
+    with pytest.raises(ConfigError) as refused:
+        load_job(path)
+    message = str(refused.value)
+    assert message.startswith(f'{path}: train: update "prototypes" is one release')
+    assert message.endswith("fix: rounds = 1")
+    assert "\n" not in message
+    ok = write_job(tmp_path, MINIMAL + '[train]\nupdate = "prototypes"\nrounds = 1\n')
+    assert load_job(ok).train.update.value == "prototypes"
+
+
 @pytest.mark.parametrize(
     ("text", "field", "got"),
     [

@@ -45,6 +45,7 @@ def job(tmp_path: Path) -> Job:
         {"delta": math.nan},
         {"batch-size": 0},
         {"update": "full", "transfer-dtype": "float16"},
+        {"update": "prototypes", "rounds": 3},
         {"accountant": "bogus"},
         {"countries": ["DE"], "seed": "not a number"},
     ],

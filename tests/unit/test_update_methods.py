@@ -20,11 +20,26 @@ def test_every_kind_the_job_accepts_has_its_module() -> None:
         method = method_for(kind)
         assert method.kind is kind
         assert method.trains
-        assert method.combine is Combine.FEDAVG
+        released = kind is UpdateKind.PROTOTYPES
+        assert method.combine is (Combine.PROTOTYPES if released else Combine.FEDAVG)
+        assert (method.release_sensitivity is not None) is released
+        assert method.normalized_features is released
+
+
+def test_a_release_is_one_step_at_sample_rate_one_and_training_is_poisson() -> None:
+    release = method_for(UpdateKind.PROTOTYPES)
+    assert release.schedule(examples=1000, batch_size=32, local_epochs=5) == (1.0, 1)
+    assert release.clip_norm(7.0) == release.release_sensitivity
+    lora = method_for(UpdateKind.LORA)
+    assert lora.schedule(examples=1000, batch_size=100, local_epochs=5) == (0.1, 50)
+    assert lora.clip_norm(7.0) == 7.0
 
 
 def test_each_module_decides_what_trains_and_so_what_crosses() -> None:
-    lora, lora_fa, head, full = (_sent(kind) for kind in UpdateKind)
+    lora, lora_fa, head, full = (
+        _sent(kind)
+        for kind in (UpdateKind.LORA, UpdateKind.LORA_FA, UpdateKind.HEAD, UpdateKind.FULL)
+    )
     assert any(".lora_A." in n for n in lora)
     assert any(".lora_B." in n for n in lora)
     assert all(".lora_" in n or "classifier" in n for n in lora)
@@ -40,4 +55,4 @@ def test_clipping_mode_and_wire_rule_come_from_the_module(kind: UpdateKind) -> N
     assert method.grad_sample_mode is (
         GradSampleMode.GHOST if kind is UpdateKind.FULL else GradSampleMode.HOOKS
     )
-    assert method.float16_wire is (kind is not UpdateKind.FULL)
+    assert method.float16_wire is (kind not in {UpdateKind.FULL, UpdateKind.PROTOTYPES})

@@ -1,0 +1,44 @@
+"""The node's side of ``update = "prototypes"``: encode once, release the class statistics once.
+
+The mechanism itself (normalise, clip, sum per class, add Gaussian noise of std ``z`` times
+the sensitivity) is :func:`residency.common.updates.prototypes.release`, the one the canary
+audit runs; this module feeds it the features the classifier head reads and the node's secret
+noise stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from residency.client.linear_probe import head_features
+from residency.client.randomness import RoundRandomness
+from residency.common.classifier_head import classifier_head
+from residency.common.device import Compute
+from residency.common.updates import prototypes
+
+
+def release_prototypes(
+    model: torch.nn.Module,
+    data: TensorDataset,
+    *,
+    classes: int,
+    noise_multiplier: float,
+    compute: Compute,
+    randomness: RoundRandomness,
+) -> dict[str, np.ndarray]:
+    """The noisy class sums and counts of ``data`` (token rows) under ``model``'s encoder.
+
+    The encoder runs in eval mode (no dropout), so each record's features are a fixed
+    function of its text; the noise is drawn on the CPU from ``randomness``' noise seed.
+    """
+    features = head_features(model, classifier_head(model), data, compute=compute)
+    vectors, labels = features.tensors
+    return prototypes.release(
+        vectors,
+        labels,
+        classes=classes,
+        noise_multiplier=noise_multiplier,
+        generator=randomness.noise_generator(torch.device("cpu")),
+    )

@@ -1,0 +1,228 @@
+"""``update = "prototypes"``: a one-shot DP classifier from per-class feature statistics.
+
+Each node runs the frozen encoder once, L2-normalises every record's pooled features and
+clips them to norm 1 (explicitly, in float64: rounding must not raise a record's weight), and
+releases once, with the Gaussian mechanism, per-class sums of those vectors and per-class
+counts weighted by :data:`COUNT_WEIGHT`. Under add/remove adjacency one record moves one
+class's sum by at most 1 and one weighted count by ``COUNT_WEIGHT``, so the release's L2
+sensitivity is :data:`SENSITIVITY` and the noise std on every released number is
+``z * SENSITIVITY``, with ``z`` from Opacus for one step at sample rate 1. That is exactly one
+DP-SGD step of noise multiplier ``z`` at ``q = 1`` and clipping norm ``SENSITIVITY``, so the
+accountants, the signed record and the audit treat it as such.
+
+The coordinator sums the releases (noise adds up over nodes, the signal too) and sets the
+classifier head to a cosine classifier of the noisy class means, each centred within its own
+node and freed of the directions along which nodes differ (:func:`head_weights`): the head
+reads the normalised features, so its logits are ``TEMPERATURE`` times a cosine.
+
+Weighting the counts by 0.3 (sensitivity 1.044) rather than 1 (1.414, what releasing counts
+and sums at equal weight costs) lowers the noise on the sums by 26%; counts are large, so
+their extra noise costs nothing. Measured on the demo's features (400 notes x 3 countries,
+MiniLM, 20 draws, global centring): 0.729 / 0.698 / 0.506 at epsilon 8 / 3 / 1 against
+0.721 / 0.674 / 0.425 at weight 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from opacus.optimizers.optimizer import _generate_noise
+from transformers import PreTrainedModel
+
+from residency.common.classifier_head import classifier_head
+from residency.common.config.job import UpdateKind
+from residency.common.errors import InvalidUpdate
+from residency.common.updates.base import Combine, GradSampleMode, UpdateMethod
+from residency.common.updates.head import head_only
+
+if TYPE_CHECKING:
+    from residency.common.model import ModelSpec
+
+COUNT_WEIGHT = 0.3
+"""What one record adds to its class's released count (its features add at most 1 in L2)."""
+
+SENSITIVITY = math.sqrt(1.0 + COUNT_WEIGHT**2)
+"""L2 distance between the releases of two datasets one record apart."""
+
+TEMPERATURE = 10.0
+"""Scale of the cosine logits: it changes the softmax's confidence, never the prediction."""
+
+SUMS = "prototypes.sums"
+COUNTS = "prototypes.counts"
+NODE_MEANS = "prototypes.node-means"
+NODE_COUNTS = "prototypes.node-counts"
+
+
+def prototype_head(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
+    """The head-only classifier; the model reads normalised mean features (``ModelSpec``)."""
+    return head_only(model, spec)
+
+
+METHOD = UpdateMethod(
+    kind=UpdateKind.PROTOTYPES,
+    trains="nothing: noisy per-class sums and counts of normalised frozen features, once",
+    prepare=prototype_head,
+    grad_sample_mode=GradSampleMode.HOOKS,  # unused: no gradient is taken
+    float16_wire=False,
+    combine=Combine.PROTOTYPES,
+    release_sensitivity=SENSITIVITY,
+    normalized_features=True,
+)
+
+
+def template(classes: int, width: int) -> dict[str, np.ndarray]:
+    """The arrays a release consists of, zero: what the coordinator sends and checks against."""
+    return {
+        SUMS: np.zeros((classes, width), dtype=np.float32),
+        COUNTS: np.zeros((classes,), dtype=np.float32),
+    }
+
+
+def check_template(received: Mapping[str, np.ndarray], classes: int, width: int) -> None:
+    """Raise ``ValueError`` unless ``received`` is exactly the release's zero template.
+
+    The node checks before it charges: a release whose template the egress guard would not
+    let out (other names or shapes) must not be paid for.
+    """
+    expected = template(classes, width)
+    if set(received) != set(expected):
+        raise ValueError(
+            f"release template names {sorted(received)[:3]}, expected {sorted(expected)}"
+        )
+    for name, value in expected.items():
+        got = np.asarray(received[name])
+        if got.shape != value.shape or got.dtype != value.dtype:
+            raise ValueError(
+                f"{name}: {got.dtype}{list(got.shape)} != {value.dtype}{list(value.shape)}"
+            )
+
+
+def unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to L2 norm 1 (zero rows stay zero), then clipped to norm at most 1.
+
+    In float64: the clip runs after the normalisation so that no rounding of it can leave a
+    row above the norm the sensitivity assumes.
+    """
+    rows = features.detach().to(torch.float64)
+    rows = rows / _nonzero(rows.norm(dim=1, keepdim=True))
+    return rows * (1.0 / _nonzero(rows.norm(dim=1, keepdim=True))).clamp(max=1.0)
+
+
+def _nonzero(norms: torch.Tensor) -> torch.Tensor:
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def class_statistics(
+    features: torch.Tensor, labels: torch.Tensor, classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums of the unit rows and per-class counts (float64, before any noise)."""
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"features {tuple(features.shape)} do not match {len(labels)} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels must lie in [0, {classes})")
+    rows = unit_rows(features)
+    index = labels.to(torch.long)
+    sums = torch.zeros((classes, rows.shape[1]), dtype=torch.float64).index_add_(0, index, rows)
+    counts = torch.bincount(index, minlength=classes).to(torch.float64)
+    return sums, counts
+
+
+def release(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    classes: int,
+    noise_multiplier: float,
+    generator: torch.Generator | None,
+) -> dict[str, np.ndarray]:
+    """The node's one release: noisy class sums and noisy counts (already divided back).
+
+    The sums and the weighted counts are one vector of sensitivity :data:`SENSITIVITY`; its
+    noise is Opacus' own Gaussian draw in secure mode (four draws, summed and halved) from
+    ``generator``, the node's secret noise stream.
+    """
+    sums, counts = class_statistics(features, labels, classes)
+    joint = torch.cat([sums.flatten(), counts * COUNT_WEIGHT])
+    noise = _generate_noise(
+        std=noise_multiplier * SENSITIVITY,
+        reference=joint,
+        generator=generator,
+        secure_mode=True,
+    )
+    noisy = joint + noise
+    width = sums.shape[1]
+    return {
+        SUMS: noisy[: classes * width].reshape(classes, width).numpy().astype(np.float32),
+        COUNTS: (noisy[classes * width :] / COUNT_WEIGHT).numpy().astype(np.float32),
+    }
+
+
+def combined(releases: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The federation's statistics: every node's release summed, and each node's own means.
+
+    The per-node parts let the coordinator separate what differs between institutions
+    (language, site) from what differs between classes (:func:`head_weights`); they are
+    post-processing of what each node released, so they cost no privacy.
+    """
+    if not releases:
+        raise ValueError("no release to combine")
+    sums = np.stack([np.asarray(r[SUMS], dtype=np.float64) for r in releases])
+    counts = np.stack([np.asarray(r[COUNTS], dtype=np.float64) for r in releases])
+    return {
+        SUMS: sums.sum(axis=0).astype(np.float32),
+        COUNTS: counts.sum(axis=0).astype(np.float32),
+        NODE_MEANS: (sums.sum(axis=1) / np.maximum(counts.sum(axis=1), 1.0)[:, None]).astype(
+            np.float32
+        ),
+        NODE_COUNTS: counts.astype(np.float32),
+    }
+
+
+def head_weights(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of the cosine classifier of the noisy class means.
+
+    Each class direction is the sum of its records' deviations from their own node's mean
+    (``sums - node_counts^T node_means``), with the directions along which the node means
+    differ projected out. Class means pooled naively carry each institution's offset: under
+    label skew a class held mostly by one country becomes "that country's language", and
+    (``bench/accuracy.py``, Dirichlet 1 skew) accuracy falls from 0.73 to 0.52 without noise.
+    A noisy count below zero is read as zero. The bias centres every score on the overall
+    mean, so a note scores by how it deviates from the federation's average note.
+    """
+    sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
+    node_means = torch.from_numpy(np.asarray(statistics[NODE_MEANS], dtype=np.float64))
+    node_counts = torch.from_numpy(np.asarray(statistics[NODE_COUNTS], dtype=np.float64))
+    classes, width = sums.shape
+    if node_means.shape[1:] != (width,) or node_counts.shape != (len(node_means), classes):
+        raise InvalidUpdate("class statistics of inconsistent shapes")
+    weights = node_counts.clamp_min(0.0)
+    total = weights.sum(dim=1)
+    overall = (total[:, None] * node_means).sum(dim=0) / total.sum().clamp_min(1.0)
+    deviations = sums - weights.T @ node_means
+    offsets = node_means - overall
+    if len(offsets) > 1:
+        basis, singular, _ = torch.linalg.svd(offsets.T, full_matrices=False)
+        basis = basis[:, singular > 1e-9 * singular.max().clamp_min(1e-300)]
+        deviations = deviations - (deviations @ basis) @ basis.T
+    directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    weight = TEMPERATURE * directions
+    bias = -(weight @ overall)
+    return weight.float(), bias.float()
+
+
+def set_head(model: torch.nn.Module, statistics: dict[str, np.ndarray]) -> None:
+    """Make ``model``'s classifier head the class-mean classifier of ``statistics``."""
+    head = classifier_head(model)
+    weight, bias = head_weights(statistics)
+    if weight.shape != head.weight.shape:
+        raise InvalidUpdate(
+            f"class statistics {tuple(weight.shape)} != head {tuple(head.weight.shape)}"
+        )
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.copy_(bias.to(head.bias.dtype))

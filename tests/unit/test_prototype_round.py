@@ -1,0 +1,99 @@
+"""A node's prototype release: one charged step; only statistics leave; one account for all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node_harness import node_file, signed_record, train_round, update_of
+from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.common.config.job import AccountantKind, Job, load_job
+from residency.common.errors import BudgetExceeded
+from residency.common.privacy.accountant import epsilon_spent, noise_for_target
+from residency.common.refusal import RefusalCode
+from residency.common.updates import prototypes
+from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
+from toy_federation import write_toy_job
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
+]
+
+EXAMPLES = 60
+
+
+def _job(tmp_path: Path, update: str = "prototypes", name: str = "job") -> Job:
+    path = write_toy_job(
+        tmp_path / name,
+        countries=("DE",),
+        rounds=1,
+        examples=EXAMPLES,
+        train=f'update = "{update}"',
+    )
+    return load_job(path)
+
+
+def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
+    tmp_path: Path,
+) -> None:
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    reply = train_round(job, settings, run_id=1, server_round=1)
+    assert not reply.has_error()
+    arrays = update_of(reply)
+    assert set(arrays) == {SUMS, COUNTS}
+    assert arrays[SUMS].shape == (3, 32)
+    assert arrays[COUNTS].shape == (3,)
+    # Noisy, but the counts still say about how many notes there were (20 per class).
+    assert np.abs(arrays[COUNTS] - EXAMPLES / 3).max() < 15
+    record = signed_record(reply)
+    assert (record.sample_rate, record.steps, record.examples) == (1.0, 1, EXAMPLES)
+    assert record.max_grad_norm == SENSITIVITY  # the noise's scale: z times the sensitivity
+    expected = noise_for_target(
+        target_epsilon=8.0, delta=1e-4, sample_rate=1.0, steps=1, kind=AccountantKind.PRV
+    )
+    assert record.noise_multiplier == expected
+    assert record.history == [(expected, 1.0, 1)]
+    assert 7.9 < record.epsilon <= 8.0
+    [charge] = BudgetStore(tmp_path / "state" / STORE_FILE).charges()
+    assert charge.step == (expected, 1.0, 1)
+
+
+def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path: Path) -> None:
+    """A coordinator that asks again for what the job calibrated as one release."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 100.0)
+    train_round(job, settings, run_id=1, server_round=1)
+    with pytest.raises(BudgetExceeded) as refused:
+        train_round(job, settings, run_id=1, server_round=2)
+    assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
+
+
+def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Path) -> None:
+    settings = node_file(tmp_path, 100.0)
+    first = signed_record(train_round(_job(tmp_path), settings, run_id=1, server_round=1))
+    head = _job(tmp_path, "head", name="head-job")
+    second = signed_record(train_round(head, settings, run_id=2, server_round=1))
+    assert second.dataset == first.dataset
+    both = epsilon_spent((*first.history, *second.history), delta=1e-4, kind=AccountantKind.PRV)
+    assert second.epsilon_dataset == pytest.approx(both, rel=1e-6)
+    assert second.epsilon_dataset > max(first.epsilon, second.epsilon)
+
+
+def test_a_release_whose_template_could_not_leave_is_refused_before_any_charge(
+    tmp_path: Path,
+) -> None:
+    """A coordinator sending other shapes than the release's would waste a charged round."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 100.0)
+    wrong = {
+        prototypes.SUMS: np.zeros((3, 8), np.float32),
+        prototypes.COUNTS: np.zeros(3, np.float32),
+    }
+    with pytest.raises(ValueError, match=r"prototypes\.sums"):
+        train_round(job, settings, run_id=1, server_round=1, arrays=wrong)
+    assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []

@@ -133,6 +133,7 @@ labels = {json.dumps(list(WORDS))}
 test = "test.csv"
 
 [train]
+update = "lora"
 rounds = {rounds}
 local_epochs = 2
 batch_size = 16

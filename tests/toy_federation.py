@@ -52,7 +52,7 @@ def write_toy_job(
     train: str = "",
     model: str = "tiny",
 ) -> Path:
-    """A tiny-BERT LoRA job over separable per-country data, with a global test file."""
+    """A tiny-BERT job (LoRA unless ``train`` says) over separable per-country data."""
     folder.mkdir(parents=True, exist_ok=True)
     nodes = []
     for index, country in enumerate(countries):
@@ -77,7 +77,7 @@ rounds = {rounds}
 local_epochs = 2
 batch_size = 16
 learning_rate = 0.1
-{train}
+{train if "update" in train else 'update = "lora"' + chr(10) + train}
 
 [privacy]
 target_epsilon = 8.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -125,14 +125,22 @@ class DataSection(Strict):
         return None if value is None else _resolve(value, info)
 
 
+DEFAULT_UPDATE = UpdateKind.PROTOTYPES
+"""What a job trains when it does not say: the one-shot class-mean release, the most accurate
+kind measured at a few hundred notes per country, and never worse than DP-LoRA at any size
+measured (docs/performance.md, ``bench/accuracy.py``)."""
+TRAINING_ROUNDS = 3
+"""Rounds of a DP-SGD job that does not say (a release has one)."""
+
+
 class TrainSection(Strict):
     """Federated schedule and local optimisation settings."""
 
-    rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 3
+    rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = TRAINING_ROUNDS
     local_epochs: Annotated[int, Field(strict=True, ge=1, le=1000)] = 1
     batch_size: Annotated[int, Field(strict=True, ge=1, le=65_536)] = 32
     learning_rate: Annotated[float, Field(strict=True, gt=0, le=10, allow_inf_nan=False)] = 5e-4
-    update: UpdateKind = UpdateKind.LORA
+    update: UpdateKind = DEFAULT_UPDATE
     transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
     lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16
@@ -140,6 +148,21 @@ class TrainSection(Strict):
     seed: Annotated[int, Field(strict=True)] = 0
     round_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 3600.0
     nodes_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 600.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rounds_follow_the_update(cls, data: Any) -> Any:
+        """An unset ``rounds`` is 1 for a one-shot release, :data:`TRAINING_ROUNDS` otherwise."""
+        if not isinstance(data, dict) or "rounds" in data:
+            return data
+        from residency.common.updates import method_for  # the registry imports torch
+
+        try:
+            update = UpdateKind(data.get("update", DEFAULT_UPDATE))
+        except ValueError:
+            return data  # the field's own error names the bad value
+        release = method_for(update).release_sensitivity is not None
+        return {**data, "rounds": 1 if release else TRAINING_ROUNDS}
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> TrainSection:

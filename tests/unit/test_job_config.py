@@ -55,11 +55,11 @@ def test_minimal_job_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert job.data.text_column == "text"
     assert job.data.label_column == "label"
     assert job.data.test is None
-    assert job.train.rounds == 3
+    assert job.train.update is UpdateKind.PROTOTYPES  # the best measured at partner sizes
+    assert job.train.rounds == 1  # one release
     assert job.train.local_epochs == 1
     assert job.train.batch_size == 32
     assert job.train.learning_rate == pytest.approx(5e-4)
-    assert job.train.update is UpdateKind.LORA
     assert job.train.lora_rank == 8
     assert job.train.lora_alpha == pytest.approx(16.0)
     assert job.train.lora_targets == ["query", "value"]
@@ -339,6 +339,14 @@ def test_float16_transfer_of_a_full_update_is_refused_with_one_fix(tmp_path: Pat
     message = str(refused.value)
     assert message.startswith(f'{path}: train: transfer_dtype "float16" with update "full"')
     assert message.count("fix:") == 1
+
+
+@pytest.mark.parametrize(
+    ("train", "rounds"),
+    [("", 1), ('update = "prototypes"', 1), ('update = "lora"', 3), ('update = "head"', 3)],
+)
+def test_unset_rounds_follow_the_update(tmp_path: Path, train: str, rounds: int) -> None:
+    assert load_job(write_job(tmp_path, MINIMAL + f"[train]\n{train}\n")).train.rounds == rounds
 
 
 def test_a_release_in_more_than_one_round_is_refused_with_one_fix(tmp_path: Path) -> None:

@@ -128,7 +128,14 @@ def demo(
 ) -> None:
     """Generate a synthetic multilingual triage federation and fine-tune MiniLM on it with DP."""
     from residency.cli.demo import write_demo_job
+    from residency.common.updates import method_for
 
+    if rounds not in (None, 1) and method_for(update).release_sensitivity is not None:
+        raise fail(  # before any file is written
+            f"--rounds {rounds}: update {update.value} is one release; fix: leave out "
+            "--rounds, or choose a training update such as --update lora",
+            EXIT_INPUT,
+        )
     out_dir = output or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         job, job_path = write_demo_job(

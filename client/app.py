@@ -5,8 +5,9 @@ its own durable store: which data (and so which budget account), the noise multi
 its dataset size and the job's target), whether the round fits both budgets, and the
 randomness of sampling and noise (fresh OS entropy each round). :func:`_train` reads in the
 order a round runs: admission (:mod:`.admission`), then model and data, then the one place
-the budget is charged, then DP-SGD (:mod:`.trainer`, seeded by :mod:`.randomness`), then the
-reply and its signed record (:mod:`.reply`).
+the budget is charged, then DP-SGD (:mod:`.trainer`, seeded by :mod:`.randomness`) or, for
+``update = "prototypes"``, the one release (:mod:`.prototype_release`), then the reply and
+its signed record (:mod:`.reply`).
 """
 
 from __future__ import annotations

@@ -430,10 +430,8 @@ def targets(rows: list[Row], update: str, epsilons: list[float], examples: int) 
     if 1.0 in ours:
         floor = max([majority, *(r.accuracy for r in local if r.epsilon == 1.0)])
         verdict = "met" if ours[1.0].accuracy > floor else "MISSED"
-        lines.append(
-            f"  eps=1: {ours[1.0].accuracy:.3f} above every local-only and the majority "
-            f"({floor:.3f}): {verdict}"
-        )
+        against = "every local-only and the majority" if local else "the majority (no local rows)"
+        lines.append(f"  eps=1: {ours[1.0].accuracy:.3f} above {against} ({floor:.3f}): {verdict}")
     for epsilon in epsilons:
         alone = [r for r in local if r.epsilon == epsilon]
         if epsilon in ours and alone:

@@ -64,7 +64,8 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
     countries = ", ".join(node.country for node in job.nodes)
     console.print(
         f"[bold]{job.name}[/]: {len(job.nodes)} countries ({countries}), {job.train.rounds} "
-        f"rounds, {job.train.update} updates, target ε={job.privacy.target_epsilon:g} "
+        f"round{'s' if job.train.rounds != 1 else ''}, {job.train.update} updates, "
+        f"target ε={job.privacy.target_epsilon:g} "
         f"δ={job.privacy.delta:g} per country; output {out_dir}"
     )
     started = time.perf_counter()

@@ -81,6 +81,7 @@ class Deployed:
     detached_run: subprocess.CompletedProcess[str]
     node_rows: list[dict[str, object]]
     exit_codes: dict[str, int]
+    released: Results
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,24 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
         )
         results = Results.model_validate_json((out / "results.json").read_text("utf-8"))
+        release_job = write_toy_job(
+            root / "release", countries=COUNTRIES, rounds=1, train='update = "prototypes"'
+        )
+        release = cli(
+            "run",
+            str(release_job),
+            "--coordinator",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--output",
+            str(root / "release-out"),
+            timeout_s=600,
+        )
+        assert release.returncode == 0, release.stdout + release.stderr
+        released = Results.model_validate_json(
+            (root / "release-out" / "results.json").read_text("utf-8")
+        )
         stopped, detached = _stop_a_long_run(federation, root)
         listing = cli(
             "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
@@ -138,6 +157,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         detached,
         node_rows,
         codes,
+        released,
     )
 
 
@@ -149,6 +169,19 @@ def test_job_completes_over_tls_with_node_authentication(deployed: Deployed) -> 
         assert {n.country for n in result.nodes} == set(COUNTRIES)
         assert all(n.status == "ok" for n in result.nodes)
     assert sorted(r["country"] for r in deployed.node_rows) == sorted(COUNTRIES)
+
+
+def test_a_prototypes_release_runs_deployed_and_learns(deployed: Deployed) -> None:
+    """One release per node over TLS: charged as one step at q = 1, a head that predicts."""
+    released = deployed.released
+    assert released.status == "completed"
+    assert released.final is not None
+    assert released.final.accuracy is not None
+    assert released.final.accuracy > 0.8
+    assert len(released.rounds) == 1
+    for country in COUNTRIES:
+        spent = released.privacy[country]
+        assert (spent.sample_rate, spent.steps, spent.rounds_averaged) == (1.0, 1, 1)
 
 
 def test_epsilon_matches_simulation_exactly(deployed: Deployed) -> None:
@@ -194,10 +227,14 @@ def test_runs_lists_and_stops_runs(deployed: Deployed) -> None:
     assert "was stopped" in deployed.detached_run.stderr
     results = sorted(deployed.federation.coordinator_dir.glob("runs/*/results.json"))
     statuses = sorted(json.loads(path.read_text("utf-8"))["status"] for path in results)
-    assert statuses == ["completed", "stopped"]
+    assert statuses == ["completed", "completed", "stopped"]  # the job, the release, the long run
     assert deployed.runs_listing.returncode == 0, deployed.runs_listing.stderr
     runs = json.loads(deployed.runs_listing.stdout)
-    assert sorted(run["status"] for run in runs) == ["finished:completed", "finished:stopped"]
+    assert sorted(run["status"] for run in runs) == [
+        "finished:completed",
+        "finished:completed",
+        "finished:stopped",
+    ]
 
 
 def test_daemons_stop_cleanly_on_sigint(deployed: Deployed) -> None:

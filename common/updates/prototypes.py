@@ -26,21 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from opacus.optimizers.optimizer import _generate_noise
-from transformers import PreTrainedModel
 
 from residency.common.classifier_head import classifier_head
 from residency.common.config.job import UpdateKind
 from residency.common.errors import InvalidUpdate
 from residency.common.updates.base import Combine, GradSampleMode, UpdateMethod
 from residency.common.updates.head import head_only
-
-if TYPE_CHECKING:
-    from residency.common.model import ModelSpec
 
 COUNT_WEIGHT = 0.3
 """What one record adds to its class's released count (its features add at most 1 in L2)."""
@@ -57,15 +52,10 @@ NODE_MEANS = "prototypes.node-means"
 NODE_COUNTS = "prototypes.node-counts"
 
 
-def prototype_head(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
-    """The head-only classifier; the model reads normalised mean features (``ModelSpec``)."""
-    return head_only(model, spec)
-
-
 METHOD = UpdateMethod(
     kind=UpdateKind.PROTOTYPES,
     trains="nothing: noisy per-class sums and counts of normalised frozen features, once",
-    prepare=prototype_head,
+    prepare=head_only,  # the head is set, never trained; the model reads normalised features
     grad_sample_mode=GradSampleMode.HOOKS,  # unused: no gradient is taken
     float16_wire=False,
     combine=Combine.PROTOTYPES,

@@ -29,8 +29,7 @@ from residency.server.results import Results
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 VARIANTS = (
-    ("full", "float32"),
-    ("full", "float16"),
+    ("full", "float32"),  # full in float16 is refused: it rounds the weights, not the changes
     ("lora", "float32"),
     ("lora", "float16"),
     ("lora-fa", "float32"),

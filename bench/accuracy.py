@@ -11,8 +11,11 @@ scored on one mixed-language test set:
 - central: one party holding every country's rows, at the same epsilon.
 
 Each DP row runs ``--repeats`` times (fresh noise each time); the table shows the mean and the
-JSON keeps every run. ``--updates`` lists the pipelines to compare; the first is the one the
-targets are checked on (default: the default pipeline, ``prototypes``).
+JSON keeps every run. ``--updates`` lists the pipelines to compare, each an update kind or a
+warm start and the kind it starts (``prototypes+head``: the release, then DP-SGD on the head);
+the first is the one the targets are checked on (default: the job's default pipeline).
+A warm-started pipeline runs with the job's own defaults for it; other training pipelines with
+the ``--rounds``, ``--batch-size``... options.
 
 The non-private references are computed in-process on the very features the product's
 classifier head reads (the frozen encoder's normalised mean): the class-mean classifier from
@@ -48,7 +51,13 @@ from residency.cli.demo import write_demo_job
 from residency.cli.run_log import quiet_libraries
 from residency.client.linear_probe import head_features
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import UpdateKind
+from residency.common.config.job import (
+    DEFAULT_PIPELINE,
+    PIPELINE_JOIN,
+    UpdateKind,
+    parse_pipeline,
+    pipeline_name,
+)
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
@@ -62,6 +71,9 @@ NO_DP = math.inf
 REGIMES = ("federated", "local", "central")
 CENTRAL_COUNTRY = "EU"
 """The one party of a central row (holding every country's rows)."""
+
+
+DEFAULT_PIPELINE_NAME = pipeline_name(*DEFAULT_PIPELINE)
 
 
 def target_points(examples: int) -> dict[float, float]:
@@ -203,22 +215,28 @@ def _simulate(
     folder: Path,
     *,
     countries: Sequence[str],
-    update: UpdateKind,
+    pipeline: str,
     epsilon: float,
     settings: Settings,
 ) -> tuple[float, float]:
     """Run one job through ``residency simulate``: (final accuracy, largest epsilon spent)."""
+    update, warm_start = parse_pipeline(pipeline)
     data = tomllib.loads(prepared.job.read_text("utf-8"))
     data["name"] = f"accuracy-{update.value}"
     data["model"]["max_length"] = settings.max_length
     release = method_for(update).release_sensitivity is not None
-    data["train"].update(
-        rounds=1 if release else settings.rounds,
-        local_epochs=settings.local_epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        update=update.value,
-    )
+    data["train"] = {"update": update.value}  # the pipeline's own defaults, unless set below
+    if warm_start is not None:
+        data["train"]["warm_start"] = warm_start.value
+    elif release:
+        data["train"]["rounds"] = 1
+    else:
+        data["train"].update(
+            rounds=settings.rounds,
+            local_epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+        )
     data["privacy"].update(
         target_epsilon=epsilon, delta=settings.delta, max_grad_norm=settings.max_grad_norm
     )
@@ -249,7 +267,7 @@ def product_rows(
     prepared: Prepared,
     folder: Path,
     *,
-    update: UpdateKind,
+    pipeline: str,
     epsilons: Sequence[float],
     regimes: set[str],
     repeats: int,
@@ -270,12 +288,13 @@ def product_rows(
             started = time.perf_counter()
             runs, spent = [], []
             for repeat in range(repeats):
-                where = folder / f"{update.value}-{regime.replace(' ', '-')}-{epsilon:g}-{repeat}"
+                label = pipeline.replace(PIPELINE_JOIN, "-then-")
+                where = folder / f"{label}-{regime.replace(' ', '-')}-{epsilon:g}-{repeat}"
                 accuracy, eps = _simulate(
                     prepared,
                     where,
                     countries=members,
-                    update=update,
+                    pipeline=pipeline,
                     epsilon=epsilon,
                     settings=settings,
                 )
@@ -283,7 +302,7 @@ def product_rows(
                 spent.append(eps)
             row = Row(
                 regime=regime,
-                update=update.value,
+                update=pipeline,
                 epsilon=epsilon,
                 accuracy=float(np.mean(runs)),
                 runs=runs,
@@ -291,7 +310,7 @@ def product_rows(
                 seconds=(time.perf_counter() - started) / repeats,
             )
             print(
-                f"  {update.value:<10} {regime:<16} eps={_eps(epsilon):>4}: "
+                f"  {pipeline:<10} {regime:<16} eps={_eps(epsilon):>4}: "
                 f"{row.accuracy:.3f} (runs {', '.join(f'{a:.3f}' for a in runs)}; "
                 f"spent {max(spent):.2f}; {row.seconds:.0f} s per run)",
                 flush=True,
@@ -452,7 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=600, help="rows in the mixed test set")
     parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration")
     parser.add_argument("--epsilons", default="1,3,8")
-    parser.add_argument("--updates", default="prototypes", help="pipelines, the default first")
+    parser.add_argument(
+        "--updates",
+        default=DEFAULT_PIPELINE_NAME,
+        help="pipelines (e.g. prototypes,head,prototypes+head), the default first",
+    )
     parser.add_argument(
         "--regimes", default=",".join(REGIMES), help=f"subset of {', '.join(REGIMES)}"
     )
@@ -469,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         epsilons = sorted({float(e) for e in args.epsilons.split(",")})
-        updates = [UpdateKind(u.strip()) for u in args.updates.split(",")]
+        updates = [pipeline_name(*parse_pipeline(u)) for u in args.updates.split(",")]
     except ValueError as exc:
         parser.error(f"--epsilons or --updates: {exc}")
     regimes = {r.strip() for r in args.regimes.split(",")}
@@ -509,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 product_rows(
                     prepared,
                     folder / "runs",
-                    update=update,
+                    pipeline=update,
                     epsilons=list(reversed(epsilons)),
                     regimes=regimes,
                     repeats=args.repeats,
@@ -527,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             local = [
                 r
                 for r in rows
-                if r.update == update.value
+                if r.update == update
                 and r.epsilon == epsilon
                 and r.regime.startswith("local-only ")
             ]
@@ -535,18 +558,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 product.append(
                     Row(
                         "local-only (mean)",
-                        update.value,
+                        update,
                         epsilon,
                         float(np.mean([r.accuracy for r in local])),
                     )
                 )
     ordered = [r for r in rows if r.update is None] + sorted(
-        product, key=lambda r: (updates.index(UpdateKind(r.update or "prototypes")), r.regime)
+        product, key=lambda r: (updates.index(r.update or DEFAULT_PIPELINE_NAME), r.regime)
     )
     for line in table(ordered, epsilons):
         print(line)
     print()
-    for line in targets(rows, updates[0].value, epsilons, args.examples):
+    for line in targets(rows, updates[0], epsilons, args.examples):
         print(line)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:

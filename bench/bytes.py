@@ -25,6 +25,7 @@ from pathlib import Path
 import tomli_w
 
 from residency.cli.demo import write_demo_job
+from residency.common.config.job import UpdateKind
 from residency.server.results import Results
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")
@@ -97,6 +98,7 @@ def main() -> None:
             root / "data",
             countries=("DE",),
             rounds=1,
+            pipeline=(UpdateKind.LORA, None),  # each variant sets its own update
             examples_per_country=args.examples,
             test_examples=30,
             model=args.model,

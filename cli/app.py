@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from residency.cli.audit import audit_app
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
 from residency.cli.coordinator import coordinator_app
 from residency.cli.deployment import run, runs_app
 from residency.cli.node import node_app
-from residency.common.config.job import Job, UpdateKind, load_job
+from residency.common.config.job import (
+    DEFAULT_PIPELINE,
+    Job,
+    TrainSection,
+    UpdateKind,
+    load_job,
+    parse_pipeline,
+    pipeline_name,
+)
 from residency.common.errors import ConfigError, DataError
 from residency.common.version import __version__
 
@@ -63,8 +72,8 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
         )
     countries = ", ".join(node.country for node in job.nodes)
     console.print(
-        f"[bold]{job.name}[/]: {len(job.nodes)} countries ({countries}), {job.train.rounds} "
-        f"round{'s' if job.train.rounds != 1 else ''}, {job.train.update} updates, "
+        f"[bold]{job.name}[/]: {len(job.nodes)} countries ({countries}), "
+        f"{job.train.describe()}, "
         f"target ε={job.privacy.target_epsilon:g} "
         f"δ={job.privacy.delta:g} per country; output {out_dir}"
     )
@@ -116,11 +125,15 @@ def demo(
     ] = "DE,FR,ES",
     rounds: Annotated[
         int | None,
-        typer.Option(min=1, help="Federated rounds (default: 1 for prototypes, else 3)."),
+        typer.Option(min=1, help="Training rounds (default: the pipeline's; a release has 1)."),
     ] = None,
     update: Annotated[
-        UpdateKind, typer.Option(help="What nodes send (default: the class-mean release).")
-    ] = UpdateKind.PROTOTYPES,
+        str,
+        typer.Option(
+            help="Pipeline: an update kind (prototypes, head, lora, lora-fa, full) or "
+            f"prototypes+head (default: {pipeline_name(*DEFAULT_PIPELINE)})."
+        ),
+    ] = pipeline_name(*DEFAULT_PIPELINE),
     examples: Annotated[int, typer.Option(min=50, help="Training notes per country.")] = 400,
     epsilon: Annotated[
         float, typer.Option(min=0.1, max=100.0, help="Target epsilon per country.")
@@ -131,10 +144,24 @@ def demo(
     from residency.cli.demo import write_demo_job
     from residency.common.updates import method_for
 
-    if rounds not in (None, 1) and method_for(update).release_sensitivity is not None:
+    try:
+        pipeline = parse_pipeline(update)
+    except ValueError:
+        raise fail(
+            f"--update {update!r}: not a pipeline; fix: one of "
+            f"{', '.join(kind.value for kind in UpdateKind)} or prototypes+head",
+            EXIT_INPUT,
+        ) from None
+    kind, warm_start = pipeline
+    try:  # the job's own rules, before any file is written
+        TrainSection(update=kind, warm_start=warm_start)
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise fail(f"--update {update!r}: {reason}", EXIT_INPUT) from None
+    if rounds not in (None, 1) and method_for(kind).release_sensitivity is not None:
         raise fail(  # before any file is written
-            f"--rounds {rounds}: update {update.value} is one release; fix: leave out "
-            "--rounds, or choose a training update such as --update lora",
+            f"--rounds {rounds}: update {kind.value} is one release; fix: leave out "
+            "--rounds, or choose a training pipeline such as --update prototypes+head",
             EXIT_INPUT,
         )
     out_dir = output or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -143,7 +170,7 @@ def demo(
             out_dir / "data",
             countries=[c.strip().upper() for c in countries.split(",") if c.strip()],
             rounds=rounds,
-            update=update,
+            pipeline=pipeline,
             examples_per_country=examples,
             target_epsilon=epsilon,
             model=model,

@@ -6,21 +6,39 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from residency.common.config.job import Job, UpdateKind, load_job
+from residency.common.config.job import (
+    DEFAULT_PIPELINE,
+    TRAINING_ROUNDS,
+    Job,
+    UpdateKind,
+    load_job,
+)
 from residency.common.data.demo import write_demo_federation
 from residency.common.updates import method_for
 
 JOB_FILE = "job.toml"
-DEMO_UPDATE = UpdateKind.PROTOTYPES
-"""What the demo trains: the class-mean release, the best of every kind on the demo's data
-at epsilon 8 (docs/performance.md, ``bench/accuracy.py``), in seconds."""
-TRAINING_ROUNDS = 3
-"""Rounds of a DP-SGD demo (a release has one)."""
 
 
-def default_rounds(update: UpdateKind) -> int:
-    """One for a one-shot release, :data:`TRAINING_ROUNDS` for DP-SGD."""
-    return 1 if method_for(update).release_sensitivity is not None else TRAINING_ROUNDS
+def _train_section(
+    pipeline: tuple[UpdateKind, UpdateKind | None], rounds: int | None, seed: int
+) -> str:
+    """The job's ``[train]`` lines: a pipeline with measured defaults names only itself."""
+    update, warm_start = pipeline
+    lines = [f'update = "{update.value}"']
+    if warm_start is not None:
+        lines.append(f'warm_start = "{warm_start.value}"')
+        if rounds is not None:
+            lines.append(f"rounds = {rounds}")
+    elif method_for(update).release_sensitivity is not None:
+        lines.append(f"rounds = {1 if rounds is None else rounds}")
+    else:  # DP-SGD on the demo's small data: a few short rounds
+        lines += [
+            f"rounds = {TRAINING_ROUNDS if rounds is None else rounds}",
+            "local_epochs = 1",
+            "batch_size = 32",
+            "learning_rate = 0.005",
+        ]
+    return "\n".join([*lines, f"seed = {seed}"])
 
 
 def write_demo_job(
@@ -28,7 +46,7 @@ def write_demo_job(
     *,
     countries: Sequence[str] = ("DE", "FR", "ES"),
     rounds: int | None = None,
-    update: UpdateKind = DEMO_UPDATE,
+    pipeline: tuple[UpdateKind, UpdateKind | None] = DEFAULT_PIPELINE,
     examples_per_country: int = 400,
     test_examples: int = 300,
     target_epsilon: float = 8.0,
@@ -37,7 +55,8 @@ def write_demo_job(
 ) -> tuple[Job, Path]:
     """Generate the demo data under ``folder`` and a job file that trains on it.
 
-    ``rounds`` defaults to :func:`default_rounds` of ``update``.
+    ``pipeline`` is ``(update, warm_start)``, by default the job's own default; ``rounds``
+    defaults to the pipeline's.
     """
     federation = write_demo_federation(
         folder,
@@ -66,12 +85,7 @@ labels = [{labels}]
 test = {q(federation.test_file.name)}
 
 [train]
-rounds = {default_rounds(update) if rounds is None else rounds}
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.005
-update = {q(update.value)}
-seed = {seed}
+{_train_section(pipeline, rounds, seed)}
 
 [privacy]
 target_epsilon = {target_epsilon}

@@ -97,8 +97,8 @@ def run(
     target = _coordinator(coordinator, ca, insecure)
     countries = [node.country for node in job.nodes]
     console.print(
-        f"[bold]{job.name}[/] on {coordinator}: {', '.join(countries)}, {job.train.rounds} "
-        f"round{'s' if job.train.rounds != 1 else ''} of {job.train.update} updates, "
+        f"[bold]{job.name}[/] on {coordinator}: {', '.join(countries)}, "
+        f"{job.train.describe()}, "
         f"target ε={job.privacy.target_epsilon:g} δ={job.privacy.delta:g} per country"
     )
     started = time.perf_counter()

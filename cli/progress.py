@@ -41,13 +41,15 @@ class RichObserver:
             console=console,
             transient=False,
         )
-        release = method_for(job.train.update).release_sensitivity is not None
-        # Per node: its local epochs, or its one release (which has no epochs).
-        self.unit, self.per_node = (
-            ("releases", 1) if release else ("local epochs", job.train.local_epochs)
-        )
-        self.rounds = self.progress.add_task("rounds", total=job.train.rounds)
+        self.unit, self.per_node = self._work(1)
+        self.rounds = self.progress.add_task("rounds", total=job.train.server_rounds)
         self.epochs = self.progress.add_task(self.unit, total=len(job.nodes) * self.per_node)
+
+    def _work(self, server_round: int) -> tuple[str, int]:
+        """Per node in a round: its local epochs, or its one release (which has no epochs)."""
+        if method_for(self.job.train.round_update(server_round)).release_sensitivity is not None:
+            return "releases", 1
+        return "local epochs", self.job.train.local_epochs
 
     def __enter__(self) -> RichObserver:
         return self
@@ -58,6 +60,7 @@ class RichObserver:
     def round_started(self, server_round: int, nodes: int) -> None:
         """Show the bars (from the first round on) and reset the node-epoch bar."""
         self.progress.start()
+        self.unit, self.per_node = self._work(server_round)
         self.progress.update(
             self.epochs,
             completed=0,

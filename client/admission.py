@@ -33,6 +33,7 @@ from residency.common.privacy.accountant import (
     PrivacyStep,
     compose,
     epsilon_spent,
+    noise_after,
     noise_for_target,
     within_budget,
 )
@@ -136,10 +137,13 @@ def check_operator_limits(settings: NodeSettings, plan: RoundPlan) -> None:
 def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int) -> None:
     """The policy's rules that depend on the job; budgets are checked with the accountant."""
     who = f"{settings.country} refused job {plan.job} under policy {policy.name}"
-    if plan.update not in policy.allowed_updates:
+    asked = [plan.update] if plan.warm_start is None else [plan.warm_start, plan.update]
+    for kind in asked:
+        if kind in policy.allowed_updates:
+            continue
         allowed = ", ".join(kind.value for kind in policy.allowed_updates)
         raise _refused(
-            f"{who}: update {plan.update.value} not allowed ({allowed} only)",
+            f"{who}: update {kind.value} not allowed ({allowed} only)",
             RefusalCode.UPDATE_NOT_ALLOWED,
         )
     if policy.max_delta is not None and plan.delta > policy.max_delta:
@@ -196,6 +200,75 @@ def spend(
     return Spend(run_history, step, spent, total, lifetime)
 
 
+WARM_START_PHASE = "warm-start"
+
+
+def _noise(
+    plan: RoundPlan,
+    refused: str,
+    sample_rate: float,
+    steps: int,
+    prior: History,
+    *,
+    target: float | None = None,
+) -> float:
+    """The noise multiplier whose ``steps`` after ``prior`` spend the target, or a refusal."""
+    target = plan.target_epsilon if target is None else target
+    try:
+        if not prior:
+            return noise_for_target(
+                target_epsilon=target,
+                delta=plan.delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                kind=plan.accountant,
+            )
+        return noise_after(
+            prior,
+            target_epsilon=target,
+            delta=plan.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            kind=plan.accountant,
+        )
+    except ValueError as exc:  # Opacus: "The privacy budget is too low."
+        raise BudgetExceeded(
+            f"{refused}: no noise multiplier reaches target epsilon {target:g} "
+            f"in {steps} steps ({exc})",
+            Refusal(RefusalCode.TARGET_UNREACHABLE, {"target": target}),
+        ) from exc
+
+
+def warm_start_step(
+    plan: RoundPlan, store: BudgetStore, *, run: str, account: str, refused: str
+) -> PrivacyStep:
+    """The warm start's release as one accountant step, its noise fixed at first use.
+
+    The release spends ``warm_start_share`` of the target in its one step. Training rounds
+    compose after it: their noise is the smallest whose steps, after the release, reach the
+    whole target (:func:`noise_after`), so the split wastes nothing to loose composition.
+    """
+    if plan.warm_start is None:
+        raise ValueError("the plan has no warm start")
+    sample_rate, steps = method_for(plan.warm_start).schedule(
+        examples=1, batch_size=plan.batch_size, local_epochs=plan.local_epochs
+    )
+    noise = store.noise_for(
+        run=run,
+        dataset=account,
+        phase=WARM_START_PHASE,
+        derive=lambda: _noise(
+            plan,
+            refused,
+            sample_rate,
+            steps,
+            (),
+            target=plan.target_epsilon * plan.warm_start_share,
+        ),
+    )
+    return (noise, sample_rate, steps)
+
+
 def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str) -> Admission:
     """Apply the operator's limits, policy and both budgets; refuse before any charge."""
     check_operator_limits(settings, plan)
@@ -212,28 +285,33 @@ def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str)
                 RefusalCode.DELTA_TOO_LARGE_FOR_DATA, {"delta": plan.delta, "examples": examples}
             ),
         )
-    sample_rate, round_steps = method_for(plan.update).schedule(
+    sample_rate, round_steps = method_for(plan.round_update).schedule(
         examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
     account = store.account(settings.dataset_name, settings.data)
-
-    def derive() -> float:
-        try:
-            return noise_for_target(
-                target_epsilon=plan.target_epsilon,
-                delta=plan.delta,
-                sample_rate=sample_rate,
-                steps=plan.rounds * round_steps,
-                kind=plan.accountant,
+    if plan.warm_start is None:
+        noise = store.noise_for(
+            run=run,
+            dataset=account,
+            derive=lambda: _noise(plan, refused, sample_rate, plan.rounds * round_steps, ()),
+        )
+    else:
+        if plan.round_update is plan.warm_start and store.history(account, run=run):
+            raise _refused(
+                f"{refused}: the warm start's release must be the run's first charge",
+                RefusalCode.INVALID_PLAN,
             )
-        except ValueError as exc:  # Opacus: "The privacy budget is too low."
-            raise BudgetExceeded(
-                f"{refused}: no noise multiplier reaches target epsilon {plan.target_epsilon:g} "
-                f"in {plan.rounds * round_steps} steps ({exc})",
-                Refusal(RefusalCode.TARGET_UNREACHABLE, {"target": plan.target_epsilon}),
-            ) from exc
-
-    noise = store.noise_for(run=run, dataset=account, derive=derive)
+        release = warm_start_step(plan, store, run=run, account=account, refused=refused)
+        if plan.round_update is plan.warm_start:
+            noise = release[0]
+        else:
+            noise = store.noise_for(
+                run=run,
+                dataset=account,
+                derive=lambda: _noise(
+                    plan, refused, sample_rate, plan.rounds * round_steps, (release,)
+                ),
+            )
     if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
         raise _refused(
             f"{refused}: noise multiplier {noise:.3f} below the minimum "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
@@ -49,6 +50,7 @@ from residency.common.model import (
     load_tokenizer,
     load_trainable_state,
     on_the_wire,
+    set_feature_transform,
     trainable_state,
 )
 from residency.common.privacy.ledger import EntryKind, Ledger
@@ -78,6 +80,7 @@ def _spec(plan: RoundPlan) -> ModelSpec:
         source=plan.model,
         labels=tuple(plan.labels),
         update=plan.update,
+        warm_start=plan.warm_start,
         lora_rank=plan.lora_rank,
         lora_alpha=plan.lora_alpha,
         lora_targets=tuple(plan.lora_targets),
@@ -178,7 +181,12 @@ def _train(msg: Message, context: Context) -> Message:
             f"{settings.country}: model {plan.model!r}: local base weights differ from the "
             "coordinator's; fix: install the same checkpoint on every node"
         )
-    method = method_for(plan.update)
+    method = method_for(plan.round_update)
+    if plan.warm_start is not None:  # a release reads raw features; training, standardised ones
+        transform = plan.centre_and_scale
+        set_feature_transform(
+            model, *((None, None) if transform is None else map(torch.from_numpy, transform))
+        )
     if method.combine is Combine.PROTOTYPES:  # a release reads no weights, only its template
         head = classifier_head(model)
         prototypes.check_template(_received_arrays(msg), head.out_features, head.in_features)
@@ -231,12 +239,13 @@ def _train(msg: Message, context: Context) -> Message:
                 epochs=plan.local_epochs,
                 batch_size=plan.batch_size,
                 learning_rate=plan.learning_rate,
+                optimizer=plan.optimizer,
             ),
             dp=DpSgdSettings(
                 noise_multiplier=noise,
                 max_grad_norm=plan.max_grad_norm,
                 accountant=plan.accountant,
-                grad_sample_mode=dp_mode_for(plan.update),
+                grad_sample_mode=dp_mode_for(plan.round_update),
             ),
             history=spend.before,
             compute=pick_compute(),

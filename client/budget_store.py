@@ -150,8 +150,16 @@ class BudgetStore:
                 raise
             db.execute("COMMIT")
 
-    def noise_for(self, *, run: str, dataset: str, derive: Callable[[], float]) -> float:
-        """The noise multiplier fixed for ``run`` on ``dataset`` at its first round."""
+    def noise_for(
+        self, *, run: str, dataset: str, derive: Callable[[], float], phase: str = ""
+    ) -> float:
+        """The noise multiplier fixed for ``run`` on ``dataset`` at its first round.
+
+        A job with a warm start has two mechanisms, so two multipliers: ``phase`` names the
+        warm start's (kept under the key ``run/phase``); training's is the run's own.
+        """
+        if phase:
+            run = f"{run}/{phase}"
         with self._db() as db:
             row = db.execute(
                 "SELECT noise_multiplier FROM plans WHERE run = ? AND dataset = ?", (run, dataset)

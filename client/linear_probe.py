@@ -17,54 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import TensorDataset
 
-from residency.common.classifier_head import classifier_head
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
+from residency.common.head_input import head_features, trained_head
 
-FEATURE_BATCH = 256
-"""Examples per forward pass of the frozen encoder; memory only, the features do not change."""
-
-
-def trained_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The classifier head when it is all that trains (``update = "head"``), else None."""
-    try:
-        head = classifier_head(model)
-    except TypeError:
-        return None  # PEFT wraps a LoRA model's head
-    trained = {id(p) for p in model.parameters() if p.requires_grad}
-    return head if trained == {id(p) for p in head.parameters()} else None
-
-
-def head_features(
-    model: torch.nn.Module, head: torch.nn.Linear, data: TensorDataset, *, compute: Compute
-) -> TensorDataset:
-    """``(features, labels)``: what ``head`` reads for each row of ``(ids, mask, labels)``.
-
-    The features are captured at the head's input, so they are exactly what the model's own
-    pooling (mean or [CLS] pooler) feeds it; they are kept in float32 even when the encoder
-    ran under bf16 autocast.
-    """
-    captured: list[torch.Tensor] = []
-
-    def capture(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        captured.append(args[0].detach().float().cpu())
-
-    hook = head.register_forward_pre_hook(capture)
-    was_training = model.training
-    model.to(compute.device)
-    model.eval()
-    ids, mask, labels = data.tensors
-    try:
-        with torch.no_grad(), compute.autocast():
-            for start in range(0, len(labels), FEATURE_BATCH):
-                end = start + FEATURE_BATCH
-                model(**model_inputs(ids[start:end], mask[start:end], device=compute.device))
-    finally:
-        hook.remove()
-        model.train(was_training)
-    width = head.in_features
-    features = torch.cat(captured) if captured else torch.zeros((0, width))
-    return TensorDataset(features, labels)
+__all__ = ["TrainedPart", "head_features", "trained_head", "trained_part"]
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def draft_record(
         noise_multiplier=noise,
         sample_rate=sample_rate,
         steps=steps,
-        max_grad_norm=method_for(plan.update).clip_norm(plan.max_grad_norm),
+        max_grad_norm=method_for(plan.round_update).clip_norm(plan.max_grad_norm),
         noise_source=noise_source,
         accountant=plan.accountant,
         delta=plan.delta,

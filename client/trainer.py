@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
 from residency.client.randomness import RoundRandomness
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.job import AccountantKind, Optimizer, UpdateKind
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
 from residency.common.updates import GradSampleMode, method_for
@@ -67,6 +67,7 @@ class LocalSchedule:
     epochs: int
     batch_size: int
     learning_rate: float
+    optimizer: Optimizer = Optimizer.ADAMW
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,11 @@ def train_dp_round(
     part = trained_part(model, data, compute=compute)
     part.module.train()
     params = [p for p in part.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
+    optimizer: torch.optim.Optimizer
+    if schedule.optimizer is Optimizer.SGD:
+        optimizer = torch.optim.SGD(params, lr=schedule.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
     loader = DataLoader(
         part.data, batch_size=schedule.batch_size, generator=randomness.sampling_generator()
     )

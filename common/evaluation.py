@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.common.data.encoding import bert_inputs, trim
 from residency.common.device import Compute
+from residency.common.head_input import head_features, trained_head
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,26 @@ def score(
 def evaluate(
     model: torch.nn.Module, data: TensorDataset, labels: tuple[str, ...], *, compute: Compute
 ) -> Scores:
-    """Score ``model`` on an encoded test set."""
-    y_pred, loss = predict(model, data, compute=compute)
+    """Score ``model`` on an encoded test set.
+
+    When only the head trains, the frozen encoder's test features are computed once
+    (:mod:`residency.common.head_input`) and each round scores just the head on them.
+    """
+    head = trained_head(model)
+    if head is None:
+        y_pred, loss = predict(model, data, compute=compute)
+    else:
+        y_pred, loss = _predict_head(head, head_features(model, head, data, compute=compute))
     return score(data.tensors[2].numpy(), y_pred, labels, loss=loss)
+
+
+@torch.no_grad()
+def _predict_head(head: torch.nn.Linear, features: TensorDataset) -> tuple[np.ndarray, float]:
+    vectors, labels = features.tensors
+    logits = head(vectors.to(head.weight.device, head.weight.dtype)).float().cpu()
+    loss = (
+        float(torch.nn.functional.cross_entropy(logits, labels, reduction="mean"))
+        if len(labels)
+        else 0.0
+    )
+    return logits.argmax(dim=-1).numpy(), loss

@@ -56,11 +56,18 @@ class ModelSpec:
     source: str
     labels: tuple[str, ...]
     update: UpdateKind
+    warm_start: UpdateKind | None = None
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("query", "value")
     seed: int = 0
     pooling: Pooling = Pooling.AUTO
+
+    @property
+    def normalized_features(self) -> bool:
+        """Whether the head reads unit-norm mean features (a release, or a head it started)."""
+        kinds = [self.update] if self.warm_start is None else [self.update, self.warm_start]
+        return any(method_for(kind).normalized_features for kind in kinds)
 
     @classmethod
     def from_job(cls, job: Job) -> ModelSpec:
@@ -69,6 +76,7 @@ class ModelSpec:
             source=job.model.path,
             labels=tuple(job.data.labels),
             update=job.train.update,
+            warm_start=job.train.warm_start,
             lora_rank=job.train.lora_rank,
             lora_alpha=job.train.lora_alpha,
             lora_targets=tuple(job.train.lora_targets),
@@ -136,7 +144,7 @@ def _base_classifier(spec: ModelSpec) -> PreTrainedModel:
     # Seeded and isolated from the global RNG: every party must build identical frozen weights.
     pooling = checkpoint_pooling(spec.source) if spec.pooling is Pooling.AUTO else spec.pooling
     extra: dict[str, Any] = _label_maps(spec.labels)
-    if method_for(spec.update).normalized_features:
+    if spec.normalized_features:
         # The class-mean head reads the normalised mean of the tokens, whatever the pooler.
         pooling = Pooling.MEAN
         extra["normalize_features"] = True
@@ -205,6 +213,15 @@ def round_one_arrays(model: torch.nn.Module, update: UpdateKind) -> dict[str, np
         head = classifier_head(model)
         return prototypes.template(head.out_features, head.in_features)
     return {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
+
+
+def set_feature_transform(
+    model: torch.nn.Module, centre: torch.Tensor | None, scale: torch.Tensor | None
+) -> None:
+    """Standardise the head's input (a warm-started head); None, None removes it."""
+    if not isinstance(model, MeanPoolingBertForSequenceClassification):
+        raise TypeError(f"{type(model).__name__} reads no standardised features")
+    model.set_feature_transform(centre, scale)
 
 
 def on_the_wire(state: Mapping[str, torch.Tensor], dtype: TransferDtype) -> dict[str, np.ndarray]:

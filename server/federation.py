@@ -12,22 +12,25 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from torch.utils.data import TensorDataset
 
 from residency.common import wire
+from residency.common.classifier_head import classifier_head
 from residency.common.clock import now
 from residency.common.config.job import Job
-from residency.common.config.round_plan import round_config
+from residency.common.config.round_plan import feature_transform_bytes, round_config
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
 from residency.common.errors import InvalidUpdate
 from residency.common.evaluation import Scores, evaluate
+from residency.common.feature_scale import public_feature_scale
 from residency.common.model import (
     ModelSpec,
     base_fingerprint,
@@ -37,6 +40,8 @@ from residency.common.model import (
     load_trainable_state,
     on_the_wire,
     round_one_arrays,
+    set_feature_transform,
+    trainable_state,
 )
 from residency.common.updates import Combine, method_for, prototypes
 from residency.common.version import __version__
@@ -215,7 +220,13 @@ def _exchange(
     return replies
 
 
-def _scores_fields(scores: Scores | None) -> dict[str, float | None]:
+class _ScoreFields(TypedDict):
+    accuracy: float | None
+    macro_f1: float | None
+    test_loss: float | None
+
+
+def _scores_fields(scores: Scores | None) -> _ScoreFields:
     if scores is None:
         return {"accuracy": None, "macro_f1": None, "test_loss": None}
     return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1, "test_loss": scores.loss}
@@ -239,29 +250,61 @@ class _Federation:
         self.model = build_classifier(spec)
         self.tokenizer = load_tokenizer(spec.source)
         self.labels = tuple(self.job.data.labels)
-        self.method = method_for(spec.update)
+        self.fingerprint = base_fingerprint(self.model)
         self.arrays = self._initial_arrays()
-        self.config = ConfigRecord(
-            round_config(self.job, base_fingerprint=base_fingerprint(self.model))
+        self.config = ConfigRecord(round_config(self.job, base_fingerprint=self.fingerprint))
+        self.strategy = ValidatingFedAvg(
+            nodes=self.nodes, combine=method_for(self.job.train.round_update(1)).combine
         )
-        self.strategy = ValidatingFedAvg(nodes=self.nodes, combine=self.method.combine)
         self.countries = _Countries({}, self.admitted)
         self.spend = SpendTally(self.job)
         self.test = self._load_test()
 
     def _initial_arrays(self) -> ArrayRecord:
         """What goes out in round 1: the trainable tensors, or a release's empty template."""
-        arrays = round_one_arrays(self.model, self.job.train.update)
+        arrays = round_one_arrays(self.model, self.job.train.round_update(1))
         return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
-    def _absorb(self, arrays: ArrayRecord) -> None:
+    def _absorb(self, server_round: int, arrays: ArrayRecord) -> None:
         """Make the combined arrays the global model (for a release: set the head from them)."""
         values = {name: array.numpy() for name, array in arrays.items()}
-        if self.method.combine is Combine.PROTOTYPES:
+        if method_for(self.job.train.round_update(server_round)).combine is Combine.PROTOTYPES:
             prototypes.set_head(self.model, values)
+            if server_round < self.job.train.server_rounds:
+                self._warm_start(values)
             return
         self.arrays = arrays
         load_trainable_state(self.model, values)
+
+    def _warm_start(self, statistics: dict[str, np.ndarray]) -> None:
+        """Train on from the release: standardised features, the class-mean head as the start.
+
+        The centre is the release's noisy feature mean and the scale a public statistic of the
+        encoder (:mod:`residency.common.feature_scale`); both are post-processing of what was
+        released, so the nodes' training rounds read them at no privacy cost.
+        """
+        head = classifier_head(self.model)
+        centre = prototypes.feature_mean(statistics)
+        scale = public_feature_scale(
+            self.model, self.tokenizer, max_length=self.job.model.max_length, compute=self.compute
+        )
+        weight, bias = prototypes.standardized(
+            head.weight.detach(), head.bias.detach(), centre, scale
+        )
+        set_feature_transform(self.model, centre.float(), scale.float())
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        state = trainable_state(self.model)
+        self.arrays = ArrayRecord({name: Array(t.numpy()) for name, t in state.items()})
+        self.config = ConfigRecord(
+            round_config(
+                self.job,
+                base_fingerprint=self.fingerprint,
+                feature_transform=feature_transform_bytes(centre.numpy(), scale.numpy()),
+            )
+        )
+        self.strategy.combine = Combine.FEDAVG
 
     def _load_test(self) -> TensorDataset | None:
         data = self.job.data
@@ -359,8 +402,8 @@ class _Federation:
         if new_arrays is None:
             reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports.values())
             raise JobFailed(f"round {server_round}: no valid update ({reasons or 'no replies'})")
-        self._absorb(new_arrays)
-        return RoundResult(
+        self._absorb(server_round, new_arrays)
+        result = RoundResult(
             round=server_round,
             **_scores_fields(self.score()),
             nodes=sorted(reports.values(), key=lambda r: r.country),
@@ -368,6 +411,8 @@ class _Federation:
             bytes_down=sum(r.bytes_down for r in reports.values()),
             seconds=time.perf_counter() - started,
         )
+        result.update = self.job.train.round_update(server_round).value
+        return result
 
     def _tally(self, received: Mapping[int, Received], reports: Mapping[int, NodeRound]) -> None:
         """Count every node sent this round: charged (with a valid record) or unconfirmed.
@@ -458,7 +503,7 @@ def run_federation(
         ledger.started(job)
     try:
         _wait_for_nodes(grid, job, federation.countries)
-        for server_round in range(1, job.train.rounds + 1):
+        for server_round in range(1, job.train.server_rounds + 1):
             result = federation.play_round(server_round)
             results.rounds.append(result)
             results.privacy = federation.spend.summary()

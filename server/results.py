@@ -61,6 +61,7 @@ class RoundResult(Record):
     bytes_up: int
     bytes_down: int
     seconds: float
+    update: str | None = None  # what the round ran: a release or the job's training kind
 
 
 class ClassResult(Record):

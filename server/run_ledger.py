@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.numpy import save
 
-from residency.common.config.job import Job
+from residency.common.config.job import Job, pipeline_name
 from residency.common.files import write_atomic
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger
 from residency.common.privacy.signing import load_or_create_signer
@@ -49,11 +49,11 @@ class RunLedger:
             job=self.job,
             detail={
                 "countries": ",".join(node.country for node in job.nodes),
-                "rounds": job.train.rounds,
+                "rounds": job.train.server_rounds,  # a warm start's release is round 1
                 "target_epsilon": job.privacy.target_epsilon,
                 "delta": job.privacy.delta,
                 "accountant": job.privacy.accountant.value,
-                "update": str(job.train.update),
+                "update": pipeline_name(job.train.update, job.train.warm_start),
             },
         )
 

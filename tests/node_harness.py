@@ -49,7 +49,9 @@ def round_message(
     """The coordinator's training message for ``job``, optionally tampered with."""
     model = build_classifier(ModelSpec.from_job(job))
     config = round_config(job, base_fingerprint=base_fingerprint(model))
-    sent = round_one_arrays(model, job.train.update) if arrays is None else arrays
+    sent = (
+        round_one_arrays(model, job.train.round_update(server_round)) if arrays is None else arrays
+    )
     return Message(
         RecordDict(
             {

@@ -19,6 +19,12 @@ run: measured on LoRA-FA, 3 rounds, 2 countries, final accuracy 0.74-0.90 over 4
 150 rows gave 0.33-0.50. Tests that assert learning use it; others keep the faster default."""
 
 
+_SCHEDULE = """rounds = {rounds}
+local_epochs = 2
+batch_size = 16
+learning_rate = 0.1"""
+
+
 def write_rows(path: Path, rows: Sequence[tuple[str, str]]) -> Path:
     """Write ``text,label`` rows as CSV."""
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -51,8 +57,13 @@ def write_toy_job(
     extra: str = "",
     train: str = "",
     model: str = "tiny",
+    schedule: bool = True,
 ) -> Path:
-    """A tiny-BERT job (LoRA unless ``train`` says) over separable per-country data."""
+    """A tiny-BERT job (LoRA unless ``train`` says) over separable per-country data.
+
+    ``schedule=False`` leaves rounds, epochs, batch and learning rate to the pipeline's
+    defaults, as a user who writes none of them gets.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     nodes = []
     for index, country in enumerate(countries):
@@ -73,10 +84,7 @@ labels = ["pos", "neg", "obj"]
 test = "test.csv"
 
 [train]
-rounds = {rounds}
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
+{_SCHEDULE.format(rounds=rounds) if schedule else ""}
 {train if "update" in train else 'update = "lora"' + chr(10) + train}
 
 [privacy]

@@ -530,7 +530,7 @@ _ROUND_COLUMNS = (
     ("σ noise", "noise multiplier"),
     ("q sample", "Poisson sample rate"),
     ("Steps", "DP-SGD steps this round"),
-    ("C clip", "max per-example gradient norm"),
+    ("C clip", "max per-example gradient norm; for a prototypes release, its L2 sensitivity"),
     ("Averaged", "whether the coordinator averaged the update"),
 )
 
@@ -592,6 +592,16 @@ def _facts(pairs: Iterable[tuple[str, str]], *, grid: bool = False) -> str:
 
 def _code(value: str | None) -> str:
     return "–" if value is None else f"<code>{_h(value)}</code>"
+
+
+def _pipeline(update: str | None) -> str:
+    """The run's update kind, or its phases: "prototypes+head" starts with a release."""
+    if not update:
+        return "–"
+    release, plus, trained = update.partition("+")
+    if not plus:
+        return update
+    return f"{update}: round 1 the {release} release, then {trained} training"
 
 
 def _rounds_table(country: CountryReport) -> str:
@@ -693,7 +703,7 @@ def _run_html(run: RunReport, number: int) -> str:
             ("δ", _h(_num(run.delta))),
             ("Accountant", _h(run.accountant or "–")),
             ("dp-accounting tolerance", _h(rtol)),
-            ("Update", _h(run.update or "–")),
+            ("Update", _h(_pipeline(run.update))),
             ("Countries", _h(", ".join(c.country for c in run.countries) or "–")),
         ],
         grid=True,

@@ -48,6 +48,19 @@ class UpdateKind(StrEnum):
     PROTOTYPES = "prototypes"
 
 
+class Optimizer(StrEnum):
+    """The local optimiser DP-SGD's noisy gradients drive (Opacus wraps either).
+
+    ``sgd`` takes plain steps of the noisy mean gradient: with full batches on standardised
+    features it is what measured best for the head after a release (docs/performance.md).
+    ``adamw`` rescales every coordinate by its own noisy second moment, started fresh each
+    round.
+    """
+
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
 class TransferDtype(StrEnum):
     """Precision of the arrays on the wire (both ways); training and averaging stay float32."""
 
@@ -125,12 +138,25 @@ class DataSection(Strict):
         return None if value is None else _resolve(value, info)
 
 
-DEFAULT_UPDATE = UpdateKind.PROTOTYPES
-"""What a job trains when it does not say: the one-shot class-mean release, the most accurate
-kind measured at a few hundred notes per country, and never worse than DP-LoRA at any size
-measured (docs/performance.md, ``bench/accuracy.py``)."""
+DEFAULT_UPDATE = UpdateKind.HEAD
+"""What a job trains when it names a warm start but no update (the one kind a release starts)."""
+DEFAULT_PIPELINE: tuple[UpdateKind, UpdateKind | None] = (DEFAULT_UPDATE, UpdateKind.PROTOTYPES)
+"""(update, warm_start) of a job that names neither: the class-mean release, then full-batch
+DP-SGD on the head it set, over features standardised with the release's mean. Measured
+(``bench/accuracy.py``, docs/performance.md) above the release alone at epsilon 8 and 3 and
+at every data size, far above it at 2,000 notes per country."""
 TRAINING_ROUNDS = 3
 """Rounds of a DP-SGD job that does not say (a release has one)."""
+WARM_STARTED_HEAD: dict[str, Any] = {
+    "rounds": 5,
+    "local_epochs": 10,
+    "batch_size": 65_536,
+    "learning_rate": 3.0,
+    "optimizer": "sgd",
+}
+"""What a head warm-started by a release does unless the job says otherwise: full batches
+(sample rate 1 up to 65,536 records), ten plain noisy gradient steps per round, five rounds
+(``bench/accuracy.py``; docs/performance.md)."""
 
 
 class TrainSection(Strict):
@@ -141,6 +167,8 @@ class TrainSection(Strict):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=65_536)] = 32
     learning_rate: Annotated[float, Field(strict=True, gt=0, le=10, allow_inf_nan=False)] = 5e-4
     update: UpdateKind = DEFAULT_UPDATE
+    warm_start: UpdateKind | None = None
+    optimizer: Optimizer = Optimizer.ADAMW
     transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
     lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16
@@ -151,18 +179,37 @@ class TrainSection(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _rounds_follow_the_update(cls, data: Any) -> Any:
-        """An unset ``rounds`` is 1 for a one-shot release, :data:`TRAINING_ROUNDS` otherwise."""
-        if not isinstance(data, dict) or "rounds" in data:
+    def _defaults_follow_the_pipeline(cls, data: Any) -> Any:
+        """Unset settings take the values measured best for the job's pipeline.
+
+        A job that names neither ``update`` nor ``warm_start`` runs :data:`DEFAULT_PIPELINE`.
+        A release has one round; a head warm-started by a release takes full-batch plain
+        gradient steps (:data:`WARM_STARTED_HEAD`); every other kind keeps the field defaults
+        and :data:`TRAINING_ROUNDS` rounds.
+        """
+        if not isinstance(data, dict):
             return data
+        if "update" not in data and "warm_start" not in data:
+            update, warm_start = DEFAULT_PIPELINE
+            data = {
+                **data,
+                "update": update.value,
+                **({} if warm_start is None else {"warm_start": warm_start.value}),
+            }
         from residency.common.updates import method_for  # the registry imports torch
 
         try:
             update = UpdateKind(data.get("update", DEFAULT_UPDATE))
-        except ValueError:
+            warm_start = None if data.get("warm_start") is None else UpdateKind(data["warm_start"])
+        except (ValueError, TypeError):
             return data  # the field's own error names the bad value
-        release = method_for(update).release_sensitivity is not None
-        return {**data, "rounds": 1 if release else TRAINING_ROUNDS}
+        if method_for(update).release_sensitivity is not None:
+            defaults: dict[str, Any] = {"rounds": 1}
+        elif warm_start is not None and update in WARM_STARTED:
+            defaults = dict(WARM_STARTED_HEAD)
+        else:
+            defaults = {"rounds": TRAINING_ROUNDS}
+        return {**defaults, **data}
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> TrainSection:
@@ -182,10 +229,69 @@ class TrainSection(Strict):
                 f'update "{self.update.value}" is one release, not rounds of training; '
                 "fix: rounds = 1"
             )
+        if self.warm_start is not None and (
+            method_for(self.warm_start).release_sensitivity is None
+            or self.update not in WARM_STARTED
+        ):
+            raise ValueError(
+                f'warm_start "{self.warm_start.value}" before update "{self.update.value}" is '
+                'not a pipeline Residency runs; fix: warm_start = "prototypes" with update = '
+                '"head", or remove warm_start'
+            )
         return self
+
+    @property
+    def server_rounds(self) -> int:
+        """Rounds the coordinator runs: the warm start's release, then ``rounds`` of training."""
+        return self.rounds + (1 if self.warm_start is not None else 0)
+
+    def describe(self) -> str:
+        """The schedule in words, for headers: "a prototypes release, then 5 rounds of head"."""
+        from residency.common.updates import method_for  # the registry imports torch
+
+        if method_for(self.update).release_sensitivity is not None:
+            return f"one {self.update.value} release"
+        plural = "s" if self.rounds != 1 else ""
+        training = f"{self.rounds} round{plural} of {self.update.value} updates"
+        if self.warm_start is None:
+            return training
+        return f"a {self.warm_start.value} release, then {training}"
+
+    def round_update(self, server_round: int) -> UpdateKind:
+        """What round ``server_round`` runs: the warm start's release first, then ``update``."""
+        return round_update(self.update, self.warm_start, server_round)
+
+
+PIPELINE_JOIN = "+"
+
+
+def pipeline_name(update: UpdateKind, warm_start: UpdateKind | None) -> str:
+    """``head``, or ``prototypes+head`` for a head warm-started by a release."""
+    return update.value if warm_start is None else f"{warm_start.value}{PIPELINE_JOIN}{update}"
+
+
+def parse_pipeline(name: str) -> tuple[UpdateKind, UpdateKind | None]:
+    """(update, warm_start) of a pipeline name; ``ValueError`` names what is unknown."""
+    first, _, then = name.strip().partition(PIPELINE_JOIN)
+    return (UpdateKind(then), UpdateKind(first)) if then else (UpdateKind(first), None)
+
+
+WARM_STARTED = (UpdateKind.HEAD,)
+"""Update kinds that may follow a release: the head starts from the release's class means."""
+
+
+def round_update(
+    update: UpdateKind, warm_start: UpdateKind | None, server_round: int
+) -> UpdateKind:
+    """The update kind of one server round of a job: its warm start in round 1, if it has one."""
+    return warm_start if warm_start is not None and server_round == 1 else update
 
 
 MAX_TARGET_EPSILON = 100.0
+WARM_START_SHARE = 0.25
+"""Share of a job's epsilon its warm-start release spends; training gets the rest. Measured
+with ``bench/accuracy.py`` (docs/performance.md): 0.1 leaves the release's feature mean too
+noisy at epsilon 3 and below, 0.4 leaves training too little."""
 MAX_GRAD_NORM = 1e4
 """Clipping norms above this are a typo or an attack (an infinite norm is no clipping)."""
 
@@ -201,6 +307,9 @@ class PrivacySection(Strict):
         float, Field(strict=True, gt=0, le=MAX_GRAD_NORM, allow_inf_nan=False)
     ] = 1.0
     accountant: AccountantKind = AccountantKind.PRV
+    warm_start_share: Annotated[float, Field(strict=True, gt=0, lt=1, allow_inf_nan=False)] = (
+        WARM_START_SHARE
+    )
 
 
 class NodeEntry(Strict):

@@ -9,18 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+import numpy as np
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from residency.common.config.job import (
     MAX_GRAD_NORM,
     MAX_TARGET_EPSILON,
     AccountantKind,
     Job,
+    Optimizer,
     Strict,
     TransferDtype,
     UpdateKind,
+    round_update,
 )
 from residency.common.errors import ConfigError
+
+NO_WARM_START = "none"
 
 
 class RoundPlan(Strict):
@@ -33,6 +38,8 @@ class RoundPlan(Strict):
     batch_size: Annotated[int, Field(ge=1, le=65_536, alias="batch-size")]
     learning_rate: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, alias="learning-rate")]
     update: UpdateKind
+    warm_start: Annotated[UpdateKind | None, Field(alias="warm-start")]
+    optimizer: Optimizer
     transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
     lora_rank: Annotated[int, Field(ge=1, le=256, alias="lora-rank")]
     lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
@@ -51,18 +58,58 @@ class RoundPlan(Strict):
         float, Field(gt=0, le=MAX_GRAD_NORM, allow_inf_nan=False, alias="max-grad-norm")
     ]
     accountant: AccountantKind
+    warm_start_share: Annotated[
+        float, Field(gt=0, lt=1, allow_inf_nan=False, alias="warm-start-share")
+    ]
+    feature_transform: Annotated[
+        bytes, Field(max_length=2 * 4 * 8192, alias="feature-transform")
+    ] = b""  # absent before a warm start's release: Flower cannot size an empty value
     base_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", alias="base-fingerprint")]
     countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]], Field(min_length=1)]
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _no_warm_start(cls, value: Any) -> Any:
+        return None if value == NO_WARM_START else value  # a ConfigRecord holds no None
+
+    @property
+    def round_update(self) -> UpdateKind:
+        """What this round runs: the warm start's release in round 1, else the job's update."""
+        return round_update(self.update, self.warm_start, self.server_round)
+
+    @property
+    def centre_and_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The head's public feature standardisation, when the job has a warm start."""
+        if not self.feature_transform:
+            return None
+        values = np.frombuffer(self.feature_transform, dtype="<f4").reshape(2, -1)
+        return values[0].copy(), values[1].copy()
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> RoundPlan:
         from residency.common.updates import method_for  # the registry imports torch
+
+        transform = self.feature_transform
+        wanted = self.warm_start is not None and self.server_round > 1
+        if bool(transform) != wanted:
+            raise ValueError(
+                "feature transform "
+                + ("missing after the warm start" if wanted else "sent without a warm start")
+            )
+        if transform:
+            values = np.frombuffer(transform, dtype="<f4") if len(transform) % 8 == 0 else None
+            if values is None or not np.isfinite(values).all():
+                raise ValueError("feature transform is not finite float32 pairs")
+            if not (values.reshape(2, -1)[1] > 0).all():
+                raise ValueError("feature scale must be positive")
 
         if (
             self.transfer_dtype is TransferDtype.FLOAT16
             and not method_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
+        if self.warm_start is not None and method_for(self.warm_start).release_sensitivity is None:
+            raise ValueError(f"warm start {self.warm_start.value} is not a release")
         if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
             raise ValueError(
                 f"a {self.update.value} update is one release, not {self.rounds} rounds"
@@ -83,8 +130,16 @@ class RoundPlan(Strict):
             ) from exc
 
 
-def round_config(job: Job, *, base_fingerprint: str) -> dict[str, Any]:
+def feature_transform_bytes(centre: np.ndarray, scale: np.ndarray) -> bytes:
+    """The ``feature-transform`` value: centre then scale, little-endian float32."""
+    return np.stack([centre, scale]).astype("<f4").tobytes()
+
+
+def round_config(
+    job: Job, *, base_fingerprint: str, feature_transform: bytes = b""
+) -> dict[str, Any]:
     """The ConfigRecord content the coordinator sends with every training message."""
+    warm_start = job.train.warm_start
     return {
         "job": job.name,
         "rounds": job.train.rounds,
@@ -92,6 +147,8 @@ def round_config(job: Job, *, base_fingerprint: str) -> dict[str, Any]:
         "batch-size": job.train.batch_size,
         "learning-rate": job.train.learning_rate,
         "update": job.train.update.value,
+        "warm-start": NO_WARM_START if warm_start is None else warm_start.value,
+        "optimizer": job.train.optimizer.value,
         "transfer-dtype": job.train.transfer_dtype.value,
         "lora-rank": job.train.lora_rank,
         "lora-alpha": job.train.lora_alpha,
@@ -106,6 +163,8 @@ def round_config(job: Job, *, base_fingerprint: str) -> dict[str, Any]:
         "delta": job.privacy.delta,
         "max-grad-norm": job.privacy.max_grad_norm,
         "accountant": job.privacy.accountant.value,
+        "warm-start-share": job.privacy.warm_start_share,
+        **({"feature-transform": feature_transform} if feature_transform else {}),
         "base-fingerprint": base_fingerprint,
         "countries": [node.country for node in job.nodes],
     }

@@ -98,6 +98,43 @@ def noise_for_target(
     return float(noise)
 
 
+def noise_after(
+    prior: History,
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    kind: AccountantKind,
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest noise multiplier whose ``steps``, composed after ``prior``, stay within budget.
+
+    Opacus' own search (``get_noise_multiplier``: double until under the target, then bisect
+    to within ``tolerance`` below it) over the same accountant, with the earlier mechanism in
+    the history: a warm start's release and the training after it spend one target together.
+    Raises ``ValueError`` when ``prior`` alone already reaches the target.
+    """
+
+    def epsilon(noise: float) -> float:
+        return epsilon_spent((*prior, (noise, sample_rate, steps)), delta=delta, kind=kind)
+
+    if epsilon_spent(prior, delta=delta, kind=kind) >= target_epsilon - tolerance:
+        raise ValueError("The privacy budget is too low.")
+    low, high = 0.0, 10.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError("The privacy budget is too low.")
+    while target_epsilon - epsilon(high) > tolerance:
+        middle = (low + high) / 2
+        if epsilon(middle) < target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def compose(history: History, step: PrivacyStep) -> History:
     """Append ``step``, merging it into the last entry when the mechanism is the same."""
     z, q, n = step

@@ -190,8 +190,7 @@ def head_weights(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch
     if node_means.shape[1:] != (width,) or node_counts.shape != (len(node_means), classes):
         raise InvalidUpdate("class statistics of inconsistent shapes")
     weights = node_counts.clamp_min(0.0)
-    total = weights.sum(dim=1)
-    overall = (total[:, None] * node_means).sum(dim=0) / total.sum().clamp_min(1.0)
+    overall = _overall(node_means, weights)
     deviations = sums - weights.T @ node_means
     offsets = node_means - overall
     if len(offsets) > 1:
@@ -202,6 +201,26 @@ def head_weights(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch
     weight = TEMPERATURE * directions
     bias = -(weight @ overall)
     return weight.float(), bias.float()
+
+
+def _overall(node_means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    total = weights.sum(dim=1)
+    return (total[:, None] * node_means).sum(dim=0) / total.sum().clamp_min(1.0)
+
+
+def feature_mean(statistics: dict[str, np.ndarray]) -> torch.Tensor:
+    """The federation's mean normalised feature, from the noisy statistics (float64)."""
+    node_means = torch.from_numpy(np.asarray(statistics[NODE_MEANS], dtype=np.float64))
+    node_counts = torch.from_numpy(np.asarray(statistics[NODE_COUNTS], dtype=np.float64))
+    return _overall(node_means, node_counts.clamp_min(0.0))
+
+
+def standardized(
+    weight: torch.Tensor, bias: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same classifier for standardised input ``(x - centre) / scale``: same logits."""
+    weight, bias = weight.double(), bias.double()
+    return (weight * scale.double()).float(), (bias + weight @ centre.double()).float()
 
 
 def set_head(model: torch.nn.Module, statistics: dict[str, np.ndarray]) -> None:

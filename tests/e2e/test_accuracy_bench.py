@@ -32,7 +32,7 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
         "majority class",
     }
     assert all(row["epsilon"] is None for row in rows if row["update"] is None)
-    seen = {(row["regime"], row["epsilon"]) for row in rows if row["update"] == "prototypes"}
+    seen = {(row["regime"], row["epsilon"]) for row in rows if row["update"] == "prototypes+head"}
     for regime in ("federated", "central", "local-only DE", "local-only FR"):
         assert {(regime, 3.0), (regime, 8.0)} <= seen, regime
     for row in rows:
@@ -47,7 +47,7 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     assert mixes[0] != mixes[1]
     table = lines[lines.index(next(x for x in lines if x.startswith("regime "))) :]
     assert all(len(line) <= 80 for line in table)
-    assert "targets for prototypes" in done.stdout
+    assert "targets for prototypes+head" in done.stdout
     assert "target <= 3: " in done.stdout
     assert "target <= 8: " in done.stdout
     assert "beats every country alone" in done.stdout

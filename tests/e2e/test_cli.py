@@ -103,10 +103,25 @@ def test_demo_runs_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
     assert set(results["privacy"]) == {"DE", "FR", "ES"}
     assert results["final"]["accuracy"] is not None
     assert (tmp_path / "demo" / "data" / "job.toml").is_file()
+    # The default pipeline: the release, then the one round asked for.
+    assert [r["update"] for r in results["rounds"]] == ["prototypes", "head"]
+    assert "a prototypes release, then 1 round of head updates" in proc.stdout
+
+
+def test_a_demo_pipeline_that_does_not_exist_is_refused_before_any_file(tmp_path: Path) -> None:
+    proc = residency("demo", "--model", "tiny", "--update", "lora+head", "-o", "demo", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert line.startswith("error: --update 'lora+head'")
+    assert "fix:" in line
+    assert not (tmp_path / "demo").exists()
 
 
 def test_a_demo_release_over_several_rounds_is_refused_before_any_file(tmp_path: Path) -> None:
-    proc = residency("demo", "--model", "tiny", "--rounds", "3", "-o", "demo", cwd=tmp_path)
+    proc = residency(
+        "demo", "--model", "tiny", "--update", "prototypes", "--rounds", "3", "-o", "demo",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 2
     line = error_line(proc)
     assert line.startswith("error: --rounds 3: update prototypes is one release")

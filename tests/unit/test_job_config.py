@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from residency.common.config.job import AccountantKind, Job, UpdateKind, load_job
+from residency.common.config.job import AccountantKind, Job, Optimizer, UpdateKind, load_job
 from residency.common.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -55,11 +55,15 @@ def test_minimal_job_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert job.data.text_column == "text"
     assert job.data.label_column == "label"
     assert job.data.test is None
-    assert job.train.update is UpdateKind.PROTOTYPES  # the best measured at partner sizes
-    assert job.train.rounds == 1  # one release
-    assert job.train.local_epochs == 1
-    assert job.train.batch_size == 32
-    assert job.train.learning_rate == pytest.approx(5e-4)
+    # The best measured at partner sizes: a release, then full-batch plain steps on the head.
+    assert job.train.update is UpdateKind.HEAD
+    assert job.train.warm_start is UpdateKind.PROTOTYPES
+    assert job.train.rounds == 5
+    assert job.train.server_rounds == 6
+    assert job.train.local_epochs == 10
+    assert job.train.batch_size == 65_536
+    assert job.train.learning_rate == pytest.approx(3.0)
+    assert job.train.optimizer is Optimizer.SGD
     assert job.train.lora_rank == 8
     assert job.train.lora_alpha == pytest.approx(16.0)
     assert job.train.lora_targets == ["query", "value"]
@@ -68,6 +72,7 @@ def test_minimal_job_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert job.privacy.delta == pytest.approx(1e-5)
     assert job.privacy.max_grad_norm == pytest.approx(1.0)
     assert job.privacy.accountant is AccountantKind.PRV
+    assert job.privacy.warm_start_share == pytest.approx(0.25)
     assert job.nodes == []
 
 
@@ -343,7 +348,13 @@ def test_float16_transfer_of_a_full_update_is_refused_with_one_fix(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("train", "rounds"),
-    [("", 1), ('update = "prototypes"', 1), ('update = "lora"', 3), ('update = "head"', 3)],
+    [
+        ("", 5),  # the default pipeline: a release, then five rounds of the head
+        ('warm_start = "prototypes"', 5),
+        ('update = "prototypes"', 1),
+        ('update = "lora"', 3),
+        ('update = "head"', 3),
+    ],
 )
 def test_unset_rounds_follow_the_update(tmp_path: Path, train: str, rounds: int) -> None:
     assert load_job(write_job(tmp_path, MINIMAL + f"[train]\n{train}\n")).train.rounds == rounds

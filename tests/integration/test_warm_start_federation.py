@@ -1,0 +1,78 @@
+"""A release, then DP-SGD on the head it set, in a real simulated federation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from residency.cli.simulation import simulate
+from residency.common.audit.report import render_report
+from residency.common.audit.report_format import ReportFormat
+from residency.common.audit.verify import load_keys, verify_ledger
+from residency.common.config.job import load_job
+from residency.common.data.readers import read_labeled_texts
+from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
+from toy_federation import LABELS, LEARNABLE, write_toy_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_scored(
+    tmp_path: Path,
+) -> None:
+    job_path = write_toy_job(
+        tmp_path / "job",
+        countries=("DE", "FR"),
+        examples=LEARNABLE,
+        schedule=False,
+        train='update = "head"\nwarm_start = "prototypes"',
+    )
+    job = load_job(job_path)
+    out = tmp_path / "out"
+    results = simulate(job, job_path, out_dir=out)
+
+    assert results.status == "completed"
+    assert [r.update for r in results.rounds] == ["prototypes"] + ["head"] * job.train.rounds
+    release, *training = results.rounds
+    assert {n.steps for n in release.nodes} == {1}
+    assert {(n.sample_rate, n.steps) for r in training for n in r.nodes} == {(1.0, 10)}
+    assert results.final is not None
+    assert results.final.accuracy is not None
+    assert results.final.accuracy > 0.8
+    for country in ("DE", "FR"):
+        spent = results.privacy[country]
+        assert spent.epsilon is not None
+        assert 7.9 < spent.epsilon <= 8.0  # release and training share the one target
+        assert spent.rounds_averaged == job.train.server_rounds
+
+    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
+    assert verified.ok, [str(p) for p in verified.problems]
+    assert sorted({s.record.max_grad_norm for s in verified.spends}) == [1.0, SENSITIVITY]
+    page = render_report(verified, fmt=ReportFormat.HTML)
+    assert "prototypes+head: round 1 the prototypes release, then head training" in page
+    sent = [set(load_file(str(p))) for p in (out / "ledger" / "updates").glob("*.safetensors")]
+    assert sent.count({SUMS, COUNTS}) == 2
+    assert sent.count({"classifier.weight", "classifier.bias"}) == 2 * job.train.rounds
+
+    model_dir = out / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, trust_remote_code=True
+    ).eval()
+    assert model.config.normalize_features is True
+    assert len(model.config.feature_scale) == model.config.hidden_size
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = read_labeled_texts(
+        job_path.parent / "test.csv", text_column="text", label_column="label", labels=LABELS
+    )
+    with torch.no_grad():
+        batch = tokenizer(
+            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
+        )
+        predicted = model(**batch).logits.argmax(-1).numpy()
+    accuracy = float(np.mean(predicted == np.array(test.labels)))
+    assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

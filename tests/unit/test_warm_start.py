@@ -1,0 +1,248 @@
+"""A job that warm-starts its head with a release: config, ε split, node side, standardised head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from node_harness import node_file, signed_record, train_round, update_of
+from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.common.config.job import (
+    DEFAULT_PIPELINE,
+    WARM_STARTED_HEAD,
+    AccountantKind,
+    Job,
+    Optimizer,
+    TrainSection,
+    UpdateKind,
+    load_job,
+)
+from residency.common.config.round_plan import RoundPlan, feature_transform_bytes, round_config
+from residency.common.errors import ConfigError, PolicyViolation
+from residency.common.model import (
+    ModelSpec,
+    build_classifier,
+    set_feature_transform,
+    trainable_state,
+)
+from residency.common.privacy.accountant import epsilon_spent, noise_after, noise_for_target
+from residency.common.privacy.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
+from residency.common.refusal import RefusalCode
+from residency.common.updates import prototypes
+from toy_federation import write_toy_job
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
+]
+
+EXAMPLES = 60
+WIDTH = 32  # the tiny BERT's hidden size
+WARM = 'update = "head"\nwarm_start = "prototypes"'
+
+
+def _job(tmp_path: Path, train: str = WARM) -> Job:
+    path = write_toy_job(
+        tmp_path / "job", countries=("DE",), examples=EXAMPLES, schedule=False, train=train
+    )
+    return load_job(path)
+
+
+def _transform() -> dict[str, bytes]:
+    centre = np.full(WIDTH, 0.01, np.float32)
+    scale = np.full(WIDTH, 0.2, np.float32)
+    return {"feature-transform": feature_transform_bytes(centre, scale)}
+
+
+def _head_arrays(job: Job) -> dict[str, np.ndarray]:
+    model = build_classifier(ModelSpec.from_job(job))
+    return {name: t.numpy() for name, t in trainable_state(model).items()}
+
+
+def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() -> None:
+    train = TrainSection(update=UpdateKind.HEAD, warm_start=UpdateKind.PROTOTYPES)
+    assert train.rounds == WARM_STARTED_HEAD["rounds"]
+    assert (train.local_epochs, train.batch_size, train.optimizer) == (10, 65_536, Optimizer.SGD)
+    assert train.server_rounds == train.rounds + 1
+    assert [train.round_update(r) for r in (1, 2, train.server_rounds)] == [
+        UpdateKind.PROTOTYPES,
+        UpdateKind.HEAD,
+        UpdateKind.HEAD,
+    ]
+    mine = TrainSection(
+        update=UpdateKind.HEAD, warm_start=UpdateKind.PROTOTYPES, rounds=2, learning_rate=1.0
+    )
+    assert (mine.rounds, mine.learning_rate, mine.local_epochs) == (2, 1.0, 10)
+    untouched = TrainSection(update=UpdateKind.HEAD)
+    assert (untouched.optimizer, untouched.batch_size, untouched.server_rounds) == (
+        Optimizer.ADAMW,
+        32,
+        3,
+    )
+    default = TrainSection()
+    assert (default.update, default.warm_start) == DEFAULT_PIPELINE
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        'update = "lora"\nwarm_start = "prototypes"',
+        'update = "head"\nwarm_start = "head"',
+        'update = "prototypes"\nwarm_start = "prototypes"',
+    ],
+)
+def test_a_pipeline_residency_does_not_run_is_refused_with_its_fix(
+    tmp_path: Path, train: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        _job(tmp_path, train)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "train" in message
+    assert 'fix: warm_start = "prototypes" with update = "head"' in message
+
+
+def test_the_plan_carries_the_feature_transform_exactly_when_the_head_trains_on_it(
+    tmp_path: Path,
+) -> None:
+    job = _job(tmp_path)
+    config = round_config(job, base_fingerprint="0" * 64)
+    release = RoundPlan.from_record(config | {"server-round": 1})
+    assert (release.round_update, release.centre_and_scale) == (UpdateKind.PROTOTYPES, None)
+    training = RoundPlan.from_record(config | {"server-round": 2} | _transform())
+    assert training.round_update is UpdateKind.HEAD
+    assert training.centre_and_scale is not None
+    np.testing.assert_array_equal(training.centre_and_scale[1], np.full(WIDTH, 0.2, np.float32))
+    with pytest.raises(ConfigError, match="feature transform missing"):
+        RoundPlan.from_record(config | {"server-round": 2})
+    with pytest.raises(ConfigError, match="sent without a warm start"):
+        RoundPlan.from_record(config | {"server-round": 1} | _transform())
+    bad_scale = feature_transform_bytes(np.zeros(WIDTH), np.zeros(WIDTH))
+    with pytest.raises(ConfigError, match="positive"):
+        RoundPlan.from_record(config | {"server-round": 2, "feature-transform": bad_scale})
+    not_finite = feature_transform_bytes(np.full(WIDTH, np.nan), np.ones(WIDTH))
+    with pytest.raises(ConfigError, match="finite"):
+        RoundPlan.from_record(config | {"server-round": 2, "feature-transform": not_finite})
+
+
+@pytest.mark.parametrize("kind", list(AccountantKind))
+def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
+    kind: AccountantKind,
+) -> None:
+    """The split composes in one account: release, then training noise for the whole target."""
+    delta, target = 1e-5, 8.0
+    release = (
+        noise_for_target(
+            target_epsilon=target * 0.25, delta=delta, sample_rate=1.0, steps=1, kind=kind
+        ),
+        1.0,
+        1,
+    )
+    noise = noise_after(
+        (release,), target_epsilon=target, delta=delta, sample_rate=1.0, steps=50, kind=kind
+    )
+    history = (release, (noise, 1.0, 50))
+    spent = epsilon_spent(history, delta=delta, kind=kind)
+    assert target - 0.01 <= spent <= target
+    assert epsilon_dp_accounting(history, delta=delta, kind=kind) == pytest.approx(
+        spent, rel=AGREEMENT_RTOL[kind]
+    )
+    alone = noise_for_target(
+        target_epsilon=target * 0.75, delta=delta, sample_rate=1.0, steps=50, kind=kind
+    )
+    assert noise < alone  # composing, not adding, the two epsilons buys less noise
+    with pytest.raises(ValueError, match="too low"):
+        noise_after(
+            history, target_epsilon=target, delta=delta, sample_rate=1.0, steps=1, kind=kind
+        )
+
+
+def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    first = train_round(job, settings, run_id=1, server_round=1)
+    assert set(update_of(first)) == {prototypes.SUMS, prototypes.COUNTS}
+    release = signed_record(first)
+    expected = noise_for_target(
+        target_epsilon=8.0 * 0.25, delta=1e-4, sample_rate=1.0, steps=1, kind=AccountantKind.PRV
+    )
+    assert (release.noise_multiplier, release.sample_rate, release.steps) == (expected, 1.0, 1)
+    assert release.max_grad_norm == prototypes.SENSITIVITY
+    assert release.epsilon <= 2.0
+
+    records = [release]
+    for server_round in range(2, job.train.server_rounds + 1):
+        reply = train_round(
+            job,
+            settings,
+            run_id=1,
+            server_round=server_round,
+            overrides=_transform(),
+            arrays=_head_arrays(job),
+        )
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        assert set(update_of(reply)) == {"classifier.weight", "classifier.bias"}
+        records.append(signed_record(reply))
+    last = records[-1]
+    assert (last.sample_rate, last.steps, last.max_grad_norm) == (1.0, 10, 1.0)
+    assert last.history[0] == (expected, 1.0, 1)
+    assert 7.99 - 0.01 <= last.epsilon <= 8.0
+    charges = BudgetStore(tmp_path / "state" / STORE_FILE).charges()
+    assert len(charges) == job.train.server_rounds
+
+
+def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path: Path) -> None:
+    """A coordinator replaying round 1 would buy a second release out of training's budget."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    train_round(job, settings, run_id=1, server_round=1)
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(job, settings, run_id=1, server_round=1)
+    assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
+
+
+def test_a_policy_must_allow_both_the_release_and_the_head(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('name = "head-only"\nallowed_updates = ["head"]\n', encoding="utf-8")
+    settings = node_file(tmp_path, 20.0, extra=f'policy = "{policy}"\n')
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(_job(tmp_path), settings, run_id=1, server_round=1)
+    assert refused.value.refusal.code is RefusalCode.UPDATE_NOT_ALLOWED
+    assert "prototypes" in str(refused.value)
+    assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
+
+
+def test_the_standardised_head_scores_exactly_as_the_class_mean_head() -> None:
+    """Moving the release's head to standardised input changes no logit."""
+    spec = ModelSpec(
+        source="tiny",
+        labels=("a", "b", "c"),
+        update=UpdateKind.HEAD,
+        warm_start=UpdateKind.PROTOTYPES,
+    )
+    model = build_classifier(spec).eval()
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, WIDTH, generator=generator)
+    bias = torch.randn(3, generator=generator)
+    centre = torch.randn(WIDTH, generator=generator) * 0.1
+    scale = torch.rand(WIDTH, generator=generator) + 0.05
+    ids = torch.randint(5, 100, (4, 7), generator=generator)
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(bias)
+        before = model(input_ids=ids).logits
+        new_weight, new_bias = prototypes.standardized(
+            weight, bias, centre.double(), scale.double()
+        )
+        set_feature_transform(model, centre, scale)
+        model.classifier.weight.copy_(new_weight)
+        model.classifier.bias.copy_(new_bias)
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    assert model.config.feature_scale == pytest.approx(scale.tolist())
+    with pytest.raises(ValueError, match="scale > 0"):
+        set_feature_transform(model, centre, -scale)

@@ -96,6 +96,20 @@ class Settings:
     max_grad_norm: float
     delta: float
     max_length: int
+    overrides: tuple[tuple[str, str, object], ...] = ()  # (section, key, value) from --set
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``train.optimizer=adamw`` as (section, key, TOML value); ``ValueError`` if malformed."""
+    name, equals, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not equals or not dot or section not in ("train", "privacy") or not key:
+        raise ValueError(f"{text!r}: expected train.KEY=VALUE or privacy.KEY=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    return section, key, value
 
 
 @dataclass
@@ -240,6 +254,8 @@ def _simulate(
     data["privacy"].update(
         target_epsilon=epsilon, delta=settings.delta, max_grad_norm=settings.max_grad_norm
     )
+    for section, key, value in settings.overrides:  # the job's own validation judges them
+        data[section][key] = value
     data["data"]["test"] = str(prepared.test_file)
     data["nodes"] = [{"country": c, "data": str(prepared.files[c])} for c in countries]
     folder.mkdir(parents=True)
@@ -434,7 +450,8 @@ def targets(rows: list[Row], update: str, epsilons: list[float], examples: int) 
     best = max(references, key=lambda r: r.accuracy)
     majority = next(r.accuracy for r in rows if r.regime == "majority class")
     lines = [
-        f"targets for {update} (best non-private federated: {best.regime} {best.accuracy:.3f}):"
+        f"targets for {update}",
+        f"  (best non-private federated: {best.regime} {best.accuracy:.3f}):",
     ]
     ours = {r.epsilon: r for r in rows if r.update == update and r.regime == "federated"}
     local = [r for r in rows if r.update == update and r.regime.startswith("local-only ")]
@@ -489,12 +506,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="set a job field in every DP row, e.g. train.optimizer=adamw (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         epsilons = sorted({float(e) for e in args.epsilons.split(",")})
         updates = [pipeline_name(*parse_pipeline(u)) for u in args.updates.split(",")]
+        overrides = tuple(parse_override(item) for item in args.set)
     except ValueError as exc:
-        parser.error(f"--epsilons or --updates: {exc}")
+        parser.error(f"--epsilons, --updates or --set: {exc}")
     regimes = {r.strip() for r in args.regimes.split(",")}
     if not regimes <= set(REGIMES) or "federated" not in regimes:
         parser.error(f"--regimes: federated plus any of {', '.join(REGIMES[1:])}")
@@ -509,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_grad_norm=args.max_grad_norm,
         delta=args.delta,
         max_length=args.max_length,
+        overrides=overrides,
     )
     started = time.perf_counter()
     with quiet_libraries(), tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
@@ -544,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"accuracy on the global test set, {args.model}, {args.examples} notes per country "
         f"(Dirichlet {args.alpha:g}), mean of {args.repeats} run(s) per DP row:"
     )
+    if args.set:
+        print(f"every DP row with {', '.join(args.set)}")
     product = [r for r in rows if r.update is not None and not r.regime.startswith("local-only ")]
     for update in updates:
         for epsilon in epsilons:

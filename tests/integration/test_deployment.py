@@ -119,8 +119,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
         )
         results = Results.model_validate_json((out / "results.json").read_text("utf-8"))
-        release_job = write_toy_job(
-            root / "release", countries=COUNTRIES, rounds=1, train='update = "prototypes"'
+        release_job = write_toy_job(  # the default pipeline, with two training rounds
+            root / "release",
+            countries=COUNTRIES,
+            schedule=False,
+            train='update = "head"\nwarm_start = "prototypes"\nrounds = 2',
         )
         release = cli(
             "run",
@@ -171,17 +174,20 @@ def test_job_completes_over_tls_with_node_authentication(deployed: Deployed) -> 
     assert sorted(r["country"] for r in deployed.node_rows) == sorted(COUNTRIES)
 
 
-def test_a_prototypes_release_runs_deployed_and_learns(deployed: Deployed) -> None:
-    """One release per node over TLS: charged as one step at q = 1, a head that predicts."""
+def test_the_default_pipeline_runs_deployed_and_learns(deployed: Deployed) -> None:
+    """A release, then the head over standardised features, over TLS: one target, learned."""
     released = deployed.released
     assert released.status == "completed"
     assert released.final is not None
     assert released.final.accuracy is not None
     assert released.final.accuracy > 0.8
-    assert len(released.rounds) == 1
+    assert [r.update for r in released.rounds] == ["prototypes", "head", "head"]
+    assert {(n.sample_rate, n.steps) for n in released.rounds[0].nodes} == {(1.0, 1)}
     for country in COUNTRIES:
         spent = released.privacy[country]
-        assert (spent.sample_rate, spent.steps, spent.rounds_averaged) == (1.0, 1, 1)
+        assert spent.rounds_averaged == 3
+        assert spent.epsilon is not None
+        assert 7.9 < spent.epsilon <= 8.0
 
 
 def test_epsilon_matches_simulation_exactly(deployed: Deployed) -> None:

@@ -246,3 +246,17 @@ def test_the_standardised_head_scores_exactly_as_the_class_mean_head() -> None:
     assert model.config.feature_scale == pytest.approx(scale.tolist())
     with pytest.raises(ValueError, match="scale > 0"):
         set_feature_transform(model, centre, -scale)
+
+
+def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
+    tmp_path: Path,
+) -> None:
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    train_round(job, settings, run_id=1, server_round=1)
+    narrow = {"feature-transform": feature_transform_bytes(np.zeros(8), np.ones(8))}
+    with pytest.raises(ValueError, match="32 numbers"):
+        train_round(
+            job, settings, run_id=1, server_round=2, overrides=narrow, arrays=_head_arrays(job)
+        )
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1

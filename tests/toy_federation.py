@@ -6,6 +6,7 @@ import csv
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 WORDS = {
     "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
@@ -97,3 +98,27 @@ accountant = "prv"
         encoding="utf-8",
     )
     return job
+
+
+def exported_accuracy(model_dir: Path, test_file: Path) -> tuple[float, Any]:
+    """(accuracy, model) of an exported checkpoint on a toy test file, loaded as a user would.
+
+    Plain ``transformers`` with ``trust_remote_code``: no Residency code scores it.
+    """
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from residency.common.data.readers import read_labeled_texts
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, trust_remote_code=True
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = read_labeled_texts(test_file, text_column="text", label_column="label", labels=LABELS)
+    with torch.no_grad():
+        batch = tokenizer(
+            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
+        )
+        predicted = model(**batch).logits.argmax(-1).numpy()
+    return float(np.mean(predicted == np.array(test.labels))), model

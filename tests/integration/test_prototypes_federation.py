@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from residency.cli.simulation import simulate
 from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import load_job
-from residency.common.data.readers import read_labeled_texts
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
-from toy_federation import LABELS, LEARNABLE, write_toy_job
+from toy_federation import LEARNABLE, exported_accuracy, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,19 +49,6 @@ def test_one_release_per_country_gives_a_head_the_exported_model_reproduces(
     for path in updates:  # only the class statistics crossed, nothing trained or textual
         assert set(load_file(str(path))) == {SUMS, COUNTS}
 
-    model_dir = out / "model"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, trust_remote_code=True
-    ).eval()
+    accuracy, model = exported_accuracy(out / "model", job_path.parent / "test.csv")
     assert model.config.normalize_features is True
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    test = read_labeled_texts(
-        job_path.parent / "test.csv", text_column="text", label_column="label", labels=LABELS
-    )
-    with torch.no_grad():
-        batch = tokenizer(
-            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
-        )
-        predicted = model(**batch).logits.argmax(-1).numpy()
-    accuracy = float(np.mean(predicted == np.array(test.labels)))
     assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from residency.cli.simulation import simulate
 from residency.common.audit.report import render_report
 from residency.common.audit.report_format import ReportFormat
 from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import load_job
-from residency.common.data.readers import read_labeled_texts
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
-from toy_federation import LABELS, LEARNABLE, write_toy_job
+from toy_federation import LEARNABLE, exported_accuracy, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,20 +55,7 @@ def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_score
     assert sent.count({SUMS, COUNTS}) == 2
     assert sent.count({"classifier.weight", "classifier.bias"}) == 2 * job.train.rounds
 
-    model_dir = out / "model"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, trust_remote_code=True
-    ).eval()
+    accuracy, model = exported_accuracy(out / "model", job_path.parent / "test.csv")
     assert model.config.normalize_features is True
     assert len(model.config.feature_scale) == model.config.hidden_size
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    test = read_labeled_texts(
-        job_path.parent / "test.csv", text_column="text", label_column="label", labels=LABELS
-    )
-    with torch.no_grad():
-        batch = tokenizer(
-            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
-        )
-        predicted = model(**batch).logits.argmax(-1).numpy()
-    accuracy = float(np.mean(predicted == np.array(test.labels)))
     assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

@@ -143,8 +143,9 @@ DEFAULT_UPDATE = UpdateKind.HEAD
 DEFAULT_PIPELINE: tuple[UpdateKind, UpdateKind | None] = (DEFAULT_UPDATE, UpdateKind.PROTOTYPES)
 """(update, warm_start) of a job that names neither: the class-mean release, then full-batch
 DP-SGD on the head it set, over features standardised with the release's mean. Measured
-(``bench/accuracy.py``, docs/performance.md) above the release alone at epsilon 8 and 3 and
-at every data size, far above it at 2,000 notes per country."""
+(``bench/accuracy.py``, docs/performance.md) above the release alone at 2,000 notes per
+country at every epsilon and at 500 at epsilon 8; below it at about 100 notes per country,
+where ``update = "prototypes"`` is the better choice."""
 TRAINING_ROUNDS = 3
 """Rounds of a DP-SGD job that does not say (a release has one)."""
 WARM_STARTED_HEAD: dict[str, Any] = {

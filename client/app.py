@@ -240,6 +240,10 @@ def _train(msg: Message, context: Context) -> Message:
                 batch_size=plan.batch_size,
                 learning_rate=plan.learning_rate,
                 optimizer=plan.optimizer,
+            ).scaled(
+                plan.step_rule,
+                expected_batch=len(admitted.records) * sample_rate,
+                noise=noise,
             ),
             dp=DpSgdSettings(
                 noise_multiplier=noise,

@@ -11,6 +11,7 @@ a batch-size-1 loop); :func:`dp_mode_for` picks the faster one per update kind, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
 from residency.client.randomness import RoundRandomness
-from residency.common.config.job import AccountantKind, Optimizer, UpdateKind
+from residency.common.config.job import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History, poisson_schedule
 from residency.common.updates import GradSampleMode, method_for
@@ -68,6 +69,13 @@ class LocalSchedule:
     batch_size: int
     learning_rate: float
     optimizer: Optimizer = Optimizer.ADAMW
+
+    def scaled(self, rule: StepRule, *, expected_batch: float, noise: float) -> LocalSchedule:
+        """This schedule with the step size ``rule`` gives for the node's batch and noise."""
+        if rule is StepRule.FIXED:
+            return self
+        rate = self.learning_rate * expected_batch / max(noise, 1e-12)
+        return dataclasses.replace(self, learning_rate=rate)
 
 
 @dataclass(frozen=True)

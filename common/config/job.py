@@ -61,6 +61,21 @@ class Optimizer(StrEnum):
     SGD = "sgd"
 
 
+class StepRule(StrEnum):
+    """How a node turns ``learning_rate`` into its optimiser's step size.
+
+    ``fixed``: the learning rate as written. ``noise``: ``learning_rate`` times the expected
+    batch over the noise multiplier, so every step carries the same amount of injected noise
+    (``learning_rate`` times the clipping norm per coordinate) whatever the node's record
+    count and budget: full-batch DP-GD divides the noisy sum by the record count, so a fixed
+    rate is too large for small nodes and tight budgets and too small for large ones
+    (docs/performance.md). The count and the multiplier are public in the signed record.
+    """
+
+    FIXED = "fixed"
+    NOISE = "noise"
+
+
 class TransferDtype(StrEnum):
     """Precision of the arrays on the wire (both ways); training and averaging stay float32."""
 
@@ -152,12 +167,14 @@ WARM_STARTED_HEAD: dict[str, Any] = {
     "rounds": 5,
     "local_epochs": 10,
     "batch_size": 65_536,
-    "learning_rate": 3.0,
+    "learning_rate": 0.032,
     "optimizer": "sgd",
+    "step_rule": "noise",
 }
 """What a head warm-started by a release does unless the job says otherwise: full batches
-(sample rate 1 up to 65,536 records), ten plain noisy gradient steps per round, five rounds
-(``bench/accuracy.py``; docs/performance.md)."""
+(sample rate 1 up to 65,536 records), ten plain noisy gradient steps per round, five rounds,
+each step scaled to the node's records and noise (:class:`StepRule`; ``bench/accuracy.py``,
+docs/performance.md)."""
 
 
 class TrainSection(Strict):
@@ -170,6 +187,7 @@ class TrainSection(Strict):
     update: UpdateKind = DEFAULT_UPDATE
     warm_start: UpdateKind | None = None
     optimizer: Optimizer = Optimizer.ADAMW
+    step_rule: StepRule = StepRule.FIXED
     transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
     lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16

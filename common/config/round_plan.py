@@ -18,6 +18,7 @@ from residency.common.config.job import (
     AccountantKind,
     Job,
     Optimizer,
+    StepRule,
     Strict,
     TransferDtype,
     UpdateKind,
@@ -40,6 +41,7 @@ class RoundPlan(Strict):
     update: UpdateKind
     warm_start: Annotated[UpdateKind | None, Field(alias="warm-start")]
     optimizer: Optimizer
+    step_rule: Annotated[StepRule, Field(alias="step-rule")]
     transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
     lora_rank: Annotated[int, Field(ge=1, le=256, alias="lora-rank")]
     lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
@@ -149,6 +151,7 @@ def round_config(
         "update": job.train.update.value,
         "warm-start": NO_WARM_START if warm_start is None else warm_start.value,
         "optimizer": job.train.optimizer.value,
+        "step-rule": job.train.step_rule.value,
         "transfer-dtype": job.train.transfer_dtype.value,
         "lora-rank": job.train.lora_rank,
         "lora-alpha": job.train.lora_alpha,

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from residency.common.config.job import AccountantKind, Job, Optimizer, UpdateKind, load_job
+from residency.common.config.job import (
+    AccountantKind,
+    Job,
+    Optimizer,
+    StepRule,
+    UpdateKind,
+    load_job,
+)
 from residency.common.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -62,8 +69,9 @@ def test_minimal_job_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert job.train.server_rounds == 6
     assert job.train.local_epochs == 10
     assert job.train.batch_size == 65_536
-    assert job.train.learning_rate == pytest.approx(3.0)
+    assert job.train.learning_rate == pytest.approx(0.032)
     assert job.train.optimizer is Optimizer.SGD
+    assert job.train.step_rule is StepRule.NOISE
     assert job.train.lora_rank == 8
     assert job.train.lora_alpha == pytest.approx(16.0)
     assert job.train.lora_targets == ["query", "value"]

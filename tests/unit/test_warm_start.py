@@ -10,12 +10,14 @@ import torch
 
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.trainer import LocalSchedule
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
     WARM_STARTED_HEAD,
     AccountantKind,
     Job,
     Optimizer,
+    StepRule,
     TrainSection,
     UpdateKind,
     load_job,
@@ -66,6 +68,7 @@ def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() ->
     train = TrainSection(update=UpdateKind.HEAD, warm_start=UpdateKind.PROTOTYPES)
     assert train.rounds == WARM_STARTED_HEAD["rounds"]
     assert (train.local_epochs, train.batch_size, train.optimizer) == (10, 65_536, Optimizer.SGD)
+    assert train.step_rule is StepRule.NOISE
     assert train.server_rounds == train.rounds + 1
     assert [train.round_update(r) for r in (1, 2, train.server_rounds)] == [
         UpdateKind.PROTOTYPES,
@@ -82,6 +85,7 @@ def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() ->
         32,
         3,
     )
+    assert untouched.step_rule is StepRule.FIXED
     default = TrainSection()
     assert (default.update, default.warm_start) == DEFAULT_PIPELINE
 
@@ -260,3 +264,22 @@ def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
             job, settings, run_id=1, server_round=2, overrides=narrow, arrays=_head_arrays(job)
         )
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
+
+
+def test_the_noise_step_rule_scales_the_rate_by_the_expected_batch_over_the_noise() -> None:
+    """Each step then injects the same noise (rate x C per coordinate) at any size and budget."""
+    schedule = LocalSchedule(epochs=10, batch_size=65_536, learning_rate=0.032)
+    assert schedule.scaled(StepRule.FIXED, expected_batch=500, noise=4.0) == schedule
+    small = schedule.scaled(StepRule.NOISE, expected_batch=100, noise=4.0)
+    large = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=4.0)
+    tight = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=32.0)
+    assert small.learning_rate == pytest.approx(0.8)
+    assert large.learning_rate == pytest.approx(16.0)
+    assert tight.learning_rate == pytest.approx(2.0)
+    # The noise a step adds to the head: rate x noise x C / expected batch, the same for all.
+    for scaled, (batch, noise) in (
+        (small, (100, 4.0)),
+        (large, (2000, 4.0)),
+        (tight, (2000, 32.0)),
+    ):
+        assert scaled.learning_rate * noise / batch == pytest.approx(0.032)

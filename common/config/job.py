@@ -157,10 +157,10 @@ DEFAULT_UPDATE = UpdateKind.HEAD
 """What a job trains when it names a warm start but no update (the one kind a release starts)."""
 DEFAULT_PIPELINE: tuple[UpdateKind, UpdateKind | None] = (DEFAULT_UPDATE, UpdateKind.PROTOTYPES)
 """(update, warm_start) of a job that names neither: the class-mean release, then full-batch
-DP-SGD on the head it set, over features standardised with the release's mean. Measured
-(``bench/accuracy.py``, docs/performance.md) above the release alone at 2,000 notes per
-country at every epsilon and at 500 at epsilon 8; below it at about 100 notes per country,
-where ``update = "prototypes"`` is the better choice."""
+DP-SGD on the head it set, over features standardised with the release's mean, each node's
+step scaled to its records and noise. Measured (``bench/accuracy.py``, docs/performance.md)
+at or above the release alone at 100, 500 and 2,000 notes per country, except where
+nothing learns (100 notes at epsilon 1)."""
 TRAINING_ROUNDS = 3
 """Rounds of a DP-SGD job that does not say (a release has one)."""
 WARM_STARTED_HEAD: dict[str, Any] = {

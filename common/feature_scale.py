@@ -17,9 +17,9 @@ import random
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from residency.common.classifier_head import classifier_head
-from residency.common.data.encoding import encode, model_inputs
+from residency.common.data.encoding import encode
 from residency.common.device import Compute
+from residency.common.head_input import encoder_features
 
 TEXTS = 1000
 """Random word sequences the scale is measured on (enough for a stable per-dimension std)."""
@@ -47,22 +47,7 @@ def public_feature_scale(
     """Per-dimension std of the head's unit-norm input over public random texts (float64)."""
     texts = _public_texts(list(tokenizer.get_vocab()))
     data = encode(texts, [0] * TEXTS, tokenizer, max_length=max_length)
-    head = classifier_head(model)
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    was_training = model.training
-    model.to(compute.device)
-    model.eval()
-    ids, mask, _ = data.tensors
-    try:
-        with torch.no_grad():
-            for start in range(0, TEXTS, 256):
-                rows = slice(start, start + 256)
-                model(**model_inputs(ids[rows], mask[rows], device=compute.device))
-    finally:
-        hook.remove()
-        model.train(was_training)
-    features = torch.cat(captured).double().cpu()
+    features = encoder_features(model, data, compute=compute).double()
     features = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
     scale = features.std(dim=0)
     floored: torch.Tensor = scale.clamp_min(FLOOR * float(scale.median()))

@@ -49,10 +49,17 @@ def _digest(data: TensorDataset) -> str:
     return digest.hexdigest()
 
 
-def _encoder_features(
-    model: torch.nn.Module, reads: torch.nn.Module, data: TensorDataset, *, compute: Compute
+def _reader(model: torch.nn.Module) -> torch.nn.Module:
+    """The module fed the encoder's features: the standardiser if the model has one, or the head."""
+    standardizer = getattr(model, "standardizer", None)
+    return standardizer if isinstance(standardizer, torch.nn.Module) else classifier_head(model)
+
+
+def encoder_features(
+    model: torch.nn.Module, data: TensorDataset, *, compute: Compute
 ) -> torch.Tensor:
-    """What ``reads`` (the head, or its standardiser) takes for each row, in float32."""
+    """The pooled features of each row before any standardisation, in float32 (kept)."""
+    reads = _reader(model)
     key = (id(model), _digest(data))
     kept = _kept.get(key)
     if kept is not None and kept[0]() is model:
@@ -94,9 +101,8 @@ def head_features(
     ran under bf16 autocast. Only for a model whose encoder is frozen: the features are
     kept per model object.
     """
-    standardizer = getattr(model, "standardizer", None)
-    reads = standardizer if isinstance(standardizer, torch.nn.Module) else head
-    features = _encoder_features(model, reads, data, compute=compute)
+    features = encoder_features(model, data, compute=compute)
+    reads = _reader(model)
     if reads is not head:
         with torch.no_grad():
             features = reads(features)

@@ -270,7 +270,7 @@ class _Federation:
         values = {name: array.numpy() for name, array in arrays.items()}
         if method_for(self.job.train.round_update(server_round)).combine is Combine.PROTOTYPES:
             prototypes.set_head(self.model, values)
-            if server_round < self.job.train.server_rounds:
+            if self.job.train.warm_start is not None:
                 self._warm_start(values)
             return
         self.arrays = arrays

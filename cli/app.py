@@ -2,11 +2,14 @@
 
 Exit codes: 0 success; 2 invalid input (job file, node data, flags), with one line naming file,
 field and fix; 3 the federation failed (e.g. no node produced a valid update); 4 the
-coordinator could not be reached or refused the request; 1 anything else.
+coordinator could not be reached or refused the request; 130 stopped by Ctrl-C (the results
+say "stopped"); 1 anything else.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +21,7 @@ from residency.cli.audit import audit_app
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
 from residency.cli.coordinator import coordinator_app
 from residency.cli.deployment import run, runs_app
+from residency.cli.launcher import launcher_app
 from residency.cli.node import node_app
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
@@ -31,6 +35,8 @@ from residency.common.config.job import (
 from residency.common.errors import ConfigError, DataError
 from residency.common.version import __version__
 
+EXIT_STOPPED = 130
+
 app = typer.Typer(
     help="Federated fine-tuning of BERT-family models with per-country differential privacy.",
     no_args_is_help=True,
@@ -39,6 +45,7 @@ app = typer.Typer(
 )
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(node_app, name="node")
+app.add_typer(launcher_app, name="launcher")
 app.add_typer(runs_app, name="runs")
 app.add_typer(audit_app, name="audit")
 app.command()(run)
@@ -85,6 +92,13 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
         raise fail(str(exc), EXIT_INPUT) from exc
     except JobFailed as exc:
         raise fail(f"{exc} (log: {out_dir / 'residency.log'})", EXIT_FAILED) from exc
+    except KeyboardInterrupt:
+        console.print(f"stopped: {out_dir / 'results.json'} says so, the ledger too")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Flower's simulation workers can stay blocked in ray.get once Ray is shut down, and
+        # the interpreter would wait for them for ever; the run's end is already written.
+        os._exit(EXIT_STOPPED)
     console.print(results_table(results, [n.country for n in job.nodes]))
     if results.final is not None:
         acc = results.final.accuracy

@@ -57,9 +57,10 @@ def verify(
     from residency.common.privacy.signing import key_id
 
     try:
+        known = load_keys(keys)
         result = verify_ledger(
             ledger,
-            load_keys(keys),
+            known,
             since=parse_since(since),
             node_ledgers=node_ledger or [],
         )
@@ -105,6 +106,8 @@ def verify(
                             "epsilon_dataset": s.record.epsilon_dataset,
                             "budget_epsilon": s.record.budget_epsilon,
                             "noise_source": s.record.noise_source.value,
+                            "launcher": s.record.launcher,
+                            "job_sha256": s.record.job_sha256,
                         }
                         for s in result.spends
                     ],
@@ -117,6 +120,7 @@ def verify(
         for column in ("run", "country", "rounds", "ε recorded", "ε Opacus", "ε dp-accounting"):
             table.add_column(column, justify="left" if column in ("run", "country") else "right")
         table.add_column("dataset ε / budget", justify="right")
+        table.add_column("launcher", justify="left")
         latest = {(s.run, s.country): s for s in result.spends}
         rounds: dict[tuple[str, str], int] = {}
         for spend in result.spends:
@@ -130,6 +134,9 @@ def verify(
                 f"{spend.epsilon_opacus:.4f}",
                 f"{spend.epsilon_dp_accounting:.4f}",
                 f"{spend.record.epsilon_dataset:.3f} / {spend.record.budget_epsilon:g}",
+                "-"
+                if spend.record.launcher is None  # records before signed jobs
+                else known.get(spend.record.launcher, key_id(spend.record.launcher)),
             )
         console.print(table)
         tolerances = ", ".join(f"{k.value} {v:.0%}" for k, v in AGREEMENT_RTOL.items())

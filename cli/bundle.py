@@ -7,14 +7,13 @@ validated job travels as JSON under the run-config key ``job``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tomli_w
 
-from residency.common.config.job import Job
+from residency.common.config.signed_job import SignedJob
 from residency.common.version import __version__
-from residency.server.launch import JOB_KEY
+from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
 
 
 def write_app_bundle(
@@ -54,16 +53,18 @@ def write_app_bundle(
     return path
 
 
-def write_bundle(job: Job, folder: Path) -> Path:
-    """Write the app's ``pyproject.toml`` into ``folder``."""
-    # Data paths in [[nodes]] are the launcher's own files; nodes read theirs from node.toml.
-    job = job.model_copy(update={"nodes": [n.model_copy(update={"data": None}) for n in job.nodes]})
+def write_bundle(signed: SignedJob, folder: Path) -> Path:
+    """Write the app's ``pyproject.toml`` into ``folder``: the apps and the signed job."""
     return write_app_bundle(
         folder,
         name="residency-job",
         version=__version__,
-        description=f"Residency federated job {job.name}",
+        description="Residency federated job",
         serverapp="residency.server.deployment:app",
         clientapp="residency.client.app:app",
-        config={JOB_KEY: json.dumps(job.model_dump(mode="json"))},
+        config={
+            JOB_KEY: signed.body,
+            JOB_LAUNCHER_KEY: signed.launcher,
+            JOB_SIGNATURE_KEY: signed.signature,
+        },
     )

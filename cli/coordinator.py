@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from residency.cli.common import EXIT_INPUT, EXIT_UNAVAILABLE, console, fail, wa
 from residency.cli.flower import Coordinator, CoordinatorUnavailable
 from residency.cli.processes import Child, supervise
 from residency.common.errors import ConfigError
+from residency.common.privacy.signing import load_signer
 from residency.server.admission import (
     AdmittedNode,
     key_fingerprint,
@@ -27,6 +29,7 @@ from residency.server.coordinator import (
     init_coordinator,
     superlink_command,
 )
+from residency.server.recovery import end_open_runs
 
 coordinator_app = typer.Typer(
     help="Run the coordinator: its CA, its SuperLink, and which nodes may join.",
@@ -44,6 +47,18 @@ def _load(root: Path) -> tuple[CoordinatorDir, CoordinatorSettings]:
         raise fail(str(exc), EXIT_INPUT) from exc
 
 
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (a SuperLink left running)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _local(folder: CoordinatorDir, settings: CoordinatorSettings) -> Coordinator:
     return Coordinator(address=settings.address, ca=folder.tls.ca_cert)
 
@@ -57,16 +72,30 @@ def init(
     ],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(min=1, max=65_535, help="HTTPS port.")] = DEFAULT_PORT,
+    trust_launcher: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Public key (64 hex) of another launcher whose signed jobs may run (repeat)."
+        ),
+    ] = None,
 ) -> None:
     """Create a private CA, the server certificate and coordinator.toml."""
     try:
-        made = init_coordinator(folder, names=san, host=host, port=port)
+        made = init_coordinator(
+            folder,
+            names=san,
+            host=host,
+            port=port,
+            launchers=[key.strip().lower() for key in trust_launcher or []],
+        )
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
     settings = made.load()
     console.print(
         f"coordinator in {folder}: nodes dial [bold]{settings.address}[/] and trust "
         f"{made.tls.ca_cert} (send them this file; keep tls/ca.key private)\n"
+        f"launch jobs with `residency run JOB --key {made.launcher_key}`; nodes list its "
+        f"public key {load_signer(made.launcher_key).public_hex} in trusted_launchers\n"
         f"next: residency coordinator start {folder}"
     )
 
@@ -96,6 +125,14 @@ def start(
         )
     if insecure:
         warn_insecure("coordinator")
+    if port_taken(settings.host, settings.port):
+        raise fail(
+            f"{where.settings_file}: port {settings.port} on {settings.host} is in use (is this "
+            "coordinator already running?); fix: stop that process, or change port",
+            EXIT_UNAVAILABLE,
+        )
+    for ended in end_open_runs(where):
+        console.print(f"run {ended.run}: {ended.reason}", markup=False)
     command, env = superlink_command(where, settings, insecure=insecure)
     log = where.logs / "superlink.out"
     scheme = "http" if insecure else "https"

@@ -31,7 +31,9 @@ from residency.cli.flower import (
     flwr_binary,
 )
 from residency.common.config.job import load_job
+from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
+from residency.common.privacy.signing import load_signer
 from residency.server.events import (
     NodeFinished,
     RoundFinished,
@@ -54,6 +56,15 @@ CoordinatorOption = Annotated[
 CaOption = Annotated[
     Path | None,
     typer.Option("--ca", envvar="RESIDENCY_CA", help="The coordinator's ca.pem."),
+]
+KeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        envvar="RESIDENCY_LAUNCHER_KEY",
+        help="Your launcher key (`residency launcher init`); the coordinator and nodes must "
+        "trust it.",
+    ),
 ]
 InsecureOption = Annotated[
     bool, typer.Option("--insecure", help="Plain-text connection (tests only).")
@@ -79,13 +90,14 @@ def run(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Local folder for results.json + log.")
     ] = None,
+    key: KeyOption = None,
     insecure: InsecureOption = False,
 ) -> None:
     """Launch a job on the connected nodes, stream its progress, write its results."""
     from residency.cli.progress import RichObserver, results_table
 
     try:
-        job = load_job(job_file)
+        job = load_job(job_file, remote=True)
         job.require_nodes(job_file, with_data=False)
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
@@ -95,6 +107,16 @@ def run(
             f"{out_dir}: output folder already holds a run; fix: pass a new --output", EXIT_INPUT
         )
     target = _coordinator(coordinator, ca, insecure)
+    if key is None:
+        raise fail(
+            "--key: missing; fix: pass your launcher key (`residency launcher init DIR` makes "
+            "one; the coordinator and each node list its public key in trusted_launchers)",
+            EXIT_INPUT,
+        )
+    try:
+        signed = sign_job(job, load_signer(key))
+    except ConfigError as exc:
+        raise fail(f"--key: {exc}", EXIT_INPUT) from exc
     countries = [node.country for node in job.nodes]
     console.print(
         f"[bold]{job.name}[/] on {coordinator}: {', '.join(countries)}, "
@@ -113,7 +135,7 @@ def run(
         (out_dir / "run.log").open("w", encoding="utf-8") as log,
         RichObserver(job, console) as observer,
     ):
-        write_bundle(job, Path(bundle))
+        write_bundle(signed, Path(bundle))
         process = subprocess.Popen(
             [flwr_binary(), "run", bundle, CONNECTION, "--stream"],
             env=env,

@@ -44,6 +44,12 @@ def init(
     policy: Annotated[
         Path | None, typer.Option(help="Jurisdiction policy TOML (see docs/policies/).")
     ] = None,
+    trust_launcher: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Public key (64 hex) of a launcher whose signed jobs this node runs (repeat)."
+        ),
+    ] = None,
 ) -> None:
     """Create the node's key pair and node.toml (the operator's own settings)."""
     try:
@@ -55,6 +61,7 @@ def init(
             delta=delta,
             runtime_port=runtime_port,
             policy=policy,
+            trusted_launchers=[key.strip().lower() for key in trust_launcher or []],
         )
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
@@ -66,6 +73,11 @@ def init(
         f"(give it to them as {country.upper()}.pub); its own ledger is {made.root / 'state'}"
         "/ledger.jsonl"
     )
+    if not trust_launcher:
+        console.print(
+            "[yellow]no launcher trusted yet: this node refuses every job until node.toml "
+            'lists one (trusted_launchers = ["<64 hex from `residency launcher init`>"])[/]'
+        )
 
 
 @node_app.command()

@@ -88,10 +88,12 @@ class RichObserver:
         eps = "  ".join(
             f"{n.country} ε={n.epsilon:.2f}" for n in result.nodes if n.epsilon is not None
         )
+        dropped = f"  dropped: {', '.join(result.dropped)}" if result.dropped else ""
         self.console.print(
             f"round {result.round}: accuracy {_pct(result.accuracy)}  "
             f"macro-F1 {_pct(result.macro_f1)}  {eps}  "
-            f"↑{human_bytes(result.bytes_up)} ↓{human_bytes(result.bytes_down)}"
+            f"↑{human_bytes(result.bytes_up)} ↓{human_bytes(result.bytes_down)}{dropped}",
+            markup=False,
         )
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -20,18 +23,22 @@ from flwr.serverapp import Grid
 from residency.client.app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
+from residency.common.config.signed_job import sign_job
 from residency.common.data.readers import read_labeled_texts
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
 from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.server.app import make_server_app
-from residency.server.federation import FederationObserver, JobFailed
+from residency.server.federation import FederationObserver, JobFailed, RunControl
 from residency.server.results import Results
 
 NODES_DIR = "nodes"
 LEDGER_DIR = "ledger"
 KEYS_DIR = "keys"
 COORDINATOR_KEY = "coordinator.key"
+LAUNCHER_KEY = "launcher.key"
+STOP_WAIT_S = 60.0
+"""How long Ctrl-C waits for the run's thread to write its end (one poll, a file, a ledger)."""
 
 
 def check_node_data(job: Job) -> dict[str, int]:
@@ -57,8 +64,12 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid TOML basic string
 
 
-def write_node_settings(job: Job, out_dir: Path) -> Path:
-    """One settings file per virtual node, as its operator would write it."""
+def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
+    """One settings file per virtual node, as its operator would write it.
+
+    Each trusts ``launcher``, the simulation's own launcher key, as an operator lists the
+    keys of the people allowed to launch jobs on its data.
+    """
     folder = out_dir / NODES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for index, node in enumerate(job.nodes):
@@ -71,6 +82,7 @@ def write_node_settings(job: Job, out_dir: Path) -> Path:
             f"delta = {job.privacy.delta!r}\n"
             f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"
             f"log = {_toml_string(str((folder / f'{node.country}.log').resolve()))}\n"
+            f"trusted_launchers = [{_toml_string(launcher)}]\n"
         )
         if job.model.path not in BUILTIN_MODELS:  # the job's checkpoint, as an operator lists it
             text += f"models = [{_toml_string(job.model.path)}]\n"
@@ -127,9 +139,13 @@ def simulate(
     job.require_nodes(job_path)
     check_node_data(job)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[SIMULATION_NODES_ENV] = str(write_node_settings(job, out_dir).resolve())
+    (out_dir / NODES_DIR).mkdir(parents=True, exist_ok=True)
+    launcher = load_or_create_signer(out_dir / NODES_DIR / LAUNCHER_KEY, comment="launcher")
+    settings = write_node_settings(job, out_dir, launcher=launcher.public_hex)
+    os.environ[SIMULATION_NODES_ENV] = str(settings.resolve())
     ledger = create_keys(job, out_dir)
     sink: list[Results] = []
+    control = RunControl()
     server_app = make_server_app(
         job,
         nodes=len(job.nodes),
@@ -138,13 +154,31 @@ def simulate(
         sink=sink,
         wrap_grid=wrap_grid,
         ledger=ledger,
+        signed=sign_job(job, launcher),
+        control=control,
     )
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(job.nodes),
-        backend_config=backend_config(len(job.nodes)),
-    )
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def interrupted(signum: int, frame: FrameType | None) -> None:
+            control.stop.set()  # before the backend goes: the round ends stopped, not failed
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(job.nodes),
+            backend_config=backend_config(len(job.nodes)),
+        )
+    except KeyboardInterrupt:
+        control.stop.set()
+        control.ended.wait(timeout=STOP_WAIT_S)  # results.json and the ledger say "stopped"
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if not sink:
         raise JobFailed(f"the simulation ended without results; see {out_dir / 'residency.log'}")
     return sink[0]

@@ -26,6 +26,7 @@ from residency.client import admission as admission_steps
 from residency.client.admission import Admission, Spend
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
+from residency.client.job_trust import signed_plan
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.prototype_release import release_prototypes
 from residency.client.randomness import round_randomness
@@ -168,6 +169,7 @@ def _train(msg: Message, context: Context) -> Message:
     }
     try:
         plan = _plan(record, settings.country)
+        signed_plan(plan, record, settings)  # a launcher the operator trusts, as signed
         admitted = admission_steps.admit(settings, plan, store, run)
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)

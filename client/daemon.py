@@ -86,6 +86,7 @@ def init_node(
     delta: float,
     runtime_port: int = 9094,
     policy: Path | None = None,
+    trusted_launchers: list[str] | None = None,
 ) -> NodeDir:
     """Write the operator's settings and a fresh key pair; refuse to overwrite a node."""
     folder = NodeDir(root)
@@ -109,10 +110,12 @@ def init_node(
             runtime_port=runtime_port,
             policy=None if policy is None else policy.resolve(),
             signing_key=folder.record_key.resolve(),
+            trusted_launchers=list(trusted_launchers or []),
         )
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = "--" + str(err["loc"][0]).replace("_", "-")
+        flag = {"--trusted-launchers": "--trust-launcher"}.get(flag, flag)
         raise ConfigError(
             f"{flag}: {err['msg']} (got {err.get('input')!r}); fix: correct the flag"
         ) from exc

@@ -16,8 +16,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from flwr.clientapp import ClientApp
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec import run_superexec as superexec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
@@ -25,12 +27,39 @@ from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 log = logging.getLogger("residency.node")
 
 
+def only_residency_runs() -> None:
+    """Make every task run the installed Residency ClientApp, whatever the run's FAB holds.
+
+    Flower installs each run's app bundle (FAB) on the node and imports the ClientApp it
+    names from it: whoever can submit a run to the SuperLink could otherwise execute their own
+    code next to the node's data, past every check Residency's ClientApp makes (signed jobs,
+    budgets, the egress guard). A Residency node runs one program, the one its operator
+    installed; the FAB is neither written to disk nor imported. Flower 1.42 (pinned) loads the
+    app at one point in ``run_clientapp``; both names are replaced there.
+    """
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    from residency.client.app import app
+
+    def installed_app(
+        default_app_ref: str, app_path: str | None, multi_app: bool
+    ) -> Callable[[str, str, str], ClientApp]:
+        del default_app_ref, app_path, multi_app
+        return lambda fab_id, fab_version, fab_hash: app
+
+    def no_install(fab_file: Path | bytes, *args: object, **kwargs: object) -> Path:
+        del fab_file, args, kwargs
+        return Path(os.devnull)
+
+    vars(runtime)["get_load_client_app_fn"] = installed_app
+    vars(runtime)["install_from_fab"] = no_install
+
+
 class ForkExecutor:
     """Runs each ClientApp task in a child forked from a process that already imported it."""
 
     def __init__(self) -> None:
-        import residency.client.app  # noqa: F401  (the warm import every child inherits)
-
+        only_residency_runs()  # imports the ClientApp too: the warm import children inherit
         self.children: set[int] = set()
 
     def get_eligible_capacity(

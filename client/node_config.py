@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from residency.common.config.job import BUILTIN_MODELS, Strict
 from residency.common.config.loading import load_model
+from residency.common.config.signed_job import LauncherKey
 from residency.common.errors import ConfigError
 
 NODE_CONFIG_KEY = "residency-config"
@@ -58,6 +59,11 @@ class NodeSettings(Strict):
     )
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
+    )
+    trusted_launchers: list[LauncherKey] = Field(
+        default_factory=list,
+        description="public keys (64 hex, from `residency launcher init`) of the launchers "
+        "whose signed jobs this node runs; with none, it refuses every job",
     )
 
     @property

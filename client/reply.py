@@ -49,6 +49,7 @@ def draft_record(
     """
     noise, sample_rate, steps = admission.step
     policy = admission.policy
+    signed = plan.signed  # checked at admission (client/job_trust.py)
     record = PrivacyRecord(
         job=plan.job,
         run=run,
@@ -77,6 +78,8 @@ def draft_record(
         charge=1,
         signed_at=now(),
         key=signer.public_hex,
+        launcher=None if signed is None else signed.launcher,
+        job_sha256=None if signed is None else signed.sha256,
     )
     open_record(sign_record(record, signer))
     return record

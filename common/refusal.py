@@ -31,6 +31,7 @@ class RefusalCode(StrEnum):
     JOB_BUDGET = "job-budget"
     DATASET_BUDGET = "dataset-budget"
     INVALID_PLAN = "invalid-plan"
+    UNTRUSTED_JOB = "untrusted-job"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -47,6 +48,7 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.JOB_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.DATASET_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.INVALID_PLAN: (),
+    RefusalCode.UNTRUSTED_JOB: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -70,6 +72,9 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
         "dataset budget {budget:.2f}, spent {spent:.2f}, round needs {needed:.2f}"
     ),
     RefusalCode.INVALID_PLAN: "the round's privacy or training parameters are out of bounds",
+    RefusalCode.UNTRUSTED_JOB: (
+        "the job is unsigned, signed by a launcher the node does not trust, or not as signed"
+    ),
 }
 
 

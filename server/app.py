@@ -9,7 +9,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from residency.common.config.job import Job
-from residency.server.federation import FederationObserver, run_federation
+from residency.common.config.signed_job import SignedJob
+from residency.server.federation import FederationObserver, RunControl, run_federation
 from residency.server.results import Results
 from residency.server.run_ledger import RunLedger
 
@@ -23,11 +24,14 @@ def make_server_app(
     sink: list[Results] | None = None,
     wrap_grid: Callable[[Grid], Grid] | None = None,
     ledger: tuple[Path, Path] | None = None,
+    signed: SignedJob | None = None,
+    control: RunControl | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``job``; its results are appended to ``sink`` when given.
 
     ``wrap_grid`` lets a caller observe every message the coordinator receives (tests use it
-    to prove that no record text ever arrives). ``ledger`` is (ledger folder, signing key).
+    to prove that no record text ever arrives). ``ledger`` is (ledger folder, signing key);
+    ``signed`` is the job as its launcher signed it, relayed to every node.
     """
     app = ServerApp()
 
@@ -45,6 +49,8 @@ def make_server_app(
             observer=observer,
             run=run,
             ledger=None if ledger is None else RunLedger.open(*ledger, run=run, job=job.name),
+            signed=signed,
+            control=control,
         )
         if sink is not None:
             sink.append(results)

@@ -11,6 +11,8 @@ backing it up or moving it is one copy::
     DIR/nodes.json         which country each admitted key belongs to
     DIR/ledger/            the signed, hash-chained privacy ledger and the updates it names
     DIR/keys/ledger.key    the Ed25519 key that signs ledger entries (ledger.key.pub: public)
+    DIR/data/              the only files a launched job may name (test sets, checkpoints)
+    DIR/keys/launcher.key  a launcher key coordinator.toml trusts, for this operator's jobs
 """
 
 from __future__ import annotations
@@ -26,10 +28,19 @@ from pydantic import Field, ValidationError, field_validator
 
 from residency.common.config.job import Strict
 from residency.common.config.loading import load_model
+from residency.common.config.signed_job import LauncherKey
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
 from residency.common.privacy.signing import create_signer
-from residency.server.launch import ADMITTED_ENV, LEDGER_DIR_ENV, LEDGER_KEY_ENV, RUNS_DIR_ENV
+from residency.server.launch import (
+    ADMITTED_ENV,
+    DATA_DIR_ENV,
+    LEDGER_DIR_ENV,
+    LEDGER_KEY_ENV,
+    RUNS_DIR_ENV,
+    TRUSTED_LAUNCHERS_ENV,
+)
+from residency.server.superlink import PARENT_FLAG
 from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"
@@ -44,6 +55,16 @@ class CoordinatorSettings(Strict):
     port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = DEFAULT_PORT
     names: Annotated[list[str], Field(min_length=1)] = Field(
         description="DNS names / IP addresses in the server certificate"
+    )
+    trusted_launchers: list[LauncherKey] = Field(
+        default_factory=list,
+        description="public keys (64 hex, from `residency launcher init`) whose signed jobs "
+        "this coordinator runs; it refuses every other job before reading a file",
+    )
+    data: str = Field(
+        default="data",
+        description="folder (relative to this file's folder, or absolute) of the only files a "
+        "launched job may name: its test set, a checkpoint",
     )
 
     @field_validator("names")
@@ -108,9 +129,18 @@ class CoordinatorDir:
         return self.root / "ledger"
 
     @property
+    def launcher_key(self) -> Path:
+        """A launcher key made at init and trusted, so this operator can launch at once."""
+        return self.root / "keys" / "launcher.key"
+
+    @property
     def ledger_key(self) -> Path:
         """The ledger signing key (its public half is ``ledger.key.pub``)."""
         return self.root / "keys" / "ledger.key"
+
+    def data(self, settings: CoordinatorSettings) -> Path:
+        """The folder launched jobs may read files from."""
+        return self.root / settings.data
 
     def load(self) -> CoordinatorSettings:
         """Read ``coordinator.toml``, or explain how to create it."""
@@ -123,7 +153,12 @@ class CoordinatorDir:
 
 
 def init_coordinator(
-    root: Path, *, names: list[str], host: str = "0.0.0.0", port: int = DEFAULT_PORT
+    root: Path,
+    *,
+    names: list[str],
+    host: str = "0.0.0.0",
+    port: int = DEFAULT_PORT,
+    launchers: list[str] | None = None,
 ) -> CoordinatorDir:
     """Create the CA, the server certificate and the settings; refuse an existing coordinator."""
     folder = CoordinatorDir(root)
@@ -133,16 +168,33 @@ def init_coordinator(
             "(re-running init would replace the CA every node trusts)"
         )
     try:
-        settings = CoordinatorSettings(host=host, port=port, names=names)
+        settings = CoordinatorSettings(
+            host=host, port=port, names=names, trusted_launchers=list(launchers or [])
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
-        flag = {"names": "--san"}.get(str(err["loc"][0]), f"--{err['loc'][0]}")
+        flag = {"names": "--san", "trusted_launchers": "--trust-launcher"}.get(
+            str(err["loc"][0]), f"--{err['loc'][0]}"
+        )
         message = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{flag}: {message}; fix: pass DNS names or IP addresses") from exc
-    for sub in (folder.database.parent, folder.runs, folder.logs, folder.flwr_home):
+        fix = (
+            "pass the 64 hex digits `residency launcher init` printed"
+            if flag == "--trust-launcher"
+            else "pass DNS names or IP addresses"
+        )
+        raise ConfigError(f"{flag}: {message}; fix: {fix}") from exc
+    for sub in (
+        folder.database.parent,
+        folder.runs,
+        folder.logs,
+        folder.flwr_home,
+        folder.data(settings),
+    ):
         sub.mkdir(parents=True, exist_ok=True)
     create_tls(folder.tls.folder, names=names, common_name=names[0])
     create_signer(folder.ledger_key, comment="residency-coordinator-ledger")
+    launcher = create_signer(folder.launcher_key, comment="residency-launcher")
+    settings.trusted_launchers.append(launcher.public_hex)
     write_model(
         folder.settings_file,
         settings,
@@ -160,6 +212,8 @@ def superlink_command(
         sys.executable,
         "-m",
         "residency.server.superlink",  # flower-superlink with a longer SQLite lock timeout
+        PARENT_FLAG,  # and stopped when this process dies
+        str(os.getpid()),
         "--host",
         settings.host,
         "--port",
@@ -189,6 +243,8 @@ def superlink_command(
         ADMITTED_ENV: str(folder.admitted.resolve()),
         LEDGER_DIR_ENV: str(folder.ledger.resolve()),
         LEDGER_KEY_ENV: str(folder.ledger_key.resolve()),
+        DATA_DIR_ENV: str(folder.data(settings).resolve()),
+        TRUSTED_LAUNCHERS_ENV: ",".join(settings.trusted_launchers),
         "FLWR_HOME": str(folder.flwr_home.resolve()),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

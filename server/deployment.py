@@ -18,18 +18,24 @@ from pydantic import ValidationError
 
 from residency.common.config.job import Job
 from residency.common.config.loading import describe_validation_error
+from residency.common.config.signed_job import SignedJob, open_job
 from residency.common.errors import ConfigError, DataError
 from residency.server.admission import read_admitted
 from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
-from residency.server.federation import RESULTS_FILE, JobFailed, run_federation
+from residency.server.federation import JobFailed, run_federation
+from residency.server.job_paths import confine_job_paths, unquoted
 from residency.server.launch import (
     ADMITTED_ENV,
+    DATA_DIR_ENV,
     JOB_KEY,
+    JOB_LAUNCHER_KEY,
+    JOB_SIGNATURE_KEY,
     LEDGER_DIR_ENV,
     LEDGER_KEY_ENV,
     RUNS_DIR_ENV,
+    TRUSTED_LAUNCHERS_ENV,
 )
-from residency.server.results import Results
+from residency.server.results import RESULTS_FILE, Results
 from residency.server.run_ledger import RunLedger
 
 app = ServerApp()
@@ -62,29 +68,70 @@ def run_ledger(run: str, job: Job) -> RunLedger | None:
     return RunLedger.open(Path(folder), Path(key), run=run, job=job.name)
 
 
-def job_from_run_config(run_config: Mapping[str, object]) -> Job:
+def data_dir() -> Path:
+    """The only folder a launched job may read files from (``data`` in coordinator.toml)."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        raise JobFailed(
+            f"{DATA_DIR_ENV} is not set; fix: start the coordinator with "
+            "`residency coordinator start DIR`"
+        )
+    return Path(folder)
+
+
+def trusted_launchers() -> list[str]:
+    """The launcher keys coordinator.toml trusts (set by ``residency coordinator start``)."""
+    listed = os.environ.get(TRUSTED_LAUNCHERS_ENV, "")
+    return [key for key in listed.split(",") if key]
+
+
+def signed_from_run_config(run_config: Mapping[str, object]) -> SignedJob | None:
+    """The job and signature ``residency run`` sent, or ``None`` when any part is missing."""
+    parts = [run_config.get(key) for key in (JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY)]
+    if not all(isinstance(part, str) and part for part in parts):
+        return None
+    body, launcher, signature = (str(part) for part in parts)
+    try:
+        return SignedJob(body=body, launcher=launcher, signature=signature)
+    except ValidationError:
+        return None
+
+
+def job_from_run_config(
+    run_config: Mapping[str, object], data: Path, trusted: list[str]
+) -> tuple[Job, SignedJob]:
     """The job ``residency run`` sent; a job the coordinator cannot accept is refused in one line.
 
-    Validation runs again here because paths in the job (a checkpoint folder, the test set) are
-    read on the coordinator host, which may not be where the job was written.
+    The signature is checked first, before any file the job names is opened. Validation then
+    runs again with those files (a checkpoint folder, the test set) opened on the coordinator
+    host, inside its ``data`` folder only (:mod:`residency.server.job_paths`).
     """
+    signed = signed_from_run_config(run_config)
     try:
-        job = Job.model_validate(json.loads(str(run_config[JOB_KEY])))
-    except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        open_job(signed, trusted, operator="coordinator.toml")
+        assert signed is not None  # open_job refuses an unsigned job
+        raw = json.loads(signed.body)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        job = Job.model_validate(confine_job_paths(raw, data))
+    except ConfigError as exc:
+        emit(RunRefused(error=str(exc)))
+        raise JobFailed(str(exc)) from exc
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         error = (
             describe_validation_error(Path("job"), exc)
             if isinstance(exc, ValidationError)
-            else f"job: missing or not JSON ({type(exc).__name__}); fix: use `residency run`"
+            else f"job: not JSON ({type(exc).__name__}); fix: use `residency run`"
         )
         emit(RunRefused(error=error))
         raise JobFailed(error) from exc
-    return job
+    return job, signed
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the job in the run config; print progress events; keep outputs on the coordinator."""
-    job = job_from_run_config(context.run_config)
+    job, signed = job_from_run_config(context.run_config, data_dir(), trusted_launchers())
     out_dir = runs_dir() / str(context.run_id)
     emit(RunStarted(run_dir=str(out_dir.resolve()), nodes=len(job.nodes)))
     try:
@@ -97,8 +144,15 @@ def main(grid: Grid, context: Context) -> None:
             admitted=admitted_countries(),
             run=str(context.run_id),
             ledger=run_ledger(str(context.run_id), job),
+            signed=signed,
         )
-    except (ConfigError, DataError) as exc:  # e.g. the job's test file is not on this host
+    except DataError as exc:  # the job's test file: named back, never quoted
+        if not (out_dir / RESULTS_FILE).exists():
+            error = unquoted(exc, name=Path(job.data.test or "").name)
+            emit(RunRefused(error=str(error)))
+            raise error from None
+        raise
+    except ConfigError as exc:
         if not (out_dir / RESULTS_FILE).exists():
             emit(RunRefused(error=str(exc)))
         raise

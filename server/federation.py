@@ -8,9 +8,10 @@ shown per node and results are written after every round.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypedDict
 
@@ -25,6 +26,7 @@ from residency.common.classifier_head import classifier_head
 from residency.common.clock import now
 from residency.common.config.job import Job
 from residency.common.config.round_plan import feature_transform_bytes, round_config
+from residency.common.config.signed_job import SignedJob
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
@@ -45,11 +47,14 @@ from residency.common.model import (
 )
 from residency.common.updates import Combine, method_for, prototypes
 from residency.common.version import __version__
+from residency.server.checkpoint import save_checkpoint
 from residency.server.node_errors import error_sentence, timeout_sentence
 from residency.server.record_check import Received, received_record
 from residency.server.results import (
+    RESULTS_FILE,
     ClassResult,
     FinalResult,
+    InFlight,
     NodeRound,
     NodeStatus,
     Results,
@@ -62,12 +67,27 @@ from residency.server.strategy import ValidatingFedAvg
 
 log = logging.getLogger("residency.coordinator")
 
-RESULTS_FILE = "results.json"
 MODEL_DIR = "model"
+
+
+STOPPED_MID_ROUND = "the run stopped before the round closed; the node may have charged it"
 
 
 class JobFailed(RuntimeError):
     """The federation cannot continue (no valid update in a round, or nodes never came)."""
+
+
+@dataclass
+class RunControl:
+    """Stop a run from outside its thread, and wait until its end is written.
+
+    Flower's simulation runs the ServerApp in a daemon thread that Ctrl-C does not reach and
+    the interpreter abandons at exit: without this, ``results.json`` would stay ``running``
+    and the ledger would never get the run's end.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class FederationObserver(Protocol):
@@ -81,6 +101,10 @@ class FederationObserver(Protocol):
 
     def round_finished(self, result: RoundResult) -> None:
         """The round was aggregated and the global model scored."""
+
+
+Sending = Callable[[int, list[str]], None]
+"""Told (round, countries) just before a round's messages leave, to persist it first."""
 
 
 @dataclass
@@ -163,33 +187,24 @@ def _node_round(
     )
 
 
-def _wait_for_nodes(grid: Grid, job: Job, countries: _Countries) -> None:
-    """Wait for the job's nodes: its admitted countries' keys, or any N nodes in simulation."""
-    wanted = {node.country for node in job.nodes}
-    ids = {i for i, country in countries.admitted.items() if country in wanted}
-    if countries.admitted:
-        missing = wanted - {countries.admitted[i] for i in ids}
-        if missing:
-            raise JobFailed(
-                f"no admitted node for {', '.join(sorted(missing))}; fix: `residency coordinator "
-                "admit node.pub --country XX` for each country the job names"
-            )
-    timeout_s = job.train.nodes_timeout_s
-    deadline = time.monotonic() + timeout_s
+def _check_admitted(job: Job, countries: _Countries) -> None:
+    """In a deployment, every country the job names must have an admitted node key."""
+    if not countries.admitted:
+        return
+    missing = {node.country for node in job.nodes} - set(countries.admitted.values())
+    if missing:
+        raise JobFailed(
+            f"no admitted node for {', '.join(sorted(missing))}; fix: `residency coordinator "
+            "admit node.pub --country XX` for each country the job names"
+        )
 
-    def ready() -> bool:
-        connected = set(grid.get_node_ids())
-        return ids <= connected if ids else len(connected) >= len(wanted)
 
-    while not ready():
-        if time.monotonic() > deadline:
-            connected = set(grid.get_node_ids())
-            absent = sorted(countries.admitted[i] for i in ids - connected)
-            detail = f"{', '.join(absent)} not connected" if ids else f"{len(connected)} connected"
-            raise JobFailed(
-                f"nodes for {len(wanted)} countries needed, {detail} after {timeout_s:g} s"
-            )
-        time.sleep(0.2)
+def _pause(seconds: float, stop: threading.Event | None) -> None:
+    """Sleep between polls; a stop request (Ctrl-C of a simulation) ends the run as stopped."""
+    if stop is not None and stop.wait(seconds):
+        raise KeyboardInterrupt
+    if stop is None:
+        time.sleep(seconds)
 
 
 def _exchange(
@@ -198,6 +213,7 @@ def _exchange(
     *,
     timeout_s: float,
     on_reply: Callable[[Message, int], None],
+    stop: threading.Event | None = None,
 ) -> list[Message]:
     """Push messages and pull replies until all arrive or the round times out."""
     sizes: dict[str, int] = {}
@@ -214,7 +230,7 @@ def _exchange(
             replies.append(reply)
             on_reply(reply, sizes.get(reply.metadata.reply_to_message_id, 0))
         if pending:
-            time.sleep(0.1)
+            _pause(0.1, stop)
     if pending:
         log.warning("%d node(s) did not reply within %g s", len(pending), timeout_s)
     return replies
@@ -243,6 +259,9 @@ class _Federation:
     admitted: Mapping[int, str]
     run: str
     ledger: RunLedger | None
+    signed: SignedJob | None = None
+    sending: Sending | None = None
+    stop: threading.Event | None = None  # RunControl.stop
 
     def __post_init__(self) -> None:
         self.compute = pick_compute()
@@ -252,9 +271,15 @@ class _Federation:
         self.labels = tuple(self.job.data.labels)
         self.fingerprint = base_fingerprint(self.model)
         self.arrays = self._initial_arrays()
-        self.config = ConfigRecord(round_config(self.job, base_fingerprint=self.fingerprint))
+        self.config = ConfigRecord(
+            round_config(self.job, base_fingerprint=self.fingerprint, signed=self.signed)
+        )
         self.strategy = ValidatingFedAvg(
-            nodes=self.nodes, combine=method_for(self.job.train.round_update(1)).combine
+            nodes=self.nodes,
+            combine=method_for(self.job.train.round_update(1)).combine,
+            aggregation=self.job.train.aggregation,
+            trim_fraction=self.job.train.trim_fraction,
+            max_update_norm=self.job.train.max_update_norm,
         )
         self.countries = _Countries({}, self.admitted)
         self.spend = SpendTally(self.job)
@@ -302,6 +327,7 @@ class _Federation:
                 self.job,
                 base_fingerprint=self.fingerprint,
                 feature_transform=feature_transform_bytes(centre.numpy(), scale.numpy()),
+                signed=self.signed,
             )
         )
         self.strategy.combine = Combine.FEDAVG
@@ -342,17 +368,80 @@ class _Federation:
             return None
         return evaluate(self.model, self.test, self.labels, compute=self.compute)
 
+    def _connected(self) -> tuple[set[int], set[str]]:
+        """The job's nodes connected now, and the countries they speak for (where known)."""
+        ids = set(self.grid.get_node_ids())
+        if self.admitted:
+            ids = {i for i in ids if self.takes_part(i)}
+            return ids, {self.admitted[i] for i in ids}
+        return ids, {self.countries.names[i] for i in ids if i in self.countries.names}
+
+    def _absent(self, ids: set[int], names: set[str]) -> list[str]:
+        """The job's countries not connected: by name, or counted where no reply named them."""
+        if self.admitted:
+            return sorted({node.country for node in self.job.nodes} - names)
+        gone = sorted({c for i, c in self.countries.names.items() if i not in ids})
+        unnamed = len(self.job.nodes) - len(ids) - len(gone)
+        return gone + ([f"{unnamed} node(s) never heard from"] if unnamed > 0 else [])
+
+    def round_nodes(self, server_round: int) -> tuple[list[int], list[str]]:
+        """The round's nodes and the countries absent; every wait has a deadline.
+
+        Round 1 waits up to ``nodes_timeout_s`` for every country, then starts if it has
+        ``required_nodes``. Later rounds start at once with whoever is connected, once that is
+        enough, so a node that comes back joins the next round and a dead one costs no wait.
+        """
+        wanted = len(self.job.nodes)
+        required = self.job.train.required_nodes(wanted, server_round)
+        timeout_s = self.job.train.nodes_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids, names = self._connected()
+            present = len(names) if self.admitted else len(ids)
+            if present >= wanted or (server_round > 1 and present >= required):
+                break
+            if time.monotonic() > deadline:
+                if present >= required:
+                    break
+                missing = ", ".join(self._absent(ids, names))
+                raise JobFailed(
+                    f"round {server_round}: {present} of {wanted} countries connected after "
+                    f"{timeout_s:g} s and the round needs {required} (missing: {missing}); "
+                    "fix: start those nodes, or lower [train] min_nodes"
+                )
+            _pause(0.2, self.stop)
+        return sorted(ids), self._absent(ids, names)
+
+    def _require_quorum(
+        self, server_round: int, reports: Mapping[int, NodeRound], absent: list[str]
+    ) -> None:
+        """End the job (exit 3) when fewer valid updates came than the round needs."""
+        wanted = len(self.job.nodes)
+        required = self.job.train.required_nodes(wanted, server_round)
+        valid = len(self.strategy.accepted)
+        if valid >= required:
+            return
+        missing = [f"{r.country}: {r.reason}" for r in reports.values() if r.reason]
+        missing += [f"{country}: not connected" for country in absent]
+        raise JobFailed(
+            f"round {server_round}: valid updates from {valid} of {wanted} countries and the "
+            f"round needs {required} ({'; '.join(missing) or 'no replies'})"
+        )
+
     def play_round(self, server_round: int) -> RoundResult:
         """Send the global model, collect replies, aggregate the valid ones, score."""
         started = time.perf_counter()
         strategy = self.strategy
-        messages = [
-            message
-            for message in strategy.configure_train(
-                server_round, self.outgoing(), self.config, self.grid
-            )
-            if self.takes_part(message.metadata.dst_node_id)
-        ]
+        node_ids, absent = self.round_nodes(server_round)
+        messages = strategy.train_messages(
+            server_round,
+            self.outgoing(),
+            self.config,
+            node_ids,
+            ttl_s=self.job.train.round_timeout_s,
+        )
+        if self.sending is not None:
+            self.sending(server_round, [self.countries.of(i) for i in node_ids])
         if self.observer:
             self.observer.round_started(server_round, len(messages))
         reports: dict[int, NodeRound] = {}
@@ -370,6 +459,7 @@ class _Federation:
                         run=self.run,
                         server_round=server_round,
                         country=report.country,
+                        job_sha256=None if self.signed is None else self.signed.sha256,
                     )
                 except InvalidUpdate as exc:
                     report.status, report.reason = NodeStatus.REJECTED, str(exc)
@@ -380,7 +470,12 @@ class _Federation:
                 self.observer.node_finished(server_round, report)
 
         timeout_s = self.job.train.round_timeout_s
-        replies = _exchange(self.grid, messages, timeout_s=timeout_s, on_reply=on_reply)
+        replies = _exchange(
+            self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=self.stop
+        )
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt  # replies cut short by the stop, not by the nodes
+        dropped = set(absent)
         for message in messages:
             node_id = message.metadata.dst_node_id
             if node_id not in reports:
@@ -390,6 +485,7 @@ class _Federation:
                     status=NodeStatus.FAILED,
                     reason=timeout_sentence(country, server_round, timeout_s),
                 )
+                dropped.add(country)
         new_arrays, _ = strategy.aggregate_train(
             server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
         )
@@ -399,9 +495,8 @@ class _Federation:
             if report.status is NodeStatus.OK and node_id in rejected:
                 report.status, report.reason = NodeStatus.REJECTED, rejected[node_id]
         self._tally(received, reports)
-        if new_arrays is None:
-            reasons = "; ".join(f"{r.country}: {r.reason}" for r in reports.values())
-            raise JobFailed(f"round {server_round}: no valid update ({reasons or 'no replies'})")
+        self._require_quorum(server_round, reports, absent)
+        assert new_arrays is not None  # the quorum is at least one valid update
         self._absorb(server_round, new_arrays)
         result = RoundResult(
             round=server_round,
@@ -410,6 +505,7 @@ class _Federation:
             bytes_up=sum(r.bytes_up for r in reports.values()),
             bytes_down=sum(r.bytes_down for r in reports.values()),
             seconds=time.perf_counter() - started,
+            dropped=sorted(dropped),
         )
         result.update = self.job.train.round_update(server_round).value
         return result
@@ -449,6 +545,17 @@ class _Federation:
                 reason = report.reason or "no valid signed record"
                 self.ledger.unconfirmed(report.country, server_round, reason)
 
+    def checkpoint(self, out_dir: Path, server_round: int) -> None:
+        """Keep the global model and the ledger position of a completed round."""
+        transform = self.config.get("feature-transform", b"")
+        save_checkpoint(
+            out_dir,
+            server_round,
+            {name: t.float().numpy() for name, t in trainable_state(self.model).items()},
+            feature_transform=transform if isinstance(transform, bytes) else b"",
+            ledger_position=None if self.ledger is None else self.ledger.ledger.head(),
+        )
+
     def finish(self, out_dir: Path) -> FinalResult:
         """Score the final model and export it as a Hugging Face checkpoint."""
         scores = self.score()
@@ -474,16 +581,27 @@ def run_federation(
     admitted: Mapping[int, str] | None = None,
     run: str = "0",
     ledger: RunLedger | None = None,
+    signed: SignedJob | None = None,
+    control: RunControl | None = None,
 ) -> Results:
     """Run every round of ``job`` over ``nodes`` nodes; write results and the final model.
 
     ``admitted`` maps node ids to the country each key was admitted for (deployment): only
     those countries' nodes take part, and a node reporting another country is rejected.
     ``run`` is Flower's run id, which every node's signed record must name; ``ledger``
-    receives the run's privacy events.
+    receives the run's privacy events. ``signed`` is the job as its launcher signed it: every
+    round plan relays it, and each node's record must name its hash. ``control`` lets the
+    process hosting the ServerApp's thread stop the run and wait until it is written.
     """
-    federation = _Federation(grid, job, nodes, observer, dict(admitted or {}), run, ledger)
+    federation = _Federation(grid, job, nodes, observer, dict(admitted or {}), run, ledger, signed)
     results_path = out_dir / RESULTS_FILE
+
+    def sending(server_round: int, countries: list[str]) -> None:
+        results.in_flight = InFlight(round=server_round, countries=sorted(countries))
+        results.write(results_path)
+
+    federation.sending = sending
+    federation.stop = None if control is None else control.stop
     results = Results(
         job=job.name,
         residency_version=__version__,
@@ -502,11 +620,13 @@ def run_federation(
     if ledger is not None:
         ledger.started(job)
     try:
-        _wait_for_nodes(grid, job, federation.countries)
+        _check_admitted(job, federation.countries)
         for server_round in range(1, job.train.server_rounds + 1):
             result = federation.play_round(server_round)
             results.rounds.append(result)
+            results.in_flight = None
             results.privacy = federation.spend.summary()
+            federation.checkpoint(out_dir, server_round)  # before the next round is sent
             results.write(results_path)
             if observer:
                 observer.round_finished(result)
@@ -514,9 +634,14 @@ def run_federation(
         results.status = RunStatus.COMPLETED
     except (SystemExit, KeyboardInterrupt):
         results.status, results.error = RunStatus.STOPPED, "stopped by a signal (runs stop, Ctrl-C)"
+        if ledger is not None and results.in_flight is not None:  # they may have charged it
+            for country in results.in_flight.countries:
+                ledger.unconfirmed(country, results.in_flight.round, STOPPED_MID_ROUND)
         raise
     except BaseException as exc:
         results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
+        if isinstance(exc, JobFailed):  # raised before a round's messages left, or after it closed
+            results.in_flight = None
         raise
     finally:
         results.privacy = federation.spend.summary()  # a failed round's charges count too
@@ -524,4 +649,6 @@ def run_federation(
         results.write(results_path)
         if ledger is not None:
             ledger.finished(results.status.value, results.error)
+        if control is not None:
+            control.ended.set()
     return results

@@ -5,7 +5,13 @@ ServerApp that uses them.
 """
 
 JOB_KEY = "job"
-"""Run-config key holding the validated job as JSON."""
+"""Run-config key holding the validated job as JSON, exactly the bytes its launcher signed."""
+
+JOB_LAUNCHER_KEY = "job-launcher"
+"""Run-config key holding the launcher's public key (64 hex)."""
+
+JOB_SIGNATURE_KEY = "job-signature"
+"""Run-config key holding the launcher's Ed25519 signature over the job's bytes (hex)."""
 
 RUNS_DIR_ENV = "RESIDENCY_RUNS_DIR"
 """Environment variable naming the coordinator's folder of run outputs."""
@@ -18,3 +24,9 @@ LEDGER_DIR_ENV = "RESIDENCY_LEDGER_DIR"
 
 LEDGER_KEY_ENV = "RESIDENCY_LEDGER_KEY"
 """Environment variable naming the Ed25519 key the coordinator signs ledger entries with."""
+
+DATA_DIR_ENV = "RESIDENCY_DATA_DIR"
+"""Environment variable naming the only folder a launched job may read files from."""
+
+TRUSTED_LAUNCHERS_ENV = "RESIDENCY_TRUSTED_LAUNCHERS"
+"""Environment variable listing (comma-separated) the launcher keys coordinator.toml trusts."""

@@ -31,7 +31,13 @@ class Received:
 
 
 def received_record(
-    content: RecordDict, *, job: str, run: str, server_round: int, country: str
+    content: RecordDict,
+    *,
+    job: str,
+    run: str,
+    server_round: int,
+    country: str,
+    job_sha256: str | None = None,
 ) -> Received:
     """Check the record in ``content``; ``InvalidUpdate`` says what is wrong.
 
@@ -49,7 +55,14 @@ def received_record(
     except ValidationError as exc:
         raise InvalidUpdate("privacy record: malformed signature") from exc
     record = open_record(signed)
-    expected = {"job": job, "run": run, "round": server_round, "country": country}
+    expected: dict[str, object] = {
+        "job": job,
+        "run": run,
+        "round": server_round,
+        "country": country,
+    }
+    if job_sha256 is not None:  # the node ran the job as its launcher signed it
+        expected["job_sha256"] = job_sha256
     for field, value in expected.items():
         if getattr(record, field) != value:
             raise InvalidUpdate(

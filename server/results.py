@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict
 
 from residency.common.files import write_atomic
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+RESULTS_FILE = "results.json"
 
 
 class Record(BaseModel):
@@ -62,6 +63,7 @@ class RoundResult(Record):
     bytes_down: int
     seconds: float
     update: str | None = None  # what the round ran: a release or the job's training kind
+    dropped: list[str] = []  # countries not connected when it started, or silent until its end
 
 
 class ClassResult(Record):
@@ -106,6 +108,17 @@ class CountryPrivacy(Record):
     budget_epsilon: float | None = None
 
 
+class InFlight(Record):
+    """A round whose messages went out and that has not closed: what a restart must settle.
+
+    Written before the messages leave, so a coordinator that dies mid-round leaves on disk
+    which countries may have charged a round nobody will aggregate.
+    """
+
+    round: int
+    countries: list[str]
+
+
 class RunStatus(StrEnum):
     """Lifecycle of a run."""
 
@@ -128,6 +141,7 @@ class Results(Record):
     config: dict[str, Any]
     baseline: RoundResult | None = None
     rounds: list[RoundResult] = []
+    in_flight: InFlight | None = None
     final: FinalResult | None = None
     privacy: dict[str, CountryPrivacy] = {}
 

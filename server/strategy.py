@@ -1,7 +1,9 @@
 """FedAvg that validates each reply first and remembers what every node reported.
 
-For ``update = "prototypes"`` the validated releases are combined (summed, with each node's
-means kept) instead of averaged.
+A training round's valid updates are combined by the job's ``[train] aggregation``: Flower's
+own ``FedAvg``, ``FedTrimmedAvg`` or ``FedMedian``, handed only the replies that passed
+validation. For ``update = "prototypes"`` the validated releases are combined (summed, with
+each node's means kept) instead, whatever the aggregation.
 """
 
 from __future__ import annotations
@@ -9,17 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from residency.common import wire
+from residency.common.config.job import DEFAULT_TRIM_FRACTION, Aggregation
 from residency.common.errors import InvalidUpdate
 from residency.common.updates import Combine, prototypes
 from residency.server.node_errors import error_sentence
-from residency.server.validation import validate_reply
+from residency.server.validation import validate_reply, validate_update_norm
 
 log = logging.getLogger("residency.coordinator")
 
@@ -43,17 +54,46 @@ def no_mean(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord()
 
 
-class ValidatingFedAvg(FedAvg):
-    """Flower's FedAvg, with every update checked against the arrays it answers.
+def flower_aggregator(aggregation: Aggregation, *, trim_fraction: float) -> FedAvg:
+    """Flower's strategy for ``aggregation``, used only for its ``aggregate_train``.
 
-    Each update is weighted by the reply's ``num-examples`` metric (Flower's FedAvg reads the
-    metric named by ``weighted_by_key``). The coordinator averages a reply only once
-    ``received_record`` has checked that metric equals the example count in the node's signed
-    privacy record, so the weight is the signed count: a node cannot claim a larger share of
-    the average than its record states.
+    FedAvg weights each update by the reply's ``num-examples`` metric (the metric named by
+    ``weighted_by_key``). ``FedTrimmedAvg`` (``beta`` = ``trim_fraction``) and ``FedMedian``
+    ignore it: every update counts once.
+    """
+    keys: dict[str, Any] = {
+        "weighted_by_key": wire.NUM_EXAMPLES,
+        "arrayrecord_key": wire.ARRAYS,
+        "configrecord_key": wire.CONFIG,
+        "train_metrics_aggr_fn": no_mean,
+    }
+    if aggregation is Aggregation.MEDIAN:
+        return FedMedian(**keys)
+    if aggregation is Aggregation.TRIMMED_MEAN:
+        return FedTrimmedAvg(**keys, beta=trim_fraction)
+    return FedAvg(**keys)
+
+
+class ValidatingFedAvg(FedAvg):
+    """Flower's FedAvg plumbing, with every update checked against the arrays it answers.
+
+    The valid updates of a training round go to :func:`flower_aggregator`'s strategy. FedAvg
+    weights each by the reply's ``num-examples``, which the coordinator lets through only once
+    ``received_record`` has checked it equals the example count in the node's signed privacy
+    record: a node cannot claim a larger share of the average than its record states. With
+    ``max_update_norm`` set, a training update farther than that (L2, all tensors) from the
+    arrays sent is rejected like any other invalid reply.
     """
 
-    def __init__(self, *, nodes: int, combine: Combine = Combine.FEDAVG) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: int,
+        combine: Combine = Combine.FEDAVG,
+        aggregation: Aggregation = Aggregation.FEDAVG,
+        trim_fraction: float | None = None,
+        max_update_norm: float | None = None,
+    ) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=0.0,
@@ -65,22 +105,50 @@ class ValidatingFedAvg(FedAvg):
             train_metrics_aggr_fn=no_mean,
         )
         self.combine = combine
+        self.aggregator = flower_aggregator(
+            aggregation,
+            trim_fraction=DEFAULT_TRIM_FRACTION if trim_fraction is None else trim_fraction,
+        )
+        self.max_update_norm = max_update_norm
         self._sent = ArrayRecord()
         self.accepted: list[Message] = []
         self.rejected: list[Rejection] = []
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Remember the arrays sent, to validate the replies against them."""
+    def train_messages(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        node_ids: Iterable[int],
+        *,
+        ttl_s: float,
+    ) -> list[Message]:
+        """One train message per node the coordinator chose, living only as long as the round.
+
+        Flower's ``configure_train`` samples nodes and waits, without a deadline, until
+        ``min_available_nodes`` are connected; the coordinator picks the round's nodes itself
+        (with deadlines) instead. A message outlives its round nowhere: after ``ttl_s`` the
+        SuperLink no longer hands it out, so a node that comes back late cannot train (and
+        charge) a round that has closed. The arrays sent are kept to validate the replies.
+        """
         self._sent = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node, ttl=ttl_s)
+            for node in node_ids
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Drop invalid replies and errors, then average the rest with FedAvg."""
+        """Drop invalid replies and errors, then combine the rest with the job's aggregation.
+
+        In a training round every valid update's norm is logged (the run log), which is what
+        a ``max_update_norm`` is chosen from.
+        """
         self.accepted, self.rejected = [], []
+        training = self.combine is not Combine.PROTOTYPES
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -95,6 +163,13 @@ class ValidatingFedAvg(FedAvg):
                 continue
             try:
                 validate_reply(reply.content, self._sent)
+                if training:
+                    norm = validate_update_norm(
+                        reply.content.array_records[wire.ARRAYS],
+                        self._sent,
+                        bound=self.max_update_norm,
+                    )
+                    log.info("round %d: node %d update norm %.4g", server_round, node, norm)
             except InvalidUpdate as exc:
                 log.warning("round %d: update from node %d rejected: %s", server_round, node, exc)
                 self.rejected.append(Rejection(node, f"update rejected: {exc}", refused=False))
@@ -102,7 +177,7 @@ class ValidatingFedAvg(FedAvg):
             self.accepted.append(reply)
         if not self.accepted:
             return None, None
-        if self.combine is Combine.PROTOTYPES:  # statistics add up; a mean would shrink them
+        if not training:  # statistics add up; a mean would shrink them
             releases = [
                 {
                     name: array.numpy()
@@ -114,9 +189,26 @@ class ValidatingFedAvg(FedAvg):
             return ArrayRecord(
                 {name: Array(value) for name, value in total.items()}
             ), MetricRecord()
-        for reply in self.accepted:  # average in float32 whatever the wire precision
+        return self.aggregator.aggregate_train(server_round, self._float32_copies())
+
+    def _float32_copies(self) -> list[Message]:
+        """What the aggregator reads: each accepted update in float32, with its metrics.
+
+        Whatever the wire precision, updates are combined in float32. Copies, because Flower's
+        median and trimmed mean take the arrays out of the messages they read: the replies in
+        ``accepted`` stay as they came.
+        """
+        copies = []
+        for reply in self.accepted:
             arrays = reply.content.array_records[wire.ARRAYS]
-            reply.content.array_records[wire.ARRAYS] = ArrayRecord(
-                {name: Array(array.numpy().astype(np.float32)) for name, array in arrays.items()}
+            content = RecordDict(
+                {
+                    self.arrayrecord_key: ArrayRecord(
+                        {name: Array(a.numpy().astype(np.float32)) for name, a in arrays.items()}
+                    ),
+                    wire.METRICS: reply.content.metric_records[wire.METRICS],
+                }
             )
-        return super().aggregate_train(server_round, self.accepted)
+            node = reply.metadata.src_node_id
+            copies.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return copies

@@ -1,4 +1,6 @@
-"""Flower's SuperLink, started with a longer SQLite lock timeout so large updates survive.
+"""Flower's SuperLink, with a longer SQLite lock, Residency's SuperExec and a supervisor watch.
+
+The SuperExec it starts runs only Residency's ServerApp (:mod:`residency.server.superexec`).
 
 With ``--database`` the SuperLink keeps message chunks in SQLite and deletes a delivered
 message's whole chunk tree in one write transaction: 2.5 s for a 438 MB (BERT-base) update on
@@ -12,7 +14,16 @@ pull would lose replies already marked delivered).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
+import signal
 import sys
+import threading
+import time
+from typing import Any
+
+import psutil
 
 SQLITE_BUSY_TIMEOUT_MS = 25_000
 
@@ -30,12 +41,65 @@ def raise_lock_timeout() -> None:
     )
 
 
+PARENT_FLAG = "--residency-parent-pid"
+STOP_GRACE_S = 30.0
+
+
+def stop_with(parent: int) -> None:
+    """Stop this SuperLink and everything it started when ``parent`` is gone.
+
+    ``residency coordinator start`` may be SIGKILLed, which it cannot forward; without this
+    its SuperLink would keep serving the port with nobody to stop it. The run's ServerApp is
+    asked first (SIGINT: it ledgers its in-flight round and ends the run as stopped while the
+    SuperLink still answers), ended outright after a grace, then the SuperLink gets the SIGINT
+    it stops cleanly on, and is ended outright if it has not stopped after another.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        below = psutil.Process().children(recursive=True)
+        for child in below:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGINT)
+        _, alive = psutil.wait_procs(below, timeout=STOP_GRACE_S / 2)
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(STOP_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="residency-parent-watch", daemon=True).start()
+
+
+def launch_residency_superexec() -> None:
+    """Start the coordinator's SuperExec (:mod:`residency.server.superexec`), not Flower's.
+
+    Flower 1.42 (pinned) builds the command in one function; its arguments pass through.
+    """
+    module = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    original = module._get_superexec_command
+
+    def command(*args: Any, **kwargs: Any) -> list[str]:
+        flower = original(*args, **kwargs)
+        return [sys.executable, "-m", "residency.server.superexec", *flower[1:]]
+
+    vars(module)["_get_superexec_command"] = command
+
+
 def run_superlink() -> None:
-    """``flower-superlink`` with ``busy_timeout`` raised; every argument passes through."""
+    """``flower-superlink`` with ``busy_timeout`` raised; other arguments pass through."""
     from flwr.superlink.cli import flower_superlink
 
+    args = sys.argv[1:]
+    if PARENT_FLAG in args:
+        at = args.index(PARENT_FLAG)
+        stop_with(int(args[at + 1]))
+        del args[at : at + 2]
     raise_lock_timeout()
-    sys.argv[0] = "flower-superlink"
+    launch_residency_superexec()
+    sys.argv[:] = ["flower-superlink", *args]
     flower_superlink()
 
 

@@ -78,5 +78,32 @@ def validate_reply(content: RecordDict, expected: ArrayRecord) -> None:
         raise InvalidUpdate("reply lacks its update arrays or metrics")
     if wire.NODE in names and wire.NODE not in content.config_records:
         raise InvalidUpdate("node record has the wrong type")
+    if wire.RECORD in names and wire.RECORD not in content.config_records:
+        raise InvalidUpdate("privacy record has the wrong type")
     validate_update(content.array_records[wire.ARRAYS], expected)
     validate_metrics(content.metric_records[wire.METRICS])
+
+
+def update_norm(update: ArrayRecord, sent: ArrayRecord) -> float:
+    """L2 norm of the change, over every tensor at once: the reply's arrays minus those sent.
+
+    Computed in float64 whatever the wire precision; both records must already have passed
+    :func:`validate_update` (same names and shapes, finite values).
+    """
+    total = 0.0
+    for name, ref in sent.items():
+        change = update[name].numpy().astype(np.float64) - ref.numpy().astype(np.float64)
+        total += float(np.dot(change.ravel(), change.ravel()))
+    return math.sqrt(total)
+
+
+def validate_update_norm(update: ArrayRecord, sent: ArrayRecord, *, bound: float | None) -> float:
+    """The update's norm (:func:`update_norm`), or ``InvalidUpdate`` when it exceeds ``bound``.
+
+    The reason quotes the norm to three significant figures only: enough to tell an attack
+    from a bound set too tight, too little to carry a message of the node's choosing.
+    """
+    norm = update_norm(update, sent)
+    if bound is not None and norm > bound:
+        raise InvalidUpdate(f"L2 norm {norm:.3g} exceeds [train] max_update_norm {bound:g}")
+    return norm

@@ -18,6 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from residency.common.privacy.signing import load_public, public_path
+from residency.server.coordinator import CoordinatorDir, superlink_command
+from toy_federation import TEST_FILE, write_test_set
+
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 
 
@@ -76,6 +80,27 @@ class Daemon:
         return int(self.process.returncode)
 
 
+_FLOWER_SUPERLINK = (
+    "import sys; from residency.server.superlink import raise_lock_timeout; "
+    "raise_lock_timeout(); from flwr.superlink.cli import flower_superlink; "
+    "sys.argv[0] = 'flower-superlink'; flower_superlink()"
+)
+
+
+def _start_flower(name: str, command: list[str], env: dict[str, str], log: Path) -> Daemon:
+    handle = log.open("w", encoding="utf-8")
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    handle.close()
+    return Daemon(name, process, log)
+
+
 def start(name: str, args: Sequence[str], log: Path, prefix: Sequence[str] = ()) -> Daemon:
     """Start ``residency ARGS`` in the background, output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +125,34 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(proc.name))
     return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (children, their children...), read from /proc."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def port_open(host: str, port: int) -> bool:
@@ -129,6 +182,11 @@ class Federation:
         return self.coordinator_dir / "tls" / "ca.pem"
 
     @property
+    def launcher_key(self) -> Path:
+        """The launcher key ``coordinator init`` made and trusts; test nodes trust it too."""
+        return self.coordinator_dir / "keys" / "launcher.key"
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -144,6 +202,8 @@ class Federation:
             str(self.port),
         )
         assert done.returncode == 0, done.stderr
+        # every toy job names this test set, which a coordinator reads from its data folder
+        write_test_set(self.coordinator_dir / "data" / TEST_FILE)
 
     def start_coordinator(self, *flags: str, prefix: Sequence[str] = ()) -> Daemon:
         daemon = start(
@@ -179,6 +239,8 @@ class Federation:
             str(delta),
             "--runtime-port",
             str(free_port()),
+            "--trust-launcher",
+            load_public(public_path(self.launcher_key)),
         )
         assert done.returncode == 0, done.stderr
         return folder
@@ -209,6 +271,52 @@ class Federation:
         daemon = start(
             f"node {node_dir.name}", args, node_dir.parent / f"{node_dir.name}.out", prefix
         )
+        self.daemons.append(daemon)
+        return daemon
+
+    def start_flower_superlink(self) -> Daemon:
+        """Flower's own SuperLink on this coordinator's folder: a coordinator not Residency's.
+
+        Same TLS, node authentication, SQLite state and lock timeout as `coordinator start`,
+        but Flower's SuperExec and ServerApp runtime, so a run's bundle chooses its ServerApp.
+        """
+        folder = CoordinatorDir(self.coordinator_dir)
+        command, env = superlink_command(folder, folder.load(), insecure=False)
+        at = command.index("residency.server.superlink")
+        daemon = _start_flower(
+            "Flower SuperLink",
+            [sys.executable, "-c", _FLOWER_SUPERLINK, *command[at + 3 :]],
+            env,
+            self.root / "flower-superlink.out",
+        )
+        self.daemons.append(daemon)
+        wait_until(lambda: port_open(self.host, self.port), timeout_s=60, what="SuperLink")
+        return daemon
+
+    def start_flower_supernode(self, node_dir: Path) -> Daemon:
+        """Flower's own SuperNode with a node's admitted key: it runs whatever a run bundles."""
+        bin_dir = Path(sys.executable).parent  # it starts flower-superexec by name
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(node_dir / "flwr"),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        command = [
+            str(bin_dir / "flower-supernode"),
+            "--superlink",
+            self.address,
+            "--root-certificates",
+            str(self.ca),
+            "--auth-supernode-private-key",
+            str(node_dir / "keys" / "node.key"),
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ]
+        daemon = _start_flower("Flower SuperNode", command, env, node_dir.parent / "flower-sn.out")
         self.daemons.append(daemon)
         return daemon
 

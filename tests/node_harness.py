@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -14,9 +16,11 @@ from residency.client.app import _train
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.config.job import Job
-from residency.common.config.round_plan import round_config
+from residency.common.config.round_plan import NO_WARM_START, round_config
+from residency.common.config.signed_job import SignedJob, job_body
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, round_one_arrays
 from residency.common.privacy.record import PrivacyRecord, SignedRecord, open_record
+from residency.common.privacy.signing import Signer
 
 
 def node_file(
@@ -31,12 +35,72 @@ def node_file(
 ) -> Path:
     """An operator's node.toml next to ``tmp_path``'s job folder."""
     path = tmp_path / name
+    trust = (
+        ""
+        if "trusted_launchers" in extra
+        else f'trusted_launchers = ["{TEST_LAUNCHER.public_hex}"]\n'
+    )
     path.write_text(
         f'country = "{country}"\ndata = "{data}"\nstate = "{state}"\n'
-        f"budget_epsilon = {budget}\ndelta = 1e-4\n{extra}",
+        f"budget_epsilon = {budget}\ndelta = 1e-4\n{trust}{extra}",
         encoding="utf-8",
     )
     return path
+
+
+TEST_LAUNCHER = Signer(Ed25519PrivateKey.generate())
+"""The launcher every test node trusts (``node_file``) and every test job is signed by."""
+
+_JOB_FIELDS: dict[str, tuple[str, ...]] = {
+    "job": ("name",),
+    "model": ("model", "path"),
+    "max-length": ("model", "max_length"),
+    "labels": ("data", "labels"),
+    "text-column": ("data", "text_column"),
+    "label-column": ("data", "label_column"),
+    "target-epsilon": ("privacy", "target_epsilon"),
+    "delta": ("privacy", "delta"),
+    "max-grad-norm": ("privacy", "max_grad_norm"),
+    "accountant": ("privacy", "accountant"),
+    "warm-start-share": ("privacy", "warm_start_share"),
+    **{
+        key: ("train", key.replace("-", "_"))
+        for key in (
+            "rounds",
+            "local-epochs",
+            "batch-size",
+            "learning-rate",
+            "update",
+            "warm-start",
+            "optimizer",
+            "step-rule",
+            "transfer-dtype",
+            "lora-rank",
+            "lora-alpha",
+            "lora-targets",
+            "seed",
+        )
+    },
+}
+"""Round-plan keys and the job field each comes from (the inverse of ``round_config``)."""
+
+
+def signed_as(job: Job, overrides: Mapping[str, Any], launcher: Signer) -> SignedJob:
+    """``job`` with the plan ``overrides`` written into it, signed: a launcher's own choice."""
+    data = json.loads(job_body(job))
+    for key, value in overrides.items():
+        if key == "countries":
+            data["nodes"] = [{"country": c, "data": None} for c in value]
+        elif key in _JOB_FIELDS:
+            *sections, name = _JOB_FIELDS[key]
+            target = data
+            for section in sections:
+                target = target[section]
+            target[name] = None if key == "warm-start" and value == NO_WARM_START else value
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return SignedJob(
+        body=body, launcher=launcher.public_hex, signature=launcher.sign(body.encode("ascii"))
+    )
 
 
 def round_message(
@@ -45,10 +109,21 @@ def round_message(
     server_round: int,
     overrides: Mapping[str, Any] | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
+    launcher: Signer | None = TEST_LAUNCHER,
+    resign: bool = True,
 ) -> Message:
-    """The coordinator's training message for ``job``, optionally tampered with."""
+    """The coordinator's training message for ``job``, optionally tampered with.
+
+    ``overrides`` change the plan; with ``resign`` the launcher signed a job saying the same
+    (a legitimate plan), without it the coordinator changed the plan after signing. With no
+    ``launcher`` the plan is unsigned.
+    """
     model = build_classifier(ModelSpec.from_job(job))
-    config = round_config(job, base_fingerprint=base_fingerprint(model))
+    overrides = dict(overrides or {})
+    signed = None
+    if launcher is not None:
+        signed = signed_as(job, overrides if resign else {}, launcher)
+    config = round_config(job, base_fingerprint=base_fingerprint(model), signed=signed)
     sent = (
         round_one_arrays(model, job.train.round_update(server_round)) if arrays is None else arrays
     )
@@ -56,9 +131,7 @@ def round_message(
         RecordDict(
             {
                 wire.ARRAYS: ArrayRecord({name: Array(value) for name, value in sent.items()}),
-                wire.CONFIG: ConfigRecord(
-                    {**config, "server-round": server_round, **(overrides or {})}
-                ),
+                wire.CONFIG: ConfigRecord({**config, "server-round": server_round, **overrides}),
             }
         ),
         dst_node_id=0,
@@ -74,6 +147,8 @@ def train_round(
     server_round: int,
     overrides: Mapping[str, Any] | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
+    launcher: Signer | None = TEST_LAUNCHER,
+    resign: bool = True,
 ) -> Message:
     """One training message, handled as by a freshly started node (empty Flower state)."""
     context = Context(
@@ -86,7 +161,14 @@ def train_round(
     saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = run_id, 0, 1
     try:  # Flower's messages read the task's identity, as a ClientApp process has it
-        message = round_message(job, server_round=server_round, overrides=overrides, arrays=arrays)
+        message = round_message(
+            job,
+            server_round=server_round,
+            overrides=overrides,
+            arrays=arrays,
+            launcher=launcher,
+            resign=resign,
+        )
         return _train(message, context)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -35,6 +35,15 @@ def write_rows(path: Path, rows: Sequence[tuple[str, str]]) -> Path:
     return path
 
 
+TEST_FILE = "test.csv"
+"""The test set every toy job names; deployed, it is read in the coordinator's data folder."""
+
+
+def write_test_set(path: Path) -> Path:
+    """The toy jobs' shared test set: 90 rows, the same in every job."""
+    return write_rows(path, separable_rows(90, 99))
+
+
 def separable_rows(count: int, seed: int, canary: str | None = None) -> list[tuple[str, str]]:
     """``count`` rows whose label is given away by its words; optionally plant ``canary``."""
     rng = random.Random(seed)
@@ -71,7 +80,7 @@ def write_toy_job(
         canary = f"zqxcanary{country}{index}wvk" if canaries else None
         write_rows(folder / f"{country.lower()}.csv", separable_rows(examples, index, canary))
         nodes.append(f'[[nodes]]\ncountry = "{country}"\ndata = "{country.lower()}.csv"\n')
-    write_rows(folder / "test.csv", separable_rows(90, 99))
+    write_test_set(folder / TEST_FILE)
     job = folder / "job.toml"
     job.write_text(
         f"""name = "toy"
@@ -82,7 +91,7 @@ max_length = 16
 
 [data]
 labels = ["pos", "neg", "obj"]
-test = "test.csv"
+test = "{TEST_FILE}"
 
 [train]
 {_SCHEDULE.format(rounds=rounds) if schedule else ""}

@@ -8,6 +8,7 @@ privacy bug.
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -90,9 +91,35 @@ class AccountantKind(StrEnum):
     RDP = "rdp"
 
 
+class Aggregation(StrEnum):
+    """How the coordinator combines a training round's valid updates: Flower's own strategies.
+
+    ``fedavg``: the mean weighted by each node's signed example count (``FedAvg``).
+    ``trimmed-mean``: per coordinate, the ``trim_fraction`` highest and lowest values are
+    dropped and the rest averaged (``FedTrimmedAvg``). ``median``: the per-coordinate median
+    (``FedMedian``). The two robust options are unweighted, as Flower's are: a country of 100
+    records counts as much as one of 10,000. A prototypes release is always summed.
+    """
+
+    FEDAVG = "fedavg"
+    TRIMMED_MEAN = "trimmed-mean"
+    MEDIAN = "median"
+
+
+DEFAULT_TRIM_FRACTION = 0.2
+"""Share of the updates ``trimmed-mean`` drops at each end, per coordinate (Flower's default)."""
+MEDIAN_RESISTS_ONE = 3
+"""Updates a median needs before one node cannot move it at will (the median of 2 is a mean)."""
+
+
+def _remote(info: ValidationInfo) -> bool:
+    """Paths name files on the coordinator host: kept as written, not looked for here."""
+    return bool((info.context or {}).get("remote"))
+
+
 def _resolve(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    if base is not None and not value.is_absolute():
+    if base is not None and not value.is_absolute() and not _remote(info):
         value = Path(base) / value
     return value
 
@@ -110,7 +137,7 @@ class ModelSection(Strict):
     @field_validator("path")
     @classmethod
     def _checkpoint_exists(cls, value: str, info: ValidationInfo) -> str:
-        if value in BUILTIN_MODELS:
+        if value in BUILTIN_MODELS or _remote(info):
             return value
         folder = _resolve(Path(value), info)
         if not (folder / "config.json").is_file():
@@ -195,6 +222,91 @@ class TrainSection(Strict):
     seed: Annotated[int, Field(strict=True)] = 0
     round_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 3600.0
     nodes_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 600.0
+    min_nodes: Annotated[int, Field(strict=True, ge=1, le=256)] | None = None
+    aggregation: Aggregation = Aggregation.FEDAVG
+    trim_fraction: (
+        Annotated[float, Field(strict=True, gt=0, lt=0.5, allow_inf_nan=False)] | None
+    ) = None
+    max_update_norm: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _robust_options_apply(self) -> TrainSection:
+        """A robustness setting that would do nothing is refused, never silently ignored."""
+        from residency.common.updates import method_for  # the registry imports torch
+
+        if self.trim_fraction is not None and self.aggregation is not Aggregation.TRIMMED_MEAN:
+            raise ValueError(
+                f'trim_fraction applies to aggregation = "trimmed-mean", not '
+                f'"{self.aggregation.value}"; fix: aggregation = "trimmed-mean", or remove '
+                "trim_fraction"
+            )
+        if method_for(self.update).release_sensitivity is None:
+            return self
+        if self.aggregation is not Aggregation.FEDAVG:
+            raise ValueError(
+                f'aggregation "{self.aggregation.value}" combines training rounds and update '
+                f'"{self.update.value}" has none (its one release is summed); fix: remove '
+                "aggregation"
+            )
+        if self.max_update_norm is not None:
+            raise ValueError(
+                f'max_update_norm bounds training updates and update "{self.update.value}" '
+                "sends none (its release is bounded by its own sensitivity); fix: remove "
+                "max_update_norm"
+            )
+        return self
+
+    @property
+    def trimmed_share(self) -> float:
+        """``trim_fraction``, or its default: what ``trimmed-mean`` drops at each end."""
+        return DEFAULT_TRIM_FRACTION if self.trim_fraction is None else self.trim_fraction
+
+    def robustness_problem(self, countries: int) -> str | None:
+        """Why ``aggregation`` cannot outvote one node in a round that closes at its quorum.
+
+        A round may aggregate as few valid updates as ``required_nodes``. Flower's trimmed
+        mean drops ``int(trim_fraction × n)`` updates at each end (none when that is 0), and a
+        median of 2 is their mean: either would then pass one node's update through.
+        """
+        if self.aggregation is Aggregation.FEDAVG or countries == 0:
+            return None
+        first = 2 if self.warm_start is not None else 1  # a warm start's release is summed
+        quorum = min(
+            self.required_nodes(countries, r) for r in range(first, self.server_rounds + 1)
+        )
+        closes = f"a round may close with {quorum} valid update{'s' if quorum != 1 else ''}"
+        fixes = []
+        if self.aggregation is Aggregation.MEDIAN:
+            if quorum >= MEDIAN_RESISTS_ONE:
+                return None
+            problem = (
+                f"{closes}: one node moves a median of fewer than {MEDIAN_RESISTS_ONE} at will"
+            )
+            if countries >= MEDIAN_RESISTS_ONE:
+                fixes.append(f"min_nodes = {MEDIAN_RESISTS_ONE} or more")
+        else:
+            beta = self.trimmed_share
+            if int(beta * quorum) >= 1:
+                return None
+            problem = f"{closes}, of which trim_fraction {beta:g} drops none at either end"
+            needed = math.ceil(1 / beta)
+            while int(beta * needed) < 1:
+                needed += 1
+            if needed <= countries:
+                fixes.append(f"min_nodes = {needed} or more")
+            if quorum >= MEDIAN_RESISTS_ONE:
+                fraction = math.ceil(100 / quorum) / 100
+                median = 'aggregation = "median"'
+                if self.trim_fraction is not None:
+                    median += " without trim_fraction"
+                fixes += [f"trim_fraction = {fraction:g} or more", median]
+        if not fixes:
+            fixes.append(
+                f'aggregation = "fedavg" (a robust option needs {MEDIAN_RESISTS_ONE} '
+                "countries or more)"
+            )
+        fix = ", or ".join(fixes)
+        return f'train.aggregation "{self.aggregation.value}": {problem}; fix: {fix}'
 
     @model_validator(mode="before")
     @classmethod
@@ -280,6 +392,18 @@ class TrainSection(Strict):
         """What round ``server_round`` runs: the warm start's release first, then ``update``."""
         return round_update(self.update, self.warm_start, server_round)
 
+    def required_nodes(self, countries: int, server_round: int) -> int:
+        """Valid updates round ``server_round`` needs from a job of ``countries`` countries.
+
+        ``min_nodes`` when the job sets it. Otherwise every country in round 1, so the
+        federation starts whole (and a warm start's release has every country's statistics),
+        then a strict majority: an average that half the countries or fewer made is not the
+        federation's model, and one country alone would be local training.
+        """
+        if self.min_nodes is not None:
+            return min(self.min_nodes, countries)
+        return countries if server_round == 1 else countries // 2 + 1
+
 
 PIPELINE_JOIN = "+"
 
@@ -362,6 +486,23 @@ class Job(Strict):
             raise ValueError(f"each country may appear once in [[nodes]], repeated: {dupes}")
         return nodes
 
+    @model_validator(mode="after")
+    def _min_nodes_fit(self) -> Job:
+        wanted = self.train.min_nodes
+        if wanted is not None and self.nodes and wanted > len(self.nodes):
+            raise ValueError(
+                f"train.min_nodes = {wanted} but the job names {len(self.nodes)} countries; "
+                f"fix: min_nodes = {len(self.nodes)} or fewer"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _robust_at_the_quorum(self) -> Job:
+        problem = self.train.robustness_problem(len(self.nodes))
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
     def require_nodes(self, path: Path, *, with_data: bool = True) -> None:
         """Every job names its countries; simulation also needs each country's data file."""
         from residency.common.errors import ConfigError
@@ -380,7 +521,12 @@ class Job(Strict):
             )
 
 
-def load_job(path: Path) -> Job:
-    """Load and validate a job file; relative paths resolve against its folder."""
+def load_job(path: Path, *, remote: bool = False) -> Job:
+    """Load and validate a job file; relative paths resolve against its folder.
+
+    ``remote``: the job runs on a coordinator, which opens the files it names (its test set,
+    a checkpoint) in its own data folder, so those paths are kept as written.
+    """
     path = Path(path)
-    return load_model(path, Job, context={"base_dir": path.resolve().parent})
+    context = {"base_dir": path.resolve().parent, "remote": remote}
+    return load_model(path, Job, context=context)

@@ -24,6 +24,7 @@ from residency.common.config.job import (
     UpdateKind,
     round_update,
 )
+from residency.common.config.signed_job import MAX_JOB_BYTES, SignedJob
 from residency.common.errors import ConfigError
 
 NO_WARM_START = "none"
@@ -68,11 +69,24 @@ class RoundPlan(Strict):
     ] = b""  # absent before a warm start's release: Flower cannot size an empty value
     base_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", alias="base-fingerprint")]
     countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]], Field(min_length=1)]
+    # the job as its launcher signed it; a node refuses a plan without it (client/job_trust.py)
+    signed_job: Annotated[str, Field(max_length=MAX_JOB_BYTES, alias="signed-job")] = ""
+    job_launcher: Annotated[str, Field(max_length=64, alias="job-launcher")] = ""
+    job_signature: Annotated[str, Field(max_length=128, alias="job-signature")] = ""
 
     @field_validator("warm_start", mode="before")
     @classmethod
     def _no_warm_start(cls, value: Any) -> Any:
         return None if value == NO_WARM_START else value  # a ConfigRecord holds no None
+
+    @property
+    def signed(self) -> SignedJob | None:
+        """The signed job the plan carries (``ValidationError`` if malformed), if any."""
+        if not (self.signed_job or self.job_launcher or self.job_signature):
+            return None
+        return SignedJob(
+            body=self.signed_job, launcher=self.job_launcher, signature=self.job_signature
+        )
 
     @property
     def round_update(self) -> UpdateKind:
@@ -138,10 +152,23 @@ def feature_transform_bytes(centre: np.ndarray, scale: np.ndarray) -> bytes:
 
 
 def round_config(
-    job: Job, *, base_fingerprint: str, feature_transform: bytes = b""
+    job: Job,
+    *,
+    base_fingerprint: str,
+    feature_transform: bytes = b"",
+    signed: SignedJob | None = None,
 ) -> dict[str, Any]:
     """The ConfigRecord content the coordinator sends with every training message."""
     warm_start = job.train.warm_start
+    envelope = (
+        {}
+        if signed is None
+        else {
+            "signed-job": signed.body,
+            "job-launcher": signed.launcher,
+            "job-signature": signed.signature,
+        }
+    )
     return {
         "job": job.name,
         "rounds": job.train.rounds,
@@ -170,4 +197,5 @@ def round_config(
         **({"feature-transform": feature_transform} if feature_transform else {}),
         "base-fingerprint": base_fingerprint,
         "countries": [node.country for node in job.nodes],
+        **envelope,
     }

@@ -124,6 +124,11 @@ class Ledger:
         entry = LedgerEntry.model_validate_json(last)
         return entry.index + 1, entry.hash
 
+    def head(self) -> tuple[int, str]:
+        """(entries so far, hash of the last): the position a checkpoint names."""
+        with self._locked():
+            return self._head()
+
     def append(self, kind: EntryKind, **fields: object) -> LedgerEntry:
         """Sign and append one entry; durable (fsynced) when this returns."""
         with self._locked() as fd:

@@ -48,7 +48,7 @@ class PrivacyRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    schema_version: Literal[2] = 2
+    schema_version: Literal[2, 3] = 3  # 3 added launcher and job_sha256
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
     round: Annotated[int, Field(ge=1)]
@@ -76,6 +76,8 @@ class PrivacyRecord(BaseModel):
     charge: Annotated[int, Field(ge=1)]
     signed_at: Annotated[str, Field(pattern=r"^[0-9T:.+-]{19,40}Z?$")]
     key: Hex64
+    launcher: Hex64 | None = None  # the key that signed the job this round ran (schema 3)
+    job_sha256: Hex64 | None = None  # the hash of the signed job's bytes (schema 3)
 
     @property
     def step(self) -> tuple[float, float, int]:
@@ -97,11 +99,22 @@ class SignedRecord(BaseModel):
     signature: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
 
+SCHEMA_3_FIELDS = frozenset({"launcher", "job_sha256"})
+
+
+def record_json(record: PrivacyRecord) -> str:
+    """The record's canonical JSON; a schema-2 record keeps its bytes without schema 3's keys."""
+    data = record.model_dump(mode="json")
+    if record.schema_version == 2:
+        data = {key: value for key, value in data.items() if key not in SCHEMA_3_FIELDS}
+    return canonical_json(data)
+
+
 def sign_record(record: PrivacyRecord, signer: Signer) -> SignedRecord:
     """Serialise canonically and sign; the record must name ``signer``'s key."""
     if record.key != signer.public_hex:
         raise ValueError("record.key must be the signer's public key")
-    body = canonical_json(record)
+    body = record_json(record)
     return SignedRecord(body=body, signature=signer.sign(body.encode("ascii")))
 
 
@@ -118,7 +131,7 @@ def open_record(signed: SignedRecord) -> PrivacyRecord:
         err = exc.errors()[0]
         where = ".".join(str(part) for part in err["loc"])
         raise InvalidUpdate(f"privacy record: {where}: {err['msg']}") from exc
-    if canonical_json(record) != signed.body:
+    if record_json(record) != signed.body:
         raise InvalidUpdate("privacy record: not in canonical form")
     if not verify(record.key, signed.body.encode("ascii"), signed.signature):
         raise InvalidUpdate("privacy record: signature does not verify")

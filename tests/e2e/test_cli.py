@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from e2e_cli import error_line, residency
+from e2e_cli import RESIDENCY, error_line, residency
 from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -127,3 +130,33 @@ def test_a_demo_release_over_several_rounds_is_refused_before_any_file(tmp_path:
     assert line.startswith("error: --rounds 3: update prototypes is one release")
     assert "fix:" in line
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_simulation_and_its_results_say_so(tmp_path: Path) -> None:
+    """Flower runs the ServerApp in a thread Ctrl-C does not reach; the run still ends."""
+    job = write_toy_job(tmp_path / "job", rounds=50)
+    results = tmp_path / "out" / "results.json"
+    process = subprocess.Popen(
+        [RESIDENCY, "simulate", str(job), "-o", "out"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (results.exists() and json.loads(results.read_text("utf-8"))["rounds"]):
+            assert process.poll() is None, "simulate ended before its first round"
+            assert time.monotonic() < deadline, "no round completed in 300 s"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=90)  # the round timeout is an hour: this is the stop
+        assert code == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    final = json.loads(results.read_text("utf-8"))
+    assert final["status"] == "stopped"
+    assert final["error"] == "stopped by a signal (runs stop, Ctrl-C)"
+    assert len(final["rounds"]) < 50

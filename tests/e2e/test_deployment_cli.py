@@ -166,17 +166,22 @@ def test_run_bad_input(tmp_path: Path) -> None:
 
     ca = tmp_path / "ca.pem"
     ca.write_text("not a certificate", encoding="utf-8")
-    down = residency(
-        "run",
-        str(job),
-        "--coordinator",
-        f"127.0.0.1:{port}",
-        "--ca",
-        str(ca),
-        "-o",
-        "out",
-        cwd=tmp_path,
+    reach = ("--coordinator", f"127.0.0.1:{port}", "--ca", str(ca), "-o", "out")
+    line = error_line(residency("run", str(job), *reach, cwd=tmp_path), 2)
+    assert line.startswith("error: --key: missing; fix: pass your launcher key")
+    line = error_line(residency("run", str(job), *reach, "--key", str(ca), cwd=tmp_path), 2)
+    assert line.startswith(f"error: --key: {ca}: not an OpenSSH private key")
+
+    made = residency("launcher", "init", "me", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    public = (tmp_path / "me" / "launcher.key.pub").read_text("utf-8")
+    assert "trusted_launchers" in made.stdout
+    assert error_line(residency("launcher", "init", "me", cwd=tmp_path), 2).startswith(
+        f"error: {Path('me') / 'launcher.key'}: a launcher key already lives here"
     )
+    assert public == (tmp_path / "me" / "launcher.key.pub").read_text("utf-8")  # unchanged
+    key = str(tmp_path / "me" / "launcher.key")
+    down = residency("run", str(job), *reach, "--key", key, cwd=tmp_path)
     assert "the run did not start" in error_line(down, 4)
 
     no_nodes = tmp_path / "empty.toml"

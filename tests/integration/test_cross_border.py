@@ -131,6 +131,8 @@ def _cross(network: Network, root: Path, *, tls: bool) -> Crossing:
         run = cli(
             "run",
             str(job),
+            "--key",
+            str(federation.launcher_key),
             "--coordinator",
             federation.address,
             *security,

@@ -38,6 +38,8 @@ def _stop_a_long_run(
             RESIDENCY,
             "run",
             str(job),
+            "--key",
+            str(federation.launcher_key),
             "--coordinator",
             federation.address,
             "--ca",
@@ -106,6 +108,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         run = cli(
             "run",
             str(job_path),
+            "--key",
+            str(federation.launcher_key),
             "--coordinator",
             federation.address,
             "--ca",
@@ -128,6 +132,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         release = cli(
             "run",
             str(release_job),
+            "--key",
+            str(federation.launcher_key),
             "--coordinator",
             federation.address,
             "--ca",
@@ -339,6 +345,8 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     run = cli(
         "run",
         str(job),
+        "--key",
+        str(coordinator.launcher_key),
         "--coordinator",
         coordinator.address,
         "--ca",

@@ -1,9 +1,13 @@
 """A BERT-base-sized model (438 MB of fp32) crosses a real deployment both ways, bit-exact.
 
-The coordinator and the node are started through the ``residency`` CLI exactly as operators
-start them (TLS, node authentication, the node's warm executor); the app moving the payloads is
-``large_update_app`` (in ``tests/``), submitted with ``flwr run`` as ``residency run`` submits
-Residency's own. Flower splits every array into chunks (5 MB each) that travel as separate
+The app moving the payloads is ``large_update_app`` (in ``tests/``), submitted with ``flwr run``
+as ``residency run`` submits Residency's own. Residency's coordinator and nodes run only their
+installed apps (``tests/integration/test_faults.py``), so this transport test runs Flower's own
+SuperLink, with the coordinator's folder, TLS, node authentication, SQLite state and the longer
+SQLite lock it gets from ``residency coordinator start`` (``server/superlink.py``), and Flower's
+own SuperNode with a node key admitted through ``residency coordinator admit``.
+
+Flower splits every array into chunks (5 MB each) that travel as separate
 objects, so no single HTTP request or SQLite row holds the whole model; this test proves the
 chunks arrive complete and in order, that the SuperLink serves every request meanwhile, and
 records how long the transfer takes and how much memory each process needs. Run with ``-s``
@@ -75,13 +79,13 @@ def _cmdline(pid: int) -> str:
 
 
 def _role(pid: int, parents: dict[int, int], coordinator: int) -> str:
-    if parents.get(pid) == coordinator:
-        return "SuperLink"  # the one child `coordinator start` supervises, however launched
+    if pid == coordinator:
+        return "SuperLink"
     cmdline = _cmdline(pid)
-    if "residency.client.executor" in cmdline:
-        forked = "residency.client.executor" in _cmdline(parents.get(pid, 0))
-        return "ClientApp task" if forked else "node executor"
+    if "flower-superexec" in cmdline and "flower-supernode" in _cmdline(parents.get(pid, 0)):
+        return "node executor"
     for marker, role in (
+        ("flwr-clientapp", "ClientApp task"),
         ("flower-superexec", "SuperLink's SuperExec"),
         ("flwr-serverapp", "ServerApp"),
         ("flower-supernode", "SuperNode"),
@@ -197,10 +201,10 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     federation = Federation(root / "fed")
     federation.init_coordinator("127.0.0.1")
     try:
-        coordinator = federation.start_coordinator()
+        coordinator = federation.start_flower_superlink()
         node_dir = federation.init_node("DE", data)
         federation.admit(node_dir, "DE")
-        node = federation.start_node(node_dir)
+        node = federation.start_flower_supernode(node_dir)
         federation.wait_online(["DE"])
         target = Coordinator(address=federation.address, ca=federation.ca)
         started = time.monotonic()

@@ -108,7 +108,7 @@ def test_every_country_trained_every_round(run: Run) -> None:
 def test_results_file_has_documented_schema(run: Run) -> None:
     data = json.loads((run.out / "results.json").read_text())
     assert data["status"] == "completed"
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     for entry in data["rounds"]:
         assert {"accuracy", "macro_f1", "bytes_up", "bytes_down"} <= entry.keys()
         assert "train_loss" not in entry  # never noised, so never sent (docs/privacy.md)

@@ -47,13 +47,16 @@ DEFAULT_PORT = 9092
 # The CLI the deploy files may call: command path -> the options they may pass (each takes a
 # value). ``coordinator start --insecure`` exists for tests only, so it is not listed.
 CLI: Mapping[tuple[str, ...], frozenset[str]] = {
-    ("coordinator", "init"): frozenset({"--san", "--host", "--port"}),
+    ("coordinator", "init"): frozenset({"--san", "--host", "--port", "--trust-launcher"}),
     ("coordinator", "start"): frozenset(),
     ("coordinator", "admit"): frozenset({"--country", "--dir"}),
     ("coordinator", "nodes"): frozenset({"--dir"}),
-    ("node", "init"): frozenset({"--country", "--data", "--budget-epsilon", "--delta"}),
+    ("node", "init"): frozenset(
+        {"--country", "--data", "--budget-epsilon", "--delta", "--trust-launcher"}
+    ),
     ("node", "start"): frozenset({"--coordinator", "--ca"}),
-    ("run",): frozenset({"--coordinator", "--ca", "--output"}),
+    ("run",): frozenset({"--coordinator", "--ca", "--output", "--key"}),
+    ("launcher", "init"): frozenset(),
     ("runs",): frozenset({"--coordinator", "--ca"}),
     ("runs", "stop"): frozenset({"--coordinator", "--ca"}),
 }

@@ -18,18 +18,20 @@ from flwr.cli.config_utils import load_and_validate
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec import run_superexec
 
+from node_harness import TEST_LAUNCHER
 from residency.cli.bundle import write_bundle
 from residency.cli.flower import Coordinator
 from residency.client.daemon import NodeDir, explain_supernode_exit, init_node, supernode_command
 from residency.client.executor import ForkExecutor
 from residency.client.identity import create_identity
 from residency.common.config.job import Job, load_job
+from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
 from residency.server.admission import key_fingerprint
 from residency.server.deployment import job_from_run_config
 from residency.server.events import RoundStarted, RunRefused, emit, parse
 from residency.server.federation import JobFailed
-from residency.server.launch import JOB_KEY
+from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
 from residency.server.tls import create_tls
 from toy_federation import write_toy_job
 
@@ -125,9 +127,12 @@ def test_supernode_exits_are_explained(log: str, phrase: str) -> None:
 
 def test_bundle_is_a_valid_flower_app_carrying_the_job(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "job"))
-    write_bundle(job, tmp_path / "app")
+    write_bundle(sign_job(job, TEST_LAUNCHER), tmp_path / "app")
     config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
-    sent = Job.model_validate(json.loads(config["tool"]["flwr"]["app"]["config"][JOB_KEY]))
+    shipped = config["tool"]["flwr"]["app"]["config"]
+    sent = Job.model_validate(json.loads(shipped[JOB_KEY]))
+    assert shipped[JOB_LAUNCHER_KEY] == TEST_LAUNCHER.public_hex
+    assert sign_job(job, TEST_LAUNCHER).signature == shipped[JOB_SIGNATURE_KEY]
     assert sent.train == job.train
     assert sent.privacy == job.privacy
     assert [n.country for n in sent.nodes] == ["DE", "FR", "ES"]
@@ -140,6 +145,54 @@ def test_events_round_trip_and_ignore_other_lines(capsys: pytest.CaptureFixture[
     assert parse(line) == RoundStarted(round=2, nodes=3)
     assert parse("INFO : configure_train: Sampled 2 nodes") is None
     assert parse('residency-event {"kind": "round_started", "round": "x"}') is None
+
+
+def test_a_node_runs_only_its_installed_clientapp_whatever_a_bundle_names(
+    tmp_path: Path,
+) -> None:
+    """A run's bundle names its own ClientApp module; the node never writes or imports it."""
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    import residency.client.app
+
+    source = inspect.getsource(runtime.run_clientapp)  # where Flower 1.42 loads the app
+    assert "install_from_fab(fab.content" in source
+    assert "get_load_client_app_fn(" in source
+    ForkExecutor()
+
+    load = runtime.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+    assert load("attacker/app", "1.0.0", "0" * 64) is residency.client.app.app
+    before = sorted(tmp_path.rglob("*"))
+    runtime.install_from_fab(b"PK not even a zip", tmp_path, skip_prompt=True)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing of the bundle lands on the node
+
+
+def test_the_coordinator_runs_only_its_installed_serverapp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run's bundle names its own ServerApp; the coordinator's runtime never loads it."""
+    import importlib
+
+    from residency.server import deployment, superlink
+    from residency.server.serverapp_task import pin_serverapp
+    from residency.server.superexec import SERVERAPP_COMMAND
+
+    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+    assert "server_app_attr=server_app_attr" in inspect.getsource(runtime.run_serverapp)
+    called: dict[str, object] = {}
+    monkeypatch.setitem(vars(runtime), "run_", lambda **kwargs: called.update(kwargs))
+    pin_serverapp()
+    runtime.run_(grid=None, server_app_dir="/fab", server_app_attr="evil:app", context=None)
+    assert called["loaded_server_app"] is deployment.app
+    assert "server_app_attr" not in called
+
+    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    monkeypatch.setitem(vars(cli), "_get_superexec_command", cli._get_superexec_command)
+    superlink.launch_residency_superexec()
+    command = cli._get_superexec_command("127.0.0.1:1", None, None, 7, False)
+    assert command[1:3] == ["-m", "residency.server.superexec"]
+    assert command[-2:] == ["--parent-pid", "7"]
+    assert SERVERAPP_COMMAND == "residency-serverapp"
 
 
 def test_fork_executor_plugs_into_flower_superexec() -> None:
@@ -168,15 +221,29 @@ def test_coordinator_refuses_a_job_it_cannot_use(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = load_job(write_toy_job(tmp_path / "job"))
-    sent = job.model_dump(mode="json")
-    assert job_from_run_config({JOB_KEY: json.dumps(sent)}) == job
+    remote = load_job(tmp_path / "job" / "job.toml", remote=True)
+    assert remote.data.test == Path("test.csv")  # as written: the coordinator's folder decides
+    trusted = [TEST_LAUNCHER.public_hex]
 
-    sent["model"]["path"] = str(tmp_path / "only-on-the-launcher")
+    def shipped(job: Job) -> dict[str, str]:
+        signed = sign_job(job, TEST_LAUNCHER)
+        return {
+            JOB_KEY: signed.body,
+            JOB_LAUNCHER_KEY: signed.launcher,
+            JOB_SIGNATURE_KEY: signed.signature,
+        }
+
+    got, _ = job_from_run_config(shipped(remote), tmp_path / "job", trusted)
+    assert (got.data, got.model, got.train) == (job.data, job.model, job.train)
+
+    elsewhere = remote.model_copy(
+        update={"model": remote.model.model_copy(update={"path": "only-on-the-launcher"})}
+    )
     with pytest.raises(JobFailed, match=r"model\.path"):
-        job_from_run_config({JOB_KEY: json.dumps(sent)})
+        job_from_run_config(shipped(elsewhere), tmp_path / "job", trusted)
     event = parse(capsys.readouterr().out)
     assert isinstance(event, RunRefused)
     assert event.error.startswith("job: model.path: ")
 
-    with pytest.raises(JobFailed, match="fix: use `residency run`"):
-        job_from_run_config({})
+    with pytest.raises(JobFailed, match="not signed"):
+        job_from_run_config({}, tmp_path / "job", trusted)

@@ -22,10 +22,12 @@ from ledger_factory import account, signed_record
 from residency.client.reply import reply_metrics
 from residency.common import wire
 from residency.common.config.job import Job, load_job
+from residency.common.errors import ConfigError
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
 from residency.common.privacy.record import PrivacyRecord
 from residency.common.privacy.signing import Signer, create_signer
 from residency.common.refusal import Refusal, RefusalCode
+from residency.server.checkpoint import load_checkpoint
 from residency.server.federation import JobFailed, _Federation, run_federation
 from residency.server.results import NodeStatus, RoundResult
 from residency.server.run_ledger import RunLedger
@@ -57,13 +59,16 @@ class ScriptedGrid:
     answers: dict[int, tuple[str, Answer]]
     signers: dict[str, Signer]
     waiting: dict[str, Message] = field(default_factory=dict)
+    offline: set[int] = field(default_factory=set)
+    pushed: list[Message] = field(default_factory=list)
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self.answers)
+        return sorted(set(self.answers) - self.offline)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for message in messages:
+            self.pushed.append(message)
             message_id = f"message-{message.metadata.dst_node_id}"
             message.metadata.__dict__["_message_id"] = message_id  # as the SuperLink does
             country, answer = self.answers[message.metadata.dst_node_id]
@@ -161,10 +166,15 @@ class Coordinator:
     ledger: RunLedger
 
 
-def _coordinator(folder: Path, script: dict[str, Answer]) -> Coordinator:
+def _coordinator(
+    folder: Path, script: dict[str, Answer], *, rounds: int = 1, train: str = "min_nodes = 1"
+) -> Coordinator:
     countries = tuple(script)
     path = write_toy_job(
-        folder / "job", countries=countries, rounds=1, train=f"round_timeout_s = {TIMEOUT_S}"
+        folder / "job",
+        countries=countries,
+        rounds=rounds,
+        train=f"round_timeout_s = {TIMEOUT_S}\nnodes_timeout_s = {TIMEOUT_S}\n{train}",
     )
     signers = {c: create_signer(folder / "keys" / f"{c}.key", comment=c) for c in countries}
     admitted = {i: country for i, country in enumerate(countries, start=1)}
@@ -297,7 +307,7 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
 
-    with pytest.raises(JobFailed, match="round 1: no valid update"):
+    with pytest.raises(JobFailed, match="round 1: valid updates from 0 of 3 countries"):
         run_federation(
             coordinator.grid,  # type: ignore[arg-type]
             coordinator.job,
@@ -310,7 +320,7 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text("utf-8"))
     assert results["status"] == "failed"
-    assert results["schema_version"] == 2
+    assert results["schema_version"] == 3
     privacy = results["privacy"]
     assert sorted(privacy) == ["ES", "FR"]
     assert privacy["FR"]["rounds_charged"] == 1
@@ -318,3 +328,104 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
     assert privacy["FR"]["epsilon"] > 0
     assert privacy["ES"]["rounds_unconfirmed"] == 1
     assert "Jane Doe" not in json.dumps(results)
+
+
+def _run(coordinator: Coordinator, out: Path, *, nodes: int) -> None:
+    run_federation(
+        coordinator.grid,  # type: ignore[arg-type]
+        coordinator.job,
+        nodes=nodes,
+        out_dir=out,
+        admitted=coordinator.admitted,
+        run=RUN,
+        ledger=coordinator.ledger,
+    )
+
+
+def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path) -> None:
+    """Round 1 needs everyone; later rounds close at the deadline with a majority."""
+    script = {"DE": _trained(), "FR": _trained(), "ES": _trained()}
+    coordinator = _coordinator(tmp_path, script, rounds=3, train="")
+    grid = coordinator.grid
+    spain = next(i for i, c in coordinator.admitted.items() if c == "ES")
+    original = grid.push_messages
+
+    def push(messages: Iterable[Message]) -> list[str]:
+        sent = list(messages)
+        rounds = {int(m.content.config_records[wire.CONFIG][wire.SERVER_ROUND]) for m in sent}
+        if rounds == {2}:  # ES dies after taking round 2, and its key stays offline
+            grid.answers[spain] = ("ES", _silent)
+        if rounds == {3}:
+            assert spain not in {m.metadata.dst_node_id for m in sent}
+        return original(sent)
+
+    grid.push_messages = push  # type: ignore[method-assign]
+    original_ids = grid.get_node_ids
+
+    def node_ids() -> list[int]:
+        if any(
+            int(m.content.config_records[wire.CONFIG][wire.SERVER_ROUND]) == 2 for m in grid.pushed
+        ):
+            grid.offline.add(spain)
+        return original_ids()
+
+    grid.get_node_ids = node_ids  # type: ignore[method-assign]
+
+    _run(coordinator, tmp_path / "out", nodes=3)
+
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert results["status"] == "completed"
+    assert [r["dropped"] for r in results["rounds"]] == [[], ["ES"], ["ES"]]
+    assert {n["country"]: n["status"] for n in results["rounds"][1]["nodes"]}["ES"] == "failed"
+    assert "ES" not in {n["country"] for n in results["rounds"][2]["nodes"]}
+    assert {m.metadata.ttl for m in grid.pushed} == {TIMEOUT_S}  # messages die with the round
+    # The last completed round is kept, with the ledger position it follows (the run's end
+    # entry came after it).
+    checkpoint, arrays = load_checkpoint(tmp_path / "out")
+    entries = _ledger(coordinator)
+    assert checkpoint.round == 3
+    assert (checkpoint.ledger_entries, checkpoint.ledger_head) == (
+        len(entries) - 1,
+        entries[-2].hash,
+    )
+    sent_last = _sent(grid.pushed[-1])
+    assert arrays.keys() == sent_last.keys()
+
+
+def test_too_few_valid_updates_end_the_job_naming_who_was_missing(tmp_path: Path) -> None:
+    script = {"DE": _trained(), "IT": SCRIPT["IT"], "PL": _silent}
+    coordinator = _coordinator(tmp_path, script, train="min_nodes = 2")
+
+    with pytest.raises(JobFailed) as failed:
+        _run(coordinator, tmp_path / "out", nodes=3)
+
+    message = str(failed.value)
+    assert message.startswith("round 1: valid updates from 1 of 3 countries and the round needs 2")
+    assert "IT: IT refused round 1: dataset budget 8.00" in message
+    assert "PL: PL sent no reply to round 1 within 0.5 s" in message
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert results["status"] == "failed"
+    assert results["privacy"]["DE"]["rounds_charged"] == 1  # its charge is still reported
+
+
+def test_a_round_that_cannot_gather_enough_nodes_fails_at_its_deadline(tmp_path: Path) -> None:
+    script = {"DE": _trained(), "FR": _trained(), "ES": _trained()}
+    coordinator = _coordinator(tmp_path, script, train="min_nodes = 3")
+    coordinator.grid.offline = {i for i, c in coordinator.admitted.items() if c != "DE"}
+
+    with pytest.raises(JobFailed) as failed:
+        _run(coordinator, tmp_path / "out", nodes=3)
+
+    assert str(failed.value) == (
+        "round 1: 1 of 3 countries connected after 0.5 s and the round needs 3 "
+        "(missing: ES, FR); fix: start those nodes, or lower [train] min_nodes"
+    )
+    assert coordinator.grid.pushed == []  # nothing was sent, so nothing was charged
+
+
+def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
+    job = load_job(write_toy_job(tmp_path / "a", countries=("DE", "FR", "ES", "IT")))
+    assert [job.train.required_nodes(4, r) for r in (1, 2, 3)] == [4, 3, 3]
+    assert job.train.model_copy(update={"min_nodes": 2}).required_nodes(4, 1) == 2
+    with pytest.raises(ConfigError, match="min_nodes = 3 but the job names 2 countries"):
+        load_job(write_toy_job(tmp_path / "b", countries=("DE", "FR"), train="min_nodes = 3"))

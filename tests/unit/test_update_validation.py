@@ -112,9 +112,7 @@ def good_reply(node_id: int, examples: int) -> Message:
 
 def strategy(nodes: int = 3) -> ValidatingFedAvg:
     fedavg = ValidatingFedAvg(nodes=nodes)
-    # configure_train needs a Grid to sample nodes from; it only records the arrays it sends,
-    # so set that private attribute directly.
-    fedavg._sent = record(GLOBAL)
+    fedavg.train_messages(1, record(GLOBAL), ConfigRecord(), range(nodes), ttl_s=60)
     return fedavg
 
 

@@ -1,0 +1,55 @@
+"""A node runs only jobs a launcher its operator trusts signed, exactly as they were signed.
+
+The coordinator relays the signed job with every round plan. Before anything is charged the
+node checks the signature against ``trusted_launchers`` in its own ``node.toml`` (never a
+list the coordinator sends), then rebuilds the plan's job-derived fields from the signed job
+and refuses any difference: a coordinator can neither launch a job on its own nor change one
+it relays (a lower epsilon target, another model, more rounds...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from residency.client.node_config import NodeSettings
+from residency.common.config.round_plan import RoundPlan, round_config
+from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job
+from residency.common.errors import PolicyViolation
+from residency.common.refusal import Refusal, RefusalCode
+
+PER_ROUND = frozenset({"server-round"})
+"""Plan fields the coordinator sets per round; the signature covers the base fingerprint and
+feature transform indirectly (the model the job names, the release's statistics)."""
+
+
+def signed_plan(plan: RoundPlan, record: Mapping[str, Any], settings: NodeSettings) -> SignedJob:
+    """The signed job ``record`` (the plan as received) belongs to, or a refusal."""
+    refused = f"{settings.country} refused round {plan.server_round}"
+    try:
+        signed = plan.signed
+        job = open_job(signed, settings.trusted_launchers, operator="node.toml")
+    except (UntrustedJob, ValidationError) as exc:
+        reason = str(exc) if isinstance(exc, UntrustedJob) else "job: malformed signature"
+        raise PolicyViolation(f"{refused}: {reason}", Refusal(RefusalCode.UNTRUSTED_JOB)) from exc
+    assert signed is not None  # open_job refuses a plan without one
+    expected = round_config(
+        job,
+        base_fingerprint=plan.base_fingerprint,
+        feature_transform=plan.feature_transform,
+        signed=signed,
+    )
+    differs = sorted(
+        key
+        for key in expected.keys() | set(record.keys())
+        if key not in PER_ROUND and expected.get(key) != record.get(key)
+    )
+    if differs:
+        raise PolicyViolation(
+            f"{refused}: the round plan differs from the job its launcher signed "
+            f"({', '.join(differs)})",
+            Refusal(RefusalCode.UNTRUSTED_JOB),
+        )
+    return signed

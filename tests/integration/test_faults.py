@@ -1,0 +1,432 @@
+"""Faults in a real deployment: a node dies mid-round, then the coordinator is SIGKILLed.
+
+SuperLink, SuperNodes and executors are started through the ``residency`` CLI over TLS with
+node authentication, as operators run them; what is checked is what an operator and an
+auditor would look at: exit codes, ``results.json``, the processes left, every ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hostile_app
+import pytest
+
+from deployment_harness import (
+    RESIDENCY,
+    Federation,
+    alive,
+    cli,
+    descendants,
+    port_open,
+    processes_mentioning,
+    wait_until,
+)
+from residency.cli.bundle import write_app_bundle, write_bundle
+from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
+from residency.common.config.job import load_job
+from residency.common.config.signed_job import sign_job
+from residency.common.privacy.signing import load_public, load_signer, public_path
+from residency.server.results import Results
+from toy_federation import write_toy_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+COUNTRIES = ("DE", "FR", "ES")
+ROUND_TIMEOUT_S = 20
+SECRET = "root:x:0:0:root:/root:/bin/bash\n"
+TRAIN = f'update = "head"\nround_timeout_s = {ROUND_TIMEOUT_S}'
+
+
+def _launch(federation: Federation, job: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            RESIDENCY,
+            "run",
+            str(job),
+            "--key",
+            str(federation.launcher_key),
+            "--coordinator",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _run_results(federation: Federation, known: set[Path]) -> Path:
+    """The results.json of the run that started after ``known`` ones."""
+    found: list[Path] = []
+
+    def started() -> bool:
+        found[:] = sorted(set((federation.coordinator_dir / "runs").glob("*/results.json")) - known)
+        return bool(found)
+
+    wait_until(started, timeout_s=120, what="the run's results.json")
+    return found[0]
+
+
+def _rounds_done(path: Path) -> int:
+    try:
+        return len(json.loads(path.read_text("utf-8"))["rounds"])
+    except (OSError, ValueError):
+        return 0
+
+
+def _received_rounds(node_dir: Path) -> int:
+    log = node_dir / "logs" / "supernode.log"
+    text = log.read_text("utf-8", "replace") if log.exists() else ""
+    return text.count("Receiving: train message")
+
+
+@dataclass
+class Hostile:
+    flwr_run: subprocess.CompletedProcess[str]
+    marker: Path
+    replies: list[dict[str, int | None]] | None
+
+
+def _renamed_job(folder: Path, name: str) -> Path:
+    job = write_toy_job(folder, countries=COUNTRIES, train=TRAIN)
+    job.write_text(job.read_text("utf-8").replace('name = "toy"', f'name = "{name}"'), "utf-8")
+    return job
+
+
+def _refused_signatures(federation: Federation, root: Path) -> dict[str, str]:
+    """What a launcher hears for a key nobody trusts, and for a job edited after signing."""
+    said: dict[str, str] = {}
+    assert cli("launcher", "init", str(root / "stranger")).returncode == 0
+    stranger = cli(
+        "run",
+        str(_renamed_job(root / "untrusted", "untrusted")),
+        "--key",
+        str(root / "stranger" / "launcher.key"),
+        "--coordinator",
+        federation.address,
+        "--ca",
+        str(federation.ca),
+        "--output",
+        str(root / "untrusted-out"),
+    )
+    said["untrusted"] = f"{stranger.returncode} {stranger.stdout} {stranger.stderr}"
+    job = load_job(_renamed_job(root / "edited", "edited"), remote=True)
+    signed = sign_job(job, load_signer(federation.launcher_key))
+    body = json.loads(signed.body)
+    body["privacy"]["target_epsilon"] = 50.0  # after signing
+    edited = signed.model_copy(update={"body": json.dumps(body, separators=(",", ":"))})
+    write_bundle(edited, root / "edited-bundle")
+    with Coordinator(address=federation.address, ca=federation.ca).home() as env:
+        done = subprocess.run(
+            [flwr_binary(), "run", str(root / "edited-bundle"), CONNECTION, "--stream"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+    said["edited"] = done.stdout + done.stderr
+    return said
+
+
+def _submit_hostile_app(federation: Federation, root: Path) -> Hostile:
+    """Submit ``hostile_app`` with Flower's own CLI, as anyone reaching the port could."""
+    bundle = root / "hostile-bundle"
+    bundle.mkdir()
+    shutil.copy(hostile_app.__file__, bundle / "hostile_app.py")
+    marker, report = root / "pwned", root / "hostile-report.json"
+    write_app_bundle(
+        bundle,
+        name="hostile",
+        version="1.0.0",
+        description="not Residency",
+        serverapp="hostile_app:server_app",
+        clientapp="hostile_app:client_app",
+        config={hostile_app.MARKER_KEY: str(marker), hostile_app.REPORT_KEY: str(report)},
+    )
+    with Coordinator(address=federation.address, ca=federation.ca).home() as env:
+        done = subprocess.run(
+            [flwr_binary(), "run", str(bundle), CONNECTION, "--stream"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+    replies = json.loads(report.read_text("utf-8")) if report.exists() else None
+    return Hostile(done, marker, replies)
+
+
+@dataclass
+class Faults:
+    federation: Federation
+    hostile: Hostile
+    untrusted: dict[str, str]
+    leak: subprocess.CompletedProcess[str]
+    leak_log: str
+    dropout: Results
+    dropout_run: subprocess.CompletedProcess[str]
+    crashed_path: Path
+    crashed_before_restart: Results
+    crashed: Results
+    restart_output: str
+    orphaned_path: Path
+    orphaned: Results
+    left_running: set[int]
+    port_after_kill: bool
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
+    root = tmp_path_factory.mktemp("faults")
+    data = write_toy_job(root / "data", countries=COUNTRIES).parent
+    federation = Federation(root / "fed")
+    federation.init_coordinator("127.0.0.1")
+    node_dirs = {}
+    try:
+        coordinator = federation.start_coordinator()
+        for country in COUNTRIES:
+            node = federation.init_node(country, data / f"{country.lower()}.csv", budget=100.0)
+            federation.admit(node, country)
+            federation.start_node(node)
+            node_dirs[country] = node
+        federation.wait_online(COUNTRIES)
+
+        # 0. A launcher submits its own app code instead of Residency's.
+        hostile = _submit_hostile_app(federation, root)
+
+        untrusted = _refused_signatures(federation, root)
+
+        # 1. A launcher names a symlink out of the coordinator's data folder as its test set.
+        (root / "secret.txt").write_text(SECRET, "utf-8")
+        (federation.coordinator_dir / "data" / "leak.csv").symlink_to(root / "secret.txt")
+        leaky = write_toy_job(root / "leaky", countries=COUNTRIES, train=TRAIN)
+        leaky.write_text(
+            leaky.read_text("utf-8").replace('test = "test.csv"', 'test = "leak.csv"'), "utf-8"
+        )
+        leak = cli(
+            "run",
+            str(leaky),
+            "--key",
+            str(federation.launcher_key),
+            "--coordinator",
+            federation.address,
+            "--ca",
+            str(federation.ca),
+            "--output",
+            str(root / "leaky-out"),
+        )
+        leak_log = (root / "leaky-out" / "run.log").read_text("utf-8", "replace")
+
+        # 2. ES dies while it trains round 2 (its SuperNode, executor and supervisor at once).
+        job = write_toy_job(root / "dropout", countries=COUNTRIES, rounds=3, train=TRAIN)
+        launcher = _launch(federation, job, root / "dropout-out")
+        results_path = _run_results(federation, set())
+        wait_until(
+            lambda: _received_rounds(node_dirs["ES"]) >= 2,
+            timeout_s=180,
+            what="ES to receive round 2",
+        )
+        for pid in processes_mentioning(str(node_dirs["ES"])):
+            for victim in {pid, *descendants(pid)}:
+                with_signal(victim, signal.SIGKILL)
+        out, _ = launcher.communicate(timeout=300)
+        dropout_run = subprocess.CompletedProcess(launcher.args, launcher.returncode, out, "")
+        dropout = Results.model_validate_json(results_path.read_text("utf-8"))
+
+        # 3. The coordinator host loses power once round 1 of a run has closed: every
+        #    coordinator process dies at once, nothing can write anything.
+        crash_job = write_toy_job(root / "crash", countries=("DE", "FR"), rounds=3, train=TRAIN)
+        launcher = _launch(federation, crash_job, root / "crash-out")
+        crashed_path = _run_results(federation, {results_path})
+        wait_until(lambda: _rounds_done(crashed_path) >= 1, timeout_s=180, what="round 1")
+        for pid in {coordinator.process.pid, *descendants(coordinator.process.pid)}:
+            with_signal(pid, signal.SIGKILL)
+        coordinator.process.wait()
+        crashed_before_restart = Results.model_validate_json(crashed_path.read_text("utf-8"))
+        with_signal(launcher.pid, signal.SIGINT)  # the launcher lost its stream; stop it
+        launcher.communicate(timeout=60)
+
+        restarted = federation.start_coordinator()
+        federation.wait_online(("DE", "FR"))
+        time.sleep(10)  # time enough for a node to pull a stale round, if one were left
+        crashed = Results.model_validate_json(crashed_path.read_text("utf-8"))
+        restart_output = restarted.output()
+
+        # 4. Only `coordinator start` is SIGKILLed, mid-run: its SuperLink and ServerApp follow.
+        stop_job = write_toy_job(root / "orphan", countries=("DE", "FR"), rounds=5, train=TRAIN)
+        launcher = _launch(federation, stop_job, root / "orphan-out")
+        orphaned_path = _run_results(federation, {results_path, crashed_path})
+        wait_until(lambda: _rounds_done(orphaned_path) >= 1, timeout_s=180, what="round 1")
+        below = descendants(restarted.process.pid)
+        restarted.process.kill()
+        restarted.process.wait()
+        wait_until(
+            lambda: not any(alive(pid) for pid in below),
+            timeout_s=60,
+            what="SuperLink and ServerApp to stop",
+        )
+        left_running = {pid for pid in below if alive(pid)}
+        port_after_kill = port_open(federation.host, federation.port)
+        orphaned = Results.model_validate_json(orphaned_path.read_text("utf-8"))
+        with_signal(launcher.pid, signal.SIGINT)
+        launcher.communicate(timeout=60)
+    finally:
+        federation.stop_all()
+    wait_until(lambda: not federation.leftovers(), timeout_s=30, what="no leftover processes")
+    return Faults(
+        federation,
+        hostile,
+        untrusted,
+        leak,
+        leak_log,
+        dropout,
+        dropout_run,
+        crashed_path,
+        crashed_before_restart,
+        crashed,
+        restart_output,
+        orphaned_path,
+        orphaned,
+        left_running,
+        port_after_kill,
+    )
+
+
+def with_signal(pid: int, sig: signal.Signals) -> None:
+    """Signal a process this test started, if it still runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def test_no_party_runs_code_a_launcher_bundled(faults: Faults) -> None:
+    """The bundle's apps would leave markers; coordinator and nodes run their installed apps."""
+    marker = faults.hostile.marker
+    assert not marker.with_name(marker.name + ".server").exists()
+    assert not marker.with_name(marker.name + ".node").exists()
+    assert faults.hostile.replies is None  # Residency's ServerApp refused the unsigned run
+    said = faults.hostile.flwr_run.stdout + faults.hostile.flwr_run.stderr
+    assert "job: not signed" in said
+    for country in COUNTRIES:
+        ledger = faults.federation.root / f"node-{country}" / "state" / "ledger.jsonl"
+        entries = map(json.loads, ledger.read_text("ascii").splitlines())
+        spent_on = {e["job"] for e in entries if e["kind"] in ("charge", "record")}
+        assert spent_on <= {"toy"}, spent_on  # every charge is for a signed toy job
+
+
+def test_the_coordinator_refuses_an_untrusted_key_and_an_edited_job(faults: Faults) -> None:
+    untrusted, edited = faults.untrusted["untrusted"], faults.untrusted["edited"]
+    assert untrusted.startswith("2 "), untrusted
+    assert "which coordinator.toml does not trust" in untrusted
+    assert "does not match the job (edited after signing)" in edited
+    for country in COUNTRIES:
+        ledger = faults.federation.root / f"node-{country}" / "state" / "ledger.jsonl"
+        jobs = {json.loads(line).get("job") for line in ledger.read_text("ascii").splitlines()}
+        assert not jobs & {"untrusted", "edited"}  # no node even heard of them
+
+
+def test_a_job_naming_a_file_outside_the_data_folder_is_refused_unread(
+    faults: Faults,
+) -> None:
+    said = faults.leak.stdout + faults.leak.stderr + faults.leak_log
+    assert faults.leak.returncode == 2, said
+    assert "job: data.test: 'leak.csv' is not a file in the coordinator's data folder" in said
+    assert "root:x" not in said
+    assert "/bin/bash" not in said
+
+
+def test_a_node_that_dies_mid_round_is_dropped_and_the_job_completes(faults: Faults) -> None:
+    assert faults.dropout_run.returncode == 0, faults.dropout_run.stdout
+    results = faults.dropout
+    assert results.status == "completed"
+    assert [r.dropped for r in results.rounds] == [[], ["ES"], ["ES"]]
+    by_round = [{n.country: n for n in r.nodes} for r in results.rounds]
+    assert all(n.status == "ok" for n in by_round[0].values())
+    assert by_round[1]["ES"].reason == f"ES sent no reply to round 2 within {ROUND_TIMEOUT_S} s"
+    for nodes in by_round[1:]:
+        assert (nodes["DE"].status, nodes["FR"].status) == ("ok", "ok")
+    assert "dropped: ES" in faults.dropout_run.stdout
+
+
+def test_a_killed_coordinator_takes_its_superlink_and_serverapp_with_it(faults: Faults) -> None:
+    assert faults.left_running == set()
+    assert not faults.port_after_kill
+    orphaned = faults.orphaned  # the ServerApp ended its run as it went
+    assert orphaned.status == "stopped"
+    assert orphaned.in_flight is not None
+    assert orphaned.in_flight.round == len(orphaned.rounds) + 1
+
+
+def _charged_rounds(faults: Faults, country: str, run: str) -> set[int]:
+    ledger = faults.federation.root / f"node-{country}" / "state" / "ledger.jsonl"
+    return {
+        entry["round"]
+        for entry in map(json.loads, ledger.read_text("ascii").splitlines())
+        if entry.get("run") == run and entry["kind"] == "record"
+    }
+
+
+def test_a_restart_ends_the_interrupted_run_and_no_node_trains_it_again(faults: Faults) -> None:
+    assert faults.crashed_before_restart.status == "running"  # nobody could write the end
+    crashed = faults.crashed
+    run = faults.crashed_path.parent.name
+    assert crashed.status == "failed"
+    assert crashed.error is not None
+    assert "`residency coordinator start` ended the run" in crashed.error
+    assert "checkpoint/ holds the global model of the last completed round" in crashed.error
+    assert f"run {run}: the coordinator stopped" in faults.restart_output
+    done = len(crashed.rounds)
+    for country in ("DE", "FR"):
+        charged = _charged_rounds(faults, country, run)
+        assert max(charged) <= done + 1, charged  # at most the round in flight at the crash
+        orphaned = _charged_rounds(faults, country, faults.orphaned_path.parent.name)
+        assert max(orphaned) <= len(faults.orphaned.rounds) + 1
+
+
+def test_every_ledger_verifies_after_the_faults(faults: Faults, tmp_path: Path) -> None:
+    root = faults.federation.root
+    coordinator = faults.federation.coordinator_dir
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(coordinator / "keys" / "ledger.key.pub", keys / "coordinator.pub")
+    node_ledgers: list[str] = []
+    for country in COUNTRIES:
+        shutil.copy(root / f"node-{country}" / "keys" / "record.key.pub", keys / f"{country}.pub")
+        node_ledgers += ["--node-ledger", str(root / f"node-{country}" / "state" / "ledger.jsonl")]
+
+    done = cli(
+        "audit",
+        "verify",
+        str(coordinator / "ledger" / "ledger.jsonl"),
+        "--keys",
+        str(keys),
+        *node_ledgers,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "VERIFIED" in done.stdout
+    as_json = cli(
+        "audit",
+        "verify",
+        str(coordinator / "ledger" / "ledger.jsonl"),
+        "--keys",
+        str(keys),
+        "--json",
+        *node_ledgers,
+    )
+    launcher = load_public(public_path(faults.federation.launcher_key))
+    records = json.loads(as_json.stdout)["records"]
+    assert records
+    assert {r["launcher"] for r in records} == {launcher}  # who spent what

@@ -1,0 +1,96 @@
+"""A restarted coordinator ends the runs a crash left open, so the ledger verifies again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from residency.common.audit.verify import load_keys, verify_ledger
+from residency.common.clock import now
+from residency.common.config.job import load_job
+from residency.common.privacy.signing import public_path
+from residency.server.coordinator import CoordinatorDir, init_coordinator
+from residency.server.recovery import UNCONFIRMED_REASON, end_open_runs
+from residency.server.results import InFlight, Results, RoundResult, RunStatus
+from residency.server.run_ledger import RunLedger
+from toy_federation import write_toy_job
+
+pytestmark = pytest.mark.unit
+
+
+def _crashed_run(folder: CoordinatorDir, run: str, *, in_flight: InFlight | None) -> Path:
+    """What a coordinator killed mid-run leaves: results "running", a ledger with no end."""
+    job = load_job(write_toy_job(folder.root / f"job-{run}", countries=("DE", "FR")))
+    RunLedger.open(folder.ledger, folder.ledger_key, run=run, job=job.name).started(job)
+    results = Results(
+        job=job.name,
+        residency_version="test",
+        started_at=now(),
+        config={},
+        rounds=[
+            RoundResult(
+                round=1,
+                accuracy=None,
+                macro_f1=None,
+                test_loss=None,
+                nodes=[],
+                bytes_up=0,
+                bytes_down=0,
+                seconds=1.0,
+            )
+        ],
+        in_flight=in_flight,
+    )
+    path = folder.runs / run / "results.json"
+    path.parent.mkdir(parents=True)
+    results.write(path)
+    return path
+
+
+def _auditor_keys(folder: CoordinatorDir, tmp_path: Path) -> dict[str, str]:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(public_path(folder.ledger_key), keys / "coordinator.pub")
+    return load_keys(keys)
+
+
+def test_an_open_run_ends_failed_with_its_in_flight_round_unconfirmed(tmp_path: Path) -> None:
+    folder = init_coordinator(tmp_path / "coordinator", names=["127.0.0.1"])
+    path = _crashed_run(folder, "41", in_flight=InFlight(round=2, countries=["DE", "FR"]))
+    keys = _auditor_keys(folder, tmp_path)
+    assert any(
+        "no run-finished entry" in p.what
+        for p in verify_ledger(folder.ledger / "ledger.jsonl", keys).problems
+    )
+
+    ended = end_open_runs(folder)
+
+    assert [e.run for e in ended] == ["41"]
+    results = Results.model_validate_json(path.read_text("utf-8"))
+    assert results.status is RunStatus.FAILED
+    assert results.error == (
+        "the coordinator stopped during round 2; `residency coordinator start` ended the run "
+        "(a run cannot resume: launch the job again)"
+    )
+    assert results.finished_at is not None
+    verified = verify_ledger(folder.ledger / "ledger.jsonl", keys)
+    assert verified.problems == []
+    assert verified.unconfirmed == {("41", "DE", 2), ("41", "FR", 2)}
+    assert verified.runs["41"]["status"] == "failed"
+    lines = (folder.ledger / "ledger.jsonl").read_text("ascii")
+    assert UNCONFIRMED_REASON in lines
+    assert end_open_runs(folder) == []  # settled once; a second start changes nothing
+
+
+def test_finished_runs_are_left_alone(tmp_path: Path) -> None:
+    folder = init_coordinator(tmp_path / "coordinator", names=["127.0.0.1"])
+    path = _crashed_run(folder, "5", in_flight=None)
+    done = Results.model_validate_json(path.read_text("utf-8"))
+    done.status = RunStatus.COMPLETED
+    done.write(path)
+    before = path.read_bytes()
+
+    assert end_open_runs(folder) == []
+    assert path.read_bytes() == before

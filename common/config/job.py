@@ -491,7 +491,7 @@ class Job(Strict):
         wanted = self.train.min_nodes
         if wanted is not None and self.nodes and wanted > len(self.nodes):
             raise ValueError(
-                f"train.min_nodes = {wanted} but the job names {len(self.nodes)} countries; "
+                f"train.min_nodes: {wanted} but the job names {len(self.nodes)} countries; "
                 f"fix: min_nodes = {len(self.nodes)} or fewer"
             )
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}; fix: correct the syntax") from exc
 
 
+_NAMED_FIELD = re.compile(r"^[a-z_]+(\.[a-z_]+)+[: ]")
+
+
 def describe_validation_error(path: Path, exc: ValidationError) -> str:
     """Render the first pydantic error as ``FILE: field.path: problem; fix: ...``."""
     err = exc.errors()[0]
@@ -37,6 +41,8 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
     if kind == "missing":
         return f"{path}: {loc}: required key is missing; fix: add it"
     message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"] and _NAMED_FIELD.match(message):  # a check across sections names its field
+        return f"{path}: {message}"
     got = err.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
     if "; fix: " in message:  # the validator already says how to fix it

@@ -427,5 +427,7 @@ def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "a", countries=("DE", "FR", "ES", "IT")))
     assert [job.train.required_nodes(4, r) for r in (1, 2, 3)] == [4, 3, 3]
     assert job.train.model_copy(update={"min_nodes": 2}).required_nodes(4, 1) == 2
-    with pytest.raises(ConfigError, match="min_nodes = 3 but the job names 2 countries"):
+    with pytest.raises(
+        ConfigError, match=r"job\.toml: train\.min_nodes: 3 but the job names 2 countries"
+    ):
         load_job(write_toy_job(tmp_path / "b", countries=("DE", "FR"), train="min_nodes = 3"))

@@ -69,8 +69,9 @@ from residency.server.results import Results
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 NO_DP = math.inf
 REGIMES = ("federated", "local", "central")
-CENTRAL_COUNTRY = "EU"
-"""The one party of a central row (holding every country's rows)."""
+CENTRAL_COUNTRY = "AQ"
+"""The one party of a central row (holding every country's rows). Jobs take ISO 3166-1 codes
+only; Antarctica's stands in for "all of them", and a federation may not use it."""
 
 
 DEFAULT_PIPELINE_NAME = pipeline_name(*DEFAULT_PIPELINE)
@@ -188,6 +189,8 @@ def prepare(
         model=model,
         seed=seed,
     )
+    if CENTRAL_COUNTRY in countries:
+        raise ValueError(f"--countries: {CENTRAL_COUNTRY} is the central row's stand-in")
     labels = tuple(job.data.labels)
     rng = np.random.default_rng(seed)
     files: dict[str, Path] = {}

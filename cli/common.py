@@ -12,8 +12,9 @@ from rich.panel import Panel
 
 from residency.common.config.job import Job
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: user text such as a path with ":x:" in it must print as written.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 EXIT_INPUT = 2
 EXIT_FAILED = 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ from rich.table import Table
 from residency.cli.common import EXIT_INPUT, EXIT_UNAVAILABLE, console, fail, warn_insecure
 from residency.cli.flower import Coordinator, CoordinatorUnavailable
 from residency.cli.processes import Child, supervise
+from residency.common.country import iso_country
 from residency.common.errors import ConfigError
 from residency.common.privacy.signing import load_signer
 from residency.server.admission import (
@@ -160,8 +160,10 @@ def admit(
     """Register a node's public key, so its SuperNode may connect."""
     where, settings = _load(folder)
     country = country.strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}", country):
-        raise fail(f"--country: {country!r} is not a two-letter ISO code; fix: e.g. DE", EXIT_INPUT)
+    try:
+        iso_country(country)
+    except ValueError as exc:
+        raise fail(f"--country: {exc}", EXIT_INPUT) from exc
     if not public_key.is_file():
         raise fail(f"{public_key}: file not found; fix: pass the node's keys/node.pub", EXIT_INPUT)
     fingerprint = key_fingerprint(public_key.read_bytes())

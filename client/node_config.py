@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from residency.common.config.job import BUILTIN_MODELS, Strict
 from residency.common.config.loading import load_model
 from residency.common.config.signed_job import LauncherKey
+from residency.common.country import CountryCode
 from residency.common.errors import ConfigError
 
 NODE_CONFIG_KEY = "residency-config"
@@ -27,7 +28,7 @@ SIMULATION_NODES_ENV = "RESIDENCY_SIMULATION_NODES"
 class NodeSettings(Strict):
     """What a country's operator decides for its node."""
 
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+    country: CountryCode
     data: Path
     budget_epsilon: Annotated[float, Field(strict=True, gt=0, le=1000)] = Field(
         description="largest target epsilon this node accepts for a job on its data"

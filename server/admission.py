@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from residency.common.clock import now
+from residency.common.country import CountryCode
 from residency.common.files import write_atomic
 
 
@@ -18,7 +18,7 @@ class AdmittedNode(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     node_id: str
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    country: CountryCode
     key_sha256: str
     admitted_at: str = Field(default_factory=now)
 

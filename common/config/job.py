@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from residency.common.config.loading import load_model
+from residency.common.country import CountryCode
 
 BUILTIN_MODELS = ("minilm", "tiny")
 SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
@@ -458,7 +459,7 @@ class PrivacySection(Strict):
 class NodeEntry(Strict):
     """One country in the job; ``data`` is its file in simulation (a deployed node owns its own)."""
 
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
+    country: CountryCode
     data: Path | None = None
 
     @field_validator("data")

@@ -160,3 +160,19 @@ def test_ctrl_c_stops_a_simulation_and_its_results_say_so(tmp_path: Path) -> Non
     assert final["status"] == "stopped"
     assert final["error"] == "stopped by a signal (runs stop, Ctrl-C)"
     assert len(final["rounds"]) < 50
+
+
+def test_user_text_in_an_error_prints_as_written_not_as_emoji(tmp_path: Path) -> None:
+    """Rich would render ``:x:`` in a path as an emoji; the user must see their own path."""
+    line = error_line(residency("simulate", "ward:x:notes.toml", cwd=tmp_path))
+
+    assert "ward:x:notes.toml" in line
+
+
+def test_a_country_code_outside_iso_3166_is_refused(tmp_path: Path) -> None:
+    job = write_toy_job(tmp_path / "job", countries=("DE", "XX"))
+
+    line = error_line(residency("simulate", str(job), "-o", "out", cwd=tmp_path))
+
+    assert "nodes.1.country: 'XX' is not an ISO 3166-1 alpha-2 country code; fix:" in line
+    assert not (tmp_path / "out").exists()

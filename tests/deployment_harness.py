@@ -127,8 +127,8 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def descendants(pid: int) -> set[int]:
-    """Every living process below ``pid`` (children, their children...), read from /proc."""
+def process_parents() -> dict[int, int]:
+    """Every process's parent, read from /proc."""
     parents: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -138,6 +138,12 @@ def descendants(pid: int) -> set[int]:
         except OSError:
             continue
         parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (children, their children...), read from /proc."""
+    parents = process_parents()
     found: set[int] = set()
     frontier = {pid}
     while frontier:

@@ -28,7 +28,7 @@ import large_update_app
 import pytest
 from large_update_app import DOWN_SEED_KEY, REPORT_KEY, UP_SEED_KEY, payload, payload_bytes
 
-from deployment_harness import Federation, cli, wait_until
+from deployment_harness import Federation, cli, process_parents, wait_until
 from residency.cli.bundle import write_app_bundle
 from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.privacy.update_digest import update_sha256
@@ -61,19 +61,6 @@ def _bundle(folder: Path, report: Path) -> Path:
     return folder
 
 
-def _parents() -> dict[int, int]:
-    parents = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
 def _cmdline(pid: int) -> str:
     return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -99,7 +86,7 @@ def _role(pid: int, parents: dict[int, int], coordinator: int) -> str:
 
 def _peak_rss_mib(*, coordinator: int, node: int) -> dict[str, float]:
     """Peak resident memory (``VmHWM``) of every live process of both daemons, by role."""
-    parents = _parents()
+    parents = process_parents()
     tree, frontier = {coordinator, node}, [coordinator, node]
     while frontier:
         parent = frontier.pop()

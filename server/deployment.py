@@ -41,15 +41,20 @@ from residency.server.run_ledger import RunLedger
 app = ServerApp()
 
 
-def runs_dir() -> Path:
-    """Where the coordinator keeps run outputs (set by ``residency coordinator start``)."""
-    folder = os.environ.get(RUNS_DIR_ENV)
+def _set_by_start(variable: str) -> Path:
+    """A folder ``residency coordinator start`` names in the ServerApp's environment."""
+    folder = os.environ.get(variable)
     if not folder:
         raise JobFailed(
-            f"{RUNS_DIR_ENV} is not set; fix: start the coordinator with "
+            f"{variable} is not set; fix: start the coordinator with "
             "`residency coordinator start DIR`"
         )
     return Path(folder)
+
+
+def runs_dir() -> Path:
+    """Where the coordinator keeps run outputs (set by ``residency coordinator start``)."""
+    return _set_by_start(RUNS_DIR_ENV)
 
 
 def admitted_countries() -> dict[int, str]:
@@ -70,13 +75,7 @@ def run_ledger(run: str, job: Job) -> RunLedger | None:
 
 def data_dir() -> Path:
     """The only folder a launched job may read files from (``data`` in coordinator.toml)."""
-    folder = os.environ.get(DATA_DIR_ENV)
-    if not folder:
-        raise JobFailed(
-            f"{DATA_DIR_ENV} is not set; fix: start the coordinator with "
-            "`residency coordinator start DIR`"
-        )
-    return Path(folder)
+    return _set_by_start(DATA_DIR_ENV)
 
 
 def trusted_launchers() -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.privacy.signing import load_public, public_path
 from residency.server.coordinator import CoordinatorDir, superlink_command
 from toy_federation import TEST_FILE, write_test_set
@@ -325,6 +326,18 @@ class Federation:
         daemon = _start_flower("Flower SuperNode", command, env, node_dir.parent / "flower-sn.out")
         self.daemons.append(daemon)
         return daemon
+
+    def flwr_run(self, bundle: Path, *, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """Submit an app bundle with Flower's own CLI, as anyone reaching the port could."""
+        with Coordinator(address=self.address, ca=self.ca).home() as env:
+            return subprocess.run(
+                [flwr_binary(), "run", str(bundle), CONNECTION, "--stream"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
 
     def nodes(self) -> list[dict[str, object]]:
         done = cli("coordinator", "nodes", "--json", "--dir", str(self.coordinator_dir))

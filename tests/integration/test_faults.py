@@ -31,7 +31,6 @@ from deployment_harness import (
     wait_until,
 )
 from residency.cli.bundle import write_app_bundle, write_bundle
-from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.config.job import load_job
 from residency.common.config.signed_job import sign_job
 from residency.common.privacy.signing import load_public, load_signer, public_path
@@ -128,15 +127,7 @@ def _refused_signatures(federation: Federation, root: Path) -> dict[str, str]:
     body["privacy"]["target_epsilon"] = 50.0  # after signing
     edited = signed.model_copy(update={"body": json.dumps(body, separators=(",", ":"))})
     write_bundle(edited, root / "edited-bundle")
-    with Coordinator(address=federation.address, ca=federation.ca).home() as env:
-        done = subprocess.run(
-            [flwr_binary(), "run", str(root / "edited-bundle"), CONNECTION, "--stream"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+    done = federation.flwr_run(root / "edited-bundle", timeout_s=240)
     said["edited"] = done.stdout + done.stderr
     return said
 
@@ -156,15 +147,7 @@ def _submit_hostile_app(federation: Federation, root: Path) -> Hostile:
         clientapp="hostile_app:client_app",
         config={hostile_app.MARKER_KEY: str(marker), hostile_app.REPORT_KEY: str(report)},
     )
-    with Coordinator(address=federation.address, ca=federation.ca).home() as env:
-        done = subprocess.run(
-            [flwr_binary(), "run", str(bundle), CONNECTION, "--stream"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+    done = federation.flwr_run(bundle, timeout_s=240)
     replies = json.loads(report.read_text("utf-8")) if report.exists() else None
     return Hostile(done, marker, replies)
 

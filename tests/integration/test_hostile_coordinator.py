@@ -19,7 +19,6 @@ import pytest
 
 from deployment_harness import Federation, wait_until
 from residency.cli.bundle import write_app_bundle
-from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common import wire
 from residency.common.config.job import load_job
@@ -73,15 +72,7 @@ def reached(tmp_path_factory: pytest.TempPathFactory) -> Reached:
         federation.admit(node, "DE")
         federation.start_node(node)
         federation.wait_online(["DE"])
-        with Coordinator(address=federation.address, ca=federation.ca).home() as env:
-            done = subprocess.run(
-                [flwr_binary(), "run", str(bundle), CONNECTION, "--stream"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
+        done = federation.flwr_run(bundle, timeout_s=600)
     finally:
         federation.stop_all()
     wait_until(lambda: not federation.leftovers(), timeout_s=30, what="no leftover processes")

@@ -30,7 +30,6 @@ from large_update_app import DOWN_SEED_KEY, REPORT_KEY, UP_SEED_KEY, payload, pa
 
 from deployment_harness import Federation, cli, process_parents, wait_until
 from residency.cli.bundle import write_app_bundle
-from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.privacy.update_digest import update_sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -193,17 +192,8 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
         federation.admit(node_dir, "DE")
         node = federation.start_flower_supernode(node_dir)
         federation.wait_online(["DE"])
-        target = Coordinator(address=federation.address, ca=federation.ca)
         started = time.monotonic()
-        with target.home() as env:
-            flwr_run = subprocess.run(
-                [flwr_binary(), "run", str(bundle), CONNECTION, "--stream"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=RUN_TIMEOUT_S,
-                check=False,
-            )
+        flwr_run = federation.flwr_run(bundle, timeout_s=RUN_TIMEOUT_S)
         wall_s = time.monotonic() - started
         assert report_path.is_file(), (
             f"the ServerApp wrote no report\nflwr run:\n{flwr_run.stdout}{flwr_run.stderr}\n"

@@ -52,8 +52,8 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check the chain, every signature and update hash, and recompute every epsilon twice."""
-    from residency.common.audit.verify import load_keys, verify_ledger
-    from residency.common.privacy.crosscheck import AGREEMENT_RTOL
+    from residency.auditor.crosscheck import AGREEMENT_RTOL
+    from residency.auditor.verify import load_keys, verify_ledger
     from residency.common.privacy.signing import key_id
 
     try:

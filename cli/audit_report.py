@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from residency.auditor.report_format import ReportFormat
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
-from residency.common.audit.report_format import ReportFormat
 from residency.common.errors import ConfigError
 
 LedgerArgument = Annotated[Path, typer.Argument(help="ledger.jsonl (a coordinator's or a node's).")]
@@ -53,8 +53,8 @@ def report(
     ] = None,
 ) -> None:
     """Verify LEDGER and write a report: per country, the epsilon burn-down against its budget."""
-    from residency.common.audit.report import render_report, verdict
-    from residency.common.audit.verify import load_keys, verify_ledger
+    from residency.auditor.report import render_report, verdict
+    from residency.auditor.verify import load_keys, verify_ledger
     from residency.common.files import write_atomic
 
     try:

@@ -15,8 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
-from residency.client.canary_settings import (
+from residency.auditor.canary_settings import (
     DEFAULT_CANARIES,
     DEFAULT_CONFIDENCE,
     MIN_CANARIES,
@@ -24,6 +23,7 @@ from residency.client.canary_settings import (
     CanarySettings,
     Mechanism,
 )
+from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
 from residency.common.config.job import AccountantKind
 
 _FIXES = {
@@ -206,7 +206,7 @@ def canary(
         )
     except ValidationError as exc:
         raise _input_error(exc) from exc
-    from residency.client.canary import audit_canaries, min_canaries, run_sizes
+    from residency.auditor.canary import audit_canaries, min_canaries, run_sizes
 
     try:
         run_sizes(mechanism, settings.canaries)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from ledger_factory import write_ledger
-from residency.common.audit.report import render_report
-from residency.common.audit.report_format import ReportFormat
-from residency.common.audit.verify import load_keys, verify_ledger
+from residency.auditor.report import render_report
+from residency.auditor.report_format import ReportFormat
+from residency.auditor.verify import load_keys, verify_ledger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

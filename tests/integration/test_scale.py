@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from e2e_cli import residency
-from residency.common.audit.verify import load_keys, verify_ledger
+from residency.auditor.verify import load_keys, verify_ledger
 from toy_federation import write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

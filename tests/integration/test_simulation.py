@@ -15,8 +15,8 @@ from flwr.serverapp import Grid
 from opacus.accountants import PRVAccountant
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.simulation import simulate
-from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import load_job
 from residency.common.data.readers import read_labeled_texts
 from residency.common.privacy.record import PrivacyRecord

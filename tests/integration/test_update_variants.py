@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.simulation import simulate
-from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import UpdateKind, load_job
 from residency.common.model import (
     ModelSpec,

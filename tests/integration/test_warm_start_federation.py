@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
+from residency.auditor.report import render_report
+from residency.auditor.report_format import ReportFormat
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.simulation import simulate
-from residency.common.audit.report import render_report
-from residency.common.audit.report_format import ReportFormat
-from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import load_job
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
 from toy_federation import LEARNABLE, exported_accuracy, write_toy_job

@@ -9,6 +9,7 @@ import torch
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
+from residency.auditor.crosscheck import epsilon_dp_accounting
 from residency.common.config.job import AccountantKind
 from residency.common.privacy.accountant import (
     History,
@@ -17,7 +18,6 @@ from residency.common.privacy.accountant import (
     noise_for_target,
     poisson_schedule,
 )
-from residency.common.privacy.crosscheck import epsilon_dp_accounting
 
 pytestmark = [
     pytest.mark.unit,

@@ -15,10 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 from ledger_factory import RESET_REASON, LedgerFixture, account, write_ledger
+from residency.auditor.report import render_report
+from residency.auditor.report_format import ReportFormat
+from residency.auditor.verify import Verification, load_keys, verify_ledger
 from residency.cli.audit_report import report
-from residency.common.audit.report import render_report
-from residency.common.audit.report_format import ReportFormat
-from residency.common.audit.verify import Verification, load_keys, verify_ledger
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
 from residency.common.privacy.signing import key_id
 

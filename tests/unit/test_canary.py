@@ -13,8 +13,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from pydantic import ValidationError
 
-from residency.client import trainer
-from residency.client.canary import (
+from residency.auditor.canary import (
     audit_canaries,
     canary_scores,
     canary_training,
@@ -22,7 +21,8 @@ from residency.client.canary import (
     min_canaries,
     run_sizes,
 )
-from residency.client.canary_settings import CanarySettings, Mechanism
+from residency.auditor.canary_settings import CanarySettings, Mechanism
+from residency.client import trainer
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
 

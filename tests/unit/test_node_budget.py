@@ -9,13 +9,13 @@ from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from node_harness import node_file, train_round
+from residency.auditor.crosscheck import epsilon_dp_accounting
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common import wire
-from residency.common.audit.verify import load_keys, verify_ledger
 from residency.common.config.job import AccountantKind, Job, load_job
 from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.privacy.accountant import compose, epsilon_spent
-from residency.common.privacy.crosscheck import epsilon_dp_accounting
 from residency.common.privacy.record import SignedRecord, open_record
 from residency.common.privacy.signing import load_public
 from residency.common.privacy.update_digest import update_sha256

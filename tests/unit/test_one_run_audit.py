@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from residency.common.privacy.one_run_audit import epsilon_ceiling, epsilon_lower_bound, p_value
+from residency.auditor.one_run_audit import epsilon_ceiling, epsilon_lower_bound, p_value
 
 pytestmark = pytest.mark.unit
 

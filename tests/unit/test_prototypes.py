@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from residency.auditor.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
+from residency.auditor.one_run_audit import epsilon_lower_bound
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.model import ModelSpec, build_classifier
 from residency.common.privacy.accountant import epsilon_spent, noise_for_target
-from residency.common.privacy.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
-from residency.common.privacy.one_run_audit import epsilon_lower_bound
 from residency.common.updates import prototypes
 from residency.common.updates.prototypes import (
     COUNT_WEIGHT,

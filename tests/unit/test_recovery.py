@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from residency.common.audit.verify import load_keys, verify_ledger
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.common.clock import now
 from residency.common.config.job import load_job
 from residency.common.privacy.signing import public_path

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from node_harness import node_file, signed_record, train_round, update_of
+from residency.auditor.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.trainer import LocalSchedule
 from residency.common.config.job import (
@@ -31,7 +32,6 @@ from residency.common.model import (
     trainable_state,
 )
 from residency.common.privacy.accountant import epsilon_spent, noise_after, noise_for_target
-from residency.common.privacy.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job

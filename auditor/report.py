@@ -19,9 +19,10 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from residency.common.audit.burndown import Burndown, RoundEpsilons, render_burndown
-from residency.common.audit.report_format import ReportFormat
-from residency.common.audit.verify import (
+from residency.auditor.burndown import Burndown, RoundEpsilons, render_burndown
+from residency.auditor.crosscheck import AGREEMENT_RTOL
+from residency.auditor.report_format import ReportFormat
+from residency.auditor.verify import (
     SAME_LIBRARY_RTOL,
     Problem,
     Refusal,
@@ -30,7 +31,6 @@ from residency.common.audit.verify import (
     Verification,
 )
 from residency.common.config.job import AccountantKind
-from residency.common.privacy.crosscheck import AGREEMENT_RTOL
 from residency.common.privacy.signing import key_id
 from residency.common.version import __version__
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors.numpy import load_file
 
+from residency.auditor.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
 from residency.common.config.job import AccountantKind
 from residency.common.errors import ConfigError, InvalidUpdate
 from residency.common.privacy.accountant import BUDGET_RTOL, History, compose, epsilon_spent
-from residency.common.privacy.crosscheck import AGREEMENT_RTOL, epsilon_dp_accounting
 from residency.common.privacy.ledger import GENESIS, EntryKind, LedgerEntry, read_lines
 from residency.common.privacy.record import NoiseSource, PrivacyRecord, open_record
 from residency.common.privacy.signing import key_id, load_public

@@ -8,7 +8,7 @@ the most one example may move the model. Each canary is included independently w
 probability 1/2; the included ones are the data set; DP-SGD (plain SGD, learning rate 1) runs
 the configuration's steps at its sample rate and noise. A canary's score is how far its own
 coordinate moved. The auditor guesses "in" for the highest scores and "out" for the lowest,
-abstaining on the rest, and :mod:`residency.common.privacy.one_run_audit` turns the number of
+abstaining on the rest, and :mod:`residency.auditor.one_run_audit` turns the number of
 correct guesses into an epsilon lower bound at the stated confidence. A bound above the
 epsilon the configuration claims refutes the claim (flagged); a correct configuration is
 flagged with probability at most ``1 - confidence``.
@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from residency.client import trainer
-from residency.client.canary_settings import (
+from residency.auditor.canary_settings import (
     MIN_CANARIES,
     CanaryAudit,
     CanarySettings,
     Mechanism,
 )
-from residency.common.privacy.one_run_audit import epsilon_ceiling, epsilon_lower_bound
+from residency.auditor.one_run_audit import epsilon_ceiling, epsilon_lower_bound
+from residency.client import trainer
 
 _GRADIENT_GAIN = 2.0
 """A canary's raw gradient norm over the clipping norm: above 1, so clipping makes it exactly C."""

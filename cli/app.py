@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from residency.cli.audit import audit_app
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
 from residency.cli.coordinator import coordinator_app
+from residency.cli.dashboard import dashboard
 from residency.cli.deployment import run, runs_app
 from residency.cli.launcher import launcher_app
 from residency.cli.node import node_app
@@ -49,6 +50,7 @@ app.add_typer(launcher_app, name="launcher")
 app.add_typer(runs_app, name="runs")
 app.add_typer(audit_app, name="audit")
 app.command()(run)
+app.command()(dashboard)
 
 
 def _version(value: bool) -> None:

@@ -20,6 +20,7 @@ import pytest
 from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
+from residency.server.dashboard.state import DashboardState, read_state
 from residency.server.results import Results
 from toy_federation import LEARNABLE, write_toy_job
 
@@ -84,6 +85,7 @@ class Deployed:
     node_rows: list[dict[str, object]]
     exit_codes: dict[str, int]
     released: Results
+    dashboard: DashboardState
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             timeout_s=600,
         )
         assert run.returncode == 0, run.stdout + run.stderr
+        dashboard = read_state(federation.coordinator_dir)  # what the dashboard shows now
         listing = cli(
             "runs", "--json", "--coordinator", federation.address, "--ca", str(federation.ca)
         )
@@ -167,7 +170,26 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         node_rows,
         codes,
         released,
+        dashboard,
     )
+
+
+def test_the_dashboard_shows_the_deployed_run_and_its_online_nodes(deployed: Deployed) -> None:
+    state = deployed.dashboard
+    assert state.kind == "coordinator"
+    assert sorted((n.country, n.online) for n in state.nodes) == [
+        (country, True) for country in sorted(COUNTRIES)
+    ]
+    (run,) = state.runs
+    assert run.status == "completed"
+    assert [r.round for r in run.rounds] == [r.round for r in deployed.results.rounds]
+    assert {c.country: c.epsilon for c in run.countries} == {
+        country: privacy.epsilon for country, privacy in deployed.results.privacy.items()
+    }
+    for country in COUNTRIES:
+        burndown = run.figures[f"burndown-{country}"]
+        dataset = next(t for t in burndown["data"] if t["name"] == "dataset ε, lifetime")
+        assert len(dataset["y"]) == len(deployed.results.rounds)  # from the ledger's records
 
 
 def test_job_completes_over_tls_with_node_authentication(deployed: Deployed) -> None:
@@ -310,12 +332,18 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     coordinator.admit(node, "DE")
     daemon = coordinator.start_node(node)
     coordinator.wait_online(["DE"])
+    shown = read_state(coordinator.coordinator_dir).nodes  # the dashboard, from SuperLink's db
+    assert [(n.country, n.online) for n in shown] == [("DE", True)]
+    assert shown[0].last_seen is not None
     assert daemon.stop(sig=signal.SIGTERM) == 0  # what systemd, Docker and Kubernetes send
     wait_until(
         lambda: all(row["status"] != "online" for row in coordinator.nodes()),
         timeout_s=60,
         what="the node to go offline",
     )
+    assert [(n.country, n.online) for n in read_state(coordinator.coordinator_dir).nodes] == [
+        ("DE", False)
+    ]
     again = cli(
         "coordinator",
         "admit",

@@ -1,0 +1,460 @@
+"""What the dashboard shows, read from a coordinator folder or a ``simulate`` output folder.
+
+Everything comes from files the coordinator already writes: each run's ``results.json``
+(rewritten atomically after every round), the privacy ledger (each country's signed records,
+for its dataset's lifetime ε per round), ``nodes.json`` (admitted keys) and SuperLink's own
+database (which nodes are online), read through Flower's table models on a read-only
+connection. The dashboard writes nothing and reads no node's files.
+
+The ledger's records are shown as recorded; checking their signatures and recomputing their
+ε is the auditor's work (``residency audit verify``), not a monitoring page's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from residency.common import charts
+from residency.common.errors import ConfigError
+from residency.common.privacy.ledger import EntryKind, LedgerEntry
+from residency.common.privacy.record import PrivacyRecord
+from residency.server.admission import read_admitted
+from residency.server.coordinator import SETTINGS_FILE, CoordinatorDir
+from residency.server.results import RESULTS_FILE, NodeStatus, Results, RunStatus
+
+log = logging.getLogger("residency.dashboard")
+
+LEDGER_FILE = Path("ledger") / "ledger.jsonl"
+MAX_RUNS = 20
+"""Runs shown, newest first: a coordinator that has run hundreds of jobs still loads fast."""
+
+
+class Refusal(BaseModel):
+    """A round a country declined or whose reply was rejected, with the reason it gave."""
+
+    round: int
+    status: str
+    reason: str
+
+
+class CountryView(BaseModel):
+    """One country in one run: its ε against the job's target and its lifetime budget."""
+
+    country: str
+    epsilon: float | None
+    target_epsilon: float
+    epsilon_dataset: float | None
+    budget_epsilon: float | None
+    rounds_charged: int
+    rounds_unconfirmed: int
+    refusals: list[Refusal]
+    dropped_rounds: list[int]
+    last_reply_round: int | None
+
+
+class RoundView(BaseModel):
+    """One completed round of the global model."""
+
+    round: int
+    update: str | None
+    accuracy: float | None
+    macro_f1: float | None
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    dropped: list[str]
+
+
+class RunView(BaseModel):
+    """One run as its ``results.json`` stands now, with its charts."""
+
+    id: str
+    job: str
+    status: RunStatus
+    error: str | None
+    started_at: str
+    finished_at: str | None
+    rounds_planned: int
+    in_flight: int | None
+    rounds: list[RoundView]
+    countries: list[CountryView]
+    final_accuracy: float | None
+    final_macro_f1: float | None
+    figures: dict[str, charts.Figure]
+
+
+class NodeView(BaseModel):
+    """A node the coordinator knows: admitted keys (deployment) or virtual nodes (simulation)."""
+
+    country: str
+    node_id: str | None
+    key_sha256: str | None
+    admitted_at: str | None
+    online: bool | None
+    last_seen: str | None
+
+
+class DashboardState(BaseModel):
+    """The whole page's data; ``version`` changes whenever a file it was read from does."""
+
+    folder: str
+    kind: str
+    version: str
+    read_at: str
+    runs: list[RunView]
+    nodes: list[NodeView]
+    problems: list[str]
+
+
+def folder_kind(folder: Path) -> str:
+    """``coordinator`` or ``simulation``; a folder that is neither is refused in one line."""
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{folder}: no such folder; fix: name a coordinator folder or a run's output"
+        )
+    if (folder / SETTINGS_FILE).is_file():
+        return "coordinator"
+    if (folder / RESULTS_FILE).is_file():
+        return "simulation"
+    raise ConfigError(
+        f"{folder}: neither a coordinator folder ({SETTINGS_FILE}) nor a run's output "
+        f"({RESULTS_FILE}); fix: name the folder given to `coordinator init` or to "
+        "`simulate --output`"
+    )
+
+
+def _run_folders(folder: Path, kind: str) -> list[Path]:
+    if kind == "simulation":
+        return [folder]
+    runs = [p for p in (folder / "runs").glob("*") if (p / RESULTS_FILE).is_file()]
+    runs.sort(key=lambda p: (p / RESULTS_FILE).stat().st_mtime, reverse=True)
+    return runs[:MAX_RUNS]
+
+
+def watched_files(folder: Path, kind: str) -> list[Path]:
+    """The files whose change means the page is stale."""
+    files = [run / RESULTS_FILE for run in _run_folders(folder, kind)]
+    files.append(folder / LEDGER_FILE)
+    if kind == "coordinator":
+        directory = CoordinatorDir(folder)
+        files += [directory.admitted, directory.database, directory.runs]
+    return files
+
+
+def version(files: list[Path]) -> str:
+    """A cheap fingerprint of the files' sizes and modification times."""
+    parts = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            parts.append(f"{path.name}:-")
+            continue
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _dataset_epsilons(ledger: Path, problems: list[str]) -> dict[tuple[str, str], dict[int, float]]:
+    """(run, country) -> round -> the dataset's lifetime ε its record states."""
+    found: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    if not ledger.is_file():
+        return found
+    for number, line in enumerate(ledger.read_text("utf-8", errors="replace").splitlines()):
+        try:
+            entry = LedgerEntry.model_validate_json(line)
+            if entry.kind != EntryKind.RECORD or entry.record is None:
+                continue
+            record = PrivacyRecord.model_validate_json(entry.record.body)
+        except ValidationError:
+            problems.append(f"{ledger}: entry {number} is not a ledger record; run `audit verify`")
+            continue
+        found[(record.run, record.country)][record.round] = record.epsilon_dataset
+    return found
+
+
+def _countries(results: Results) -> list[CountryView]:
+    names = sorted({n.country for r in results.rounds for n in r.nodes} | set(results.privacy))
+    views = []
+    for country in names:
+        privacy = results.privacy.get(country)
+        mine = [(r.round, n) for r in results.rounds for n in r.nodes if n.country == country]
+        refusals = [
+            Refusal(round=number, status=node.status.value, reason=node.reason or "")
+            for number, node in mine
+            if node.status != NodeStatus.OK
+        ]
+        replies = [number for number, node in mine if node.status == NodeStatus.OK]
+        views.append(
+            CountryView(
+                country=country,
+                epsilon=privacy.epsilon if privacy else None,
+                target_epsilon=privacy.target_epsilon if privacy else _target(results),
+                epsilon_dataset=privacy.epsilon_dataset if privacy else None,
+                budget_epsilon=privacy.budget_epsilon if privacy else None,
+                rounds_charged=privacy.rounds_charged if privacy else 0,
+                rounds_unconfirmed=privacy.rounds_unconfirmed if privacy else 0,
+                refusals=refusals,
+                dropped_rounds=[r.round for r in results.rounds if country in r.dropped],
+                last_reply_round=max(replies, default=None),
+            )
+        )
+    return views
+
+
+def _target(results: Results) -> float:
+    privacy = results.config.get("privacy", {})
+    return float(privacy.get("target_epsilon", float("nan")))
+
+
+def _planned(results: Results) -> int:
+    train = results.config.get("train", {})
+    rounds = int(train.get("rounds", len(results.rounds)) or 0)
+    return rounds + (1 if train.get("warm_start") else 0)
+
+
+def _figures(
+    results: Results,
+    run_id: str,
+    countries: list[CountryView],
+    dataset: dict[tuple[str, str], dict[int, float]],
+    planned: int,
+) -> dict[str, charts.Figure]:
+    numbers = [r.round for r in results.rounds]
+    axis = max(planned, max(numbers, default=0))
+    figures = {
+        "quality": charts.line_chart(
+            "Global model on the test set",
+            "score",
+            [
+                charts.Series(
+                    "accuracy", numbers, [r.accuracy for r in results.rounds], charts.BLUE
+                ),
+                charts.Series(
+                    "macro-F1",
+                    numbers,
+                    [r.macro_f1 for r in results.rounds],
+                    charts.ORANGE,
+                    dash="dash",
+                    marker="square",
+                ),
+            ],
+            rounds=axis,
+            percent=True,
+        ),
+        "bytes": charts.line_chart(
+            "Bytes per round",
+            "bytes",
+            [
+                charts.Series(
+                    "up (nodes → coordinator)",
+                    numbers,
+                    [float(r.bytes_up) for r in results.rounds],
+                    charts.GREEN,
+                ),
+                charts.Series(
+                    "down (coordinator → nodes)",
+                    numbers,
+                    [float(r.bytes_down) for r in results.rounds],
+                    charts.PURPLE,
+                    dash="dash",
+                    marker="square",
+                ),
+            ],
+            rounds=axis,
+        ),
+        "seconds": charts.line_chart(
+            "Time per round",
+            "seconds",
+            [
+                charts.Series(
+                    "round time", numbers, [r.seconds for r in results.rounds], charts.GREY
+                )
+            ],
+            rounds=axis,
+        ),
+    }
+    for view in countries:
+        replies = [
+            (r.round, n.epsilon)
+            for r in results.rounds
+            for n in r.nodes
+            if n.country == view.country
+        ]
+        by_round = dataset.get((run_id, view.country), {})
+        series = [
+            charts.Series("run ε", [r for r, _ in replies], [e for _, e in replies], charts.BLUE),
+        ]
+        if by_round:
+            rounds = sorted(by_round)
+            series.append(
+                charts.Series(
+                    "dataset ε, lifetime",
+                    rounds,
+                    [by_round[r] for r in rounds],
+                    charts.PURPLE,
+                    dash="dot",
+                    marker="diamond",
+                )
+            )
+        figures[f"burndown-{view.country}"] = charts.burndown_chart(
+            view.country,
+            series,
+            rounds=axis,
+            target=view.target_epsilon,
+            budget=view.budget_epsilon,
+            refused=[refusal.round for refusal in view.refusals],
+            dropped=view.dropped_rounds,
+        )
+    return figures
+
+
+def _run(
+    folder: Path, dataset: dict[tuple[str, str], dict[int, float]], problems: list[str]
+) -> RunView | None:
+    path = folder / RESULTS_FILE
+    try:
+        results = Results.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as error:
+        first = str(error).splitlines()[0]
+        problems.append(f"{path}: unreadable ({first}); the page shows the other runs")
+        return None
+    run_id = _run_id(folder, results, dataset)
+    countries = _countries(results)
+    planned = _planned(results)
+    final = results.final
+    return RunView(
+        id=run_id,
+        job=results.job,
+        status=results.status,
+        error=results.error,
+        started_at=results.started_at,
+        finished_at=results.finished_at,
+        rounds_planned=planned,
+        in_flight=results.in_flight.round if results.in_flight else None,
+        rounds=[
+            RoundView(
+                round=r.round,
+                update=r.update,
+                accuracy=r.accuracy,
+                macro_f1=r.macro_f1,
+                bytes_up=r.bytes_up,
+                bytes_down=r.bytes_down,
+                seconds=r.seconds,
+                dropped=r.dropped,
+            )
+            for r in results.rounds
+        ],
+        countries=countries,
+        final_accuracy=final.accuracy if final else None,
+        final_macro_f1=final.macro_f1 if final else None,
+        figures=_figures(results, run_id, countries, dataset, planned),
+    )
+
+
+def _run_id(
+    folder: Path, results: Results, dataset: dict[tuple[str, str], dict[int, float]]
+) -> str:
+    """A deployed run's folder is its Flower run id; a simulation's is found in its ledger."""
+    if folder.name.isdigit():
+        return folder.name
+    runs = {run for run, _ in dataset}
+    return runs.pop() if len(runs) == 1 else folder.name
+
+
+def _online_nodes(database: Path, problems: list[str]) -> dict[str, tuple[bool, str | None]]:
+    """Flower node id -> (online now, last heartbeat), from SuperLink's database, read-only."""
+    if not database.is_file():
+        return {}
+    from flwr.common.constant import HEARTBEAT_PATIENCE
+    from flwr.supercore.state.schema.linkstate_models import Node as NodeModel
+    from flwr.supercore.utils import int64_to_uint64
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(f"sqlite:///file:{database}?mode=ro&uri=true")
+    found: dict[str, tuple[bool, str | None]] = {}
+    try:
+        with Session(engine) as session:
+            for node in session.scalars(select(NodeModel)):
+                until = node.online_until
+                last = None
+                if until is not None:
+                    beat = until - HEARTBEAT_PATIENCE * (node.heartbeat_interval or 0)
+                    last = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds")
+                online = until is not None and until > datetime.now(UTC).timestamp()
+                found[str(int64_to_uint64(node.node_id or 0))] = (online, last)
+    except SQLAlchemyError as error:
+        problems.append(f"{database}: not readable now ({type(error).__name__}); retrying")
+    finally:
+        engine.dispose()
+    return found
+
+
+def _nodes(folder: Path, kind: str, runs: list[RunView], problems: list[str]) -> list[NodeView]:
+    if kind == "simulation":
+        run = runs[0] if runs else None
+        live = run is not None and run.status == RunStatus.RUNNING
+        return [
+            NodeView(
+                country=c.country,
+                node_id=None,
+                key_sha256=None,
+                admitted_at=None,
+                online=live and (not run.rounds or c.country not in run.rounds[-1].dropped)
+                if run
+                else None,
+                last_seen=f"round {c.last_reply_round}" if c.last_reply_round else None,
+            )
+            for c in (run.countries if run else [])
+        ]
+    directory = CoordinatorDir(folder)
+    try:
+        admitted = read_admitted(directory.admitted)
+    except (OSError, ValidationError, json.JSONDecodeError) as error:
+        problems.append(f"{directory.admitted}: unreadable ({type(error).__name__})")
+        admitted = []
+    online = _online_nodes(directory.database, problems)
+    views = []
+    for node in admitted:
+        state = online.get(node.node_id)
+        views.append(
+            NodeView(
+                country=node.country,
+                node_id=node.node_id,
+                key_sha256=node.key_sha256,
+                admitted_at=node.admitted_at,
+                online=state[0] if state else False,
+                last_seen=state[1] if state else None,
+            )
+        )
+    return views
+
+
+def read_state(folder: Path) -> DashboardState:
+    """Everything the page shows, read now; unreadable parts become ``problems``, not errors."""
+    kind = folder_kind(folder)
+    files = watched_files(folder, kind)
+    problems: list[str] = []
+    dataset = _dataset_epsilons(folder / LEDGER_FILE, problems)
+    runs = [
+        run
+        for run in (_run(path, dataset, problems) for path in _run_folders(folder, kind))
+        if run is not None
+    ]
+    return DashboardState(
+        folder=str(folder),
+        kind=kind,
+        version=version(files),
+        read_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        runs=runs,
+        nodes=_nodes(folder, kind, runs, problems),
+        problems=problems,
+    )

@@ -1,0 +1,297 @@
+"""The dashboard's page and API: what it reads, what it escapes, who may see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from residency.cli.app import app as cli
+from residency.common.clock import now
+from residency.common.errors import ConfigError
+from residency.server.admission import AdmittedNode, record_admission
+from residency.server.coordinator import init_coordinator
+from residency.server.dashboard.app import COOKIE, create_app
+from residency.server.dashboard.state import read_state
+from residency.server.results import (
+    CountryPrivacy,
+    NodeRound,
+    NodeStatus,
+    Results,
+    RoundResult,
+    RunStatus,
+)
+
+pytestmark = pytest.mark.unit
+
+HOSTILE = '<img src=x onerror="window.pwned=1"></script><script>window.pwned=2</script>'
+TOKEN = "t" * 40
+
+
+def results(rounds: int, *, status: RunStatus = RunStatus.RUNNING, refusal: str = "") -> Results:
+    """A run of DE and FR after ``rounds`` rounds; FR refuses round 2 with ``refusal``."""
+    done = []
+    for number in range(1, rounds + 1):
+        nodes = [
+            NodeRound(
+                country="DE",
+                status=NodeStatus.OK,
+                examples=100,
+                epsilon=2.0 * number,
+                epsilon_round=2.0,
+                bytes_up=1_000,
+                bytes_down=1_100,
+            )
+        ]
+        if refusal and number == 2:
+            nodes.append(NodeRound(country="FR", status=NodeStatus.REFUSED, reason=refusal))
+        else:
+            nodes.append(
+                NodeRound(country="FR", status=NodeStatus.OK, examples=90, epsilon=2.0 * number)
+            )
+        done.append(
+            RoundResult(
+                round=number,
+                accuracy=0.5 + 0.1 * number,
+                macro_f1=0.4 + 0.1 * number,
+                test_loss=1.0,
+                nodes=nodes,
+                bytes_up=2_000,
+                bytes_down=2_200,
+                seconds=1.5,
+                update="head",
+                dropped=["ES"] if number == 3 else [],
+            )
+        )
+    return Results(
+        job="toy",
+        status=status,
+        residency_version="test",
+        started_at=now(),
+        config={"train": {"rounds": 4}, "privacy": {"target_epsilon": 8.0}},
+        rounds=done,
+        privacy={
+            country: CountryPrivacy(
+                epsilon=2.0 * rounds,
+                delta=1e-5,
+                target_epsilon=8.0,
+                accountant="prv",
+                rounds_charged=rounds,
+                epsilon_dataset=2.0 * rounds + 1,
+                budget_epsilon=10.0,
+            )
+            for country in ("DE", "FR")
+        },
+    )
+
+
+@pytest.fixture
+def run_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    results(2).write(folder / "results.json")
+    return folder
+
+
+def points(figure: dict[str, object], trace: str) -> list[float | None]:
+    data = figure["data"]
+    assert isinstance(data, list)
+    (found,) = [t for t in data if t["name"] == trace]
+    return list(found["y"])
+
+
+def test_each_curve_has_one_point_per_completed_round(run_folder: Path) -> None:
+    state = read_state(run_folder)
+    (run,) = state.runs
+    assert [r.round for r in run.rounds] == [1, 2]
+    assert points(run.figures["quality"], "accuracy") == pytest.approx([0.6, 0.7])
+    assert points(run.figures["quality"], "macro-F1") == pytest.approx([0.5, 0.6])
+    assert points(run.figures["bytes"], "up (nodes → coordinator)") == [2000, 2000]
+    for country in ("DE", "FR"):
+        burndown = run.figures[f"burndown-{country}"]
+        assert points(burndown, "run ε") == [2.0, 4.0]
+        assert points(burndown, "job target ε") == [8.0, 8.0]
+        assert points(burndown, "lifetime budget ε") == [10.0, 10.0]
+    assert [c.country for c in run.countries] == ["DE", "FR"]
+    assert run.rounds_planned == 4
+
+
+def test_refusals_and_dropped_rounds_are_shown_per_country(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    results(3, refusal="dataset budget 10.00 would be exceeded").write(folder / "results.json")
+    (run,) = read_state(folder).runs
+    france = next(c for c in run.countries if c.country == "FR")
+    assert [(r.round, r.status, r.reason) for r in france.refusals] == [
+        (2, "refused", "dataset budget 10.00 would be exceeded")
+    ]
+    assert run.rounds[2].dropped == ["ES"]
+    names = [t["name"] for t in run.figures["burndown-FR"]["data"]]
+    assert "refused" in names
+
+
+def test_hostile_text_is_escaped_in_the_page_and_its_figures(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    hostile = results(2, refusal=HOSTILE)
+    hostile.error = HOSTILE
+    hostile.write(folder / "results.json")
+    page = TestClient(create_app(folder)).get("/").text
+    assert "<img" not in page
+    assert "window.pwned=2</script>" not in page
+    assert page.count("&lt;img src=x onerror=") == 2  # the error and the refusal, as text
+    # The figures' JSON block holds no text a node wrote, and nothing that closes the block.
+    block = re.search(r'<script type="application/json" id="figures">(.*?)</script>', page, re.S)
+    assert block is not None
+    assert "onerror" not in block.group(1)
+    assert len(json.loads(block.group(1))) == 3 + 2
+
+
+def test_the_page_allows_scripts_from_its_own_server_only(run_folder: Path) -> None:
+    client = TestClient(create_app(run_folder))
+    for path in ("/", "/api/state", "/static/dashboard.js"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "unsafe-eval" not in policy
+    page = client.get("/").text
+    assert re.findall(r"<script src=\"([^\"]+)\"", page) == [
+        "static/plotly.min.js",
+        "static/dashboard.js",
+    ]
+    assert "http://" not in page
+    assert "https://" not in page
+
+
+def test_plotly_js_is_served_from_the_installed_package(run_folder: Path) -> None:
+    response = TestClient(create_app(run_folder)).get("/static/plotly.min.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert len(response.content) > 1_000_000
+    assert b"plotly.js v" in response.content[:300]
+
+
+@pytest.mark.parametrize(
+    "name", ["..%2F..%2Fresults.json", "page.html.j2", "missing.js", "..%2Fstate.py"]
+)
+def test_no_route_serves_a_file_by_name(run_folder: Path, name: str) -> None:
+    assert TestClient(create_app(run_folder)).get(f"/static/{name}").status_code == 404
+
+
+def test_no_route_writes(run_folder: Path) -> None:
+    client = TestClient(create_app(run_folder))
+    for path in ("/", "/api/state", "/events"):
+        assert client.post(path).status_code == 405
+        assert client.delete(path).status_code == 405
+
+
+def test_a_token_is_needed_when_one_is_set_and_is_kept_in_a_cookie(run_folder: Path) -> None:
+    client = TestClient(create_app(run_folder, token=TOKEN))
+    refused = client.get("/api/state")
+    assert refused.status_code == 401
+    assert "token" in refused.text
+    assert TOKEN not in refused.text
+    assert client.get("/?token=" + "x" * 40).status_code == 401
+    opened = client.get(f"/?token={TOKEN}")
+    assert opened.status_code == 200
+    cookie = opened.headers["set-cookie"]
+    assert f"{COOKIE}=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert client.get("/api/state").status_code == 200  # the cookie, no token in the URL
+    assert (
+        TestClient(create_app(run_folder, token=TOKEN)).get("/static/plotly.min.js").status_code
+        == 401
+    )
+
+
+def test_a_coordinator_folder_shows_its_admitted_nodes_and_runs(tmp_path: Path) -> None:
+    folder = init_coordinator(tmp_path / "coordinator", names=["localhost"])
+    for node_id, country in (("11", "DE"), ("12", "FR")):
+        record_admission(
+            folder.admitted, AdmittedNode(node_id=node_id, country=country, key_sha256="ab" * 32)
+        )
+    results(1).write(folder.runs / "4242" / "results.json")
+    state = read_state(folder.root)
+    assert state.kind == "coordinator"
+    assert [(n.country, n.node_id, n.online) for n in state.nodes] == [
+        ("DE", "11", False),
+        ("FR", "12", False),
+    ]
+    assert [run.id for run in state.runs] == ["4242"]
+    page = TestClient(create_app(folder.root)).get("/").text
+    assert "4242" in page
+    assert "never" in page
+
+
+def test_an_unreadable_results_file_is_a_problem_shown_not_a_crash(tmp_path: Path) -> None:
+    folder = init_coordinator(tmp_path / "coordinator", names=["localhost"])
+    results(1).write(folder.runs / "1" / "results.json")
+    (folder.runs / "2").mkdir()
+    (folder.runs / "2" / "results.json").write_text("{not json")
+    state = read_state(folder.root)
+    assert [run.id for run in state.runs] == ["1"]
+    (problem,) = state.problems
+    assert "runs/2/results.json" in problem
+
+
+def test_the_version_changes_when_a_round_completes(run_folder: Path) -> None:
+    before = read_state(run_folder).version
+    assert read_state(run_folder).version == before
+    results(3).write(run_folder / "results.json")
+    assert read_state(run_folder).version != before
+
+
+def test_a_folder_that_is_neither_kind_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither a coordinator folder") as error:
+        create_app(tmp_path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="no such folder"):
+        create_app(tmp_path / "missing")
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["dashboard", *args])
+    return result.exit_code, result.output
+
+
+def test_beyond_loopback_the_command_needs_a_token(run_folder: Path) -> None:
+    code, output = _invoke(str(run_folder), "--host", "0.0.0.0", "--port", "0")
+    assert code == 2
+    assert "--token-file" in output
+    assert "127.0.0.1" in output
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        (TOKEN, 0o644, "others can read the token; fix: chmod 600"),
+        ("short", 0o600, "at least 32 characters"),
+        ("a" * 20 + " " + "b" * 20, 0o600, "one word"),
+    ],
+)
+def test_a_weak_or_exposed_token_file_is_refused(
+    run_folder: Path, tmp_path: Path, content: str, mode: int, message: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(content)
+    os.chmod(token, mode)
+    code, output = _invoke(str(run_folder), "--token-file", str(token), "--port", "0")
+    assert code == 2
+    assert message in output
+    assert content not in output
+
+
+def test_a_port_in_use_is_refused_with_a_fix(run_folder: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code, output = _invoke(str(run_folder), "--port", str(port))
+    assert code == 2
+    assert f"--port {port}: cannot listen" in output
+    assert "fix:" in output

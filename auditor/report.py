@@ -1,25 +1,36 @@
-"""The auditor's report on a verified ledger: HTML with burn-down plots, JSON or Markdown.
+"""The auditor's report on a verified ledger: HTML with burn-down charts, JSON or Markdown.
 
 Every number comes from a ``Verification``: each node's recorded epsilon stands beside the
 auditor's own recomputations (Opacus and Google's dp-accounting), and every problem the verifier
 found is shown with its entry number, so the report says what was checked, not only what was
-claimed; every budget reset a node operator made is listed with the operator's reason. The
-HTML page is one self-contained file (inline CSS and SVG, no script, no external URL, no web
-font) so it can be archived, mailed and opened offline; rendering the same ledger twice gives
-the same bytes.
+claimed; every budget reset a node operator made is listed with the operator's reason.
+
+The HTML page is rendered from ``templates/report.html.j2`` (autoescaped) with plain data built
+here, and draws each country's chart with plotly.js from :mod:`residency.common.charts`, the
+dashboard's charts. It stays one self-contained file that an auditor can archive, mail and open
+offline: plotly.js is inlined from the installed ``plotly`` package (about 4.8 MB, hence a page
+of about 5 MB), figures are JSON in the page, nothing is fetched, and its Content-Security-Policy
+lets only the page's own two scripts run. Rendering the same ledger twice gives the same bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
 from html import escape
 from typing import Literal, TypeVar
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs_version
 from pydantic import BaseModel, ConfigDict
 
-from residency.auditor.burndown import Burndown, RoundEpsilons, render_burndown
+from residency.auditor.burndown import Burndown, RoundEpsilons, burndown_figure
 from residency.auditor.crosscheck import AGREEMENT_RTOL
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import (
@@ -30,6 +41,8 @@ from residency.auditor.verify import (
     RoundSpend,
     Verification,
 )
+from residency.common import charts
+from residency.common.charts import plotly_js
 from residency.common.config.job import AccountantKind
 from residency.common.privacy.signing import key_id
 from residency.common.version import __version__
@@ -377,10 +390,6 @@ def _where(entry: int | None) -> str:
     return "ledger" if entry is None else f"entry {entry}"
 
 
-def _policy(policy: PolicyRef) -> str:
-    return f"{policy.name or '(unnamed)'} {_short(policy.sha256)}"
-
-
 def _head(ledger: LedgerInfo) -> str | None:
     """``ENTRY:HASH``, as ``audit verify --since`` takes it."""
     return None if ledger.head is None else f"{ledger.head_entry}:{ledger.head}"
@@ -394,131 +403,27 @@ def _status(run: RunReport) -> str:
     return run.status or "not finished"
 
 
-# --- burn-down plot -------------------------------------------------------------------------
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
 
 
-def _burndown(run: RunReport, country: CountryReport, *, ident: str) -> str:
-    """The country's chart, its text alternative written with the tables' number format."""
-    rows = country.rounds
-    refused = tuple(sorted({r.round for r in country.refusals if r.round >= 1}))
-    target = run.target_epsilon
-    budget = country.budget_epsilon
-    title = f"{country.country}, run {run.run}: cumulative epsilon by round"
-    if target is not None:
-        title += f" against the job target {target:g}"
-    if budget is not None:
-        title += f" and the dataset budget {budget:g}"
-    desc = (
-        "; ".join(
-            f"round {r.round}: recorded {_eps(r.epsilon_recorded)}, "
-            f"Opacus {_eps(r.epsilon_opacus)}, "
-            f"dp-accounting {_eps(r.epsilon_dp_accounting)}, dataset {_eps(r.epsilon_dataset)}"
-            for r in rows
-        )
-        or "no rounds recorded"
-    )
-    if refused:
-        desc += "; refused rounds: " + ", ".join(map(str, refused))
-    chart = Burndown(
-        country=country.country,
-        title=title,
-        description=desc,
-        rounds=tuple(
-            RoundEpsilons(
-                round=r.round,
-                recorded=r.epsilon_recorded,
-                opacus=r.epsilon_opacus,
-                dp_accounting=r.epsilon_dp_accounting,
-                dataset=r.epsilon_dataset,
-                flagged=bool(r.problems),
-            )
-            for r in rows
-        ),
-        refused=refused,
-        rounds_planned=run.rounds_planned,
-        target=target,
-        budget=budget,
-    )
-    return render_burndown(chart, ident=ident)
+def _sample(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _pipeline(update: str | None) -> str:
+    """The run's update kind, or its phases: "prototypes+head" starts with a release."""
+    if not update:
+        return "–"
+    release, plus, trained = update.partition("+")
+    if not plus:
+        return update
+    return f"{update}: round 1 the {release} release, then {trained} training"
 
 
 # --- HTML -----------------------------------------------------------------------------------
 
-_CSS = """
-:root { --ink: #1a1a1a; --muted: #595959; --rule: #d4d4d4; --soft: #f4f5f7;
-  --ok: #1b7837; --ok-bg: #edf7ef; --bad: #b2182b; --bad-bg: #fcefef; --warn: #8c510a;
-  --warn-bg: #fdf6ea; }
-* { box-sizing: border-box; }
-html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-body { margin: 0; color: var(--ink); background: #ffffff; font: 15px/1.5 system-ui,
-  -apple-system, "Segoe UI", Roboto, "Helvetica Neue", "Liberation Sans", "DejaVu Sans", Arial,
-  sans-serif; }
-.page { max-width: 1120px; margin: 0 auto; padding: 28px 40px 48px; }
-h1 { font-size: 26px; margin: 0 0 2px; }
-h2 { font-size: 21px; margin: 0 0 6px; }
-h3 { font-size: 17px; margin: 0 0 4px; }
-h4 { font-size: 14px; margin: 16px 0 4px; text-transform: uppercase; letter-spacing: .05em;
-  color: var(--muted); }
-.subtitle { color: var(--muted); margin: 0 0 16px; }
-.verdict { display: inline-block; font-weight: 700; font-size: 18px; letter-spacing: .06em;
-  padding: 4px 14px; border: 2px solid; border-radius: 4px; }
-.verdict.ok { color: var(--ok); border-color: var(--ok); background: var(--ok-bg); }
-.verdict.bad { color: var(--bad); border-color: var(--bad); background: var(--bad-bg); }
-dl.facts { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2px 18px;
-  margin: 12px 0; }
-dl.facts.grid { grid-template-columns: repeat(3, max-content minmax(max-content, 1fr)); }
-dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; }
-code { font-family: "DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monospace;
-  font-size: 13px; overflow-wrap: anywhere; }
-.box { border-left: 6px solid; padding: 10px 20px; margin: 18px 0; }
-.box h2 { font-size: 17px; }
-.box ol, .box ul { margin: 4px 0; padding-left: 22px; }
-.problems { border-color: var(--bad); background: var(--bad-bg); }
-.problems h2 { color: var(--bad); }
-.notes { border-color: var(--warn); background: var(--warn-bg); }
-.resets { border-color: var(--muted); background: var(--soft); }
-.where { font-weight: 600; color: inherit; }
-section.run { border-top: 3px solid var(--ink); margin-top: 32px; padding-top: 10px; }
-section.country { border-top: 1px solid var(--rule); margin-top: 24px; padding-top: 12px; }
-.summary { margin: 0 0 8px; }
-figure { margin: 8px 0 12px; }
-figcaption { color: var(--muted); font-size: 13px; }
-svg.burndown { display: block; width: 100%; max-width: 900px; height: auto; }
-svg.burndown text { font-family: inherit; font-size: 12px; fill: #333333; }
-svg.burndown .axis-label { font-size: 13px; font-weight: 600; }
-svg.burndown .line-label, svg.burndown .refused-label { font-size: 11.5px; font-weight: 600; }
-.table-wrap { overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; font-size: 13px;
-  font-variant-numeric: tabular-nums; }
-th, td { padding: 4px 7px; text-align: right; white-space: nowrap;
-  border-bottom: 1px solid var(--rule); }
-thead th { background: var(--soft); border-bottom: 2px solid #8c8c8c; font-weight: 600;
-  vertical-align: bottom; white-space: normal; }
-th.text, td.text { text-align: left; white-space: normal; }
-td.auditor { background: #f7f9fc; }
-tr.bad td, tr.bad th { background: var(--bad-bg); }
-tr.bad td.check { color: var(--bad); font-weight: 600; }
-td.check { text-align: left; white-space: normal; min-width: 12em; }
-table.refusals td.text { width: 100%; }
-table.rounds caption { caption-side: bottom; text-align: left; color: var(--muted);
-  font-size: 12px; padding-top: 3px; }
-.muted { color: var(--muted); }
-footer { margin-top: 36px; border-top: 1px solid var(--rule); padding-top: 10px;
-  color: var(--muted); font-size: 13px; }
-@page { size: A4; margin: 14mm; }
-@media print {
-  body { font-size: 10.5pt; }
-  .page { max-width: none; padding: 0; }
-  section.country { break-inside: avoid-page; }
-  .table-wrap { overflow: visible; }
-  th, td { padding: 2px 5px; }
-}
-"""
-
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-
-_ROUND_COLUMNS = (
+ROUND_COLUMNS = (
     ("Round", ""),
     ("Entry", "ledger entry number"),
     ("ε round", "epsilon of this round alone, recorded"),
@@ -533,236 +438,179 @@ _ROUND_COLUMNS = (
     ("C clip", "max per-example gradient norm; for a prototypes release, its L2 sensitivity"),
     ("Averaged", "whether the coordinator averaged the update"),
 )
+"""The rounds table's columns: heading and tooltip (the HTML's and the Markdown's)."""
 
 
-def _h(value: object) -> str:
-    return escape(str(value))
+@dataclass(frozen=True)
+class ChartView:
+    """One country's burn-down chart on the page: its figure and its text alternative."""
+
+    ident: str
+    """Prefix of the chart's element ids, unique in the page: the same ledger, the same ids."""
+    title: str
+    points: list[str]
+    """One plain sentence per plotted round, for screen readers."""
+    refused: tuple[int, ...]
+    figure: charts.Figure
 
 
-def _findings_html(title: str, css: str, findings: Sequence[Finding], rows: frozenset[int]) -> str:
-    """The findings, each linked to its entry's row in a table below where there is one."""
-    if not findings:
-        return ""
-    items = "".join(
-        f'<li><a class="where" href="#entry-{f.entry}">{_where(f.entry)}</a>: {_h(f.what)}</li>'
-        if f.entry in rows
-        else f'<li><span class="where">{_where(f.entry)}</span>: {_h(f.what)}</li>'
-        for f in findings
+@dataclass(frozen=True)
+class CountryView:
+    """A country's section of a run."""
+
+    ident: str
+    country: CountryReport
+    chart: ChartView
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run's section of the page."""
+
+    ident: str
+    run: RunReport
+    countries: list[CountryView]
+
+
+@dataclass(frozen=True)
+class PageView:
+    """Everything ``report.html.j2`` renders; plain values apart from the two trusted scripts."""
+
+    report: Report
+    runs: list[RunView]
+    linked: frozenset[int]
+    """Entry numbers with a row in a table below, which a finding links to."""
+    round_columns: tuple[tuple[str, str], ...]
+    same_library_rtol: float
+    plotly_version: str
+    plotly_js: Markup
+    draw_js: Markup
+    csp: str
+
+
+def _csp(*scripts: str) -> str:
+    """Nothing from elsewhere; scripts only the report's own, by hash; styles inline (plotly's)."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in scripts
     )
-    return (
-        f'<section class="box {css}" aria-labelledby="{css}-heading">'
-        f'<h2 id="{css}-heading">{_h(title)} ({len(findings)})</h2><ol>{items}</ol></section>'
+    return f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:"
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("residency.auditor", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-
-
-def _resets_html(resets: Sequence[ResetRow]) -> str:
-    """Each budget reset: not a fault, but the one way a dataset's budget starts over."""
-    if not resets:
-        return ""
-    head = "".join(
-        f'<th scope="col" class="text">{_h(name)}</th>'
-        for name in ("Country", "Dataset", "Account", "At", "Ledger entry", "Reason, verbatim")
+    env.filters.update(
+        eps=_eps,
+        num=_num,
+        short=_short,
+        where=_where,
+        head=_head,
+        count=_count,
+        status=_status,
+        pipeline=_pipeline,
+        percent=_percent,
+        sample=_sample,
     )
-    rows = "".join(
-        f'<tr><th scope="row" class="text">{_h(r.country)}</th>'
-        f'<td class="text">{_h(r.dataset)}</td>'
-        f'<td class="text">{_code(_short(r.old_account))} → {_code(_short(r.new_account))}</td>'
-        f'<td class="text">{_h(r.at)}</td>'
-        f'<td class="text">{_code(r.ledger)} entry {r.entry}</td>'
-        f'<td class="text"><q>{_h(r.reason)}</q></td></tr>'
-        for r in resets
-    )
-    return (
-        '<section class="box resets" aria-labelledby="resets-heading">'
-        f'<h2 id="resets-heading">Budget resets ({len(resets)})</h2>'
-        "<p>A node operator opened a new budget account for a dataset: its lifetime ε starts "
-        "again from 0 and the old account's spend no longer binds it. Each is a signed entry "
-        "of the node's ledger, not a fault; whether the reason justifies it is for the "
-        "auditor to judge.</p>"
-        f'<div class="table-wrap"><table class="resets"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{rows}</tbody></table></div></section>"
-    )
+    return env
 
 
-def _facts(pairs: Iterable[tuple[str, str]], *, grid: bool = False) -> str:
-    """A definition list; values must already be HTML."""
-    items = "".join(f"<dt>{_h(k)}</dt><dd>{v}</dd>" for k, v in pairs)
-    return f'<dl class="facts{" grid" if grid else ""}">{items}</dl>'
+@cache
+def _scripts() -> tuple[Markup, Markup]:
+    """plotly.js and the report's drawing script, checked safe to inline in ``<script>``."""
+    scripts = (plotly_js(), _environment().get_template("draw.js.j2").render())
+    for script in scripts:
+        lowered = script.lower()
+        if "</script" in lowered or "<!--" in lowered:
+            raise RuntimeError("a script would end its <script> element early; not inlined")
+    return Markup(scripts[0]), Markup(scripts[1])
 
 
-def _code(value: str | None) -> str:
-    return "–" if value is None else f"<code>{_h(value)}</code>"
-
-
-def _pipeline(update: str | None) -> str:
-    """The run's update kind, or its phases: "prototypes+head" starts with a release."""
-    if not update:
-        return "–"
-    release, plus, trained = update.partition("+")
-    if not plus:
-        return update
-    return f"{update}: round 1 the {release} release, then {trained} training"
-
-
-def _rounds_table(country: CountryReport) -> str:
-    if not country.rounds:
-        return '<p class="muted">No record from this country in this run.</p>'
-    head = "".join(
-        f'<th scope="col" title="{_h(tip or name)}">{_h(name)}</th>' for name, tip in _ROUND_COLUMNS
-    )
-    head += '<th scope="col" class="text">Check</th>'
-    body = []
-    for r in country.rounds:
-        check = "; ".join(r.problems) if r.problems else "ok"
-        body.append(
-            f'<tr id="entry-{r.entry}" class="{"bad" if r.problems else "ok"}">'
-            f'<th scope="row">{r.round}</th><td>{r.entry}</td>'
-            f"<td>{_eps(r.epsilon_round)}</td><td>{_eps(r.epsilon_recorded)}</td>"
-            f'<td class="auditor">{_eps(r.epsilon_opacus)}</td>'
-            f'<td class="auditor">{_eps(r.epsilon_dp_accounting)}</td>'
-            f"<td>{_eps(r.epsilon_dataset)}</td><td>{_num(r.budget_epsilon)}</td>"
-            f"<td>{_num(r.noise_multiplier)}</td><td>{r.sample_rate:.4g}</td>"
-            f"<td>{r.steps}</td><td>{_num(r.max_grad_norm)}</td>"
-            f"<td>{'yes' if r.averaged else 'no'}</td>"
-            f'<td class="check">{_h(check)}</td></tr>'
-        )
-    return (
-        '<div class="table-wrap"><table class="rounds"><caption>Shaded columns: the auditor\'s '
-        "recomputation.</caption>"
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-    )
-
-
-def _refusals_html(country: CountryReport) -> str:
-    if not country.refusals:
-        return ""
-    items = "".join(
-        f'<tr id="entry-{r.entry}" class="{"bad" if r.problems else "ok"}">'
-        + f'<th scope="row">{r.round}</th>'
-        + f'<td>{r.entry}</td><td class="text"><q>{_h(r.reason)}</q>'
-        + (f' <span class="where">({_h("; ".join(r.problems))})</span>' if r.problems else "")
-        + "</td></tr>"
-        for r in country.refusals
-    )
-    return (
-        "<h4>Refusals</h4>"
-        '<div class="table-wrap"><table class="refusals"><thead><tr><th scope="col">Round</th>'
-        '<th scope="col">Entry</th><th scope="col" class="text">Reason, verbatim</th></tr>'
-        f"</thead><tbody>{items}</tbody></table></div>"
-    )
-
-
-def _country_html(run: RunReport, country: CountryReport, ident: str) -> str:
-    spent = f"ε {_eps(country.epsilon_recorded)}"
+def _chart(run: RunReport, country: CountryReport, *, ident: str) -> ChartView:
+    """The country's chart, its text alternative written with the tables' number format."""
+    rows = country.rounds
+    refused = tuple(sorted({r.round for r in country.refusals if r.round >= 1}))
+    title = f"{country.country}, run {run.run}: cumulative epsilon by round"
     if run.target_epsilon is not None:
-        spent += f" of the job's target {run.target_epsilon:g}"
-    lifetime = f"dataset ε {_eps(country.epsilon_dataset)}"
+        title += f" against the job target {run.target_epsilon:g}"
     if country.budget_epsilon is not None:
-        lifetime += f" of its budget {country.budget_epsilon:g}"
-    summary = (
-        f"{spent}; {lifetime}; {_count(len(country.rounds), 'round')} recorded, "
-        f"{len(country.refusals)} refused"
+        title += f" and the dataset budget {country.budget_epsilon:g}"
+    points = [
+        f"round {r.round}: recorded {_eps(r.epsilon_recorded)}, "
+        f"Opacus {_eps(r.epsilon_opacus)}, "
+        f"dp-accounting {_eps(r.epsilon_dp_accounting)}, dataset {_eps(r.epsilon_dataset)}"
+        + (" (entry with a problem)" if r.problems else "")
+        for r in rows
+    ]
+    chart = Burndown(
+        country=country.country,
+        rounds=tuple(
+            RoundEpsilons(
+                round=r.round,
+                recorded=r.epsilon_recorded,
+                opacus=r.epsilon_opacus,
+                dp_accounting=r.epsilon_dp_accounting,
+                dataset=r.epsilon_dataset,
+                flagged=bool(r.problems),
+            )
+            for r in rows
+        ),
+        refused=refused,
+        rounds_planned=run.rounds_planned,
+        target=run.target_epsilon,
+        budget=country.budget_epsilon,
     )
-    facts = _facts(
-        [
-            (
-                "Policy",
-                ", ".join(
-                    f"{_h(p.name or '(unnamed)')} <code>{_h(_short(p.sha256))}</code>"
-                    for p in country.policies
+    return ChartView(
+        ident=ident, title=title, points=points, refused=refused, figure=burndown_figure(chart)
+    )
+
+
+def _page(report: Report) -> PageView:
+    runs = [
+        RunView(
+            ident=f"run{n}",
+            run=run,
+            countries=[
+                CountryView(
+                    ident=f"run{n}-c{i}",
+                    country=country,
+                    chart=_chart(run, country, ident=f"run{n}-c{i}"),
                 )
-                or "–",
-            ),
-            ("Dataset", ", ".join(_code(_short(d)) for d in country.datasets) or "–"),
-            ("Signing key", ", ".join(_code(k) for k in country.keys) or "–"),
-        ]
-    )
-    return (
-        f'<section class="country" aria-labelledby="{ident}-heading">'
-        f'<h3 id="{ident}-heading">{_h(country.country)}</h3>'
-        f'<p class="summary">{_h(summary)}</p>{facts}'
-        f"<figure>{_burndown(run, country, ident=ident)}"
-        f"<figcaption>Cumulative ε of run {_h(run.run)} in {_h(country.country)} by round: "
-        "as the node recorded it and as the auditor recomputed it, against the job's target "
-        "and the dataset's lifetime budget.</figcaption></figure>"
-        f"<h4>Rounds</h4>{_rounds_table(country)}{_refusals_html(country)}</section>"
-    )
-
-
-def _run_html(run: RunReport, number: int) -> str:
-    ident = f"run{number}"
-    rtol = "–" if run.dp_accounting_rtol is None else f"{run.dp_accounting_rtol:.0%}"
-    facts = _facts(
-        [
-            ("Job", _h(run.job or "–")),
-            ("Status", _h(_status(run))),
-            ("Started", _h(run.started or "–")),
-            ("Finished", _h(run.finished or "–")),
-            ("Rounds planned", _h(_num(run.rounds_planned))),
-            ("Target ε", _h(_num(run.target_epsilon))),
-            ("δ", _h(_num(run.delta))),
-            ("Accountant", _h(run.accountant or "–")),
-            ("dp-accounting tolerance", _h(rtol)),
-            ("Update", _h(_pipeline(run.update))),
-            ("Countries", _h(", ".join(c.country for c in run.countries) or "–")),
-        ],
-        grid=True,
-    )
-    countries = "".join(
-        _country_html(run, country, f"{ident}-c{i}") for i, country in enumerate(run.countries)
-    )
-    return (
-        f'<section class="run" aria-labelledby="{ident}-heading">'
-        f'<h2 id="{ident}-heading">Run {_h(run.run)}'
-        f"{' · job ' + _h(run.job) if run.job else ''}</h2>{facts}{countries}</section>"
-    )
-
-
-def _html(report: Report) -> str:
-    ledger = report.ledger
-    ok = report.verified
-    header = _facts(
-        [
-            ("Ledger", _code(ledger.path)),
-            ("Entries", _h(ledger.entries)),
-            ("Keeper key", _code(ledger.keeper_key_id)),
-            ("Head", _code(_head(ledger))),
-            ("Runs", _h(len(report.runs))),
-        ]
-    )
-    runs = "".join(_run_html(run, i) for i, run in enumerate(report.runs))
-    rows = frozenset(
+                for i, country in enumerate(run.countries)
+            ],
+        )
+        for n, run in enumerate(report.runs)
+    ]
+    linked = frozenset(
         entry
         for run in report.runs
         for country in run.countries
         for entry in [*(r.entry for r in country.rounds), *(r.entry for r in country.refusals)]
     )
-    if not report.runs:
-        runs = '<p class="muted">The ledger records no run.</p>'
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<meta name="generator" content="{_h(report.generator)}">\n'
-        f"<title>Privacy ledger audit: {_h(report.verdict)}</title>\n"
-        f'<style>{_CSS}</style>\n</head>\n<body>\n<div class="page">\n'
-        "<header><h1>Privacy ledger audit</h1>"
-        '<p class="subtitle">Every epsilon below was recomputed by the auditor from the '
-        "recorded mechanism; signatures and the hash chain were checked entry by entry.</p>"
-        f'<p class="verdict {"ok" if ok else "bad"}" role="status">{_h(report.verdict)}</p>'
-        f"{header}</header>\n"
-        f"{_findings_html('Problems', 'problems', report.problems, rows)}"
-        f"{_findings_html('Notes', 'notes', report.notes, rows)}"
-        f"{_resets_html(report.resets)}\n"
-        f"<main>{runs}</main>\n"
-        "<footer><p>ε Opacus: Opacus' accountant re-run on each record's history; it must equal "
-        f"the recorded ε (relative {SAME_LIBRARY_RTOL:g}). ε dp-accounting: Google's "
-        "independent implementation on the same history; it must agree with Opacus within the "
-        "run's tolerance. Budget lines: the job's target bounds the run's ε, the dataset budget "
-        f"bounds its lifetime ε. Generated by {_h(report.generator)}.</p></footer>\n"
-        "</div>\n</body>\n</html>\n"
+    plotly, draw = _scripts()
+    return PageView(
+        report=report,
+        runs=runs,
+        linked=linked,
+        round_columns=ROUND_COLUMNS,
+        same_library_rtol=SAME_LIBRARY_RTOL,
+        plotly_version=str(get_plotlyjs_version()),
+        plotly_js=plotly,
+        draw_js=draw,
+        csp=_csp(plotly, draw),
     )
+
+
+def _html(report: Report) -> str:
+    """The page: ``report.html.j2`` rendered with the report's numbers and one chart a country."""
+    return _environment().get_template("report.html.j2").render(page=_page(report))
 
 
 # --- Markdown -------------------------------------------------------------------------------
@@ -847,7 +695,7 @@ def _md_country(run: RunReport, country: CountryReport) -> list[str]:
     ]
     if country.rounds:
         lines += _md_table(
-            [*(name for name, _ in _ROUND_COLUMNS), "Check"],
+            [*(name for name, _ in ROUND_COLUMNS), "Check"],
             (
                 [
                     str(r.round),
@@ -867,7 +715,7 @@ def _md_country(run: RunReport, country: CountryReport) -> list[str]:
                 ]
                 for r in country.rounds
             ),
-            align="r" * len(_ROUND_COLUMNS) + "l",
+            align="r" * len(ROUND_COLUMNS) + "l",
         )
     else:
         lines.append("No record from this country in this run.")
@@ -917,7 +765,6 @@ def _markdown(report: Report) -> str:
         *_md_resets(report.resets),
     ]
     for run in report.runs:
-        rtol = "–" if run.dp_accounting_rtol is None else f"{run.dp_accounting_rtol:.0%}"
         lines += [
             f"## Run {_md(run.run)}" + (f" · job {_md(run.job)}" if run.job else ""),
             "",
@@ -937,7 +784,7 @@ def _markdown(report: Report) -> str:
                         _num(run.target_epsilon),
                         _num(run.delta),
                         _md(run.accountant or "–"),
-                        rtol,
+                        _percent(run.dp_accounting_rtol),
                         _num(run.rounds_planned),
                         _md(", ".join(c.country for c in run.countries) or "–"),
                     ]

@@ -40,7 +40,11 @@ def report(
     node_ledger: NodeLedgerOption = None,
     fmt: Annotated[
         ReportFormat,
-        typer.Option("--format", help="html: one self-contained page; json; md (Markdown)."),
+        typer.Option(
+            "--format",
+            help="html: one self-contained page (about 5 MB: plotly.js is inlined so it opens "
+            "offline); json; md (Markdown).",
+        ),
     ] = ReportFormat.HTML,
     output: Annotated[
         Path | None,

@@ -1,7 +1,11 @@
 """The HTML audit report as a browser renders it: headless Chromium, its DOM and a screenshot.
 
-Chromium is a test requirement (Debian: ``apt-get install -y chromium``); without it this test
-fails rather than skips, so a page that renders blank can never pass unnoticed.
+JavaScript is on and the network is off (every host name fails to resolve, and the page's
+Content-Security-Policy allows nothing from elsewhere): plotly.js, inlined in the page, must draw
+every chart from the page alone, with no console message (a blocked load, a CSP violation or a
+script error would print one). Chromium is a test requirement (Debian: ``apt-get install -y
+chromium``); without it this test fails rather than skips, so a page that renders blank can
+never pass unnoticed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ledger_factory import write_ledger
+from residency.auditor.burndown import DATASET, DP_ACCOUNTING, OPACUS, RECORDED
 from residency.auditor.report import render_report
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import load_keys, verify_ledger
@@ -47,6 +52,9 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "--disable-component-update",
         "--disable-sync",
         "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ]
     return subprocess.run(
@@ -54,30 +62,64 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+VOID = {"meta", "br", "img", "hr", "input", "link", "col", "area", "base", "source", "wbr"}
+
+
 class _Dom(HTMLParser):
-    """The elements of the rendered page, with their attributes and the text inside them."""
+    """The elements of the rendered page, each with its attributes, its text and its ancestors."""
 
     def __init__(self) -> None:
         super().__init__()
         self.elements: list[tuple[str, dict[str, str]]] = []
-        self.texts: list[tuple[str, str]] = []  # (class of the element it is in, text)
+        self.parents: list[tuple[int, ...]] = []  # indices of each element's open ancestors
+        self.texts: dict[int, str] = {}  # element index: the text directly inside it
+        self.open: list[int] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.elements.append((tag, {k: v or "" for k, v in attrs}))
+        self.parents.append(tuple(self.open))
+        if tag not in VOID:
+            self.open.append(len(self.elements) - 1)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+        self.parents.append(tuple(self.open))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.open and self.elements[self.open[-1]][0] != tag:
+            self.open.pop()  # an element the serializer left open (not one of ours)
+        if self.open:
+            self.open.pop()
 
     def handle_data(self, data: str) -> None:
-        if data.strip() and self.elements:
-            self.texts.append((self.elements[-1][1].get("class", ""), data.strip()))
+        if data.strip() and self.open:
+            at = self.open[-1]
+            self.texts[at] = self.texts.get(at, "") + data.strip()
 
-    def text(self, css: str) -> list[str]:
-        return [text for classes, text in self.texts if css in classes.split()]
-
-    def find(self, tag: str, css: str = "") -> list[dict[str, str]]:
+    def find(self, tag: str, css: str = "", *, inside: int | None = None) -> list[int]:
+        """Indices of the ``tag`` elements with all classes in ``css`` (within ``inside``)."""
         return [
-            attrs
-            for name, attrs in self.elements
-            if name == tag and set(css.split()) <= set(attrs.get("class", "").split())
+            i
+            for i, (name, attrs) in enumerate(self.elements)
+            if name == tag
+            and set(css.split()) <= set(attrs.get("class", "").split())
+            and (inside is None or inside in self.parents[i])
         ]
+
+    def attrs(self, index: int) -> dict[str, str]:
+        return self.elements[index][1]
+
+    def text(self, tag: str, css: str = "", *, inside: int | None = None) -> list[str]:
+        return [self.texts.get(i, "") for i in self.find(tag, css, inside=inside)]
+
+    def by_id(self, ident: str) -> int:
+        [index] = [i for i, (_, attrs) in enumerate(self.elements) if attrs.get("id") == ident]
+        return index
+
+    def all_text(self, index: int) -> str:
+        """The text of an element and everything inside it."""
+        inner = [i for i, parents in enumerate(self.parents) if index in parents]
+        return " ".join(self.texts.get(i, "") for i in [index, *inner] if self.texts.get(i))
 
 
 def png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -141,22 +183,39 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     dumped = chromium(tmp_path, "--dump-dom", url)
     assert dumped.returncode == 0, dumped.stderr[-3000:]
+    console = [line for line in dumped.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console  # no blocked load, CSP violation or script error
     dom = _Dom()
     dom.feed(dumped.stdout)
-    svgs = dom.find("svg", "burndown")
-    assert [s["data-country"] for s in svgs] == list(COUNTRIES)
-    assert all(s["role"] == "img" and s["aria-labelledby"] for s in svgs)
-    for country in COUNTRIES:
-        lines = [p for p in dom.find("polyline", "series recorded") if p["data-country"] == country]
-        assert len(lines) == 1, country
-        assert len(lines[0]["points"].split()) == (3 if country == "FR" else 4)
-    assert len(dom.find("polyline", "series opacus")) == len(COUNTRIES)
-    assert len(dom.find("g", "budget")) == len(COUNTRIES)
-    assert len(dom.find("g", "target")) == len(COUNTRIES)
-    assert [g["data-round"] for g in dom.find("g", "refused")] == ["3"]
-    assert dom.text("axis-label") == ["Cumulative ε", "Round"] * len(COUNTRIES)
-    assert dom.text("line-label") == ["job target 8", "dataset budget 12"] * len(COUNTRIES)
-    assert dom.text("verdict") == ["VERIFIED"]
+    charts = dom.find("div", "chart")
+    assert [dom.attrs(c)["data-country"] for c in charts] == list(COUNTRIES)
+    legend = [RECORDED, OPACUS, DP_ACCOUNTING, DATASET, "job target ε", "lifetime budget ε"]
+    for chart, country in zip(charts, COUNTRIES, strict=True):
+        attrs = dom.attrs(chart)
+        assert attrs["role"] == "img"
+        # plotly drew it: its SVG, a title and axis titles, a trace per line in figure order
+        assert len(dom.find("svg", "main-svg", inside=chart)) >= 1, country
+        assert dom.text("text", "gtitle", inside=chart) == [f"{country}: ε spent"]
+        assert dom.text("text", "xtitle", inside=chart) == ["round"]
+        assert dom.text("text", "ytitle", inside=chart) == ["ε"]
+        refused = ["refused"] if country == "FR" else []
+        assert dom.text("text", "legendtext", inside=chart) == legend + refused
+        traces = dom.find("g", "trace scatter", inside=chart)
+        assert len(traces) == len(legend + refused)
+        points = [len(dom.find("path", "point", inside=t)) for t in traces]
+        recorded = 3 if country == "FR" else 4  # one point per recorded round
+        assert points[:4] == [recorded] * 4, (country, points)
+        assert points[6:] == ([1] if country == "FR" else [])  # FR's refused round 3
+        for limit in traces[4:6]:  # the job target and the dataset budget, as lines
+            assert len(dom.find("path", "js-line", inside=limit)) == 1
+        # the text alternative, in the page for screen readers (plotly's SVG has none)
+        title = dom.all_text(dom.by_id(attrs["aria-labelledby"]))
+        assert title.startswith(f"{country}, run 7: cumulative epsilon by round")
+        assert title.endswith("against the job target 8 and the dataset budget 12")
+        desc = dom.all_text(dom.by_id(attrs["aria-describedby"]))
+        assert desc.count("round ") == recorded
+        assert ("refused rounds: 3" in desc) == (country == "FR")
+    assert dom.text("p", "verdict") == ["VERIFIED"]
 
     shot = tmp_path / "report.png"
     taken = chromium(tmp_path, f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", url)

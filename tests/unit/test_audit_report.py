@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
-import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ledger_factory import RESET_REASON, LedgerFixture, account, write_ledger
+from ledger_factory import BUDGET, RESET_REASON, TARGET, LedgerFixture, account, write_ledger
+from residency.auditor import report as report_module
+from residency.auditor.burndown import DATASET, DP_ACCOUNTING, FLAGGED, OPACUS, RECORDED
 from residency.auditor.report import render_report
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import Verification, load_keys, verify_ledger
 from residency.cli.audit_report import report
+from residency.common.charts import Figure, plotly_js
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
 from residency.common.privacy.signing import key_id
 
@@ -55,31 +59,113 @@ def edit_entry(ledger: Path, index: int, **changes: object) -> None:
     ledger.write_text("\n".join(lines) + "\n", "ascii")
 
 
-class _Balance(HTMLParser):
-    """Fails on a closing tag that does not close the innermost open element."""
+@dataclass
+class Chart:
+    """A chart on the page: its element, its figure (parsed from the page) and its caption."""
+
+    attrs: dict[str, str]
+    figure: Figure
+    title: str = ""
+    description: str = ""
+
+
+@dataclass
+class Parsed:
+    """What the page holds: its executable scripts, its charts, and text by element id."""
+
+    scripts: list[str] = field(default_factory=list)
+    figures: dict[str, tuple[dict[str, str], str]] = field(default_factory=dict)
+    charts: list[dict[str, str]] = field(default_factory=list)
+    text: dict[str, str] = field(default_factory=dict)
+    csp: str = ""
+
+    def chart_list(self) -> list[Chart]:
+        """Each chart div with the figure that names it and its text alternative."""
+        by_chart = {attrs["data-chart"]: json.loads(text) for attrs, text in self.figures.values()}
+        assert len(by_chart) == len(self.figures) == len(self.charts)
+        out = []
+        for attrs in self.charts:
+            title, desc = attrs["aria-labelledby"], attrs["aria-describedby"]
+            out.append(Chart(attrs, by_chart[attrs["id"]], self.text[title], self.text[desc]))
+        return out
+
+
+class _Page(HTMLParser):
+    """Checks each closing tag closes the innermost open element; collects what ``Parsed`` holds."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.open: list[str] = []
+        self.open: list[tuple[str, dict[str, str]]] = []
+        self.script: list[str] = []
+        self.parsed = Parsed()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        assert not any(k.startswith("on") for k in values), f"<{tag}> has an event handler"
+        if tag == "meta" and values.get("http-equiv") == "Content-Security-Policy":
+            self.parsed.csp = values["content"]
+        if tag == "div" and "chart" in values.get("class", "").split():
+            self.parsed.charts.append(values)
         if tag not in VOID:
-            self.open.append(tag)
+            self.open.append((tag, values))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         pass
 
+    def handle_data(self, data: str) -> None:
+        if self.open and self.open[-1][0] == "script":
+            self.script.append(data)
+            return
+        for _, attrs in self.open:
+            if "id" in attrs:
+                self.parsed.text[attrs["id"]] = self.parsed.text.get(attrs["id"], "") + data
+
     def handle_endtag(self, tag: str) -> None:
-        assert self.open[-1:] == [tag], f"</{tag}> closes {self.open[-1:]}"
-        self.open.pop()
+        assert [t for t, _ in self.open[-1:]] == [tag], f"</{tag}> closes {self.open[-1:]}"
+        _, attrs = self.open.pop()
+        if tag == "script":
+            text, self.script = "".join(self.script), []
+            assert "src" not in attrs
+            if attrs.get("type") == "application/json":
+                self.parsed.figures[attrs["id"]] = (attrs, text)
+            else:
+                assert "type" not in attrs
+                self.parsed.scripts.append(text)
 
 
-def assert_well_formed(page: str) -> None:
+def parse(page: str) -> Parsed:
+    """The page parsed, after checking it is well formed and runs only its two own scripts."""
     assert page.startswith('<!DOCTYPE html>\n<html lang="en">')
-    parser = _Balance()
+    parser = _Page()
     parser.feed(page)
     parser.close()
     assert parser.open == []
+    parsed = parser.parsed
+    assert parsed.scripts[0] == plotly_js()  # inlined verbatim from the plotly package
+    assert len(parsed.scripts) == 2
+    assert "Plotly.newPlot" in parsed.scripts[1]
+    hashes = sorted(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in parsed.scripts
+    )
+    directives = dict(d.strip().split(" ", 1) for d in parsed.csp.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert sorted(directives["script-src"].split()) == hashes
+    return parsed
+
+
+def assert_well_formed(page: str) -> None:
+    parse(page)
+
+
+def without_plotly(page: str) -> str:
+    """The page with its one copy of plotly.js cut out: what the report itself wrote."""
+    assert page.count(plotly_js()) == 1
+    return page.replace(plotly_js(), "")
+
+
+def traces(figure: Figure) -> dict[str, dict[str, object]]:
+    return {trace["name"]: trace for trace in figure["data"]}
 
 
 def test_json_is_the_verification_numbers(verified: Verification) -> None:
@@ -154,15 +240,66 @@ def test_markdown_has_the_tables(verified: Verification) -> None:
 
 def test_html_is_one_self_contained_page(verified: Verification) -> None:
     page = render_report(verified, fmt=ReportFormat.HTML)
-    assert_well_formed(page)
-    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="burndown"') == 2
-    assert "<script" not in page
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    for external in ("https://", "url(", "@import", "src="):
-        assert external not in page
+    parse(page)  # well formed; only plotly.js and the drawing script, both by hash
+    own = without_plotly(page)
+    for external in ("http://", "https://", "url(", "@import", "src=", "<link", "fetch("):
+        assert external not in own
     assert 'class="verdict ok" role="status">VERIFIED<' in page
     assert key_id(verified.keeper or "") in page
     assert page == render_report(verified, fmt=ReportFormat.HTML)  # deterministic
+
+
+def test_html_has_one_chart_per_country_with_every_round(verified: Verification) -> None:
+    charts = parse(render_report(verified, fmt=ReportFormat.HTML)).chart_list()
+    assert [c.attrs["data-country"] for c in charts] == ["DE", "FR"]
+    assert [c.attrs["id"] for c in charts] == ["run0-c0-chart", "run0-c1-chart"]
+    refused = {r.country: [r.round] for r in verified.refusals}
+    for chart in charts:
+        country = chart.attrs["data-country"]
+        assert chart.attrs["role"] == "img"
+        spends = sorted((s for s in verified.spends if s.country == country), key=lambda s: s.round)
+        rounds = [s.round for s in spends]
+        lines = traces(chart.figure)
+        assert chart.figure["layout"]["title"]["text"] == f"{country}: ε spent"
+        assert [t["name"] for t in chart.figure["data"][:4]] == [
+            RECORDED,
+            OPACUS,
+            DP_ACCOUNTING,
+            DATASET,
+        ]
+        for name, values in [
+            (RECORDED, [s.record.epsilon for s in spends]),
+            (OPACUS, [s.epsilon_opacus for s in spends]),
+            (DP_ACCOUNTING, [s.epsilon_dp_accounting for s in spends]),
+            (DATASET, [s.record.epsilon_dataset for s in spends]),
+        ]:
+            assert (lines[name]["x"], lines[name]["y"]) == (rounds, values), name
+        assert lines["job target ε"]["y"] == [TARGET, TARGET]
+        assert lines["lifetime budget ε"]["y"] == [BUDGET, BUDGET]
+        assert lines.get("refused", {}).get("x", []) == refused.get(country, [])
+        assert FLAGGED not in lines
+        # the text alternative: what the chart shows, each point in the tables' format
+        assert chart.title == (
+            f"{country}, run 7: cumulative epsilon by round against the job target 8 and "
+            "the dataset budget 12"
+        )
+        points = [f"round {s.round}: recorded {s.record.epsilon:.4f}, " for s in spends]
+        assert all(point in chart.description for point in points)
+        if country in refused:
+            assert chart.description.endswith("; refused rounds: 3.")
+
+
+def test_hostile_text_in_a_figure_cannot_close_its_script(
+    verified: Verification, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figure = {"data": [], "layout": {"title": {"text": HOSTILE + "</script><!-- ]]>"}}}
+    monkeypatch.setattr(report_module, "burndown_figure", lambda chart: figure)
+    page = render_report(verified, fmt=ReportFormat.HTML)
+    own = without_plotly(page)
+    assert "</script><!--" not in own
+    assert '<script>alert("x")' not in own
+    charts = parse(page).chart_list()
+    assert [c.figure for c in charts] == [figure, figure]
 
 
 def test_hostile_refusal_reason_is_escaped_and_its_entry_flagged(
@@ -179,11 +316,23 @@ def test_hostile_refusal_reason_is_escaped_and_its_entry_flagged(
     assert [p.entry for p in result.problems] == [refusal]
 
     page = render_report(result, fmt=ReportFormat.HTML)
-    assert_well_formed(page)
-    for raw in ("<script", "<img", "<i>"):
-        assert raw not in page
+    parsed = parse(page)  # still only the report's own two scripts
+    own = without_plotly(page)
+    for raw in ('<script>alert("x")', "<img", "<i>"):
+        assert raw not in own
     assert '<h3 id="run0-c2-heading">&lt;i&gt;FR&lt;/i&gt;</h3>' in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; | **bold** &amp; &lt;img" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; | **bold** &amp; &lt;img" in page
+    # the hostile country has its chart, but its name stays out of plotly's labels
+    charts = parsed.chart_list()
+    assert [c.attrs["data-country"] for c in charts] == ["DE", "FR", "<i>FR</i>"]
+    hostile = charts[2].figure
+    assert hostile["layout"]["title"]["text"] == "Country: ε spent"
+    assert traces(hostile)["refused"]["x"] == [3]
+    for chart in charts:
+        text = json.dumps(chart.figure, ensure_ascii=False)
+        for raw in ("<i>", "alert", "evil.example"):
+            assert raw not in text
+    assert "&lt;i&gt;FR&lt;/i&gt;, run 7: cumulative epsilon" in page
     assert 'class="verdict bad" role="status">1 PROBLEM<' in page
     assert f'href="#entry-{refusal}">entry {refusal}</a>: content does not match' in page
 
@@ -222,10 +371,23 @@ def test_removed_entry_is_shown_at_its_entry_number(written: LedgerFixture, tmp_
     assert [r["round"] for r in doc["runs"][0]["countries"][0]["rounds"]] == [1, 3]
 
     page = render_report(result, fmt=ReportFormat.HTML)
-    assert_well_formed(page)
+    charts = parse(page).chart_list()
     assert '<a class="where" href="#entry-3">entry 3</a>: numbered 4: entries were' in page
     assert '<tr id="entry-3" class="bad">' in page
-    assert '<circle class="flagged"' in page
+    countries = doc["runs"][0]["countries"]
+    assert [c.attrs["data-country"] for c in charts] == [c["country"] for c in countries]
+    for chart, country in zip(charts, countries, strict=True):
+        bad = [r for r in country["rounds"] if r["problems"]]
+        ring = traces(chart.figure).get(FLAGGED, {"x": [], "y": []})  # ringed recorded points
+        assert (ring["x"], ring["y"]) == (
+            [r["round"] for r in bad],
+            [r["epsilon_recorded"] for r in bad],
+        )
+        for r in bad:
+            assert f"round {r['round']}: recorded {r['epsilon_recorded']:.4f}" in chart.description
+    [fr] = [c for c, d in zip(charts, countries, strict=True) if moved in d["rounds"]]
+    assert traces(fr.figure)[FLAGGED]["x"] == [moved["round"]]
+    assert "(entry with a problem)" in fr.description
 
     text = render_report(result, fmt=ReportFormat.MD)
     assert "**entry 3**: numbered 4: entries were removed" in text
@@ -260,9 +422,10 @@ def test_budget_resets_are_listed_in_every_format_and_escaped(tmp_path: Path) ->
     assert_well_formed(page)
     assert '<h2 id="resets-heading">Budget resets (1)</h2>' in page
     assert f"<code>{account('FR')[:12]}</code> → <code>{account('FR', 2)[:12]}</code>" in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
-    for raw in ("<script", "<img"):
-        assert raw not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    own = without_plotly(page)
+    for raw in ('<script>alert("x")', "<img"):
+        assert raw not in own
 
     text = render_report(result, fmt=ReportFormat.MD)
     assert "## Budget resets (1)" in text.splitlines()
@@ -377,8 +540,13 @@ def test_infinite_recomputed_epsilon_is_null_in_json_and_off_the_plot(
     row = doc["runs"][0]["countries"][0]["rounds"][0]
     assert (row["entry"], row["epsilon_opacus"]) == (spend.entry, None)
     page = render_report(broken, fmt=ReportFormat.HTML)
-    assert_well_formed(page)
+    charts = parse(page).chart_list()
     assert '<td class="auditor">∞</td>' in page
-    points = re.findall(r'<polyline class="series opacus"[^>]* points="([^"]*)"', page)
-    assert len(points[0].split()) == 2  # DE's rounds 2 and 3; round 1 is off the plot
-    assert all(math.isfinite(float(v)) for p in points for xy in p.split() for v in xy.split(","))
+    lines = [traces(c.figure)[OPACUS] for c in charts]
+    de = lines[0]["y"]
+    assert de[0] is None  # DE's round 1 is off the plot: a gap in the line
+    assert len(de) == 3  # rounds 1 to 3
+    assert all(math.isfinite(v) for v in de[1:])
+    assert all(v is None or math.isfinite(v) for line in lines for v in line["y"])
+    assert traces(charts[0].figure)[FLAGGED]["x"] == [1]
+    assert f"round 1: recorded {spend.record.epsilon:.4f}, Opacus ∞," in charts[0].description

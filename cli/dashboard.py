@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import ssl
 import stat
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +45,18 @@ def read_token(path: Path) -> str:
             f"fix: umask 077; openssl rand -hex 32 > {path}"
         )
     return text
+
+
+def check_tls(certfile: Path, keyfile: Path) -> None:
+    """Load the pair now, so a wrong file is one line before anything listens."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(
+            f"--certfile {certfile} --keyfile {keyfile}: cannot load them ({reason}); fix: "
+            "a PEM certificate and the PEM private key that matches it"
+        ) from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,6 +114,8 @@ def dashboard(
             )
         if (certfile is None) != (keyfile is None):
             raise ConfigError("--certfile and --keyfile go together; fix: give both or neither")
+        if certfile is not None and keyfile is not None:
+            check_tls(certfile, keyfile)
         app = create_app(folder.resolve(), token=token, poll_s=poll, https=certfile is not None)
         sock = _bind(host, port)
     except ConfigError as error:

@@ -295,3 +295,21 @@ def test_a_port_in_use_is_refused_with_a_fix(run_folder: Path) -> None:
     assert code == 2
     assert f"--port {port}: cannot listen" in output
     assert "fix:" in output
+
+
+def test_a_certificate_that_does_not_load_is_refused_before_listening(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    code, output = _invoke(
+        str(run_folder),
+        "--certfile",
+        str(tmp_path / "cert.pem"),
+        "--keyfile",
+        str(tmp_path / "missing.key"),
+        "--port",
+        "0",
+    )
+    assert code == 2
+    assert "cannot load them" in output
+    assert "fix: a PEM certificate" in output

@@ -26,13 +26,15 @@ from residency.client import trainer
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
 
-pytestmark = pytest.mark.unit
+# Tier per test: the 25,000-canary audit of a whole node round is `node` (tens of seconds), the
+# rest `unit`.
 
 # A node's round: 250 steps at q = 1/25 with z = 1 claims epsilon 4.2 (PRV, delta 1e-5).
 NOISY = Mechanism(noise_multiplier=1.0, sample_rate=0.04, steps=250)
 NOISE_OFF = NOISY.model_copy(update={"noise_multiplier": 0.0})
 
 
+@pytest.mark.unit
 def test_noise_off_while_claiming_the_noisy_budget_is_flagged() -> None:
     claimed = NOISY.opacus_epsilon()
     assert 3 < claimed < 6
@@ -45,6 +47,7 @@ def test_noise_off_while_claiming_the_noisy_budget_is_flagged() -> None:
     assert audit.mechanism == NOISE_OFF
 
 
+@pytest.mark.unit
 def test_the_correct_configuration_is_not_flagged() -> None:
     audit = audit_canaries(NOISY, CanarySettings(canaries=5000))
     assert audit.claimed_epsilon == pytest.approx(NOISY.opacus_epsilon())
@@ -54,6 +57,7 @@ def test_the_correct_configuration_is_not_flagged() -> None:
     assert audit.correct > audit.guesses / 2
 
 
+@pytest.mark.node
 @pytest.mark.slow
 def test_node_like_config_claiming_epsilon_8_with_noise_off_is_flagged() -> None:
     """A realistic round (q = 1/25, 2,250 steps) with no noise, claiming epsilon 8 at 1e-5.
@@ -76,6 +80,7 @@ def test_node_like_config_claiming_epsilon_8_with_noise_off_is_flagged() -> None
     assert honest.epsilon_lower_bound < honest.claimed_epsilon
 
 
+@pytest.mark.unit
 def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -> None:
     from residency.common.data.encoding import encode
     from residency.common.device import pick_compute
@@ -116,6 +121,7 @@ def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -
     assert made[-1].loader.sample_rate == 0.5
 
 
+@pytest.mark.unit
 def test_canary_training_is_the_nodes_dp_sgd() -> None:
     mechanism = Mechanism(noise_multiplier=1.3, max_grad_norm=0.5, sample_rate=1 / 30, steps=10)
     private = canary_training(
@@ -137,6 +143,7 @@ def test_canary_training_is_the_nodes_dp_sgd() -> None:
     private.model._close()
 
 
+@pytest.mark.unit
 def test_without_noise_a_canary_moves_one_clipped_step_per_sampling() -> None:
     """Slow reference for the Dirac canaries: clipping makes each sampling move exactly C/B.
 
@@ -157,6 +164,7 @@ def test_without_noise_a_canary_moves_one_clipped_step_per_sampling() -> None:
     assert steps_sampled.sum() == pytest.approx(300 * 0.01 * inside.sum(), rel=0.15)
 
 
+@pytest.mark.unit
 def test_same_seed_same_audit_other_seed_other_draws() -> None:
     mechanism = NOISY.model_copy(update={"steps": 40})
     first = audit_canaries(mechanism, CanarySettings(canaries=1000, seed=7))
@@ -166,6 +174,7 @@ def test_same_seed_same_audit_other_seed_other_draws() -> None:
     assert first.included != other.included
 
 
+@pytest.mark.unit
 def test_guessing_rule_fits_the_configuration() -> None:
     sizes = run_sizes(NOISY, 10_000)
     rng = np.random.default_rng(0)
@@ -175,6 +184,7 @@ def test_guessing_rule_fits_the_configuration() -> None:
     assert noisy_out <= noisy_in
 
 
+@pytest.mark.unit
 def test_runs_split_the_canaries() -> None:
     sizes = run_sizes(NOISY, 25_000)
     assert sum(sizes) == 25_000
@@ -187,12 +197,14 @@ def test_runs_split_the_canaries() -> None:
         run_sizes(tiny_rate, 25_000)
 
 
+@pytest.mark.unit
 def test_noise_off_without_a_claim_has_nothing_to_check() -> None:
     assert NOISE_OFF.opacus_epsilon() == math.inf
     with pytest.raises(ValueError, match="no finite epsilon"):
         audit_canaries(NOISE_OFF, CanarySettings(canaries=1000))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("update", "field"),
     [
@@ -214,11 +226,13 @@ def test_bad_mechanisms_are_refused(update: dict[str, object], field: str) -> No
     assert caught.value.errors()[0]["loc"] == (field,)
 
 
+@pytest.mark.unit
 def test_sample_rate_is_stored_as_exactly_one_over_k() -> None:
     assert Mechanism(noise_multiplier=1, sample_rate=0.0303030303, steps=1).sample_rate == 1 / 33
     assert Mechanism(noise_multiplier=1, sample_rate=1.0, steps=1).sample_rate == 1.0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "update",
     [

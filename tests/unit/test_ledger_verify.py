@@ -20,9 +20,23 @@ from residency.common.privacy.signing import load_signer
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(scope="module")
+def _written(tmp_path_factory: pytest.TempPathFactory) -> LedgerFixture:
+    """One default ledger per module: writing it computes Opacus epsilons (most of a second)."""
+    return write_ledger(tmp_path_factory.mktemp("ledger"))
+
+
 @pytest.fixture
-def made(tmp_path: Path) -> LedgerFixture:
-    return write_ledger(tmp_path)
+def made(_written: LedgerFixture, tmp_path: Path) -> LedgerFixture:
+    """A private copy of the default ledger's files, for a test to tamper with."""
+    root = _written.keys.parent
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    return LedgerFixture(
+        ledger=tmp_path / _written.ledger.relative_to(root),
+        keys=tmp_path / _written.keys.relative_to(root),
+        node_ledgers={c: tmp_path / p.relative_to(root) for c, p in _written.node_ledgers.items()},
+        signers=dict(_written.signers),
+    )
 
 
 def _verify(made: LedgerFixture, **kwargs: object) -> Verification:

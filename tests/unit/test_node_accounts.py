@@ -20,7 +20,7 @@ from residency.common.privacy.accountant import (
 )
 from toy_federation import write_toy_job
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.node
 
 BUDGET = 13.0
 

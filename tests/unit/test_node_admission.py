@@ -25,7 +25,8 @@ from residency.common.errors import ConfigError, DataError, PolicyViolation, Ref
 from residency.common.refusal import RefusalCode
 from toy_federation import write_toy_job
 
-pytestmark = pytest.mark.unit
+# Tier per test: the plan search through the ClientApp and the two-process race are `node`
+# (seconds each), the rest `unit`.
 
 
 @pytest.fixture
@@ -33,6 +34,7 @@ def job(tmp_path: Path) -> Job:
     return load_job(write_toy_job(tmp_path / "job", countries=("DE",), examples=40, rounds=1))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -82,6 +84,7 @@ def _race(settings_file: Path, plan: RoundPlan, run: str, meet: Any, out: Any) -
         out.put((run, str(exc)))
 
 
+@pytest.mark.node
 def test_two_rounds_racing_for_the_last_of_a_budget_charge_once(job: Job, tmp_path: Path) -> None:
     settings_file = node_file(tmp_path, job.privacy.target_epsilon)  # room for one job
     config = round_config(job, base_fingerprint="0" * 64)
@@ -125,6 +128,7 @@ PLANS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.node
 @example(overrides={"target-epsilon": 1e-12})  # Opacus finds no noise: a refusal
 @example(overrides={"update": "head"})  # arrays for another update: a fault, never a charge
 @example(overrides={"max-grad-norm": math.inf})
@@ -154,6 +158,7 @@ def test_a_round_is_refused_uncharged_or_trained_with_a_valid_record(
         assert charge.trained_at is not None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("model", ["/etc", "/nonexistent/checkpoint", "relative/folder", "../x"])
 def test_a_model_path_the_operator_did_not_list_is_refused_unread(
     job: Job, tmp_path: Path, model: str

@@ -22,7 +22,8 @@ from residency.common.privacy.update_digest import update_sha256
 from residency.common.refusal import describe
 from toy_federation import write_toy_job
 
-pytestmark = pytest.mark.unit
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each); the policy
+# refusals that take a fraction of a second are `unit`.
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,7 @@ def epsilon(reply: Message) -> float:
     return float(wire.scalar(reply.content.metric_records[wire.METRICS], wire.EPSILON))
 
 
+@pytest.mark.node
 def test_a_restarted_node_keeps_composing_its_job(job: Job, tmp_path: Path) -> None:
     settings = node_file(tmp_path, budget=100.0)
     first = train_round(job, settings, run_id=1, server_round=1)
@@ -55,6 +57,7 @@ def test_a_restarted_node_keeps_composing_its_job(job: Job, tmp_path: Path) -> N
     assert epsilon(second) <= job.privacy.target_epsilon * 1.0001
 
 
+@pytest.mark.node
 def test_a_rerun_is_refused_at_exactly_the_round_the_dataset_budget_runs_out(
     job: Job, tmp_path: Path
 ) -> None:
@@ -95,6 +98,7 @@ def test_a_rerun_is_refused_at_exactly_the_round_the_dataset_budget_runs_out(
     assert [r[4] for r in store.refusals()] == [o[2] for o in outcomes if o[2] != "ok"]
 
 
+@pytest.mark.node
 def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> None:
     import json
     import subprocess
@@ -127,13 +131,34 @@ def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("rules", "phrase"),
     [
-        ('allowed_updates = ["full"]', "update lora not allowed (full only)"),
-        ("max_delta = 1e-6", "delta 0.0001 above 1e-06"),
-        ("min_examples_per_round = 1000", "60 examples, fewer than 1000"),
-        ("min_noise_multiplier = 50.0", "below the minimum 50 of policy strict"),
-        ("max_epsilon_per_dataset = 1.0", "dataset budget 1.00, spent 0.00"),
+        pytest.param(
+            'allowed_updates = ["full"]',
+            "update lora not allowed (full only)",
+            id="update",
+            marks=pytest.mark.unit,
+        ),
+        pytest.param(
+            "max_delta = 1e-6", "delta 0.0001 above 1e-06", id="delta", marks=pytest.mark.unit
+        ),
+        pytest.param(
+            "min_examples_per_round = 1000",
+            "60 examples, fewer than 1000",
+            id="examples",
+            marks=pytest.mark.unit,
+        ),
+        pytest.param(
+            "min_noise_multiplier = 50.0",
+            "below the minimum 50 of policy strict",
+            id="noise",
+            marks=pytest.mark.node,
+        ),
+        pytest.param(
+            "max_epsilon_per_dataset = 1.0",
+            "dataset budget 1.00, spent 0.00",
+            id="lifetime",
+            marks=pytest.mark.node,
+        ),
     ],
-    ids=["update", "delta", "examples", "noise", "lifetime"],
 )
 def test_policy_rules_refuse_before_any_charge(
     job: Job, tmp_path: Path, rules: str, phrase: str
@@ -152,6 +177,7 @@ def test_policy_rules_refuse_before_any_charge(
     assert [r[4] for r in store.refusals()] == [str(refused.value)]
 
 
+@pytest.mark.node
 @pytest.mark.parametrize("kind", [AccountantKind.PRV, AccountantKind.RDP])
 def test_recorded_charges_give_the_same_epsilon_in_both_libraries(
     job: Job, tmp_path: Path, kind: AccountantKind
@@ -170,6 +196,7 @@ def test_recorded_charges_give_the_same_epsilon_in_both_libraries(
     assert opacus > job.privacy.target_epsilon  # two full runs spend more than one target
 
 
+@pytest.mark.node
 def test_every_reply_carries_a_signed_record_and_the_node_keeps_its_own_ledger(
     job: Job, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from residency.common.config.job import Job, load_job
 from residency.common.privacy.record import NoiseSource
 from toy_federation import write_toy_job
 
-pytestmark = pytest.mark.unit
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 
 
 def _differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -27,6 +27,7 @@ def job(tmp_path: Path) -> Job:
     return load_job(write_toy_job(tmp_path / "job", countries=("FR", "ES"), examples=40))
 
 
+@pytest.mark.node
 def test_the_same_job_run_twice_sends_different_updates(job: Job, tmp_path: Path) -> None:
     first = node_file(tmp_path, 100.0, country="FR", data="job/fr.csv", state="a", name="a.toml")
     again = node_file(tmp_path, 100.0, country="FR", data="job/fr.csv", state="b", name="b.toml")
@@ -36,6 +37,7 @@ def test_the_same_job_run_twice_sends_different_updates(job: Job, tmp_path: Path
     assert signed_record(one).noise_source is NoiseSource.OS_ENTROPY
 
 
+@pytest.mark.node
 def test_two_countries_with_identical_data_draw_different_noise(job: Job, tmp_path: Path) -> None:
     # FR and ES: the same sum of letters (152), which once gave them the same seed.
     fr = node_file(tmp_path, 100.0, country="FR", data="job/fr.csv", state="fr", name="fr.toml")
@@ -60,6 +62,7 @@ def _draws(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Te
     return seen
 
 
+@pytest.mark.node
 def test_only_the_nodes_entropy_moves_the_noise_draw(
     job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,6 +96,7 @@ def test_only_the_nodes_entropy_moves_the_noise_draw(
     assert not torch.equal(n1, n3)
 
 
+@pytest.mark.node
 def test_an_operator_seed_repeats_runs_and_every_record_says_so(job: Job, tmp_path: Path) -> None:
     settings = [
         node_file(
@@ -111,6 +115,7 @@ def test_an_operator_seed_repeats_runs_and_every_record_says_so(job: Job, tmp_pa
     assert signed_record(one).noise_source is NoiseSource.OPERATOR_SEED
 
 
+@pytest.mark.unit
 def test_round_randomness_comes_from_os_entropy_unless_the_operator_seeds_it() -> None:
     secret = [randomness.round_randomness(None, server_round=1) for _ in range(2)]
     assert secret[0].source is NoiseSource.OS_ENTROPY

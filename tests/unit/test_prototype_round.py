@@ -17,8 +17,8 @@ from residency.common.updates import prototypes
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
 from toy_federation import write_toy_job
 
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 pytestmark = [
-    pytest.mark.unit,
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
 
@@ -36,6 +36,7 @@ def _job(tmp_path: Path, update: str = "prototypes", name: str = "job") -> Job:
     return load_job(path)
 
 
+@pytest.mark.unit
 def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
     tmp_path: Path,
 ) -> None:
@@ -62,6 +63,7 @@ def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
     assert charge.step == (expected, 1.0, 1)
 
 
+@pytest.mark.unit
 def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path: Path) -> None:
     """A coordinator that asks again for what the job calibrated as one release."""
     job = _job(tmp_path)
@@ -73,6 +75,7 @@ def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path:
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
 
+@pytest.mark.node
 def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Path) -> None:
     settings = node_file(tmp_path, 100.0)
     first = signed_record(train_round(_job(tmp_path), settings, run_id=1, server_round=1))
@@ -84,6 +87,7 @@ def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Pat
     assert second.epsilon_dataset > max(first.epsilon, second.epsilon)
 
 
+@pytest.mark.unit
 def test_a_release_whose_template_could_not_leave_is_refused_before_any_charge(
     tmp_path: Path,
 ) -> None:

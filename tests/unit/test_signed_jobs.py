@@ -24,7 +24,7 @@ from residency.server.federation import JobFailed
 from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
 from toy_federation import write_toy_job
 
-pytestmark = pytest.mark.unit
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 
 STRANGER = Signer(Ed25519PrivateKey.generate())
 
@@ -42,6 +42,7 @@ def _edited(signed: SignedJob) -> SignedJob:
     return signed.model_copy(update={"body": edited})
 
 
+@pytest.mark.unit
 def test_only_a_trusted_unedited_signature_opens_a_job(job: Job) -> None:
     signed = sign_job(job, TEST_LAUNCHER)
     trusted = [TEST_LAUNCHER.public_hex]
@@ -73,6 +74,7 @@ def _run_config(signed: SignedJob | None) -> dict[str, str]:
     }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", ["unsigned", "untrusted", "edited"])
 def test_the_coordinator_refuses_before_it_reads_a_file(
     job: Job, tmp_path: Path, case: str
@@ -95,6 +97,7 @@ def test_the_coordinator_refuses_before_it_reads_a_file(
     assert "root" not in message
 
 
+@pytest.mark.unit
 def test_the_coordinator_runs_a_trusted_job(job: Job, tmp_path: Path) -> None:
     signed = sign_job(job, TEST_LAUNCHER)
 
@@ -106,6 +109,7 @@ def test_the_coordinator_runs_a_trusted_job(job: Job, tmp_path: Path) -> None:
     assert got.privacy == job.privacy
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("how", "expected"),
     [
@@ -128,6 +132,7 @@ def test_a_node_reached_directly_refuses_before_any_charge(
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
 
 
+@pytest.mark.unit
 def test_a_node_with_no_trusted_launcher_refuses_every_job(job: Job, tmp_path: Path) -> None:
     settings = node_file(tmp_path, 100.0, extra="trusted_launchers = []\n")
 
@@ -136,6 +141,7 @@ def test_a_node_with_no_trusted_launcher_refuses_every_job(job: Job, tmp_path: P
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
 
 
+@pytest.mark.node
 def test_the_signed_record_names_the_launcher_and_the_job(job: Job, tmp_path: Path) -> None:
     settings = node_file(tmp_path, 100.0)
 

@@ -36,8 +36,8 @@ from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job
 
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 pytestmark = [
-    pytest.mark.unit,
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
 
@@ -64,6 +64,7 @@ def _head_arrays(job: Job) -> dict[str, np.ndarray]:
     return {name: t.numpy() for name, t in trainable_state(model).items()}
 
 
+@pytest.mark.unit
 def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() -> None:
     train = TrainSection(update=UpdateKind.HEAD, warm_start=UpdateKind.PROTOTYPES)
     assert train.rounds == WARM_STARTED_HEAD["rounds"]
@@ -90,6 +91,7 @@ def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() ->
     assert (default.update, default.warm_start) == DEFAULT_PIPELINE
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "train",
     [
@@ -109,6 +111,7 @@ def test_a_pipeline_residency_does_not_run_is_refused_with_its_fix(
     assert 'fix: warm_start = "prototypes" with update = "head"' in message
 
 
+@pytest.mark.unit
 def test_the_plan_carries_the_feature_transform_exactly_when_the_head_trains_on_it(
     tmp_path: Path,
 ) -> None:
@@ -132,6 +135,7 @@ def test_the_plan_carries_the_feature_transform_exactly_when_the_head_trains_on_
         RoundPlan.from_record(config | {"server-round": 2, "feature-transform": not_finite})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", list(AccountantKind))
 def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
     kind: AccountantKind,
@@ -164,6 +168,7 @@ def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
         )
 
 
+@pytest.mark.node
 def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: Path) -> None:
     job = _job(tmp_path)
     settings = node_file(tmp_path, 20.0)
@@ -198,6 +203,7 @@ def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: 
     assert len(charges) == job.train.server_rounds
 
 
+@pytest.mark.unit
 def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path: Path) -> None:
     """A coordinator replaying round 1 would buy a second release out of training's budget."""
     job = _job(tmp_path)
@@ -209,6 +215,7 @@ def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path:
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
 
+@pytest.mark.unit
 def test_a_policy_must_allow_both_the_release_and_the_head(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text('name = "head-only"\nallowed_updates = ["head"]\n', encoding="utf-8")
@@ -220,6 +227,7 @@ def test_a_policy_must_allow_both_the_release_and_the_head(tmp_path: Path) -> No
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
 
 
+@pytest.mark.unit
 def test_the_standardised_head_scores_exactly_as_the_class_mean_head() -> None:
     """Moving the release's head to standardised input changes no logit."""
     spec = ModelSpec(
@@ -252,6 +260,7 @@ def test_the_standardised_head_scores_exactly_as_the_class_mean_head() -> None:
         set_feature_transform(model, centre, -scale)
 
 
+@pytest.mark.unit
 def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
     tmp_path: Path,
 ) -> None:
@@ -266,6 +275,7 @@ def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
 
+@pytest.mark.unit
 def test_the_noise_step_rule_scales_the_rate_by_the_expected_batch_over_the_noise() -> None:
     """Each step then injects the same noise (rate x C per coordinate) at any size and budget."""
     schedule = LocalSchedule(epochs=10, batch_size=65_536, learning_rate=0.032)

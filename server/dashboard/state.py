@@ -180,7 +180,13 @@ def _dataset_epsilons(ledger: Path, problems: list[str]) -> dict[tuple[str, str]
 
 
 def _countries(results: Results) -> list[CountryView]:
-    names = sorted({n.country for r in results.rounds for n in r.nodes} | set(results.privacy))
+    named = [n.get("country") for n in results.config.get("nodes", []) if isinstance(n, dict)]
+    names = sorted(
+        {n.country for r in results.rounds for n in r.nodes}
+        | {c for r in results.rounds for c in r.dropped}
+        | {c for c in named if isinstance(c, str)}
+        | set(results.privacy)
+    )
     views = []
     for country in names:
         privacy = results.privacy.get(country)

@@ -130,6 +130,9 @@ def test_refusals_and_dropped_rounds_are_shown_per_country(tmp_path: Path) -> No
         (2, "refused", "dataset budget 10.00 would be exceeded")
     ]
     assert run.rounds[2].dropped == ["ES"]
+    spain = next(c for c in run.countries if c.country == "ES")  # never replied, still shown
+    assert spain.dropped_rounds == [3]
+    assert spain.last_reply_round is None
     names = [t["name"] for t in run.figures["burndown-FR"]["data"]]
     assert "refused" in names
 

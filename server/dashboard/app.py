@@ -128,7 +128,7 @@ def create_app(
         seen = request.headers.get("last-event-id") or since
         kind = folder_kind(folder)
         while not await request.is_disconnected():
-            current = version(watched_files(folder, kind))
+            current = await run_in_threadpool(lambda: version(watched_files(folder, kind)))
             if current != seen:
                 state = await run_in_threadpool(read_state, folder)
                 payload: dict[str, Any] = {

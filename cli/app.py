@@ -111,7 +111,8 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
         f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}, "
         f"model in {out_dir / 'model'}, log {out_dir / 'residency.log'}\n"
         f"privacy ledger {out_dir / 'ledger' / 'ledger.jsonl'}; check it with: residency audit "
-        f"verify {out_dir / 'ledger' / 'ledger.jsonl'} --keys {out_dir / 'keys'}"
+        f"verify {out_dir / 'ledger' / 'ledger.jsonl'} --keys {out_dir / 'keys'}\n"
+        f"charts in a browser: residency dashboard {out_dir}"
     )
 
 

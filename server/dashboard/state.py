@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from residency.common import charts
 from residency.common.errors import ConfigError
-from residency.common.privacy.ledger import EntryKind, LedgerEntry
+from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, LedgerEntry
 from residency.common.privacy.record import PrivacyRecord
 from residency.server.admission import read_admitted
 from residency.server.coordinator import SETTINGS_FILE, CoordinatorDir
@@ -31,7 +31,8 @@ from residency.server.results import RESULTS_FILE, NodeStatus, Results, RunStatu
 
 log = logging.getLogger("residency.dashboard")
 
-LEDGER_FILE = Path("ledger") / "ledger.jsonl"
+LEDGER = Path("ledger") / LEDGER_FILE
+"""Where a coordinator folder and a run's output keep the privacy ledger."""
 MAX_RUNS = 20
 """Runs shown, newest first: a coordinator that has run hundreds of jobs still loads fast."""
 
@@ -141,7 +142,7 @@ def _run_folders(folder: Path, kind: str) -> list[Path]:
 def watched_files(folder: Path, kind: str) -> list[Path]:
     """The files whose change means the page is stale."""
     files = [run / RESULTS_FILE for run in _run_folders(folder, kind)]
-    files.append(folder / LEDGER_FILE)
+    files.append(folder / LEDGER)
     if kind == "coordinator":
         directory = CoordinatorDir(folder)
         files += [directory.admitted, directory.database, directory.runs]
@@ -435,23 +436,26 @@ def _online_nodes(database: Path, problems: list[str]) -> dict[str, tuple[bool, 
     return found
 
 
+def _virtual_nodes(run: RunView) -> list[NodeView]:
+    """A simulation's nodes: online while the run runs, unless dropped from its last round."""
+    live = run.status == RunStatus.RUNNING
+    last_dropped = run.rounds[-1].dropped if run.rounds else []
+    return [
+        NodeView(
+            country=c.country,
+            node_id=None,
+            key_sha256=None,
+            admitted_at=None,
+            online=live and c.country not in last_dropped,
+            last_seen=f"round {c.last_reply_round}" if c.last_reply_round else None,
+        )
+        for c in run.countries
+    ]
+
+
 def _nodes(folder: Path, kind: str, runs: list[RunView], problems: list[str]) -> list[NodeView]:
     if kind == "simulation":
-        run = runs[0] if runs else None
-        live = run is not None and run.status == RunStatus.RUNNING
-        return [
-            NodeView(
-                country=c.country,
-                node_id=None,
-                key_sha256=None,
-                admitted_at=None,
-                online=live and (not run.rounds or c.country not in run.rounds[-1].dropped)
-                if run
-                else None,
-                last_seen=f"round {c.last_reply_round}" if c.last_reply_round else None,
-            )
-            for c in (run.countries if run else [])
-        ]
+        return _virtual_nodes(runs[0]) if runs else []
     directory = CoordinatorDir(folder)
     try:
         admitted = read_admitted(directory.admitted)
@@ -480,7 +484,7 @@ def read_state(folder: Path) -> DashboardState:
     kind = folder_kind(folder)
     files = watched_files(folder, kind)
     problems: list[str] = []
-    dataset = _dataset_epsilons(folder / LEDGER_FILE, problems)
+    dataset = _dataset_epsilons(folder / LEDGER, problems)
     runs = [
         run
         for run in (_run(path, dataset, problems) for path in _run_folders(folder, kind))

@@ -31,7 +31,7 @@ from residency.cli.flower import (
     flwr_binary,
 )
 from residency.common.config.job import load_job
-from residency.common.config.signed_job import sign_job
+from residency.common.config.signed_job import VALID_DAYS, new_launch, sign_job
 from residency.common.errors import ConfigError
 from residency.common.privacy.signing import load_signer
 from residency.server.events import (
@@ -92,6 +92,13 @@ def run(
     ] = None,
     key: KeyOption = None,
     insecure: InsecureOption = False,
+    valid_days: Annotated[
+        float,
+        typer.Option(
+            "--valid-days",
+            help="Days the signed job stays runnable; nodes refuse it afterwards (0 < d <= 3660).",
+        ),
+    ] = VALID_DAYS,
 ) -> None:
     """Launch a job on the connected nodes, stream its progress, write its results."""
     from residency.cli.progress import RichObserver, results_table
@@ -114,7 +121,11 @@ def run(
             EXIT_INPUT,
         )
     try:
-        signed = sign_job(job, load_signer(key))
+        launch = new_launch(valid_days=valid_days)
+    except ValueError as exc:
+        raise fail(f"--valid-days: {exc}; fix: pass a number of days, e.g. 30", EXIT_INPUT) from exc
+    try:
+        signed = sign_job(job, load_signer(key), launch=launch)
     except ConfigError as exc:
         raise fail(f"--key: {exc}", EXIT_INPUT) from exc
     countries = [node.country for node in job.nodes]

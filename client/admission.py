@@ -5,7 +5,7 @@ coordinator's word: the job may ask, the node decides. The order is the one a re
 to trust it:
 
 1. :func:`admit` applies the operator's limits and policy to the round plan, reads the data
-   (named in ``node.toml``), fixes the run's noise multiplier and pre-checks both budgets, so
+   (named in ``node.toml``), fixes the signed job's noise multiplier and pre-checks both budgets, so
    a round that cannot run is refused before the node builds a model for it.
 2. :func:`charge` repeats the budget check inside the store's write transaction, builds and
    signs a draft of the very record the reply will carry, and only then commits the charge.
@@ -56,17 +56,17 @@ class Admission:
 
 @dataclass(frozen=True)
 class Spend:
-    """Epsilon before and after this round, for this run and for the dataset's account."""
+    """Epsilon before and after this round, for the signed job and for the dataset's account."""
 
-    before: History  # this run's history on the account, before this round
+    before: History  # the job's history on the account (every run of it), before this round
     step: PrivacyStep
-    spent: float  # this run's epsilon before this round
-    total: float  # this run's epsilon with this round
-    lifetime: float  # the account's epsilon with this round (every run, every coordinator)
+    spent: float  # the job's epsilon before this round
+    total: float  # the job's epsilon with this round
+    lifetime: float  # the account's epsilon with this round (every job, every coordinator)
 
     @property
     def history(self) -> History:
-        """This run's history with this round: what the trainer must run and the record signs."""
+        """The job's history with this round: what the trainer must run and the record signs."""
         return compose(self.before, self.step)
 
 
@@ -177,14 +177,22 @@ def spend(
     plan: RoundPlan,
     admission: Admission,
     *,
-    run_history: History,
+    job_history: History,
     account_history: History,
 ) -> Spend:
-    """This round's cost against both budgets; ``BudgetExceeded`` if either would break."""
+    """This round's cost against both budgets; ``BudgetExceeded`` if either would break.
+
+    A release (a once-per-job step) must be the job's first charge: checked here, inside
+    the charging transaction, so two copies of round 1 cannot both release.
+    """
     step, kind, delta = admission.step, plan.accountant, plan.delta
     refused = f"{settings.country} refused round {plan.server_round}"
-    spent = epsilon_spent(run_history, delta=delta, kind=kind)
-    total = epsilon_spent(compose(run_history, step), delta=delta, kind=kind)
+    if method_for(plan.round_update).release_sensitivity is not None and job_history:
+        raise _refused(
+            f"{refused}: a release must be the job's first charge", RefusalCode.INVALID_PLAN
+        )
+    spent = epsilon_spent(job_history, delta=delta, kind=kind)
+    total = epsilon_spent(compose(job_history, step), delta=delta, kind=kind)
     _check_budget(
         f"{refused}: job budget", RefusalCode.JOB_BUDGET, plan.target_epsilon, spent, total
     )
@@ -197,7 +205,7 @@ def spend(
         lifetime_before,
         lifetime,
     )
-    return Spend(run_history, step, spent, total, lifetime)
+    return Spend(job_history, step, spent, total, lifetime)
 
 
 WARM_START_PHASE = "warm-start"
@@ -240,7 +248,7 @@ def _noise(
 
 
 def warm_start_step(
-    plan: RoundPlan, store: BudgetStore, *, run: str, account: str, refused: str
+    plan: RoundPlan, store: BudgetStore, *, job_account: str, account: str, refused: str
 ) -> PrivacyStep:
     """The warm start's release as one accountant step, its noise fixed at first use.
 
@@ -254,7 +262,7 @@ def warm_start_step(
         examples=1, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
     noise = store.noise_for(
-        run=run,
+        job_account=job_account,
         dataset=account,
         phase=WARM_START_PHASE,
         derive=lambda: _noise(
@@ -269,8 +277,14 @@ def warm_start_step(
     return (noise, sample_rate, steps)
 
 
-def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str) -> Admission:
-    """Apply the operator's limits, policy and both budgets; refuse before any charge."""
+def admit(
+    settings: NodeSettings, plan: RoundPlan, store: BudgetStore, *, job_account: str
+) -> Admission:
+    """Apply the operator's limits, policy and both budgets; refuse before any charge.
+
+    ``job_account`` is the signed job's hash: the job's target is spent across every Flower
+    run that carries it.
+    """
     check_operator_limits(settings, plan)
     policy = jurisdiction(settings)
     records = load_records(settings, plan)
@@ -291,22 +305,19 @@ def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str)
     account = store.account(settings.dataset_name, settings.data)
     if plan.warm_start is None:
         noise = store.noise_for(
-            run=run,
+            job_account=job_account,
             dataset=account,
             derive=lambda: _noise(plan, refused, sample_rate, plan.rounds * round_steps, ()),
         )
     else:
-        if plan.round_update is plan.warm_start and store.history(account, run=run):
-            raise _refused(
-                f"{refused}: the warm start's release must be the run's first charge",
-                RefusalCode.INVALID_PLAN,
-            )
-        release = warm_start_step(plan, store, run=run, account=account, refused=refused)
+        release = warm_start_step(
+            plan, store, job_account=job_account, account=account, refused=refused
+        )
         if plan.round_update is plan.warm_start:
             noise = release[0]
         else:
             noise = store.noise_for(
-                run=run,
+                job_account=job_account,
                 dataset=account,
                 derive=lambda: _noise(
                     plan, refused, sample_rate, plan.rounds * round_steps, (release,)
@@ -330,7 +341,7 @@ def admit(settings: NodeSettings, plan: RoundPlan, store: BudgetStore, run: str)
         settings,
         plan,
         admission,
-        run_history=store.history(account, run=run),
+        job_history=store.history(account, job_account=job_account),
         account_history=store.history(account),
     )
     return admission
@@ -343,6 +354,7 @@ def charge(
     store: BudgetStore,
     *,
     run: str,
+    job_account: str,
     draft: Callable[[Spend], D],
 ) -> tuple[int, Spend, D]:
     """Check the budgets again and charge the round, atomically; (charge id, spend, draft).
@@ -352,15 +364,16 @@ def charge(
     is never charged.
     """
 
-    def check(run_history: History, account_history: History) -> tuple[Spend, D]:
+    def check(job_history: History, account_history: History) -> tuple[Spend, D]:
         got = spend(
-            settings, plan, admission, run_history=run_history, account_history=account_history
+            settings, plan, admission, job_history=job_history, account_history=account_history
         )
         return got, draft(got)
 
     charge_id, (spent, drafted) = store.charge_within(
         run=run,
         job=plan.job,
+        job_account=job_account,
         server_round=plan.server_round,
         dataset=admission.account,
         step=admission.step,

@@ -125,6 +125,8 @@ def _charge(
     store: BudgetStore,
     signer: Signer,
     noise_source: NoiseSource,
+    *,
+    job_account: str,
 ) -> tuple[int, Spend, PrivacyRecord]:
     """Charge the round write-ahead, with the record it will sign drafted and checked first."""
     run = str(context.run_id)
@@ -148,7 +150,9 @@ def _charge(
                 Refusal(RefusalCode.INVALID_PLAN),
             ) from exc
 
-    return admission_steps.charge(settings, plan, admitted, store, run=run, draft=draft)
+    return admission_steps.charge(
+        settings, plan, admitted, store, run=run, job_account=job_account, draft=draft
+    )
 
 
 def _train(msg: Message, context: Context) -> Message:
@@ -169,8 +173,27 @@ def _train(msg: Message, context: Context) -> Message:
     }
     try:
         plan = _plan(record, settings.country)
-        signed_plan(plan, record, settings)  # a launcher the operator trusts, as signed
-        admitted = admission_steps.admit(settings, plan, store, run)
+        signed = signed_plan(plan, record, settings)  # a launcher the operator trusts, as signed
+    except Refused as exc:
+        _refuse(exc, store=store, ledger=ledger, where=where)
+        raise
+    with store.job_lock(signed.sha256):  # one message of a signed job at a time
+        return _train_job(msg, context, settings, plan, signed.sha256, store, signer, ledger, where)
+
+
+def _train_job(
+    msg: Message,
+    context: Context,
+    settings: NodeSettings,
+    plan: RoundPlan,
+    job_account: str,
+    store: BudgetStore,
+    signer: Signer,
+    ledger: Ledger,
+    where: dict[str, Any],
+) -> Message:
+    try:
+        admitted = admission_steps.admit(settings, plan, store, job_account=job_account)
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
@@ -204,7 +227,14 @@ def _train(msg: Message, context: Context) -> Message:
 
     try:  # the one place the budget is charged: from here on the round counts as spent
         charge_id, spend, draft = _charge(
-            context, settings, plan, admitted, store, signer, randomness.source
+            context,
+            settings,
+            plan,
+            admitted,
+            store,
+            signer,
+            randomness.source,
+            job_account=job_account,
         )
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)

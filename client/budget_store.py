@@ -11,12 +11,19 @@ Spending is composed per *account*: the dataset as the operator named it in ``no
 lengths). Editing or appending to the file keeps the account; only the operator's explicit
 :meth:`BudgetStore.reset` opens a new one. An account's identifier is an HMAC under a secret
 kept in this store, so it names the account without revealing its name, path or content.
+
+A job's own target is accounted per *signed job* (the SHA-256 of the bytes its launcher
+signed, which include a fresh nonce), not per Flower run: a coordinator that replays a signed
+job under new runs, or resumes it after a restart, continues the same job account, so the job
+never spends more than its signed target on any dataset, whatever runs carried it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -33,13 +40,6 @@ T = TypeVar("T")
 _ACCOUNT_DOMAIN = b"residency.dataset-account.v1"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS plans (
-    run TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    noise_multiplier REAL NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (run, dataset)
-);
 CREATE TABLE IF NOT EXISTS charges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run TEXT NOT NULL,
@@ -52,8 +52,19 @@ CREATE TABLE IF NOT EXISTS charges (
     delta REAL NOT NULL,
     accountant TEXT NOT NULL,
     charged_at TEXT NOT NULL,
-    trained_at TEXT
+    trained_at TEXT,
+    job_account TEXT
 );
+CREATE TABLE IF NOT EXISTS job_noise (
+    job_account TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (job_account, dataset, phase)
+);
+CREATE TRIGGER IF NOT EXISTS job_noise_is_never_changed BEFORE UPDATE ON job_noise
+BEGIN SELECT RAISE(ABORT, 'a job''s noise multiplier is fixed'); END;
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run TEXT NOT NULL,
@@ -87,6 +98,17 @@ BEFORE UPDATE OF run, job, round, dataset, noise_multiplier, sample_rate, steps,
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 """
 
+_MIGRATIONS = (
+    # Stores made before jobs were accounted by their signed hash: each old charge keeps its
+    # own Flower run as its job account (``_JOB_KEY``), so nothing already spent is re-keyed.
+    ("charges", "job_account", "ALTER TABLE charges ADD COLUMN job_account TEXT"),
+)
+_JOB_KEY = "COALESCE(job_account, 'run:' || run)"
+_KEEP_JOB_ACCOUNT = """
+CREATE TRIGGER IF NOT EXISTS charges_keep_their_job BEFORE UPDATE OF job_account ON charges
+BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
+"""
+
 
 @dataclass(frozen=True)
 class Charge:
@@ -102,6 +124,7 @@ class Charge:
     accountant: str
     charged_at: str
     trained_at: str | None
+    job_account: str
 
 
 @dataclass(frozen=True)
@@ -117,8 +140,11 @@ class Account:
 
 
 def _charge(r: Any) -> Charge:
-    """A ``charges`` row, in the table's column order."""
-    return Charge(r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11])
+    """A ``charges`` row, in the table's column order, with its job account resolved."""
+    account = r[12] if r[12] is not None else f"run:{r[1]}"
+    return Charge(
+        r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11], account
+    )
 
 
 def _history(charges: list[Charge]) -> History:
@@ -136,6 +162,11 @@ class BudgetStore:
         self.path = path
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
             db.executescript(_SCHEMA)  # idempotent; runs in its own transaction
+            for table, column, alter in _MIGRATIONS:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(alter)
+            db.executescript(_KEEP_JOB_ACCOUNT)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -151,24 +182,47 @@ class BudgetStore:
             db.execute("COMMIT")
 
     def noise_for(
-        self, *, run: str, dataset: str, derive: Callable[[], float], phase: str = ""
+        self, *, job_account: str, dataset: str, derive: Callable[[], float], phase: str = ""
     ) -> float:
-        """The noise multiplier fixed for ``run`` on ``dataset`` at its first round.
+        """The noise multiplier fixed for the signed job ``job_account`` on ``dataset``.
 
-        A job with a warm start has two mechanisms, so two multipliers: ``phase`` names the
-        warm start's (kept under the key ``run/phase``); training's is the run's own.
+        Fixed at the job's first round on this node, whatever Flower run asks later (a replay
+        or a restarted coordinator gets the same). A job with a warm start has two mechanisms,
+        so two multipliers: ``phase`` names the warm start's; training's has phase "".
         """
-        if phase:
-            run = f"{run}/{phase}"
         with self._db() as db:
             row = db.execute(
-                "SELECT noise_multiplier FROM plans WHERE run = ? AND dataset = ?", (run, dataset)
+                "SELECT noise_multiplier FROM job_noise"
+                " WHERE job_account = ? AND dataset = ? AND phase = ?",
+                (job_account, dataset, phase),
             ).fetchone()
             if row is not None:
                 return float(row[0])
             noise = derive()
-            db.execute("INSERT INTO plans VALUES (?, ?, ?, ?)", (run, dataset, noise, now()))
+            db.execute(
+                "INSERT INTO job_noise VALUES (?, ?, ?, ?, ?)",
+                (job_account, dataset, phase, noise, now()),
+            )
             return noise
+
+    @contextmanager
+    def job_lock(self, job_account: str) -> Iterator[None]:
+        """Hold the signed job's lock: this node works on one message of a job at a time.
+
+        Flower's executor may run two messages of one run concurrently (a coordinator can send
+        round 1 twice); under this lock the second sees the first's charge, so a once-per-job
+        step such as a release cannot run twice. Other jobs are not held up.
+        """
+        if not re.fullmatch(r"[0-9a-f]{64}", job_account):
+            raise ValueError("a job account is the signed job's SHA-256")
+        folder = self.path.parent / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"{job_account}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _account_key(self, db: sqlite3.Connection) -> bytes:
         row = db.execute("SELECT key FROM secret WHERE only = 1").fetchone()
@@ -231,25 +285,35 @@ class BudgetStore:
         return [Account(*row) for row in rows]
 
     @staticmethod
-    def _charges(db: sqlite3.Connection, dataset: str | None, run: str | None) -> list[Charge]:
-        query = "SELECT * FROM charges WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR run = ?)"
-        rows = db.execute(query + " ORDER BY id", (dataset, dataset, run, run)).fetchall()
+    def _charges(
+        db: sqlite3.Connection, dataset: str | None, job_account: str | None
+    ) -> list[Charge]:
+        query = (
+            "SELECT * FROM charges WHERE (? IS NULL OR dataset = ?)"
+            f" AND (? IS NULL OR {_JOB_KEY} = ?)"
+        )
+        rows = db.execute(
+            query + " ORDER BY id", (dataset, dataset, job_account, job_account)
+        ).fetchall()
         return [_charge(row) for row in rows]
 
-    def charges(self, dataset: str | None = None, *, run: str | None = None) -> list[Charge]:
-        """Charges in the order they were made, optionally for one account and one run."""
+    def charges(
+        self, dataset: str | None = None, *, job_account: str | None = None
+    ) -> list[Charge]:
+        """Charges in the order they were made, optionally for one account and one signed job."""
         with self._db() as db:
-            return self._charges(db, dataset, run)
+            return self._charges(db, dataset, job_account)
 
-    def history(self, dataset: str, *, run: str | None = None) -> History:
-        """Opacus-format history of every charge on account ``dataset`` (optionally one run)."""
-        return _history(self.charges(dataset, run=run))
+    def history(self, dataset: str, *, job_account: str | None = None) -> History:
+        """Opacus-format history of every charge on ``dataset`` (optionally one signed job)."""
+        return _history(self.charges(dataset, job_account=job_account))
 
     def charge_within(
         self,
         *,
         run: str,
         job: str,
+        job_account: str,
         server_round: int,
         dataset: str,
         step: PrivacyStep,
@@ -259,21 +323,35 @@ class BudgetStore:
     ) -> tuple[int, T]:
         """Check and charge a round in one transaction; call before the first training step.
 
-        ``check(run_history, account_history)`` sees every charge committed so far and
-        raises to refuse; nothing is written then. While it runs, this transaction holds
-        SQLite's write lock, so no other round on this node can charge in between. Returns
-        the charge's id and what ``check`` returned.
+        ``check(job_history, account_history)`` sees every charge committed so far (the
+        signed job's, under every Flower run, and the dataset's) and raises to refuse;
+        nothing is written then. While it runs, this transaction holds SQLite's write lock,
+        so no other round on this node can charge in between. Returns the charge's id and
+        what ``check`` returned.
         """
         noise, rate, steps = step
         with self._db() as db:
             checked = check(
-                _history(self._charges(db, dataset, run)),
+                _history(self._charges(db, dataset, job_account)),
                 _history(self._charges(db, dataset, None)),
             )
             cursor = db.execute(
                 "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate,"
-                " steps, delta, accountant, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run, job, server_round, dataset, noise, rate, steps, delta, accountant, now()),
+                " steps, delta, accountant, charged_at, job_account)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run,
+                    job,
+                    server_round,
+                    dataset,
+                    noise,
+                    rate,
+                    steps,
+                    delta,
+                    accountant,
+                    now(),
+                    job_account,
+                ),
             )
             return int(cursor.lastrowid or 0), checked
 

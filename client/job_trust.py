@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from residency.client.node_config import NodeSettings
 from residency.common.config.round_plan import RoundPlan, round_config
-from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job
+from residency.common.config.signed_job import ExpiredJob, SignedJob, UntrustedJob, open_job
 from residency.common.errors import PolicyViolation
 from residency.common.refusal import Refusal, RefusalCode
 
@@ -33,7 +33,8 @@ def signed_plan(plan: RoundPlan, record: Mapping[str, Any], settings: NodeSettin
         job = open_job(signed, settings.trusted_launchers, operator="node.toml")
     except (UntrustedJob, ValidationError) as exc:
         reason = str(exc) if isinstance(exc, UntrustedJob) else "job: malformed signature"
-        raise PolicyViolation(f"{refused}: {reason}", Refusal(RefusalCode.UNTRUSTED_JOB)) from exc
+        code = RefusalCode.JOB_EXPIRED if isinstance(exc, ExpiredJob) else RefusalCode.UNTRUSTED_JOB
+        raise PolicyViolation(f"{refused}: {reason}", Refusal(code)) from exc
     assert signed is not None  # open_job refuses a plan without one
     expected = round_config(
         job,

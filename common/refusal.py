@@ -32,6 +32,7 @@ class RefusalCode(StrEnum):
     DATASET_BUDGET = "dataset-budget"
     INVALID_PLAN = "invalid-plan"
     UNTRUSTED_JOB = "untrusted-job"
+    JOB_EXPIRED = "job-expired"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -49,6 +50,7 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.DATASET_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.INVALID_PLAN: (),
     RefusalCode.UNTRUSTED_JOB: (),
+    RefusalCode.JOB_EXPIRED: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -75,6 +77,7 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     RefusalCode.UNTRUSTED_JOB: (
         "the job is unsigned, signed by a launcher the node does not trust, or not as signed"
     ),
+    RefusalCode.JOB_EXPIRED: "the job is past the expiry its launcher signed",
 }
 
 

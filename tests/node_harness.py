@@ -85,9 +85,25 @@ _JOB_FIELDS: dict[str, tuple[str, ...]] = {
 """Round-plan keys and the job field each comes from (the inverse of ``round_config``)."""
 
 
-def signed_as(job: Job, overrides: Mapping[str, Any], launcher: Signer) -> SignedJob:
-    """``job`` with the plan ``overrides`` written into it, signed: a launcher's own choice."""
+TEST_NONCE = "0" * 32
+FAR_FUTURE_S = 4_102_444_800  # 2100-01-01: test jobs do not expire unless a test says so
+
+
+def signed_as(
+    job: Job,
+    overrides: Mapping[str, Any],
+    launcher: Signer,
+    *,
+    nonce: str = TEST_NONCE,
+    expires_unix_s: int = FAR_FUTURE_S,
+) -> SignedJob:
+    """``job`` with the plan ``overrides`` written into it, signed: a launcher's own choice.
+
+    ``nonce`` names the launch: the same job, overrides and nonce are the same signed job
+    (one epsilon account on the node), another nonce is another launch.
+    """
     data = json.loads(job_body(job))
+    data["launch"] = {"nonce": nonce, "expires_unix_s": expires_unix_s}
     for key, value in overrides.items():
         if key == "countries":
             data["nodes"] = [{"country": c, "data": None} for c in value]
@@ -111,6 +127,8 @@ def round_message(
     arrays: Mapping[str, np.ndarray] | None = None,
     launcher: Signer | None = TEST_LAUNCHER,
     resign: bool = True,
+    nonce: str = TEST_NONCE,
+    expires_unix_s: int = FAR_FUTURE_S,
 ) -> Message:
     """The coordinator's training message for ``job``, optionally tampered with.
 
@@ -122,7 +140,9 @@ def round_message(
     overrides = dict(overrides or {})
     signed = None
     if launcher is not None:
-        signed = signed_as(job, overrides if resign else {}, launcher)
+        signed = signed_as(
+            job, overrides if resign else {}, launcher, nonce=nonce, expires_unix_s=expires_unix_s
+        )
     config = round_config(job, base_fingerprint=base_fingerprint(model), signed=signed)
     sent = (
         round_one_arrays(model, job.train.round_update(server_round)) if arrays is None else arrays
@@ -149,8 +169,15 @@ def train_round(
     arrays: Mapping[str, np.ndarray] | None = None,
     launcher: Signer | None = TEST_LAUNCHER,
     resign: bool = True,
+    nonce: str | None = None,
+    expires_unix_s: int = FAR_FUTURE_S,
 ) -> Message:
-    """One training message, handled as by a freshly started node (empty Flower state)."""
+    """One training message, handled as by a freshly started node (empty Flower state).
+
+    Unless ``nonce`` is given, each ``run_id`` is its own launch of ``job`` (a launcher
+    signing it again), so tests of several runs see several jobs; pass one ``nonce`` to
+    replay the same signed job under other runs.
+    """
     context = Context(
         run_id=run_id,
         node_id=0,
@@ -168,6 +195,8 @@ def train_round(
             arrays=arrays,
             launcher=launcher,
             resign=resign,
+            nonce=f"{run_id:032x}" if nonce is None else nonce,
+            expires_unix_s=expires_unix_s,
         )
         return _train(message, context)
     finally:

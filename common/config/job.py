@@ -468,6 +468,19 @@ class NodeEntry(Strict):
         return None if value is None else _resolve(value, info)
 
 
+class LaunchSection(Strict):
+    """Which launch of a job this is and until when nodes run it: set by the signing launcher.
+
+    The nonce makes every signing a new job with its own epsilon account on each node (the
+    account is the signed bytes' hash), so a coordinator replaying a signed job under new
+    Flower runs continues that one account instead of opening a fresh target; the expiry
+    bounds how long a signed job stays usable at all.
+    """
+
+    nonce: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    expires_unix_s: Annotated[int, Field(strict=True, ge=0, le=2**40)]
+
+
 class Job(Strict):
     """A whole federated fine-tuning job."""
 
@@ -477,6 +490,19 @@ class Job(Strict):
     train: Annotated[TrainSection, Field(default_factory=TrainSection)]
     privacy: PrivacySection
     nodes: Annotated[list[NodeEntry], Field(default_factory=list, max_length=256)]
+    launch: LaunchSection | None = None
+
+    @field_validator("launch")
+    @classmethod
+    def _launch_is_the_signers(
+        cls, value: LaunchSection | None, info: ValidationInfo
+    ) -> LaunchSection | None:
+        if value is not None and (info.context or {}).get("base_dir") is not None:
+            raise ValueError(
+                "set by `residency run` when it signs the job, never in a job file; "
+                "fix: remove the [launch] table"
+            )
+        return value
 
     @field_validator("nodes")
     @classmethod

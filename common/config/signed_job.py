@@ -12,13 +12,15 @@ then names the launcher key and the job's hash, so auditors see who spent what.
 from __future__ import annotations
 
 import hashlib
+import secrets
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationError
 
-from residency.common.config.job import Job, Strict
+from residency.common.config.job import Job, LaunchSection, Strict
 from residency.common.config.loading import describe_validation_error
 from residency.common.errors import ConfigError
 from residency.common.privacy.canonical import canonical_json
@@ -29,10 +31,16 @@ LauncherKey = Annotated[str, Field(pattern=PUBLIC_KEY)]
 """A launcher's raw Ed25519 public key, 64 hex digits (``residency launcher init`` prints it)."""
 
 MAX_JOB_BYTES = 65_536
+VALID_DAYS = 30
+"""How long a signed job stays runnable by default (``residency run --valid-days``)."""
 
 
 class UntrustedJob(ConfigError):
     """A job that is unsigned, signed by a key nobody here trusts, or edited after signing."""
+
+
+class ExpiredJob(UntrustedJob):
+    """A signed job past the expiry its launcher signed: nobody runs it any more."""
 
 
 class SignedJob(Strict):
@@ -56,19 +64,40 @@ def job_body(job: Job) -> str:
     return canonical_json(shipped)
 
 
-def sign_job(job: Job, signer: Signer) -> SignedJob:
-    """Sign ``job`` as ``signer``'s launcher."""
-    body = job_body(job)
+def new_launch(*, valid_days: float = VALID_DAYS, now_s: float | None = None) -> LaunchSection:
+    """A fresh nonce (OS entropy) and an expiry ``valid_days`` from now."""
+    if not 0 < valid_days <= 3660:
+        raise ValueError(f"valid days {valid_days:g} must lie in (0, 3660]")
+    start = time.time() if now_s is None else now_s
+    return LaunchSection(
+        nonce=secrets.token_hex(16), expires_unix_s=int(start + valid_days * 86_400)
+    )
+
+
+def sign_job(job: Job, signer: Signer, *, launch: LaunchSection | None = None) -> SignedJob:
+    """Sign ``job`` as ``signer``'s launcher, as a new launch unless ``launch`` is given.
+
+    Each call without ``launch`` draws a new nonce: signing the same job file twice launches
+    two jobs, each with its own target on every node.
+    """
+    body = job_body(job.model_copy(update={"launch": launch or new_launch()}))
     return SignedJob(
         body=body, launcher=signer.public_hex, signature=signer.sign(body.encode("ascii"))
     )
 
 
-def open_job(signed: SignedJob | None, trusted: Collection[str], *, operator: str) -> Job:
-    """The signed job, if a key ``operator`` trusts signed exactly these bytes.
+def open_job(
+    signed: SignedJob | None,
+    trusted: Collection[str],
+    *,
+    operator: str,
+    now_s: float | None = None,
+) -> Job:
+    """The signed job, if a key ``operator`` trusts signed exactly these bytes, unexpired.
 
     ``operator`` names whose list decided ("coordinator.toml", "node.toml") in the refusal.
-    File paths in the job are kept as written: this opens no file.
+    File paths in the job are kept as written: this opens no file. A job signed without a
+    launch section (nonce and expiry) is refused: its replays could not be told apart.
     """
     if signed is None:
         raise UntrustedJob(
@@ -86,6 +115,19 @@ def open_job(signed: SignedJob | None, trusted: Collection[str], *, operator: st
             "job (edited after signing); fix: sign the job again with `residency run --key`"
         )
     try:
-        return Job.model_validate_json(signed.body, context={"remote": True})
+        job = Job.model_validate_json(signed.body, context={"remote": True})
     except ValidationError as exc:
         raise UntrustedJob(describe_validation_error(Path("signed job"), exc)) from exc
+    if job.launch is None:
+        raise UntrustedJob(
+            "job: signed without a launch nonce and expiry; fix: sign it again with this "
+            "version's `residency run --key`"
+        )
+    expires = job.launch.expires_unix_s
+    if (time.time() if now_s is None else now_s) >= expires:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        raise ExpiredJob(
+            f"job: expired at {when}; "
+            "fix: launch it again with `residency run --key` (a new job, with its own target)"
+        )
+    return job

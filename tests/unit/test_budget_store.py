@@ -17,10 +17,20 @@ pytestmark = pytest.mark.unit
 STEP = (1.1, 0.1, 20)
 
 
-def charge(store: BudgetStore, run: str = "r1", dataset: str = "d" * 64, rnd: int = 1) -> int:
+JOB_A, JOB_B = "a" * 64, "b" * 64  # two signed jobs' hashes
+
+
+def charge(
+    store: BudgetStore,
+    run: str = "r1",
+    dataset: str = "d" * 64,
+    rnd: int = 1,
+    job_account: str = JOB_A,
+) -> int:
     charge_id, _ = store.charge_within(
         run=run,
         job="job",
+        job_account=job_account,
         server_round=rnd,
         dataset=dataset,
         step=STEP,
@@ -35,20 +45,61 @@ def test_charges_compose_per_dataset_across_runs_and_restarts(tmp_path: Path) ->
     path = tmp_path / "budget.sqlite"
     charge(BudgetStore(path), run="r1", rnd=1)
     charge(BudgetStore(path), run="r1", rnd=2)  # a restarted node opens the same file
-    charge(BudgetStore(path), run="r2", rnd=1)  # a re-run of the job
-    charge(BudgetStore(path), run="r2", dataset="e" * 64)
+    charge(BudgetStore(path), run="r2", rnd=1, job_account=JOB_B)  # another launch
+    charge(BudgetStore(path), run="r2", dataset="e" * 64, job_account=JOB_B)
     store = BudgetStore(path)
     assert store.history("d" * 64) == ((1.1, 0.1, 60),)
-    assert store.history("d" * 64, run="r1") == ((1.1, 0.1, 40),)
+    assert store.history("d" * 64, job_account=JOB_A) == ((1.1, 0.1, 40),)
     assert store.history("e" * 64) == ((1.1, 0.1, 20),)
     assert [c.round for c in store.charges("d" * 64)] == [1, 2, 1]
 
 
-def test_noise_is_fixed_per_run_and_dataset(tmp_path: Path) -> None:
+def test_a_signed_job_is_one_account_whatever_run_carries_it(tmp_path: Path) -> None:
+    """A coordinator replaying a signed job under new runs continues the job's one account."""
     path = tmp_path / "budget.sqlite"
-    assert BudgetStore(path).noise_for(run="r", dataset="d", derive=lambda: 0.7) == 0.7
-    assert BudgetStore(path).noise_for(run="r", dataset="d", derive=lambda: 9.9) == 0.7
-    assert BudgetStore(path).noise_for(run="r2", dataset="d", derive=lambda: 0.8) == 0.8
+    for run in ("r1", "r2", "r3"):
+        charge(BudgetStore(path), run=run)
+    store = BudgetStore(path)
+    assert store.history("d" * 64, job_account=JOB_A) == ((1.1, 0.1, 60),)
+    assert [c.run for c in store.charges(job_account=JOB_A)] == ["r1", "r2", "r3"]
+    assert store.charges(job_account=JOB_B) == []
+
+
+def test_noise_is_fixed_per_signed_job_and_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "budget.sqlite"
+    fixed = BudgetStore(path).noise_for
+    assert fixed(job_account=JOB_A, dataset="d", derive=lambda: 0.7) == 0.7
+    assert fixed(job_account=JOB_A, dataset="d", derive=lambda: 9.9) == 0.7
+    assert fixed(job_account=JOB_A, dataset="d", phase="warm-start", derive=lambda: 3.0) == 3.0
+    assert fixed(job_account=JOB_B, dataset="d", derive=lambda: 0.8) == 0.8
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="fixed"):
+        db.execute("UPDATE job_noise SET noise_multiplier = 0.1")
+
+
+def test_a_store_from_before_job_accounts_keeps_each_old_run_apart(tmp_path: Path) -> None:
+    """Old charges keep their own run as their job; nothing already spent is re-keyed."""
+    path = tmp_path / "budget.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL,"
+            " job TEXT NOT NULL, round INTEGER NOT NULL, dataset TEXT NOT NULL,"
+            " noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,"
+            " delta REAL NOT NULL, accountant TEXT NOT NULL, charged_at TEXT NOT NULL,"
+            " trained_at TEXT)"
+        )
+        db.execute(
+            "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate, steps,"
+            " delta, accountant, charged_at) VALUES ('7', 'job', 1, ?, 1.1, 0.1, 20, 1e-5, 'prv',"
+            " 'then')",
+            ("d" * 64,),
+        )
+    charge(BudgetStore(path), run="8")
+    store = BudgetStore(path)
+    assert [c.job_account for c in store.charges()] == ["run:7", JOB_A]
+    assert store.history("d" * 64) == ((1.1, 0.1, 40),)
+    assert store.history("d" * 64, job_account=JOB_A) == ((1.1, 0.1, 20),)
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.execute("UPDATE charges SET job_account = ?", (JOB_A,))
 
 
 def test_charges_cannot_be_deleted_or_lowered(tmp_path: Path) -> None:
@@ -98,6 +149,7 @@ def test_a_refused_check_writes_nothing(tmp_path: Path) -> None:
         store.charge_within(
             run="r1",
             job="job",
+            job_account=JOB_A,
             server_round=2,
             dataset="d" * 64,
             step=STEP,

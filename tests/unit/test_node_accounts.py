@@ -72,8 +72,8 @@ def test_no_view_of_the_data_opens_a_fresh_account(tmp_path: Path) -> None:
             outcomes.append(False)
             reasons.append(str(exc))
         with sqlite3.connect(store.path) as db:
-            (noise,) = db.execute(
-                "SELECT noise_multiplier FROM plans WHERE run = ?", (str(run_id),)
+            (noise,) = db.execute(  # each run here is a new launch: the newest job's noise
+                "SELECT noise_multiplier FROM job_noise ORDER BY rowid DESC LIMIT 1"
             ).fetchone()
         examples = sum(1 for _ in data.open(encoding="utf-8")) - 1
         rate, per_epoch = poisson_schedule(examples=examples, batch_size=variant.train.batch_size)

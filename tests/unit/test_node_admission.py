@@ -70,7 +70,8 @@ def _race(settings_file: Path, plan: RoundPlan, run: str, meet: Any, out: Any) -
     settings_ = load_node_settings(settings_file)
     store = BudgetStore(settings_.state / STORE_FILE)
     try:
-        admitted = admission.admit(settings_, plan, store, run)
+        account = f"{int(run):064x}"  # two launches of the job: two job accounts
+        admitted = admission.admit(settings_, plan, store, job_account=account)
 
         def draft(spend: Spend) -> None:
             del spend
@@ -78,7 +79,9 @@ def _race(settings_file: Path, plan: RoundPlan, run: str, meet: Any, out: Any) -
             with contextlib.suppress(threading.BrokenBarrierError):
                 meet.wait(timeout=5)
 
-        admission.charge(settings_, plan, admitted, store, run=run, draft=draft)
+        admission.charge(
+            settings_, plan, admitted, store, run=run, job_account=account, draft=draft
+        )
         out.put((run, "charged"))
     except Refused as exc:
         out.put((run, str(exc)))

@@ -10,7 +10,7 @@ import pytest
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common.config.job import AccountantKind, Job, load_job
-from residency.common.errors import BudgetExceeded
+from residency.common.errors import PolicyViolation
 from residency.common.privacy.accountant import epsilon_spent, noise_for_target
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
@@ -69,9 +69,9 @@ def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path:
     job = _job(tmp_path)
     settings = node_file(tmp_path, 100.0)
     train_round(job, settings, run_id=1, server_round=1)
-    with pytest.raises(BudgetExceeded) as refused:
+    with pytest.raises(PolicyViolation) as refused:  # a release is once per job
         train_round(job, settings, run_id=1, server_round=2)
-    assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
+    assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node_harness import TEST_LAUNCHER, node_file, signed_record, train_round
+from node_harness import TEST_LAUNCHER, node_file, signed_as, signed_record, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common.config.job import Job, load_job
 from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job, sign_job
@@ -149,4 +149,4 @@ def test_the_signed_record_names_the_launcher_and_the_job(job: Job, tmp_path: Pa
 
     assert record.schema_version == 3
     assert record.launcher == TEST_LAUNCHER.public_hex
-    assert record.job_sha256 == sign_job(job, TEST_LAUNCHER).sha256
+    assert record.job_sha256 == signed_as(job, {}, TEST_LAUNCHER, nonce=f"{1:032x}").sha256

@@ -1,0 +1,204 @@
+"""A signed job spends at most its target on a node, across every Flower run that carries it.
+
+The job's account is the hash of the bytes its launcher signed (with a fresh nonce and an
+expiry), never the coordinator's run id: a replay, or the same job after a coordinator
+restart, continues the one account (issue 24, points 4 and 5).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from node_harness import TEST_LAUNCHER, node_file, round_message, signed_record, train_round
+from residency.client.app import _train
+from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.node_config import NODE_CONFIG_KEY
+from residency.common.config.job import Job, load_job
+from residency.common.config.signed_job import (
+    ExpiredJob,
+    SignedJob,
+    UntrustedJob,
+    job_body,
+    new_launch,
+    open_job,
+    sign_job,
+)
+from residency.common.errors import ConfigError, PolicyViolation, Refused
+from residency.common.privacy.accountant import epsilon_spent, within_budget
+from residency.common.refusal import RefusalCode
+from toy_federation import write_toy_job
+
+# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
+]
+
+NONCE = "ab" * 16
+
+
+def _job(tmp_path: Path, update: str = "head", *, rounds: int = 1, extra: str = "") -> Job:
+    return load_job(
+        write_toy_job(
+            tmp_path / "job",
+            countries=("DE",),
+            rounds=rounds,
+            examples=40,
+            train=f'update = "{update}"',
+            extra=extra,
+        )
+    )
+
+
+@pytest.mark.node
+def test_a_signed_job_replayed_under_new_runs_never_spends_past_its_target(
+    tmp_path: Path,
+) -> None:
+    """The filed attack: one target-8 job replayed took the dataset to 8.00, 12.45, 16.27..."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 100.0)  # a lifetime budget far above the job's target
+    first = signed_record(train_round(job, settings, run_id=1, server_round=1, nonce=NONCE))
+    assert 7.9 < first.epsilon <= 8.0
+    for run_id in (2, 3, 4):
+        with pytest.raises(Refused) as refused:
+            train_round(job, settings, run_id=run_id, server_round=1, nonce=NONCE)
+        assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
+    store = BudgetStore(tmp_path / "state" / STORE_FILE)
+    [charge] = store.charges()
+    lifetime = epsilon_spent(store.history(charge.dataset), delta=1e-4, kind=job.privacy.accountant)
+    assert within_budget(lifetime, job.privacy.target_epsilon)
+    assert len(store.refusals()) == 3
+
+
+@pytest.mark.node
+def test_a_replayed_job_continues_its_rounds_with_the_same_noise(tmp_path: Path) -> None:
+    """A coordinator restarted after round 1 resumes the job: round 2 spends the rest."""
+    job = _job(tmp_path, rounds=2)
+    settings = node_file(tmp_path, 100.0)
+    one = signed_record(train_round(job, settings, run_id=1, server_round=1, nonce=NONCE))
+    two = signed_record(train_round(job, settings, run_id=2, server_round=2, nonce=NONCE))
+    assert two.noise_multiplier == one.noise_multiplier
+    assert two.history == [(one.noise_multiplier, one.sample_rate, 2 * one.steps)]
+    assert one.epsilon < two.epsilon <= 8.0 * 1.0001
+    with pytest.raises(Refused) as refused:  # a third round, under yet another run
+        train_round(job, settings, run_id=3, server_round=2, nonce=NONCE)
+    assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
+
+
+@pytest.mark.node
+def test_a_release_replayed_under_a_new_run_is_refused_uncharged(tmp_path: Path) -> None:
+    job = _job(tmp_path, "prototypes")
+    settings = node_file(tmp_path, 100.0)
+    train_round(job, settings, run_id=1, server_round=1, nonce=NONCE)
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(job, settings, run_id=2, server_round=1, nonce=NONCE)
+    assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
+
+
+@pytest.mark.node
+def test_two_copies_of_a_release_sent_at_once_release_once(tmp_path: Path) -> None:
+    """Flower's executor runs messages concurrently: two round-1 messages both released once."""
+    job = _job(tmp_path, "prototypes")
+    settings = node_file(tmp_path, 100.0)
+    meet = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def release(run_id: int) -> None:
+        context = Context(
+            run_id=run_id,
+            node_id=0,
+            node_config={NODE_CONFIG_KEY: str(settings)},
+            state=RecordDict(),
+            run_config={},
+        )
+        message = messages[run_id]
+        meet.wait(timeout=60)  # both messages enter the node together
+        try:
+            reply = _train(message, context)
+            outcomes.append("released" if not reply.has_error() else "error")
+        except Refused as exc:
+            outcomes.append(exc.refusal.code.value)
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
+    try:
+        messages = {run_id: round_message(job, server_round=1, nonce=NONCE) for run_id in (1, 2)}
+        racers = [threading.Thread(target=release, args=(run_id,)) for run_id in (1, 2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(timeout=300)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    assert sorted(outcomes) == [RefusalCode.INVALID_PLAN.value, "released"]
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
+
+
+@pytest.mark.unit
+def test_the_job_lock_lets_one_message_of_a_job_in_at_a_time(tmp_path: Path) -> None:
+    store = BudgetStore(tmp_path / "budget.sqlite")
+    with store.job_lock("a" * 64):
+        lock = tmp_path / "locks" / f"{'a' * 64}.lock"
+        with lock.open("a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another message of the job
+        with (tmp_path / "locks" / f"{'b' * 64}.lock").open("a") as another_job:
+            fcntl.flock(another_job, fcntl.LOCK_EX | fcntl.LOCK_NB)  # other jobs go on
+    with lock.open("a") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.job_lock("../../etc/passwd").__enter__()
+
+
+@pytest.mark.node
+def test_an_expired_job_is_refused_uncharged(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 100.0)
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(job, settings, run_id=1, server_round=1, expires_unix_s=int(time.time()) - 1)
+    assert refused.value.refusal.code is RefusalCode.JOB_EXPIRED
+    assert "expired at" in str(refused.value)
+    assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
+
+
+@pytest.mark.unit
+def test_every_signing_is_a_new_launch_with_an_expiry(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    trusted = [TEST_LAUNCHER.public_hex]
+    first, second = sign_job(job, TEST_LAUNCHER), sign_job(job, TEST_LAUNCHER)
+    assert first.sha256 != second.sha256  # two launches: two job accounts on every node
+    opened = open_job(first, trusted, operator="node.toml")
+    assert opened.launch is not None
+    assert 29 * 86_400 < opened.launch.expires_unix_s - time.time() <= 30 * 86_400
+    assert (opened.train, opened.privacy, opened.model) == (job.train, job.privacy, job.model)
+    with pytest.raises(ExpiredJob, match=r"expired at .*; fix: launch it again"):
+        open_job(first, trusted, operator="node.toml", now_s=opened.launch.expires_unix_s)
+    with pytest.raises(ValueError, match="valid days"):
+        new_launch(valid_days=0)
+
+
+@pytest.mark.unit
+def test_a_job_signed_without_a_launch_is_refused(tmp_path: Path) -> None:
+    """An old-style signature: its replays could not be told apart, so it runs nowhere."""
+    job = _job(tmp_path)
+    body = job_body(job)
+    signed = SignedJob(
+        body=body,
+        launcher=TEST_LAUNCHER.public_hex,
+        signature=TEST_LAUNCHER.sign(body.encode("ascii")),
+    )
+    with pytest.raises(UntrustedJob, match="without a launch nonce and expiry; fix:"):
+        open_job(signed, [TEST_LAUNCHER.public_hex], operator="node.toml")
+
+
+@pytest.mark.unit
+def test_a_job_file_cannot_choose_its_launch(tmp_path: Path) -> None:
+    launch = f'[launch]\nnonce = "{NONCE}"\nexpires_unix_s = 4102444800\n'
+    with pytest.raises(ConfigError, match=r"launch.*fix: remove the \[launch\] table"):
+        _job(tmp_path, extra=launch)

@@ -397,8 +397,12 @@ class _Verifier:
         )
 
     def continuity(self, position: int, record: PrivacyRecord, before: History) -> None:
-        """A run's records must extend one another; extra steps mean unrecorded charges."""
-        key = (record.run, record.country, record.dataset)
+        """A job's records must extend one another; extra steps mean unrecorded charges.
+
+        A job is its signed hash (every run that carried it, a replay or a resumed job), or
+        its run for records older than signed jobs.
+        """
+        key = (record.job_sha256 or record.run, record.country, record.dataset)
         previous = self.last_history.get(key, ())
         self.last_history[key] = record.run_history
         if before == previous:

@@ -2,7 +2,9 @@
 
 The record is drafted before the charge (:func:`draft_record`, called inside the charging
 transaction) with every figure it will carry, signed and re-opened as the coordinator will
-open it; after training only the update's hash, the charge id and the time are filled in.
+open it; after training only the update's hash and the charge id are filled in. Its time
+(``signed_at``) is the draft's, taken before training: a time taken after it would tell the
+coordinator how long this round's data took to train.
 So a round whose record could not be signed is refused, never charged and then wasted.
 The reply holds only what ``docs/privacy.md`` lists as public; the egress guard enforces it.
 """
@@ -112,7 +114,7 @@ def training_reply(
     """The reply to ``instruction`` (update, public figures, signed record) and that record."""
     arrays = {name: array.numpy() for name, array in update.items()}
     completed = draft.model_copy(
-        update={"update_sha256": update_sha256(arrays), "charge": charge_id, "signed_at": now()}
+        update={"update_sha256": update_sha256(arrays), "charge": charge_id}
     )
     signed = sign_record(completed, signer)
     record = open_record(signed)  # the completed record validates as the draft did

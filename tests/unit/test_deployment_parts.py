@@ -127,12 +127,14 @@ def test_supernode_exits_are_explained(log: str, phrase: str) -> None:
 
 def test_bundle_is_a_valid_flower_app_carrying_the_job(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "job"))
-    write_bundle(sign_job(job, TEST_LAUNCHER), tmp_path / "app")
+    signed = sign_job(job, TEST_LAUNCHER)
+    write_bundle(signed, tmp_path / "app")
     config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
     shipped = config["tool"]["flwr"]["app"]["config"]
     sent = Job.model_validate(json.loads(shipped[JOB_KEY]))
     assert shipped[JOB_LAUNCHER_KEY] == TEST_LAUNCHER.public_hex
-    assert sign_job(job, TEST_LAUNCHER).signature == shipped[JOB_SIGNATURE_KEY]
+    assert signed.signature == shipped[JOB_SIGNATURE_KEY]
+    assert sent.launch is not None  # each signing is a new launch, with its own nonce
     assert sent.train == job.train
     assert sent.privacy == job.privacy
     assert [n.country for n in sent.nodes] == ["DE", "FR", "ES"]
@@ -193,6 +195,44 @@ def test_the_coordinator_runs_only_its_installed_serverapp(
     assert command[1:3] == ["-m", "residency.server.superexec"]
     assert command[-2:] == ["--parent-pid", "7"]
     assert SERVERAPP_COMMAND == "residency-serverapp"
+
+
+def test_the_coordinator_reads_a_bundle_in_memory_and_never_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's bundle gives the run config; no file of it lands in Flower's app folder."""
+    import importlib
+    import io
+    import zipfile
+
+    from residency.server.serverapp_task import pin_serverapp
+
+    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+    source = inspect.getsource(runtime.run_serverapp)
+    for call in (
+        "install_from_fab(fab.content",
+        "get_project_config(app_path)",
+        "get_fused_config_from_dir(",
+    ):
+        assert call in source  # the points Flower 1.42 (pinned) reads the bundle at
+    for name in ("run_", "install_from_fab", "get_project_config", "get_fused_config_from_dir"):
+        monkeypatch.setitem(vars(runtime), name, vars(runtime)[name])
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    signed = sign_job(load_job(write_toy_job(tmp_path / "job", countries=("DE",))), TEST_LAUNCHER)
+    pyproject = write_bundle(signed, tmp_path / "bundle")
+    fab = io.BytesIO()
+    with zipfile.ZipFile(fab, "w") as archive:
+        archive.write(pyproject, "pyproject.toml")
+
+    pin_serverapp()
+    app_path = runtime.install_from_fab(fab.getvalue(), skip_prompt=True)
+    config = runtime.get_project_config(str(app_path))
+    fused = runtime.get_fused_config_from_dir(Path(app_path), {})
+
+    assert not (tmp_path / "flwr").exists()
+    assert config["tool"]["flwr"]["app"]["components"]["serverapp"]
+    assert fused[JOB_KEY] == signed.body
+    assert fused[JOB_SIGNATURE_KEY] == signed.signature
 
 
 def test_fork_executor_plugs_into_flower_superexec() -> None:

@@ -1,0 +1,38 @@
+"""What leaves with a reply is public or noised: no figure read off the round's training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node_harness import node_file, signed_record, train_round
+from residency.client import app as node_app
+from residency.client import reply as node_reply
+from residency.common.config.job import load_job
+from toy_federation import write_toy_job
+
+pytestmark = pytest.mark.node
+
+
+def test_the_record_is_timed_before_training_never_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time taken after training tells the coordinator how long the data took to train."""
+    job = load_job(
+        write_toy_job(tmp_path / "job", countries=("DE",), rounds=1, examples=40, train="")
+    )
+    phase = {"trained": False}
+    times = {False: "2026-01-01T00:00:00+00:00", True: "2026-01-01T09:59:59+00:00"}
+    monkeypatch.setattr(node_reply, "now", lambda: times[phase["trained"]])
+    real = node_app.train_dp_round
+
+    def training(*args: Any, **kwargs: Any) -> Any:
+        phase["trained"] = True
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(node_app, "train_dp_round", training)
+    record = signed_record(train_round(job, node_file(tmp_path, 100.0), run_id=1, server_round=1))
+    assert phase["trained"]
+    assert record.signed_at == times[False]

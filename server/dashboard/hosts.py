@@ -3,10 +3,11 @@
 A page on ``evil.example`` can have its name re-resolved to 127.0.0.1 and then read the
 dashboard with the browser's same-origin blessing; the one thing it cannot change is the
 ``Host`` header, which still names ``evil.example``. So every request must name a host the
-dashboard serves, with the port it serves: the address it listens on (for loopback, also
-``localhost``, ``127.0.0.1`` and ``[::1]``), the names in its certificate, and the names the
-operator adds. A name the operator adds as ``NAME`` is allowed on any port (a proxy in front
-may listen elsewhere); ``NAME:PORT`` on that port only.
+dashboard serves, with the port it serves: the address it listens on, the names in its
+certificate, and the names the operator adds. When it listens on loopback (or everywhere),
+``localhost``, ``127.0.0.1`` and ``[::1]`` are allowed on any port, as an SSH tunnel's local
+port is the user's choice. A name the operator adds as ``NAME`` is allowed on any port (a
+proxy in front may listen elsewhere); ``NAME:PORT`` on that port only.
 """
 
 from __future__ import annotations
@@ -108,11 +109,13 @@ def served_hosts(
     other names and addresses are the operator's to add (``extra``).
     """
     names = [host] if host not in _WILDCARDS else [socket.gethostname(), socket.getfqdn()]
-    if host in _WILDCARDS or _loopback(host):
-        names.extend(_LOOPBACK_NAMES)
     if certfile is not None:
         names.extend(certificate_names(certfile))
     allowed: set[AllowedHost] = {(_name(name), port) for name in names if name}
+    if host in _WILDCARDS or _loopback(host):
+        # Any port: an SSH tunnel (ssh -L 9000:127.0.0.1:8050) picks its own local port, and
+        # a rebinding page can never make a browser name a loopback host for its own origin.
+        allowed.update((name, None) for name in _LOOPBACK_NAMES)
     allowed.update(operator_host(value) for value in extra)
     return frozenset(allowed)
 

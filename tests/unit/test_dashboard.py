@@ -265,7 +265,7 @@ def test_the_token_in_an_address_is_exchanged_for_a_cookie_and_leaves_the_addres
         "evil.example:8050",
         "evil.example",
         "127.0.0.1.evil.example:8050",
-        "127.0.0.1:9999",
+        "8050",
         "",
         "[::1",
     ],
@@ -287,7 +287,7 @@ def test_a_request_naming_another_host_is_refused_and_learns_nothing(
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1:8050", "localhost:8050", "[::1]:8050", "LOCALHOST:8050"]
+    "host", ["127.0.0.1:8050", "localhost:8050", "[::1]:8050", "LOCALHOST:8050", "localhost:9000"]
 )
 def test_the_hosts_it_serves_are_answered(run_folder: Path, host: str) -> None:
     response = _client(run_folder).get("/api/state", headers={"host": host})
@@ -302,7 +302,8 @@ def test_served_hosts_follow_the_address_the_certificate_and_the_operator(
     assert host_allowed(f"{socket.gethostname()}:8443", everywhere, https=True)
     assert host_allowed("dash.example.org", everywhere, https=True)  # a proxy's port 443
     assert host_allowed("Dash.Example.Org:9000", everywhere, https=True)
-    assert not host_allowed("localhost:8050", everywhere, https=True)
+    assert host_allowed("localhost:9000", everywhere, https=True)  # an SSH tunnel's port
+    assert not host_allowed(f"{socket.gethostname()}:8050", everywhere, https=True)
     one = served_hosts(host="10.1.2.3", port=443, extra=["proxy.example:8443"])
     assert host_allowed("10.1.2.3", one, https=True)  # the default port, left out
     assert not host_allowed("10.1.2.3", one, https=False)  # plain HTTP's default is 80

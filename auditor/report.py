@@ -31,7 +31,7 @@ from plotly.offline import get_plotlyjs_version
 from pydantic import BaseModel, ConfigDict
 
 from residency.auditor.burndown import Burndown, RoundEpsilons, burndown_figure
-from residency.auditor.crosscheck import AGREEMENT_RTOL
+from residency.auditor.crosscheck import AGREEMENT
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import (
     SAME_LIBRARY_RTOL,
@@ -143,7 +143,7 @@ class RunReport(_Model):
     target_epsilon: float | None
     delta: float | None
     accountant: str | None
-    dp_accounting_rtol: float | None
+    dp_accounting_agreement: str | None
     update: str | None
     countries: list[CountryReport]
 
@@ -296,7 +296,7 @@ def _run(run: str, verification: Verification, by_entry: dict[int, list[str]]) -
         target_epsilon=target,
         delta=delta,
         accountant=accountant,
-        dp_accounting_rtol=_rtol(accountant),
+        dp_accounting_agreement=_agreement(accountant),
         update=_text(info, "update"),
         countries=[
             _country(
@@ -310,9 +310,9 @@ def _run(run: str, verification: Verification, by_entry: dict[int, list[str]]) -
     )
 
 
-def _rtol(accountant: str | None) -> float | None:
+def _agreement(accountant: str | None) -> str | None:
     try:
-        return AGREEMENT_RTOL[AccountantKind(accountant or "")]
+        return AGREEMENT[AccountantKind(accountant or "")]
     except ValueError:
         return None
 
@@ -401,10 +401,6 @@ def _count(n: int, noun: str) -> str:
 
 def _status(run: RunReport) -> str:
     return run.status or "not finished"
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
 
 
 def _sample(value: float) -> str:
@@ -516,7 +512,6 @@ def _environment() -> Environment:
         count=_count,
         status=_status,
         pipeline=_pipeline,
-        percent=_percent,
         sample=_sample,
     )
     return env
@@ -774,7 +769,7 @@ def _markdown(report: Report) -> str:
                     "Target ε",
                     "δ",
                     "Accountant",
-                    "dp-accounting tolerance",
+                    "dp-accounting agreement",
                     "Rounds",
                     "Countries",
                 ],
@@ -784,7 +779,7 @@ def _markdown(report: Report) -> str:
                         _num(run.target_epsilon),
                         _num(run.delta),
                         _md(run.accountant or "–"),
-                        _percent(run.dp_accounting_rtol),
+                        _md(run.dp_accounting_agreement or "–"),
                         _num(run.rounds_planned),
                         _md(", ".join(c.country for c in run.countries) or "–"),
                     ]

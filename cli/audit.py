@@ -52,7 +52,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check the chain, every signature and update hash, and recompute every epsilon twice."""
-    from residency.auditor.crosscheck import AGREEMENT_RTOL
+    from residency.auditor.crosscheck import AGREEMENT
     from residency.auditor.verify import load_keys, verify_ledger
     from residency.common.privacy.signing import key_id
 
@@ -139,10 +139,11 @@ def verify(
                 else known.get(spend.record.launcher, key_id(spend.record.launcher)),
             )
         console.print(table)
-        tolerances = ", ".join(f"{k.value} {v:.0%}" for k, v in AGREEMENT_RTOL.items())
+        rules = "; ".join(f"{k.value}: {v}" for k, v in AGREEMENT.items())
         console.print(
             f"keeper key {key_id(result.keeper) if result.keeper else '-'}; Opacus must match "
-            f"each record to 1e-6; dp-accounting must agree with Opacus within {tolerances}"
+            f"each record to 1e-6; dp-accounting must agree with Opacus ({rules}), and no "
+            "record may claim less than dp-accounting's lower bound on its mechanism's ε"
         )
         for note in result.notes:
             console.print(f"[yellow]note[/] {escape(str(note))}", highlight=False)

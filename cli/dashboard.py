@@ -98,11 +98,19 @@ def dashboard(
     poll: Annotated[
         float, typer.Option(help="Seconds between checks of the folder's files.", min=0.1)
     ] = 1.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name browsers reach it by (NAME, or NAME:PORT), e.g. a proxy's; "
+            "repeatable. Requests naming any other host are refused."
+        ),
+    ] = None,
 ) -> None:
     """Serve a read-only page of runs, rounds, countries' ε and nodes that updates live."""
     import uvicorn
 
     from residency.server.dashboard.app import create_app
+    from residency.server.dashboard.hosts import served_hosts
 
     try:
         token = read_token(token_file) if token_file is not None else None
@@ -116,12 +124,23 @@ def dashboard(
             raise ConfigError("--certfile and --keyfile go together; fix: give both or neither")
         if certfile is not None and keyfile is not None:
             check_tls(certfile, keyfile)
-        app = create_app(folder.resolve(), token=token, poll_s=poll, https=certfile is not None)
         sock = _bind(host, port)
+        bound = sock.getsockname()[1]
+        try:
+            hosts = served_hosts(host=host, port=bound, certfile=certfile, extra=allow_host or ())
+            app = create_app(
+                folder.resolve(),
+                hosts=hosts,
+                token=token,
+                poll_s=poll,
+                https=certfile is not None,
+            )
+        except ConfigError:
+            sock.close()
+            raise
     except ConfigError as error:
         raise fail(str(error), EXIT_INPUT) from None
     scheme = "https" if certfile else "http"
-    bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     console.print(
         f"dashboard for {folder} at {scheme}://{shown}:{bound}/ (read-only; Ctrl-C stops it)",

@@ -8,7 +8,7 @@ produces, only faster (no training).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 from residency.common.clock import now
 from residency.common.config.job import AccountantKind
 from residency.common.files import write_atomic
-from residency.common.privacy.accountant import History, compose, epsilon_spent
+from residency.common.privacy.accountant import History, PrivacyStep, compose, epsilon_spent
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger
 from residency.common.privacy.record import NoiseSource, PrivacyRecord, SignedRecord, sign_record
 from residency.common.privacy.signing import Signer, create_signer, public_path
@@ -79,10 +79,23 @@ def signed_record(
     charge: int = 1,
     kind: AccountantKind = AccountantKind.PRV,
     noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
+    target: float = TARGET,
+    budget: float = BUDGET,
+    epsilon_of: Callable[[History], float] | None = None,
 ) -> SignedRecord:
-    """A node's signed record of one round whose run history was ``before`` plus ``step``."""
+    """A node's signed record of one round whose run history was ``before`` plus ``step``.
+
+    ``epsilon_of``: how the node computes the epsilons it signs from a history (Opacus' by
+    default, as the node does; a cheating node's own way otherwise).
+    """
+
+    def spent(history: History) -> float:
+        if epsilon_of is None:
+            return epsilon_spent(history, delta=DELTA, kind=kind)
+        return epsilon_of(history) if history else 0.0
+
     after = compose(before, step)
-    total = epsilon_spent(after, delta=DELTA, kind=kind)
+    total = spent(after)
     noise, sample_rate, steps = step
     return sign_record(
         PrivacyRecord(
@@ -101,11 +114,11 @@ def signed_record(
             accountant=kind,
             delta=DELTA,
             history=list(after),
-            epsilon_round=total - epsilon_spent(before, delta=DELTA, kind=kind),
+            epsilon_round=total - spent(before),
             epsilon=total,
-            target_epsilon=TARGET,
+            target_epsilon=target,
             epsilon_dataset=total,
-            budget_epsilon=BUDGET,
+            budget_epsilon=budget,
             policy="ab" * 32,
             policy_name="eu-health",
             version="0.1.0",
@@ -134,13 +147,24 @@ def write_ledger(
     noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
     repeat_update: bool = False,
     reset: str | None = None,
+    schedule: Sequence[PrivacyStep] | None = None,
+    target: float = TARGET,
+    epsilon_of: Callable[[History], float] | None = None,
 ) -> LedgerFixture:
     """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round.
+
+    ``schedule``: each round's mechanism, in order (a warm start's release, then training),
+    instead of ``rounds`` rounds of (``noise``, ``sample_rate``, ``steps``). ``target``: the
+    job's epsilon (the dataset budget is 1.5 times it). ``epsilon_of``: see
+    :func:`signed_record`.
 
     ``repeat_update``: each country sends bit-identical arrays every round. ``reset``: that
     country's operator opened a new account for its dataset before the run, so its node ledger
     starts with a budget-reset entry and its records name the new account.
     """
+    steps_by_round = list(schedule or [(noise, sample_rate, steps)] * rounds)
+    rounds = len(steps_by_round)
+    budget = BUDGET if target == TARGET else 1.5 * target
     keys = folder / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     coordinator_key = folder / "private" / "coordinator.key"
@@ -156,7 +180,7 @@ def write_ledger(
         detail={
             "countries": ",".join(countries),
             "rounds": rounds,
-            "target_epsilon": TARGET,
+            "target_epsilon": target,
             "delta": DELTA,
             "accountant": kind.value,
             "update": "lora",
@@ -187,9 +211,8 @@ def write_ledger(
                     "new_account": datasets[country],
                 },
             )
-    step = (noise, sample_rate, steps)
     charge = 0
-    for server_round in range(1, rounds + 1):
+    for server_round, step in enumerate(steps_by_round, start=1):
         for country in countries:
             where = {"run": run, "job": job, "country": country, "round": server_round}
             if refuse == (country, server_round):
@@ -204,9 +227,9 @@ def write_ledger(
                 detail={
                     "charge": charge,
                     "dataset": datasets[country],
-                    "noise_multiplier": noise,
-                    "sample_rate": sample_rate,
-                    "steps": steps,
+                    "noise_multiplier": step[0],
+                    "sample_rate": step[1],
+                    "steps": step[2],
                     "delta": DELTA,
                     "accountant": kind.value,
                 },
@@ -228,6 +251,9 @@ def write_ledger(
                 charge=charge,
                 kind=kind,
                 noise_source=noise_source,
+                target=target,
+                budget=budget,
+                epsilon_of=epsilon_of,
             )
             digest = update_sha256(arrays)
             node_ledgers[country].append(

@@ -6,9 +6,12 @@ stream. The stream checks the watched files' sizes and times every ``poll_s`` an
 changed, sends the re-rendered page body and its figures; the browser swaps them in without a
 reload. There is no route that writes, and none that serves a file by name.
 
-Beyond loopback the page needs a token (``--token-file``): the first request carries it as
-``?token=``, which sets an HttpOnly, SameSite=Strict cookie for the rest. Every response
-carries a Content-Security-Policy that allows scripts from this server only.
+Every request must name a host the dashboard serves (:mod:`.hosts`): a rebound DNS name
+gets a fixed refusal before any route runs. Beyond loopback the page needs a token
+(``--token-file``): a request that carries it as ``?token=`` is answered with the HttpOnly,
+SameSite=Strict cookie and a redirect to the same address without it, so the token stays in
+neither the address bar, the history nor a Referer. Every response carries a
+Content-Security-Policy that allows scripts from this server only.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -28,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from residency.common import charts
 from residency.common.version import __version__
+from residency.server.dashboard.hosts import AllowedHost, host_allowed
 from residency.server.dashboard.state import (
     DashboardState,
     folder_kind,
@@ -37,6 +48,11 @@ from residency.server.dashboard.state import (
 )
 
 COOKIE = "residency_dashboard"
+TOKEN_PARAMETER = "token"
+UNKNOWN_HOST = (
+    "this dashboard does not serve the host named in the request; open it by the address it "
+    "printed, or start it with --allow-host NAME\n"
+)
 _STATIC = Path(__file__).parent / "static"
 _SECURITY_HEADERS = {
     # plotly.js sets inline styles on the elements it draws, hence 'unsafe-inline' for style only.
@@ -71,12 +87,31 @@ def _figures(state: DashboardState) -> dict[str, charts.Figure]:
     }
 
 
+def address_without_token(request: Request) -> str:
+    """The request's path and query minus the token: where its redirect sends the browser.
+
+    Always a path on this server (``//evil.example`` would be another host's address).
+    """
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != TOKEN_PARAMETER]
+    target = "/" + str(request.scope["path"]).lstrip("/")
+    if query:
+        target += "?" + urlencode(query)
+    return target
+
+
 def create_app(
-    folder: Path, *, token: str | None = None, poll_s: float = 1.0, https: bool = False
+    folder: Path,
+    *,
+    hosts: frozenset[AllowedHost],
+    token: str | None = None,
+    poll_s: float = 1.0,
+    https: bool = False,
 ) -> FastAPI:
     """The dashboard for ``folder``; checked now so a wrong folder fails before serving.
 
-    ``https`` marks the token cookie Secure, so a browser never sends it over plain HTTP.
+    ``hosts`` are the (name, port) pairs a request's Host header may name
+    (:func:`.hosts.served_hosts`). ``https`` marks the token cookie Secure, so a browser
+    never sends it over plain HTTP.
     """
     folder_kind(folder)
     app = FastAPI(title="Residency dashboard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -89,7 +124,9 @@ def create_app(
     async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        given = request.query_params.get("token")
+        if not host_allowed(request.headers.get("host"), hosts, https=https):
+            return PlainTextResponse(UNKNOWN_HOST, status_code=400, headers=_SECURITY_HEADERS)
+        given = request.query_params.get(TOKEN_PARAMETER)
         if token is not None:
             presented = given or request.cookies.get(COOKIE) or ""
             if not hmac.compare_digest(presented.encode(), token.encode()):
@@ -98,10 +135,16 @@ def create_app(
                     status_code=401,
                     headers=_SECURITY_HEADERS,
                 )
+            if given is not None:
+                exchanged = RedirectResponse(
+                    address_without_token(request), status_code=303, headers=_SECURITY_HEADERS
+                )
+                exchanged.set_cookie(
+                    COOKIE, token, httponly=True, samesite="strict", secure=https, path="/"
+                )
+                return exchanged
         response = await call_next(request)
         response.headers.update(_SECURITY_HEADERS)
-        if token is not None and given is not None:
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=https)
         return response
 
     @app.get("/", response_class=HTMLResponse)

@@ -195,9 +195,15 @@ def test_with_a_token_and_a_certificate_it_serves_https_and_only_to_the_token(
     context = ssl.create_default_context(cafile=str(tls.ca_cert))
     url = f"https://127.0.0.1:{port}/"
 
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None  # show the redirect itself, as a browser's network panel would
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), Stay)
+
     def get(path: str) -> tuple[int, dict[str, str]]:
         try:
-            with urllib.request.urlopen(url + path, timeout=5, context=context) as response:
+            with opener.open(url + path, timeout=5) as response:
                 return response.status, dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers)
@@ -214,7 +220,7 @@ def test_with_a_token_and_a_certificate_it_serves_https_and_only_to_the_token(
         assert get("")[0] == 401
         assert get("api/state?token=" + "0" * 64)[0] == 401
         status, headers = get(f"?token={token.read_text().strip()}")
-        assert status == 200
+        assert (status, headers["location"]) == (303, "/")  # the token leaves the address
         assert "Secure" in headers["set-cookie"]
         assert "HttpOnly" in headers["set-cookie"]
     finally:

@@ -35,9 +35,9 @@ HISTORIES: dict[str, History] = {
     "three-mechanisms": ((1.0, 0.01, 300), (1.3, 0.02, 200), (0.9, 0.005, 500)),
     "two-rounds-new-noise": ((2.0, 0.05, 100), (0.8, 0.05, 100)),
 }
-# dp-accounting's RDP uses a slightly different order grid than Opacus': the bounds agree
-# tightly. PRV (Opacus) and PLD (dp-accounting) are different numerical approximations of the
-# same tight privacy curve; they agree within a few percent.
+# dp-accounting's RDP is given Opacus' order grid: the bounds agree tightly. PRV (Opacus,
+# which adds its eps_error of 0.01) and PLD (dp-accounting) approximate the same tight curve;
+# at these epsilons (above 1) within a few percent. The auditor's rule is in crosscheck.py.
 CROSSCHECK_RTOL = {AccountantKind.RDP: 0.01, AccountantKind.PRV: 0.03}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 from typer.testing import CliRunner
 
 from residency.cli.app import app as cli
@@ -17,7 +18,13 @@ from residency.common.clock import now
 from residency.common.errors import ConfigError
 from residency.server.admission import AdmittedNode, record_admission
 from residency.server.coordinator import init_coordinator
-from residency.server.dashboard.app import COOKIE, create_app
+from residency.server.dashboard.app import (
+    COOKIE,
+    UNKNOWN_HOST,
+    address_without_token,
+    create_app,
+)
+from residency.server.dashboard.hosts import host_allowed, served_hosts
 from residency.server.dashboard.state import read_state
 from residency.server.results import (
     CountryPrivacy,
@@ -30,8 +37,16 @@ from residency.server.results import (
 
 pytestmark = pytest.mark.unit
 
+PORT = 8050
+LOOPBACK = served_hosts(host="127.0.0.1", port=PORT)
 HOSTILE = '<img src=x onerror="window.pwned=1"></script><script>window.pwned=2</script>'
 TOKEN = "t" * 40
+
+
+def _client(folder: Path, *, token: str | None = None) -> TestClient:
+    """A browser on the dashboard served at 127.0.0.1:8050."""
+    app = create_app(folder, hosts=LOOPBACK, token=token)
+    return TestClient(app, base_url=f"http://127.0.0.1:{PORT}", follow_redirects=False)
 
 
 def results(rounds: int, *, status: RunStatus = RunStatus.RUNNING, refusal: str = "") -> Results:
@@ -142,7 +157,7 @@ def test_hostile_text_is_escaped_in_the_page_and_its_figures(tmp_path: Path) -> 
     hostile = results(2, refusal=HOSTILE)
     hostile.error = HOSTILE
     hostile.write(folder / "results.json")
-    page = TestClient(create_app(folder)).get("/").text
+    page = _client(folder).get("/").text
     assert "<img" not in page
     assert "window.pwned=2</script>" not in page
     assert page.count("&lt;img src=x onerror=") == 2  # the error and the refusal, as text
@@ -154,7 +169,7 @@ def test_hostile_text_is_escaped_in_the_page_and_its_figures(tmp_path: Path) -> 
 
 
 def test_the_page_allows_scripts_from_its_own_server_only(run_folder: Path) -> None:
-    client = TestClient(create_app(run_folder))
+    client = _client(run_folder)
     for path in ("/", "/api/state", "/static/dashboard.js"):
         response = client.get(path)
         assert response.status_code == 200, path
@@ -171,7 +186,7 @@ def test_the_page_allows_scripts_from_its_own_server_only(run_folder: Path) -> N
 
 
 def test_plotly_js_is_served_from_the_installed_package(run_folder: Path) -> None:
-    response = TestClient(create_app(run_folder)).get("/static/plotly.min.js")
+    response = _client(run_folder).get("/static/plotly.min.js")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
     assert len(response.content) > 1_000_000
@@ -182,34 +197,125 @@ def test_plotly_js_is_served_from_the_installed_package(run_folder: Path) -> Non
     "name", ["..%2F..%2Fresults.json", "page.html.j2", "missing.js", "..%2Fstate.py"]
 )
 def test_no_route_serves_a_file_by_name(run_folder: Path, name: str) -> None:
-    assert TestClient(create_app(run_folder)).get(f"/static/{name}").status_code == 404
+    assert _client(run_folder).get(f"/static/{name}").status_code == 404
 
 
 def test_no_route_writes(run_folder: Path) -> None:
-    client = TestClient(create_app(run_folder))
+    client = _client(run_folder)
     for path in ("/", "/api/state", "/events"):
         assert client.post(path).status_code == 405
         assert client.delete(path).status_code == 405
 
 
 def test_a_token_is_needed_when_one_is_set_and_is_kept_in_a_cookie(run_folder: Path) -> None:
-    client = TestClient(create_app(run_folder, token=TOKEN))
+    client = _client(run_folder, token=TOKEN)
     refused = client.get("/api/state")
     assert refused.status_code == 401
     assert "token" in refused.text
     assert TOKEN not in refused.text
     assert client.get("/?token=" + "x" * 40).status_code == 401
-    opened = client.get(f"/?token={TOKEN}")
-    assert opened.status_code == 200
-    cookie = opened.headers["set-cookie"]
+    assert client.get("/api/state").status_code == 401  # a wrong token sets no cookie
+    assert client.get("/api/state").status_code == 401
+    assert _client(run_folder, token=TOKEN).get("/static/plotly.min.js").status_code == 401
+
+
+def test_the_token_in_an_address_is_exchanged_for_a_cookie_and_leaves_the_address(
+    run_folder: Path,
+) -> None:
+    """The address bar, the history and any Referer keep the address without the token."""
+    client = _client(run_folder, token=TOKEN)
+    exchanged = client.get(f"/?token={TOKEN}")
+    assert exchanged.status_code == 303
+    assert exchanged.headers["location"] == "/"
+    assert exchanged.headers["referrer-policy"] == "no-referrer"
+    assert exchanged.headers["cache-control"] == "no-store"
+    assert TOKEN not in exchanged.text
+    cookie = exchanged.headers["set-cookie"]
     assert f"{COOKIE}=" in cookie
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
-    assert client.get("/api/state").status_code == 200  # the cookie, no token in the URL
-    assert (
-        TestClient(create_app(run_folder, token=TOKEN)).get("/static/plotly.min.js").status_code
-        == 401
-    )
+    assert "Secure" not in cookie  # plain HTTP: see the HTTPS case below
+    page = client.get("/")  # the cookie alone, as the browser follows the redirect
+    assert page.status_code == 200
+    assert TOKEN not in page.text
+    assert "set-cookie" not in page.headers
+    assert client.get("/api/state").status_code == 200
+    deep = client.get(f"/api/state?token={TOKEN}&since=3")
+    assert (deep.status_code, deep.headers["location"]) == (303, "/api/state?since=3")
+    # A path that reads as another host's address is redirected to this server's own path.
+    scope = {
+        "type": "http",
+        "path": "//evil.example/x",
+        "query_string": b"token=t&since=3",
+        "headers": [],
+    }
+    assert address_without_token(Request(scope)) == "/evil.example/x?since=3"
+    secure = TestClient(
+        create_app(run_folder, hosts=LOOPBACK, token=TOKEN, https=True),
+        base_url=f"https://127.0.0.1:{PORT}",
+        follow_redirects=False,
+    ).get(f"/?token={TOKEN}")
+    assert "Secure" in secure.headers["set-cookie"]
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["loopback without a token", "with a token"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:8050",
+        "evil.example",
+        "127.0.0.1.evil.example:8050",
+        "8050",
+        "",
+        "[::1",
+    ],
+)
+def test_a_request_naming_another_host_is_refused_and_learns_nothing(
+    run_folder: Path, host: str, token: str | None
+) -> None:
+    """DNS rebinding: the attacker's page reaches 127.0.0.1, but its Host is still its own."""
+    client = _client(run_folder, token=token)
+    for path in ("/", "/api/state", "/events", f"/?token={TOKEN}", "/static/plotly.min.js"):
+        response = client.get(path, headers={"host": host})
+        assert response.status_code == 400, (host, path)
+        assert response.text == UNKNOWN_HOST
+        assert "set-cookie" not in response.headers
+    served = _client(run_folder, token=token).get("/api/state", cookies={COOKIE: TOKEN}).text
+    for secret in ("DE", "FR", "4.0"):  # what the served state shows: countries, their ε
+        assert secret in served
+        assert secret not in UNKNOWN_HOST
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8050", "localhost:8050", "[::1]:8050", "LOCALHOST:8050", "localhost:9000"]
+)
+def test_the_hosts_it_serves_are_answered(run_folder: Path, host: str) -> None:
+    response = _client(run_folder).get("/api/state", headers={"host": host})
+    assert response.status_code == 200
+
+
+def test_served_hosts_follow_the_address_the_certificate_and_the_operator(
+    tmp_path: Path,
+) -> None:
+    everywhere = served_hosts(host="0.0.0.0", port=8443, extra=["dash.example.org"])
+    assert host_allowed("localhost:8443", everywhere, https=True)
+    assert host_allowed(f"{socket.gethostname()}:8443", everywhere, https=True)
+    assert host_allowed("dash.example.org", everywhere, https=True)  # a proxy's port 443
+    assert host_allowed("Dash.Example.Org:9000", everywhere, https=True)
+    assert host_allowed("localhost:9000", everywhere, https=True)  # an SSH tunnel's port
+    assert not host_allowed(f"{socket.gethostname()}:8050", everywhere, https=True)
+    one = served_hosts(host="10.1.2.3", port=443, extra=["proxy.example:8443"])
+    assert host_allowed("10.1.2.3", one, https=True)  # the default port, left out
+    assert not host_allowed("10.1.2.3", one, https=False)  # plain HTTP's default is 80
+    assert not host_allowed("localhost:443", one, https=True)
+    assert host_allowed("proxy.example:8443", one, https=True)
+    assert not host_allowed("proxy.example", one, https=True)
+    folder = init_coordinator(tmp_path / "coordinator", names=["coord.example.org", "10.9.8.7"])
+    signed = served_hosts(host="0.0.0.0", port=8050, certfile=folder.tls.server_cert)
+    assert host_allowed("coord.example.org:8050", signed, https=True)
+    assert host_allowed("10.9.8.7:8050", signed, https=True)
+    with pytest.raises(ConfigError, match="--allow-host a b: not a host name"):
+        served_hosts(host="127.0.0.1", port=8050, extra=["a b"])
 
 
 def test_a_coordinator_folder_shows_its_admitted_nodes_and_runs(tmp_path: Path) -> None:
@@ -226,7 +332,7 @@ def test_a_coordinator_folder_shows_its_admitted_nodes_and_runs(tmp_path: Path) 
         ("FR", "12", False),
     ]
     assert [run.id for run in state.runs] == ["4242"]
-    page = TestClient(create_app(folder.root)).get("/").text
+    page = _client(folder.root).get("/").text
     assert "4242" in page
     assert "never" in page
 
@@ -251,10 +357,10 @@ def test_the_version_changes_when_a_round_completes(run_folder: Path) -> None:
 
 def test_a_folder_that_is_neither_kind_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a coordinator folder") as error:
-        create_app(tmp_path)
+        create_app(tmp_path, hosts=LOOPBACK)
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="no such folder"):
-        create_app(tmp_path / "missing")
+        create_app(tmp_path / "missing", hosts=LOOPBACK)
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -267,6 +373,12 @@ def test_beyond_loopback_the_command_needs_a_token(run_folder: Path) -> None:
     assert code == 2
     assert "--token-file" in output
     assert "127.0.0.1" in output
+
+
+def test_an_allowed_host_that_is_not_a_name_is_refused(run_folder: Path) -> None:
+    code, output = _invoke(str(run_folder), "--allow-host", "dash.example.org/x:1", "--port", "0")
+    assert code == 2
+    assert "--allow-host dash.example.org/x:1: not a host name" in output
 
 
 @pytest.mark.parametrize(

@@ -190,8 +190,8 @@ def test_recorded_charges_give_the_same_epsilon_in_both_libraries(
     history = store.history(store.charges()[0].dataset)
     opacus = epsilon_spent(history, delta=1e-4, kind=kind)
     google = epsilon_dp_accounting(history, delta=1e-4, kind=kind)
-    # Same tolerances as test_accountant.py. RDP: one bound, two order grids; PRV vs PLD: two
-    # numerical estimates of the same privacy curve.
+    # Same tolerances as test_accountant.py. RDP: one bound on one order grid; PRV vs PLD:
+    # two numerical estimates of the same privacy curve.
     assert google == pytest.approx(opacus, rel=0.01 if kind is AccountantKind.RDP else 0.03)
     assert opacus > job.privacy.target_epsilon  # two full runs spend more than one target
 

@@ -23,10 +23,10 @@ from residency.common.privacy.signing import Signer, verify
 RECORD_SCHEMA = 2
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Epsilon = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Step = tuple[
-    Annotated[float, Field(ge=0, allow_inf_nan=False)],
+Step = tuple[  # a DP step always adds noise and runs: no record may claim zero of either
+    Annotated[float, Field(gt=0, allow_inf_nan=False)],
     Annotated[float, Field(gt=0, le=1)],
-    Annotated[int, Field(ge=0)],
+    Annotated[int, Field(ge=1)],
 ]
 
 
@@ -56,9 +56,9 @@ class PrivacyRecord(BaseModel):
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     dataset: Hex64  # the operator's dataset account, keyed by a node secret (no content hash)
     examples: Annotated[int, Field(ge=1)]
-    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    noise_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
-    steps: Annotated[int, Field(ge=0)]
+    steps: Annotated[int, Field(ge=1)]
     max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     noise_source: NoiseSource
     accountant: AccountantKind

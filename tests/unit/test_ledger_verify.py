@@ -193,6 +193,21 @@ def _under_reported_epsilon(made: LedgerFixture) -> int:
     return index
 
 
+def _noiseless_record(made: LedgerFixture) -> int:
+    """DE's own key signs a record of a step without noise: an auditor must not crash on it."""
+    entries = _entries(made)
+    index = _record_entry(made, "DE", 2)
+    record = entries[index]["record"]
+    assert isinstance(record, dict)
+    honest = PrivacyRecord.model_validate_json(str(record["body"]))
+    lie = honest.model_copy(
+        update={"noise_multiplier": 0.0, "history": [(0.0, 0.05, 0), *honest.history[1:]]}
+    )
+    entries[index]["record"] = sign_record(lie, made.signers["DE"]).model_dump()
+    _resign(made, entries)
+    return index
+
+
 def _swapped_update(made: LedgerFixture) -> int:
     """The keeper records another update than the one the node signed."""
     entries = _entries(made)
@@ -237,6 +252,7 @@ TAMPERS: dict[str, tuple[Callable[[LedgerFixture], int], str]] = {
     "forged-record": (_forge_record, "signature does not verify"),
     "wrong-country-key": (_wrong_country_key, "record for DE signed by FR's key"),
     "under-reported-epsilon": (_under_reported_epsilon, "Opacus gives"),
+    "noiseless-record": (_noiseless_record, "noise_multiplier"),
     "swapped-update": (_swapped_update, "update received differs"),
     "replayed-record": (_replayed_record, "second record for FR round 2"),
     "edited-update-file": (_edited_update_file, "does not hash to its name"),

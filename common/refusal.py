@@ -32,6 +32,8 @@ class RefusalCode(StrEnum):
     DATASET_BUDGET = "dataset-budget"
     INVALID_PLAN = "invalid-plan"
     UNTRUSTED_JOB = "untrusted-job"
+    SCHEMA_MISMATCH = "schema-mismatch"
+    NO_USABLE_DATA = "no-usable-data"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -49,6 +51,8 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.DATASET_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.INVALID_PLAN: (),
     RefusalCode.UNTRUSTED_JOB: (),
+    RefusalCode.SCHEMA_MISMATCH: (),
+    RefusalCode.NO_USABLE_DATA: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -75,6 +79,11 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     RefusalCode.UNTRUSTED_JOB: (
         "the job is unsigned, signed by a launcher the node does not trust, or not as signed"
     ),
+    RefusalCode.SCHEMA_MISMATCH: (
+        "the job's text column, label column or labels (in order) differ from the schema "
+        "the node's operator declared"
+    ),
+    RefusalCode.NO_USABLE_DATA: "the node's data file has no usable records (its operator's fix)",
 }
 
 

@@ -17,6 +17,7 @@ to trust it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +44,8 @@ from residency.common.refusal import Refusal, RefusalCode
 from residency.common.updates import method_for
 
 D = TypeVar("D")
+
+log = logging.getLogger("residency.node")
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,14 @@ def load_records(settings: NodeSettings) -> LabeledTexts:
 
 
 def _no_usable_data(settings: NodeSettings, why: str) -> PolicyViolation:
-    return _refused(f"{settings.country} refused the round: {why}", RefusalCode.NO_USABLE_DATA)
+    """The refusal, whose sentence (kept in the node's store and ledger) quotes no record."""
+    log.error("%s: data: %s", settings.country, why)  # the details: the node's log only
+    return _refused(
+        f"{settings.country} refused the round: its data file {settings.data} cannot be read "
+        "with the schema in node.toml or has no usable record; fix (operator): see the node's "
+        "log, or run `residency node start` to check the file",
+        RefusalCode.NO_USABLE_DATA,
+    )
 
 
 @lru_cache(maxsize=8)

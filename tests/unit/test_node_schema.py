@@ -127,6 +127,11 @@ def test_data_no_round_can_use_is_one_fixed_refusal_before_any_charge(
     assert reply.has_error()
     assert decode(reply.error.reason).code is RefusalCode.NO_USABLE_DATA
     assert _charges(tmp_path) == []
+    # The refusal the node keeps (store, ledger) quotes no record; the details are in its log.
+    [refusal] = BudgetStore(tmp_path / "state" / STORE_FILE).refusals()
+    assert "no usable record" in refusal[4]
+    assert "zzz" not in str(refusal)
+    assert "zzz" not in (tmp_path / "state" / "ledger.jsonl").read_text(encoding="utf-8")
 
 
 @pytest.mark.unit

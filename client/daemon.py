@@ -142,7 +142,7 @@ def init_node(
         settings,
         header=(
             "Residency node: the operator's own settings. The node reads its data path,\n"
-            "budget and limits only from here, never from the coordinator."
+            "the data's schema, budget and limits only from here, never from the coordinator."
         ),
     )
     return folder

@@ -326,6 +326,7 @@ class Federation:
                 [
                     *(RESIDENCY, "node", "init", str(self.node_dir(country))),
                     *("--country", country, "--data", str(data / f"{country.lower()}.csv")),
+                    *("--labels", ",".join(WORDS)),
                     *("--budget-epsilon", str(NODE_BUDGET_EPSILON), "--delta", str(DELTA)),
                     *("--runtime-port", str(free_port())),
                 ],

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from residency.cli.common import EXIT_INPUT, console, fail, warn_insecure
+from residency.cli.common import EXIT_INPUT, console, err_console, fail, warn_insecure
 from residency.cli.processes import Child, supervise
 from residency.client.daemon import (
+    INIT_SCHEMA_FLAGS,
     NodeDir,
     check_coordinator_allowed,
     daemon_env,
@@ -21,6 +23,8 @@ from residency.client.daemon import (
     init_node,
     supernode_command,
 )
+from residency.client.node_data import check_node_data
+from residency.common.data.readers import DataScan
 from residency.common.errors import ConfigError
 
 node_app = typer.Typer(
@@ -34,10 +38,23 @@ def init(
     folder: Annotated[Path, typer.Argument(help="New folder for the node.")],
     country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 code, e.g. DE.")],
     data: Annotated[Path, typer.Option(help="The node's data file (CSV, JSONL or Parquet).")],
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="The data's label set, comma-separated, in the order the federation's jobs "
+            "list it (e.g. pos,neg,obj)."
+        ),
+    ],
     budget_epsilon: Annotated[
         float, typer.Option(help="Largest target epsilon a job may use on this data.")
     ],
     delta: Annotated[float, typer.Option(help="Largest delta a job may use.")],
+    text_column: Annotated[
+        str, typer.Option(help="The data's column (JSONL: key) holding each text.")
+    ] = "text",
+    label_column: Annotated[
+        str, typer.Option(help="The data's column (JSONL: key) holding each label.")
+    ] = "label",
     runtime_port: Annotated[
         int, typer.Option(min=1, max=65_535, help="Loopback port for the node's executor.")
     ] = 9094,
@@ -51,18 +68,26 @@ def init(
         ),
     ] = None,
 ) -> None:
-    """Create the node's key pair and node.toml (the operator's own settings)."""
+    """Create the node's key pair and node.toml (the operator's own settings).
+
+    The data file is read with the declared schema first: a file no round could use is an
+    error, and records a round would skip are counted in a warning.
+    """
     try:
         made = init_node(
             folder,
             country=country.strip().upper(),
             data=data,
+            labels=[label.strip() for label in labels.split(",")],
+            text_column=text_column,
+            label_column=label_column,
             budget_epsilon=budget_epsilon,
             delta=delta,
             runtime_port=runtime_port,
             policy=policy,
             trusted_launchers=[key.strip().lower() for key in trust_launcher or []],
         )
+        _warn_skipped(check_node_data(made.load(), schema_fix=INIT_SCHEMA_FLAGS))
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
     console.print(
@@ -77,6 +102,16 @@ def init(
         console.print(
             "[yellow]no launcher trusted yet: this node refuses every job until node.toml "
             'lists one (trusted_launchers = ["<64 hex from `residency launcher init`>"])[/]'
+        )
+
+
+def _warn_skipped(scan: DataScan) -> None:
+    """Show the operator, and only the operator, the records every round will skip."""
+    if scan.skipped:
+        err_console.print(
+            f"[yellow]warning:[/] every round skips records: {escape(scan.summary())}",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -95,6 +130,7 @@ def start(
     where = NodeDir(folder)
     try:
         settings = where.load()
+        scan = check_node_data(settings, schema_fix=str(where.settings_file))
         if ca is not None and not ca.is_file():
             raise ConfigError(f"--ca: {ca}: file not found; fix: pass the coordinator's ca.pem")
         check_coordinator_allowed(settings, None if insecure else ca)
@@ -105,12 +141,14 @@ def start(
         raise fail(str(exc), EXIT_INPUT) from exc
     if insecure:
         warn_insecure(f"node {settings.country}")
+    _warn_skipped(scan)
     env = daemon_env()
     supernode_log = where.logs / "supernode.log"
     supernode_log.parent.mkdir(parents=True, exist_ok=True)
     offset = supernode_log.stat().st_size if supernode_log.exists() else 0
     console.print(
-        f"node {settings.country}: connecting to {coordinator}; data {settings.data}; "
+        f"node {settings.country}: connecting to {coordinator}; data {settings.data} "
+        f"({len(scan.records)} usable records, labels {escape(', '.join(settings.labels))}); "
         f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g}; logs {where.logs}; "
         "Ctrl-C stops"
     )

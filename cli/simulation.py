@@ -68,7 +68,8 @@ def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
     """One settings file per virtual node, as its operator would write it.
 
     Each trusts ``launcher``, the simulation's own launcher key, as an operator lists the
-    keys of the people allowed to launch jobs on its data.
+    keys of the people allowed to launch jobs on its data, and declares the job's ``[data]``
+    schema as its own: in a simulation the operator and the launcher are one person.
     """
     folder = out_dir / NODES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,9 @@ def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
         text = (
             f"country = {_toml_string(node.country)}\n"
             f"data = {_toml_string(str(node.data.resolve()))}\n"
+            f"text_column = {_toml_string(job.data.text_column)}\n"
+            f"label_column = {_toml_string(job.data.label_column)}\n"
+            f"labels = [{', '.join(_toml_string(label) for label in job.data.labels)}]\n"
             f"budget_epsilon = {job.privacy.target_epsilon!r}\n"
             f"delta = {job.privacy.delta!r}\n"
             f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"

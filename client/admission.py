@@ -5,8 +5,10 @@ coordinator's word: the job may ask, the node decides. The order is the one a re
 to trust it:
 
 1. :func:`admit` applies the operator's limits and policy to the round plan, reads the data
-   (named in ``node.toml``), fixes the signed job's noise multiplier and pre-checks both budgets, so
-   a round that cannot run is refused before the node builds a model for it.
+   (named in ``node.toml``, with the schema declared there; the job's columns and labels are
+   compared with that schema, never with the data), fixes the signed job's noise multiplier and
+   pre-checks both budgets, so a round that cannot run is refused before the node builds a
+   model for it.
 2. :func:`charge` repeats the budget check inside the store's write transaction, builds and
    signs a draft of the very record the reply will carry, and only then commits the charge.
    A round that passes is spent (write-ahead); a round that fails anything is refused with
@@ -15,6 +17,7 @@ to trust it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,11 +26,11 @@ from typing import TypeVar
 
 from residency.client.budget_store import BudgetStore
 from residency.client.node_config import NodeSettings
+from residency.client.node_data import no_records, scan_node_data
 from residency.client.policy import Policy, load_policy
 from residency.common.config.round_plan import RoundPlan
-from residency.common.data.readers import read_labeled_texts
 from residency.common.data.records import LabeledTexts
-from residency.common.errors import BudgetExceeded, PolicyViolation
+from residency.common.errors import BudgetExceeded, DataError, PolicyViolation
 from residency.common.privacy.accountant import (
     History,
     PrivacyStep,
@@ -41,6 +44,8 @@ from residency.common.refusal import Refusal, RefusalCode
 from residency.common.updates import method_for
 
 D = TypeVar("D")
+
+log = logging.getLogger("residency.node")
 
 
 @dataclass(frozen=True)
@@ -70,19 +75,31 @@ class Spend:
         return compose(self.before, self.step)
 
 
-@lru_cache(maxsize=4)
-def _records(
-    path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]
-) -> LabeledTexts:
-    del mtime_ns  # part of the cache key only: an edited file is read again
-    return read_labeled_texts(path, text_column=text, label_column=label, labels=labels)
+def load_records(settings: NodeSettings) -> LabeledTexts:
+    """The operator's usable records, read with the schema declared in ``node.toml``.
+
+    Unusable records are skipped (and counted in the node's log) in every round; a file that
+    cannot be read, or has no usable record, is one fixed refusal, the same whatever the job
+    and whichever record made it so.
+    """
+    try:
+        scan = scan_node_data(settings)
+    except DataError as exc:
+        raise _no_usable_data(settings, str(exc)) from exc
+    if not scan.records:
+        raise _no_usable_data(settings, no_records(settings, scan, schema_fix="node.toml"))
+    return scan.records
 
 
-def load_records(settings: NodeSettings, plan: RoundPlan) -> LabeledTexts:
-    """The operator's data file, read with the job's columns and labels."""
-    path = settings.data
-    mtime = path.stat().st_mtime_ns if path.exists() else 0
-    return _records(path, mtime, plan.text_column, plan.label_column, tuple(plan.labels))
+def _no_usable_data(settings: NodeSettings, why: str) -> PolicyViolation:
+    """The refusal, whose sentence (kept in the node's store and ledger) quotes no record."""
+    log.error("%s: data: %s", settings.country, why)  # the details: the node's log only
+    return _refused(
+        f"{settings.country} refused the round: its data file {settings.data} cannot be read "
+        "with the schema in node.toml or has no usable record; fix (operator): see the node's "
+        "log, or run `residency node start` to check the file",
+        RefusalCode.NO_USABLE_DATA,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -132,6 +149,28 @@ def check_operator_limits(settings: NodeSettings, plan: RoundPlan) -> None:
             "fix (operator): add the checkpoint folder to models in node.toml",
             RefusalCode.MODEL_NOT_ALLOWED,
         )
+    check_schema(settings, plan)
+
+
+def check_schema(settings: NodeSettings, plan: RoundPlan) -> None:
+    """The job's columns and labels must be the operator's declared schema, exactly.
+
+    Compared with ``node.toml`` only, never with the data, so the answer says nothing about
+    the records. The labels must agree in order too: a label's position is its class index in
+    every country's update.
+    """
+    asked = (plan.text_column, plan.label_column, list(plan.labels))
+    declared = (settings.text_column, settings.label_column, list(settings.labels))
+    if asked == declared:
+        return
+    raise _refused(
+        f"{settings.country} refused job {plan.job}: the job reads text_column "
+        f"{plan.text_column!r}, label_column {plan.label_column!r}, labels {plan.labels}; "
+        f"node.toml declares {settings.text_column!r}, {settings.label_column!r}, "
+        f"{settings.labels}; fix: the launcher uses the federation's schema, or the operator "
+        "corrects node.toml",
+        RefusalCode.SCHEMA_MISMATCH,
+    )
 
 
 def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int) -> None:
@@ -287,7 +326,7 @@ def admit(
     """
     check_operator_limits(settings, plan)
     policy = jurisdiction(settings)
-    records = load_records(settings, plan)
+    records = load_records(settings)
     examples = len(records)
     if policy is not None:
         check_policy(policy, settings, plan, examples)

@@ -2,7 +2,8 @@
 
 ``residency node init DIR`` writes everything the node operator owns::
 
-    DIR/node.toml      country, data path, privacy budget and limits (only the operator edits it)
+    DIR/node.toml      country, data path and schema, privacy budget and limits (only the
+                       operator edits it)
     DIR/keys/node.key  the node's private key for SuperNode authentication (0600)
     DIR/keys/node.pub  the public key to hand to the coordinator
     DIR/keys/record.key      the Ed25519 key that signs privacy records and the node's ledger
@@ -28,12 +29,14 @@ from residency.client.node_config import (
     NodeSettings,
     load_node_settings,
 )
+from residency.client.node_data import check_node_data
 from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
 from residency.common.privacy.signing import create_signer
 
 SETTINGS_FILE = "node.toml"
+INIT_SCHEMA_FLAGS = "--text-column, --label-column, --labels"
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class NodeDir:
         if not self.settings_file.exists():
             raise ConfigError(
                 f"{self.settings_file}: not found; fix: run `residency node init {self.root} "
-                "--country XX --data FILE --budget-epsilon E --delta D` first"
+                "--country XX --data FILE --labels A,B --budget-epsilon E --delta D` first"
             )
         return load_node_settings(self.settings_file)
 
@@ -82,13 +85,20 @@ def init_node(
     *,
     country: str,
     data: Path,
+    labels: list[str],
     budget_epsilon: float,
     delta: float,
+    text_column: str = "text",
+    label_column: str = "label",
     runtime_port: int = 9094,
     policy: Path | None = None,
     trusted_launchers: list[str] | None = None,
 ) -> NodeDir:
-    """Write the operator's settings and a fresh key pair; refuse to overwrite a node."""
+    """Write the operator's settings and a fresh key pair; refuse to overwrite a node.
+
+    The data is read with the declared schema first, as a round will read it: a file that no
+    round could use stops here, before anything is written.
+    """
     folder = NodeDir(root)
     if folder.settings_file.exists():
         raise ConfigError(
@@ -103,6 +113,9 @@ def init_node(
         settings = NodeSettings(
             country=country,
             data=data.resolve(),
+            text_column=text_column,
+            label_column=label_column,
+            labels=labels,
             budget_epsilon=budget_epsilon,
             delta=delta,
             state=(folder.root / "state").resolve(),
@@ -116,9 +129,11 @@ def init_node(
         err = exc.errors()[0]
         flag = "--" + str(err["loc"][0]).replace("_", "-")
         flag = {"--trusted-launchers": "--trust-launcher"}.get(flag, flag)
+        message = str(err["msg"]).removeprefix("Value error, ").split("; fix: ")[0]
         raise ConfigError(
-            f"{flag}: {err['msg']} (got {err.get('input')!r}); fix: correct the flag"
+            f"{flag}: {message} (got {err.get('input')!r}); fix: correct the flag"
         ) from exc
+    check_node_data(settings, schema_fix=INIT_SCHEMA_FLAGS)
     folder.logs.mkdir(parents=True, exist_ok=True)
     create_identity(folder.private_key.parent, comment=f"residency-node-{country}")
     create_signer(folder.record_key, comment=f"residency-record-{country}")
@@ -127,7 +142,7 @@ def init_node(
         settings,
         header=(
             "Residency node: the operator's own settings. The node reads its data path,\n"
-            "budget and limits only from here, never from the coordinator."
+            "the data's schema, budget and limits only from here, never from the coordinator."
         ),
     )
     return folder

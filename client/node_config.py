@@ -3,6 +3,10 @@
 In deployment the SuperNode is started with ``--node-config 'residency-config="NODE.toml"'``.
 In simulation each virtual node finds its file as ``$RESIDENCY_SIMULATION_NODES/<id>.toml``,
 written by ``residency simulate`` from the job's ``[[nodes]]`` tables. Never from a message.
+
+The data's schema (its text and label columns, and its label set in the federation's order)
+is the operator's too: the node reads its file only with it, and a job is compared with it,
+never with the data, so no job can ask the node a question about the data's contents.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from residency.common.config.job import BUILTIN_MODELS, Strict
-from residency.common.config.loading import load_model
+from residency.common.config.loading import describe_validation_error, read_toml
 from residency.common.config.signed_job import LauncherKey
 from residency.common.country import CountryCode
 from residency.common.errors import ConfigError
@@ -30,6 +34,17 @@ class NodeSettings(Strict):
 
     country: CountryCode
     data: Path
+    text_column: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        default="text", description="the data's column (JSONL: key) that holds each text"
+    )
+    label_column: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        default="label", description="the data's column (JSONL: key) that holds each label"
+    )
+    labels: Annotated[list[str], Field(min_length=2, max_length=1000)] = Field(
+        description="the data's label set, in the order the federation's jobs list it "
+        "(a label's position is its class index in every country); a record with another "
+        "label is skipped and counted in the node's log"
+    )
     budget_epsilon: Annotated[float, Field(strict=True, gt=0, le=1000)] = Field(
         description="largest target epsilon this node accepts for a job on its data"
     )
@@ -66,6 +81,20 @@ class NodeSettings(Strict):
         description="public keys (64 hex, from `residency launcher init`) of the launchers "
         "whose signed jobs this node runs; with none, it refuses every job",
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_set(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not label or label != label.strip():
+                raise ValueError(
+                    f"label {label!r} is empty or has outer spaces; fix: write each label "
+                    "exactly as the data file does"
+                )
+        dupes = sorted({label for label in value if value.count(label) > 1})
+        if dupes:
+            raise ValueError(f"labels repeat {', '.join(dupes)}; fix: list each label once")
+        return value
 
     @property
     def dataset_name(self) -> str:
@@ -113,8 +142,23 @@ class NodeSettings(Strict):
 
 
 def load_node_settings(path: Path) -> NodeSettings:
-    """Read a node file; relative data paths resolve against the file's folder."""
-    return load_model(path, NodeSettings, context={"base_dir": path.resolve().parent})
+    """Read a node file; relative data paths resolve against the file's folder.
+
+    A file written before the schema moved into ``node.toml`` lacks ``labels``; it gets its
+    own message, since "add it" alone would not say what the list must hold.
+    """
+    raw = read_toml(path)
+    if "labels" not in raw:
+        raise ConfigError(
+            f"{path}: labels: required key is missing (the node declares its data's schema); "
+            'fix: add labels = ["...", "..."], the label names of the data file in the order '
+            "the federation's jobs list them, and text_column/label_column if they are not "
+            '"text" and "label"'
+        )
+    try:
+        return NodeSettings.model_validate(raw, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path, exc)) from exc
 
 
 def node_settings_path(node_config: dict[str, object]) -> Path:

@@ -33,6 +33,8 @@ class RefusalCode(StrEnum):
     INVALID_PLAN = "invalid-plan"
     UNTRUSTED_JOB = "untrusted-job"
     JOB_EXPIRED = "job-expired"
+    SCHEMA_MISMATCH = "schema-mismatch"
+    NO_USABLE_DATA = "no-usable-data"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -51,6 +53,8 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.INVALID_PLAN: (),
     RefusalCode.UNTRUSTED_JOB: (),
     RefusalCode.JOB_EXPIRED: (),
+    RefusalCode.SCHEMA_MISMATCH: (),
+    RefusalCode.NO_USABLE_DATA: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -78,6 +82,11 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
         "the job is unsigned, signed by a launcher the node does not trust, or not as signed"
     ),
     RefusalCode.JOB_EXPIRED: "the job is past the expiry its launcher signed",
+    RefusalCode.SCHEMA_MISMATCH: (
+        "the job's text column, label column or labels (in order) differ from the schema "
+        "the node's operator declared"
+    ),
+    RefusalCode.NO_USABLE_DATA: "the node's data file has no usable records (its operator's fix)",
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from residency.cli.flower import CONNECTION, Coordinator, flwr_binary
 from residency.common.privacy.signing import load_public, public_path
 from residency.server.coordinator import CoordinatorDir, superlink_command
-from toy_federation import TEST_FILE, write_test_set
+from toy_federation import LABELS, TEST_FILE, write_test_set
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 
@@ -240,6 +240,8 @@ class Federation:
             country,
             "--data",
             str(data),
+            "--labels",
+            ",".join(LABELS),
             "--budget-epsilon",
             str(budget),
             "--delta",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from residency.common.config.signed_job import SignedJob, job_body
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, round_one_arrays
 from residency.common.privacy.record import PrivacyRecord, SignedRecord, open_record
 from residency.common.privacy.signing import Signer
+from toy_federation import LABELS
 
 
 def node_file(
@@ -33,16 +34,21 @@ def node_file(
     extra: str = "",
     name: str = "node.toml",
 ) -> Path:
-    """An operator's node.toml next to ``tmp_path``'s job folder."""
+    """An operator's node.toml next to ``tmp_path``'s job folder.
+
+    It declares the toy jobs' schema (columns ``text`` and ``label``, labels ``LABELS``)
+    unless ``extra`` declares labels itself.
+    """
     path = tmp_path / name
     trust = (
         ""
         if "trusted_launchers" in extra
         else f'trusted_launchers = ["{TEST_LAUNCHER.public_hex}"]\n'
     )
+    schema = "" if "labels =" in extra else f"labels = {json.dumps(list(LABELS))}\n"
     path.write_text(
         f'country = "{country}"\ndata = "{data}"\nstate = "{state}"\n'
-        f"budget_epsilon = {budget}\ndelta = 1e-4\n{trust}{extra}",
+        f"budget_epsilon = {budget}\ndelta = 1e-4\n{trust}{schema}{extra}",
         encoding="utf-8",
     )
     return path
@@ -171,12 +177,15 @@ def train_round(
     resign: bool = True,
     nonce: str | None = None,
     expires_unix_s: int = FAR_FUTURE_S,
+    handler: Callable[[Message, Context], Message] = _train,
 ) -> Message:
     """One training message, handled as by a freshly started node (empty Flower state).
 
     Unless ``nonce`` is given, each ``run_id`` is its own launch of ``job`` (a launcher
     signing it again), so tests of several runs see several jobs; pass one ``nonce`` to
-    replay the same signed job under other runs.
+    replay the same signed job under other runs. ``handler`` is ``_train`` (refusals and
+    faults raise) unless a test passes the ClientApp's ``train``, whose reply is what the
+    coordinator sees: an update, or a coded error.
     """
     context = Context(
         run_id=run_id,
@@ -198,7 +207,7 @@ def train_round(
             nonce=f"{run_id:032x}" if nonce is None else nonce,
             expires_unix_s=expires_unix_s,
         )
-        return _train(message, context)
+        return handler(message, context)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 

@@ -4,6 +4,14 @@ The people who run a node are data stewards, not the engineers who wrote the job
 cannot send their data to anyone who could debug it for them. So every way a file can be unusable
 ends in one ``DataError`` line, ``"{path}: {field}: {problem}; fix: {fix}"``, that says where to
 look and what to change, and nothing half-read ever reaches training.
+
+Two readings share one parser. :func:`read_labeled_texts` is for a file whose owner reads the
+answer (the coordinator's test set, a simulation's files): the first unusable record is an
+error. :func:`scan_labeled_texts` is for a country node in a round: a record that cannot be used
+(a label outside the declared set, a blank text, a value of the wrong type, a line that is not
+JSON, CSV or UTF-8) is skipped and counted for the operator, because what a round does must not
+depend on whether such a record exists. Only a problem of the whole file (missing, unreadable,
+another format, a missing column) is still an error there.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO
@@ -58,6 +67,87 @@ class _RawRecord:
     label: object
 
 
+class Unusable(StrEnum):
+    """Why one record cannot be used; a scan counts skipped records under these names."""
+
+    NOT_UTF8 = "not UTF-8 text"
+    NOT_CSV = "not valid CSV"
+    FIELD_COUNT = "a wrong number of fields"
+    NOT_JSON = "not valid JSON"
+    NOT_OBJECT = "not a JSON object"
+    MISSING_KEY = "no text or label key"
+    TEXT_TYPE = "a text that is not a string"
+    TEXT_BLANK = "an empty or blank text"
+    LABEL_TYPE = "a label that is not a string or integer"
+    LABEL_BLANK = "an empty label"
+    LABEL_UNKNOWN = "a label outside the label set"
+
+
+class _RecordError(DataError):
+    """One record is unusable; the rest of the file may still be read."""
+
+    def __init__(self, message: str, *, where: str, kind: Unusable) -> None:
+        super().__init__(message)
+        self.where = where
+        self.kind = kind
+
+
+_SHOWN_PLACES = 5
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The records a scan skipped for one reason.
+
+    Attributes:
+        reason: Why they cannot be used.
+        count: How many there are.
+        places: Where the first few are (``"line 7"``, ``"row 7"``), in file order.
+        first: The first one's full one-line message, with its fix.
+    """
+
+    reason: Unusable
+    count: int
+    places: tuple[str, ...]
+    first: str
+
+
+@dataclass(frozen=True)
+class DataScan:
+    """What a scan found: the usable records, and the skipped ones counted by reason.
+
+    Attributes:
+        records: The usable records in file order (possibly none).
+        skipped: One entry per reason some records were skipped, in order of first occurrence.
+    """
+
+    records: LabeledTexts
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    @property
+    def skipped_count(self) -> int:
+        """How many records were skipped, for every reason together."""
+        return sum(group.count for group in self.skipped)
+
+    def summary(self) -> str:
+        """One line for the operator: what was skipped, where, and the first case with its fix."""
+        source = self.records.source
+        usable = _count(len(self.records), "usable record")
+        if not self.skipped:
+            return f"{source}: {usable}, none skipped"
+        groups = "; ".join(
+            f"{group.count} with {group.reason.value} ({', '.join(group.places)}"
+            + (", ..." if group.count > len(group.places) else "")
+            + ")"
+            for group in self.skipped
+        )
+        problem, _, fix = self.skipped[0].first.removeprefix(f"{source}: ").partition("; fix: ")
+        return (
+            f"{source}: {usable}, {self.skipped_count} skipped: {groups}; "
+            f"first: {problem} (to fix: {fix})"
+        )
+
+
 def read_labeled_texts(
     path: Path, *, text_column: str, label_column: str, labels: Sequence[str]
 ) -> LabeledTexts:
@@ -83,6 +173,86 @@ def read_labeled_texts(
         ValueError: ``labels`` itself is unusable (empty, duplicated, blank or padded names);
             that is the job's mistake, not the file's.
     """
+
+    def stop(problem: _RecordError) -> None:
+        raise problem
+
+    records = _read(
+        path, text_column=text_column, label_column=label_column, labels=labels, unusable=stop
+    )
+    if not records:
+        raise _error(path, "file", _NO_RECORDS[path.suffix.lower()], _NO_RECORDS_FIX)
+    return records
+
+
+def scan_labeled_texts(
+    path: Path,
+    *,
+    text_column: str,
+    label_column: str,
+    labels: Sequence[str],
+    label_set: str = "the job's labels",
+) -> DataScan:
+    """Read the usable records of one file and count, by reason, the records it skips.
+
+    Every record is read the same way whether or not another record is unusable, so the
+    records returned are exactly the file's usable ones: no outcome built on them can tell
+    whether an unusable record was there.
+
+    Args:
+        path: The data file.
+        text_column: Column (CSV, Parquet) or key (JSONL) that holds the text.
+        label_column: Column or key that holds the label.
+        labels: The label set; its order fixes the label indices.
+        label_set: How messages name ``labels`` (whose list the operator should check).
+
+    Returns:
+        The usable records (possibly none) and the skipped ones counted by reason.
+
+    Raises:
+        DataError: The file as a whole cannot be read with these columns (missing, unreadable,
+            another format, a missing column); the message names file, field and fix.
+        ValueError: ``labels`` itself is unusable (empty, duplicated, blank or padded names).
+    """
+    found: dict[Unusable, list[_RecordError]] = {}
+    counts: dict[Unusable, int] = {}
+
+    def skip(problem: _RecordError) -> None:
+        counts[problem.kind] = counts.get(problem.kind, 0) + 1
+        kept = found.setdefault(problem.kind, [])
+        if len(kept) < _SHOWN_PLACES:
+            kept.append(problem)
+
+    records = _read(
+        path,
+        text_column=text_column,
+        label_column=label_column,
+        labels=labels,
+        unusable=skip,
+        label_set=label_set,
+    )
+    skipped = tuple(
+        Skipped(
+            reason=kind,
+            count=counts[kind],
+            places=tuple(problem.where for problem in problems),
+            first=str(problems[0]),
+        )
+        for kind, problems in found.items()
+    )
+    return DataScan(records=records, skipped=skipped)
+
+
+def _read(
+    path: Path,
+    *,
+    text_column: str,
+    label_column: str,
+    labels: Sequence[str],
+    unusable: Callable[[_RecordError], None],
+    label_set: str = "the job's labels",
+) -> LabeledTexts:
+    """Read every usable record; hand each unusable one to ``unusable`` (which may raise)."""
     label_names = _job_labels(labels)
     label_index = {name: index for index, name in enumerate(label_names)}
     texts: list[str] = []
@@ -91,8 +261,18 @@ def read_labeled_texts(
         suffix = _check_file(path)
         with path.open("rb") as handle:
             for record in _RECORD_READERS[suffix](path, handle, text_column, label_column):
-                texts.append(_text_of(path, record, text_column))
-                indices.append(_label_of(path, record, label_column, label_index, label_names))
+                try:
+                    if isinstance(record, _RecordError):
+                        raise record
+                    text = _text_of(path, record, text_column)
+                    label = _label_of(
+                        path, record, label_column, label_index, label_names, label_set
+                    )
+                except _RecordError as problem:
+                    unusable(problem)
+                    continue
+                texts.append(text)
+                indices.append(label)
     except OSError as exc:
         raise _error(
             path,
@@ -100,11 +280,12 @@ def read_labeled_texts(
             f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})",
             "check that the file is readable by the user running this node",
         ) from exc
-    if not texts:
-        raise _error(path, "file", _NO_RECORDS[suffix], "add records, or point to the right file")
     return LabeledTexts(
         texts=tuple(texts), labels=tuple(indices), label_names=label_names, source=path
     )
+
+
+_NO_RECORDS_FIX = "add records, or point to the right file"
 
 
 def _job_labels(labels: Sequence[str]) -> tuple[str, ...]:
@@ -158,25 +339,41 @@ def _check_file(path: Path) -> str:
 
 def _csv_records(
     path: Path, handle: BinaryIO, text_column: str, label_column: str
-) -> Iterator[_RawRecord]:
-    """Yield CSV records after a header line; lines are numbered as an editor shows them."""
-    reader = csv.reader(line for _, line in _text_lines(path, handle))
+) -> Iterator[_RawRecord | _RecordError]:
+    """Yield CSV records after a header line; lines are numbered as an editor shows them.
+
+    A record that cannot be parsed, or spans a line that is not UTF-8, is yielded as its
+    error; the reader goes on from the next line. A bad header line ends the file's reading.
+    """
+    bad_lines: dict[int, DataError] = {}
+    reader = csv.reader(line for _, line in _text_lines(path, handle, bad_lines))
     header: list[str] | None = None
     text_at = label_at = 0
     while True:
         start = reader.line_num + 1
         try:
-            row = next(reader)
+            row: list[str] | None = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            raise _error(
+            row = None
+            problem: DataError | None = _record_error(
+                Unusable.NOT_CSV,
                 path,
                 f"line {start}",
                 f"is not valid CSV ({_detail(exc)})",
                 "close every opening double quote (an unclosed one runs on to the end of the "
                 'file), and double any quote inside a quoted field ("")',
-            ) from exc
+            )
+        else:
+            problem = None
+        undecoded = _take_lines(bad_lines, reader.line_num)
+        problem = undecoded or problem
+        if header is None and problem is not None:
+            raise DataError(str(problem)) from None  # the header line: the file cannot be read
+        if problem is not None:
+            yield _as_record_error(problem, f"line {start}", Unusable.NOT_UTF8)
+            continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if header is None:
@@ -185,7 +382,8 @@ def _csv_records(
             label_at = _column_index(path, header, "label_column", label_column)
             continue
         if len(row) != len(header):
-            raise _error(
+            yield _record_error(
+                Unusable.FIELD_COUNT,
                 path,
                 f"line {start}",
                 f"has {_count(len(row), 'field')} but the header has "
@@ -193,6 +391,7 @@ def _csv_records(
                 "wrap fields that hold commas in double quotes, and give every row "
                 "one field per header column",
             )
+            continue
         yield _RawRecord(f"line {start}", row[text_at], row[label_at])
     if header is None:
         raise _error(
@@ -204,44 +403,77 @@ def _csv_records(
         )
 
 
+def _take_lines(bad_lines: dict[int, DataError], last: int) -> DataError | None:
+    """Remove the bad lines up to ``last`` from ``bad_lines``; return the first one's error."""
+    taken = sorted(number for number in bad_lines if number <= last)
+    errors = [bad_lines.pop(number) for number in taken]
+    return errors[0] if errors else None
+
+
+def _as_record_error(problem: DataError, where: str, kind: Unusable) -> _RecordError:
+    if isinstance(problem, _RecordError):
+        return problem
+    return _RecordError(str(problem), where=where, kind=kind)
+
+
 def _jsonl_records(
     path: Path, handle: BinaryIO, text_column: str, label_column: str
-) -> Iterator[_RawRecord]:
-    """Yield one record per non-blank line, each of which must be a JSON object."""
+) -> Iterator[_RawRecord | _RecordError]:
+    """Yield one record per non-blank line; a line that is not a JSON object yields its error."""
     example = json.dumps({text_column: "...", label_column: "..."}, ensure_ascii=False)
-    for number, line in _text_lines(path, handle):
+    bad_lines: dict[int, DataError] = {}
+    for number, line in _text_lines(path, handle, bad_lines):
+        where = f"line {number}"
+        undecoded = bad_lines.pop(number, None)
+        if undecoded is not None:
+            yield _as_record_error(undecoded, where, Unusable.NOT_UTF8)
+            continue
         if not line.strip():
             continue
         try:
             value = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            raise _error(
+            yield _record_error(
+                Unusable.NOT_JSON,
                 path,
-                f"line {number}",
+                where,
                 f"is not valid JSON ({exc.msg} at column {exc.colno})",
                 f"write one complete JSON object per line, like {example}",
-            ) from exc
+            )
+            continue
         if not isinstance(value, dict):
-            raise _error(
+            yield _record_error(
+                Unusable.NOT_OBJECT,
                 path,
-                f"line {number}",
+                where,
                 f"is {_kind(value)} in JSON, not an object",
                 f"write one JSON object per line, like {example}",
             )
-        for setting, name in (("text_column", text_column), ("label_column", label_column)):
-            if name not in value:
-                raise _error(
+            continue
+        missing = [
+            (setting, name)
+            for setting, name in (("text_column", text_column), ("label_column", label_column))
+            if name not in value
+        ]
+        if missing:
+            setting, name = missing[0]
+            yield _RecordError(
+                _message(
                     path,
                     f"{setting} {name!r}",
                     f"missing from line {number} (keys on that line: {_show_list(value)})",
                     f"set {setting} to the key that holds it, or add {name!r} to every line",
-                )
-        yield _RawRecord(f"line {number}", value[text_column], value[label_column])
+                ),
+                where=where,
+                kind=Unusable.MISSING_KEY,
+            )
+            continue
+        yield _RawRecord(where, value[text_column], value[label_column])
 
 
 def _parquet_records(
     path: Path, handle: BinaryIO, text_column: str, label_column: str
-) -> Iterator[_RawRecord]:
+) -> Iterator[_RawRecord | _RecordError]:
     """Yield Parquet rows batch by batch, reading only the two columns the job uses."""
     try:
         parquet = pq.ParquetFile(handle)
@@ -276,16 +508,20 @@ def _parquet_records(
             yield _RawRecord(f"row {row}", text, label)
 
 
-_RECORD_READERS: Mapping[str, Callable[[Path, BinaryIO, str, str], Iterator[_RawRecord]]] = (
-    MappingProxyType({".csv": _csv_records, ".jsonl": _jsonl_records, ".parquet": _parquet_records})
-)
+_RECORD_READERS: Mapping[
+    str, Callable[[Path, BinaryIO, str, str], Iterator[_RawRecord | _RecordError]]
+] = MappingProxyType({".csv": _csv_records, ".jsonl": _jsonl_records, ".parquet": _parquet_records})
 
 
-def _text_lines(path: Path, handle: BinaryIO) -> Iterator[tuple[int, str]]:
-    """Yield (line number, line) from a UTF-8 file, refusing binary content by line.
+def _text_lines(
+    path: Path, handle: BinaryIO, bad_lines: dict[int, DataError]
+) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line) from a UTF-8 file; a line that is not text goes in ``bad_lines``.
 
-    The first few kilobytes are checked before any line is split, so a large binary file
-    renamed to ``.csv`` is refused without reading it all in as one enormous "line".
+    The first few kilobytes are checked before any line is split, so a Parquet file or a zip
+    archive renamed to ``.csv`` is refused as such. A line holding a NUL byte or bytes that are
+    not UTF-8 is still yielded (decoded with ``surrogateescape``, NUL bytes removed) so that a
+    CSV parser keeps its place; its error waits in ``bad_lines`` for the record that spans it.
     """
     head = handle.read(_SNIFF_BYTES)
     handle.seek(0)
@@ -303,28 +539,32 @@ def _text_lines(path: Path, handle: BinaryIO) -> Iterator[tuple[int, str]]:
             "not UTF-8 text (it looks like a zip archive, such as an .xlsx workbook)",
             f"export the data as UTF-8 {_or_list(SUPPORTED_SUFFIXES)}",
         )
-    nul = head.find(b"\x00")
-    if nul >= 0:
-        raise _binary_line(path, head.count(b"\n", 0, nul) + 1)
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(_UTF8_BOM):
             raw = raw[len(_UTF8_BOM) :]
         if b"\x00" in raw:
-            raise _binary_line(path, number)
+            bad_lines[number] = _binary_line(path, number)
+            raw = raw.replace(b"\x00", b"")
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _error(
-                path,
-                f"line {number}",
-                f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
-                "of the line cannot be decoded)",
-                "save the file with UTF-8 encoding",
-            ) from exc
+            bad_lines.setdefault(
+                number,
+                _record_error(
+                    Unusable.NOT_UTF8,
+                    path,
+                    f"line {number}",
+                    f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                    "of the line cannot be decoded)",
+                    "save the file with UTF-8 encoding",
+                ),
+            )
+            yield number, raw.decode("utf-8", "surrogateescape")
 
 
-def _binary_line(path: Path, number: int) -> DataError:
-    return _error(
+def _binary_line(path: Path, number: int) -> _RecordError:
+    return _record_error(
+        Unusable.NOT_UTF8,
         path,
         f"line {number}",
         "not UTF-8 text (it contains NUL bytes, so it is probably a binary file)",
@@ -356,7 +596,8 @@ def _column_index(path: Path, columns: Sequence[str], setting: str, name: str) -
 def _text_of(path: Path, record: _RawRecord, text_column: str) -> str:
     value = record.text
     if not isinstance(value, str):
-        raise _error(
+        raise _record_error(
+            Unusable.TEXT_TYPE,
             path,
             record.where,
             f"text in column {text_column!r} is {_kind(value)}, not a string",
@@ -364,7 +605,8 @@ def _text_of(path: Path, record: _RawRecord, text_column: str) -> str:
         )
     if not value.strip():
         state = "empty" if not value else "blank (whitespace only)"
-        raise _error(
+        raise _record_error(
+            Unusable.TEXT_BLANK,
             path,
             record.where,
             f"text in column {text_column!r} is {state}",
@@ -379,23 +621,26 @@ def _label_of(
     label_column: str,
     label_index: Mapping[str, int],
     label_names: tuple[str, ...],
+    label_set: str,
 ) -> int:
     value = record.label
     allowed = _show_list(label_names)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _error(
+        raise _record_error(
+            Unusable.LABEL_TYPE,
             path,
             record.where,
             f"label in column {label_column!r} is {_kind(value)}, not a string or integer",
-            f"write one of the job's labels ({allowed}) as a string",
+            f"write one of {label_set} ({allowed}) as a string",
         )
     key = str(value).strip()
     if not key:
-        raise _error(
+        raise _record_error(
+            Unusable.LABEL_BLANK,
             path,
             record.where,
             f"label in column {label_column!r} is empty",
-            f"fill in one of the job's labels ({allowed}), or remove the record",
+            f"fill in one of {label_set} ({allowed}), or remove the record",
         )
     if key in label_index:
         return label_index[key]
@@ -403,20 +648,30 @@ def _label_of(
     fix = (
         f"labels are case-sensitive, write {_show(same_but_case[0])}"
         if same_but_case
-        else "correct the label in the file, or add it to the job's labels if it is a new class"
+        else f"correct the label in the file, or add it to {label_set} if it is a new class"
     )
-    raise _error(
+    raise _record_error(
+        Unusable.LABEL_UNKNOWN,
         path,
         record.where,
-        f"label {_show(key)} is not one of the job's labels ({_show_list(label_names)})",
+        f"label {_show(key)} is not one of {label_set} ({_show_list(label_names)})",
         fix,
     )
 
 
-def _error(path: Path, field: str, problem: str, fix: str) -> DataError:
-    """Build the one-line DataError every failure in this module raises."""
+def _message(path: Path, field: str, problem: str, fix: str) -> str:
     message = f"{path}: {field}: {problem}; fix: {fix}"
-    return DataError(message.replace("\r", "\\r").replace("\n", "\\n"))
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _error(path: Path, field: str, problem: str, fix: str) -> DataError:
+    """Build the one-line DataError every failure of a whole file raises."""
+    return DataError(_message(path, field, problem, fix))
+
+
+def _record_error(kind: Unusable, path: Path, where: str, problem: str, fix: str) -> _RecordError:
+    """The one-line error of one unusable record, found at ``where``."""
+    return _RecordError(_message(path, where, problem, fix), where=where, kind=kind)
 
 
 def _show(value: str) -> str:

@@ -89,7 +89,13 @@ def test_commands_needing_a_running_coordinator_say_so(coordinator: Path, tmp_pa
 )
 def test_node_init_bad_flags(tmp_path: Path, flags: list[str], phrase: str) -> None:
     (tmp_path / "d.csv").write_text("text,label\na,b\n", encoding="utf-8")
-    base = {"--country": "DE", "--data": "d.csv", "--budget-epsilon": "8", "--delta": "1e-5"}
+    base = {
+        "--country": "DE",
+        "--data": "d.csv",
+        "--labels": "b,c",
+        "--budget-epsilon": "8",
+        "--delta": "1e-5",
+    }
     base.update(dict(zip(flags[::2], flags[1::2], strict=True)))
     args = [item for pair in base.items() for item in pair]
     line = error_line(residency("node", "init", "n", *args, cwd=tmp_path), 2)
@@ -108,6 +114,8 @@ def test_node_init_missing_data(tmp_path: Path) -> None:
             "DE",
             "--data",
             "none.csv",
+            "--labels",
+            "b,c",
             "--budget-epsilon",
             "8",
             "--delta",
@@ -122,7 +130,8 @@ def test_node_init_missing_data(tmp_path: Path) -> None:
 
 def test_node_init_writes_operator_settings_and_key(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("text,label\na,b\n", encoding="utf-8")
-    init = ("node", "init", "n", "--data", "d.csv", "--budget-epsilon", "4", "--delta", "1e-6")
+    init = ("node", "init", "n", "--data", "d.csv", "--labels", "b,c")
+    init += ("--budget-epsilon", "4", "--delta", "1e-6")
     done = residency(*init, "--country", "de", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     settings = (tmp_path / "n" / "node.toml").read_text("utf-8")

@@ -18,7 +18,7 @@ def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> 
     data = write_rows(tmp_path / "de.csv", separable_rows(30, 0))
     made = residency(
         "node", "init", "node-de", "--country", "DE", "--data", str(data),
-        "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
+        "--labels", "pos,neg,obj", "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
 

@@ -11,7 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from residency.common.data.readers import SUPPORTED_SUFFIXES, read_labeled_texts
+from residency.common.data.readers import (
+    SUPPORTED_SUFFIXES,
+    DataScan,
+    Unusable,
+    read_labeled_texts,
+    scan_labeled_texts,
+)
 from residency.common.data.records import LabeledTexts
 from residency.common.errors import DataError
 
@@ -605,3 +611,160 @@ def test_records_are_frozen() -> None:
 def test_records_refuse_inconsistent_contents(kwargs: dict[str, object], phrase: str) -> None:
     with pytest.raises(ValueError, match=phrase):
         make(**kwargs)  # type: ignore[arg-type]
+
+
+# --- a node's scan: unusable records are skipped, only a whole file is an error -------------
+
+RECORD_LEVEL = {
+    "NUL bytes on line 3",
+    "latin-1 on line 2",
+    "latin-1 in jsonl",
+    "jsonl missing text key",
+    "jsonl missing label key",
+    "csv unknown label",
+    "jsonl unknown integer label",
+    "parquet unknown label",
+    "label differing in case",
+    "empty label",
+    "null label",
+    "float label",
+    "boolean label",
+    "empty text",
+    "blank text",
+    "null text in jsonl",
+    "null text in parquet",
+    "number text in jsonl",
+    "list text in jsonl",
+    "integer text column in parquet",
+    "jsonl array line",
+    "jsonl string line",
+    "jsonl broken line",
+    "csv row with too many fields",
+    "csv row with too few fields",
+    "csv field over the csv module's limit",
+}
+NO_RECORDS = {"header-only csv", "jsonl of blank lines", "parquet with no rows"}
+
+
+def scan(path: Path) -> DataScan:
+    return scan_labeled_texts(path, text_column="text", label_column="label", labels=LABELS)
+
+
+@pytest.mark.parametrize(
+    ("case", "build"), [pytest.param(case, build, id=case) for case, build, *_ in BAD_FILES]
+)
+def test_a_scan_skips_an_unusable_record_and_fails_only_on_the_whole_file(
+    tmp_path: Path, case: str, build: Build
+) -> None:
+    path = build(tmp_path)
+    with pytest.raises(DataError) as strict:
+        read(path)
+    if case in RECORD_LEVEL:
+        found = scan(path)
+        assert found.skipped_count >= 1
+        assert found.skipped[0].first == str(strict.value)  # the same line, for the operator
+    elif case in NO_RECORDS:
+        found = scan(path)
+        assert (len(found.records), found.skipped) == (0, ())
+    else:
+        with pytest.raises(DataError) as whole:
+            scan(path)
+        assert str(whole.value) == str(strict.value)
+
+
+CSV_UNUSABLE = [
+    b"x,Unknown\n",
+    b",Oncology\n",
+    b"   ,Oncology\n",
+    b"a,b,Oncology\n",
+    b"only one field\n",
+    "Müdigkeit,Neurology\n".encode("latin-1"),
+    b"n\x00l,Oncology\n",
+    b"x" * 140_000 + b",Oncology\n",
+    b"a,\n",
+]
+JSONL_UNUSABLE = [
+    b'{"text": "a", "label": "Unknown"}\n',
+    b'{"text": "", "label": "Oncology"}\n',
+    b'{"text": null, "label": "Oncology"}\n',
+    b'{"text": "a", "label": 1.5}\n',
+    b'{"body": "a", "label": "Oncology"}\n',
+    b'{"text": "a"}\n',
+    b"not json\n",
+    b"[1, 2]\n",
+    '{"text": "é", "label": "Oncology"}\n'.encode("cp1252"),
+    b'{"text": "a\x00", "label": "Oncology"}\n',
+]
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("position", [0, 2, -1], ids=["first", "middle", "last"])
+@pytest.mark.parametrize(
+    ("suffix", "unusable"),
+    [pytest.param(".csv", line, id=f"csv-{i}") for i, line in enumerate(CSV_UNUSABLE)]
+    + [pytest.param(".jsonl", line, id=f"jsonl-{i}") for i, line in enumerate(JSONL_UNUSABLE)],
+)
+def test_one_unusable_record_anywhere_leaves_the_usable_records_as_they_were(
+    tmp_path: Path, suffix: str, unusable: bytes, position: int
+) -> None:
+    if suffix == ".csv":  # position 2 falls between records, before the multi-line one
+        header, *rows = _lines(csv_text().encode())
+    else:
+        records: list[object] = [{"text": text, "label": label} for text, label in ROWS]
+        header, rows = b"", _lines(write_jsonl(tmp_path / "rows.jsonl", records).read_bytes())
+    clean = tmp_path / f"clean{suffix}"
+    clean.write_bytes(header + b"".join(rows))
+    at = len(rows) if position == -1 else position
+    dirty = tmp_path / f"dirty{suffix}"
+    dirty.write_bytes(header + b"".join(rows[:at]) + unusable + b"".join(rows[at:]))
+
+    before, after = scan(clean), scan(dirty)
+    assert before.skipped == ()
+    assert after.skipped_count == 1
+    assert after.records.texts == before.records.texts
+    assert after.records.fingerprint() == before.records.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [(None, "Oncology"), ("  ", "Oncology"), ("a", "ENT"), ("a", None), ("a", "")],
+)
+def test_one_unusable_parquet_row_leaves_the_usable_rows_as_they_were(
+    tmp_path: Path, text: str | None, label: str | None
+) -> None:
+    texts, labels = [t for t, _ in ROWS], [lab for _, lab in ROWS]
+    clean = write_parquet(tmp_path / "clean.parquet", {"text": texts, "label": labels})
+    dirty = write_parquet(
+        tmp_path / "dirty.parquet",
+        {"text": [*texts[:2], text, *texts[2:]], "label": [*labels[:2], label, *labels[2:]]},
+        STRING_PAIR,
+    )
+    after = scan(dirty)
+    assert after.skipped_count == 1
+    assert after.skipped[0].places == ("row 3",)
+    assert after.records.fingerprint() == scan(clean).records.fingerprint()
+
+
+def test_a_scan_counts_skipped_records_by_reason_for_the_operator(tmp_path: Path) -> None:
+    rows = "".join(f"note {i},{'ENT' if i % 3 == 0 else 'Oncology'}\n" for i in range(20))
+    path = write_csv(tmp_path / "d.csv", "text,label\n" + rows + ",Oncology\n")
+    found = scan_labeled_texts(
+        path, text_column="text", label_column="label", labels=LABELS, label_set="node.toml's"
+    )
+    assert [(group.reason, group.count) for group in found.skipped] == [
+        (Unusable.LABEL_UNKNOWN, 7),
+        (Unusable.TEXT_BLANK, 1),
+    ]
+    assert found.skipped[0].places == ("line 2", "line 5", "line 8", "line 11", "line 14")
+    summary = found.summary()
+    assert "\n" not in summary
+    assert "13 usable records, 8 skipped" in summary
+    assert (
+        "7 with a label outside the label set (line 2, line 5, line 8, line 11, line 14, ...)"
+        in summary
+    )
+    assert "1 with an empty or blank text (line 22)" in summary
+    assert "first: line 2: label 'ENT' is not one of node.toml's" in summary

@@ -52,7 +52,16 @@ CLI: Mapping[tuple[str, ...], frozenset[str]] = {
     ("coordinator", "admit"): frozenset({"--country", "--dir"}),
     ("coordinator", "nodes"): frozenset({"--dir"}),
     ("node", "init"): frozenset(
-        {"--country", "--data", "--budget-epsilon", "--delta", "--trust-launcher"}
+        {
+            "--country",
+            "--data",
+            "--labels",
+            "--text-column",
+            "--label-column",
+            "--budget-epsilon",
+            "--delta",
+            "--trust-launcher",
+        }
     ),
     ("node", "start"): frozenset({"--coordinator", "--ca"}),
     ("run",): frozenset({"--coordinator", "--ca", "--output", "--key"}),
@@ -276,6 +285,14 @@ def test_deploy_commands_exist_in_the_installed_cli() -> None:
         known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
         missing = set(call.options) - known
         assert not missing, f"{call.where}: residency {' '.join(call.path)}: no {sorted(missing)}"
+        required = {
+            param.opts[0]
+            for param in command.params
+            if isinstance(param, click.Option) and param.required
+        }
+        if call.options or call.arguments:  # a full command line, not prose naming it
+            lacking = required - set(call.options)
+            assert not lacking, f"{call.where}: residency {' '.join(call.path)}: {sorted(lacking)}"
 
 
 # systemd ------------------------------------------------------------------------------------

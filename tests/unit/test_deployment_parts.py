@@ -83,10 +83,14 @@ def test_node_identity_is_what_flower_loads(tmp_path: Path) -> None:
 def test_node_init_refuses_to_replace_an_admitted_key(tmp_path: Path) -> None:
     data = tmp_path / "d.csv"
     data.write_text("text,label\na,b\n", encoding="utf-8")
-    node = init_node(tmp_path / "n", country="DE", data=data, budget_epsilon=8, delta=1e-5)
+    node = init_node(
+        tmp_path / "n", country="DE", data=data, labels=["b", "c"], budget_epsilon=8, delta=1e-5
+    )
     key = node.private_key.read_bytes()
     with pytest.raises(ConfigError, match="a node already lives here"):
-        init_node(tmp_path / "n", country="DE", data=data, budget_epsilon=8, delta=1e-5)
+        init_node(
+            tmp_path / "n", country="DE", data=data, labels=["b", "c"], budget_epsilon=8, delta=1e-5
+        )
     assert node.private_key.read_bytes() == key
     settings = node.load()
     assert (settings.country, settings.budget_epsilon, settings.delta) == ("DE", 8.0, 1e-5)
@@ -95,7 +99,9 @@ def test_node_init_refuses_to_replace_an_admitted_key(tmp_path: Path) -> None:
 def test_supernode_command_authenticates_unless_insecure(tmp_path: Path) -> None:
     data = tmp_path / "d.csv"
     data.write_text("text,label\na,b\n", encoding="utf-8")
-    node = init_node(tmp_path / "n", country="DE", data=data, budget_epsilon=8, delta=1e-5)
+    node = init_node(
+        tmp_path / "n", country="DE", data=data, labels=["b", "c"], budget_epsilon=8, delta=1e-5
+    )
     secure = supernode_command(
         node, node.load(), coordinator="h:1", ca=tmp_path / "ca.pem", insecure=False
     )

@@ -466,8 +466,14 @@ def test_mod_does_not_let_an_exception_carry_record_text_out() -> None:
             "delta 0.0001 exceeds the limit 1e-06 set by this node",
             "IT refused round 1: delta 0.0001 exceeds the node's limit 1e-06",
         ),
+        (
+            {"labels": ["neg", "pos", "obj"]},
+            "node.toml declares 'text', 'label', ['neg', 'pos', 'obj']",
+            "IT refused round 1: the job's text column, label column or labels (in order) "
+            "differ from the schema the node's operator declared",
+        ),
     ],
-    ids=["country", "budget", "delta"],
+    ids=["country", "budget", "delta", "schema"],
 )
 def test_node_refusals_reach_the_coordinator_as_codes_and_numbers(
     tmp_path: Path, settings: dict[str, object], phrase: str, said: str
@@ -488,6 +494,7 @@ def test_node_refusals_reach_the_coordinator_as_codes_and_numbers(
             "state": "s",
             "budget_epsilon": 8.0,
             "delta": 1e-4,
+            "labels": ["pos", "neg", "obj"],
             **settings,
         }
     )

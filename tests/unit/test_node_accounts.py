@@ -11,13 +11,14 @@ import pytest
 from node_harness import node_file, signed_record, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common.config.job import Job, load_job
-from residency.common.errors import BudgetExceeded
+from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.privacy.accountant import (
     compose,
     epsilon_spent,
     poisson_schedule,
     within_budget,
 )
+from residency.common.refusal import RefusalCode
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.node
@@ -51,13 +52,25 @@ def test_no_view_of_the_data_opens_a_fresh_account(tmp_path: Path) -> None:
             csv.writer(handle).writerow(["good fine happy", "pos", "x"])
         return job
 
+    # Another view of the same file is not the operator's declared schema: refused before the
+    # node reads the data or plans a noise level, so it never reaches an account.
+    for run_id, view in enumerate(
+        (
+            _relabelled(job, labels=["obj", "neg", "pos"]),
+            _relabelled(job, labels=["pos", "neg", "obj", "zzz"]),
+            _relabelled(job, text_column="note"),
+        ),
+        start=100,
+    ):
+        with pytest.raises(PolicyViolation) as refused:
+            train_round(view, settings, run_id=run_id, server_round=1)
+        assert refused.value.refusal.code is RefusalCode.SCHEMA_MISMATCH
+    assert store.charges() == []
     variants = [
         ("as written", lambda: job),
-        ("labels permuted", lambda: _relabelled(job, labels=["obj", "neg", "pos"])),
-        ("an unused label", lambda: _relabelled(job, labels=["pos", "neg", "obj", "zzz"])),
-        ("another text column", lambda: _relabelled(job, text_column="note")),
         ("one record appended", append_one),
         ("as written again", lambda: job),
+        ("as written once more", lambda: job),
     ]
     outcomes: list[bool] = []
     reasons: list[str] = []

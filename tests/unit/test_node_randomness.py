@@ -74,7 +74,7 @@ def test_only_the_nodes_entropy_moves_the_noise_draw(
         write_toy_job(tmp_path / "other", countries=("FR", "ES"), examples=40, extra="", rounds=3)
     )
     train_round(job, settings, run_id=1, server_round=1)
-    # Another job, run, round, seed, label order and learning rate: the same draws.
+    # Another job, run, round, seed and learning rate: the same draws.
     train_round(
         other_job,
         settings,
@@ -83,7 +83,6 @@ def test_only_the_nodes_entropy_moves_the_noise_draw(
         overrides={
             "job": "other",
             "seed": 0,
-            "labels": ["obj", "neg", "pos"],
             "learning-rate": 0.5,
         },
     )

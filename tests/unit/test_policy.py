@@ -47,7 +47,13 @@ def test_node_start_refuses_a_coordinator_the_policy_does_not_list(tmp_path: Pat
     data = tmp_path / "d.csv"
     data.write_text("text,label\na,b\n", encoding="utf-8")
     node = init_node(
-        tmp_path / "n", country="DE", data=data, budget_epsilon=8, delta=1e-5, policy=policy
+        tmp_path / "n",
+        country="DE",
+        data=data,
+        labels=["b", "c"],
+        budget_epsilon=8,
+        delta=1e-5,
+        policy=policy,
     )
     settings = node.load()
     check_coordinator_allowed(settings, trusted.ca_cert)

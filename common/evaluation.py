@@ -95,7 +95,8 @@ def evaluate(
     if head is None:
         y_pred, loss = predict(model, data, compute=compute)
     else:
-        y_pred, loss = _predict_head(head, head_features(model, head, data, compute=compute))
+        features = head_features(model, head, data, compute=compute, public=True)
+        y_pred, loss = _predict_head(head, features)
     return score(data.tensors[2].numpy(), y_pred, labels, loss=loss)
 
 

@@ -47,7 +47,7 @@ def public_feature_scale(
     """Per-dimension std of the head's unit-norm input over public random texts (float64)."""
     texts = _public_texts(list(tokenizer.get_vocab()))
     data = encode(texts, [0] * TEXTS, tokenizer, max_length=max_length)
-    features = encoder_features(model, data, compute=compute).double()
+    features = encoder_features(model, data, compute=compute, public=True).double()
     features = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
     scale = features.std(dim=0)
     floored: torch.Tensor = scale.clamp_min(FLOOR * float(scale.median()))

@@ -56,11 +56,17 @@ def _reader(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def encoder_features(
-    model: torch.nn.Module, data: TensorDataset, *, compute: Compute
+    model: torch.nn.Module, data: TensorDataset, *, compute: Compute, public: bool = False
 ) -> torch.Tensor:
-    """The pooled features of each row before any standardisation, in float32 (kept)."""
+    """The pooled features of each row before any standardisation, in float32 (kept).
+
+    ``public``: the rows are public (the coordinator's test set, the feature scale's random
+    texts), so each batch may be trimmed to its longest row; private rows are run at full
+    width, so no pass takes longer because one record is long
+    (:func:`residency.common.data.encoding.model_inputs`).
+    """
     reads = _reader(model)
-    key = (id(model), _digest(data))
+    key = (id(model), _digest(data) + ("/public" if public else ""))
     kept = _kept.get(key)
     if kept is not None and kept[0]() is model:
         _kept.move_to_end(key)
@@ -79,7 +85,11 @@ def encoder_features(
         with torch.no_grad(), compute.autocast():
             for start in range(0, len(ids), FEATURE_BATCH):
                 end = start + FEATURE_BATCH
-                model(**model_inputs(ids[start:end], mask[start:end], device=compute.device))
+                model(
+                    **model_inputs(
+                        ids[start:end], mask[start:end], device=compute.device, trim_padding=public
+                    )
+                )
     finally:
         hook.remove()
         model.train(was_training)
@@ -92,7 +102,12 @@ def encoder_features(
 
 
 def head_features(
-    model: torch.nn.Module, head: torch.nn.Linear, data: TensorDataset, *, compute: Compute
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    data: TensorDataset,
+    *,
+    compute: Compute,
+    public: bool = False,
 ) -> TensorDataset:
     """``(features, labels)``: what ``head`` reads for each row of ``(ids, mask, labels)``.
 
@@ -101,7 +116,7 @@ def head_features(
     ran under bf16 autocast. Only for a model whose encoder is frozen: the features are
     kept per model object.
     """
-    features = encoder_features(model, data, compute=compute)
+    features = encoder_features(model, data, compute=compute, public=public)
     reads = _reader(model)
     if reads is not head:
         with torch.no_grad():

@@ -61,12 +61,20 @@ def bert_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[s
 
 
 def model_inputs(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, device: torch.device
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    device: torch.device,
+    trim_padding: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A stored batch as the model's inputs on ``device``: trimmed, contiguous, explicit.
+    """A stored batch as the model's inputs on ``device``: contiguous and explicit.
 
-    Trimming slices columns off, which leaves the token ids non-contiguous; Opacus' ghost
-    norm of the word embeddings views them flat and would fail.
+    Private records keep their full ``max_length`` width: trimmed to a batch's longest
+    sequence, the time a pass takes would tell how long the longest record in it is (one
+    long note made a batch of short ones several times slower), a timing channel about one
+    record. ``trim_padding`` is for public data only (the coordinator's test set, the public
+    texts of the feature scale). Trimming slices columns off, which leaves the token ids
+    non-contiguous; Opacus' ghost norm of the word embeddings views them flat and would fail.
     """
-    ids, mask = trim(input_ids, attention_mask)
+    ids, mask = trim(input_ids, attention_mask) if trim_padding else (input_ids, attention_mask)
     return bert_inputs(ids.contiguous().to(device), mask.contiguous().to(device))

@@ -36,3 +36,29 @@ def test_the_record_is_timed_before_training_never_after(
     record = signed_record(train_round(job, node_file(tmp_path, 100.0), run_id=1, server_round=1))
     assert phase["trained"]
     assert record.signed_at == times[False]
+
+
+@pytest.mark.parametrize("update", ["head", "lora"])
+def test_a_node_runs_every_private_batch_at_full_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update: str
+) -> None:
+    """Trimmed to its longest record, a batch's time would say how long that record is."""
+    from residency.common.data import encoding
+
+    job = load_job(
+        write_toy_job(
+            tmp_path / "job", countries=("DE",), rounds=1, examples=40, train=f'update = "{update}"'
+        )
+    )
+    widths: list[int] = []
+    real = encoding.bert_inputs
+
+    def recorded(input_ids: Any, attention_mask: Any) -> Any:
+        widths.append(int(input_ids.shape[1]))
+        return real(input_ids, attention_mask)
+
+    monkeypatch.setattr(encoding, "bert_inputs", recorded)
+    reply = train_round(job, node_file(tmp_path, 100.0), run_id=1, server_round=1)
+    assert not reply.has_error()
+    assert widths  # the encoder ran on the node's records
+    assert set(widths) == {job.model.max_length}  # the toy notes are far shorter

@@ -48,6 +48,7 @@ from residency.common.errors import (
 )
 from residency.common.model import (
     ModelSpec,
+    check_weight_bound,
     load_tokenizer,
     load_trainable_state,
     on_the_wire,
@@ -100,6 +101,16 @@ def _plan(record: Any, country: str) -> RoundPlan:
     try:
         return RoundPlan.from_record(record)
     except ConfigError as exc:
+        raise PolicyViolation(
+            f"{country} refused a round: {exc}", Refusal(RefusalCode.INVALID_PLAN)
+        ) from exc
+
+
+def _check_received(msg: Message, country: str) -> None:
+    """Refuse arrays outside the node's bounds before any charge, from the message alone."""
+    try:
+        check_weight_bound(_received_arrays(msg))
+    except ValueError as exc:
         raise PolicyViolation(
             f"{country} refused a round: {exc}", Refusal(RefusalCode.INVALID_PLAN)
         ) from exc
@@ -170,6 +181,7 @@ def _train(msg: Message, context: Context) -> Message:
     try:
         plan = _plan(record, settings.country)
         signed_plan(plan, record, settings)  # a launcher the operator trusts, as signed
+        _check_received(msg, settings.country)
         admitted = admission_steps.admit(settings, plan, store, run)
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)

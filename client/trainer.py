@@ -6,6 +6,12 @@ round; a fresh ``PrivacyEngine`` per round would otherwise forget earlier rounds
 Two ways of clipping give the same update (``tests/unit/test_dp_modes.py`` checks both against
 a batch-size-1 loop); :func:`dp_mode_for` picks the faster one per update kind, as measured by
 ``bench/throughput.py``.
+
+In both, an example whose gradient is not finite counts as a zero gradient before clipping:
+what the coordinator sends (weights, a feature transform) could otherwise make one record's
+gradient NaN and, through the sum, the whole update, an outcome that tells whether the record
+is there. A zero gradient is within the clipping norm, so the sensitivity, and the epsilon
+charged, are unchanged.
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ class PrivateTraining:
         one pass; Opacus keeps each example's gradient for the optimizer to clip. ``ghost``:
         the first pass only finds each example's gradient norm, the second back-propagates
         ``sum_i c_i * loss_i`` with clip factors ``c_i = min(1, C / (norm_i + 1e-6))`` (as
-        Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``.
+        Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``. In both, an
+        example whose gradient (or loss) is not finite counts as a zero gradient.
         """
         per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         mean = per_example.mean()
@@ -122,10 +129,23 @@ class PrivateTraining:
             if self.mode is GradSampleMode.HOOKS:
                 mean.backward()  # type: ignore[no-untyped-call]
             else:
-                self._ghost_backward(per_example, mean)
+                self._ghost_backward(logits, labels, per_example, mean)
         return float(mean.item())
 
-    def _ghost_backward(self, per_example: torch.Tensor, mean: torch.Tensor) -> None:
+    def _ghost_backward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        per_example: torch.Tensor,
+        mean: torch.Tensor,
+    ) -> None:
+        """Ghost clipping's two passes; a row whose loss or norm is not finite weighs zero.
+
+        Its weight is zero and its logits are cut out of the second pass (``torch.where``
+        passes back an exact zero, where ``0 * inf`` would be NaN), so every layer below
+        back-propagates exact zeros for it: with the finite forward pass the weight bounds
+        give (:data:`residency.common.model.WEIGHT_BOUND`), the clipped sum is finite.
+        """
         model = self.model
         trainable = [p for p in model.parameters() if p.requires_grad]
         for param in trainable:
@@ -136,12 +156,41 @@ class PrivateTraining:
             raise RuntimeError("ghost clipping: a trainable tensor got no per-example norm")
         for param in trainable:
             param.grad = None
-        factors = model.get_clipping_coef().to(per_example.device)
+        norms = model.get_norm_sample().to(per_example.device)
+        counted = torch.isfinite(norms) & torch.isfinite(per_example)
+        factors = torch.where(
+            counted, (model.max_grad_norm / (norms + 1e-6)).clamp(max=1.0), torch.zeros_like(norms)
+        )
+        kept = torch.where(counted.unsqueeze(1), logits.float(), torch.zeros_like(logits.float()))
+        weighted = torch.nn.functional.cross_entropy(kept, labels, reduction="none")
         model.disable_hooks()
         try:
-            (factors * per_example).sum().backward()
+            (factors * weighted).sum().backward()  # type: ignore[no-untyped-call]
         finally:
             model.enable_hooks()
+
+
+class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus' flat-clipping optimizer that counts a non-finite per-sample gradient as zero.
+
+    An example with a NaN or infinite entry in any trainable tensor's per-sample gradient
+    gets a zero gradient in every tensor before Opacus clips: its norm is then 0 and it adds
+    nothing, where it would otherwise make its clip factor, and so the whole noisy sum, NaN.
+    A finite gradient whose norm overflows to infinity gets clip factor 0 from Opacus itself.
+    """
+
+    def clip_and_accumulate(self) -> None:
+        """Zero the non-finite examples' gradients, then clip and sum as Opacus does."""
+        samples = self.grad_samples
+        if samples and len(samples[0]):
+            device = samples[0].device
+            finite = torch.stack(
+                [s.reshape(len(s), -1).isfinite().all(dim=1).to(device) for s in samples]
+            ).all(dim=0)
+            for param, sample in zip(self.params, samples, strict=True):
+                rows = finite.to(sample.device).view(-1, *([1] * (sample.dim() - 1)))
+                param.grad_sample = torch.where(rows, sample, torch.zeros_like(sample))
+        super().clip_and_accumulate()
 
 
 def _norm_pass_inputs(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -182,6 +231,10 @@ def make_private(
     from ``loader``'s generator and the noise from ``noise_generator``: the node passes
     generators seeded from its own OS entropy (:mod:`.randomness`).
 
+    In ``hooks`` mode the optimizer is a :class:`FiniteDPOptimizer` (Opacus' own, for which
+    a non-finite per-sample gradient counts as zero); ``ghost`` mode does the same in
+    :meth:`PrivateTraining.backward`.
+
     The noise is drawn as Opacus' secure mode draws it (the sum of four Gaussians, halved:
     the defence of Holohan et al. against floating-point attacks on the sampler) without
     Opacus' ``PrivacyEngine(secure_mode=True)``, which needs ``torchcsprng``, unbuilt for
@@ -205,6 +258,8 @@ def make_private(
             noise_generator=noise_generator,
         )
     dp_optimizer.secure_mode = True  # Opacus' 2n-draw Gaussian; the generator is ours
+    if type(dp_optimizer) is DPOptimizer:  # hooks: clip through FiniteDPOptimizer
+        dp_optimizer.__class__ = FiniteDPOptimizer
     return PrivateTraining(
         engine=engine,
         model=private_model,

@@ -95,9 +95,13 @@ def unit_rows(features: torch.Tensor) -> torch.Tensor:
     """Each row scaled to L2 norm 1 (zero rows stay zero), then clipped to norm at most 1.
 
     In float64: the clip runs after the normalisation so that no rounding of it can leave a
-    row above the norm the sensitivity assumes.
+    row above the norm the sensitivity assumes. A row with a NaN or infinite entry counts as
+    a zero row (its record still counts in its class): a NaN there would make the whole
+    release NaN, an outcome that tells whether that one record is in the data.
     """
     rows = features.detach().to(torch.float64)
+    finite = torch.isfinite(rows).all(dim=1, keepdim=True)
+    rows = torch.where(finite, rows, torch.zeros_like(rows))
     rows = rows / _nonzero(rows.norm(dim=1, keepdim=True))
     return rows * (1.0 / _nonzero(rows.norm(dim=1, keepdim=True))).clamp(max=1.0)
 

@@ -252,3 +252,68 @@ def test_ghost_clipping_never_runs_under_bf16_autocast() -> None:
         hooks = torch.is_autocast_enabled("cpu")
 
     assert (ghost, hooks) == (False, True)
+
+
+class _Overflow(torch.autograd.Function):
+    """Identity forward; backward overflows the marked rows' gradient to infinity.
+
+    Zero stays zero (``0 * 1e38 * 1e38``), as it does through any layer whose forward values
+    are finite: a finite forward pass whose backward is not, for one example.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, *args: torch.Tensor) -> torch.Tensor:
+        logits, rows = args
+        ctx.save_for_backward(rows)
+        return logits.clone()
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        gain = torch.where(rows, 1e38, 1.0).unsqueeze(1)
+        return grads[0] * gain * gain, None
+
+
+def _poisoned(logits: torch.Tensor, row: int, how: str) -> torch.Tensor:
+    """``logits`` with one row's loss (``nan-logit``) or gradient (``inf-gradient``) non-finite."""
+    rows = torch.arange(len(logits)) == row
+    if how == "nan-logit":
+        bump = torch.where(rows.unsqueeze(1), float("nan"), 0.0).expand_as(logits)
+        return logits + bump
+    poisoned: torch.Tensor = _Overflow.apply(logits, rows)
+    return poisoned
+
+
+@pytest.mark.parametrize("how", ["nan-logit", "inf-gradient"])
+@pytest.mark.parametrize(("update", "mode"), CASES)
+def test_a_non_finite_example_adds_nothing_and_the_rest_is_clipped_as_without_it(
+    update: UpdateKind, mode: GradSampleMode, how: str
+) -> None:
+    """One example's NaN loss or infinite gradient counts as a zero gradient, in either mode.
+
+    Unguarded, its clip factor (and the whole noisy sum) would be NaN: a coordinator that
+    can make one candidate record's gradient non-finite would read its membership from it.
+    """
+    model = _model(update)
+    data = _data()
+    bad = 2
+    others = [g for i, g in enumerate(_per_example_grads(model, data)) if i != bad]
+    clip = float(torch.stack([g.norm() for g in others]).median())
+    expected_batch = EXAMPLES // (EXAMPLES // LOADER_BATCH)
+    reference = sum(
+        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in others),
+        start=torch.zeros_like(others[0]),
+    )
+    reference = reference / expected_batch
+
+    private = _private(model, mode=mode, noise=0.0, clip=clip)
+    ids, mask, labels = data.tensors
+    private.backward(_poisoned(_logits(private.model, ids, mask), bad, how), labels)
+    assert private.optimizer.pre_step()
+    got = _flat_grad(model)
+    private.model._close()
+
+    assert bool(got.isfinite().all())
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))

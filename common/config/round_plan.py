@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from residency.common.config.job import (
     MAX_GRAD_NORM,
+    MAX_LORA_ALPHA,
     MAX_TARGET_EPSILON,
     AccountantKind,
     Job,
@@ -61,7 +62,7 @@ class RoundPlan(Strict):
     step_rule: Annotated[StepRule, Field(alias="step-rule")]
     transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
     lora_rank: Annotated[int, Field(ge=1, le=256, alias="lora-rank")]
-    lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
+    lora_alpha: Annotated[int, Field(ge=1, le=MAX_LORA_ALPHA, alias="lora-alpha")]
     lora_targets: Annotated[list[str], Field(min_length=1, alias="lora-targets")]
     seed: int
     model: Annotated[str, Field(min_length=1)]

@@ -21,8 +21,15 @@ from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.linear_probe import head_features
 from residency.client.randomness import RoundRandomness
-from residency.client.trainer import DpSgdSettings, LocalSchedule, train_dp_round
-from residency.common.config.job import AccountantKind, Job, UpdateKind, load_job
+from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
+from residency.common.config.job import (
+    MAX_GRAD_NORM,
+    MAX_LORA_ALPHA,
+    AccountantKind,
+    Job,
+    UpdateKind,
+    load_job,
+)
 from residency.common.config.round_plan import (
     FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,
@@ -196,6 +203,49 @@ def test_the_feature_transform_must_keep_its_scale_floor_and_centre_bound(tmp_pa
     far[5] = np.nextafter(np.float32(FEATURE_CENTRE_BOUND), np.float32(2))
     with pytest.raises(ConfigError, match="centre outside"):
         RoundPlan.from_record(config | _transform(far, scale))
+    with pytest.raises(ConfigError, match="lora-alpha"):
+        RoundPlan.from_record(config | _transform(centre, scale) | {"lora-alpha": 10**30})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("update", [UpdateKind.FULL, UpdateKind.LORA])
+@pytest.mark.parametrize("signs", ["all-plus", "random"])
+def test_every_trainable_weight_at_the_bound_still_trains_to_a_finite_update(
+    update: UpdateKind, signs: str
+) -> None:
+    """The most a coordinator may send, in every trainable tensor, in the node's own mode.
+
+    Full fine-tuning runs ghost clipping, whose finiteness needs a finite forward pass
+    (``common/model.py::WEIGHT_BOUND``); LoRA runs hooks.
+    """
+    spec = ModelSpec(
+        source="tiny", labels=("pos", "neg", "obj"), update=update, lora_alpha=MAX_LORA_ALPHA
+    )
+    model = build_classifier(spec)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                flip = torch.rand(param.shape, generator=generator) < 0.5
+                sign = torch.where(flip, -1.0, 1.0) if signs == "random" else 1.0
+                param.copy_(sign * torch.full_like(param, WEIGHT_BOUND))
+    texts = [f"{w} {v} {u}" for w in ("good", "bad", "table", "sad") for v in "abcd" for u in "xy"]
+    data = encode(texts, [i % 3 for i in range(len(texts))], load_tokenizer("tiny"), max_length=8)
+    train_dp_round(
+        model,
+        data,
+        schedule=LocalSchedule(epochs=1, batch_size=8, learning_rate=10.0),
+        dp=DpSgdSettings(
+            noise_multiplier=1.0,
+            max_grad_norm=MAX_GRAD_NORM,
+            accountant=AccountantKind.RDP,
+            grad_sample_mode=dp_mode_for(update),
+        ),
+        history=(),
+        compute=Compute(torch.device("cpu"), bf16=False),
+        randomness=RoundRandomness.reproducible(3, server_round=1),
+    )
+    assert all(bool(t.isfinite().all()) for t in trainable_state(model).values())
 
 
 def _standing_out(features: torch.Tensor) -> tuple[int, int, float]:

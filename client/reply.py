@@ -2,7 +2,8 @@
 
 The record is drafted before the charge (:func:`draft_record`, called inside the charging
 transaction) with every figure it will carry, signed and re-opened as the coordinator will
-open it; after training only the update's hash, the charge id and the time are filled in.
+open it; after training only the update's hash, the charge id, the time and the mechanism's
+own checks (:mod:`.mechanism_check`) are filled in.
 So a round whose record could not be signed is refused, never charged and then wasted.
 The reply holds only what ``docs/privacy.md`` lists as public; the egress guard enforces it.
 """
@@ -17,6 +18,7 @@ from residency.common import wire
 from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
 from residency.common.privacy.record import (
+    MechanismChecks,
     NoiseSource,
     PrivacyRecord,
     SignedRecord,
@@ -108,11 +110,20 @@ def training_reply(
     update: ArrayRecord,
     charge_id: int,
     signer: Signer,
+    mechanism: MechanismChecks,
 ) -> tuple[Message, SignedRecord, PrivacyRecord]:
-    """The reply to ``instruction`` (update, public figures, signed record) and that record."""
+    """The reply to ``instruction`` (update, public figures, signed record) and that record.
+
+    ``mechanism`` is what the node checked of its DP mechanism as it ran, signed with the rest.
+    """
     arrays = {name: array.numpy() for name, array in update.items()}
     completed = draft.model_copy(
-        update={"update_sha256": update_sha256(arrays), "charge": charge_id, "signed_at": now()}
+        update={
+            "update_sha256": update_sha256(arrays),
+            "charge": charge_id,
+            "signed_at": now(),
+            "mechanism": mechanism,
+        }
     )
     signed = sign_record(completed, signer)
     record = open_record(signed)  # the completed record validates as the draft did

@@ -20,7 +20,8 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from opacus import GradSampleModule, PrivacyEngine
@@ -30,6 +31,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
+from residency.client.mechanism_check import MechanismLog
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.device import Compute
@@ -93,6 +95,7 @@ class RoundOutcome:
     sample_rate: float
     mean_loss: float
     history: History
+    mechanism: MechanismLog
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class PrivateTraining:
     optimizer: DPOptimizer
     loader: DPDataLoader
     mode: GradSampleMode = GradSampleMode.HOOKS
+    log: MechanismLog = field(default_factory=MechanismLog)
 
     def backward(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         """Back-propagate a non-empty batch's cross-entropy for the optimizer's clipped step.
@@ -120,6 +124,7 @@ class PrivateTraining:
         Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``. In both, an
         example whose gradient (or loss) is not finite counts as a zero gradient.
         """
+        self.log.batch(len(labels))
         per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         mean = per_example.mean()
         with warnings.catch_warnings():
@@ -168,6 +173,11 @@ class PrivateTraining:
             (factors * weighted).sum().backward()  # type: ignore[no-untyped-call]
         finally:
             model.enable_hooks()
+        self.log.clipped(
+            [len(param._norm_sample) for param in trainable],
+            _total_norm(param.grad for param in trainable),
+            float(model.max_grad_norm),
+        )
 
 
 class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
@@ -177,7 +187,13 @@ class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
     gets a zero gradient in every tensor before Opacus clips: its norm is then 0 and it adds
     nothing, where it would otherwise make its clip factor, and so the whole noisy sum, NaN.
     A finite gradient whose norm overflows to infinity gets clip factor 0 from Opacus itself.
+
+    The per-sample gradients are also cast to their tensor's precision first: under bf16
+    autocast they arrive in bf16, Opacus would compute their norms (and so the clip factors)
+    in bf16, and a row would be clipped to up to 0.4% above ``max_grad_norm``.
     """
+
+    mechanism_log: MechanismLog | None = None
 
     def clip_and_accumulate(self) -> None:
         """Zero the non-finite examples' gradients, then clip and sum as Opacus does."""
@@ -189,8 +205,47 @@ class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
             ).all(dim=0)
             for param, sample in zip(self.params, samples, strict=True):
                 rows = finite.to(sample.device).view(-1, *([1] * (sample.dim() - 1)))
-                param.grad_sample = torch.where(rows, sample, torch.zeros_like(sample))
+                kept = torch.where(rows, sample, torch.zeros_like(sample))
+                param.grad_sample = kept.to(param.dtype)  # norms in bf16 could round below C
         super().clip_and_accumulate()
+        if self.mechanism_log is not None and samples and len(samples[0]):
+            self.mechanism_log.clipped(
+                [len(sample) for sample in samples],
+                _total_norm(param.summed_grad for param in self.params),
+                float(self.max_grad_norm),
+            )
+
+    def add_noise(self) -> None:
+        """Opacus' noise, logged with the standard deviation it was drawn with."""
+        super().add_noise()
+        if self.mechanism_log is not None:
+            self.mechanism_log.noised(self.noise_multiplier * self.max_grad_norm, self.params)
+
+
+class CheckedGhostOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' ghost-clipping optimizer, logging the noise each step adds.
+
+    The clipping itself is logged by :meth:`PrivateTraining.backward`, which runs it.
+    """
+
+    mechanism_log: MechanismLog | None = None
+
+    def add_noise(self) -> None:
+        """Opacus' noise, logged with the standard deviation it was drawn with."""
+        super().add_noise()
+        if self.mechanism_log is not None:
+            multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+            self.mechanism_log.noised(multiplier * self.max_grad_norm, self.params)
+
+
+def _total_norm(tensors: Iterable[torch.Tensor | None]) -> float:
+    """The L2 norm of all ``tensors`` together, in float64 (inf if one is missing)."""
+    total = 0.0
+    for tensor in tensors:
+        if tensor is None:
+            return math.inf
+        total += float(tensor.detach().double().square().sum())
+    return math.sqrt(total)
 
 
 def _norm_pass_inputs(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -260,12 +315,19 @@ def make_private(
     dp_optimizer.secure_mode = True  # Opacus' 2n-draw Gaussian; the generator is ours
     if type(dp_optimizer) is DPOptimizer:  # hooks: clip through FiniteDPOptimizer
         dp_optimizer.__class__ = FiniteDPOptimizer
+    elif type(dp_optimizer) is DPOptimizerFastGradientClipping:
+        dp_optimizer.__class__ = CheckedGhostOptimizer
+    else:
+        raise RuntimeError(f"unexpected Opacus optimizer {type(dp_optimizer).__name__}")
+    log = MechanismLog()
+    dp_optimizer.mechanism_log = log
     return PrivateTraining(
         engine=engine,
         model=private_model,
         optimizer=dp_optimizer,
         loader=dp_loader,
         mode=dp.grad_sample_mode,
+        log=log,
     )
 
 
@@ -360,4 +422,5 @@ def train_dp_round(
         history=tuple(
             (float(z), float(q), int(n)) for z, q, n in private.engine.accountant.history
         ),
+        mechanism=private.log,
     )

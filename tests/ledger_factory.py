@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,7 +20,13 @@ from residency.common.config.job import AccountantKind
 from residency.common.files import write_atomic
 from residency.common.privacy.accountant import History, compose, epsilon_spent
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger
-from residency.common.privacy.record import NoiseSource, PrivacyRecord, SignedRecord, sign_record
+from residency.common.privacy.record import (
+    MechanismChecks,
+    NoiseSource,
+    PrivacyRecord,
+    SignedRecord,
+    sign_record,
+)
 from residency.common.privacy.signing import Signer, create_signer, public_path
 from residency.common.privacy.update_digest import update_sha256
 from residency.common.refusal import Refusal, RefusalCode, describe
@@ -79,8 +86,12 @@ def signed_record(
     charge: int = 1,
     kind: AccountantKind = AccountantKind.PRV,
     noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
+    mechanism: MechanismChecks | Literal["passed"] | None = "passed",
 ) -> SignedRecord:
-    """A node's signed record of one round whose run history was ``before`` plus ``step``."""
+    """A node's signed record of one round whose run history was ``before`` plus ``step``.
+
+    ``mechanism``: the node's signed checks that DP ran; ``"passed"`` is every check passed.
+    """
     after = compose(before, step)
     total = epsilon_spent(after, delta=DELTA, kind=kind)
     noise, sample_rate, steps = step
@@ -113,6 +124,11 @@ def signed_record(
             charge=charge,
             signed_at=now(),
             key=signer.public_hex,
+            mechanism=MechanismChecks(
+                steps=steps, batches=steps, clipped_batches=steps, noise_std=noise * 1.0
+            )
+            if mechanism == "passed"
+            else mechanism,
         ),
         signer,
     )
@@ -134,9 +150,11 @@ def write_ledger(
     noise_source: NoiseSource = NoiseSource.OS_ENTROPY,
     repeat_update: bool = False,
     reset: str | None = None,
+    mechanism: MechanismChecks | Literal["passed"] | None = "passed",
 ) -> LedgerFixture:
     """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round.
 
+    ``mechanism``: every record's signed checks that DP ran (``"passed"``: all passed).
     ``repeat_update``: each country sends bit-identical arrays every round. ``reset``: that
     country's operator opened a new account for its dataset before the run, so its node ledger
     starts with a budget-reset entry and its records name the new account.
@@ -228,6 +246,7 @@ def write_ledger(
                 charge=charge,
                 kind=kind,
                 noise_source=noise_source,
+                mechanism=mechanism,
             )
             digest = update_sha256(arrays)
             node_ledgers[country].append(

@@ -125,6 +125,11 @@ def class_statistics(
     return sums, counts
 
 
+def noise_std(noise_multiplier: float) -> float:
+    """The standard deviation of the noise on every released number."""
+    return noise_multiplier * SENSITIVITY
+
+
 def release(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -142,7 +147,7 @@ def release(
     sums, counts = class_statistics(features, labels, classes)
     joint = torch.cat([sums.flatten(), counts * COUNT_WEIGHT])
     noise = _generate_noise(
-        std=noise_multiplier * SENSITIVITY,
+        std=noise_std(noise_multiplier),
         reference=joint,
         generator=generator,
         secure_mode=True,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from residency.client.mechanism_check import checked
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
@@ -206,6 +207,10 @@ def test_round_accounts_the_same_steps_in_every_mode(
     assert outcome.steps == 2 * steps_per_epoch
     assert outcome.history == ((1.1, 0.5, 3), (1.1, sample_rate, outcome.steps))
     assert math.isfinite(outcome.mean_loss)
+    signed = checked(
+        outcome.mechanism, steps=outcome.steps, noise_multiplier=1.1, max_grad_norm=1.0
+    )  # every batch had per-example gradients for every tensor and was clipped, every step noised
+    assert signed.clipped_batches == signed.batches > 0
     assert not any(
         hasattr(p, "_norm_sample") or hasattr(p, "grad_sample") for p in model.parameters()
     )
@@ -317,3 +322,29 @@ def test_a_non_finite_example_adds_nothing_and_the_rest_is_clipped_as_without_it
 
     assert bool(got.isfinite().all())
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("update", [UpdateKind.FULL, UpdateKind.LORA, UpdateKind.HEAD])
+def test_hooks_clip_each_example_to_the_norm_under_bf16(update: UpdateKind) -> None:
+    """Per-example gradients arrive in bf16 under autocast; they are clipped in float32.
+
+    Opacus would take their norms, and so the clip factors, in bf16, which rounds a clipped
+    row up to 0.4% above ``max_grad_norm``: more sensitivity than the record says.
+    """
+    model = _model(update)
+    clip = 1e-3  # every example is clipped
+    bf16 = Compute(torch.device("cpu"), bf16=True)
+    ids, mask, labels = _data().tensors
+    ratios = []
+    for row in range(EXAMPLES):
+        private = _private(model, mode=GradSampleMode.HOOKS, noise=0.0, clip=clip)
+        with forward_precision(bf16, GradSampleMode.HOOKS):
+            logits = _logits(private.model, ids[row : row + 1], mask[row : row + 1])
+        private.backward(logits, labels[row : row + 1])
+        assert private.optimizer.pre_step()
+        clipped = _flat_grad(model).double().norm() * private.optimizer.expected_batch_size
+        ratios.append(float(clipped) / clip)
+        private.optimizer.zero_grad(set_to_none=True)
+        private.model._close()
+    assert max(ratios) <= 1 + 1e-5
+    assert min(ratios) > 0.99

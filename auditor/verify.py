@@ -322,12 +322,39 @@ class _Verifier:
                 "noise and batches were reproducible from a seed in the operator's node.toml "
                 "(tests and benchmarks only)",
             )
+        self.mechanism(position, record)
         self.update_file(position, entry)
         replay = (record.run, record.country, record.round)
         if replay in self.seen_rounds:
             result.flag(position, f"second record for {record.country} round {record.round}")
         self.seen_rounds.add(replay)
         self.epsilons(position, entry, record, record_sha256(entry.record.body))
+
+    def mechanism(self, position: int, record: PrivacyRecord) -> None:
+        """The node's signed checks that its DP mechanism ran as the record says (schema 4)."""
+        result, checks = self.result, record.mechanism
+        where = f"{record.country} round {record.round}"
+        if checks is None:
+            if record.schema_version >= 4:
+                result.flag(position, f"{where}: the record signs no check that DP ran")
+            return
+        if checks.steps != record.steps:
+            result.flag(
+                position, f"{where}: {checks.steps} noisy steps checked, {record.steps} recorded"
+            )
+        if checks.clipped_batches != checks.batches:
+            result.flag(
+                position,
+                f"{where}: {checks.batches - checks.clipped_batches} of {checks.batches} "
+                "batches not checked as clipped",
+            )
+        expected = record.noise_multiplier * record.max_grad_norm
+        if not _close(checks.noise_std, expected, SAME_LIBRARY_RTOL):
+            result.flag(
+                position,
+                f"{where}: noise std {checks.noise_std:.6g} checked, the record's "
+                f"noise_multiplier x max_grad_norm is {expected:.6g}",
+            )
 
     def update_file(self, position: int, entry: LedgerEntry) -> None:
         if not self.updates.is_dir() or entry.received_sha256 is None:

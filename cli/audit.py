@@ -108,6 +108,9 @@ def verify(
                             "noise_source": s.record.noise_source.value,
                             "launcher": s.record.launcher,
                             "job_sha256": s.record.job_sha256,
+                            "mechanism": None
+                            if s.record.mechanism is None
+                            else s.record.mechanism.model_dump(mode="json"),
                         }
                         for s in result.spends
                     ],
@@ -121,10 +124,16 @@ def verify(
             table.add_column(column, justify="left" if column in ("run", "country") else "right")
         table.add_column("dataset ε / budget", justify="right")
         table.add_column("launcher", justify="left")
+        table.add_column("DP checks", justify="right")
         latest = {(s.run, s.country): s for s in result.spends}
         rounds: dict[tuple[str, str], int] = {}
+        checked: dict[tuple[str, str], int] = {}
         for spend in result.spends:
             rounds[(spend.run, spend.country)] = rounds.get((spend.run, spend.country), 0) + 1
+            signed = spend.record.mechanism is not None  # a failed check is listed as a problem
+            checked[(spend.run, spend.country)] = (
+                checked.get((spend.run, spend.country), 0) + signed
+            )
         for (run, country), spend in sorted(latest.items()):
             table.add_row(
                 run,
@@ -137,6 +146,7 @@ def verify(
                 "-"
                 if spend.record.launcher is None  # records before signed jobs
                 else known.get(spend.record.launcher, key_id(spend.record.launcher)),
+                f"{checked[(run, country)]}/{rounds[(run, country)]}",
             )
         console.print(table)
         rules = "; ".join(f"{k.value}: {v}" for k, v in AGREEMENT.items())

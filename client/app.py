@@ -27,6 +27,7 @@ from residency.client.admission import Admission, Spend
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.job_trust import signed_plan
+from residency.client.mechanism_check import MechanismLog, checked
 from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
 from residency.client.prototype_release import release_prototypes
 from residency.client.randomness import round_randomness
@@ -48,6 +49,7 @@ from residency.common.errors import (
 )
 from residency.common.model import (
     ModelSpec,
+    check_weight_bound,
     load_tokenizer,
     load_trainable_state,
     on_the_wire,
@@ -100,6 +102,16 @@ def _plan(record: Any, country: str) -> RoundPlan:
     try:
         return RoundPlan.from_record(record)
     except ConfigError as exc:
+        raise PolicyViolation(
+            f"{country} refused a round: {exc}", Refusal(RefusalCode.INVALID_PLAN)
+        ) from exc
+
+
+def _check_received(msg: Message, country: str) -> None:
+    """Refuse arrays outside the node's bounds before any charge, from the message alone."""
+    try:
+        check_weight_bound(_received_arrays(msg))
+    except ValueError as exc:
         raise PolicyViolation(
             f"{country} refused a round: {exc}", Refusal(RefusalCode.INVALID_PLAN)
         ) from exc
@@ -174,6 +186,7 @@ def _train(msg: Message, context: Context) -> Message:
     try:
         plan = _plan(record, settings.country)
         signed = signed_plan(plan, record, settings)  # a launcher the operator trusts, as signed
+        _check_received(msg, settings.country)
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
@@ -255,6 +268,7 @@ def _train_job(
         },
     )
     if method.combine is Combine.PROTOTYPES:
+        mechanism = MechanismLog()
         arrays = release_prototypes(
             model,
             data,
@@ -262,6 +276,7 @@ def _train_job(
             noise_multiplier=noise,
             compute=pick_compute(),
             randomness=randomness,
+            log=mechanism,
         )
     else:
         outcome = train_dp_round(
@@ -289,7 +304,14 @@ def _train_job(
         )
         if outcome.history != spend.history:
             raise ConfigError(f"{settings.country}: trainer ran other steps than charged {steps}")
+        mechanism = outcome.mechanism
         arrays = on_the_wire(trainable_state(model), plan.transfer_dtype)
+    try:  # before anything leaves: a failed check sends nothing, and the charge stands
+        checks = checked(
+            mechanism, steps=steps, noise_multiplier=noise, max_grad_norm=draft.max_grad_norm
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{settings.country} round {plan.server_round}: {exc}") from exc
     store.trained(charge_id)
     log.info(
         "%s round %d: eps %.3f (+%.3f), dataset %.3f of %.3f",
@@ -302,7 +324,7 @@ def _train_job(
     )
     update = ArrayRecord({name: Array(value) for name, value in arrays.items()})
     reply, signed, sent = training_reply(
-        msg, draft=draft, update=update, charge_id=charge_id, signer=signer
+        msg, draft=draft, update=update, charge_id=charge_id, signer=signer, mechanism=checks
     )
     ledger.append(EntryKind.RECORD, **where, record=signed, received_sha256=sent.update_sha256)
     return reply

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from residency.client.linear_probe import head_features
+from residency.client.mechanism_check import MechanismLog
 from residency.client.randomness import RoundRandomness
 from residency.common.classifier_head import classifier_head
 from residency.common.device import Compute
@@ -27,14 +28,23 @@ def release_prototypes(
     noise_multiplier: float,
     compute: Compute,
     randomness: RoundRandomness,
+    log: MechanismLog | None = None,
 ) -> dict[str, np.ndarray]:
     """The noisy class sums and counts of ``data`` (token rows) under ``model``'s encoder.
 
     The encoder runs in eval mode (no dropout), so each record's features are a fixed
     function of its text; the noise is drawn on the CPU from ``randomness``' noise seed.
+    ``log`` gets the release as one batch (its rows' statistics within ``rows x``
+    the sensitivity) and one noisy step.
     """
     features = head_features(model, classifier_head(model), data, compute=compute)
     vectors, labels = features.tensors
+    if log is not None:
+        log.batch(len(vectors))
+        sums, counts = prototypes.class_statistics(vectors, labels, classes)
+        joint = float(torch.cat([sums.flatten(), counts * prototypes.COUNT_WEIGHT]).norm())
+        log.clipped([len(vectors)], joint, prototypes.SENSITIVITY)
+        log.noised(prototypes.noise_std(noise_multiplier), [])
     return prototypes.release(
         vectors,
         labels,

@@ -2,9 +2,10 @@
 
 The record is drafted before the charge (:func:`draft_record`, called inside the charging
 transaction) with every figure it will carry, signed and re-opened as the coordinator will
-open it; after training only the update's hash and the charge id are filled in. Its time
-(``signed_at``) is the draft's, taken before training: a time taken after it would tell the
-coordinator how long this round's data took to train.
+open it; after training only the update's hash, the charge id and the mechanism's own
+checks (:mod:`.mechanism_check`) are filled in. Its time (``signed_at``) is the draft's,
+taken before training: a time taken after it would tell the coordinator how long this
+round's data took to train.
 So a round whose record could not be signed is refused, never charged and then wasted.
 The reply holds only what ``docs/privacy.md`` lists as public; the egress guard enforces it.
 """
@@ -19,6 +20,7 @@ from residency.common import wire
 from residency.common.clock import now
 from residency.common.config.round_plan import RoundPlan
 from residency.common.privacy.record import (
+    MechanismChecks,
     NoiseSource,
     PrivacyRecord,
     SignedRecord,
@@ -110,11 +112,19 @@ def training_reply(
     update: ArrayRecord,
     charge_id: int,
     signer: Signer,
+    mechanism: MechanismChecks,
 ) -> tuple[Message, SignedRecord, PrivacyRecord]:
-    """The reply to ``instruction`` (update, public figures, signed record) and that record."""
+    """The reply to ``instruction`` (update, public figures, signed record) and that record.
+
+    ``mechanism`` is what the node checked of its DP mechanism as it ran, signed with the rest.
+    """
     arrays = {name: array.numpy() for name, array in update.items()}
     completed = draft.model_copy(
-        update={"update_sha256": update_sha256(arrays), "charge": charge_id}
+        update={
+            "update_sha256": update_sha256(arrays),
+            "charge": charge_id,
+            "mechanism": mechanism,
+        }
     )
     signed = sign_record(completed, signer)
     record = open_record(signed)  # the completed record validates as the draft did

@@ -6,6 +6,12 @@ round; a fresh ``PrivacyEngine`` per round would otherwise forget earlier rounds
 Two ways of clipping give the same update (``tests/unit/test_dp_modes.py`` checks both against
 a batch-size-1 loop); :func:`dp_mode_for` picks the faster one per update kind, as measured by
 ``bench/throughput.py``.
+
+In both, an example whose gradient is not finite counts as a zero gradient before clipping:
+what the coordinator sends (weights, a feature transform) could otherwise make one record's
+gradient NaN and, through the sum, the whole update, an outcome that tells whether the record
+is there. A zero gradient is within the clipping norm, so the sensitivity, and the epsilon
+charged, are unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from opacus import GradSampleModule, PrivacyEngine
@@ -24,6 +31,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
+from residency.client.mechanism_check import MechanismLog
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.device import Compute
@@ -87,6 +95,7 @@ class RoundOutcome:
     sample_rate: float
     mean_loss: float
     history: History
+    mechanism: MechanismLog
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class PrivateTraining:
     optimizer: DPOptimizer
     loader: DPDataLoader
     mode: GradSampleMode = GradSampleMode.HOOKS
+    log: MechanismLog = field(default_factory=MechanismLog)
 
     def backward(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         """Back-propagate a non-empty batch's cross-entropy for the optimizer's clipped step.
@@ -111,8 +121,10 @@ class PrivateTraining:
         one pass; Opacus keeps each example's gradient for the optimizer to clip. ``ghost``:
         the first pass only finds each example's gradient norm, the second back-propagates
         ``sum_i c_i * loss_i`` with clip factors ``c_i = min(1, C / (norm_i + 1e-6))`` (as
-        Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``.
+        Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``. In both, an
+        example whose gradient (or loss) is not finite counts as a zero gradient.
         """
+        self.log.batch(len(labels))
         per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         mean = per_example.mean()
         with warnings.catch_warnings():
@@ -122,10 +134,23 @@ class PrivateTraining:
             if self.mode is GradSampleMode.HOOKS:
                 mean.backward()  # type: ignore[no-untyped-call]
             else:
-                self._ghost_backward(per_example, mean)
+                self._ghost_backward(logits, labels, per_example, mean)
         return float(mean.item())
 
-    def _ghost_backward(self, per_example: torch.Tensor, mean: torch.Tensor) -> None:
+    def _ghost_backward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        per_example: torch.Tensor,
+        mean: torch.Tensor,
+    ) -> None:
+        """Ghost clipping's two passes; a row whose loss or norm is not finite weighs zero.
+
+        Its weight is zero and its logits are cut out of the second pass (``torch.where``
+        passes back an exact zero, where ``0 * inf`` would be NaN), so every layer below
+        back-propagates exact zeros for it: with the finite forward pass the weight bounds
+        give (:data:`residency.common.model.WEIGHT_BOUND`), the clipped sum is finite.
+        """
         model = self.model
         trainable = [p for p in model.parameters() if p.requires_grad]
         for param in trainable:
@@ -136,12 +161,92 @@ class PrivateTraining:
             raise RuntimeError("ghost clipping: a trainable tensor got no per-example norm")
         for param in trainable:
             param.grad = None
-        factors = model.get_clipping_coef().to(per_example.device)
+        norms = model.get_norm_sample().to(per_example.device)
+        counted = torch.isfinite(norms) & torch.isfinite(per_example)
+        factors = torch.where(
+            counted, (model.max_grad_norm / (norms + 1e-6)).clamp(max=1.0), torch.zeros_like(norms)
+        )
+        kept = torch.where(counted.unsqueeze(1), logits.float(), torch.zeros_like(logits.float()))
+        weighted = torch.nn.functional.cross_entropy(kept, labels, reduction="none")
         model.disable_hooks()
         try:
-            (factors * per_example).sum().backward()
+            (factors * weighted).sum().backward()  # type: ignore[no-untyped-call]
         finally:
             model.enable_hooks()
+        self.log.clipped(
+            [len(param._norm_sample) for param in trainable],
+            _total_norm(param.grad for param in trainable),
+            float(model.max_grad_norm),
+        )
+
+
+class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus' flat-clipping optimizer that counts a non-finite per-sample gradient as zero.
+
+    An example with a NaN or infinite entry in any trainable tensor's per-sample gradient
+    gets a zero gradient in every tensor before Opacus clips: its norm is then 0 and it adds
+    nothing, where it would otherwise make its clip factor, and so the whole noisy sum, NaN.
+    A finite gradient whose norm overflows to infinity gets clip factor 0 from Opacus itself.
+
+    The per-sample gradients are also cast to their tensor's precision first: under bf16
+    autocast they arrive in bf16, Opacus would compute their norms (and so the clip factors)
+    in bf16, and a row would be clipped to a few tenths of a percent above ``max_grad_norm``
+    (0.3% measured, ``tests/unit/test_dp_modes.py``).
+    """
+
+    mechanism_log: MechanismLog | None = None
+
+    def clip_and_accumulate(self) -> None:
+        """Zero the non-finite examples' gradients, then clip and sum as Opacus does."""
+        samples = self.grad_samples
+        if samples and len(samples[0]):
+            device = samples[0].device
+            finite = torch.stack(
+                [s.reshape(len(s), -1).isfinite().all(dim=1).to(device) for s in samples]
+            ).all(dim=0)
+            for param, sample in zip(self.params, samples, strict=True):
+                rows = finite.to(sample.device).view(-1, *([1] * (sample.dim() - 1)))
+                kept = torch.where(rows, sample, torch.zeros_like(sample))
+                param.grad_sample = kept.to(param.dtype)  # bf16 norms: factors overshoot C
+        super().clip_and_accumulate()
+        if self.mechanism_log is not None and samples and len(samples[0]):
+            self.mechanism_log.clipped(
+                [len(sample) for sample in samples],
+                _total_norm(param.summed_grad for param in self.params),
+                float(self.max_grad_norm),
+            )
+
+    def add_noise(self) -> None:
+        """Opacus' noise, logged with the standard deviation it was drawn with."""
+        super().add_noise()
+        if self.mechanism_log is not None:
+            self.mechanism_log.noised(self.noise_multiplier * self.max_grad_norm, self.params)
+
+
+class CheckedGhostOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' ghost-clipping optimizer, logging the noise each step adds.
+
+    The clipping itself is logged by :meth:`PrivateTraining.backward`, which runs it.
+    """
+
+    mechanism_log: MechanismLog | None = None
+
+    def add_noise(self) -> None:
+        """Opacus' noise, logged with the standard deviation it was drawn with."""
+        super().add_noise()
+        if self.mechanism_log is not None:
+            multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+            self.mechanism_log.noised(multiplier * self.max_grad_norm, self.params)
+
+
+def _total_norm(tensors: Iterable[torch.Tensor | None]) -> float:
+    """The L2 norm of all ``tensors`` together, in float64 (inf if one is missing)."""
+    total = 0.0
+    for tensor in tensors:
+        if tensor is None:
+            return math.inf
+        total += float(tensor.detach().double().square().sum())
+    return math.sqrt(total)
 
 
 def _norm_pass_inputs(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -182,6 +287,11 @@ def make_private(
     from ``loader``'s generator and the noise from ``noise_generator``: the node passes
     generators seeded from its own OS entropy (:mod:`.randomness`).
 
+    In ``hooks`` mode the optimizer is a :class:`FiniteDPOptimizer` (Opacus' own, for which
+    a non-finite per-sample gradient counts as zero); ``ghost`` mode does the same in
+    :meth:`PrivateTraining.backward`. Either way the returned ``log`` tallies what the
+    mechanism did at each step, for the checks the node signs (:mod:`.mechanism_check`).
+
     The noise is drawn as Opacus' secure mode draws it (the sum of four Gaussians, halved:
     the defence of Holohan et al. against floating-point attacks on the sampler) without
     Opacus' ``PrivacyEngine(secure_mode=True)``, which needs ``torchcsprng``, unbuilt for
@@ -205,12 +315,21 @@ def make_private(
             noise_generator=noise_generator,
         )
     dp_optimizer.secure_mode = True  # Opacus' 2n-draw Gaussian; the generator is ours
+    if type(dp_optimizer) is DPOptimizer:  # hooks: clip through FiniteDPOptimizer
+        dp_optimizer.__class__ = FiniteDPOptimizer
+    elif type(dp_optimizer) is DPOptimizerFastGradientClipping:
+        dp_optimizer.__class__ = CheckedGhostOptimizer
+    else:
+        raise RuntimeError(f"unexpected Opacus optimizer {type(dp_optimizer).__name__}")
+    log = MechanismLog()
+    dp_optimizer.mechanism_log = log
     return PrivateTraining(
         engine=engine,
         model=private_model,
         optimizer=dp_optimizer,
         loader=dp_loader,
         mode=dp.grad_sample_mode,
+        log=log,
     )
 
 
@@ -305,4 +424,5 @@ def train_dp_round(
         history=tuple(
             (float(z), float(q), int(n)) for z, q, n in private.engine.accountant.history
         ),
+        mechanism=private.log,
     )

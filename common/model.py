@@ -230,6 +230,37 @@ def on_the_wire(state: Mapping[str, torch.Tensor], dtype: TransferDtype) -> dict
     return {name: tensor.float().numpy().astype(wire_dtype) for name, tensor in state.items()}
 
 
+WEIGHT_BOUND = 1000.0
+"""Largest ``|w|`` a node accepts in any array the coordinator sends (head, LoRA, full).
+
+Pretrained BERT-family weights stay far below it (MiniLM-L6's largest is 7.9) and so do the
+updates DP-SGD makes from them. Above it a coordinator could pick weights that overflow
+float32 for one record only (a head weight of ``FLT_MAX / a`` for a feature that only the
+candidate record has), making that record's gradient, and an unguarded update, non-finite.
+Within it a BERT-sized forward pass stays finite (LayerNorm bounds every block's input by
+``1e3 * (sqrt(width) + 1)``; the largest sum of squares a LayerNorm then takes, for BERT-large
+(width 1024, feed-forward 4096), is about 2e37, below float32's 3.4e38), which ghost clipping
+needs (:meth:`residency.client.trainer.PrivateTraining.backward`); the trainer's own guard (a
+non-finite per-sample gradient counts as zero) covers the backward pass."""
+
+
+def check_weight_bound(state: Mapping[str, np.ndarray]) -> None:
+    """Raise ``ValueError`` unless every received array is finite and within the bound.
+
+    Reads only what the coordinator sent, never the node's data, so a plan is refused (or
+    not) whatever the data.
+    """
+    for name, value in sorted(state.items()):
+        array = np.asarray(value)
+        if not np.isfinite(array).all():
+            raise ValueError(f"received array {name[:80]!r} is not finite")
+        if array.size and float(np.abs(array).max()) > WEIGHT_BOUND:
+            raise ValueError(
+                f"received array {name[:80]!r} exceeds |w| <= {WEIGHT_BOUND:g}; "
+                "fix: the coordinator must send weights within the node's bound"
+            )
+
+
 def load_trainable_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
     """Copy received arrays into the trainable tensors; names and shapes must match exactly."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}

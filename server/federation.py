@@ -25,7 +25,12 @@ from residency.common import wire
 from residency.common.classifier_head import classifier_head
 from residency.common.clock import now
 from residency.common.config.job import Job
-from residency.common.config.round_plan import feature_transform_bytes, round_config
+from residency.common.config.round_plan import (
+    FEATURE_CENTRE_BOUND,
+    FEATURE_SCALE_FLOOR,
+    feature_transform_bytes,
+    round_config,
+)
 from residency.common.config.signed_job import SignedJob
 from residency.common.data.encoding import encode
 from residency.common.data.readers import read_labeled_texts
@@ -309,10 +314,11 @@ class _Federation:
         released, so the nodes' training rounds read them at no privacy cost.
         """
         head = classifier_head(self.model)
-        centre = prototypes.feature_mean(statistics)
+        bound = FEATURE_CENTRE_BOUND  # a mean of unit vectors; only the noise reaches past it
+        centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
         scale = public_feature_scale(
             self.model, self.tokenizer, max_length=self.job.model.max_length, compute=self.compute
-        )
+        ).clamp_min(FEATURE_SCALE_FLOOR)
         weight, bias = prototypes.standardized(
             head.weight.detach(), head.bias.detach(), centre, scale
         )

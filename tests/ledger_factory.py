@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,7 +20,13 @@ from residency.common.config.job import AccountantKind
 from residency.common.files import write_atomic
 from residency.common.privacy.accountant import History, PrivacyStep, compose, epsilon_spent
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger
-from residency.common.privacy.record import NoiseSource, PrivacyRecord, SignedRecord, sign_record
+from residency.common.privacy.record import (
+    MechanismChecks,
+    NoiseSource,
+    PrivacyRecord,
+    SignedRecord,
+    sign_record,
+)
 from residency.common.privacy.signing import Signer, create_signer, public_path
 from residency.common.privacy.update_digest import update_sha256
 from residency.common.refusal import Refusal, RefusalCode, describe
@@ -82,11 +89,13 @@ def signed_record(
     target: float = TARGET,
     budget: float = BUDGET,
     epsilon_of: Callable[[History], float] | None = None,
+    mechanism: MechanismChecks | Literal["passed"] | None = "passed",
 ) -> SignedRecord:
     """A node's signed record of one round whose run history was ``before`` plus ``step``.
 
     ``epsilon_of``: how the node computes the epsilons it signs from a history (Opacus' by
-    default, as the node does; a cheating node's own way otherwise).
+    default, as the node does; a cheating node's own way otherwise). ``mechanism``: the
+    node's signed checks that DP ran; ``"passed"`` is every check passed.
     """
 
     def spent(history: History) -> float:
@@ -126,6 +135,11 @@ def signed_record(
             charge=charge,
             signed_at=now(),
             key=signer.public_hex,
+            mechanism=MechanismChecks(
+                steps=steps, batches=steps, clipped_batches=steps, noise_std=noise * 1.0
+            )
+            if mechanism == "passed"
+            else mechanism,
         ),
         signer,
     )
@@ -150,13 +164,15 @@ def write_ledger(
     schedule: Sequence[PrivacyStep] | None = None,
     target: float = TARGET,
     epsilon_of: Callable[[History], float] | None = None,
+    mechanism: MechanismChecks | Literal["passed"] | None = "passed",
 ) -> LedgerFixture:
     """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round.
 
     ``schedule``: each round's mechanism, in order (a warm start's release, then training),
     instead of ``rounds`` rounds of (``noise``, ``sample_rate``, ``steps``). ``target``: the
     job's epsilon (the dataset budget is 1.5 times it). ``epsilon_of``: see
-    :func:`signed_record`.
+    :func:`signed_record`. ``mechanism``: every record's signed checks that DP ran
+    (``"passed"``: all passed).
 
     ``repeat_update``: each country sends bit-identical arrays every round. ``reset``: that
     country's operator opened a new account for its dataset before the run, so its node ledger
@@ -254,6 +270,7 @@ def write_ledger(
                 target=target,
                 budget=budget,
                 epsilon_of=epsilon_of,
+                mechanism=mechanism,
             )
             digest = update_sha256(arrays)
             node_ledgers[country].append(

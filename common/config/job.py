@@ -191,6 +191,9 @@ at or above the release alone at 100, 500 and 2,000 notes per country, except wh
 nothing learns (100 notes at epsilon 1)."""
 TRAINING_ROUNDS = 3
 """Rounds of a DP-SGD job that does not say (a release has one)."""
+MAX_LORA_ALPHA = 4096
+"""LoRA's ``alpha`` above this is a typo or an attack: its adapters' output scales by
+``alpha / rank``, and the coordinator chooses it (twice the largest rank is 512)."""
 WARM_STARTED_HEAD: dict[str, Any] = {
     "rounds": 5,
     "local_epochs": 10,
@@ -218,7 +221,7 @@ class TrainSection(Strict):
     step_rule: StepRule = StepRule.FIXED
     transfer_dtype: TransferDtype = TransferDtype.FLOAT32
     lora_rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 8
-    lora_alpha: Annotated[int, Field(strict=True, ge=1)] = 16
+    lora_alpha: Annotated[int, Field(strict=True, ge=1, le=MAX_LORA_ALPHA)] = 16
     lora_targets: Annotated[list[str], Field(min_length=1)] = ["query", "value"]
     seed: Annotated[int, Field(strict=True)] = 0
     round_timeout_s: Annotated[float, Field(strict=True, gt=0)] = 3600.0

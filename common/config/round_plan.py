@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from residency.common.config.job import (
     MAX_GRAD_NORM,
+    MAX_LORA_ALPHA,
     MAX_TARGET_EPSILON,
     AccountantKind,
     Job,
@@ -28,6 +29,22 @@ from residency.common.config.signed_job import MAX_JOB_BYTES, SignedJob
 from residency.common.errors import ConfigError
 
 NO_WARM_START = "none"
+
+FEATURE_SCALE_FLOOR = 2.0**-13
+"""Smallest per-dimension scale a node accepts in a feature transform (about 1.2e-4).
+
+The head reads ``(x - centre) / scale`` of unit-norm features, so a scale near zero (a
+subnormal, say) lets the coordinator blow one dimension up until one record's logits
+overflow. The public scale the coordinator sends (:mod:`residency.common.feature_scale`) is
+floored at a tenth of its median, about ``0.1 / sqrt(width)``: above 1e-3 for any width a
+plan can carry (8192). A power of two, so float32 holds it exactly."""
+
+FEATURE_CENTRE_BOUND = 1.0
+"""Largest ``|centre|`` per dimension: the centre is a mean of unit vectors, within [-1, 1].
+
+With the floor, a standardised feature is at most ``2 / FEATURE_SCALE_FLOOR`` (16384) in
+size, so the head's logits and gradients stay finite for any weights within
+:data:`residency.common.model.WEIGHT_BOUND`."""
 
 
 class RoundPlan(Strict):
@@ -45,7 +62,7 @@ class RoundPlan(Strict):
     step_rule: Annotated[StepRule, Field(alias="step-rule")]
     transfer_dtype: Annotated[TransferDtype, Field(alias="transfer-dtype")]
     lora_rank: Annotated[int, Field(ge=1, le=256, alias="lora-rank")]
-    lora_alpha: Annotated[int, Field(ge=1, alias="lora-alpha")]
+    lora_alpha: Annotated[int, Field(ge=1, le=MAX_LORA_ALPHA, alias="lora-alpha")]
     lora_targets: Annotated[list[str], Field(min_length=1, alias="lora-targets")]
     seed: int
     model: Annotated[str, Field(min_length=1)]
@@ -116,8 +133,15 @@ class RoundPlan(Strict):
             values = np.frombuffer(transform, dtype="<f4") if len(transform) % 8 == 0 else None
             if values is None or not np.isfinite(values).all():
                 raise ValueError("feature transform is not finite float32 pairs")
-            if not (values.reshape(2, -1)[1] > 0).all():
+            centre, scale = values.reshape(2, -1)
+            if not (scale > 0).all():
                 raise ValueError("feature scale must be positive")
+            if not (scale >= FEATURE_SCALE_FLOOR).all():
+                raise ValueError(f"feature scale below the floor {FEATURE_SCALE_FLOOR:.3g}")
+            if not (np.abs(centre) <= FEATURE_CENTRE_BOUND).all():
+                raise ValueError(
+                    f"feature centre outside [-{FEATURE_CENTRE_BOUND:g}, {FEATURE_CENTRE_BOUND:g}]"
+                )
 
         if (
             self.transfer_dtype is TransferDtype.FLOAT16

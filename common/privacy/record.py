@@ -43,12 +43,35 @@ class NoiseSource(StrEnum):
     OPERATOR_SEED = "operator-seed"
 
 
+class MechanismChecks(BaseModel):
+    """What the node checked of its own mechanism before the round's update left (schema 4).
+
+    Libraries can break DP silently (Opacus' hooks stopped registering on PEFT's LoRA layers
+    in some releases, opacus issue 820): a tensor that gets no per-example gradient is
+    trained without clipping. So the node counts, as it trains: ``steps``, the noisy steps
+    taken; ``batches``, those with at least one row; ``clipped_batches``, the batches in which
+    every trainable tensor had a per-example gradient (ghost clipping: a per-example norm) for
+    every row and the clipped sum stayed within rows x ``max_grad_norm``; ``noise_std``, the
+    standard deviation every step's noise was drawn with. A release is one step and one batch
+    whose rows were all scaled to norm at most 1. The node signs them only when ``steps`` is
+    the record's, every batch was clipped and ``noise_std`` is ``noise_multiplier x
+    max_grad_norm``; otherwise it sends nothing (``client/mechanism_check.py``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    steps: Annotated[int, Field(ge=0)]
+    batches: Annotated[int, Field(ge=0)]
+    clipped_batches: Annotated[int, Field(ge=0)]
+    noise_std: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class PrivacyRecord(BaseModel):
     """One node's account of one round; immutable, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    schema_version: Literal[2, 3] = 3  # 3 added launcher and job_sha256
+    schema_version: Literal[2, 3, 4] = 4  # 3 added launcher and job_sha256, 4 mechanism
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
     round: Annotated[int, Field(ge=1)]
@@ -78,6 +101,7 @@ class PrivacyRecord(BaseModel):
     key: Hex64
     launcher: Hex64 | None = None  # the key that signed the job this round ran (schema 3)
     job_sha256: Hex64 | None = None  # the hash of the signed job's bytes (schema 3)
+    mechanism: MechanismChecks | None = None  # filled in after training (schema 4)
 
     @property
     def step(self) -> tuple[float, float, int]:
@@ -99,14 +123,19 @@ class SignedRecord(BaseModel):
     signature: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
 
-SCHEMA_3_FIELDS = frozenset({"launcher", "job_sha256"})
+SCHEMA_FIELDS = {3: frozenset({"launcher", "job_sha256"}), 4: frozenset({"mechanism"})}
+"""The keys each schema version added: an older record keeps its bytes without them."""
 
 
 def record_json(record: PrivacyRecord) -> str:
-    """The record's canonical JSON; a schema-2 record keeps its bytes without schema 3's keys."""
-    data = record.model_dump(mode="json")
-    if record.schema_version == 2:
-        data = {key: value for key, value in data.items() if key not in SCHEMA_3_FIELDS}
+    """The record's canonical JSON, without the keys of schemas newer than its own."""
+    newer = {
+        key
+        for version, keys in SCHEMA_FIELDS.items()
+        if version > record.schema_version
+        for key in keys
+    }
+    data = {key: value for key, value in record.model_dump(mode="json").items() if key not in newer}
     return canonical_json(data)
 
 

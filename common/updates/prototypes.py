@@ -95,9 +95,13 @@ def unit_rows(features: torch.Tensor) -> torch.Tensor:
     """Each row scaled to L2 norm 1 (zero rows stay zero), then clipped to norm at most 1.
 
     In float64: the clip runs after the normalisation so that no rounding of it can leave a
-    row above the norm the sensitivity assumes.
+    row above the norm the sensitivity assumes. A row with a NaN or infinite entry counts as
+    a zero row (its record still counts in its class): a NaN there would make the whole
+    release NaN, an outcome that tells whether that one record is in the data.
     """
     rows = features.detach().to(torch.float64)
+    finite = torch.isfinite(rows).all(dim=1, keepdim=True)
+    rows = torch.where(finite, rows, torch.zeros_like(rows))
     rows = rows / _nonzero(rows.norm(dim=1, keepdim=True))
     return rows * (1.0 / _nonzero(rows.norm(dim=1, keepdim=True))).clamp(max=1.0)
 
@@ -121,6 +125,11 @@ def class_statistics(
     return sums, counts
 
 
+def noise_std(noise_multiplier: float) -> float:
+    """The standard deviation of the noise on every released number."""
+    return noise_multiplier * SENSITIVITY
+
+
 def release(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -138,7 +147,7 @@ def release(
     sums, counts = class_statistics(features, labels, classes)
     joint = torch.cat([sums.flatten(), counts * COUNT_WEIGHT])
     noise = _generate_noise(
-        std=noise_multiplier * SENSITIVITY,
+        std=noise_std(noise_multiplier),
         reference=joint,
         generator=generator,
         secure_mode=True,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from residency.client.mechanism_check import checked
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import (
     DpSgdSettings,
@@ -206,6 +207,10 @@ def test_round_accounts_the_same_steps_in_every_mode(
     assert outcome.steps == 2 * steps_per_epoch
     assert outcome.history == ((1.1, 0.5, 3), (1.1, sample_rate, outcome.steps))
     assert math.isfinite(outcome.mean_loss)
+    signed = checked(
+        outcome.mechanism, steps=outcome.steps, noise_multiplier=1.1, max_grad_norm=1.0
+    )  # every batch had per-example gradients for every tensor and was clipped, every step noised
+    assert signed.clipped_batches == signed.batches > 0
     assert not any(
         hasattr(p, "_norm_sample") or hasattr(p, "grad_sample") for p in model.parameters()
     )
@@ -252,3 +257,94 @@ def test_ghost_clipping_never_runs_under_bf16_autocast() -> None:
         hooks = torch.is_autocast_enabled("cpu")
 
     assert (ghost, hooks) == (False, True)
+
+
+class _Overflow(torch.autograd.Function):
+    """Identity forward; backward overflows the marked rows' gradient to infinity.
+
+    Zero stays zero (``0 * 1e38 * 1e38``), as it does through any layer whose forward values
+    are finite: a finite forward pass whose backward is not, for one example.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, *args: torch.Tensor) -> torch.Tensor:
+        logits, rows = args
+        ctx.save_for_backward(rows)
+        return logits.clone()
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        gain = torch.where(rows, 1e38, 1.0).unsqueeze(1)
+        return grads[0] * gain * gain, None
+
+
+def _poisoned(logits: torch.Tensor, row: int, how: str) -> torch.Tensor:
+    """``logits`` with one row's loss (``nan-logit``) or gradient (``inf-gradient``) non-finite."""
+    rows = torch.arange(len(logits)) == row
+    if how == "nan-logit":
+        bump = torch.where(rows.unsqueeze(1), float("nan"), 0.0).expand_as(logits)
+        return logits + bump
+    poisoned: torch.Tensor = _Overflow.apply(logits, rows)
+    return poisoned
+
+
+@pytest.mark.parametrize("how", ["nan-logit", "inf-gradient"])
+@pytest.mark.parametrize(("update", "mode"), CASES)
+def test_a_non_finite_example_adds_nothing_and_the_rest_is_clipped_as_without_it(
+    update: UpdateKind, mode: GradSampleMode, how: str
+) -> None:
+    """One example's NaN loss or infinite gradient counts as a zero gradient, in either mode.
+
+    Unguarded, its clip factor (and the whole noisy sum) would be NaN: a coordinator that
+    can make one candidate record's gradient non-finite would read its membership from it.
+    """
+    model = _model(update)
+    data = _data()
+    bad = 2
+    others = [g for i, g in enumerate(_per_example_grads(model, data)) if i != bad]
+    clip = float(torch.stack([g.norm() for g in others]).median())
+    expected_batch = EXAMPLES // (EXAMPLES // LOADER_BATCH)
+    reference = sum(
+        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in others),
+        start=torch.zeros_like(others[0]),
+    )
+    reference = reference / expected_batch
+
+    private = _private(model, mode=mode, noise=0.0, clip=clip)
+    ids, mask, labels = data.tensors
+    private.backward(_poisoned(_logits(private.model, ids, mask), bad, how), labels)
+    assert private.optimizer.pre_step()
+    got = _flat_grad(model)
+    private.model._close()
+
+    assert bool(got.isfinite().all())
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("update", [UpdateKind.FULL, UpdateKind.LORA, UpdateKind.HEAD])
+def test_hooks_clip_each_example_to_the_norm_under_bf16(update: UpdateKind) -> None:
+    """Per-example gradients arrive in bf16 under autocast; they are clipped in float32.
+
+    Opacus would take their norms, and so the clip factors, in bf16, which rounds a clipped
+    row up to 0.4% above ``max_grad_norm``: more sensitivity than the record says.
+    """
+    model = _model(update)
+    clip = 1e-3  # every example is clipped
+    bf16 = Compute(torch.device("cpu"), bf16=True)
+    ids, mask, labels = _data().tensors
+    ratios = []
+    for row in range(EXAMPLES):
+        private = _private(model, mode=GradSampleMode.HOOKS, noise=0.0, clip=clip)
+        with forward_precision(bf16, GradSampleMode.HOOKS):
+            logits = _logits(private.model, ids[row : row + 1], mask[row : row + 1])
+        private.backward(logits, labels[row : row + 1])
+        assert private.optimizer.pre_step()
+        clipped = _flat_grad(model).double().norm() * private.optimizer.expected_batch_size
+        ratios.append(float(clipped) / clip)
+        private.optimizer.zero_grad(set_to_none=True)
+        private.model._close()
+    assert max(ratios) <= 1 + 1e-5
+    assert min(ratios) > 0.99

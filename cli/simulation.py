@@ -24,9 +24,10 @@ from residency.client.app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.config.signed_job import sign_job
-from residency.common.data.readers import read_labeled_texts
+from residency.common.data.readers import count_records, read_labeled_texts
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
+from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
@@ -68,16 +69,20 @@ def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
     """One settings file per virtual node, as its operator would write it.
 
     Each trusts ``launcher``, the simulation's own launcher key, as an operator lists the
-    keys of the people allowed to launch jobs on its data.
+    keys of the people allowed to launch jobs on its data, and declares the public size
+    ``residency node init`` would propose (the record count to 2 significant figures) unless
+    the job's ``[[nodes]]`` table sets one.
     """
     folder = out_dir / NODES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for index, node in enumerate(job.nodes):
         if node.data is None:
             raise DataError(f"node {node.country}: no data file in the job")
+        public = node.public_records or rounded_size(count_records(node.data))
         text = (
             f"country = {_toml_string(node.country)}\n"
             f"data = {_toml_string(str(node.data.resolve()))}\n"
+            f"public_records = {public}\n"
             f"budget_epsilon = {job.privacy.target_epsilon!r}\n"
             f"delta = {job.privacy.delta!r}\n"
             f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"

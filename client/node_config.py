@@ -7,6 +7,7 @@ written by ``residency simulate`` from the job's ``[[nodes]]`` tables. Never fro
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -14,10 +15,11 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator
 
 from residency.common.config.job import BUILTIN_MODELS, Strict
-from residency.common.config.loading import load_model
+from residency.common.config.loading import load_model, read_toml
 from residency.common.config.signed_job import LauncherKey
 from residency.common.country import CountryCode
 from residency.common.errors import ConfigError
+from residency.common.privacy.public_size import far_from
 
 NODE_CONFIG_KEY = "residency-config"
 RECORD_KEY = "record.key"
@@ -35,6 +37,12 @@ class NodeSettings(Strict):
     )
     delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
         description="largest delta this node accepts"
+    )
+    public_records: Annotated[int, Field(strict=True, ge=1)] = Field(
+        description="the data's record count as the node may tell it, treated as public: "
+        "choose a rounded figure (`residency node init` proposes the count rounded to 2 "
+        "significant figures); sample rates, FedAvg weights and the signed `examples` use it, "
+        "never the exact count"
     )
     dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
         default=None,
@@ -112,9 +120,34 @@ class NodeSettings(Strict):
         return any(os.path.normpath(os.path.abspath(path)) == wanted for path in self.models)
 
 
+PUBLIC_RECORDS_FIX = (
+    "fix: add public_records = <your data's record count, rounded, e.g. to 2 significant "
+    "figures>; it is treated as public, the exact count never leaves the node"
+)
+
+
 def load_node_settings(path: Path) -> NodeSettings:
     """Read a node file; relative data paths resolve against the file's folder."""
+    if "public_records" not in read_toml(path):  # the generic "add it" would not say what
+        raise ConfigError(f"{path}: public_records: required key is missing; {PUBLIC_RECORDS_FIX}")
     return load_model(path, NodeSettings, context={"base_dir": path.resolve().parent})
+
+
+def warn_if_far(settings: NodeSettings, records: int, log: logging.Logger) -> None:
+    """Tell the operator, in the node's own log only, when the data is far from its public size.
+
+    Never a refusal, never in a reply: what the coordinator sees must not depend on the count.
+    """
+    if far_from(records, settings.public_records):
+        log.warning(
+            "%s: the data file has %d records, far from public_records = %d in node.toml "
+            "(outside [P/2, 2P]): privacy is unchanged, but training steps are scaled for %d "
+            "records; fix: set public_records to a rounded figure near the real count",
+            settings.country,
+            records,
+            settings.public_records,
+            settings.public_records,
+        )
 
 
 def node_settings_path(node_config: dict[str, object]) -> Path:

@@ -274,3 +274,17 @@ def test_node_init_and_simulation_declare_the_rounded_count(tmp_path: Path) -> N
     assert load_node_settings(folder / "0.toml").public_records == 460
     assert load_node_settings(folder / "1.toml").public_records == 700
     assert '"public_records":null' in job_body(job)  # a simulation's setting, never signed
+
+
+@pytest.mark.unit
+def test_node_start_warns_its_operator_when_the_data_is_far_from_the_public_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from residency.cli import node as node_cli
+
+    write_toy_job(tmp_path / "job", countries=("DE",), examples=EXAMPLES)
+    for public, warned in ((EXAMPLES, False), (4 * EXAMPLES, True)):
+        settings = load_node_settings(node_file(tmp_path, 8.0, public_records=public))
+        node_cli._warn_if_far_from_public_size(settings)
+        said = " ".join(capsys.readouterr().out.split())
+        assert (f"has {EXAMPLES} records, far from public_records = {public}" in said) is warned

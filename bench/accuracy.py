@@ -98,6 +98,21 @@ class Settings:
     delta: float
     max_length: int
     overrides: tuple[tuple[str, str, object], ...] = ()  # (section, key, value) from --set
+    public_records: str = "rounded"  # each node's declared size: see public_size()
+
+
+def public_size(records: int, choice: str) -> int | None:
+    """A node's declared public size for ``--public-records`` (None: simulate's own default).
+
+    ``rounded`` is what ``residency simulate`` and ``node init`` propose (the count to 2
+    significant figures), ``exact`` the count itself, a number a factor of the count (0.75:
+    the operator declared a quarter too few).
+    """
+    if choice == "rounded":
+        return None
+    if choice == "exact":
+        return records
+    return max(1, round(records * float(choice)))
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -260,7 +275,16 @@ def _simulate(
     for section, key, value in settings.overrides:  # the job's own validation judges them
         data[section][key] = value
     data["data"]["test"] = str(prepared.test_file)
-    data["nodes"] = [{"country": c, "data": str(prepared.files[c])} for c in countries]
+    data["nodes"] = []
+    for country in countries:
+        node: dict[str, object] = {"country": country, "data": str(prepared.files[country])}
+        records = sum(len(ys) for _, ys in prepared.rows.values())
+        if country in prepared.rows:
+            records = len(prepared.rows[country][1])
+        public = public_size(records, settings.public_records)
+        if public is not None:
+            node["public_records"] = public
+        data["nodes"].append(node)
     folder.mkdir(parents=True)
     job = folder / "job.toml"
     job.write_text(tomli_w.dumps(data), encoding="utf-8")
@@ -510,6 +534,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument(
+        "--public-records",
+        default="rounded",
+        help="each node's declared public size: rounded (the count to 2 significant "
+        "figures, simulate's default), exact, or a factor of the count (e.g. 0.75)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -538,7 +568,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         delta=args.delta,
         max_length=args.max_length,
         overrides=overrides,
+        public_records=args.public_records,
     )
+    if args.public_records not in ("rounded", "exact"):
+        try:
+            if float(args.public_records) <= 0:
+                raise ValueError
+        except ValueError:
+            parser.error("--public-records: rounded, exact or a positive factor")
     started = time.perf_counter()
     with quiet_libraries(), tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
         folder = Path(tmp)

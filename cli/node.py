@@ -23,9 +23,11 @@ from residency.client.daemon import (
     init_node,
     supernode_command,
 )
+from residency.client.node_config import NodeSettings
 from residency.client.node_data import check_node_data
-from residency.common.data.readers import DataScan
-from residency.common.errors import ConfigError
+from residency.common.data.readers import DataScan, count_records
+from residency.common.errors import ConfigError, DataError
+from residency.common.privacy.public_size import far_from
 
 node_app = typer.Typer(
     help="Run a country node: its own data, budget and key; only updates leave.",
@@ -67,6 +69,14 @@ def init(
             help="Public key (64 hex) of a launcher whose signed jobs this node runs (repeat)."
         ),
     ] = None,
+    public_records: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The data's size as the node may tell it (public; default: the file's record "
+            "count rounded to 2 significant figures).",
+        ),
+    ] = None,
 ) -> None:
     """Create the node's key pair and node.toml (the operator's own settings).
 
@@ -86,9 +96,10 @@ def init(
             runtime_port=runtime_port,
             policy=policy,
             trusted_launchers=[key.strip().lower() for key in trust_launcher or []],
+            public_records=public_records,
         )
         _warn_skipped(check_node_data(made.load(), schema_fix=INIT_SCHEMA_FLAGS))
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
     console.print(
         f"node {country.upper()} in {folder}: settings {made.settings_file}\n"
@@ -97,6 +108,11 @@ def init(
         f"auditors verify this node's privacy records with {made.record_key}.pub "
         f"(give it to them as {country.upper()}.pub); its own ledger is {made.root / 'state'}"
         "/ledger.jsonl"
+    )
+    console.print(
+        f"public_records = {made.load().public_records} in node.toml: this size is public "
+        "(it leaves the node in every record and sets the sampling); the exact count never "
+        "does. Keep it a rounded figure near the data's size"
     )
     if not trust_launcher:
         console.print(
@@ -142,6 +158,7 @@ def start(
     if insecure:
         warn_insecure(f"node {settings.country}")
     _warn_skipped(scan)
+    _warn_if_far_from_public_size(settings)
     env = daemon_env()
     supernode_log = where.logs / "supernode.log"
     supernode_log.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +191,21 @@ def start(
             reason = f"see {where.logs / 'executor.log'}"
         raise fail(f"node {settings.country}: {name} exited ({code}): {reason}", 1)
     console.print(f"node {settings.country} stopped")
+
+
+def _warn_if_far_from_public_size(settings: NodeSettings) -> None:
+    """The operator's own warning; the node still starts (nothing here reaches the coordinator)."""
+    try:
+        records = count_records(settings.data)
+    except DataError:
+        return  # a job's round reports an unreadable file; it is not this check's to refuse
+    if far_from(records, settings.public_records):
+        console.print(
+            f"[yellow]{settings.data} has {records} records, far from public_records = "
+            f"{settings.public_records} in node.toml (outside [P/2, 2P]): privacy is "
+            "unchanged, but training is scaled for the public size; set public_records to a "
+            "rounded figure near the real count[/]"
+        )
 
 
 @node_app.command()

@@ -24,9 +24,10 @@ from residency.client.app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.config.signed_job import sign_job
-from residency.common.data.readers import read_labeled_texts
+from residency.common.data.readers import count_records, read_labeled_texts
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
+from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
@@ -68,20 +69,24 @@ def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
     """One settings file per virtual node, as its operator would write it.
 
     Each trusts ``launcher``, the simulation's own launcher key, as an operator lists the
-    keys of the people allowed to launch jobs on its data, and declares the job's ``[data]``
-    schema as its own: in a simulation the operator and the launcher are one person.
+    keys of the people allowed to launch jobs on its data, declares the job's ``[data]``
+    schema as its own (in a simulation the operator and the launcher are one person), and
+    declares the public size ``residency node init`` would propose (the record count to 2
+    significant figures) unless the job's ``[[nodes]]`` table sets one.
     """
     folder = out_dir / NODES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for index, node in enumerate(job.nodes):
         if node.data is None:
             raise DataError(f"node {node.country}: no data file in the job")
+        public = node.public_records or rounded_size(count_records(node.data))
         text = (
             f"country = {_toml_string(node.country)}\n"
             f"data = {_toml_string(str(node.data.resolve()))}\n"
             f"text_column = {_toml_string(job.data.text_column)}\n"
             f"label_column = {_toml_string(job.data.label_column)}\n"
             f"labels = [{', '.join(_toml_string(label) for label in job.data.labels)}]\n"
+            f"public_records = {public}\n"
             f"budget_epsilon = {job.privacy.target_epsilon!r}\n"
             f"delta = {job.privacy.delta!r}\n"
             f"state = {_toml_string(str((folder / f'{node.country}-state').resolve()))}\n"

@@ -50,13 +50,18 @@ log = logging.getLogger("residency.node")
 
 @dataclass(frozen=True)
 class Admission:
-    """A round the node agreed to consider: its data, account, mechanism and limits."""
+    """A round the node agreed to consider: its data, account, mechanism and limits.
+
+    ``public_records`` is the operator's declared size (``node.toml``), the only size of the
+    data anything observable may depend on; ``len(records)`` never leaves the node.
+    """
 
     records: LabeledTexts
     account: str
     step: PrivacyStep
     lifetime_budget: float
     policy: Policy | None
+    public_records: int
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,11 @@ def check_schema(settings: NodeSettings, plan: RoundPlan) -> None:
 
 
 def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, examples: int) -> None:
-    """The policy's rules that depend on the job; budgets are checked with the accountant."""
+    """The policy's rules that depend on the job; budgets are checked with the accountant.
+
+    ``examples`` is the declared public size: a refusal that compared the exact count would
+    tell whether one record was added.
+    """
     who = f"{settings.country} refused job {plan.job} under policy {policy.name}"
     asked = [plan.update] if plan.warm_start is None else [plan.warm_start, plan.update]
     for kind in asked:
@@ -327,7 +336,7 @@ def admit(
     check_operator_limits(settings, plan)
     policy = jurisdiction(settings)
     records = load_records(settings)
-    examples = len(records)
+    examples = settings.public_records  # never len(records): see Admission
     if policy is not None:
         check_policy(policy, settings, plan, examples)
     refused = f"{settings.country} refused round {plan.server_round}"
@@ -374,7 +383,7 @@ def admit(
     if policy is not None and policy.max_epsilon_per_dataset is not None:
         lifetime_budget = min(lifetime_budget, policy.max_epsilon_per_dataset)
     admission = Admission(
-        records, account, (noise, sample_rate, round_steps), lifetime_budget, policy
+        records, account, (noise, sample_rate, round_steps), lifetime_budget, policy, examples
     )
     spend(  # an early refusal; charge() checks again under the store's lock
         settings,

@@ -28,7 +28,12 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.job_trust import signed_plan
 from residency.client.mechanism_check import MechanismLog, checked
-from residency.client.node_config import NodeSettings, load_node_settings, node_settings_path
+from residency.client.node_config import (
+    NodeSettings,
+    load_node_settings,
+    node_settings_path,
+    warn_if_far,
+)
 from residency.client.prototype_release import release_prototypes
 from residency.client.randomness import round_randomness
 from residency.client.reply import draft_record, training_reply
@@ -210,6 +215,7 @@ def _train_job(
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
+    warn_if_far(settings, len(admitted.records), log)
 
     # Model and data before the charge: a fault here costs no budget.
     warm = classifier_for(_spec(plan))
@@ -289,7 +295,7 @@ def _train_job(
                 optimizer=plan.optimizer,
             ).scaled(
                 plan.step_rule,
-                expected_batch=len(admitted.records) * sample_rate,
+                expected_batch=admitted.public_records * sample_rate,
                 noise=noise,
             ),
             dp=DpSgdSettings(
@@ -301,6 +307,7 @@ def _train_job(
             history=spend.before,
             compute=pick_compute(),
             randomness=randomness,
+            public_records=admitted.public_records,
         )
         if outcome.history != spend.history:
             raise ConfigError(f"{settings.country}: trainer ran other steps than charged {steps}")

@@ -32,7 +32,9 @@ from residency.client.node_config import (
 from residency.client.node_data import check_node_data
 from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
+from residency.common.data.readers import count_records
 from residency.common.errors import ConfigError
+from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import create_signer
 
 SETTINGS_FILE = "node.toml"
@@ -93,11 +95,14 @@ def init_node(
     runtime_port: int = 9094,
     policy: Path | None = None,
     trusted_launchers: list[str] | None = None,
+    public_records: int | None = None,
 ) -> NodeDir:
     """Write the operator's settings and a fresh key pair; refuse to overwrite a node.
 
     The data is read with the declared schema first, as a round will read it: a file that no
     round could use stops here, before anything is written.
+    ``public_records`` defaults to the data file's record count rounded to 2 significant
+    figures: the size the node may tell (:mod:`residency.common.privacy.public_size`).
     """
     folder = NodeDir(root)
     if folder.settings_file.exists():
@@ -109,6 +114,8 @@ def init_node(
         raise ConfigError(f"--data: {data}: file not found; fix: pass the node's data file")
     if policy is not None:
         load_policy(policy)  # a policy the node could not read must not get this far
+    if public_records is None:
+        public_records = rounded_size(count_records(data))
     try:
         settings = NodeSettings(
             country=country,
@@ -124,6 +131,7 @@ def init_node(
             policy=None if policy is None else policy.resolve(),
             signing_key=folder.record_key.resolve(),
             trusted_launchers=list(trusted_launchers or []),
+            public_records=public_records,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -11,6 +11,7 @@ never with the data, so no job can ask the node a question about the data's cont
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,7 @@ from residency.common.config.loading import describe_validation_error, read_toml
 from residency.common.config.signed_job import LauncherKey
 from residency.common.country import CountryCode
 from residency.common.errors import ConfigError
+from residency.common.privacy.public_size import far_from
 
 NODE_CONFIG_KEY = "residency-config"
 RECORD_KEY = "record.key"
@@ -50,6 +52,12 @@ class NodeSettings(Strict):
     )
     delta: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
         description="largest delta this node accepts"
+    )
+    public_records: Annotated[int, Field(strict=True, ge=1)] = Field(
+        description="the data's record count as the node may tell it, treated as public: "
+        "choose a rounded figure (`residency node init` proposes the count rounded to 2 "
+        "significant figures); sample rates, FedAvg weights and the signed `examples` use it, "
+        "never the exact count"
     )
     dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
         default=None,
@@ -141,11 +149,18 @@ class NodeSettings(Strict):
         return any(os.path.normpath(os.path.abspath(path)) == wanted for path in self.models)
 
 
+PUBLIC_RECORDS_FIX = (
+    "fix: add public_records = <your data's record count, rounded, e.g. to 2 significant "
+    "figures>; it is treated as public, the exact count never leaves the node"
+)
+
+
 def load_node_settings(path: Path) -> NodeSettings:
     """Read a node file; relative data paths resolve against the file's folder.
 
-    A file written before the schema moved into ``node.toml`` lacks ``labels``; it gets its
-    own message, since "add it" alone would not say what the list must hold.
+    A file written before the schema moved into ``node.toml`` lacks ``labels``, and one
+    written before sizes were public lacks ``public_records``; each gets its own message,
+    since "add it" alone would not say what it must hold.
     """
     raw = read_toml(path)
     if "labels" not in raw:
@@ -155,10 +170,29 @@ def load_node_settings(path: Path) -> NodeSettings:
             "the federation's jobs list them, and text_column/label_column if they are not "
             '"text" and "label"'
         )
+    if "public_records" not in raw:
+        raise ConfigError(f"{path}: public_records: required key is missing; {PUBLIC_RECORDS_FIX}")
     try:
         return NodeSettings.model_validate(raw, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, exc)) from exc
+
+
+def warn_if_far(settings: NodeSettings, records: int, log: logging.Logger) -> None:
+    """Tell the operator, in the node's own log only, when the data is far from its public size.
+
+    Never a refusal, never in a reply: what the coordinator sees must not depend on the count.
+    """
+    if far_from(records, settings.public_records):
+        log.warning(
+            "%s: the data file has %d records, far from public_records = %d in node.toml "
+            "(outside [P/2, 2P]): privacy is unchanged, but training steps are scaled for %d "
+            "records; fix: set public_records to a rounded figure near the real count",
+            settings.country,
+            records,
+            settings.public_records,
+            settings.public_records,
+        )
 
 
 def node_settings_path(node_config: dict[str, object]) -> Path:

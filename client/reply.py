@@ -61,7 +61,7 @@ def draft_record(
         node=node_id,
         country=settings.country,
         dataset=admission.account,
-        examples=len(admission.records),
+        examples=admission.public_records,  # the declared public size, never the count
         noise_multiplier=noise,
         sample_rate=sample_rate,
         steps=steps,

@@ -277,15 +277,23 @@ def make_private(
     dp: DpSgdSettings,
     history: History,
     noise_generator: torch.Generator | None = None,
+    expected_batch: float | None = None,
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader in the node's DP-SGD mechanism.
 
-    The one place the mechanism is configured (Poisson sampling at ``1 / len(loader)``,
-    per-sample gradients by ``dp.grad_sample_mode``, flat clipping at ``dp.max_grad_norm``,
-    Gaussian noise of ``dp.noise_multiplier`` times that), so the canary audit runs exactly
-    what training runs. The accountant starts from ``history``. The Poisson sampler draws
-    from ``loader``'s generator and the noise from ``noise_generator``: the node passes
-    generators seeded from its own OS entropy (:mod:`.randomness`).
+    The one place the mechanism is configured (Poisson sampling of every row of
+    ``loader.dataset`` at ``1 / len(loader)``, per-sample gradients by
+    ``dp.grad_sample_mode``, flat clipping at ``dp.max_grad_norm``, Gaussian noise of
+    ``dp.noise_multiplier`` times that), so the canary audit runs exactly what training runs.
+    The accountant starts from ``history``. The Poisson sampler draws from ``loader``'s
+    generator and the noise from ``noise_generator``: the node passes generators seeded from
+    its own OS entropy (:mod:`.randomness`).
+
+    ``expected_batch`` is what the optimizer divides the noisy sum by. Opacus sets it to
+    ``int(len(dataset) * rate)``, from the exact row count, which would make the size of
+    every (noised) step depend on whether one record is present; the node passes its public
+    size times the rate (:func:`train_dp_round`). ``None`` keeps Opacus' figure (the canary
+    audit and benchmarks, whose row counts are not a node's data).
 
     In ``hooks`` mode the optimizer is a :class:`FiniteDPOptimizer` (Opacus' own, for which
     a non-finite per-sample gradient counts as zero); ``ghost`` mode does the same in
@@ -323,6 +331,8 @@ def make_private(
         raise RuntimeError(f"unexpected Opacus optimizer {type(dp_optimizer).__name__}")
     log = MechanismLog()
     dp_optimizer.mechanism_log = log
+    if expected_batch is not None:
+        dp_optimizer.expected_batch_size = expected_batch
     return PrivateTraining(
         engine=engine,
         model=private_model,
@@ -361,6 +371,7 @@ def train_dp_round(
     history: History,
     compute: Compute,
     randomness: RoundRandomness,
+    public_records: int,
 ) -> RoundOutcome:
     """Train ``model`` in place for one round and return the composed accountant history.
 
@@ -369,10 +380,15 @@ def train_dp_round(
     head trains (``update = "head"``), the encoder runs once over ``data`` and DP-SGD trains
     the head on those features (:mod:`.linear_probe`): the same mechanism on the same rows,
     without an encoder pass per step.
+
+    The schedule is the public size's, not ``len(data)``'s: each row is sampled at
+    ``1 / ceil(P / batch_size)`` for that many steps per epoch, and the noisy sum is divided
+    by ``P`` times that rate, so the sample rate, the step count and the scale of every step
+    are the same whether or not one record is present (add/remove adjacency,
+    ``docs/privacy.md``).
     """
-    examples = len(data)
     sample_rate, steps_per_epoch = poisson_schedule(
-        examples=examples, batch_size=schedule.batch_size
+        examples=public_records, batch_size=schedule.batch_size
     )
     torch.manual_seed(randomness.dropout_seed)
     model.to(compute.device)
@@ -384,8 +400,13 @@ def train_dp_round(
         optimizer = torch.optim.SGD(params, lr=schedule.learning_rate)
     else:
         optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
+    # Opacus samples every row of the loader's data set at 1 / len(loader): a template
+    # of ceil(P / B) one-row batches fixes that rate from the public size alone.
     loader = DataLoader(
-        part.data, batch_size=schedule.batch_size, generator=randomness.sampling_generator()
+        part.data,
+        batch_size=1,
+        sampler=range(round(1 / sample_rate)),
+        generator=randomness.sampling_generator(),
     )
     private = make_private(
         part.module,
@@ -394,6 +415,7 @@ def train_dp_round(
         dp=dp,
         history=history,
         noise_generator=randomness.noise_generator(compute.device),
+        expected_batch=public_records * sample_rate,
     )
     private_model, dp_optimizer, dp_loader = private.model, private.optimizer, private.loader
     if not math.isclose(dp_loader.sample_rate, sample_rate):
@@ -417,7 +439,7 @@ def train_dp_round(
     if steps != schedule.epochs * steps_per_epoch:
         raise RuntimeError(f"ran {steps} steps, planned {schedule.epochs * steps_per_epoch}")
     return RoundOutcome(
-        examples=examples,
+        examples=public_records,
         steps=steps,
         sample_rate=sample_rate,
         mean_loss=sum(losses) / len(losses) if losses else float("nan"),

@@ -44,6 +44,8 @@ def received_record(
     FedAvg weights an update by the reply's unsigned ``num-examples`` metric (the one Flower's
     ``weighted_by_key`` names); requiring it to equal the signed ``record.examples`` makes the
     weight the count the node signed for, so a node cannot inflate its share of the average.
+    That count is the node's declared public size (``public_records`` in its ``node.toml``),
+    never its exact record count, which would tell whether one record was added.
     """
     config = content.config_records.get(wire.RECORD, ConfigRecord())
     if wire.RECORD_BODY not in config:

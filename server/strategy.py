@@ -80,7 +80,8 @@ class ValidatingFedAvg(FedAvg):
     The valid updates of a training round go to :func:`flower_aggregator`'s strategy. FedAvg
     weights each by the reply's ``num-examples``, which the coordinator lets through only once
     ``received_record`` has checked it equals the example count in the node's signed privacy
-    record: a node cannot claim a larger share of the average than its record states. With
+    record (its declared public size, not its exact count): a node cannot claim a larger share
+    of the average than its record states. With
     ``max_update_norm`` set, a training update farther than that (L2, all tensors) from the
     arrays sent is rejected like any other invalid reply.
     """

@@ -18,7 +18,9 @@ from residency.common import wire
 from residency.common.config.job import Job
 from residency.common.config.round_plan import NO_WARM_START, round_config
 from residency.common.config.signed_job import SignedJob, job_body
+from residency.common.data.readers import count_records
 from residency.common.model import ModelSpec, base_fingerprint, build_classifier, round_one_arrays
+from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.record import PrivacyRecord, SignedRecord, open_record
 from residency.common.privacy.signing import Signer
 from toy_federation import LABELS
@@ -33,11 +35,14 @@ def node_file(
     state: str = "state",
     extra: str = "",
     name: str = "node.toml",
+    public_records: int | None = None,
 ) -> Path:
     """An operator's node.toml next to ``tmp_path``'s job folder.
 
     It declares the toy jobs' schema (columns ``text`` and ``label``, labels ``LABELS``)
     unless ``extra`` declares labels itself.
+    ``public_records`` defaults to what ``residency node init`` proposes: the data file's
+    record count rounded to 2 significant figures.
     """
     path = tmp_path / name
     trust = (
@@ -46,9 +51,12 @@ def node_file(
         else f'trusted_launchers = ["{TEST_LAUNCHER.public_hex}"]\n'
     )
     schema = "" if "labels =" in extra else f"labels = {json.dumps(list(LABELS))}\n"
+    if public_records is None:
+        public_records = rounded_size(count_records(tmp_path / data))
     path.write_text(
         f'country = "{country}"\ndata = "{data}"\nstate = "{state}"\n'
-        f"budget_epsilon = {budget}\ndelta = 1e-4\n{trust}{schema}{extra}",
+        f"budget_epsilon = {budget}\ndelta = 1e-4\npublic_records = {public_records}\n"
+        f"{trust}{schema}{extra}",
         encoding="utf-8",
     )
     return path

@@ -460,10 +460,19 @@ class PrivacySection(Strict):
 
 
 class NodeEntry(Strict):
-    """One country in the job; ``data`` is its file in simulation (a deployed node owns its own)."""
+    """One country in the job; ``data`` is its file in simulation (a deployed node owns its own).
+
+    ``public_records`` too is a simulation's stand-in for what a node operator declares in
+    ``node.toml``; a deployed node reads neither from a job.
+    """
 
     country: CountryCode
     data: Path | None = None
+    public_records: Annotated[int, Field(strict=True, ge=1)] | None = Field(
+        default=None,
+        description="simulation only: the node's declared public size (default: its data's "
+        "record count rounded to 2 significant figures)",
+    )
 
     @field_validator("data")
     @classmethod

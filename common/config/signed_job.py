@@ -57,9 +57,10 @@ class SignedJob(Strict):
 
 
 def job_body(job: Job) -> str:
-    """What a launcher signs: the job without the simulation-only data paths of its nodes."""
+    """What a launcher signs: the job without its nodes' simulation-only settings."""
+    local = {"data": None, "public_records": None}
     shipped = job.model_copy(
-        update={"nodes": [node.model_copy(update={"data": None}) for node in job.nodes]}
+        update={"nodes": [node.model_copy(update=local) for node in job.nodes]}
     )
     return canonical_json(shipped)
 

@@ -288,6 +288,45 @@ def _read(
 _NO_RECORDS_FIX = "add records, or point to the right file"
 
 
+def count_records(path: Path) -> int:
+    """How many records a data file holds, whatever its columns: for proposing a public size.
+
+    Counts what :func:`read_labeled_texts` would read as records (CSV rows after the header,
+    non-blank JSONL lines, Parquet rows); the columns are checked only when a job reads them.
+    """
+    try:
+        suffix = _check_file(path)
+        with path.open("rb") as handle:
+            if suffix == ".parquet":
+                try:
+                    return int(pq.ParquetFile(handle).metadata.num_rows)
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    raise _error(
+                        path,
+                        "file",
+                        f"is not a Parquet file ({_detail(exc)})",
+                        "export the data again as Parquet, or give the file the suffix of its "
+                        "real format",
+                    ) from exc
+            lines = (line for _, line in _text_lines(path, handle, {}))  # bad lines count too
+            if suffix == ".jsonl":
+                return sum(1 for line in lines if line.strip())
+            try:
+                rows = [r for r in csv.reader(lines) if r and (len(r) > 1 or r[0].strip())]
+            except csv.Error as exc:
+                raise _error(
+                    path, "file", f"is not valid CSV ({_detail(exc)})", "fix the CSV syntax"
+                ) from exc
+            return max(len(rows) - 1, 0)
+    except OSError as exc:
+        raise _error(
+            path,
+            "file",
+            f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})",
+            "check that the file is readable by the user running this node",
+        ) from exc
+
+
 def _job_labels(labels: Sequence[str]) -> tuple[str, ...]:
     """Return the job's labels as a tuple, refusing sets that would make indices ambiguous."""
     if isinstance(labels, str):

@@ -78,7 +78,7 @@ class PrivacyRecord(BaseModel):
     node: Annotated[int, Field(ge=0)]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     dataset: Hex64  # the operator's dataset account, keyed by a node secret (no content hash)
-    examples: Annotated[int, Field(ge=1)]
+    examples: Annotated[int, Field(ge=1)]  # the node's declared public_records, never its count
     noise_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
     steps: Annotated[int, Field(ge=1)]

@@ -115,6 +115,7 @@ def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -
         history=(),
         compute=pick_compute(),
         randomness=RoundRandomness.secret(),
+        public_records=10,
     )
     assert len(made) == audit.runs + 1
     assert made[-1].optimizer.noise_multiplier == 0.7

@@ -202,6 +202,7 @@ def test_round_accounts_the_same_steps_in_every_mode(
         history=prior,
         compute=Compute(torch.device("cpu"), bf16=bf16),
         randomness=RoundRandomness.reproducible(5, server_round=1),
+        public_records=3 * EXAMPLES,
     )
     sample_rate, steps_per_epoch = poisson_schedule(examples=3 * EXAMPLES, batch_size=4)
     assert outcome.steps == 2 * steps_per_epoch

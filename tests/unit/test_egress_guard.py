@@ -495,6 +495,7 @@ def test_node_refusals_reach_the_coordinator_as_codes_and_numbers(
             "budget_epsilon": 8.0,
             "delta": 1e-4,
             "labels": ["pos", "neg", "obj"],
+            "public_records": 150,
             **settings,
         }
     )

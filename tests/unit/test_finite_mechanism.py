@@ -242,6 +242,7 @@ def test_every_trainable_weight_at_the_bound_still_trains_to_a_finite_update(
             grad_sample_mode=dp_mode_for(update),
         ),
         history=(),
+        public_records=len(data),
         compute=Compute(torch.device("cpu"), bf16=False),
         randomness=RoundRandomness.reproducible(3, server_round=1),
     )
@@ -292,6 +293,7 @@ def test_head_weights_that_overflow_one_records_logits_still_give_a_finite_updat
                 noise_multiplier=1.0, max_grad_norm=1.0, accountant=AccountantKind.RDP
             ),
             history=(),
+            public_records=len(data),
             compute=compute,
             randomness=RoundRandomness.reproducible(3, server_round=1),
         )

@@ -10,6 +10,7 @@ import pytest
 
 from node_harness import node_file, signed_record, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.node_config import load_node_settings
 from residency.common.config.job import Job, load_job
 from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.privacy.accountant import (
@@ -88,8 +89,8 @@ def test_no_view_of_the_data_opens_a_fresh_account(tmp_path: Path) -> None:
             (noise,) = db.execute(  # each run here is a new launch: the newest job's noise
                 "SELECT noise_multiplier FROM job_noise ORDER BY rowid DESC LIMIT 1"
             ).fetchone()
-        examples = sum(1 for _ in data.open(encoding="utf-8")) - 1
-        rate, per_epoch = poisson_schedule(examples=examples, batch_size=variant.train.batch_size)
+        public = load_node_settings(settings).public_records  # the schedule's size, not N
+        rate, per_epoch = poisson_schedule(examples=public, batch_size=variant.train.batch_size)
         steps.append((float(noise), rate, variant.train.local_epochs * per_epoch))
 
     # The library accountant, replaying every attempt on one account, says where to refuse.

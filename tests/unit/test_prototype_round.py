@@ -41,7 +41,7 @@ def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
     tmp_path: Path,
 ) -> None:
     job = _job(tmp_path)
-    settings = node_file(tmp_path, 20.0)
+    settings = node_file(tmp_path, 20.0, public_records=70)
     reply = train_round(job, settings, run_id=1, server_round=1)
     assert not reply.has_error()
     arrays = update_of(reply)
@@ -51,7 +51,8 @@ def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
     # Noisy, but the counts still say about how many notes there were (20 per class).
     assert np.abs(arrays[COUNTS] - EXAMPLES / 3).max() < 15
     record = signed_record(reply)
-    assert (record.sample_rate, record.steps, record.examples) == (1.0, 1, EXAMPLES)
+    # The record tells the operator's public size, never the count of 60.
+    assert (record.sample_rate, record.steps, record.examples) == (1.0, 1, 70)
     assert record.max_grad_norm == SENSITIVITY  # the noise's scale: z times the sensitivity
     expected = noise_for_target(
         target_epsilon=8.0, delta=1e-4, sample_rate=1.0, steps=1, kind=AccountantKind.PRV
@@ -77,8 +78,9 @@ def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path:
 
 @pytest.mark.node
 def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Path) -> None:
+    release = _job(tmp_path)
     settings = node_file(tmp_path, 100.0)
-    first = signed_record(train_round(_job(tmp_path), settings, run_id=1, server_round=1))
+    first = signed_record(train_round(release, settings, run_id=1, server_round=1))
     head = _job(tmp_path, "head", name="head-job")
     second = signed_record(train_round(head, settings, run_id=2, server_round=1))
     assert second.dataset == first.dataset

@@ -41,6 +41,7 @@ def test_round_trains_only_trainable_tensors_and_extends_history(update: UpdateK
         history=prior,
         compute=pick_compute(),
         randomness=RoundRandomness.reproducible(1, server_round=1),
+        public_records=40,
     )
     sample_rate, steps_per_epoch = poisson_schedule(examples=40, batch_size=10)
     assert outcome.steps == 2 * steps_per_epoch

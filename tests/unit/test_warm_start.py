@@ -217,9 +217,10 @@ def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path:
 def test_a_policy_must_allow_both_the_release_and_the_head(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text('name = "head-only"\nallowed_updates = ["head"]\n', encoding="utf-8")
+    job = _job(tmp_path)
     settings = node_file(tmp_path, 20.0, extra=f'policy = "{policy}"\n')
     with pytest.raises(PolicyViolation) as refused:
-        train_round(_job(tmp_path), settings, run_id=1, server_round=1)
+        train_round(job, settings, run_id=1, server_round=1)
     assert refused.value.refusal.code is RefusalCode.UPDATE_NOT_ALLOWED
     assert "prototypes" in str(refused.value)
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []

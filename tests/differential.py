@@ -91,7 +91,11 @@ def signing_key(folder: Path) -> Path:
 def pair_nodes(
     root: Path, rows: Sequence[tuple[str, str]], kind: str, *, budget: float = 100.0
 ) -> tuple[Path, Path]:
-    """Two operators' node.toml files: one over D, one over D plus a ``kind`` record."""
+    """Two operators' node.toml files: one over D, one over D plus a ``kind`` record.
+
+    Both declare the same public size (D's count), as one operator would before and after
+    one record more.
+    """
     key = signing_key(root / "shared")
     settings = []
     for name, data in (("d", list(rows)), ("d-plus-one", neighbours(rows, kind))):
@@ -102,6 +106,7 @@ def pair_nodes(
                 folder,
                 budget,
                 data="data/de.csv",
+                public_records=len(rows),
                 extra=f'noise_seed = {NOISE_SEED}\nsigning_key = "{key}"\n',
             )
         )

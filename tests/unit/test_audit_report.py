@@ -200,7 +200,7 @@ def test_json_is_the_verification_numbers(verified: Verification) -> None:
             "epsilon_recorded": record.epsilon,
             "epsilon_opacus": spend.epsilon_opacus,
             "epsilon_dp_accounting": spend.epsilon_dp_accounting,
-            "epsilon_dataset": record.epsilon_dataset,
+            "epsilon_dataset": spend.epsilon_dataset,
             "budget_epsilon": record.budget_epsilon,
             "target_epsilon": record.target_epsilon,
             "noise_multiplier": record.noise_multiplier,
@@ -271,7 +271,7 @@ def test_html_has_one_chart_per_country_with_every_round(verified: Verification)
             (RECORDED, [s.record.epsilon for s in spends]),
             (OPACUS, [s.epsilon_opacus for s in spends]),
             (DP_ACCOUNTING, [s.epsilon_dp_accounting for s in spends]),
-            (DATASET, [s.record.epsilon_dataset for s in spends]),
+            (DATASET, [s.epsilon_dataset for s in spends]),
         ]:
             assert (lines[name]["x"], lines[name]["y"]) == (rounds, values), name
         assert lines["job target ε"]["y"] == [TARGET, TARGET]

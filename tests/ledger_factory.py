@@ -251,9 +251,7 @@ def write_ledger(
             before = histories[country]
             histories[country] = compose(before, step)
             lifetime = (
-                epsilon_spent(histories[country], delta=DELTA, kind=kind)
-                if schema >= 5
-                else None
+                epsilon_spent(histories[country], delta=DELTA, kind=kind) if schema >= 5 else None
             )
             node_ledgers[country].append(
                 EntryKind.CHARGE,

@@ -555,3 +555,13 @@ def test_a_record_without_its_charge_entry_in_the_node_ledger_is_flagged(
     result = verify_ledger(made.node_ledgers["DE"], load_keys(made.keys))
 
     assert any("no charge entry for the job's charge" in p.what for p in result.problems)
+
+
+def test_records_of_schema_4_still_verify_with_the_lifetime_they_state(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path, schema=4)
+
+    result = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    assert result.ok, _problems(result)
+    assert {s.record.schema_version for s in result.spends} == {4}
+    assert all(s.epsilon_dataset == s.record.epsilon_dataset for s in result.spends)

@@ -550,3 +550,21 @@ def test_infinite_recomputed_epsilon_is_null_in_json_and_off_the_plot(
     assert all(v is None or math.isfinite(v) for line in lines for v in line["y"])
     assert traces(charts[0].figure)[FLAGGED]["x"] == [1]
     assert f"round 1: recorded {spend.record.epsilon:.4f}, Opacus ∞," in charts[0].description
+
+
+def test_without_node_ledgers_the_dataset_lifetime_is_a_dash_not_a_number(
+    written: LedgerFixture,
+) -> None:
+    alone = verify_ledger(written.ledger, load_keys(written.keys))
+
+    doc = json.loads(render_report(alone, fmt=ReportFormat.JSON))
+    countries = doc["runs"][0]["countries"]
+    assert [c["epsilon_dataset"] for c in countries] == [None, None]
+    assert {r["epsilon_dataset"] for c in countries for r in c["rounds"]} == {None}
+    assert all(c["budget_epsilon"] == BUDGET for c in countries)
+    text = render_report(alone, fmt=ReportFormat.MD)
+    assert "- Dataset lifetime ε: – (budget 12)" in text.splitlines()
+    page = render_report(alone, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    for chart in parse(page).chart_list():
+        assert traces(chart.figure)[DATASET]["y"] == []

@@ -194,7 +194,6 @@ class _Verifier:
         self.lifetime_at: dict[int, History] = {}
         self.job_charges: dict[tuple[str, int], _ChargeEntry] = {}
         self.charge_entries = 0
-        self.unstated_lifetime: list[int] = []
         self.record_steps: dict[tuple[str, str], History] = defaultdict(tuple)
         self.record_entries: list[int] = []
 
@@ -522,7 +521,6 @@ class _Verifier:
         coordinator's ledger there is no charge entry: the lifetime is not known there.
         """
         if not self.charge_entries:
-            self.unstated_lifetime.append(position)
             return None
         job = record.job_sha256 or f"run:{record.run}"
         charged = self.job_charges.get((job, record.charge))
@@ -554,13 +552,6 @@ class _Verifier:
                 f"{self.record_entries[0]}) but no {UPDATES_DIR}/ folder beside this "
                 "coordinator ledger: the updates that were averaged cannot be checked against "
                 "the hashes the nodes signed",
-            )
-        if self.unstated_lifetime:
-            result.note(
-                self.unstated_lifetime[0],
-                f"{len(self.unstated_lifetime)} records (schema 5, the first at entry "
-                f"{self.unstated_lifetime[0]}) do not state their dataset's lifetime epsilon: "
-                "each node keeps it in its own ledger; pass the node ledgers to check it",
             )
         if coordinator:
             for reset in result.resets:
@@ -610,6 +601,14 @@ def verify_ledger(
         _check_since(result, lines, since)
     for path in node_ledgers:
         _cross_check(result, keys, path)
+    unstated = [spend.entry for spend in result.spends if spend.epsilon_dataset is None]
+    if unstated:
+        result.note(
+            unstated[0],
+            f"{len(unstated)} records (the first at entry {unstated[0]}) do not state their "
+            "dataset's lifetime epsilon (schema 5): each node keeps it in its own ledger; "
+            "pass that node's ledger (--node-ledger) to check it",
+        )
     return result
 
 

@@ -513,7 +513,7 @@ def test_records_no_longer_state_the_lifetime_and_a_coordinator_ledger_says_so(
     assert result.ok, _problems(result)
     assert all(s.record.epsilon_dataset is None for s in result.spends)
     assert all(s.epsilon_dataset is None for s in result.spends)
-    assert any("lifetime epsilon" in n.what and "node ledgers" in n.what for n in result.notes)
+    assert any("lifetime epsilon" in n.what and "--node-ledger" in n.what for n in result.notes)
 
 
 def test_node_ledgers_give_the_lifetime_the_records_no_longer_state(made: LedgerFixture) -> None:
@@ -523,6 +523,7 @@ def test_node_ledgers_give_the_lifetime_the_records_no_longer_state(made: Ledger
     assert all(
         s.epsilon_dataset == pytest.approx(s.record.epsilon, rel=1e-9) for s in result.spends
     )
+    assert not any("lifetime epsilon" in n.what for n in result.notes)
 
 
 def test_a_node_charge_entry_with_a_lowered_lifetime_spend_is_caught(

@@ -79,7 +79,6 @@ class RoundSpend:
     epsilon_dataset: float | None = None
     """The dataset's lifetime epsilon with this round: a node ledger's charge entry states it
     (a record did before schema 5); ``None`` where neither is at hand."""
-    budget_epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -298,7 +297,7 @@ class _Verifier:
             )
         if isinstance(job, str) and isinstance(job_charge, int):
             self.job_charges[(job, job_charge)] = _ChargeEntry(
-                position, step, str(detail.get("dataset_account")), stated, budget
+                position, step, str(detail.get("dataset_account")), stated
             )
 
     def reset(self, position: int, entry: LedgerEntry) -> None:
@@ -433,9 +432,8 @@ class _Verifier:
             )
         if record.epsilon > record.target_epsilon * (1 + BUDGET_RTOL):
             result.flag(position, f"epsilon {record.epsilon:.4g} exceeds the job's target")
-        if record.epsilon_dataset is not None and record.epsilon_dataset > record.budget_epsilon * (
-            1 + BUDGET_RTOL
-        ):
+        lifetime_limit = record.budget_epsilon * (1 + BUDGET_RTOL)
+        if record.epsilon_dataset is not None and record.epsilon_dataset > lifetime_limit:
             result.flag(
                 position,
                 f"dataset epsilon {record.epsilon_dataset:.4g} exceeds its budget "
@@ -457,7 +455,6 @@ class _Verifier:
                 google.epsilon,
                 signed_sha256,
                 lifetime,
-                record.budget_epsilon,
             )
         )
 
@@ -566,7 +563,6 @@ class _ChargeEntry:
     step: tuple[float, float, int]
     dataset_account: str
     epsilon_dataset: float
-    budget_epsilon: float
 
 
 def _steps(history: Iterable[tuple[float, float, int]]) -> int:

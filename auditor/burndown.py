@@ -32,7 +32,8 @@ class RoundEpsilons:
     recorded: float
     opacus: float
     dp_accounting: float
-    dataset: float
+    dataset: float | None
+    """The dataset's lifetime epsilon, where a node's ledger states it (else no point)."""
     flagged: bool
     """The verifier found a problem with this round's entry; its recorded point is ringed."""
 
@@ -107,8 +108,8 @@ def burndown_figure(chart: Burndown) -> charts.Figure:
         ),
         charts.Series(
             DATASET,
-            rounds,
-            [r.dataset for r in chart.rounds],
+            [r.round for r in chart.rounds if r.dataset is not None],
+            [r.dataset for r in chart.rounds if r.dataset is not None],
             charts.PURPLE,
             dash="longdash",
             marker="triangle-up-open",

@@ -73,7 +73,7 @@ class RoundRow(_Model):
     epsilon_recorded: float
     epsilon_opacus: float
     epsilon_dp_accounting: float
-    epsilon_dataset: float
+    epsilon_dataset: float | None  # from a node's ledger (or a record before schema 5)
     budget_epsilon: float
     target_epsilon: float
     noise_multiplier: float
@@ -336,7 +336,7 @@ def _country(
             epsilon_recorded=s.record.epsilon,
             epsilon_opacus=s.epsilon_opacus,
             epsilon_dp_accounting=s.epsilon_dp_accounting,
-            epsilon_dataset=s.record.epsilon_dataset,
+            epsilon_dataset=s.epsilon_dataset,
             budget_epsilon=s.record.budget_epsilon,
             target_epsilon=s.record.target_epsilon,
             noise_multiplier=s.record.noise_multiplier,

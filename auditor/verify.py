@@ -8,7 +8,10 @@ that arrived (and, in a coordinator's ledger, to the update file kept beside it)
 noise came from the node's OS entropy, not a seed. Every epsilon in every record is recomputed
 from the recorded mechanism twice, with Opacus and with Google's dp-accounting: the two must
 agree within their stated error bounds, and no record may claim less than dp-accounting's lower
-bound on what its mechanism spends (:mod:`.crosscheck`). Every problem names its entry number.
+bound on what its mechanism spends (:mod:`.crosscheck`). A dataset's lifetime epsilon is in the
+node's own ledger (its charge entries; records before schema 5 also stated it): it is recomputed
+there from every charge on the dataset and held to the dataset's budget, and a coordinator's
+ledger alone cannot show it. Every problem names its entry number.
 A node operator's budget resets are listed: they are legitimate, but an auditor must see each
 one.
 """
@@ -20,7 +23,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,6 +76,9 @@ class RoundSpend:
     epsilon_opacus: float
     epsilon_dp_accounting: float
     record_sha256: str
+    epsilon_dataset: float | None = None
+    """The dataset's lifetime epsilon with this round: a node ledger's charge entry states it
+    (a record did before schema 5); ``None`` where neither is at hand."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,8 @@ class _Verifier:
         self.last_history: dict[tuple[str, str, str], History] = {}
         self.charges: dict[str, History] = defaultdict(tuple)
         self.lifetime_at: dict[int, History] = {}
+        self.job_charges: dict[tuple[str, int], _ChargeEntry] = {}
+        self.charge_entries = 0
         self.record_steps: dict[tuple[str, str], History] = defaultdict(tuple)
         self.record_entries: list[int] = []
 
@@ -262,8 +270,35 @@ class _Verifier:
         except (KeyError, TypeError, ValueError):
             self.result.flag(position, "charge entry lacks its mechanism")
             return
+        self.charge_entries += 1
         self.charges[dataset] = compose(self.charges[dataset], step)
         self.lifetime_at[charge] = self.charges[dataset]
+        job, job_charge = detail.get("job_sha256"), detail.get("job_charge")
+        if "epsilon_dataset" not in detail:
+            return  # written before charge entries kept the dataset's lifetime epsilon
+        try:
+            stated = float(detail["epsilon_dataset"] or 0.0)
+            budget = float(detail["budget_epsilon"] or 0.0)
+            kind = AccountantKind(str(detail["accountant"]))
+            delta = float(detail["delta"] or 0.0)
+            recomputed = _opacus(self.charges[dataset], delta, kind)
+        except (KeyError, TypeError, ValueError):
+            self.result.flag(position, "charge entry lacks its dataset budget or accountant")
+            return
+        if not _close(stated, recomputed, SAME_LIBRARY_RTOL):
+            self.result.flag(
+                position,
+                f"dataset epsilon {stated:.6g} charged, the charges in this ledger give "
+                f"{recomputed:.6g}",
+            )
+        if recomputed > budget * (1 + BUDGET_RTOL):
+            self.result.flag(
+                position, f"dataset epsilon {recomputed:.4g} exceeds its budget {budget:.4g}"
+            )
+        if isinstance(job, str) and isinstance(job_charge, int):
+            self.job_charges[(job, job_charge)] = _ChargeEntry(
+                position, step, str(detail.get("dataset_account")), stated
+            )
 
     def reset(self, position: int, entry: LedgerEntry) -> None:
         detail = entry.detail
@@ -397,14 +432,15 @@ class _Verifier:
             )
         if record.epsilon > record.target_epsilon * (1 + BUDGET_RTOL):
             result.flag(position, f"epsilon {record.epsilon:.4g} exceeds the job's target")
-        if record.epsilon_dataset > record.budget_epsilon * (1 + BUDGET_RTOL):
+        lifetime_limit = record.budget_epsilon * (1 + BUDGET_RTOL)
+        if record.epsilon_dataset is not None and record.epsilon_dataset > lifetime_limit:
             result.flag(
                 position,
                 f"dataset epsilon {record.epsilon_dataset:.4g} exceeds its budget "
                 f"{record.budget_epsilon:.4g}",
             )
         self.continuity(position, record, before)
-        self.lifetime(position, record)
+        lifetime = self.lifetime(position, record)
         averaged = entry.detail.get("averaged", True)
         result.spends.append(
             RoundSpend(
@@ -418,6 +454,7 @@ class _Verifier:
                 opacus,
                 google.epsilon,
                 signed_sha256,
+                lifetime,
             )
         )
 
@@ -443,8 +480,14 @@ class _Verifier:
                 position, "the run's history contradicts the node's earlier records in this run"
             )
 
-    def lifetime(self, position: int, record: PrivacyRecord) -> None:
-        """The dataset's lifetime epsilon against what this ledger shows was spent on it."""
+    def lifetime(self, position: int, record: PrivacyRecord) -> float | None:
+        """The dataset's lifetime epsilon against what this ledger shows was spent on it.
+
+        Returns that epsilon where this ledger shows it: the record's own before schema 5,
+        the node's charge entry for it from schema 5 on (the record no longer says).
+        """
+        if record.epsilon_dataset is None:
+            return self.charged(position, record)
         kind, delta = record.accountant, record.delta
         own = self.lifetime_at.get(record.charge)
         if own is not None:  # a node's own ledger: every charge is here
@@ -455,7 +498,7 @@ class _Verifier:
                     f"dataset epsilon {record.epsilon_dataset:.6g} recorded, the charges in "
                     f"this ledger give {recomputed:.6g}",
                 )
-            return
+            return record.epsilon_dataset
         account = (record.key, record.dataset)  # each node accounts for its own copy of a dataset
         self.record_steps[account] = compose(self.record_steps[account], record.step)
         floor = _opacus(self.record_steps[account], delta, kind)
@@ -465,6 +508,31 @@ class _Verifier:
                 f"dataset epsilon {record.epsilon_dataset:.6g} recorded, but this ledger's "
                 f"records on it alone give {floor:.6g}",
             )
+        return record.epsilon_dataset
+
+    def charged(self, position: int, record: PrivacyRecord) -> float | None:
+        """A schema-5 record's charge entry in a node's ledger: (job, n-th charge of the job).
+
+        The entry must charge the record's mechanism on the account the record names (the
+        launcher's pseudonym of it); its lifetime epsilon was checked when it was read. In a
+        coordinator's ledger there is no charge entry: the lifetime is not known there.
+        """
+        if not self.charge_entries:
+            return None
+        job = record.job_sha256 or f"run:{record.run}"
+        charged = self.job_charges.get((job, record.charge))
+        where = f"{record.country} round {record.round}"
+        if charged is None:
+            self.result.flag(
+                position, f"{where}: no charge entry for the job's charge {record.charge}"
+            )
+            return None
+        if charged.step != record.step or charged.dataset_account != record.dataset:
+            self.result.flag(
+                position,
+                f"{where}: charge entry {charged.entry} charged another mechanism or dataset",
+            )
+        return charged.epsilon_dataset
 
     def finish(self) -> None:
         result = self.result
@@ -485,6 +553,16 @@ class _Verifier:
         if coordinator:
             for reset in result.resets:
                 result.flag(reset.entry, "budget-reset entry in a coordinator's ledger")
+
+
+@dataclass(frozen=True)
+class _ChargeEntry:
+    """What a node's charge entry says of one round, for the record that names it."""
+
+    entry: int
+    step: tuple[float, float, int]
+    dataset_account: str
+    epsilon_dataset: float
 
 
 def _steps(history: Iterable[tuple[float, float, int]]) -> int:
@@ -519,6 +597,14 @@ def verify_ledger(
         _check_since(result, lines, since)
     for path in node_ledgers:
         _cross_check(result, keys, path)
+    unstated = [spend.entry for spend in result.spends if spend.epsilon_dataset is None]
+    if unstated:
+        result.note(
+            unstated[0],
+            f"{len(unstated)} records (the first at entry {unstated[0]}) do not state their "
+            "dataset's lifetime epsilon (schema 5): each node keeps it in its own ledger; "
+            "pass that node's ledger (--node-ledger) to check it",
+        )
     return result
 
 
@@ -553,9 +639,14 @@ def _cross_check(result: Verification, keys: dict[str, str], path: Path) -> None
     for problem in node.problems:
         result.flag(problem.entry, f"node ledger {path.name}: {problem.what}")
     result.resets.extend(node.resets)
-    here = {_spend_key(spend) for spend in result.spends}
+    here = {_spend_key(spend): n for n, spend in enumerate(result.spends)}
     for spend in node.spends:
         if _spend_key(spend) in here:
+            mine = here[_spend_key(spend)]
+            if result.spends[mine].epsilon_dataset is None:  # the node's ledger states it
+                result.spends[mine] = replace(
+                    result.spends[mine], epsilon_dataset=spend.epsilon_dataset
+                )
             continue
         what = (
             f"{spend.country} round {spend.round} of run {spend.run} (entry {spend.entry} of "

@@ -103,7 +103,7 @@ def verify(
                             "epsilon": s.record.epsilon,
                             "epsilon_opacus": s.epsilon_opacus,
                             "epsilon_dp_accounting": s.epsilon_dp_accounting,
-                            "epsilon_dataset": s.record.epsilon_dataset,
+                            "epsilon_dataset": s.epsilon_dataset,
                             "budget_epsilon": s.record.budget_epsilon,
                             "noise_source": s.record.noise_source.value,
                             "launcher": s.record.launcher,
@@ -142,7 +142,9 @@ def verify(
                 f"{spend.record.epsilon:.4f}",
                 f"{spend.epsilon_opacus:.4f}",
                 f"{spend.epsilon_dp_accounting:.4f}",
-                f"{spend.record.epsilon_dataset:.3f} / {spend.record.budget_epsilon:g}",
+                "—"
+                if spend.epsilon_dataset is None
+                else f"{spend.epsilon_dataset:.3f} / {spend.record.budget_epsilon:g}",
                 "-"
                 if spend.record.launcher is None  # records before signed jobs
                 else known.get(spend.record.launcher, key_id(spend.record.launcher)),

@@ -144,6 +144,7 @@ def _charge(
     noise_source: NoiseSource,
     *,
     job_account: str,
+    dataset_account: str,
 ) -> tuple[int, Spend, PrivacyRecord]:
     """Charge the round write-ahead, with the record it will sign drafted and checked first."""
     run = str(context.run_id)
@@ -159,6 +160,7 @@ def _charge(
                 node_id=int(context.node_id),
                 noise_source=noise_source,
                 signer=signer,
+                dataset_account=dataset_account,
             )
         except (ValueError, InvalidUpdate) as exc:
             raise PolicyViolation(
@@ -196,7 +198,18 @@ def _train(msg: Message, context: Context) -> Message:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
     with store.job_lock(signed.sha256):  # one message of a signed job at a time
-        return _train_job(msg, context, settings, plan, signed.sha256, store, signer, ledger, where)
+        return _train_job(
+            msg,
+            context,
+            settings,
+            plan,
+            signed.sha256,
+            store,
+            signer,
+            ledger,
+            where,
+            launcher=signed.launcher,
+        )
 
 
 def _train_job(
@@ -209,6 +222,8 @@ def _train_job(
     signer: Signer,
     ledger: Ledger,
     where: dict[str, Any],
+    *,
+    launcher: str,
 ) -> Message:
     try:
         admitted = admission_steps.admit(settings, plan, store, job_account=job_account)
@@ -243,6 +258,7 @@ def _train_job(
         folder=settings.state,
     )
     randomness = round_randomness(settings.noise_seed, server_round=plan.server_round)
+    dataset_account = store.launcher_account(admitted.account, launcher=launcher)
 
     try:  # the one place the budget is charged: from here on the round counts as spent
         charge_id, spend, draft = _charge(
@@ -254,17 +270,24 @@ def _train_job(
             signer,
             randomness.source,
             job_account=job_account,
+            dataset_account=dataset_account,
         )
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
+    job_charge = store.job_charge(charge_id)
     noise, sample_rate, steps = admitted.step
-    ledger.append(
+    ledger.append(  # what the coordinator is not told, kept here for the node's auditors
         EntryKind.CHARGE,
         **where,
         detail={
             "charge": charge_id,
+            "job_sha256": job_account,
+            "job_charge": job_charge,
             "dataset": admitted.account,
+            "dataset_account": dataset_account,
+            "epsilon_dataset": spend.lifetime,
+            "budget_epsilon": admitted.lifetime_budget,
             "noise_multiplier": noise,
             "sample_rate": sample_rate,
             "steps": steps,
@@ -331,7 +354,7 @@ def _train_job(
     )
     update = ArrayRecord({name: Array(value) for name, value in arrays.items()})
     reply, signed, sent = training_reply(
-        msg, draft=draft, update=update, charge_id=charge_id, signer=signer, mechanism=checks
+        msg, draft=draft, update=update, job_charge=job_charge, signer=signer, mechanism=checks
     )
     ledger.append(EntryKind.RECORD, **where, record=signed, received_sha256=sent.update_sha256)
     return reply

@@ -11,6 +11,9 @@ Spending is composed per *account*: the dataset as the operator named it in ``no
 lengths). Editing or appending to the file keeps the account; only the operator's explicit
 :meth:`BudgetStore.reset` opens a new one. An account's identifier is an HMAC under a secret
 kept in this store, so it names the account without revealing its name, path or content.
+What leaves the node is not even that: each launcher (the key that signed a job) sees its own
+pseudonym of the account (:meth:`BudgetStore.launcher_account`), so two coordinators cannot link
+their rounds on one dataset, while one launcher's jobs keep one name for it.
 
 A job's own target is accounted per *signed job* (the SHA-256 of the bytes its launcher
 signed, which include a fresh nonce), not per Flower run: a coordinator that replays a signed
@@ -38,6 +41,7 @@ from residency.common.privacy.accountant import History, PrivacyStep, compose
 STORE_FILE = "budget.sqlite"
 T = TypeVar("T")
 _ACCOUNT_DOMAIN = b"residency.dataset-account.v1"
+_LAUNCHER_DOMAIN = b"residency.dataset-account.launcher.v1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -237,6 +241,34 @@ class BudgetStore:
             (_ACCOUNT_DOMAIN, name.encode(), path.encode(), str(generation).encode())
         )
         return hmac.new(self._account_key(db), message, hashlib.sha256).hexdigest()
+
+    def launcher_account(self, account: str, *, launcher: str) -> str:
+        """The name ``launcher``'s jobs see for ``account``: unlinkable across launchers.
+
+        An HMAC under this store's secret of the account and the launcher's public key: the
+        same for every job one launcher signs (its coordinator can follow its own spend on
+        the dataset), unrelated between launchers (two coordinators cannot tell that they
+        trained on the same data). Only the node, holding the secret, maps it back.
+        """
+        message = b"\x00".join((_LAUNCHER_DOMAIN, account.encode(), launcher.encode()))
+        with self._db() as db:
+            return hmac.new(self._account_key(db), message, hashlib.sha256).hexdigest()
+
+    def job_charge(self, charge_id: int) -> int:
+        """The position of charge ``charge_id`` among its signed job's charges: 1, 2, ...
+
+        Counted over every run of the job on this node, so it tells the job's coordinator
+        nothing about other jobs or datasets (the store's own ids are node-wide).
+        """
+        with self._db() as db:
+            row = db.execute(
+                f"SELECT COUNT(*) FROM charges WHERE {_JOB_KEY} ="
+                f" (SELECT {_JOB_KEY} FROM charges WHERE id = ?) AND id <= ?",
+                (charge_id, charge_id),
+            ).fetchone()
+        if not row or not row[0]:
+            raise ValueError(f"no charge {charge_id} in the budget store")
+        return int(row[0])
 
     def _current(self, db: sqlite3.Connection, name: str, path: str) -> Account | None:
         row = db.execute(

@@ -2,10 +2,12 @@
 
 The record is drafted before the charge (:func:`draft_record`, called inside the charging
 transaction) with every figure it will carry, signed and re-opened as the coordinator will
-open it; after training only the update's hash, the charge id and the mechanism's own
-checks (:mod:`.mechanism_check`) are filled in. Its time (``signed_at``) is the draft's,
-taken before training: a time taken after it would tell the coordinator how long this
-round's data took to train.
+open it; after training only the update's hash, the charge's number and the mechanism's own
+checks (:mod:`.mechanism_check`) are filled in. What would tell one coordinator about another's
+use of the data stays out: the record names the dataset by this launcher's pseudonym, numbers
+the charge within its job, and leaves the dataset's lifetime spend to the node's own ledger.
+Its time (``signed_at``) is the draft's, taken before training: a time taken after it would
+tell the coordinator how long this round's data took to train.
 So a round whose record could not be signed is refused, never charged and then wasted.
 The reply holds only what ``docs/privacy.md`` lists as public; the egress guard enforces it.
 """
@@ -45,8 +47,12 @@ def draft_record(
     node_id: int,
     noise_source: NoiseSource,
     signer: Signer,
+    dataset_account: str,
 ) -> PrivacyRecord:
     """The record this round will sign, checked as the coordinator will check it.
+
+    ``dataset_account`` is the dataset's name for this job's launcher
+    (:meth:`~residency.client.budget_store.BudgetStore.launcher_account`).
 
     Raises ``ValueError`` (pydantic's ``ValidationError`` or ``InvalidUpdate``) when any
     figure would not validate: an infinite clipping norm, a history too long to sign...
@@ -60,7 +66,7 @@ def draft_record(
         round=plan.server_round,
         node=node_id,
         country=settings.country,
-        dataset=admission.account,
+        dataset=dataset_account,
         examples=admission.public_records,  # the declared public size, never the count
         noise_multiplier=noise,
         sample_rate=sample_rate,
@@ -73,7 +79,6 @@ def draft_record(
         epsilon_round=spend.total - spend.spent,
         epsilon=spend.total,
         target_epsilon=plan.target_epsilon,
-        epsilon_dataset=spend.lifetime,
         budget_epsilon=admission.lifetime_budget,
         policy=None if policy is None else policy.digest(),
         policy_name=None if policy is None else policy.name,
@@ -110,19 +115,21 @@ def training_reply(
     *,
     draft: PrivacyRecord,
     update: ArrayRecord,
-    charge_id: int,
+    job_charge: int,
     signer: Signer,
     mechanism: MechanismChecks,
 ) -> tuple[Message, SignedRecord, PrivacyRecord]:
     """The reply to ``instruction`` (update, public figures, signed record) and that record.
 
-    ``mechanism`` is what the node checked of its DP mechanism as it ran, signed with the rest.
+    ``job_charge`` is the round's charge numbered within its signed job on this node
+    (:meth:`~residency.client.budget_store.BudgetStore.job_charge`); ``mechanism`` is what the
+    node checked of its DP mechanism as it ran, signed with the rest.
     """
     arrays = {name: array.numpy() for name, array in update.items()}
     completed = draft.model_copy(
         update={
             "update_sha256": update_sha256(arrays),
-            "charge": charge_id,
+            "charge": job_charge,
             "mechanism": mechanism,
         }
     )

@@ -45,7 +45,7 @@ REPLY_METRICS: Final = frozenset(
 # ConfigRecord of a training reply: identifiers with a fixed, text-free shape.
 COUNTRY: Final = "country"
 ACCOUNTANT: Final = "accountant"
-DATASET_ACCOUNT: Final = "dataset-account"  # keyed by a node secret: no content oracle
+DATASET_ACCOUNT: Final = "dataset-account"  # keyed by a node secret and the launcher
 VERSION: Final = "residency-version"
 REPLY_NODE_FIELDS: Final[dict[str, re.Pattern[str]]] = {
     COUNTRY: re.compile(r"[A-Z]{2}"),

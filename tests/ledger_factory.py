@@ -90,12 +90,16 @@ def signed_record(
     budget: float = BUDGET,
     epsilon_of: Callable[[History], float] | None = None,
     mechanism: MechanismChecks | Literal["passed"] | None = "passed",
+    schema: Literal[4, 5] = 5,
+    job_sha256: str | None = None,
 ) -> SignedRecord:
     """A node's signed record of one round whose run history was ``before`` plus ``step``.
 
     ``epsilon_of``: how the node computes the epsilons it signs from a history (Opacus' by
     default, as the node does; a cheating node's own way otherwise). ``mechanism``: the
-    node's signed checks that DP ran; ``"passed"`` is every check passed.
+    node's signed checks that DP ran; ``"passed"`` is every check passed. ``schema`` 4 states
+    the dataset's lifetime epsilon in the record (a fresh dataset's: the run's own); 5 leaves
+    it to the node's charge entries.
     """
 
     def spent(history: History) -> float:
@@ -126,7 +130,8 @@ def signed_record(
             epsilon_round=total - spent(before),
             epsilon=total,
             target_epsilon=target,
-            epsilon_dataset=total,
+            schema_version=schema,
+            epsilon_dataset=total if schema < 5 else None,
             budget_epsilon=budget,
             policy="ab" * 32,
             policy_name="eu-health",
@@ -135,6 +140,7 @@ def signed_record(
             charge=charge,
             signed_at=now(),
             key=signer.public_hex,
+            job_sha256=job_sha256,
             mechanism=MechanismChecks(
                 steps=steps, batches=steps, clipped_batches=steps, noise_std=noise * 1.0
             )
@@ -165,6 +171,7 @@ def write_ledger(
     target: float = TARGET,
     epsilon_of: Callable[[History], float] | None = None,
     mechanism: MechanismChecks | Literal["passed"] | None = "passed",
+    schema: Literal[4, 5] = 5,
 ) -> LedgerFixture:
     """A finished run of ``rounds`` rounds over ``countries``; ``refuse`` skips one round.
 
@@ -172,7 +179,8 @@ def write_ledger(
     instead of ``rounds`` rounds of (``noise``, ``sample_rate``, ``steps``). ``target``: the
     job's epsilon (the dataset budget is 1.5 times it). ``epsilon_of``: see
     :func:`signed_record`. ``mechanism``: every record's signed checks that DP ran
-    (``"passed"``: all passed).
+    (``"passed"``: all passed). ``schema``: the records' (4: each states its dataset's lifetime
+    epsilon and the node-wide charge id; 5: neither, the node's charge entries hold them).
 
     ``repeat_update``: each country sends bit-identical arrays every round. ``reset``: that
     country's operator opened a new account for its dataset before the run, so its node ledger
@@ -228,6 +236,8 @@ def write_ledger(
                 },
             )
     charge = 0
+    job_charges: dict[str, int] = {}
+    job_sha256 = hashlib.sha256(f"{job}-{run}".encode()).hexdigest()
     for server_round, step in enumerate(steps_by_round, start=1):
         for country in countries:
             where = {"run": run, "job": job, "country": country, "round": server_round}
@@ -237,6 +247,12 @@ def write_ledger(
                 run_ledger.refusal(country, server_round, reason)
                 continue
             charge += 1
+            job_charges[country] = job_charges.get(country, 0) + 1
+            before = histories[country]
+            histories[country] = compose(before, step)
+            lifetime = (
+                epsilon_spent(histories[country], delta=DELTA, kind=kind) if schema >= 5 else None
+            )
             node_ledgers[country].append(
                 EntryKind.CHARGE,
                 **where,
@@ -248,10 +264,19 @@ def write_ledger(
                     "steps": step[2],
                     "delta": DELTA,
                     "accountant": kind.value,
-                },
+                }
+                | (
+                    {}
+                    if lifetime is None
+                    else {
+                        "job_sha256": job_sha256,
+                        "job_charge": job_charges[country],
+                        "dataset_account": datasets[country],
+                        "epsilon_dataset": lifetime,
+                        "budget_epsilon": budget,
+                    }
+                ),
             )
-            before = histories[country]
-            histories[country] = compose(before, step)
             arrays = _update(country, 1 if repeat_update else server_round)
             signed = signed_record(
                 fixture.signers[country],
@@ -264,13 +289,15 @@ def write_ledger(
                 step=step,
                 examples=examples,
                 dataset=datasets[country],
-                charge=charge,
+                charge=charge if schema < 5 else job_charges[country],
                 kind=kind,
                 noise_source=noise_source,
                 target=target,
                 budget=budget,
                 epsilon_of=epsilon_of,
                 mechanism=mechanism,
+                schema=schema,
+                job_sha256=job_sha256 if schema >= 5 else None,
             )
             digest = update_sha256(arrays)
             node_ledgers[country].append(

@@ -230,6 +230,13 @@ def signed_record(reply: Message) -> PrivacyRecord:
     )
 
 
+def charge_details(state: Path) -> list[dict[str, Any]]:
+    """The detail of every charge entry in the node's own ledger (in ``state``), in order."""
+    lines = (state / "ledger.jsonl").read_text("ascii").splitlines()
+    entries = [json.loads(line) for line in lines]
+    return [entry["detail"] for entry in entries if entry["kind"] == "charge"]
+
+
 def update_of(reply: Message) -> dict[str, Any]:
     """The arrays a training reply sends, as numpy."""
     return {k: v.numpy() for k, v in reply.content.array_records[wire.ARRAYS].items()}

@@ -2,9 +2,11 @@
 
 It states, in the node's own words and under its Ed25519 key, what one round cost: the
 mechanism (noise, sample rate, steps, clipping), the run's composed history on the dataset, the
-epsilon this round and in total, the dataset's lifetime spend against its budget, the policy in
-force and the hash of the update sent. An auditor recomputes every epsilon in it with two
-independent accountants; nothing in it is taken on trust.
+epsilon this round and in total, the dataset's budget, the policy in force and the hash of the
+update sent. Since schema 5 it no longer states the dataset's lifetime spend (what every other
+coordinator spent on the data): the node keeps that in its own ledger, for auditors. An auditor
+recomputes every epsilon in it with two independent accountants; nothing in it is taken on
+trust.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from residency.common.config.job import AccountantKind
 from residency.common.errors import InvalidUpdate
@@ -20,7 +22,7 @@ from residency.common.privacy.accountant import History
 from residency.common.privacy.canonical import canonical_json
 from residency.common.privacy.signing import Signer, verify
 
-RECORD_SCHEMA = 2
+RECORD_SCHEMA = 5
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Epsilon = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Step = tuple[  # a DP step always adds noise and runs: no record may claim zero of either
@@ -71,13 +73,15 @@ class PrivacyRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    schema_version: Literal[2, 3, 4] = 4  # 3 added launcher and job_sha256, 4 mechanism
+    # 3 added launcher and job_sha256, 4 mechanism; 5 dropped epsilon_dataset and made
+    # dataset and charge per launcher and per job (client/budget_store.py)
+    schema_version: Literal[2, 3, 4, 5] = 5
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
     round: Annotated[int, Field(ge=1)]
     node: Annotated[int, Field(ge=0)]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
-    dataset: Hex64  # the operator's dataset account, keyed by a node secret (no content hash)
+    dataset: Hex64  # the dataset's account, keyed by a node secret (and the launcher, schema 5)
     examples: Annotated[int, Field(ge=1)]  # the node's declared public_records, never its count
     noise_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
@@ -90,18 +94,25 @@ class PrivacyRecord(BaseModel):
     epsilon_round: Epsilon
     epsilon: Epsilon
     target_epsilon: Epsilon
-    epsilon_dataset: Epsilon
+    epsilon_dataset: Epsilon | None = None  # schemas 2 to 4 only: now in the node's ledger
     budget_epsilon: Epsilon
     policy: Hex64 | None
     policy_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None
     version: Annotated[str, Field(pattern=r"^[0-9A-Za-z.+_-]{1,40}$")]
     update_sha256: Hex64
-    charge: Annotated[int, Field(ge=1)]
+    charge: Annotated[int, Field(ge=1)]  # schema 5: the job's n-th charge on the node
     signed_at: Annotated[str, Field(pattern=r"^[0-9T:.+-]{19,40}Z?$")]
     key: Hex64
     launcher: Hex64 | None = None  # the key that signed the job this round ran (schema 3)
     job_sha256: Hex64 | None = None  # the hash of the signed job's bytes (schema 3)
     mechanism: MechanismChecks | None = None  # filled in after training (schema 4)
+
+    @model_validator(mode="after")
+    def _dataset_epsilon_by_schema(self) -> PrivacyRecord:
+        """Schemas 2 to 4 state the dataset's lifetime epsilon; schema 5 never does."""
+        if (self.epsilon_dataset is None) != (self.schema_version >= 5):
+            raise ValueError("epsilon_dataset: required up to schema 4, absent from schema 5 on")
+        return self
 
     @property
     def step(self) -> tuple[float, float, int]:
@@ -125,6 +136,8 @@ class SignedRecord(BaseModel):
 
 SCHEMA_FIELDS = {3: frozenset({"launcher", "job_sha256"}), 4: frozenset({"mechanism"})}
 """The keys each schema version added: an older record keeps its bytes without them."""
+SCHEMA_DROPPED = {5: frozenset({"epsilon_dataset"})}
+"""The keys each schema version removed: a newer record's bytes never carry them."""
 
 
 def record_json(record: PrivacyRecord) -> str:
@@ -133,6 +146,11 @@ def record_json(record: PrivacyRecord) -> str:
         key
         for version, keys in SCHEMA_FIELDS.items()
         if version > record.schema_version
+        for key in keys
+    } | {
+        key
+        for version, keys in SCHEMA_DROPPED.items()
+        if version <= record.schema_version
         for key in keys
     }
     data = {key: value for key, value in record.model_dump(mode="json").items() if key not in newer}

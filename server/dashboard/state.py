@@ -163,7 +163,11 @@ def version(files: list[Path]) -> str:
 
 
 def _dataset_epsilons(ledger: Path, problems: list[str]) -> dict[tuple[str, str], dict[int, float]]:
-    """(run, country) -> round -> the dataset's lifetime ε its record states."""
+    """(run, country) -> round -> the dataset's lifetime ε its record states (before schema 5).
+
+    A record of schema 5 on no longer states it (it would tell this coordinator what others
+    spent on the data): such rounds get no point, and the table shows no number.
+    """
     found: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     if not ledger.is_file():
         return found
@@ -176,7 +180,8 @@ def _dataset_epsilons(ledger: Path, problems: list[str]) -> dict[tuple[str, str]
         except ValidationError:
             problems.append(f"{ledger}: entry {number} is not a ledger record; run `audit verify`")
             continue
-        found[(record.run, record.country)][record.round] = record.epsilon_dataset
+        if record.epsilon_dataset is not None:
+            found[(record.run, record.country)][record.round] = record.epsilon_dataset
     return found
 
 

@@ -207,7 +207,8 @@ def test_the_runs_ledger_verifies_and_holds_every_signed_round(run: Run) -> None
             n for n in run.results.rounds[spend.round - 1].nodes if n.country == spend.country
         )
         assert spend.record.epsilon == reported.epsilon
-        assert spend.record.epsilon_dataset == pytest.approx(spend.record.epsilon)  # fresh node
+        assert spend.record.epsilon_dataset is None  # the lifetime stays in the node's ledger
+        assert spend.epsilon_dataset == pytest.approx(spend.record.epsilon)  # fresh node
         assert spend.record.budget_epsilon == 8.0
     assert len(list((run.out / "ledger" / "updates").glob("*.safetensors"))) == 9
 

@@ -200,7 +200,7 @@ def test_json_is_the_verification_numbers(verified: Verification) -> None:
             "epsilon_recorded": record.epsilon,
             "epsilon_opacus": spend.epsilon_opacus,
             "epsilon_dp_accounting": spend.epsilon_dp_accounting,
-            "epsilon_dataset": record.epsilon_dataset,
+            "epsilon_dataset": spend.epsilon_dataset,
             "budget_epsilon": record.budget_epsilon,
             "target_epsilon": record.target_epsilon,
             "noise_multiplier": record.noise_multiplier,
@@ -271,7 +271,7 @@ def test_html_has_one_chart_per_country_with_every_round(verified: Verification)
             (RECORDED, [s.record.epsilon for s in spends]),
             (OPACUS, [s.epsilon_opacus for s in spends]),
             (DP_ACCOUNTING, [s.epsilon_dp_accounting for s in spends]),
-            (DATASET, [s.record.epsilon_dataset for s in spends]),
+            (DATASET, [s.epsilon_dataset for s in spends]),
         ]:
             assert (lines[name]["x"], lines[name]["y"]) == (rounds, values), name
         assert lines["job target ε"]["y"] == [TARGET, TARGET]
@@ -550,3 +550,21 @@ def test_infinite_recomputed_epsilon_is_null_in_json_and_off_the_plot(
     assert all(v is None or math.isfinite(v) for line in lines for v in line["y"])
     assert traces(charts[0].figure)[FLAGGED]["x"] == [1]
     assert f"round 1: recorded {spend.record.epsilon:.4f}, Opacus ∞," in charts[0].description
+
+
+def test_without_node_ledgers_the_dataset_lifetime_is_a_dash_not_a_number(
+    written: LedgerFixture,
+) -> None:
+    alone = verify_ledger(written.ledger, load_keys(written.keys))
+
+    doc = json.loads(render_report(alone, fmt=ReportFormat.JSON))
+    countries = doc["runs"][0]["countries"]
+    assert [c["epsilon_dataset"] for c in countries] == [None, None]
+    assert {r["epsilon_dataset"] for c in countries for r in c["rounds"]} == {None}
+    assert all(c["budget_epsilon"] == BUDGET for c in countries)
+    text = render_report(alone, fmt=ReportFormat.MD)
+    assert "- Dataset lifetime ε: – (budget 12)" in text.splitlines()
+    page = render_report(alone, fmt=ReportFormat.HTML)
+    assert_well_formed(page)
+    for chart in parse(page).chart_list():
+        assert traces(chart.figure)[DATASET]["y"] == []

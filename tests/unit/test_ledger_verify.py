@@ -309,7 +309,7 @@ def test_a_keeper_key_missing_from_the_key_folder_is_a_problem(made: LedgerFixtu
 
 
 def test_a_node_copy_with_a_lowered_lifetime_spend_is_caught(tmp_path: Path) -> None:
-    made = write_ledger(tmp_path, countries=("DE",), rounds=2, refuse=None)
+    made = write_ledger(tmp_path, countries=("DE",), rounds=2, refuse=None, schema=4)
     path = made.node_ledgers["DE"]
     lines = path.read_text("ascii").splitlines()
     index = max(i for i, line in enumerate(lines) if '"kind":"record"' in line)
@@ -486,3 +486,83 @@ def test_a_budget_reset_in_a_coordinators_ledger_is_a_problem(made: LedgerFixtur
     assert [(p.entry, p.what) for p in result.problems] == [
         (1, "budget-reset entry in a coordinator's ledger")
     ]
+
+
+def _edit_charges(made: LedgerFixture, country: str, **changes: float) -> list[int]:
+    """Change every charge entry of ``country``'s ledger and re-sign its chain with its key."""
+    path = made.node_ledgers[country]
+    prev, lines, edited = GENESIS, [], []
+    for index, line in enumerate(path.read_text("ascii").splitlines()):
+        data = {k: v for k, v in json.loads(line).items() if k not in ("hash", "signature")}
+        if data["kind"] == EntryKind.CHARGE.value:
+            data["detail"] = {**data["detail"], **changes}
+            edited.append(index)
+        body = EntryBody.model_validate_json(json.dumps({**data, "prev": prev}))
+        prev = body.digest()
+        signature = made.signers[country].sign(prev.encode())
+        lines.append(canonical_json({**body.model_dump(), "hash": prev, "signature": signature}))
+    path.write_text("".join(line + "\n" for line in lines), "ascii")
+    return edited
+
+
+def test_records_no_longer_state_the_lifetime_and_a_coordinator_ledger_says_so(
+    made: LedgerFixture,
+) -> None:
+    result = _verify(made)
+
+    assert result.ok, _problems(result)
+    assert all(s.record.epsilon_dataset is None for s in result.spends)
+    assert all(s.epsilon_dataset is None for s in result.spends)
+    assert any("lifetime epsilon" in n.what and "--node-ledger" in n.what for n in result.notes)
+
+
+def test_node_ledgers_give_the_lifetime_the_records_no_longer_state(made: LedgerFixture) -> None:
+    result = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    assert result.ok, _problems(result)
+    assert all(
+        s.epsilon_dataset == pytest.approx(s.record.epsilon, rel=1e-9) for s in result.spends
+    )
+    assert not any("lifetime epsilon" in n.what for n in result.notes)
+
+
+def test_a_node_charge_entry_with_a_lowered_lifetime_spend_is_caught(
+    made: LedgerFixture,
+) -> None:
+    edited = _edit_charges(made, "DE", epsilon_dataset=0.01)
+
+    result = verify_ledger(made.node_ledgers["DE"], load_keys(made.keys))
+
+    assert {p.entry for p in result.problems if "charges in this ledger give" in p.what} == set(
+        edited
+    )
+
+
+def test_a_node_ledger_lifetime_above_the_dataset_budget_is_flagged(made: LedgerFixture) -> None:
+    edited = _edit_charges(made, "FR", budget_epsilon=1.0)
+
+    result = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    over = {p.entry for p in result.problems if "exceeds its budget 1" in p.what}
+    assert over
+    assert over <= set(edited)
+
+
+def test_a_record_without_its_charge_entry_in_the_node_ledger_is_flagged(
+    made: LedgerFixture,
+) -> None:
+    _edit_charges(made, "DE", job_charge=99)
+
+    result = verify_ledger(made.node_ledgers["DE"], load_keys(made.keys))
+
+    assert any("no charge entry for the job's charge" in p.what for p in result.problems)
+
+
+def test_records_of_schema_4_still_verify_with_the_lifetime_they_state(tmp_path: Path) -> None:
+    made = write_ledger(tmp_path, schema=4)
+
+    result = _verify(made, node_ledgers=list(made.node_ledgers.values()))
+
+    assert result.ok, _problems(result)
+    assert {s.record.schema_version for s in result.spends} == {4}
+    assert all(s.epsilon_dataset == s.record.epsilon_dataset for s in result.spends)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node_harness import node_file, signed_record, train_round
+from node_harness import charge_details, node_file, signed_record, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import load_node_settings
 from residency.common.config.job import Job, load_job
@@ -81,7 +81,8 @@ def test_no_view_of_the_data_opens_a_fresh_account(tmp_path: Path) -> None:
         try:
             reply = train_round(variant, settings, run_id=run_id, server_round=1)
             outcomes.append(True)
-            assert signed_record(reply).epsilon_dataset <= BUDGET * 1.0001
+            assert signed_record(reply).epsilon_dataset is None
+            assert charge_details(tmp_path / "state")[-1]["epsilon_dataset"] <= BUDGET * 1.0001
         except BudgetExceeded as exc:
             outcomes.append(False)
             reasons.append(str(exc))
@@ -116,7 +117,8 @@ def test_only_the_operators_reset_opens_a_new_account(tmp_path: Path) -> None:
         train_round(job, settings, run_id=2, server_round=1)
     store = BudgetStore(tmp_path / "state" / STORE_FILE)
     old, new = store.reset("triage-notes", tmp_path / "job" / "de.csv", reason="new cohort")
-    assert old == first.dataset
+    assert first.launcher is not None
+    assert store.launcher_account(old, launcher=first.launcher) == first.dataset
     second = signed_record(train_round(job, settings, run_id=3, server_round=1))
-    assert second.dataset == new
+    assert second.dataset == store.launcher_account(new, launcher=first.launcher)
     assert store.history(old) == store.history(new)  # the old account keeps what it spent

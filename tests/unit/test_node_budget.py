@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from node_harness import node_file, train_round
+from node_harness import charge_details, node_file, train_round
 from residency.auditor.crosscheck import epsilon_dp_accounting
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
@@ -218,7 +218,10 @@ def test_every_reply_carries_a_signed_record_and_the_node_keeps_its_own_ledger(
     public = load_public(tmp_path / "state" / "record.key.pub")
     assert {record.key for record in records} == {public}
     assert [record.epsilon for record in records] == [epsilon(first), epsilon(second)]
-    assert records[1].epsilon_dataset == pytest.approx(records[1].epsilon)
+    assert records[1].epsilon_dataset is None  # the dataset's lifetime stays in the node
+    charged = charge_details(tmp_path / "state")
+    assert charged[1]["epsilon_dataset"] == pytest.approx(records[1].epsilon)
+    assert charged[1]["budget_epsilon"] == 8.0
     assert records[1].budget_epsilon == 8.0
     assert records[0].history[0][2] * 2 == records[1].history[0][2]  # composed, not reset
     arrays = first.content.array_records[wire.ARRAYS]

@@ -136,7 +136,7 @@ def test_data_no_round_can_use_is_one_fixed_refusal_before_any_charge(
 
 @pytest.mark.unit
 def test_a_node_toml_without_a_schema_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
-    settings = node_file(tmp_path, 8.0, extra='labels = ["pos", "neg"]\n')
+    settings = node_file(tmp_path, 8.0, extra='labels = ["pos", "neg"]\n', public_records=40)
     old = "\n".join(
         line for line in settings.read_text(encoding="utf-8").splitlines() if "labels" not in line
     )
@@ -161,7 +161,7 @@ def test_a_node_toml_without_a_schema_names_the_file_the_key_and_the_fix(tmp_pat
 def test_a_bad_declared_label_set_is_one_line_naming_file_and_field(
     tmp_path: Path, labels: str, problem: str
 ) -> None:
-    settings = node_file(tmp_path, 8.0, extra=f"labels = {labels}\n")
+    settings = node_file(tmp_path, 8.0, extra=f"labels = {labels}\n", public_records=40)
     with pytest.raises(ConfigError) as caught:
         load_node_settings(settings)
     message = str(caught.value)

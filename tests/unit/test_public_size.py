@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from node_harness import node_file, signed_record, train_round
 from residency.cli.simulation import write_node_settings
 from residency.client import app as client_app
 from residency.client import trainer
@@ -35,8 +36,7 @@ from residency.common.privacy.accountant import poisson_schedule
 from residency.common.privacy.public_size import far_from, rounded_size
 from residency.common.refusal import RefusalCode
 from residency.common.updates import GradSampleMode
-from tests.node_harness import node_file, signed_record, train_round
-from tests.toy_federation import write_toy_job
+from toy_federation import LABELS, write_toy_job
 
 EXAMPLES = 60
 
@@ -218,7 +218,8 @@ def test_the_trainer_samples_and_scales_by_the_public_size_not_the_data(
 def test_a_node_file_without_a_public_size_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text(
-        'country = "DE"\ndata = "de.csv"\nstate = "s"\nbudget_epsilon = 8.0\ndelta = 1e-5\n',
+        'country = "DE"\ndata = "de.csv"\nstate = "s"\nbudget_epsilon = 8.0\ndelta = 1e-5\n'
+        'labels = ["pos", "neg", "obj"]\n',
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as error:
@@ -254,7 +255,12 @@ def test_records_are_counted_as_the_reader_reads_them(tmp_path: Path) -> None:
 def test_node_init_and_simulation_declare_the_rounded_count(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "job", countries=("DE", "FR"), examples=456))
     made = init_node(
-        tmp_path / "n", country="DE", data=tmp_path / "job" / "de.csv", budget_epsilon=8, delta=1e-5
+        tmp_path / "n",
+        country="DE",
+        data=tmp_path / "job" / "de.csv",
+        budget_epsilon=8,
+        delta=1e-5,
+        labels=list(LABELS),
     )
     assert made.load().public_records == 460
     chosen = init_node(
@@ -264,6 +270,7 @@ def test_node_init_and_simulation_declare_the_rounded_count(tmp_path: Path) -> N
         budget_epsilon=8,
         delta=1e-5,
         public_records=500,
+        labels=list(LABELS),
     )
     assert chosen.load().public_records == 500
 

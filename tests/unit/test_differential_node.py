@@ -37,6 +37,7 @@ ROWS = separable_rows(40, 0)
 JOBS = {
     "head": 'update = "head"',
     "lora": 'update = "lora"',
+    "lora-fa": 'update = "lora-fa"',
     "release": 'update = "prototypes"',
     "warm start": 'update = "head"\nwarm_start = "prototypes"',
 }
@@ -64,6 +65,14 @@ PLANS = st.fixed_dictionaries(
         ),
         "text-column": st.sampled_from(["label", "note"]),
         "label-column": st.sampled_from(["text", "note"]),
+        "seed": st.sampled_from([0, -1, 2**62]),
+        "accountant": st.sampled_from(["prv", "rdp"]),
+        "warm-start-share": st.sampled_from([1e-9, 0.5, 0.999]),
+        "max-length": st.sampled_from([8, 512]),
+        "transfer-dtype": st.sampled_from(["float32", "float16"]),
+        "lora-rank": st.sampled_from([1, 256]),
+        "lora-alpha": st.sampled_from([1, 4096]),
+        "rounds": st.sampled_from([1, 3]),
     },
 )
 

@@ -274,18 +274,22 @@ def _read(
                 texts.append(text)
                 indices.append(label)
     except OSError as exc:
-        raise _error(
-            path,
-            "file",
-            f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})",
-            "check that the file is readable by the user running this node",
-        ) from exc
+        raise _unreadable(path, exc) from exc
     return LabeledTexts(
         texts=tuple(texts), labels=tuple(indices), label_names=label_names, source=path
     )
 
 
 _NO_RECORDS_FIX = "add records, or point to the right file"
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return _error(
+        path,
+        "file",
+        f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})",
+        "check that the file is readable by the user running this node",
+    )
 
 
 def count_records(path: Path) -> int:
@@ -319,12 +323,7 @@ def count_records(path: Path) -> int:
                 ) from exc
             return max(len(rows) - 1, 0)
     except OSError as exc:
-        raise _error(
-            path,
-            "file",
-            f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})",
-            "check that the file is readable by the user running this node",
-        ) from exc
+        raise _unreadable(path, exc) from exc
 
 
 def _job_labels(labels: Sequence[str]) -> tuple[str, ...]:

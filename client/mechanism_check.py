@@ -39,6 +39,15 @@ class MechanismLog:
         self.batches += 1
         self.rows = rows
 
+    def empty_batch(self) -> None:
+        """An empty Poisson batch: nothing to clip, a zero sum; counted like any other batch.
+
+        Counting only non-empty batches would sign how many of the round's batches the
+        sampler left empty, a function of the record count that no accountant charges.
+        """
+        self.batches += 1
+        self.clipped_batches += 1
+
     def clipped(self, per_example: list[int], clipped_sum: float, max_grad_norm: float) -> None:
         """Count the batch as clipped if every tensor had ``rows`` examples and the sum is bounded.
 

@@ -358,6 +358,9 @@ def noise_only_step(optimizer: DPOptimizer) -> None:
             param.grad_sample = torch.zeros(
                 (0, *param.shape), device=param.device, dtype=param.dtype
             )
+    log = getattr(optimizer, "mechanism_log", None)
+    if isinstance(log, MechanismLog):
+        log.empty_batch()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

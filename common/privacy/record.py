@@ -51,7 +51,8 @@ class MechanismChecks(BaseModel):
     Libraries can break DP silently (Opacus' hooks stopped registering on PEFT's LoRA layers
     in some releases, opacus issue 820): a tensor that gets no per-example gradient is
     trained without clipping. So the node counts, as it trains: ``steps``, the noisy steps
-    taken; ``batches``, those with at least one row; ``clipped_batches``, the batches in which
+    taken; ``batches``, the Poisson batches, empty ones included (so the count is the steps',
+    never how many batches the sampler left empty); ``clipped_batches``, the batches in which
     every trainable tensor had a per-example gradient (ghost clipping: a per-example norm) for
     every row and the clipped sum stayed within rows x ``max_grad_norm``; ``noise_std``, the
     standard deviation every step's noise was drawn with. A release is one step and one batch

@@ -62,3 +62,18 @@ def test_a_node_runs_every_private_batch_at_full_width(
     assert not reply.has_error()
     assert widths  # the encoder ran on the node's records
     assert set(widths) == {job.model.max_length}  # the toy notes are far shorter
+
+
+def test_the_signed_batch_count_is_the_steps_never_how_many_were_empty(tmp_path: Path) -> None:
+    """How many Poisson batches came out empty depends on the record count: never signed."""
+    job = load_job(
+        write_toy_job(
+            tmp_path / "job", countries=("DE",), rounds=1, examples=40, train='update = "head"'
+        )
+    )
+    reply = train_round(
+        job, node_file(tmp_path, 100.0), run_id=1, server_round=1, overrides={"batch-size": 1}
+    )
+    record = signed_record(reply)  # q = 1/40: about a third of the 80 batches are empty
+    assert record.mechanism is not None
+    assert record.mechanism.batches == record.mechanism.clipped_batches == record.steps == 80

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +196,7 @@ def train_round(
     faults raise) unless a test passes the ClientApp's ``train``, whose reply is what the
     coordinator sees: an update, or a coded error.
     """
-    context = Context(
-        run_id=run_id,
-        node_id=0,
-        node_config={NODE_CONFIG_KEY: str(settings)},
-        state=RecordDict(),
-        run_config={},
-    )
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = run_id, 0, 1
-    try:  # Flower's messages read the task's identity, as a ClientApp process has it
+    with task_identity(run_id):  # Flower's messages read it, as a ClientApp process has it
         message = round_message(
             job,
             server_round=server_round,
@@ -215,7 +207,27 @@ def train_round(
             nonce=f"{run_id:032x}" if nonce is None else nonce,
             expires_unix_s=expires_unix_s,
         )
-        return handler(message, context)
+        return handler(message, node_context(settings, run_id=run_id))
+
+
+def node_context(settings: Path, *, run_id: int) -> Context:
+    """The Flower context of a freshly started node whose settings file is ``settings``."""
+    return Context(
+        run_id=run_id,
+        node_id=0,
+        node_config={NODE_CONFIG_KEY: str(settings)},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+@contextmanager
+def task_identity(run_id: int) -> Iterator[None]:
+    """Flower's task identity for ``run_id`` while messages are built and handled."""
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = run_id, 0, 1
+    try:
+        yield
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 

@@ -13,13 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from node_harness import TEST_LAUNCHER, node_file, round_message, signed_record, train_round
+from node_harness import (
+    TEST_LAUNCHER,
+    node_context,
+    node_file,
+    round_message,
+    signed_record,
+    task_identity,
+    train_round,
+)
 from residency.client.app import _train
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common.config.job import Job, load_job
 from residency.common.config.signed_job import (
     ExpiredJob,
@@ -111,13 +116,7 @@ def test_two_copies_of_a_release_sent_at_once_release_once(tmp_path: Path) -> No
     outcomes: list[str] = []
 
     def release(run_id: int) -> None:
-        context = Context(
-            run_id=run_id,
-            node_id=0,
-            node_config={NODE_CONFIG_KEY: str(settings)},
-            state=RecordDict(),
-            run_config={},
-        )
+        context = node_context(settings, run_id=run_id)
         message = messages[run_id]
         meet.wait(timeout=60)  # both messages enter the node together
         try:
@@ -126,17 +125,13 @@ def test_two_copies_of_a_release_sent_at_once_release_once(tmp_path: Path) -> No
         except Refused as exc:
             outcomes.append(exc.refusal.code.value)
 
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
-    try:
+    with task_identity(1):
         messages = {run_id: round_message(job, server_round=1, nonce=NONCE) for run_id in (1, 2)}
         racers = [threading.Thread(target=release, args=(run_id,)) for run_id in (1, 2)]
         for racer in racers:
             racer.start()
         for racer in racers:
             racer.join(timeout=300)
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     assert sorted(outcomes) == [RefusalCode.INVALID_PLAN.value, "released"]
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 

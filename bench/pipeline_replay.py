@@ -54,6 +54,7 @@ class Plan:
     max_grad_norm: float = 1.0
     step_cap: float | None = None  # largest step on the mean gradient (None: the noise rule)
     average_from: int | None = None  # average the global heads from this round on (None: last)
+    radius: float | None = None  # the Lipschitz rule's distance scale (None: the noise rule)
 
 
 @functools.cache
@@ -114,6 +115,10 @@ def _dp_steps(
     input_norm = (features.square().sum(1) + 1.0).sqrt()
     clip = plan.max_grad_norm
     rate = plan.learning_rate * public / z
+    if plan.radius is not None:
+        size = weight.numel() + bias.numel()
+        total = plan.rounds * plan.steps
+        rate = plan.radius / (clip * math.sqrt(total * (1.0 + z**2 * size / public**2)))
     if plan.step_cap is not None:
         rate = min(rate, plan.step_cap)
     for _ in range(plan.steps):
@@ -140,6 +145,8 @@ class Trace:
 
     release: float
     rounds: tuple[float, ...]
+    halves: tuple[tuple[float, float], ...] = ()  # (first half, second half) of the test set,
+    # for the release and every round's model: what a choice by held-out data would give
 
     @property
     def final(self) -> float:
@@ -164,8 +171,17 @@ def replay(
     statistics = prototypes.combined(releases(parties, classes, z_release, generator))
     weight, bias = (t.double() for t in head(statistics))
     first = accuracy(weight, bias, test)
+    half = len(test[1]) // 2
+
+    def halves(w: torch.Tensor, b: torch.Tensor, data: Party) -> tuple[float, float]:
+        return (
+            accuracy(w, b, (data[0][:half], data[1][:half])),
+            accuracy(w, b, (data[0][half:], data[1][half:])),
+        )
+
+    split = [halves(weight, bias, test)]
     if z_train is None:
-        return Trace(first, ())
+        return Trace(first, (), tuple(split))
     centre = prototypes.feature_mean(statistics).clamp(-FEATURE_CENTRE_BOUND, FEATURE_CENTRE_BOUND)
     scale = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
     weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
@@ -192,7 +208,8 @@ def replay(
         mean_w = torch.stack([w for w, _ in chosen]).mean(0)
         mean_b = torch.stack([b for _, b in chosen]).mean(0)
         scores.append(accuracy(mean_w, mean_b, test_standard))
-    return Trace(first, tuple(scores))
+        split.append(halves(mean_w, mean_b, test_standard))
+    return Trace(first, tuple(scores), tuple(split))
 
 
 def mean_trace(
@@ -208,13 +225,15 @@ def mean_trace(
 ) -> tuple[float, tuple[float, ...], float]:
     """(release, per-round means, std of the final) over ``draws`` noise draws."""
     traces = [
-        replay(
-            parties, public, test, classes=classes, scale=scale, plan=plan, head=head, seed=s
-        )
+        replay(parties, public, test, classes=classes, scale=scale, plan=plan, head=head, seed=s)
         for s in range(draws)
     ]
     finals = np.array([t.final for t in traces])
-    rounds = tuple(float(np.mean([t.rounds[i] for t in traces])) for i in range(len(traces[0].rounds)))
+    mean_trace.selected = float(np.mean([_selected(t) for t in traces]))  # type: ignore[attr-defined]
+    mean_trace.last_half = float(np.mean([t.halves[-1][1] for t in traces]))  # type: ignore[attr-defined]
+    rounds = tuple(
+        float(np.mean([t.rounds[i] for t in traces])) for i in range(len(traces[0].rounds))
+    )
     return float(np.mean([t.release for t in traces])), rounds, float(finals.std())
 
 
@@ -227,3 +246,9 @@ def largest_step(plan: Plan, public: int) -> float:
     _, z = noise_multipliers(plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps)
     rate = plan.learning_rate * public / (z or math.inf)
     return rate if plan.step_cap is None else min(rate, plan.step_cap)
+
+
+def _selected(trace: Trace) -> float:
+    """Accuracy on the test set's second half of the model the first half picks (best)."""
+    best = max(range(len(trace.halves)), key=lambda i: trace.halves[i][0])
+    return trace.halves[best][1]

@@ -320,6 +320,7 @@ def _train_job(
                 plan.step_rule,
                 expected_batch=admitted.public_records * sample_rate,
                 noise=noise,
+                max_grad_norm=plan.max_grad_norm,
             ),
             dp=DpSgdSettings(
                 noise_multiplier=noise,

@@ -80,7 +80,7 @@ def test_minimal_job_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert job.privacy.delta == pytest.approx(1e-5)
     assert job.privacy.max_grad_norm == pytest.approx(1.0)
     assert job.privacy.accountant is AccountantKind.PRV
-    assert job.privacy.warm_start_share == pytest.approx(0.25)
+    assert job.privacy.warm_start_share == pytest.approx(0.5)
     assert job.nodes == []
 
 

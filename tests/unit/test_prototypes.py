@@ -22,6 +22,7 @@ from residency.common.updates.prototypes import (
     NODE_MEANS,
     SENSITIVITY,
     SUMS,
+    class_and_node_effects,
     class_statistics,
     combined,
     head_weights,
@@ -224,3 +225,55 @@ def test_the_model_reads_normalised_features_and_the_head_scores_like_the_statis
     assert torch.equal(model.classifier.weight.detach(), weight)
     assert torch.equal(model.classifier.bias.detach(), bias)
     assert set(prototypes.template(3, 32)) == {SUMS, COUNTS}
+
+
+def test_the_head_keeps_class_signal_where_nodes_differ_only_in_label_mix() -> None:
+    """Sites that write alike and hold other label mixes: their means differ by class alone.
+
+    A head that read every difference between node means as a site effect projected class
+    signal out (0.861 against 0.948 for global class means on the BBC corpus); this one must
+    score as the global class means do. At MiniLM's width: projecting out the K - 1 offset
+    directions that sampling alone makes costs about (K - 1) / width of the class signal.
+    """
+    width = 384
+    generator = torch.Generator().manual_seed(5)
+    shared = torch.zeros(width)
+    mixes = [[0.8, 0.15, 0.05], [0.1, 0.3, 0.6], [0.34, 0.33, 0.33]]
+    nodes = []
+    for mix in mixes:
+        labels = torch.multinomial(torch.tensor(mix), 400, replacement=True, generator=generator)
+        noise = 0.6 * torch.randn(400, width, generator=generator)
+        nodes.append((shared + torch.eye(3, width)[labels] + noise, labels))
+    weight, bias = head_weights(_statistics(nodes, 3))
+    labels = torch.arange(900) % 3
+    test = unit_rows(
+        torch.eye(3, width)[labels] + 0.6 * torch.randn(900, width, generator=generator)
+    )
+    accuracy = float(((test.float() @ weight.T + bias).argmax(1) == labels).float().mean())
+    sums = torch.stack([class_statistics(f, y, 3)[0] for f, y in nodes]).sum(0)
+    counts = torch.stack([class_statistics(f, y, 3)[1] for f, y in nodes]).sum(0)
+    means = sums / counts[:, None]
+    centred = means - means.mean(0)
+    global_accuracy = float(((test @ centred.T).argmax(1) == labels).double().mean())
+    assert accuracy >= global_accuracy - 0.01, (accuracy, global_accuracy)
+
+
+def test_class_and_node_effects_recover_an_additive_federation() -> None:
+    """Each node's class mean is its class's plus its own offset: both come back exactly."""
+    generator = torch.Generator().manual_seed(6)
+    classes, width = 4, 16
+    class_means = torch.randn(classes, width, generator=generator, dtype=torch.float64)
+    offsets = torch.randn(3, width, generator=generator, dtype=torch.float64)
+    counts = torch.tensor([[50.0, 10.0, 0.0, 5.0], [5.0, 40.0, 30.0, 0.0], [20, 20, 20, 20]])
+    cells = class_means[None] + offsets[:, None]  # node x class x width
+    node_sums = (counts.double()[..., None] * cells).sum(1)
+    totals = counts.sum(1)
+    statistics = {
+        SUMS: (counts.double()[..., None] * cells).sum(0).numpy(),
+        NODE_MEANS: (node_sums / totals[:, None].double()).numpy(),
+        NODE_COUNTS: counts.numpy(),
+    }
+    means, found, _ = class_and_node_effects(statistics)
+    shift = (totals.double() @ offsets) / totals.sum()
+    assert torch.allclose(found, offsets - shift, atol=1e-9)
+    assert torch.allclose(means, class_means + shift, atol=1e-9)

@@ -11,9 +11,10 @@ import torch
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.auditor.crosscheck import cross_check
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.client.trainer import LocalSchedule
+from residency.client.trainer import STABLE_STEP, LocalSchedule
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
+    WARM_START_SHARE,
     WARM_STARTED_HEAD,
     AccountantKind,
     Job,
@@ -144,7 +145,11 @@ def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
     delta, target = 1e-5, 8.0
     release = (
         noise_for_target(
-            target_epsilon=target * 0.25, delta=delta, sample_rate=1.0, steps=1, kind=kind
+            target_epsilon=target * WARM_START_SHARE,
+            delta=delta,
+            sample_rate=1.0,
+            steps=1,
+            kind=kind,
         ),
         1.0,
         1,
@@ -174,11 +179,15 @@ def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: 
     assert set(update_of(first)) == {prototypes.SUMS, prototypes.COUNTS}
     release = signed_record(first)
     expected = noise_for_target(
-        target_epsilon=8.0 * 0.25, delta=1e-4, sample_rate=1.0, steps=1, kind=AccountantKind.PRV
+        target_epsilon=8.0 * WARM_START_SHARE,
+        delta=1e-4,
+        sample_rate=1.0,
+        steps=1,
+        kind=AccountantKind.PRV,
     )
     assert (release.noise_multiplier, release.sample_rate, release.steps) == (expected, 1.0, 1)
     assert release.max_grad_norm == prototypes.SENSITIVITY
-    assert release.epsilon <= 2.0
+    assert release.epsilon <= 8.0 * WARM_START_SHARE
 
     records = [release]
     for server_round in range(2, job.train.server_rounds + 1):
@@ -278,10 +287,11 @@ def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
 def test_the_noise_step_rule_scales_the_rate_by_the_expected_batch_over_the_noise() -> None:
     """Each step then injects the same noise (rate x C per coordinate) at any size and budget."""
     schedule = LocalSchedule(epochs=10, batch_size=65_536, learning_rate=0.032)
-    assert schedule.scaled(StepRule.FIXED, expected_batch=500, noise=4.0) == schedule
-    small = schedule.scaled(StepRule.NOISE, expected_batch=100, noise=4.0)
-    large = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=4.0)
-    tight = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=32.0)
+    options = {"max_grad_norm": 1.0}
+    assert schedule.scaled(StepRule.FIXED, expected_batch=500, noise=4.0, **options) == schedule
+    small = schedule.scaled(StepRule.NOISE, expected_batch=100, noise=4.0, **options)
+    large = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=4.0, **options)
+    tight = schedule.scaled(StepRule.NOISE, expected_batch=2000, noise=32.0, **options)
     assert small.learning_rate == pytest.approx(0.8)
     assert large.learning_rate == pytest.approx(16.0)
     assert tight.learning_rate == pytest.approx(2.0)
@@ -292,3 +302,21 @@ def test_the_noise_step_rule_scales_the_rate_by_the_expected_batch_over_the_nois
         (tight, (2000, 32.0)),
     ):
         assert scaled.learning_rate * noise / batch == pytest.approx(0.032)
+
+
+@pytest.mark.unit
+def test_the_noise_step_rule_stops_growing_where_signal_dominates() -> None:
+    """From 2,000 to 20,000 records the step stays at the stable step, not 5 to 10 times it.
+
+    The cap is on the step times the clipping norm: the mean clipped gradient scales with it.
+    """
+    schedule = LocalSchedule(epochs=10, batch_size=65_536, learning_rate=0.032)
+    steps = [
+        schedule.scaled(
+            StepRule.NOISE, expected_batch=records, noise=4.0, max_grad_norm=1.0
+        ).learning_rate
+        for records in (2000, 10_000, 20_000)
+    ]
+    assert steps == pytest.approx([STABLE_STEP] * 3)
+    halved = schedule.scaled(StepRule.NOISE, expected_batch=20_000, noise=4.0, max_grad_norm=2.0)
+    assert halved.learning_rate == pytest.approx(STABLE_STEP / 2)

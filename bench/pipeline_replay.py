@@ -1,49 +1,68 @@
-"""The default pipeline replayed on cached features: hundreds of settings in minutes.
+"""The default pipeline replayed on cached features: every choice, on real corpora, in minutes.
 
 ``bench/accuracy.py`` runs the product itself (``residency simulate``), which re-encodes every
-node's records each round: minutes per job on a CPU. Choosing a rule (the release's head, its
-share of epsilon, the step size, the final model) needs hundreds of jobs, so this replays the
-default pipeline's mechanism exactly on features encoded once:
+node's records each round: minutes per job on a CPU. Choosing the release's head, its share of
+epsilon and the step size needs hundreds of jobs, so this replays the default pipeline's
+mechanism exactly on features the frozen encoder computed once per corpus:
 
 - the release: :func:`prototypes.release` per node (noise multiplier from the product's
   accountant for one step at sample rate 1 and ``share`` of epsilon), summed by
   :func:`prototypes.combined`, turned into a head by a head rule;
 - the warm-started head: features standardised with the release's noisy mean (clamped as the
   coordinator clamps it) and the encoder's public scale; per node, full-batch DP-GD (sample
-  rate 1 up to 65,536 records, as the default's batch): per-example gradients of softmax
-  regression clipped jointly over weight and bias to ``max_grad_norm`` (Opacus' flat
-  clipping), summed, Gaussian noise of std ``z * max_grad_norm`` added, divided by the public
-  size (Opacus' ``expected_batch_size``), one plain SGD step; ``steps`` steps a round, then
-  FedAvg weighted by the public sizes. The noise multiplier of training is the product's
-  ``noise_after`` the release.
+  rate 1, as the default's batch of 65,536 gives): per-example gradients of softmax
+  regression clipped jointly over weight and bias (Opacus' flat clipping), summed, Gaussian
+  noise of std ``z * max_grad_norm`` added, divided by the public size (Opacus'
+  ``expected_batch_size``), one plain SGD step at the node's step rule; ``steps`` steps a
+  round, then FedAvg weighted by the public sizes. Training's noise multiplier is the
+  product's ``noise_after`` the release.
 
-What it leaves out is what does not change a full-batch head's trajectory: Flower, the wire,
-the ledger. ``bench/accuracy.py`` confirms the chosen defaults on the product itself.
+What it leaves out does not change a full-batch head's trajectory: Flower, the wire, the
+ledger. ``bench/accuracy.py`` confirms the shipped defaults on the product itself. Each row
+is the mean over ``--draws`` noise draws on one split; the references are non-private and
+computed on the same features. Usage::
+
+    python bench/pipeline_replay.py --corpus bbc-news [--countries DE,FR,ES,IT,PL]
+        [--regime dirichlet|language] [--alpha 0.5] [--epsilons 1,3,8] [--draws 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+import hashlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accuracy import corpus_countries, split_corpus
+from corpora import DEFAULT_CACHE, Corpus, CorpusError, load
+from sklearn.linear_model import LogisticRegression
 
-from residency.common.config.job import WARM_START_SHARE, AccountantKind
+from residency.cli.run_log import quiet_libraries
+from residency.client.trainer import STABLE_STEP
+from residency.common.classifier_head import classifier_head
+from residency.common.config.job import WARM_START_SHARE, AccountantKind, UpdateKind
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
+from residency.common.data.encoding import encode
+from residency.common.device import pick_compute
+from residency.common.feature_scale import public_feature_scale
+from residency.common.head_input import head_features
+from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.updates import prototypes
 
 Party = tuple[torch.Tensor, torch.Tensor]  # unit-norm features (float64), labels (long)
 Release = dict[str, np.ndarray]
 HeadRule = Callable[[dict[str, np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
+FEATURES = DEFAULT_CACHE.parent / "features"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One setting of the pipeline (defaults: the product's)."""
+    """One setting of the pipeline; the defaults are what the product ships."""
 
     epsilon: float
     delta: float = 1e-5
@@ -52,18 +71,17 @@ class Plan:
     steps: int = 10
     learning_rate: float = 0.032
     max_grad_norm: float = 1.0
-    step_cap: float | None = None  # largest step on the mean gradient (None: the noise rule)
-    average_from: int | None = None  # average the global heads from this round on (None: last)
-    radius: float | None = None  # the Lipschitz rule's distance scale (None: the noise rule)
+    stable_step: float | None = STABLE_STEP  # None: the noise rule uncapped
+    head: str = "shipped"
 
 
 @functools.cache
 def noise_multipliers(
     epsilon: float, delta: float, share: float, training_steps: int
 ) -> tuple[float, float | None]:
-    """(release z, training z): the product's accountant at sample rate 1 (PRV)."""
+    """(release z, training z): the product's accountant (PRV) at sample rate 1."""
     kind = AccountantKind.PRV
-    if share >= 1.0 or training_steps == 0:
+    if share >= 1.0:
         release = noise_for_target(
             target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, kind=kind
         )
@@ -82,14 +100,46 @@ def noise_multipliers(
     return release, training
 
 
-def releases(
-    parties: Mapping[str, Party], classes: int, z: float, generator: torch.Generator
-) -> list[Release]:
-    """Every node's release, with the product's own function."""
-    return [
-        prototypes.release(x, y, classes=classes, noise_multiplier=z, generator=generator)
-        for x, y in parties.values()
-    ]
+def node_centred_head(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release's head before issue 25: each class centred within its own node.
+
+    Every difference between node means was read as a site effect and projected out, which
+    removes class signal where nodes differ by label mix; kept here as the baseline.
+    """
+    sums = torch.from_numpy(np.asarray(statistics[prototypes.SUMS], dtype=np.float64))
+    node_means = torch.from_numpy(np.asarray(statistics[prototypes.NODE_MEANS], dtype=np.float64))
+    weights = torch.from_numpy(
+        np.asarray(statistics[prototypes.NODE_COUNTS], dtype=np.float64)
+    ).clamp_min(0.0)
+    total = weights.sum(dim=1)
+    overall = (total[:, None] * node_means).sum(dim=0) / total.sum().clamp_min(1.0)
+    deviations = sums - weights.T @ node_means
+    offsets = node_means - overall
+    basis, singular, _ = torch.linalg.svd(offsets.T, full_matrices=False)
+    basis = basis[:, singular > 1e-9 * singular.max().clamp_min(1e-300)]
+    deviations = deviations - (deviations @ basis) @ basis.T
+    directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    weight = prototypes.TEMPERATURE * directions
+    return weight, -(weight @ overall)
+
+
+def global_means_head(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain cosine classifier on the federation's pooled noisy class means, centred."""
+    sums = torch.from_numpy(np.asarray(statistics[prototypes.SUMS], dtype=np.float64))
+    counts = torch.from_numpy(np.asarray(statistics[prototypes.COUNTS], dtype=np.float64))
+    means = sums / counts.clamp_min(1.0)[:, None]
+    overall = sums.sum(0) / counts.clamp_min(0.0).sum().clamp_min(1.0)
+    directions = means - overall
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    weight = prototypes.TEMPERATURE * directions
+    return weight, -(weight @ overall)
+
+
+HEADS: dict[str, HeadRule] = {
+    "shipped": prototypes.head_weights,
+    "node-centred": node_centred_head,
+    "global-means": global_means_head,
+}
 
 
 def accuracy(weight: torch.Tensor, bias: torch.Tensor, test: Party) -> float:
@@ -97,6 +147,14 @@ def accuracy(weight: torch.Tensor, bias: torch.Tensor, test: Party) -> float:
     features, labels = test
     scores = features @ weight.T.to(features.dtype) + bias.to(features.dtype)
     return float((scores.argmax(1) == labels).double().mean())
+
+
+def step_size(plan: Plan, public: int, z: float) -> float:
+    """The node's step on the mean gradient: the ``noise`` rule, capped as the product caps it."""
+    rate = plan.learning_rate * public / z
+    if plan.stable_step is not None:
+        rate = min(rate, plan.stable_step / plan.max_grad_norm)
+    return rate
 
 
 def _dp_steps(
@@ -113,142 +171,221 @@ def _dp_steps(
     features, labels = party
     onehot = torch.nn.functional.one_hot(labels, weight.shape[0]).to(features.dtype)
     input_norm = (features.square().sum(1) + 1.0).sqrt()
-    clip = plan.max_grad_norm
-    rate = plan.learning_rate * public / z
-    if plan.radius is not None:
-        size = weight.numel() + bias.numel()
-        total = plan.rounds * plan.steps
-        rate = plan.radius / (clip * math.sqrt(total * (1.0 + z**2 * size / public**2)))
-    if plan.step_cap is not None:
-        rate = min(rate, plan.step_cap)
+    clip, rate = plan.max_grad_norm, step_size(plan, public, z)
     for _ in range(plan.steps):
         error = torch.softmax(features @ weight.T + bias, dim=1) - onehot
-        norms = error.norm(dim=1) * input_norm
-        factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+        factor = (clip / (error.norm(dim=1) * input_norm + 1e-6)).clamp(max=1.0)
         scaled = error * factor[:, None]
-        grad_w = scaled.T @ features
-        grad_b = scaled.sum(0)
-        grad_w = grad_w + z * clip * torch.randn(
-            grad_w.shape, generator=generator, dtype=grad_w.dtype
+        noisy_w = scaled.T @ features + z * clip * torch.randn(
+            weight.shape, generator=generator, dtype=weight.dtype
         )
-        grad_b = grad_b + z * clip * torch.randn(
-            grad_b.shape, generator=generator, dtype=grad_b.dtype
+        noisy_b = scaled.sum(0) + z * clip * torch.randn(
+            bias.shape, generator=generator, dtype=bias.dtype
         )
-        weight = weight - rate * grad_w / public
-        bias = bias - rate * grad_b / public
+        weight = weight - rate * noisy_w / public
+        bias = bias - rate * noisy_b / public
     return weight, bias
 
 
 @dataclass(frozen=True)
-class Trace:
-    """Test accuracy after the release and after each training round (of the chosen model)."""
+class Federation:
+    """Each country's features and public size, the test set, the classes, the public scale."""
 
-    release: float
-    rounds: tuple[float, ...]
-    halves: tuple[tuple[float, float], ...] = ()  # (first half, second half) of the test set,
-    # for the release and every round's model: what a choice by held-out data would give
-
-    @property
-    def final(self) -> float:
-        return self.rounds[-1] if self.rounds else self.release
+    parties: dict[str, Party]
+    public: dict[str, int]
+    test: Party
+    classes: int
+    scale: torch.Tensor
 
 
-def replay(
-    parties: Mapping[str, Party],
-    public: Mapping[str, int],
-    test: Party,
-    *,
-    classes: int,
-    scale: torch.Tensor,
-    plan: Plan,
-    head: HeadRule = prototypes.head_weights,
-    seed: int,
-) -> Trace:
-    """One job of the pipeline ``plan`` describes, with fresh noise from ``seed``."""
+def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
+    """Test accuracy after the release and after each training round, fresh noise from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    training_steps = 0 if plan.share >= 1.0 else plan.rounds * plan.steps
-    z_release, z_train = noise_multipliers(plan.epsilon, plan.delta, plan.share, training_steps)
-    statistics = prototypes.combined(releases(parties, classes, z_release, generator))
-    weight, bias = (t.double() for t in head(statistics))
-    first = accuracy(weight, bias, test)
-    half = len(test[1]) // 2
-
-    def halves(w: torch.Tensor, b: torch.Tensor, data: Party) -> tuple[float, float]:
-        return (
-            accuracy(w, b, (data[0][:half], data[1][:half])),
-            accuracy(w, b, (data[0][half:], data[1][half:])),
-        )
-
-    split = [halves(weight, bias, test)]
-    if z_train is None:
-        return Trace(first, (), tuple(split))
-    centre = prototypes.feature_mean(statistics).clamp(-FEATURE_CENTRE_BOUND, FEATURE_CENTRE_BOUND)
-    scale = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
-    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
-    standard = {c: ((x - centre) / scale, y) for c, (x, y) in parties.items()}
-    test_standard = ((test[0] - centre) / scale, test[1])
-    total = sum(public[c] for c in parties)
-    history: list[tuple[torch.Tensor, torch.Tensor]] = []
-    scores: list[float] = []
-    for server_round in range(plan.rounds):
-        new_w, new_b = torch.zeros_like(weight), torch.zeros_like(bias)
-        for country, party in standard.items():
-            w, b = _dp_steps(
-                weight, bias, party, public[country], plan=plan, z=z_train, generator=generator
-            )
-            new_w += public[country] / total * w
-            new_b += public[country] / total * b
-        weight, bias = new_w, new_b
-        history.append((weight, bias))
-        chosen = history
-        if plan.average_from is not None:
-            chosen = history[max(0, min(plan.average_from, server_round + 1) - 1) :]
-        else:
-            chosen = history[-1:]
-        mean_w = torch.stack([w for w, _ in chosen]).mean(0)
-        mean_b = torch.stack([b for _, b in chosen]).mean(0)
-        scores.append(accuracy(mean_w, mean_b, test_standard))
-        split.append(halves(mean_w, mean_b, test_standard))
-    return Trace(first, tuple(scores), tuple(split))
-
-
-def mean_trace(
-    parties: Mapping[str, Party],
-    public: Mapping[str, int],
-    test: Party,
-    *,
-    classes: int,
-    scale: torch.Tensor,
-    plan: Plan,
-    head: HeadRule = prototypes.head_weights,
-    draws: int,
-) -> tuple[float, tuple[float, ...], float]:
-    """(release, per-round means, std of the final) over ``draws`` noise draws."""
-    traces = [
-        replay(parties, public, test, classes=classes, scale=scale, plan=plan, head=head, seed=s)
-        for s in range(draws)
-    ]
-    finals = np.array([t.final for t in traces])
-    mean_trace.selected = float(np.mean([_selected(t) for t in traces]))  # type: ignore[attr-defined]
-    mean_trace.last_half = float(np.mean([t.halves[-1][1] for t in traces]))  # type: ignore[attr-defined]
-    rounds = tuple(
-        float(np.mean([t.rounds[i] for t in traces])) for i in range(len(traces[0].rounds))
+    z_release, z_train = noise_multipliers(
+        plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps
     )
-    return float(np.mean([t.release for t in traces])), rounds, float(finals.std())
+    releases = [
+        prototypes.release(
+            x, y, classes=federation.classes, noise_multiplier=z_release, generator=generator
+        )
+        for x, y in federation.parties.values()
+    ]
+    statistics = prototypes.combined(releases)
+    weight, bias = (t.double() for t in HEADS[plan.head](statistics))
+    scores = [accuracy(weight, bias, federation.test)]
+    if z_train is None:
+        return scores
+    bound = FEATURE_CENTRE_BOUND
+    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    scale = federation.scale.double().clamp_min(FEATURE_SCALE_FLOOR)
+    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
+    standard = {c: ((x - centre) / scale, y) for c, (x, y) in federation.parties.items()}
+    test = ((federation.test[0] - centre) / scale, federation.test[1])
+    total = sum(federation.public.values())
+    for _ in range(plan.rounds):
+        new_weight, new_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        for country, party in standard.items():
+            public = federation.public[country]
+            w, b = _dp_steps(weight, bias, party, public, plan=plan, z=z_train, generator=generator)
+            new_weight += public / total * w
+            new_bias += public / total * b
+        weight, bias = new_weight, new_bias
+        scores.append(accuracy(weight, bias, test))
+    return scores
 
 
-def with_epsilon(plan: Plan, epsilon: float) -> Plan:
-    return replace(plan, epsilon=epsilon)
+def corpus_features(
+    corpus: Corpus, *, model: str, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit-norm features of every text, the public feature scale), cached on disk."""
+    digest = hashlib.sha256("\0".join(corpus.texts).encode()).hexdigest()[:16]
+    key = hashlib.sha256(model.encode()).hexdigest()[:8]
+    path = FEATURES / f"{digest}-{key}-{max_length}.pt"
+    if path.exists():
+        kept = torch.load(path, weights_only=True)
+        return kept["features"], kept["scale"]
+    spec = ModelSpec(source=model, labels=corpus.label_names, update=UpdateKind.PROTOTYPES)
+    classifier = build_classifier(spec)
+    tokenizer = load_tokenizer(model)
+    compute = pick_compute()
+    data = encode(list(corpus.texts), [0] * len(corpus.texts), tokenizer, max_length=max_length)
+    rows = head_features(
+        classifier, classifier_head(classifier), data, compute=compute, public=True
+    )
+    features = prototypes.unit_rows(rows.tensors[0]).float()
+    scale = public_feature_scale(classifier, tokenizer, max_length=max_length, compute=compute)
+    FEATURES.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save({"features": features, "scale": scale}, partial)
+    partial.replace(path)
+    return features, scale
 
 
-def largest_step(plan: Plan, public: int) -> float:
-    """The step on the mean gradient a node of ``public`` records takes under ``plan``."""
-    _, z = noise_multipliers(plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps)
-    rate = plan.learning_rate * public / (z or math.inf)
-    return rate if plan.step_cap is None else min(rate, plan.step_cap)
+def federation_of(
+    corpus: Corpus,
+    features: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    countries: tuple[str, ...],
+    regime: str,
+    alpha: float,
+    test_examples: int,
+    seed: int,
+) -> Federation:
+    """The corpus split as ``bench/accuracy.py`` splits it, on the cached features."""
+    index = {name: k for k, name in enumerate(corpus.label_names)}
+    labels = torch.tensor([index[name] for name in corpus.labels])
+    split = split_corpus(
+        labels.tolist(),
+        corpus.languages,
+        classes=len(corpus.label_names),
+        countries=corpus_countries(corpus, regime, countries),
+        regime=regime,
+        test=test_examples,
+        alpha=alpha,
+        cap=None,
+        seed=seed,
+    )
+    rows = features.double()
+    parties = {c: (rows[ix], labels[ix]) for c, ix in split.parts.items() if ix}
+    return Federation(
+        parties=parties,
+        public={c: len(y) for c, (_, y) in parties.items()},
+        test=(rows[split.test], labels[split.test]),
+        classes=len(corpus.label_names),
+        scale=scale,
+    )
 
 
-def _selected(trace: Trace) -> float:
-    """Accuracy on the test set's second half of the model the first half picks (best)."""
-    best = max(range(len(trace.halves)), key=lambda i: trace.halves[i][0])
-    return trace.halves[best][1]
+def references(federation: Federation) -> dict[str, float]:
+    """Non-private references on the same features: probe, exact class means, majority."""
+    features = torch.cat([x for x, _ in federation.parties.values()]).numpy()
+    labels = torch.cat([y for _, y in federation.parties.values()]).numpy()
+    probe = LogisticRegression(max_iter=2000, C=10.0).fit(features, labels)
+    test_x, test_y = (t.numpy() for t in federation.test)
+    exact = prototypes.combined(
+        [
+            {
+                prototypes.SUMS: s.numpy().astype(np.float32),
+                prototypes.COUNTS: n.numpy().astype(np.float32),
+            }
+            for s, n in (
+                prototypes.class_statistics(x, y, federation.classes)
+                for x, y in federation.parties.values()
+            )
+        ]
+    )
+    majority = np.bincount(labels, minlength=federation.classes).argmax()
+    return {
+        "linear probe, central": float((probe.predict(test_x) == test_y).mean()),
+        "class means, exact (shipped head)": accuracy(
+            *prototypes.head_weights(exact), federation.test
+        ),
+        "class means, exact (global means)": accuracy(*global_means_head(exact), federation.test),
+        "majority class": float((test_y == majority).mean()),
+    }
+
+
+VARIANTS: dict[str, Callable[[float], Plan]] = {
+    "shipped (release + head)": lambda e: Plan(epsilon=e),
+    "before issue 25": lambda e: Plan(epsilon=e, share=0.25, stable_step=None, head="node-centred"),
+    "release alone (shipped head)": lambda e: Plan(epsilon=e, share=1.0),
+    "release alone (global means)": lambda e: Plan(epsilon=e, share=1.0, head="global-means"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", required=True, help="a name of bench/corpora.py")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--countries", default="DE,FR,ES,IT,PL")
+    parser.add_argument("--regime", default="dirichlet", choices=("dirichlet", "language"))
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--test", type=int, default=600)
+    parser.add_argument("--epsilons", default="1,3,8")
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    model = args.model
+    try:
+        corpus = load(args.corpus)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    features, scale = corpus_features(corpus, model=model, max_length=args.max_length)
+    countries = tuple(c.strip() for c in args.countries.split(","))
+    federation = federation_of(
+        corpus,
+        features,
+        scale,
+        countries=countries,
+        regime=args.regime,
+        alpha=args.alpha,
+        test_examples=args.test,
+        seed=args.seed,
+    )
+    print(f"{args.corpus}, {args.regime} split (alpha {args.alpha:g}, seed {args.seed}):")
+    for country, (_, y) in federation.parties.items():
+        mix = np.bincount(y.numpy(), minlength=federation.classes).tolist()
+        print(f"  {country}: {len(y)} rows, labels {mix}")
+    print(f"  test: {len(federation.test[1])} rows")
+    for name, value in references(federation).items():
+        print(f"{name:<36} no DP  {value:.3f}")
+    for epsilon in (float(e) for e in args.epsilons.split(",")):
+        for name, variant in VARIANTS.items():
+            plan = variant(epsilon)
+            runs = np.array([replay(federation, plan, seed=s) for s in range(args.draws)])
+            trace = runs.mean(axis=0)
+            drop = float(max(0.0, *(trace[:-1] - trace[1:]))) if len(trace) > 1 else 0.0
+            print(
+                f"{name:<36} eps={epsilon:<3g} {trace[-1]:.3f} (sd {runs[:, -1].std():.3f}; "
+                f"by round {' '.join(f'{a:.3f}' for a in trace)}; largest fall {drop:.3f})",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -996,9 +996,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [len(ys) for _, ys in prepared.rows.values()]
     per_country = f"{examples} notes" if demo else f"{min(sizes)}-{max(sizes)} rows"
     split = f"Dirichlet {alpha:g}" if args.regime == "dirichlet" else "one per language"
+    runs = "no DP rows" if args.references_only else f"mean of {args.repeats} run(s) per DP row"
     print(
         f"accuracy on the global test set, {args.corpus}, {args.model}, {per_country} per "
-        f"country ({split}), mean of {args.repeats} run(s) per DP row:"
+        f"country ({split}), {runs}:"
     )
     if args.set:
         print(f"every DP row with {', '.join(args.set)}")

@@ -96,3 +96,38 @@ def test_language_regime_gives_each_language_its_country(accuracy: ModuleType) -
 def test_an_impossible_split_is_one_line(accuracy: ModuleType) -> None:
     with pytest.raises(ValueError, match="--alpha"):
         _split(accuracy, countries=tuple(f"C{i}" for i in range(10)), alpha=0.01)
+
+
+def test_prepare_corpus_writes_a_job_the_product_loads(
+    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from residency.common.config.job import load_job
+    from residency.common.data.readers import read_labeled_texts
+
+    names = ("low", "mid", "high")
+    corpus = accuracy.Corpus(
+        name="inline",
+        texts=[f"note {i}, with a comma" for i in range(len(LABELS))],
+        labels=[names[y] for y in LABELS],
+        label_names=names,
+        languages=LANGUAGES,
+    )
+    prepared = accuracy.prepare_corpus(
+        tmp_path, corpus, countries=COUNTRIES, regime="dirichlet", examples=None,
+        test_examples=40, alpha=0.5, model="tiny", seed=3,
+    )  # fmt: skip
+    job = load_job(prepared.job)
+    assert tuple(job.data.labels) == names
+    assert [node.country for node in job.nodes] == list(COUNTRIES)
+    for node in job.nodes:
+        assert node.data is not None
+        read = read_labeled_texts(node.data, text_column="text", label_column="label", labels=names)
+        assert (list(read.texts), list(read.labels)) == prepared.rows[node.country]
+    assert job.data.test == prepared.test_file
+    printed = capsys.readouterr().out
+    for country, (_, ys) in prepared.rows.items():
+        assert f"  {country}: {len(ys)} rows, labels " in printed
+    assert len(prepared.test[1]) == 40
+    pooled = prepared.files[accuracy.CENTRAL_COUNTRY]
+    read = read_labeled_texts(pooled, text_column="text", label_column="label", labels=names)
+    assert len(read.labels) == len(LABELS) - 40

@@ -22,8 +22,8 @@ classifier head reads (the frozen encoder's normalised mean): the class-mean cla
 exact statistics (what ``prototypes`` would give without noise), a linear probe trained
 federated (FedAvg of full-batch softmax regression) and centrally (scikit-learn's logistic
 regression), and the majority class. They separate what the features allow from what DP
-costs. A fourth, non-private central LoRA fine-tuning of the product's own model (AdamW on
-the pooled training rows), says what training the encoder could add.
+costs. A fifth, central LoRA fine-tuning of the product's own model without noise (AdamW on
+the pooled training rows; by default on a corpus only), says what training the encoder adds.
 
 ``--corpus NAME`` replaces the demo notes with a real public corpus (``bench/corpora.py``):
 a stratified test set is held out, and the rest is split across ``--countries`` by the standard

@@ -22,9 +22,17 @@ classifier head reads (the frozen encoder's normalised mean): the class-mean cla
 exact statistics (what ``prototypes`` would give without noise), a linear probe trained
 federated (FedAvg of full-batch softmax regression) and centrally (scikit-learn's logistic
 regression), and the majority class. They separate what the features allow from what DP
-costs. Usage::
+costs. A fifth, central LoRA fine-tuning of the product's own model without noise (AdamW on
+the pooled training rows; by default on a corpus only), says what training the encoder adds.
+
+``--corpus NAME`` replaces the demo notes with a real public corpus (``bench/corpora.py``):
+a stratified test set is held out, and the rest is split across ``--countries`` by the standard
+per-class Dirichlet(``--alpha``) label skew, or, with ``--regime language``, one country per
+language of a multilingual corpus. ``--references-only`` prints the non-private rows alone.
+Usage::
 
     python bench/accuracy.py [--model minilm|tiny|PATH] [--examples N] [--repeats R]
+    python bench/accuracy.py --corpus bbc-news --countries DE,FR,ES,IT [--references-only]
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 import torch
+from corpora import CORPORA, Corpus, CorpusError, load
 from sklearn.linear_model import LogisticRegression
+from torch.utils.data import DataLoader
 
 from residency.cli.demo import write_demo_job
 from residency.cli.run_log import quiet_libraries
@@ -55,12 +65,14 @@ from residency.common.config.job import (
     DEFAULT_PIPELINE,
     PIPELINE_JOIN,
     UpdateKind,
+    load_job,
     parse_pipeline,
     pipeline_name,
 )
-from residency.common.data.encoding import encode
+from residency.common.data.encoding import bert_inputs, encode, trim
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
+from residency.common.evaluation import predict
 from residency.common.files import write_atomic
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.updates import method_for, prototypes
@@ -184,6 +196,25 @@ class Prepared:
     labels: tuple[str, ...]
 
 
+def _print_mix(country: str, labels: Sequence[int], classes: int, note: str = "") -> None:
+    mix = np.bincount(np.asarray(labels, dtype=np.int64), minlength=classes).tolist()
+    print(f"  {country}: {len(labels)} rows, labels {mix}{note}")
+
+
+def _write_pooled(
+    folder: Path, rows: dict[str, tuple[list[str], list[int]]], labels: Sequence[str]
+) -> Path:
+    """Every country's rows in one file: the central row's single party."""
+    pooled = folder / "pooled.csv"
+    _write_csv(
+        pooled,
+        [t for texts, _ in rows.values() for t in texts],
+        [y for _, ys in rows.values() for y in ys],
+        labels,
+    )
+    return pooled
+
+
 def prepare(
     folder: Path,
     *,
@@ -222,16 +253,8 @@ def prepare(
         )
         _write_csv(node.data, texts, ys, labels)
         files[node.country], rows[node.country] = node.data, (texts, ys)
-        mix = np.bincount(ys, minlength=len(labels)).tolist()
-        print(f"  {node.country}: {len(ys)} rows, labels {mix}")
-    pooled = folder / "pooled.csv"
-    _write_csv(
-        pooled,
-        [t for texts, _ in rows.values() for t in texts],
-        [y for _, ys in rows.values() for y in ys],
-        labels,
-    )
-    files[CENTRAL_COUNTRY] = pooled
+        _print_mix(node.country, ys, len(labels))
+    files[CENTRAL_COUNTRY] = _write_pooled(folder, rows, labels)
     if job.data.test is None:
         raise RuntimeError(f"{job_path}: the demo job has no test file")
     test = read_labeled_texts(
@@ -240,6 +263,227 @@ def prepare(
     return Prepared(
         job_path, files, rows, (list(test.texts), list(test.labels)), job.data.test, labels
     )
+
+
+LANGUAGE_COUNTRIES = {
+    "de": "DE",
+    "fr": "FR",
+    "nl": "NL",
+    "en": "GB",
+    "es": "ES",
+    "it": "IT",
+    "pt": "PT",
+    "pl": "PL",
+    "sv": "SE",
+    "da": "DK",
+    "fi": "FI",
+    "cs": "CZ",
+    "el": "GR",
+}
+"""The country a language's rows live in under ``--regime language`` (its largest speaker)."""
+SPLIT_REGIMES = ("dirichlet", "language")
+MIN_COUNTRY_ROWS = 10
+"""Fewest rows a Dirichlet draw may leave a country; a poorer draw is drawn again."""
+DIRICHLET_DRAWS = 1000
+CORPUS_ALPHA = 0.5
+TEST_SHARE = 0.2
+"""The largest part of a corpus held out for the test set; the rest trains."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A corpus cut into a test set and each country's training rows, as corpus indices."""
+
+    test: list[int]
+    parts: dict[str, list[int]]
+    shares: np.ndarray | None
+    """(classes, countries): each class's Dirichlet proportions; None when split by language."""
+
+
+def held_out_size(rows: int, wanted: int) -> int:
+    """The test set's size: ``wanted``, or the corpus's ``TEST_SHARE`` if that is fewer."""
+    return min(wanted, int(rows * TEST_SHARE))
+
+
+def _apportion(total: int, shares: np.ndarray) -> np.ndarray:
+    """``total`` split in ``shares`` by largest remainder: each within one of its exact share."""
+    exact = shares / shares.sum() * total
+    counts: np.ndarray = np.floor(exact).astype(np.int64)
+    short = total - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def _held_out(strata: Sequence[tuple[str, int]], size: int, rng: np.random.Generator) -> list[int]:
+    """``size`` indices, each (language, label) stratum in its corpus share, drawn uniformly."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for index, stratum in enumerate(strata):
+        groups.setdefault(stratum, []).append(index)
+    keys = sorted(groups)
+    counts = _apportion(size, np.array([len(groups[k]) for k in keys], dtype=np.float64))
+    chosen: list[int] = []
+    for key, count in zip(keys, counts, strict=True):
+        chosen.extend(int(i) for i in rng.choice(groups[key], size=int(count), replace=False))
+    return sorted(chosen)
+
+
+def split_corpus(
+    labels: Sequence[int],
+    languages: Sequence[str],
+    *,
+    classes: int,
+    countries: Sequence[str],
+    regime: str,
+    test: int,
+    alpha: float,
+    cap: int | None,
+    seed: int,
+) -> Split:
+    """Hold out a stratified test set, then share the rest among ``countries``.
+
+    ``dirichlet``: each class's rows are shared among the countries in proportions drawn from
+    Dirichlet(alpha) (the standard label-skew split), redrawn until every country holds
+    ``MIN_COUNTRY_ROWS``. ``language``: each language's rows go to its country
+    (``countries`` is then one per language, in sorted language order). ``cap`` subsamples a
+    larger country uniformly, which keeps its skew. Everything follows from ``seed``.
+
+    Raises:
+        ValueError: the corpus cannot be split so (one line naming the option to change).
+    """
+    rng = np.random.default_rng(seed)
+    size = held_out_size(len(labels), test)
+    if size < classes:
+        raise ValueError(f"--test: {size} rows cannot hold {classes} labels; raise --test")
+    test_set = _held_out(list(zip(languages, labels, strict=True)), size, rng)
+    held = set(test_set)
+    train = [i for i in range(len(labels)) if i not in held]
+    shares: np.ndarray | None = None
+    parts: dict[str, list[int]] = {c: [] for c in countries}
+    if regime == "language":
+        for index in train:
+            parts[LANGUAGE_COUNTRIES[languages[index]]].append(index)
+    else:
+        by_class = [[i for i in train if labels[i] == k] for k in range(classes)]
+        for rows in by_class:
+            rng.shuffle(rows)
+        for _ in range(DIRICHLET_DRAWS):
+            shares = rng.dirichlet(np.full(len(countries), alpha), size=classes)
+            counts = np.stack(
+                [_apportion(len(rows), share) for rows, share in zip(by_class, shares, strict=True)]
+            )
+            if counts.sum(0).min() >= MIN_COUNTRY_ROWS:
+                break
+        else:
+            raise ValueError(
+                f"--alpha {alpha:g}: no Dirichlet draw in {DIRICHLET_DRAWS} gave each of "
+                f"{len(countries)} countries {MIN_COUNTRY_ROWS} rows; raise --alpha or use "
+                "fewer countries"
+            )
+        for rows, row_counts in zip(by_class, counts, strict=True):
+            edges = np.concatenate([[0], np.cumsum(row_counts)])
+            for country, start, stop in zip(countries, edges[:-1], edges[1:], strict=True):
+                parts[country].extend(rows[start:stop])
+    for country, members in parts.items():
+        order = rng.permutation(len(members))
+        if cap is not None:
+            order = order[:cap]
+        parts[country] = [members[i] for i in order]
+    empty = [c for c, members in parts.items() if not members]
+    if empty:
+        raise ValueError(f"--countries: {', '.join(empty)} would get no rows; drop them")
+    return Split(test_set, parts, shares)
+
+
+def corpus_countries(corpus: Corpus, regime: str, countries: Sequence[str]) -> tuple[str, ...]:
+    """The countries of a split: as given, or one per language under ``--regime language``.
+
+    Raises:
+        ValueError: a language has no country, or the split's countries are not 3 to 10.
+    """
+    if regime == "language":
+        languages = sorted(set(corpus.languages))
+        unknown = [lang for lang in languages if lang not in LANGUAGE_COUNTRIES]
+        if len(languages) < 2 or unknown:
+            raise ValueError(
+                f"--regime language: {corpus.name} has languages {', '.join(languages)}; it "
+                "needs several, each in LANGUAGE_COUNTRIES; use --regime dirichlet"
+            )
+        return tuple(LANGUAGE_COUNTRIES[lang] for lang in languages)
+    if not 3 <= len(countries) <= 10 or len(set(countries)) != len(countries):
+        raise ValueError(f"--countries {','.join(countries)}: give 3 to 10 distinct ISO codes")
+    return tuple(countries)
+
+
+def prepare_corpus(
+    folder: Path,
+    corpus: Corpus,
+    *,
+    countries: tuple[str, ...],
+    regime: str,
+    examples: int | None,
+    test_examples: int,
+    alpha: float,
+    model: str,
+    seed: int,
+) -> Prepared:
+    """Write a job on ``corpus`` into ``folder``: each country's CSV, the test CSV, the job."""
+    if CENTRAL_COUNTRY in countries:
+        raise ValueError(f"--countries: {CENTRAL_COUNTRY} is the central row's stand-in")
+    labels = corpus.label_names
+    index = {name: k for k, name in enumerate(labels)}
+    ys = [index[name] for name in corpus.labels]
+    split = split_corpus(
+        ys,
+        corpus.languages,
+        classes=len(labels),
+        countries=countries,
+        regime=regime,
+        test=test_examples,
+        alpha=alpha,
+        cap=examples,
+        seed=seed,
+    )
+    how = "one country per language" if regime == "language" else f"Dirichlet(alpha={alpha:g})"
+    cap = f", at most {examples} rows per country" if examples is not None else ""
+    print(f"{corpus.name}: {len(ys)} texts, {len(labels)} labels; split {how}{cap}")
+    files: dict[str, Path] = {}
+    rows: dict[str, tuple[list[str], list[int]]] = {}
+    for country, part in split.parts.items():
+        rows[country] = ([corpus.texts[i] for i in part], [ys[i] for i in part])
+        files[country] = folder / f"{country}.csv"
+        _write_csv(files[country], *rows[country], labels)
+        spoken = sorted({corpus.languages[i] for i in part})
+        _print_mix(country, rows[country][1], len(labels), f" ({', '.join(spoken)})")
+    files[CENTRAL_COUNTRY] = _write_pooled(folder, rows, labels)
+    test = ([corpus.texts[i] for i in split.test], [ys[i] for i in split.test])
+    test_file = folder / "test.csv"
+    _write_csv(test_file, *test, labels)
+    update, warm_start = DEFAULT_PIPELINE
+    train: dict[str, object] = {"update": update.value, "seed": seed}
+    if warm_start is not None:
+        train["warm_start"] = warm_start.value
+    job: dict[str, object] = {
+        "name": f"accuracy-{corpus.name}",
+        "model": {"path": model, "max_length": 64},
+        "data": {
+            "text_column": "text",
+            "label_column": "label",
+            "labels": list(labels),
+            "test": test_file.name,
+        },
+        "train": train,
+        "privacy": {
+            "target_epsilon": 8.0,
+            "delta": 1e-5,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+        },
+        "nodes": [{"country": c, "data": files[c].name} for c in countries],
+    }
+    job_path = folder / "job.toml"
+    job_path.write_text(tomli_w.dumps(job), encoding="utf-8")
+    load_job(job_path)  # the product's own validation: an unknown country is one line here
+    return Prepared(job_path, files, rows, test, test_file, labels)
 
 
 def _simulate(
@@ -413,8 +657,73 @@ def _fedavg_probe(
     return weight, bias
 
 
-def reference_rows(prepared: Prepared, settings: Settings) -> list[Row]:
-    """Non-private references on the product's own features (in-process, no noise)."""
+@dataclass(frozen=True)
+class Finetune:
+    """The non-private central LoRA fine-tuning reference: AdamW on the pooled training rows."""
+
+    epochs: int
+    limit: int
+    learning_rate: float
+    batch_size: int = 32
+    seed: int = 0
+
+
+def finetune_row(prepared: Prepared, settings: Settings, finetune: Finetune) -> Row:
+    """The product's own LoRA model trained centrally without noise, scored on the test set.
+
+    Up to ``finetune.limit`` pooled rows, drawn uniformly, train it (a CPU takes minutes per
+    thousand rows), at the bench's ``max_length``, with AdamW and a learning rate falling
+    linearly to zero: what DP-SGD's LoRA could reach without noise, clipping or federation.
+    """
+    started = time.perf_counter()
+    texts = [t for rows, _ in prepared.rows.values() for t in rows]
+    labels = [y for _, ys in prepared.rows.values() for y in ys]
+    rng = np.random.default_rng(finetune.seed)
+    if len(labels) > finetune.limit:
+        chosen = rng.choice(len(labels), size=finetune.limit, replace=False)
+        texts, labels = [texts[i] for i in chosen], [labels[i] for i in chosen]
+    tokenizer = load_tokenizer(settings.model)
+    data = encode(texts, labels, tokenizer, max_length=settings.max_length)
+    compute = pick_compute()
+    model = build_classifier(
+        ModelSpec(source=settings.model, labels=prepared.labels, update=UpdateKind.LORA)
+    ).to(compute.device)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=finetune.learning_rate, weight_decay=0.01)
+    steps = finetune.epochs * math.ceil(len(labels) / finetune.batch_size)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=steps)
+    order = torch.Generator().manual_seed(finetune.seed)
+    for _ in range(finetune.epochs):
+        loader = DataLoader(data, batch_size=finetune.batch_size, shuffle=True, generator=order)
+        for input_ids, mask, ys in loader:
+            ids, mask = trim(input_ids, mask)
+            inputs = bert_inputs(ids.to(compute.device), mask.to(compute.device))
+            with compute.autocast():
+                logits = model(**inputs).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, ys.to(compute.device))
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            schedule.step()
+    test = encode(*prepared.test, tokenizer, max_length=settings.max_length)
+    predicted, _ = predict(model, test, compute=compute)
+    accuracy = float((predicted == test.tensors[2].numpy()).mean())
+    seconds = time.perf_counter() - started
+    print(
+        f"  LoRA fine-tuning: {len(labels)} rows x {finetune.epochs} epochs, "
+        f"lr {finetune.learning_rate:g}, {seconds:.0f} s",
+        flush=True,
+    )
+    return Row("LoRA fine-tuning central (no DP)", None, NO_DP, accuracy, seconds=seconds)
+
+
+def reference_rows(
+    prepared: Prepared, settings: Settings, *, finetune: Finetune | None = None
+) -> list[Row]:
+    """Non-private references on the product's own features (in-process, no noise).
+
+    ``finetune``: also the central LoRA fine-tuning reference (slow on a CPU).
+    """
     started = time.perf_counter()
     parties, test = _features(prepared, settings)
     classes = len(prepared.labels)
@@ -444,7 +753,11 @@ def reference_rows(prepared: Prepared, settings: Settings) -> list[Row]:
     rows.append(Row("majority class", None, NO_DP, majority))
     for row in rows:
         row.seconds = time.perf_counter() - started
-        print(f"  {row.regime:<28}: {row.accuracy:.3f}", flush=True)
+    print(f"  features and probes: {time.perf_counter() - started:.0f} s", flush=True)
+    if finetune is not None and finetune.epochs > 0:
+        rows.insert(-1, finetune_row(prepared, settings, finetune))
+    for row in rows:
+        print(f"  {row.regime:<32}: {row.accuracy:.3f}", flush=True)
     return rows
 
 
@@ -510,10 +823,54 @@ def targets(rows: list[Row], update: str, epsilons: list[float], examples: int) 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--countries", default="DE,FR,ES")
-    parser.add_argument("--examples", type=int, default=500, help="training rows per country")
-    parser.add_argument("--test", type=int, default=600, help="rows in the mixed test set")
-    parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration")
+    parser.add_argument(
+        "--corpus",
+        default="demo",
+        choices=["demo", *CORPORA],
+        help="the data: the demo's synthetic notes, or a public corpus of bench/corpora.py",
+    )
+    parser.add_argument(
+        "--regime",
+        default="dirichlet",
+        choices=SPLIT_REGIMES,
+        help="how a corpus is split across countries: per-class Dirichlet(--alpha) label "
+        "skew, or one country per language (multilingual corpora); not --regimes",
+    )
+    parser.add_argument("--countries", help="ISO codes (default DE,FR,ES; a corpus: 3 to 10)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        help="training rows per country (demo: default 500; a corpus: a cap, default none)",
+    )
+    parser.add_argument(
+        "--test",
+        type=int,
+        default=600,
+        help=f"rows in the mixed test set (a corpus: at most {TEST_SHARE:.0%} of it)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help=f"Dirichlet concentration (default 1 for the demo, {CORPUS_ALPHA:g} for a corpus)",
+    )
+    parser.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only the non-private references and the majority class, no product run",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        help="epochs of the central LoRA fine-tuning reference (default 2 for a corpus, "
+        "0 = none, the demo's default)",
+    )
+    parser.add_argument(
+        "--finetune-limit",
+        type=int,
+        default=4000,
+        help="pooled rows (drawn uniformly) the fine-tuning reference trains on",
+    )
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="its AdamW rate")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument(
         "--updates",
@@ -556,8 +913,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     regimes = {r.strip() for r in args.regimes.split(",")}
     if not regimes <= set(REGIMES) or "federated" not in regimes:
         parser.error(f"--regimes: federated plus any of {', '.join(REGIMES[1:])}")
-    if args.examples < 1 or args.repeats < 1:
+    demo = args.corpus == "demo"
+    examples: int | None = args.examples if args.examples is not None or not demo else 500
+    alpha = args.alpha if args.alpha is not None else 1.0 if demo else CORPUS_ALPHA
+    if (examples is not None and examples < 1) or args.repeats < 1:
         parser.error("--examples and --repeats must be at least 1")
+    if args.test < 1 or alpha <= 0 or args.finetune_limit < 1:
+        parser.error("--test, --alpha and --finetune-limit must be positive")
+    if demo and args.regime != "dirichlet":
+        parser.error("--regime: the demo is already one language per country; leave it out")
+    if args.regime == "language" and args.countries is not None:
+        parser.error("--countries: --regime language puts one country per language; leave it out")
+    countries = tuple(c.strip() for c in (args.countries or "DE,FR,ES").split(","))
+    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else 0 if demo else 2
+    if finetune_epochs < 0:
+        parser.error("--finetune-epochs must be 0 or more")
+    finetune = Finetune(finetune_epochs, args.finetune_limit, args.finetune_lr, seed=args.seed)
     settings = Settings(
         model=args.model,
         rounds=args.rounds,
@@ -580,20 +951,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     with quiet_libraries(), tempfile.TemporaryDirectory(prefix="residency-accuracy-") as tmp:
         folder = Path(tmp)
         try:
-            prepared = prepare(
-                folder,
-                countries=tuple(c.strip() for c in args.countries.split(",")),
-                examples=args.examples,
-                test_examples=args.test,
-                alpha=args.alpha,
-                model=args.model,
-                seed=args.seed,
-            )
-        except ValueError as exc:  # an unknown country, a count below 1: one line, exit 2
+            if demo:
+                prepared = prepare(
+                    folder,
+                    countries=countries,
+                    examples=examples or 0,
+                    test_examples=args.test,
+                    alpha=alpha,
+                    model=args.model,
+                    seed=args.seed,
+                )
+            else:
+                corpus = load(args.corpus)
+                countries = corpus_countries(corpus, args.regime, countries)
+                prepared = prepare_corpus(
+                    folder,
+                    corpus,
+                    countries=countries,
+                    regime=args.regime,
+                    examples=examples,
+                    test_examples=args.test,
+                    alpha=alpha,
+                    model=args.model,
+                    seed=args.seed,
+                )
+        except (ValueError, CorpusError) as exc:  # an unknown country...: one line, exit 2
             parser.error(str(exc))
-        print(f"test: {len(prepared.test[1])} rows")
-        rows = reference_rows(prepared, settings)
-        for update in updates:
+        test_mix = np.bincount(prepared.test[1], minlength=len(prepared.labels)).tolist()
+        print(f"test: {len(prepared.test[1])} rows" + ("" if demo else f", labels {test_mix}"))
+        rows = reference_rows(prepared, settings, finetune=finetune)
+        for update in [] if args.references_only else updates:
             rows.extend(
                 product_rows(
                     prepared,
@@ -606,9 +993,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
     print()
+    sizes = [len(ys) for _, ys in prepared.rows.values()]
+    per_country = f"{examples} notes" if demo else f"{min(sizes)}-{max(sizes)} rows"
+    split = f"Dirichlet {alpha:g}" if args.regime == "dirichlet" else "one per language"
+    runs = "no DP rows" if args.references_only else f"mean of {args.repeats} run(s) per DP row"
     print(
-        f"accuracy on the global test set, {args.model}, {args.examples} notes per country "
-        f"(Dirichlet {args.alpha:g}), mean of {args.repeats} run(s) per DP row:"
+        f"accuracy on the global test set, {args.corpus}, {args.model}, {per_country} per "
+        f"country ({split}), {runs}:"
     )
     if args.set:
         print(f"every DP row with {', '.join(args.set)}")
@@ -623,30 +1014,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 and r.regime.startswith("local-only ")
             ]
             if local:
-                product.append(
-                    Row(
-                        "local-only (mean)",
-                        update,
-                        epsilon,
-                        float(np.mean([r.accuracy for r in local])),
-                    )
-                )
+                scores = [r.accuracy for r in local]
+                product.append(Row("local-only (best)", update, epsilon, max(scores)))
+                product.append(Row("local-only (mean)", update, epsilon, float(np.mean(scores))))
     ordered = [r for r in rows if r.update is None] + sorted(
         product, key=lambda r: (updates.index(r.update or DEFAULT_PIPELINE_NAME), r.regime)
     )
     for line in table(ordered, epsilons):
         print(line)
-    print()
-    for line in targets(rows, updates[0], epsilons, args.examples):
-        print(line)
+    if not args.references_only:
+        print()
+        for line in targets(rows, updates[0], epsilons, examples or int(np.mean(sizes))):
+            print(line)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         payload = {
+            "corpus": args.corpus,
+            "regime": "language" if demo else args.regime,
+            "countries": list(prepared.rows),
+            "seed": args.seed,
+            "alpha": alpha if args.regime == "dirichlet" else None,
+            "rows_per_country": dict(zip(prepared.rows, sizes, strict=True)),
+            "test_rows": len(prepared.test[1]),
             "settings": {
                 **asdict(settings),
-                "examples": args.examples,
-                "alpha": args.alpha,
+                "examples": examples,
+                "alpha": alpha,
                 "repeats": args.repeats,
+                "references_only": args.references_only,
+                "finetune": asdict(finetune),
             },
             "rows": [
                 {**asdict(r), "epsilon": None if r.epsilon == NO_DP else r.epsilon} for r in rows

@@ -1,0 +1,133 @@
+"""``bench/accuracy.py``'s corpus split on a tiny inline corpus: no model, no network."""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.unit
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+COUNTRIES = ("DE", "FR", "ES", "IT")
+# 3 classes of unequal size (120, 60, 30) in two languages.
+LABELS = [0] * 120 + [1] * 60 + [2] * 30
+LANGUAGES = ["de" if i % 3 else "fr" for i in range(len(LABELS))]
+
+
+@pytest.fixture(scope="module")
+def accuracy() -> ModuleType:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCH))  # the bench imports its sibling ``corpora``
+        return importlib.import_module("accuracy")
+
+
+def _split(accuracy: ModuleType, *, seed: int = 3, **changes: object) -> object:
+    options: dict[str, object] = {
+        "classes": 3,
+        "countries": COUNTRIES,
+        "regime": "dirichlet",
+        "test": 40,
+        "alpha": 0.5,
+        "cap": None,
+        "seed": seed,
+        **changes,
+    }
+    return accuracy.split_corpus(LABELS, LANGUAGES, **options)
+
+
+def test_dirichlet_split_is_a_deterministic_partition(accuracy: ModuleType) -> None:
+    split = _split(accuracy)
+    again = _split(accuracy)
+    assert split.test == again.test
+    assert split.parts == again.parts
+    assert _split(accuracy, seed=4).parts != split.parts
+    placed = split.test + [i for rows in split.parts.values() for i in rows]
+    assert len(placed) == len(set(placed)) == len(LABELS)  # every row once, test disjoint
+    assert all(len(rows) >= accuracy.MIN_COUNTRY_ROWS for rows in split.parts.values())
+
+
+def test_test_set_is_stratified_and_capped_at_a_fifth(accuracy: ModuleType) -> None:
+    split = _split(accuracy, test=600)
+    assert len(split.test) == len(LABELS) // 5
+    held = Counter((LANGUAGES[i], LABELS[i]) for i in split.test)
+    everything = Counter(zip(LANGUAGES, LABELS, strict=True))
+    for stratum, count in everything.items():
+        assert abs(held[stratum] - count / 5) < 1, stratum
+
+
+def test_each_class_is_shared_in_its_dirichlet_proportions(accuracy: ModuleType) -> None:
+    split = _split(accuracy)
+    assert split.shares.shape == (3, len(COUNTRIES))
+    np.testing.assert_allclose(split.shares.sum(1), 1.0)
+    held = set(split.test)
+    for label in range(3):
+        train = sum(1 for i, y in enumerate(LABELS) if y == label and i not in held)
+        for column, country in enumerate(COUNTRIES):
+            got = sum(1 for i in split.parts[country] if LABELS[i] == label)
+            assert abs(got - split.shares[label, column] * train) < 1, (label, country)
+    mixes = {tuple(Counter(LABELS[i] for i in rows)[k] for k in range(3)) for rows in
+             split.parts.values()}  # fmt: skip
+    assert len(mixes) == len(COUNTRIES)  # label skew: no two countries share a mix
+
+
+def test_cap_subsamples_each_country(accuracy: ModuleType) -> None:
+    whole = _split(accuracy)
+    capped = _split(accuracy, cap=15)
+    assert capped.test == whole.test
+    for country, rows in capped.parts.items():
+        assert len(rows) == min(15, len(whole.parts[country]))
+        assert set(rows) <= set(whole.parts[country])
+
+
+def test_language_regime_gives_each_language_its_country(accuracy: ModuleType) -> None:
+    split = _split(accuracy, regime="language", countries=("DE", "FR"))
+    assert split.shares is None
+    assert {LANGUAGES[i] for i in split.parts["DE"]} == {"de"}
+    assert {LANGUAGES[i] for i in split.parts["FR"]} == {"fr"}
+    train = len(LABELS) - len(split.test)
+    assert len(split.parts["DE"]) + len(split.parts["FR"]) == train
+
+
+def test_an_impossible_split_is_one_line(accuracy: ModuleType) -> None:
+    with pytest.raises(ValueError, match="--alpha"):
+        _split(accuracy, countries=tuple(f"C{i}" for i in range(10)), alpha=0.01)
+
+
+def test_prepare_corpus_writes_a_job_the_product_loads(
+    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from residency.common.config.job import load_job
+    from residency.common.data.readers import read_labeled_texts
+
+    names = ("low", "mid", "high")
+    corpus = accuracy.Corpus(
+        name="inline",
+        texts=[f"note {i}, with a comma" for i in range(len(LABELS))],
+        labels=[names[y] for y in LABELS],
+        label_names=names,
+        languages=LANGUAGES,
+    )
+    prepared = accuracy.prepare_corpus(
+        tmp_path, corpus, countries=COUNTRIES, regime="dirichlet", examples=None,
+        test_examples=40, alpha=0.5, model="tiny", seed=3,
+    )  # fmt: skip
+    job = load_job(prepared.job)
+    assert tuple(job.data.labels) == names
+    assert [node.country for node in job.nodes] == list(COUNTRIES)
+    for node in job.nodes:
+        assert node.data is not None
+        read = read_labeled_texts(node.data, text_column="text", label_column="label", labels=names)
+        assert (list(read.texts), list(read.labels)) == prepared.rows[node.country]
+    assert job.data.test == prepared.test_file
+    printed = capsys.readouterr().out
+    for country, (_, ys) in prepared.rows.items():
+        assert f"  {country}: {len(ys)} rows, labels " in printed
+    assert len(prepared.test[1]) == 40
+    pooled = prepared.files[accuracy.CENTRAL_COUNTRY]
+    read = read_labeled_texts(pooled, text_column="text", label_column="label", labels=names)
+    assert len(read.labels) == len(LABELS) - 40

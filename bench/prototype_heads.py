@@ -5,8 +5,8 @@ and the very features the head reads, each node's release is drawn ``--draws`` t
 epsilon (noise multiplier from Opacus for one step at sample rate 1, as the node derives it;
 seeded here so the variants see the same draws), and each head construction is scored:
 
-- ``product``: the release as shipped (counts weighted 0.3, sensitivity 1.044), class
-  directions centred within each node, the node offsets projected out
+- ``product``: the release as shipped (counts weighted 0.3, sensitivity 1.044), class and
+  node effects separated by an additive fit, the node effects projected out
   (``common/updates/prototypes.py``);
 - ``counts weight 1``: the same head from a release of counts at weight 1 (sensitivity 1.414);
 - ``pooled centring``: pooled class means minus the overall mean, no per-node step;

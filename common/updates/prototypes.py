@@ -47,6 +47,14 @@ SENSITIVITY = math.sqrt(1.0 + COUNT_WEIGHT**2)
 TEMPERATURE = 10.0
 """Scale of the cosine logits: it changes the softmax's confidence, never the prediction."""
 
+NODE_EFFECT_SHARE = 0.1
+"""Node effects below this share of the class effects (record-weighted variances) are read as
+the additive fit's sampling error, and the head uses the pooled class means. Measured
+(``bench/pipeline_replay.py``, docs/performance.md): the share is 0.005 to 0.08 where nodes
+differ only by label mix (tweets, spam, BBC without noise), where pooled means win by up to
+1.8 points, and 1.6 to 90 where nodes write other languages (demo notes, book reviews), where
+projecting the node effects out wins by 10 to 30."""
+
 SUMS = "prototypes.sums"
 COUNTS = "prototypes.counts"
 NODE_MEANS = "prototypes.node-means"
@@ -187,23 +195,31 @@ def head_weights(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch
 
     Node means differ for two reasons: the nodes hold other label mixes, and their records
     differ whatever the class (language, site). :func:`class_and_node_effects` separates the
-    two from the released statistics alone; each class direction is its class effect minus
-    the federation's mean, with the node-effect directions projected out, so that a record
-    scores by its class and not by where it was written. Centring each class within its own
-    node instead (the head before this one) read every difference between node means as a
-    site effect: where nodes share a language and differ in label mix, it projected out
-    class signal (0.861 against 0.948 for global class means on the BBC corpus without
-    noise; docs/performance.md). A noisy count below zero is read as zero. The bias centres
-    every score on the overall mean, so a record scores by how it deviates from the
+    two from the released statistics alone. Where the node effects are real (their variance
+    at least :data:`NODE_EFFECT_SHARE` of the class effects'), each class direction is its
+    class effect minus the federation's mean with the node-effect directions projected out,
+    so that a record scores by its class and not by where it was written; otherwise the
+    directions are the pooled class means', which the fit's sampling error would only blur.
+    Centring each class within its own node (the head before this one) read every
+    difference between node means as a site effect and projected class signal out where
+    nodes share a language (0.861 against 0.948 for global class means on the BBC corpus
+    without noise; docs/performance.md). A noisy count below zero is read as zero. The bias
+    centres every score on the overall mean, so a record scores by how it deviates from the
     federation's average record.
     """
     means, offsets, counts = class_and_node_effects(statistics)
-    overall = (counts.sum(dim=0) @ means) / counts.sum().clamp_min(1e-12)
-    deviations = means - overall
-    if len(offsets) > 1:
+    per_class = counts.sum(dim=0)
+    overall = (per_class @ means) / per_class.sum().clamp_min(1e-12)
+    class_effects = float(per_class @ (means - overall).square().sum(dim=1))
+    node_effects = float(counts.sum(dim=1) @ offsets.square().sum(dim=1))
+    if len(offsets) > 1 and node_effects >= NODE_EFFECT_SHARE * class_effects:
+        deviations = means - overall
         basis, singular, _ = torch.linalg.svd(offsets.T, full_matrices=False)
         basis = basis[:, singular > 1e-9 * singular.max().clamp_min(1e-300)]
         deviations = deviations - (deviations @ basis) @ basis.T
+    else:
+        sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
+        deviations = sums / per_class.clamp_min(1.0)[:, None] - overall
     directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
     weight = TEMPERATURE * directions
     bias = -(weight @ overall)

@@ -277,3 +277,20 @@ def test_class_and_node_effects_recover_an_additive_federation() -> None:
     shift = (totals.double() @ offsets) / totals.sum()
     assert torch.allclose(found, offsets - shift, atol=1e-9)
     assert torch.allclose(means, class_means + shift, atol=1e-9)
+
+
+def test_without_node_effects_the_head_is_the_pooled_class_means() -> None:
+    """Nodes that differ only by label mix: the fit's offsets are sampling error, not used."""
+    generator = torch.Generator().manual_seed(7)
+    nodes = []
+    for mix in ([0.7, 0.2, 0.1], [0.1, 0.2, 0.7]):
+        labels = torch.multinomial(torch.tensor(mix), 500, replacement=True, generator=generator)
+        noise = 0.3 * torch.randn(500, 64, generator=generator)
+        nodes.append((torch.eye(3, 64)[labels] + noise, labels))
+    statistics = _statistics(nodes, 3)
+    weight, _ = head_weights(statistics)
+    sums = torch.from_numpy(statistics[SUMS]).double()
+    counts = torch.from_numpy(statistics[COUNTS]).double()
+    pooled = sums / counts[:, None] - sums.sum(0) / counts.sum()
+    expected = prototypes.TEMPERATURE * pooled / pooled.norm(dim=1, keepdim=True)
+    assert torch.allclose(weight.double(), expected, atol=1e-4)

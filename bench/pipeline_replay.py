@@ -24,6 +24,7 @@ computed on the same features. Usage::
 
     python bench/pipeline_replay.py --corpus bbc-news [--countries DE,FR,ES,IT,PL]
         [--regime dirichlet|language] [--alpha 0.5] [--epsilons 1,3,8] [--draws 3]
+        [--examples N]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from residency.common.data.encoding import encode
 from residency.common.device import pick_compute
 from residency.common.feature_scale import public_feature_scale
 from residency.common.head_input import head_features
+from residency.common.label_prior import label_prior
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.updates import prototypes
@@ -136,7 +138,7 @@ def global_means_head(statistics: dict[str, np.ndarray]) -> tuple[torch.Tensor, 
 
 
 HEADS: dict[str, HeadRule] = {
-    "shipped": prototypes.head_weights,
+    "no-prior": prototypes.head_weights,
     "node-centred": node_centred_head,
     "global-means": global_means_head,
 }
@@ -196,6 +198,7 @@ class Federation:
     test: Party
     classes: int
     scale: torch.Tensor
+    prior: torch.Tensor | None = None  # each class's name, embedded (the shipped head's prior)
 
 
 def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
@@ -211,7 +214,10 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
         for x, y in federation.parties.values()
     ]
     statistics = prototypes.combined(releases)
-    weight, bias = (t.double() for t in HEADS[plan.head](statistics))
+    if plan.head == "shipped":
+        weight, bias = (t.double() for t in prototypes.head_weights(statistics, federation.prior))
+    else:
+        weight, bias = (t.double() for t in HEADS[plan.head](statistics))
     scores = [accuracy(weight, bias, federation.test)]
     if z_train is None:
         return scores
@@ -261,6 +267,14 @@ def corpus_features(
     return features, scale
 
 
+def names_prior(corpus: Corpus, *, model: str) -> torch.Tensor:
+    """The coordinator's prior: each label name through the encoder, as the product does."""
+    spec = ModelSpec(source=model, labels=corpus.label_names, update=UpdateKind.PROTOTYPES)
+    return label_prior(
+        build_classifier(spec), load_tokenizer(model), corpus.label_names, compute=pick_compute()
+    )
+
+
 def federation_of(
     corpus: Corpus,
     features: torch.Tensor,
@@ -271,6 +285,8 @@ def federation_of(
     alpha: float,
     test_examples: int,
     seed: int,
+    prior: torch.Tensor | None,
+    cap: int | None = None,
 ) -> Federation:
     """The corpus split as ``bench/accuracy.py`` splits it, on the cached features."""
     index = {name: k for k, name in enumerate(corpus.label_names)}
@@ -283,7 +299,7 @@ def federation_of(
         regime=regime,
         test=test_examples,
         alpha=alpha,
-        cap=None,
+        cap=cap,
         seed=seed,
     )
     rows = features.double()
@@ -294,6 +310,7 @@ def federation_of(
         test=(rows[split.test], labels[split.test]),
         classes=len(corpus.label_names),
         scale=scale,
+        prior=prior,
     )
 
 
@@ -319,7 +336,7 @@ def references(federation: Federation) -> dict[str, float]:
     return {
         "linear probe, central": float((probe.predict(test_x) == test_y).mean()),
         "class means, exact (shipped head)": accuracy(
-            *prototypes.head_weights(exact), federation.test
+            *prototypes.head_weights(exact, federation.prior), federation.test
         ),
         "class means, exact (global means)": accuracy(*global_means_head(exact), federation.test),
         "majority class": float((test_y == majority).mean()),
@@ -330,6 +347,7 @@ VARIANTS: dict[str, Callable[[float], Plan]] = {
     "shipped (release + head)": lambda e: Plan(epsilon=e),
     "before issue 25": lambda e: Plan(epsilon=e, share=0.25, stable_step=None, head="node-centred"),
     "release alone (shipped head)": lambda e: Plan(epsilon=e, share=1.0),
+    "release alone (no prior)": lambda e: Plan(epsilon=e, share=1.0, head="no-prior"),
     "release alone (global means)": lambda e: Plan(epsilon=e, share=1.0, head="global-means"),
 }
 
@@ -342,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--regime", default="dirichlet", choices=("dirichlet", "language"))
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--test", type=int, default=600)
+    parser.add_argument("--examples", type=int, help="at most this many rows per country")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=128)
@@ -365,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         alpha=args.alpha,
         test_examples=args.test,
         seed=args.seed,
+        prior=names_prior(corpus, model=model),
+        cap=args.examples,
     )
     print(f"{args.corpus}, {args.regime} split (alpha {args.alpha:g}, seed {args.seed}):")
     for country, (_, y) in federation.parties.items():

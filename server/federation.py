@@ -38,6 +38,7 @@ from residency.common.device import pick_compute
 from residency.common.errors import InvalidUpdate
 from residency.common.evaluation import Scores, evaluate
 from residency.common.feature_scale import public_feature_scale
+from residency.common.label_prior import label_prior
 from residency.common.model import (
     ModelSpec,
     base_fingerprint,
@@ -299,7 +300,8 @@ class _Federation:
         """Make the combined arrays the global model (for a release: set the head from them)."""
         values = {name: array.numpy() for name, array in arrays.items()}
         if method_for(self.job.train.round_update(server_round)).combine is Combine.PROTOTYPES:
-            prototypes.set_head(self.model, values)
+            prior = label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
+            prototypes.set_head(self.model, values, prior)
             if self.job.train.warm_start is not None:
                 self._warm_start(values)
             return

@@ -213,7 +213,7 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
         )
         for x, y in federation.parties.values()
     ]
-    statistics = prototypes.combined(releases)
+    statistics = prototypes.combined(releases, [z_release] * len(releases))
     if plan.head == "shipped":
         weight, bias = (t.double() for t in prototypes.head_weights(statistics, federation.prior))
     else:

@@ -3,9 +3,9 @@
 Small federations at tight budgets release class means that are mostly noise. A class's name
 is public (it is in the job) and the encoder already maps text to the features a class mean
 lives among, so its embedding is a zero-shot guess at the class's direction that costs no
-privacy. The release's head counts it as :data:`prototypes.PRIOR_RECORDS` records of its
-class (:func:`residency.common.updates.prototypes.head_weights`): decisive where a class has
-a handful of noisy records, negligible where it has thousands.
+privacy. The release's head counts it as some records of its class, half the release's
+noise on a class sum (:func:`residency.common.updates.prototypes.prior_records`): decisive
+where a class has a handful of noisy records, nothing without noise.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ from residency.server.validation import validate_reply, validate_update_norm
 log = logging.getLogger("residency.coordinator")
 
 
+MAX_REPORTED_NOISE = 1e4
+"""A reported noise multiplier above this is a typo or an attack, not a release's noise."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A reply that did not take part in aggregation, and why."""
@@ -186,7 +190,7 @@ class ValidatingFedAvg(FedAvg):
                 }
                 for r in self.accepted
             ]
-            total = prototypes.combined(releases)
+            total = prototypes.combined(releases, _noise_multipliers(self.accepted))
             return ArrayRecord(
                 {name: Array(value) for name, value in total.items()}
             ), MetricRecord()
@@ -213,3 +217,18 @@ class ValidatingFedAvg(FedAvg):
             node = reply.metadata.src_node_id
             copies.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return copies
+
+
+def _noise_multipliers(replies: list[Message]) -> list[float] | None:
+    """Each release's noise multiplier as its node reported it, or None if one is missing.
+
+    It only weighs the class names' prior in the coordinator's own head; a node that misstates
+    it moves no one's privacy, and an unusable value turns the prior off.
+    """
+    found = []
+    for reply in replies:
+        value = reply.content.metric_records[wire.METRICS].get(wire.NOISE_MULTIPLIER)
+        if not isinstance(value, int | float) or not 0 < value <= MAX_REPORTED_NOISE:
+            return None
+        found.append(float(value))
+    return found

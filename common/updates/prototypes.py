@@ -26,7 +26,7 @@ MiniLM, 20 draws, global centring): 0.729 / 0.698 / 0.506 at epsilon 8 / 3 / 1 a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,17 +55,15 @@ differ only by label mix (tweets, spam, BBC without noise), where pooled means w
 1.8 points, and 1.6 to 90 where nodes write other languages (demo notes, book reviews), where
 projecting the node effects out wins by 10 to 30."""
 
-PRIOR_RECORDS = 50.0
-"""How many records a class's public prior (its name, embedded) counts as in its mean.
-
-Measured (docs/performance.md): at 100 records per country and epsilon 1 the release alone
-gains 3 to 23 points (BBC 0.436 to 0.666), at 500 it moves by under a point either way; 10
-helps too little, 200 starts to cost where the names say little (spam at epsilon 3)."""
+PRIOR_SHARE_OF_NOISE = 0.5
+"""What a class's public prior (its name, embedded) counts as, in records: this share of the
+noise on the class's released sum, measured in records (:func:`prior_records`)."""
 
 SUMS = "prototypes.sums"
 COUNTS = "prototypes.counts"
 NODE_MEANS = "prototypes.node-means"
 NODE_COUNTS = "prototypes.node-counts"
+NOISE_STDS = "prototypes.noise-stds"
 
 
 METHOD = UpdateMethod(
@@ -176,18 +174,30 @@ def release(
     }
 
 
-def combined(releases: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def combined(
+    releases: list[dict[str, np.ndarray]], noise_multipliers: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
     """The federation's statistics: every node's release summed, and each node's own means.
 
     The per-node parts let the coordinator separate what differs between institutions
     (language, site) from what differs between classes (:func:`head_weights`); they are
-    post-processing of what each node released, so they cost no privacy.
+    post-processing of what each node released, so they cost no privacy. Each node's noise
+    multiplier (public: its reply and signed record carry it), when given, sets how much the
+    class names' prior weighs (:func:`prior_records`).
     """
     if not releases:
         raise ValueError("no release to combine")
     sums = np.stack([np.asarray(r[SUMS], dtype=np.float64) for r in releases])
     counts = np.stack([np.asarray(r[COUNTS], dtype=np.float64) for r in releases])
-    return {
+    noise: dict[str, np.ndarray] = {}
+    if noise_multipliers is not None:
+        if len(noise_multipliers) != len(releases):
+            raise ValueError(
+                f"{len(noise_multipliers)} noise multipliers for {len(releases)} releases"
+            )
+        stds = [noise_std(z) for z in noise_multipliers]
+        noise[NOISE_STDS] = np.asarray(stds, dtype=np.float32)
+    return noise | {
         SUMS: sums.sum(axis=0).astype(np.float32),
         COUNTS: counts.sum(axis=0).astype(np.float32),
         NODE_MEANS: (sums.sum(axis=1) / np.maximum(counts.sum(axis=1), 1.0)[:, None]).astype(
@@ -215,11 +225,11 @@ def head_weights(
     without noise; docs/performance.md). A noisy count below zero is read as zero. The bias
     centres every score on the overall mean, so a record scores by how it deviates from the
     federation's average record. ``prior``: each class's public prior (its name embedded,
-    :mod:`residency.common.label_prior`), counted as :data:`PRIOR_RECORDS` records of its
+    :mod:`residency.common.label_prior`), counted as :func:`prior_records` records of its
     class that belong to no node.
     """
     means, offsets, counts = class_and_node_effects(statistics, prior)
-    per_class = counts.sum(dim=0) + (0.0 if prior is None else PRIOR_RECORDS)
+    per_class = counts.sum(dim=0) + (0.0 if prior is None else prior_records(statistics))
     overall = (per_class @ means) / per_class.sum().clamp_min(1e-12)
     class_effects = float(per_class @ (means - overall).square().sum(dim=1))
     node_effects = float(counts.sum(dim=1) @ offsets.square().sum(dim=1))
@@ -231,12 +241,30 @@ def head_weights(
     else:
         sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
         if prior is not None:
-            sums = sums + PRIOR_RECORDS * prior.double()
+            sums = sums + prior_records(statistics) * prior.double()
         deviations = sums / per_class.clamp_min(1.0)[:, None] - overall
     directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
     weight = TEMPERATURE * directions
     bias = -(weight @ overall)
     return weight.float(), bias.float()
+
+
+def prior_records(statistics: dict[str, np.ndarray]) -> float:
+    """How many records each class's public prior counts as: half the noise on a class sum.
+
+    A class's pooled noisy sum carries Gaussian noise of norm about ``sqrt(sum of the nodes'
+    variances x width)`` in units of records (a record adds a unit vector). A prior weighed
+    so is decisive where the noise outweighs a class's records and vanishes without noise,
+    so a release with little noise is never pulled towards names that say little (the
+    Wikipedia hedges' "certain" and "uncertain": 0.684 against 0.707 without noise at a
+    fixed 50 records). Zero when :func:`combined` was not told the noise.
+    """
+    stds = statistics.get(NOISE_STDS)
+    if stds is None:
+        return 0.0
+    width = np.asarray(statistics[SUMS]).shape[1]
+    variance = float(np.square(np.asarray(stds, dtype=np.float64)).sum())
+    return PRIOR_SHARE_OF_NOISE * math.sqrt(variance * width)
 
 
 def class_and_node_effects(
@@ -267,11 +295,12 @@ def class_and_node_effects(
     normal[:classes, classes:] = counts.T
     normal[classes:, :classes] = counts
     normal[classes:, classes:] = torch.diag(per_node)
-    if prior is not None:  # PRIOR_RECORDS pseudo-records per class, at no node
+    if prior is not None:  # prior_records() pseudo-records per class, at no node
         if prior.shape != sums.shape:
             raise InvalidUpdate(f"class prior {tuple(prior.shape)} != {tuple(sums.shape)}")
-        normal[:classes, :classes] += PRIOR_RECORDS * torch.eye(classes, dtype=torch.float64)
-        sums = sums + PRIOR_RECORDS * prior.double()
+        weight = prior_records(statistics)
+        normal[:classes, :classes] += weight * torch.eye(classes, dtype=torch.float64)
+        sums = sums + weight * prior.double()
     solution = torch.linalg.pinv(normal, hermitian=True) @ torch.cat([sums, node_sums])
     means, offsets = solution[:classes], solution[classes:]
     shift = (per_node @ offsets) / per_node.sum().clamp_min(1e-12)

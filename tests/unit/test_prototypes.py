@@ -27,6 +27,7 @@ from residency.common.updates.prototypes import (
     class_statistics,
     combined,
     head_weights,
+    prior_records,
     release,
     set_head,
     unit_rows,
@@ -310,18 +311,19 @@ def test_a_public_prior_steadies_a_small_noisy_release() -> None:
     nodes = [(centres[labels] + 0.05 * torch.randn(12, width, generator=generator), labels)]
     test_labels = torch.arange(300) % classes
     test = unit_rows(centres[test_labels] + 0.05 * torch.randn(300, width, generator=generator))
-    empty = combined([{SUMS: np.zeros((classes, width), np.float32), COUNTS: np.zeros(3)}])
+    empty = combined([{SUMS: np.zeros((classes, width), np.float32), COUNTS: np.zeros(3)}], [2.0])
     weight, _ = head_weights(empty, centres)
     expected = centres - centres.mean(0)
     expected = prototypes.TEMPERATURE * expected / expected.norm(dim=1, keepdim=True)
     assert torch.allclose(weight.double(), expected, atol=1e-4)
     without, with_prior = [], []
-    for draw in range(5):
+    for _ in range(5):
         noisy = combined(
             [
                 release(f, y, classes=classes, noise_multiplier=2.0, generator=generator)
                 for f, y in nodes
-            ]
+            ],
+            [2.0],
         )
         for scores, prior in ((without, None), (with_prior, centres)):
             w, b = head_weights(noisy, prior)
@@ -330,3 +332,14 @@ def test_a_public_prior_steadies_a_small_noisy_release() -> None:
     assert np.mean(with_prior) > np.mean(without) + 0.1, (with_prior, without)
     with pytest.raises(InvalidUpdate, match="class prior"):
         head_weights(empty, centres[:2])
+
+
+def test_the_prior_weighs_half_the_noise_on_a_class_sum_and_nothing_without_noise() -> None:
+    """In records: a release without noise is never pulled towards the names."""
+    release_of = {SUMS: np.zeros((3, 384), np.float32), COUNTS: np.zeros(3, np.float32)}
+    assert prior_records(combined([release_of])) == 0.0
+    two = combined([release_of, release_of], [2.0, 2.0])
+    expected = 0.5 * math.sqrt(2 * (2.0 * SENSITIVITY) ** 2 * 384)
+    assert prior_records(two) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="2 noise multipliers for 1 releases"):
+        combined([release_of], [1.0, 1.0])

@@ -390,7 +390,8 @@ def test_a_release_is_summed_whatever_the_aggregation_and_bound() -> None:
 
     assert chosen.rejected == []
     assert arrays is not None
-    expected = prototypes.combined(releases)
+    noise = float(METRICS[wire.NOISE_MULTIPLIER])
+    expected = prototypes.combined(releases, [noise] * len(releases))
     assert {k: v.numpy() for k, v in arrays.items()}.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(arrays[name].numpy(), value)

@@ -609,3 +609,26 @@ def test_the_jobs_options_reach_the_coordinators_strategy(tmp_path: Path) -> Non
     assert isinstance(aggregator, FedTrimmedAvg)
     assert aggregator.beta == 0.3
     assert federation.strategy.max_update_norm == 2.5
+
+
+@pytest.mark.parametrize("noise", [0.0, -1.0, float("nan"), 1e9])
+def test_a_release_with_an_unusable_noise_multiplier_turns_the_prior_off(noise: float) -> None:
+    """The prior's weight is the coordinator's own choice: a bad report only switches it off."""
+    template = prototypes.template(3, 4)
+    release = {
+        prototypes.SUMS: np.ones((3, 4), dtype=np.float32),
+        prototypes.COUNTS: np.full(3, 40.0, dtype=np.float32),
+    }
+    chosen = ValidatingFedAvg(nodes=2, combine=Combine.PROTOTYPES)
+    chosen.train_messages(1, record(template), ConfigRecord(), [1, 2], ttl_s=60)
+    honest = reply(1, release)
+    odd = reply(2, release, metric_values={**METRICS, wire.NOISE_MULTIPLIER: noise})
+    arrays, _ = chosen.aggregate_train(1, [honest, odd])
+    assert arrays is not None
+    if chosen.rejected:  # a negative or NaN multiplier fails the reply's own validation
+        assert [r.node_id for r in chosen.rejected] == [2]
+    else:
+        assert prototypes.NOISE_STDS not in dict(arrays.items())
+    both, _ = chosen.aggregate_train(1, [honest, reply(2, release)])
+    assert both is not None
+    assert prototypes.NOISE_STDS in dict(both.items())

@@ -229,7 +229,8 @@ def head_weights(
     class that belong to no node.
     """
     means, offsets, counts = class_and_node_effects(statistics, prior)
-    per_class = counts.sum(dim=0) + (0.0 if prior is None else prior_records(statistics))
+    sums, prior_weight = _class_sums(statistics, prior)
+    per_class = counts.sum(dim=0) + prior_weight
     overall = (per_class @ means) / per_class.sum().clamp_min(1e-12)
     class_effects = float(per_class @ (means - overall).square().sum(dim=1))
     node_effects = float(counts.sum(dim=1) @ offsets.square().sum(dim=1))
@@ -239,9 +240,6 @@ def head_weights(
         basis = basis[:, singular > 1e-9 * singular.max().clamp_min(1e-300)]
         deviations = deviations - (deviations @ basis) @ basis.T
     else:
-        sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
-        if prior is not None:
-            sums = sums + prior_records(statistics) * prior.double()
         deviations = sums / per_class.clamp_min(1.0)[:, None] - overall
     directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
     weight = TEMPERATURE * directions
@@ -280,7 +278,7 @@ def class_and_node_effects(
     the class means are the global ones; where nodes write other languages, the offsets
     take the languages. Float64; ``counts`` is nodes x classes, clamped at zero.
     """
-    sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
+    sums, prior_weight = _class_sums(statistics, prior)  # the prior's records are at no node
     node_means = torch.from_numpy(np.asarray(statistics[NODE_MEANS], dtype=np.float64))
     raw_counts = torch.from_numpy(np.asarray(statistics[NODE_COUNTS], dtype=np.float64))
     classes, width = sums.shape
@@ -291,20 +289,27 @@ def class_and_node_effects(
     node_sums = node_means * raw_counts.sum(dim=1).clamp_min(1.0)[:, None]  # as combined()
     per_class, per_node = counts.sum(dim=0), counts.sum(dim=1)
     normal = torch.zeros((classes + nodes, classes + nodes), dtype=torch.float64)
-    normal[:classes, :classes] = torch.diag(per_class)
+    normal[:classes, :classes] = torch.diag(per_class + prior_weight)
     normal[:classes, classes:] = counts.T
     normal[classes:, :classes] = counts
     normal[classes:, classes:] = torch.diag(per_node)
-    if prior is not None:  # prior_records() pseudo-records per class, at no node
-        if prior.shape != sums.shape:
-            raise InvalidUpdate(f"class prior {tuple(prior.shape)} != {tuple(sums.shape)}")
-        weight = prior_records(statistics)
-        normal[:classes, :classes] += weight * torch.eye(classes, dtype=torch.float64)
-        sums = sums + weight * prior.double()
     solution = torch.linalg.pinv(normal, hermitian=True) @ torch.cat([sums, node_sums])
     means, offsets = solution[:classes], solution[classes:]
     shift = (per_node @ offsets) / per_node.sum().clamp_min(1e-12)
     return means + shift, offsets - shift, counts
+
+
+def _class_sums(
+    statistics: dict[str, np.ndarray], prior: torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
+    """Each class's released sum with its prior's records added, and how many those are."""
+    sums = torch.from_numpy(np.asarray(statistics[SUMS], dtype=np.float64))
+    if prior is None:
+        return sums, 0.0
+    if prior.shape != sums.shape:
+        raise InvalidUpdate(f"class prior {tuple(prior.shape)} != {tuple(sums.shape)}")
+    weight = prior_records(statistics)
+    return sums + weight * prior.double(), weight
 
 
 def _overall(node_means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

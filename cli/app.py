@@ -106,7 +106,9 @@ def _run_simulation(job: Job, job_path: Path, out_dir: Path) -> None:
         acc = results.final.accuracy
         f1 = results.final.macro_f1
         if acc is not None and f1 is not None:
-            console.print(f"final accuracy {100 * acc:.1f}%, macro-F1 {100 * f1:.1f}%")
+            kept = results.final.round
+            chosen = "" if kept is None else f" (round {kept}'s model, best on the held-out part)"
+            console.print(f"final accuracy {100 * acc:.1f}%, macro-F1 {100 * f1:.1f}%{chosen}")
     console.print(
         f"done in {time.perf_counter() - started:.0f} s: {out_dir / 'results.json'}, "
         f"model in {out_dir / 'model'}, log {out_dir / 'residency.log'}\n"

@@ -89,6 +89,8 @@ class RichObserver:
             f"{n.country} ε={n.epsilon:.2f}" for n in result.nodes if n.epsilon is not None
         )
         dropped = f"  dropped: {', '.join(result.dropped)}" if result.dropped else ""
+        if result.refine:
+            dropped += "  (the release refined with the budget left: training lost ground)"
         self.console.print(
             f"round {result.round}: accuracy {_pct(result.accuracy)}  "
             f"macro-F1 {_pct(result.macro_f1)}  {eps}  "

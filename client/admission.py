@@ -235,7 +235,15 @@ def spend(
     """
     step, kind, delta = admission.step, plan.accountant, plan.delta
     refused = f"{settings.country} refused round {plan.server_round}"
-    if method_for(plan.round_update).release_sensitivity is not None and job_history:
+    if plan.refine and not job_history:
+        raise _refused(
+            f"{refused}: a refining release follows the job's release", RefusalCode.INVALID_PLAN
+        )
+    if (
+        method_for(plan.round_update).release_sensitivity is not None
+        and job_history
+        and not plan.refine
+    ):
         raise _refused(
             f"{refused}: a release must be the job's first charge", RefusalCode.INVALID_PLAN
         )
@@ -257,6 +265,7 @@ def spend(
 
 
 WARM_START_PHASE = "warm-start"
+REFINE_PHASE = "refine"
 
 
 def _noise(
@@ -361,7 +370,20 @@ def admit(
         release = warm_start_step(
             plan, store, job_account=job_account, account=account, refused=refused
         )
-        if plan.round_update is plan.warm_start:
+        if plan.refine:  # the release again, spending whatever the job has left
+            history = store.history(account, job_account=job_account)
+            if not history:  # before deriving: a noise fixed now would ignore the release
+                raise _refused(
+                    f"{refused}: a refining release follows the job's release",
+                    RefusalCode.INVALID_PLAN,
+                )
+            noise = store.noise_for(
+                job_account=job_account,
+                dataset=account,
+                phase=REFINE_PHASE,
+                derive=lambda: _noise(plan, refused, 1.0, 1, history),
+            )
+        elif plan.round_update is plan.warm_start:
             noise = release[0]
         else:
             noise = store.noise_for(

@@ -242,7 +242,7 @@ def _train_job(
         )
     method = method_for(plan.round_update)
     if plan.warm_start is not None:  # a release reads raw features; training, standardised ones
-        transform = plan.centre_and_scale
+        transform = None if method.combine is Combine.PROTOTYPES else plan.centre_and_scale
         set_feature_transform(
             model, *((None, None) if transform is None else map(torch.from_numpy, transform))
         )

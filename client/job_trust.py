@@ -41,6 +41,7 @@ def signed_plan(plan: RoundPlan, record: Mapping[str, Any], settings: NodeSettin
         base_fingerprint=plan.base_fingerprint,
         feature_transform=plan.feature_transform,
         signed=signed,
+        refine=plan.refine,  # the coordinator's choice; the node prices it (admission.py)
     )
     differs = sorted(
         key

@@ -54,6 +54,7 @@ from residency.common.model import (
 from residency.common.updates import Combine, method_for, prototypes
 from residency.common.version import __version__
 from residency.server.checkpoint import save_checkpoint
+from residency.server.held_out import KeptModel, better, refines, split_rows
 from residency.server.node_errors import error_sentence, timeout_sentence
 from residency.server.record_check import Received, received_record
 from residency.server.results import (
@@ -289,7 +290,18 @@ class _Federation:
         )
         self.countries = _Countries({}, self.admitted)
         self.spend = SpendTally(self.job)
-        self.test = self._load_test()
+        self.held_out, self.test = self._load_test()
+        self.held_out_scores: dict[int, float] = {}
+        self.kept: KeptModel | None = None
+        self.refining = False  # this round is the warm start's release again
+        self.refined = False  # it ran: the job has no budget left
+
+    def refine_next(self, server_round: int) -> bool:
+        """Whether round ``server_round`` refines the release (:func:`held_out.refines`)."""
+        if self.job.train.warm_start is None or server_round != 3:
+            return False
+        release, trained = self.held_out_scores.get(1), self.held_out_scores.get(2)
+        return release is not None and trained is not None and refines(release, trained)
 
     def _initial_arrays(self) -> ArrayRecord:
         """What goes out in round 1: the trainable tensors, or a release's empty template."""
@@ -299,6 +311,9 @@ class _Federation:
     def _absorb(self, server_round: int, arrays: ArrayRecord) -> None:
         """Make the combined arrays the global model (for a release: set the head from them)."""
         values = {name: array.numpy() for name, array in arrays.items()}
+        if self.refining:
+            self._refine(values)
+            return
         if method_for(self.job.train.round_update(server_round)).combine is Combine.PROTOTYPES:
             prior = label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
             prototypes.set_head(self.model, values, prior)
@@ -325,6 +340,7 @@ class _Federation:
             head.weight.detach(), head.bias.detach(), centre, scale
         )
         set_feature_transform(self.model, centre.float(), scale.float())
+        self.centre_and_scale = (centre, scale)
         with torch.no_grad():
             head.weight.copy_(weight)
             head.bias.copy_(bias)
@@ -340,22 +356,54 @@ class _Federation:
         )
         self.strategy.combine = Combine.FEDAVG
 
-    def _load_test(self) -> TensorDataset | None:
+    def _refine(self, statistics: dict[str, np.ndarray]) -> None:
+        """The head of both releases combined, for the standardised input training set up."""
+        prior = label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
+        weight, bias = prototypes.head_weights(statistics, prior)
+        weight, bias = prototypes.standardized(weight, bias, *self.centre_and_scale)
+        head = classifier_head(self.model)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        self.refined = True
+
+    def refine_round(self) -> None:
+        """Make the next round the release again (its template out, the releases combined)."""
+        self.refining = True
+        self.strategy.combine = Combine.PROTOTYPES
+        self.strategy.refining = True
+        self.config = ConfigRecord({**dict(self.config), "refine": True})
+
+    def _load_test(self) -> tuple[TensorDataset | None, TensorDataset | None]:
+        """(held-out part, reported part) of the coordinator's test set, if it has one."""
         data = self.job.data
         if data.test is None:
-            return None
+            return None, None
         records = read_labeled_texts(
             data.test,
             text_column=data.text_column,
             label_column=data.label_column,
             labels=self.labels,
         )
-        return encode(
-            records.texts, records.labels, self.tokenizer, max_length=self.job.model.max_length
-        )
+        held = split_rows(records.texts, data.validation_share)
+
+        def part(keep: bool) -> TensorDataset | None:
+            rows = [i for i, flag in enumerate(held) if flag is keep]
+            if not rows:
+                return None
+            return encode(
+                [records.texts[i] for i in rows],
+                [records.labels[i] for i in rows],
+                self.tokenizer,
+                max_length=self.job.model.max_length,
+            )
+
+        return part(True), part(False)
 
     def outgoing(self) -> ArrayRecord:
-        """The global trainable arrays in the job's transfer precision."""
+        """The global trainable arrays in the job's transfer precision (a refine: the template)."""
+        if self.refining:
+            return self._initial_arrays()
         state = {name: torch.from_numpy(array.numpy()) for name, array in self.arrays.items()}
         return ArrayRecord(
             {
@@ -371,10 +419,30 @@ class _Federation:
         return self.admitted.get(node_id) in {node.country for node in self.job.nodes}
 
     def score(self) -> Scores | None:
-        """The current global model on the test set, if there is one."""
+        """The current global model on the reported part of the test set, if there is one."""
         if self.test is None:
             return None
         return evaluate(self.model, self.test, self.labels, compute=self.compute)
+
+    def keep_if_better(self, server_round: int) -> float | None:
+        """Score the round's model on the held-out part; keep its tensors if it is the best."""
+        if self.held_out is None:
+            return None
+        accuracy = evaluate(self.model, self.held_out, self.labels, compute=self.compute).accuracy
+        self.held_out_scores[server_round] = accuracy
+        if self.refined or better(self.kept, accuracy):  # a refined release ends the job
+            state = {name: t.detach().clone() for name, t in trainable_state(self.model).items()}
+            self.kept = KeptModel(server_round, accuracy, state)
+        return accuracy
+
+    def restore_kept(self) -> int | None:
+        """Make the kept model the global model; its round (None: nothing was held out)."""
+        if self.kept is None:
+            return None
+        load_trainable_state(
+            self.model, {name: t.float().numpy() for name, t in self.kept.state.items()}
+        )
+        return self.kept.round
 
     def _connected(self) -> tuple[set[int], set[str]]:
         """The job's nodes connected now, and the countries they speak for (where known)."""
@@ -509,13 +577,16 @@ class _Federation:
         result = RoundResult(
             round=server_round,
             **_scores_fields(self.score()),
+            held_out_accuracy=self.keep_if_better(server_round),
+            refine=self.refining,
             nodes=sorted(reports.values(), key=lambda r: r.country),
             bytes_up=sum(r.bytes_up for r in reports.values()),
             bytes_down=sum(r.bytes_down for r in reports.values()),
             seconds=time.perf_counter() - started,
             dropped=sorted(dropped),
         )
-        result.update = self.job.train.round_update(server_round).value
+        update = self.job.train.warm_start if self.refining else None
+        result.update = (update or self.job.train.round_update(server_round)).value
         return result
 
     def _tally(self, received: Mapping[int, Received], reports: Mapping[int, NodeRound]) -> None:
@@ -565,7 +636,8 @@ class _Federation:
         )
 
     def finish(self, out_dir: Path) -> FinalResult:
-        """Score the final model and export it as a Hugging Face checkpoint."""
+        """Score the kept model (else the last) and export it as a Hugging Face checkpoint."""
+        kept = self.restore_kept()
         scores = self.score()
         model_dir = export_hf(self.model, self.tokenizer, self.labels, out_dir / MODEL_DIR)
         return FinalResult(
@@ -576,6 +648,7 @@ class _Federation:
                 for label, value in (scores.per_class if scores else {}).items()
             },
             model_dir=str(model_dir),
+            round=kept,
         )
 
 
@@ -630,6 +703,10 @@ def run_federation(
     try:
         _check_admitted(job, federation.countries)
         for server_round in range(1, job.train.server_rounds + 1):
+            if federation.refined:
+                break  # the refined release spent the job's budget
+            if federation.refine_next(server_round):
+                federation.refine_round()
             result = federation.play_round(server_round)
             results.rounds.append(result)
             results.in_flight = None

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from residency.common.files import write_atomic
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RESULTS_FILE = "results.json"
 
 
@@ -64,6 +64,8 @@ class RoundResult(Record):
     seconds: float
     update: str | None = None  # what the round ran: a release or the job's training kind
     dropped: list[str] = []  # countries not connected when it started, or silent until its end
+    held_out_accuracy: float | None = None  # on the held-out part, which only chooses
+    refine: bool = False  # the warm start's release again, with the budget left
 
 
 class ClassResult(Record):
@@ -82,6 +84,7 @@ class FinalResult(Record):
     macro_f1: float | None
     per_class: dict[str, ClassResult]
     model_dir: str
+    round: int | None = None  # whose model was kept (best held-out accuracy); None: the last
 
 
 class CountryPrivacy(Record):

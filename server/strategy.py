@@ -118,6 +118,8 @@ class ValidatingFedAvg(FedAvg):
         self._sent = ArrayRecord()
         self.accepted: list[Message] = []
         self.rejected: list[Rejection] = []
+        self.refining = False  # the release again: combine each node's two releases
+        self._releases: dict[int, tuple[dict[str, np.ndarray], float | None]] = {}
 
     def train_messages(
         self,
@@ -183,18 +185,32 @@ class ValidatingFedAvg(FedAvg):
         if not self.accepted:
             return None, None
         if not training:  # statistics add up; a mean would shrink them
-            releases = [
-                {
-                    name: array.numpy()
-                    for name, array in r.content.array_records[wire.ARRAYS].items()
-                }
-                for r in self.accepted
-            ]
-            total = prototypes.combined(releases, _noise_multipliers(self.accepted))
-            return ArrayRecord(
-                {name: Array(value) for name, value in total.items()}
-            ), MetricRecord()
+            return self._combined_releases(), MetricRecord()
         return self.aggregator.aggregate_train(server_round, self._float32_copies())
+
+    def _combined_releases(self) -> ArrayRecord:
+        """The federation's statistics from every node's latest release (refined: both).
+
+        Each node's releases are kept by node id; a refining release is averaged with the
+        node's first by the inverse of their noise variances (:func:`prototypes.refined`), and
+        a node that did not refine keeps its first.
+        """
+        for reply in self.accepted:
+            node = reply.metadata.src_node_id
+            arrays = reply.content.array_records[wire.ARRAYS]
+            release = {name: array.numpy() for name, array in arrays.items()}
+            noise = _noise_multiplier(reply)
+            first = self._releases.get(node) if self.refining else None
+            self._releases[node] = (
+                (release, noise) if first is None else prototypes.refined(first, (release, noise))
+            )
+        kept = list(self._releases.values())
+        noises = [noise for _, noise in kept]
+        total = prototypes.combined(
+            [release for release, _ in kept],
+            None if any(noise is None for noise in noises) else [n for n in noises if n],
+        )
+        return ArrayRecord({name: Array(value) for name, value in total.items()})
 
     def _float32_copies(self) -> list[Message]:
         """What the aggregator reads: each accepted update in float32, with its metrics.
@@ -219,16 +235,14 @@ class ValidatingFedAvg(FedAvg):
         return copies
 
 
-def _noise_multipliers(replies: list[Message]) -> list[float] | None:
-    """Each release's noise multiplier as its node reported it, or None if one is missing.
+def _noise_multiplier(reply: Message) -> float | None:
+    """A release's noise multiplier as its node reported it, or None if missing or unusable.
 
-    It only weighs the class names' prior in the coordinator's own head; a node that misstates
-    it moves no one's privacy, and an unusable value turns the prior off.
+    It only weighs the class names' prior and a node's two releases in the coordinator's own
+    head; a node that misstates it moves no one's privacy. One unusable value turns the prior
+    off, and two releases without both values are averaged equally.
     """
-    found = []
-    for reply in replies:
-        value = reply.content.metric_records[wire.METRICS].get(wire.NOISE_MULTIPLIER)
-        if not isinstance(value, int | float) or not 0 < value <= MAX_REPORTED_NOISE:
-            return None
-        found.append(float(value))
-    return found
+    value = reply.content.metric_records[wire.METRICS].get(wire.NOISE_MULTIPLIER)
+    if not isinstance(value, int | float) or not 0 < value <= MAX_REPORTED_NOISE:
+        return None
+    return float(value)

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from residency.common.config.job import VALIDATION_SHARE
+from residency.server.held_out import split_rows
+
 WORDS = {
     "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
     "neg": ["bad", "awful", "terrible", "sad", "poor", "ugly"],
@@ -68,6 +71,8 @@ def write_toy_job(
     train: str = "",
     model: str = "tiny",
     schedule: bool = True,
+    data: str = "",
+    privacy: str = "",
 ) -> Path:
     """A tiny-BERT job (LoRA unless ``train`` says) over separable per-country data.
 
@@ -92,7 +97,7 @@ max_length = 16
 [data]
 labels = ["pos", "neg", "obj"]
 test = "{TEST_FILE}"
-
+{data}
 [train]
 {_SCHEDULE.format(rounds=rounds) if schedule else ""}
 {train if "update" in train else 'update = "lora"' + chr(10) + train}
@@ -101,7 +106,7 @@ test = "{TEST_FILE}"
 target_epsilon = 8.0
 delta = 1e-4
 accountant = "prv"
-
+{privacy}
 """
         + "\n".join(nodes),
         encoding="utf-8",
@@ -109,10 +114,13 @@ accountant = "prv"
     return job
 
 
-def exported_accuracy(model_dir: Path, test_file: Path) -> tuple[float, Any]:
+def exported_accuracy(
+    model_dir: Path, test_file: Path, *, validation_share: float = VALIDATION_SHARE
+) -> tuple[float, Any]:
     """(accuracy, model) of an exported checkpoint on a toy test file, loaded as a user would.
 
-    Plain ``transformers`` with ``trust_remote_code``: no Residency code scores it.
+    Plain ``transformers`` with ``trust_remote_code``: no Residency code scores it. Only the
+    rows the coordinator reports on count (the held-out part only chooses).
     """
     import numpy as np
     import torch
@@ -125,9 +133,10 @@ def exported_accuracy(model_dir: Path, test_file: Path) -> tuple[float, Any]:
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     test = read_labeled_texts(test_file, text_column="text", label_column="label", labels=LABELS)
+    held = split_rows(test.texts, validation_share)
+    texts = [text for text, out in zip(test.texts, held, strict=True) if not out]
+    labels = [label for label, out in zip(test.labels, held, strict=True) if not out]
     with torch.no_grad():
-        batch = tokenizer(
-            list(test.texts), padding=True, truncation=True, max_length=16, return_tensors="pt"
-        )
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
         predicted = model(**batch).logits.argmax(-1).numpy()
-    return float(np.mean(predicted == np.array(test.labels))), model
+    return float(np.mean(predicted == np.array(labels))), model

@@ -157,6 +157,15 @@ class ModelSection(Strict):
         return str(folder.resolve())
 
 
+VALIDATION_SHARE = 0.5
+"""Share of the coordinator's test set held out to choose, never reported.
+
+The held-out part picks the round whose model is kept and, in a warm-started job, whether
+the budget left after the first training round goes to training or to refining the release
+(``server/held_out.py``); scores are reported on the rest, so the choice does not flatter
+them. Measured with ``bench/pipeline_replay.py`` (docs/performance.md)."""
+
+
 class DataSection(Strict):
     """The schema every country's data file follows, and the optional global test file."""
 
@@ -164,6 +173,9 @@ class DataSection(Strict):
     label_column: Annotated[str, Field(min_length=1)] = "label"
     labels: Annotated[list[str], Field(min_length=2, max_length=1000)]
     test: Path | None = None
+    validation_share: Annotated[float, Field(ge=0.0, le=0.9, allow_inf_nan=False)] = (
+        VALIDATION_SHARE
+    )
 
     @field_validator("labels")
     @classmethod

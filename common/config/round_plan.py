@@ -90,6 +90,8 @@ class RoundPlan(Strict):
     signed_job: Annotated[str, Field(max_length=MAX_JOB_BYTES, alias="signed-job")] = ""
     job_launcher: Annotated[str, Field(max_length=64, alias="job-launcher")] = ""
     job_signature: Annotated[str, Field(max_length=128, alias="job-signature")] = ""
+    # the warm start's release again, spending what the job has left (server/held_out.py)
+    refine: Annotated[bool, Field(strict=True)] = False
 
     @field_validator("warm_start", mode="before")
     @classmethod
@@ -107,7 +109,9 @@ class RoundPlan(Strict):
 
     @property
     def round_update(self) -> UpdateKind:
-        """What this round runs: the warm start's release in round 1, else the job's update."""
+        """What this round runs: the update, or the warm start's release (round 1, a refine)."""
+        if self.refine and self.warm_start is not None:
+            return self.warm_start
         return round_update(self.update, self.warm_start, self.server_round)
 
     @property
@@ -148,6 +152,8 @@ class RoundPlan(Strict):
             and not method_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
+        if self.refine and (self.warm_start is None or self.server_round == 1):
+            raise ValueError("only a warm start's release is refined, after round 1")
         if self.warm_start is not None and method_for(self.warm_start).release_sensitivity is None:
             raise ValueError(f"warm start {self.warm_start.value} is not a release")
         if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
@@ -181,6 +187,7 @@ def round_config(
     base_fingerprint: str,
     feature_transform: bytes = b"",
     signed: SignedJob | None = None,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """The ConfigRecord content the coordinator sends with every training message."""
     warm_start = job.train.warm_start
@@ -222,4 +229,5 @@ def round_config(
         "base-fingerprint": base_fingerprint,
         "countries": [node.country for node in job.nodes],
         **envelope,
+        **({"refine": True} if refine else {}),
     }

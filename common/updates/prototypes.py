@@ -207,6 +207,35 @@ def combined(
     }
 
 
+Release = tuple[dict[str, np.ndarray], float | None]
+"""One node's release and the noise multiplier it reported (None: unknown)."""
+
+
+def refined(first: Release, second: Release) -> Release:
+    """One node's two releases as one: averaged by the inverse of their noise variances.
+
+    Both are the same statistics plus independent Gaussian noise, so this is the least-noise
+    unbiased combination, with noise multiplier ``(z1^-2 + z2^-2)^-1/2``: what a single
+    release spending both budgets would have had. Post-processing; without both noise
+    multipliers the two are averaged equally and the result's noise is unknown.
+    """
+    (one, z_one), (two, z_two) = first, second
+    if z_one is None or z_two is None:
+        w_one = w_two = 0.5
+        noise = None
+    else:
+        precision = z_one**-2 + z_two**-2
+        w_one, w_two = z_one**-2 / precision, z_two**-2 / precision
+        noise = precision**-0.5
+    merged = {
+        name: (w_one * np.asarray(one[name], dtype=np.float64) + w_two * np.asarray(value)).astype(
+            np.float32
+        )
+        for name, value in two.items()
+    }
+    return merged, noise
+
+
 def head_weights(
     statistics: dict[str, np.ndarray], prior: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

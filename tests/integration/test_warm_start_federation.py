@@ -27,6 +27,7 @@ def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_score
         examples=LEARNABLE,
         schedule=False,
         train='update = "head"\nwarm_start = "prototypes"',
+        data="validation_share = 0",  # every round trains on; the choice is tested below
     )
     job = load_job(job_path)
     out = tmp_path / "out"
@@ -40,6 +41,7 @@ def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_score
     assert results.final is not None
     assert results.final.accuracy is not None
     assert results.final.accuracy > 0.8
+    assert results.final.round is None  # nothing held out: the last model
     for country in ("DE", "FR"):
         spent = results.privacy[country]
         assert spent.epsilon is not None
@@ -55,7 +57,81 @@ def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_score
     assert sent.count({SUMS, COUNTS}) == 2
     assert sent.count({"classifier.weight", "classifier.bias"}) == 2 * job.train.rounds
 
-    accuracy, model = exported_accuracy(out / "model", job_path.parent / "test.csv")
+    accuracy, model = exported_accuracy(
+        out / "model", job_path.parent / "test.csv", validation_share=0.0
+    )
     assert model.config.normalize_features is True
     assert len(model.config.feature_scale) == model.config.hidden_size
+    assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)
+
+
+def test_training_that_loses_ground_gives_the_budget_left_to_the_release(
+    tmp_path: Path,
+) -> None:
+    """Held-out accuracy falls after the first training round: the release again, then stop.
+
+    A clipping norm of 1000 makes training's noise (z times C) drown its clipped gradients,
+    which a natural norm keeps near 1, while the release's sensitivity does not change.
+    """
+    job_path = write_toy_job(
+        tmp_path / "job",
+        countries=("DE", "FR"),
+        examples=LEARNABLE,
+        schedule=False,
+        train='update = "head"\nwarm_start = "prototypes"\nstep_rule = "fixed"\nlearning_rate = 10',
+        privacy="max_grad_norm = 1000.0",
+    )
+    job = load_job(job_path)
+    out = tmp_path / "out"
+    results = simulate(job, job_path, out_dir=out)
+
+    assert results.status == "completed"
+    assert [(r.update, r.refine) for r in results.rounds] == [
+        ("prototypes", False),
+        ("head", False),
+        ("prototypes", True),
+    ]
+    release, trained, refined = results.rounds
+    assert release.held_out_accuracy is not None
+    assert trained.held_out_accuracy is not None
+    assert trained.held_out_accuracy < release.held_out_accuracy
+    assert results.final is not None
+    assert results.final.round == 3
+    assert results.final.accuracy == refined.accuracy
+    for country in ("DE", "FR"):
+        spent = results.privacy[country]
+        assert spent.epsilon is not None
+        assert 7.9 < spent.epsilon <= 8.0  # the refine spent what training left
+        assert spent.steps == 1 + 10 + 1  # release, one training round, the release again
+    assert {n.noise_multiplier for n in refined.nodes} != {
+        n.noise_multiplier for n in release.nodes
+    }
+
+    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
+    assert verified.ok, [str(p) for p in verified.problems]
+    assert len(verified.spends) == 6
+    sent = [set(load_file(str(p))) for p in (out / "ledger" / "updates").glob("*.safetensors")]
+    assert sent.count({SUMS, COUNTS}) == 4
+
+    accuracy, _ = exported_accuracy(out / "model", job_path.parent / "test.csv")
+    assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)
+
+
+def test_the_kept_model_is_the_best_on_the_held_out_part(tmp_path: Path) -> None:
+    """Scores are reported on the rest of the test set; the export is the kept round's model."""
+    job_path = write_toy_job(tmp_path / "job", countries=("DE", "FR"), rounds=3)
+    job = load_job(job_path)
+    out = tmp_path / "out"
+    results = simulate(job, job_path, out_dir=out)
+
+    assert results.status == "completed"
+    held_out = [r.held_out_accuracy for r in results.rounds]
+    assert None not in held_out
+    assert results.final is not None
+    assert results.final.round is not None
+    kept = results.final.round
+    assert held_out[kept - 1] == max(held_out)  # type: ignore[type-var]
+    assert held_out.index(max(held_out)) == kept - 1  # ties keep the earlier round
+    assert results.final.accuracy == results.rounds[kept - 1].accuracy
+    accuracy, _ = exported_accuracy(out / "model", job_path.parent / "test.csv")
     assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

@@ -40,7 +40,9 @@ JOBS = {
     "lora-fa": 'update = "lora-fa"',
     "release": 'update = "prototypes"',
     "warm start": 'update = "head"\nwarm_start = "prototypes"',
+    "refined warm start": 'update = "head"\nwarm_start = "prototypes"',
 }
+REFINED = "refined warm start"  # round 3 asks the release again with what the job has left
 FLT_MAX = float(np.finfo(np.float32).max)
 WEIGHTS = ("as sent", "huge", "inf", "nan", "one entry at FLT_MAX")
 TRANSFORMS = {
@@ -73,6 +75,7 @@ PLANS = st.fixed_dictionaries(
         "lora-rank": st.sampled_from([1, 256]),
         "lora-alpha": st.sampled_from([1, 4096]),
         "rounds": st.sampled_from([1, 3]),
+        "refine": st.booleans(),
     },
 )
 
@@ -122,12 +125,15 @@ def _check_pair(
 ) -> None:
     job = _job(root, JOBS[job_kind])
     pair = pair_nodes(root / "nodes", ROWS, record_kind)
-    rounds = job.train.server_rounds
+    rounds = job.train.server_rounds + (job_kind == REFINED)
     for server_round in range(1, rounds + 1):
         overrides = dict(plan)
         if server_round > 1:  # the head after a release reads a coordinator-chosen transform
             overrides["feature-transform"] = feature_transform_bytes(*TRANSFORMS[transform])
-        arrays = _hostile(_weights(job, server_round), weights)
+        refining = job_kind == REFINED and server_round == rounds
+        if refining:
+            overrides["refine"] = True
+        arrays = _hostile(_weights(job, 1 if refining else server_round), weights)
         outcomes = round_pair(
             job, pair, run_id=1, server_round=server_round, overrides=overrides, arrays=arrays
         )
@@ -180,6 +186,14 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="as sent",
     transform="tiny scale",
     replay=False,
+)
+@example(
+    job_kind=REFINED,
+    record_kind="duplicate",
+    plan={},
+    weights="as sent",
+    transform="public",
+    replay=True,
 )
 @example(
     job_kind="head",

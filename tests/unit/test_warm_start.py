@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from residency.common.config.job import (
     load_job,
 )
 from residency.common.config.round_plan import RoundPlan, feature_transform_bytes, round_config
-from residency.common.errors import ConfigError, PolicyViolation
+from residency.common.errors import BudgetExceeded, ConfigError, PolicyViolation
 from residency.common.model import (
     ModelSpec,
     build_classifier,
@@ -320,3 +321,86 @@ def test_the_noise_step_rule_stops_growing_where_signal_dominates() -> None:
     assert steps == pytest.approx([STABLE_STEP] * 3)
     halved = schedule.scaled(StepRule.NOISE, expected_batch=20_000, noise=4.0, max_grad_norm=2.0)
     assert halved.learning_rate == pytest.approx(STABLE_STEP / 2)
+
+
+def _refine() -> dict[str, Any]:
+    return _transform() | {"refine": True}
+
+
+@pytest.mark.unit
+def test_a_refine_is_only_the_warm_starts_release_after_round_one(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    config = round_config(job, base_fingerprint="0" * 64)
+    refine = RoundPlan.from_record(config | {"server-round": 3} | _refine())
+    assert refine.round_update is UpdateKind.PROTOTYPES
+    with pytest.raises(ConfigError, match="refined, after round 1"):
+        RoundPlan.from_record(config | {"server-round": 1, "refine": True})
+    with pytest.raises(ConfigError, match="refine"):
+        RoundPlan.from_record(config | {"server-round": 3} | _transform() | {"refine": 1})
+    plain = round_config(_job(tmp_path / "plain", 'update = "head"'), base_fingerprint="0" * 64)
+    with pytest.raises(ConfigError, match="refined, after round 1"):
+        RoundPlan.from_record(plain | {"server-round": 3, "refine": True})
+
+
+@pytest.mark.unit
+def test_a_refine_before_any_release_is_refused_and_fixes_no_noise(tmp_path: Path) -> None:
+    """Refused before its noise is derived: a noise fixed then would ignore the release."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    template = prototypes.template(3, WIDTH)
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(job, settings, run_id=1, server_round=2, overrides=_refine(), arrays=template)
+    assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
+    assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
+
+    first = signed_record(train_round(job, settings, run_id=1, server_round=1))
+    again = train_round(
+        job, settings, run_id=1, server_round=2, overrides=_refine(), arrays=template
+    )
+    refined = signed_record(again)
+    assert set(update_of(again)) == {prototypes.SUMS, prototypes.COUNTS}
+    expected = noise_after(
+        (first.history[0],),
+        target_epsilon=8.0,
+        delta=1e-4,
+        sample_rate=1.0,
+        steps=1,
+        kind=AccountantKind.PRV,
+    )
+    assert (refined.noise_multiplier, refined.sample_rate, refined.steps) == (expected, 1.0, 1)
+    assert 8.0 - 0.01 <= refined.epsilon <= 8.0
+
+
+@pytest.mark.node
+def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: Path) -> None:
+    """Release, one training round, the release again: the target, and nothing after it."""
+    job = _job(tmp_path)
+    settings = node_file(tmp_path, 20.0)
+    train_round(job, settings, run_id=1, server_round=1)
+    trained = train_round(
+        job,
+        settings,
+        run_id=1,
+        server_round=2,
+        overrides=_transform(),
+        arrays=_head_arrays(job),
+    )
+    history = signed_record(trained).history
+    template = prototypes.template(3, WIDTH)
+    refined = signed_record(
+        train_round(job, settings, run_id=1, server_round=3, overrides=_refine(), arrays=template)
+    )
+    assert refined.max_grad_norm == prototypes.SENSITIVITY
+    assert refined.noise_multiplier == noise_after(
+        history, target_epsilon=8.0, delta=1e-4, sample_rate=1.0, steps=1, kind=AccountantKind.PRV
+    )
+    assert 8.0 - 0.01 <= refined.epsilon <= 8.0
+    assert (
+        cross_check(refined.history, delta=1e-4, kind=AccountantKind.PRV).problems(refined.epsilon)
+        == []
+    )
+    for overrides, arrays in ((_transform(), _head_arrays(job)), (_refine(), template)):
+        with pytest.raises(BudgetExceeded) as refused:
+            train_round(job, settings, run_id=1, server_round=4, overrides=overrides, arrays=arrays)
+        assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 3

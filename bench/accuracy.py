@@ -64,6 +64,7 @@ from residency.common.classifier_head import classifier_head
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
     PIPELINE_JOIN,
+    VALIDATION_SHARE,
     UpdateKind,
     load_job,
     parse_pipeline,
@@ -76,6 +77,7 @@ from residency.common.evaluation import predict
 from residency.common.files import write_atomic
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.updates import method_for, prototypes
+from residency.server.held_out import split_rows
 from residency.server.results import Results
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")
@@ -196,6 +198,16 @@ class Prepared:
     labels: tuple[str, ...]
 
 
+def reported(test: tuple[list[str], list[int]]) -> tuple[list[str], list[int]]:
+    """The test rows the coordinator reports on: every reference scores on these alone.
+
+    The product holds out the rest (``server/held_out.py``) to choose its kept round.
+    """
+    held = split_rows(test[0], VALIDATION_SHARE)
+    keep = [i for i, out in enumerate(held) if not out]
+    return [test[0][i] for i in keep], [test[1][i] for i in keep]
+
+
 def _print_mix(country: str, labels: Sequence[int], classes: int, note: str = "") -> None:
     mix = np.bincount(np.asarray(labels, dtype=np.int64), minlength=classes).tolist()
     print(f"  {country}: {len(labels)} rows, labels {mix}{note}")
@@ -261,7 +273,12 @@ def prepare(
         job.data.test, text_column="text", label_column="label", labels=labels
     )
     return Prepared(
-        job_path, files, rows, (list(test.texts), list(test.labels)), job.data.test, labels
+        job_path,
+        files,
+        rows,
+        reported((list(test.texts), list(test.labels))),
+        job.data.test,
+        labels,
     )
 
 
@@ -483,7 +500,7 @@ def prepare_corpus(
     job_path = folder / "job.toml"
     job_path.write_text(tomli_w.dumps(job), encoding="utf-8")
     load_job(job_path)  # the product's own validation: an unknown country is one line here
-    return Prepared(job_path, files, rows, test, test_file, labels)
+    return Prepared(job_path, files, rows, reported(test), test_file, labels)
 
 
 def _simulate(

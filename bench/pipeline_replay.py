@@ -45,7 +45,12 @@ from sklearn.linear_model import LogisticRegression
 from residency.cli.run_log import quiet_libraries
 from residency.client.trainer import STABLE_STEP
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import WARM_START_SHARE, AccountantKind, UpdateKind
+from residency.common.config.job import (
+    VALIDATION_SHARE,
+    WARM_START_SHARE,
+    AccountantKind,
+    UpdateKind,
+)
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
 from residency.common.data.encoding import encode
 from residency.common.device import pick_compute
@@ -55,9 +60,10 @@ from residency.common.label_prior import label_prior
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.updates import prototypes
+from residency.server.held_out import refines, split_rows
 
 Party = tuple[torch.Tensor, torch.Tensor]  # unit-norm features (float64), labels (long)
-Release = dict[str, np.ndarray]
+Release = dict[str, np.ndarray]  # one node's release, or the federation's statistics
 HeadRule = Callable[[dict[str, np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
 FEATURES = DEFAULT_CACHE.parent / "features"
 
@@ -75,6 +81,7 @@ class Plan:
     max_grad_norm: float = 1.0
     stable_step: float | None = STABLE_STEP  # None: the noise rule uncapped
     head: str = "shipped"
+    choose: bool = True  # the held-out part keeps the best round and may refine the release
 
 
 @functools.cache
@@ -199,36 +206,65 @@ class Federation:
     classes: int
     scale: torch.Tensor
     prior: torch.Tensor | None = None  # each class's name, embedded (the shipped head's prior)
+    held_out: Party | None = None  # the coordinator's held-out part, which only chooses
 
 
-def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
-    """Test accuracy after the release and after each training round, fresh noise from ``seed``."""
+@dataclass(frozen=True)
+class Trace:
+    """Reported accuracy after each round, and of the model the coordinator keeps."""
+
+    rounds: list[float]
+    final: float
+    refined: bool = False
+
+
+def _releases(federation: Federation, z: float, generator: torch.Generator) -> list[Release]:
+    return [
+        prototypes.release(
+            x, y, classes=federation.classes, noise_multiplier=z, generator=generator
+        )
+        for x, y in federation.parties.values()
+    ]
+
+
+def _release_head(
+    federation: Federation, plan: Plan, statistics: Release
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if plan.head == "shipped":
+        weight, bias = prototypes.head_weights(statistics, federation.prior)
+    else:
+        weight, bias = HEADS[plan.head](statistics)
+    return weight.double(), bias.double()
+
+
+def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
+    """The pipeline with fresh noise from ``seed``, choosing as the coordinator does.
+
+    With ``plan.choose`` and a held-out part: the kept model is the best round on it, and a
+    first training round that scores below the release there gives the budget left to the
+    release again (``server/federation.py``, ``server/held_out.py``).
+    """
     generator = torch.Generator().manual_seed(seed)
     z_release, z_train = noise_multipliers(
         plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps
     )
-    releases = [
-        prototypes.release(
-            x, y, classes=federation.classes, noise_multiplier=z_release, generator=generator
-        )
-        for x, y in federation.parties.values()
-    ]
+    releases = _releases(federation, z_release, generator)
     statistics = prototypes.combined(releases, [z_release] * len(releases))
-    if plan.head == "shipped":
-        weight, bias = (t.double() for t in prototypes.head_weights(statistics, federation.prior))
-    else:
-        weight, bias = (t.double() for t in HEADS[plan.head](statistics))
+    weight, bias = _release_head(federation, plan, statistics)
+    held_out = federation.held_out if plan.choose else None
     scores = [accuracy(weight, bias, federation.test)]
+    chosen = [] if held_out is None else [accuracy(weight, bias, held_out)]
     if z_train is None:
-        return scores
+        return Trace(scores, scores[-1])
     bound = FEATURE_CENTRE_BOUND
     centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
     scale = federation.scale.double().clamp_min(FEATURE_SCALE_FLOOR)
     weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
     standard = {c: ((x - centre) / scale, y) for c, (x, y) in federation.parties.items()}
     test = ((federation.test[0] - centre) / scale, federation.test[1])
+    held = None if held_out is None else ((held_out[0] - centre) / scale, held_out[1])
     total = sum(federation.public.values())
-    for _ in range(plan.rounds):
+    for server_round in range(plan.rounds):
         new_weight, new_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         for country, party in standard.items():
             public = federation.public[country]
@@ -237,7 +273,44 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> list[float]:
             new_bias += public / total * b
         weight, bias = new_weight, new_bias
         scores.append(accuracy(weight, bias, test))
-    return scores
+        if held is None:
+            continue
+        chosen.append(accuracy(weight, bias, held))
+        if server_round == 0 and refines(chosen[0], chosen[1]):
+            refined = _refined(federation, plan, releases, (z_release, z_train), generator)
+            scores.append(refined)
+            return Trace(scores, refined, refined=True)
+    if not chosen:
+        return Trace(scores, scores[-1])
+    return Trace(scores, scores[int(np.argmax(chosen))])  # the first best, as better() keeps
+
+
+def _refined(
+    federation: Federation,
+    plan: Plan,
+    releases: list[Release],
+    noises: tuple[float, float],
+    generator: torch.Generator,
+) -> float:
+    """Reported accuracy of the release refined with what one training round left."""
+    z_release, z_train = noises
+    z_refine = noise_after(
+        ((z_release, 1.0, 1), (z_train, 1.0, plan.steps)),
+        target_epsilon=plan.epsilon,
+        delta=plan.delta,
+        sample_rate=1.0,
+        steps=1,
+        kind=AccountantKind.PRV,
+    )
+    again = _releases(federation, z_refine, generator)
+    merged = [
+        prototypes.refined((first, z_release), (second, z_refine))
+        for first, second in zip(releases, again, strict=True)
+    ]
+    statistics = prototypes.combined(
+        [release for release, _ in merged], [noise or z_refine for _, noise in merged]
+    )
+    return accuracy(*_release_head(federation, plan, statistics), federation.test)
 
 
 def corpus_features(
@@ -304,10 +377,14 @@ def federation_of(
     )
     rows = features.double()
     parties = {c: (rows[ix], labels[ix]) for c, ix in split.parts.items() if ix}
+    held = split_rows([corpus.texts[i] for i in split.test], VALIDATION_SHARE)
+    reported = [i for i, out in zip(split.test, held, strict=True) if not out]
+    chooses = [i for i, out in zip(split.test, held, strict=True) if out]
     return Federation(
         parties=parties,
         public={c: len(y) for c, (_, y) in parties.items()},
-        test=(rows[split.test], labels[split.test]),
+        test=(rows[reported], labels[reported]),
+        held_out=(rows[chooses], labels[chooses]) if chooses else None,
         classes=len(corpus.label_names),
         scale=scale,
         prior=prior,
@@ -344,8 +421,11 @@ def references(federation: Federation) -> dict[str, float]:
 
 
 VARIANTS: dict[str, Callable[[float], Plan]] = {
-    "shipped (release + head)": lambda e: Plan(epsilon=e),
-    "before issue 25": lambda e: Plan(epsilon=e, share=0.25, stable_step=None, head="node-centred"),
+    "shipped (release + head, chosen)": lambda e: Plan(epsilon=e),
+    "release + head, last round": lambda e: Plan(epsilon=e, choose=False),
+    "before issue 25": lambda e: Plan(
+        epsilon=e, share=0.25, stable_step=None, head="node-centred", choose=False
+    ),
     "release alone (shipped head)": lambda e: Plan(epsilon=e, share=1.0),
     "release alone (no prior)": lambda e: Plan(epsilon=e, share=1.0, head="no-prior"),
     "release alone (global means)": lambda e: Plan(epsilon=e, share=1.0, head="global-means"),
@@ -397,12 +477,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for epsilon in (float(e) for e in args.epsilons.split(",")):
         for name, variant in VARIANTS.items():
             plan = variant(epsilon)
-            runs = np.array([replay(federation, plan, seed=s) for s in range(args.draws)])
-            trace = runs.mean(axis=0)
+            traces = [replay(federation, plan, seed=s) for s in range(args.draws)]
+            finals = np.array([t.final for t in traces])
+            longest = max(len(t.rounds) for t in traces)
+            trained = np.array([t.rounds for t in traces if len(t.rounds) == longest])
+            trace = trained.mean(axis=0)
             drop = float(max(0.0, *(trace[:-1] - trace[1:]))) if len(trace) > 1 else 0.0
+            refined = sum(t.refined for t in traces)
             print(
-                f"{name:<36} eps={epsilon:<3g} {trace[-1]:.3f} (sd {runs[:, -1].std():.3f}; "
-                f"by round {' '.join(f'{a:.3f}' for a in trace)}; largest fall {drop:.3f})",
+                f"{name:<36} eps={epsilon:<3g} {finals.mean():.3f} (sd {finals.std():.3f}; "
+                f"refined {refined}/{len(traces)}; trained runs by round "
+                f"{' '.join(f'{a:.3f}' for a in trace)}; largest fall {drop:.3f})",
                 flush=True,
             )
     return 0

@@ -48,7 +48,7 @@ def write_demo_job(
     rounds: int | None = None,
     pipeline: tuple[UpdateKind, UpdateKind | None] = DEFAULT_PIPELINE,
     examples_per_country: int = 400,
-    test_examples: int = 300,
+    test_examples: int = 600,
     target_epsilon: float = 8.0,
     model: str = "minilm",
     seed: int = 0,
@@ -56,7 +56,8 @@ def write_demo_job(
     """Generate the demo data under ``folder`` and a job file that trains on it.
 
     ``pipeline`` is ``(update, warm_start)``, by default the job's own default; ``rounds``
-    defaults to the pipeline's.
+    defaults to the pipeline's. Half the test notes are held out to choose the kept round
+    (``[data] validation_share``), so 600 leave about 300 to report on.
     """
     federation = write_demo_federation(
         folder,

@@ -127,6 +127,7 @@ PLANS = st.fixed_dictionaries(
         "update": st.sampled_from(["lora", "head", "full", "prompt"]),
         "transfer-dtype": st.sampled_from(["float32", "float16", "int8"]),
         "countries": st.sampled_from([["DE"], ["FR"], []]),
+        "refine": st.sampled_from([True, False, 1, "yes"]),
     },
 )
 

@@ -282,7 +282,8 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
             return Trace(scores, refined, refined=True)
     if not chosen:
         return Trace(scores, scores[-1])
-    return Trace(scores, scores[int(np.argmax(chosen))])  # the first best, as better() keeps
+    last_best = len(chosen) - 1 - int(np.argmax(chosen[::-1]))  # ties to the later, as better()
+    return Trace(scores, scores[last_best])
 
 
 def _refined(

@@ -110,15 +110,22 @@ def test_every_country_trained_every_round(run: Run) -> None:
 def test_results_file_has_documented_schema(run: Run) -> None:
     data = json.loads((run.out / "results.json").read_text())
     assert data["status"] == "completed"
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     for entry in data["rounds"]:
-        assert {"accuracy", "macro_f1", "bytes_up", "bytes_down"} <= entry.keys()
+        assert {
+            "accuracy",
+            "macro_f1",
+            "held_out_accuracy",
+            "bytes_up",
+            "bytes_down",
+        } <= entry.keys()
         assert "train_loss" not in entry  # never noised, so never sent (docs/privacy.md)
         for node in entry["nodes"]:
             assert {"country", "examples", "epsilon"} <= node.keys()
             assert not {"train_loss", "train_seconds"} & node.keys()
     assert 0 <= data["final"]["accuracy"] <= 1
     assert 0 <= data["final"]["macro_f1"] <= 1
+    assert data["final"]["round"] in {1, 2, 3}  # the best on the held-out half
     assert set(data["final"]["per_class"]) == set(LABELS)
     assert {"precision", "recall", "f1"} <= data["final"]["per_class"]["pos"].keys()
     for country in COUNTRIES:

@@ -131,7 +131,7 @@ def test_the_kept_model_is_the_best_on_the_held_out_part(tmp_path: Path) -> None
     assert results.final.round is not None
     kept = results.final.round
     assert held_out[kept - 1] == max(held_out)  # type: ignore[type-var]
-    assert held_out.index(max(held_out)) == kept - 1  # ties keep the earlier round
+    assert max(i for i, a in enumerate(held_out) if a == max(held_out)) == kept - 1  # ties: later
     assert results.final.accuracy == results.rounds[kept - 1].accuracy
     accuracy, _ = exported_accuracy(out / "model", job_path.parent / "test.csv")
     assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

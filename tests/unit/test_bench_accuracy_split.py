@@ -127,7 +127,12 @@ def test_prepare_corpus_writes_a_job_the_product_loads(
     printed = capsys.readouterr().out
     for country, (_, ys) in prepared.rows.items():
         assert f"  {country}: {len(ys)} rows, labels " in printed
-    assert len(prepared.test[1]) == 40
+    written = read_labeled_texts(
+        job.data.test, text_column="text", label_column="label", labels=names
+    )
+    assert len(written.labels) == 40  # the coordinator's whole test file
+    assert prepared.test == accuracy.reported((list(written.texts), list(written.labels)))
+    assert 0 < len(prepared.test[1]) < 40  # the references score what the coordinator reports
     pooled = prepared.files[accuracy.CENTRAL_COUNTRY]
     read = read_labeled_texts(pooled, text_column="text", label_column="label", labels=names)
     assert len(read.labels) == len(LABELS) - 40

@@ -42,11 +42,12 @@ def test_nothing_is_held_out_when_a_part_would_be_empty() -> None:
     assert split_rows(texts, 0.5) == held_out_rows(texts, 0.5)
 
 
-def test_the_kept_model_changes_only_for_a_strictly_better_one() -> None:
+def test_a_later_model_is_kept_unless_it_scores_lower() -> None:
     kept = KeptModel(round=2, accuracy=0.9, state={})
     assert better(None, 0.0)
     assert better(kept, 0.91)
-    assert not better(kept, 0.9)  # a tie keeps the earlier round
+    assert better(kept, 0.9)  # a tie goes to the later round
+    assert not better(kept, 0.89)
 
 
 def test_training_that_scores_below_the_release_refines_it() -> None:

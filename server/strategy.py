@@ -205,10 +205,9 @@ class ValidatingFedAvg(FedAvg):
                 (release, noise) if first is None else prototypes.refined(first, (release, noise))
             )
         kept = list(self._releases.values())
-        noises = [noise for _, noise in kept]
+        noises = [noise for _, noise in kept if noise is not None]
         total = prototypes.combined(
-            [release for release, _ in kept],
-            None if any(noise is None for noise in noises) else [n for n in noises if n],
+            [release for release, _ in kept], noises if len(noises) == len(kept) else None
         )
         return ArrayRecord({name: Array(value) for name, value in total.items()})
 

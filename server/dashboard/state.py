@@ -88,6 +88,7 @@ class RunView(BaseModel):
     countries: list[CountryView]
     final_accuracy: float | None
     final_macro_f1: float | None
+    final_round: int | None  # whose model was kept (the best on the held-out part)
     figures: dict[str, charts.Figure]
 
 
@@ -399,6 +400,7 @@ def _build_run(
         countries=countries,
         final_accuracy=final.accuracy if final else None,
         final_macro_f1=final.macro_f1 if final else None,
+        final_round=final.round if final else None,
         figures=_figures(results, run_id, countries, dataset, planned),
     )
 

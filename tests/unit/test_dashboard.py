@@ -28,6 +28,7 @@ from residency.server.dashboard.hosts import host_allowed, served_hosts
 from residency.server.dashboard.state import read_state
 from residency.server.results import (
     CountryPrivacy,
+    FinalResult,
     NodeRound,
     NodeStatus,
     Results,
@@ -428,3 +429,15 @@ def test_a_certificate_that_does_not_load_is_refused_before_listening(
     assert code == 2
     assert "cannot load them" in output
     assert "fix: a PEM certificate" in output
+
+
+def test_the_page_names_the_round_whose_model_was_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    done = results(3, status=RunStatus.COMPLETED)
+    done.final = FinalResult(
+        accuracy=0.7, macro_f1=0.6, per_class={}, model_dir=str(folder / "model"), round=2
+    )
+    done.write(folder / "results.json")
+    page = _client(folder).get("/").text
+    assert "final accuracy 70.0%" in page
+    assert "(round 2's model, best on the held-out part)" in page

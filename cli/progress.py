@@ -85,6 +85,8 @@ class RichObserver:
     def round_finished(self, result: RoundResult) -> None:
         """Advance the round bar and print a one-line summary."""
         self.progress.advance(self.rounds)
+        if result.refine:  # the refined release spent the job's budget: the job ends here
+            self.progress.update(self.rounds, total=result.round)
         eps = "  ".join(
             f"{n.country} ε={n.epsilon:.2f}" for n in result.nodes if n.epsilon is not None
         )

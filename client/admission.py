@@ -235,18 +235,7 @@ def spend(
     """
     step, kind, delta = admission.step, plan.accountant, plan.delta
     refused = f"{settings.country} refused round {plan.server_round}"
-    if plan.refine and not job_history:
-        raise _refused(
-            f"{refused}: a refining release follows the job's release", RefusalCode.INVALID_PLAN
-        )
-    if (
-        method_for(plan.round_update).release_sensitivity is not None
-        and job_history
-        and not plan.refine
-    ):
-        raise _refused(
-            f"{refused}: a release must be the job's first charge", RefusalCode.INVALID_PLAN
-        )
+    check_release_order(plan, job_history, refused)
     spent = epsilon_spent(job_history, delta=delta, kind=kind)
     total = epsilon_spent(compose(job_history, step), delta=delta, kind=kind)
     _check_budget(
@@ -262,6 +251,23 @@ def spend(
         lifetime,
     )
     return Spend(job_history, step, spent, total, lifetime)
+
+
+def check_release_order(plan: RoundPlan, job_history: History, refused: str) -> None:
+    """A job's release is its first charge; a refine (the release again) follows a charge.
+
+    From the job's own charges, never from the data: the same outcome with or without a record.
+    """
+    if method_for(plan.round_update).release_sensitivity is None:
+        return
+    if plan.refine and not job_history:
+        raise _refused(
+            f"{refused}: a refining release follows the job's release", RefusalCode.INVALID_PLAN
+        )
+    if job_history and not plan.refine:
+        raise _refused(
+            f"{refused}: a release must be the job's first charge", RefusalCode.INVALID_PLAN
+        )
 
 
 WARM_START_PHASE = "warm-start"
@@ -372,11 +378,7 @@ def admit(
         )
         if plan.refine:  # the release again, spending whatever the job has left
             history = store.history(account, job_account=job_account)
-            if not history:  # before deriving: a noise fixed now would ignore the release
-                raise _refused(
-                    f"{refused}: a refining release follows the job's release",
-                    RefusalCode.INVALID_PLAN,
-                )
+            check_release_order(plan, history, refused)  # before a noise that ignores it is fixed
             noise = store.noise_for(
                 job_account=job_account,
                 dataset=account,

@@ -7,6 +7,7 @@ shown per node and results are written after every round.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -293,8 +294,16 @@ class _Federation:
         self.held_out, self.test = self._load_test()
         self.held_out_scores: dict[int, float] = {}
         self.kept: KeptModel | None = None
-        self.refining = False  # this round is the warm start's release again
-        self.refined = False  # it ran: the job has no budget left
+
+    @property
+    def refining(self) -> bool:
+        """Whether this round is the warm start's release again (the job's last round)."""
+        return self.strategy.refining
+
+    @functools.cached_property
+    def prior(self) -> torch.Tensor:
+        """Each label's public prior (:mod:`residency.common.label_prior`), encoded once."""
+        return label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
 
     def refine_next(self, server_round: int) -> bool:
         """Whether round ``server_round`` refines the release (:func:`held_out.refines`)."""
@@ -308,16 +317,14 @@ class _Federation:
         arrays = round_one_arrays(self.model, self.job.train.round_update(1))
         return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
-    def _absorb(self, server_round: int, arrays: ArrayRecord) -> None:
+    def _absorb(self, arrays: ArrayRecord) -> None:
         """Make the combined arrays the global model (for a release: set the head from them)."""
         values = {name: array.numpy() for name, array in arrays.items()}
-        if self.refining:
-            self._refine(values)
-            return
-        if method_for(self.job.train.round_update(server_round)).combine is Combine.PROTOTYPES:
-            prior = label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
-            prototypes.set_head(self.model, values, prior)
-            if self.job.train.warm_start is not None:
+        if self.strategy.combine is Combine.PROTOTYPES:  # a release, or the release again
+            prototypes.set_head(self.model, values, self.prior)
+            if self.refining:  # the head of both releases, for the input training set up
+                self._standardise_head(*self.centre_and_scale)
+            elif self.job.train.warm_start is not None:
                 self._warm_start(values)
             return
         self.arrays = arrays
@@ -330,20 +337,14 @@ class _Federation:
         encoder (:mod:`residency.common.feature_scale`); both are post-processing of what was
         released, so the nodes' training rounds read them at no privacy cost.
         """
-        head = classifier_head(self.model)
         bound = FEATURE_CENTRE_BOUND  # a mean of unit vectors; only the noise reaches past it
         centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
         scale = public_feature_scale(
             self.model, self.tokenizer, max_length=self.job.model.max_length, compute=self.compute
         ).clamp_min(FEATURE_SCALE_FLOOR)
-        weight, bias = prototypes.standardized(
-            head.weight.detach(), head.bias.detach(), centre, scale
-        )
         set_feature_transform(self.model, centre.float(), scale.float())
         self.centre_and_scale = (centre, scale)
-        with torch.no_grad():
-            head.weight.copy_(weight)
-            head.bias.copy_(bias)
+        self._standardise_head(centre, scale)
         state = trainable_state(self.model)
         self.arrays = ArrayRecord({name: Array(t.numpy()) for name, t in state.items()})
         self.config = ConfigRecord(
@@ -356,20 +357,18 @@ class _Federation:
         )
         self.strategy.combine = Combine.FEDAVG
 
-    def _refine(self, statistics: dict[str, np.ndarray]) -> None:
-        """The head of both releases combined, for the standardised input training set up."""
-        prior = label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
-        weight, bias = prototypes.head_weights(statistics, prior)
-        weight, bias = prototypes.standardized(weight, bias, *self.centre_and_scale)
+    def _standardise_head(self, centre: torch.Tensor, scale: torch.Tensor) -> None:
+        """The class-mean head rewritten for ``(x - centre) / scale``: the same logits."""
         head = classifier_head(self.model)
+        weight, bias = prototypes.standardized(
+            head.weight.detach(), head.bias.detach(), centre, scale
+        )
         with torch.no_grad():
             head.weight.copy_(weight)
             head.bias.copy_(bias)
-        self.refined = True
 
     def refine_round(self) -> None:
         """Make the next round the release again (its template out, the releases combined)."""
-        self.refining = True
         self.strategy.combine = Combine.PROTOTYPES
         self.strategy.refining = True
         self.config = ConfigRecord({**dict(self.config), "refine": True})
@@ -430,7 +429,7 @@ class _Federation:
             return None
         accuracy = evaluate(self.model, self.held_out, self.labels, compute=self.compute).accuracy
         self.held_out_scores[server_round] = accuracy
-        if self.refined or better(self.kept, accuracy):  # a refined release ends the job
+        if self.refining or better(self.kept, accuracy):  # a refined release ends the job
             state = {name: t.detach().clone() for name, t in trainable_state(self.model).items()}
             self.kept = KeptModel(server_round, accuracy, state)
         return accuracy
@@ -573,7 +572,7 @@ class _Federation:
         self._tally(received, reports)
         self._require_quorum(server_round, reports, absent)
         assert new_arrays is not None  # the quorum is at least one valid update
-        self._absorb(server_round, new_arrays)
+        self._absorb(new_arrays)
         result = RoundResult(
             round=server_round,
             **_scores_fields(self.score()),
@@ -703,8 +702,6 @@ def run_federation(
     try:
         _check_admitted(job, federation.countries)
         for server_round in range(1, job.train.server_rounds + 1):
-            if federation.refined:
-                break  # the refined release spent the job's budget
             if federation.refine_next(server_round):
                 federation.refine_round()
             result = federation.play_round(server_round)
@@ -715,6 +712,8 @@ def run_federation(
             results.write(results_path)
             if observer:
                 observer.round_finished(result)
+            if result.refine:
+                break  # the refined release spent the job's budget
         results.final = federation.finish(out_dir)
         results.status = RunStatus.COMPLETED
     except (SystemExit, KeyboardInterrupt):

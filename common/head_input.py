@@ -36,7 +36,7 @@ def trained_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     try:
         head = classifier_head(model)
     except TypeError:
-        return None  # PEFT wraps a LoRA model's head
+        return None  # a model with no linear head
     trained = {id(p) for p in model.parameters() if p.requires_grad}
     return head if trained == {id(p) for p in head.parameters()} else None
 

@@ -219,6 +219,8 @@ def set_feature_transform(
     model: torch.nn.Module, centre: torch.Tensor | None, scale: torch.Tensor | None
 ) -> None:
     """Standardise the head's input (a warm-started head); None, None removes it."""
+    if isinstance(model, PeftModel):  # LoRA after a release: the transform is the base's
+        model = model.get_base_model()
     if not isinstance(model, MeanPoolingBertForSequenceClassification):
         raise TypeError(f"{type(model).__name__} reads no standardised features")
     model.set_feature_transform(centre, scale)

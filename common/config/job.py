@@ -218,6 +218,17 @@ WARM_STARTED_HEAD: dict[str, Any] = {
 (sample rate 1 up to 65,536 records), ten plain noisy gradient steps per round, five rounds,
 each step scaled to the node's records and noise (:class:`StepRule`; ``bench/accuracy.py``,
 docs/performance.md)."""
+WARM_STARTED_LORA: dict[str, Any] = {
+    "rounds": 3,
+    "local_epochs": 1,
+    "batch_size": 256,
+    "learning_rate": 5e-4,
+    "optimizer": "adamw",
+    "step_rule": "fixed",
+}
+"""What LoRA started by a release does unless the job says otherwise: the encoder's adapters
+and the release's head trained together by AdamW on Poisson batches of 256, one epoch a
+round, three rounds (``bench/accuracy.py --updates prototypes+lora``, docs/performance.md)."""
 
 
 class TrainSection(Strict):
@@ -331,8 +342,9 @@ class TrainSection(Strict):
 
         A job that names neither ``update`` nor ``warm_start`` runs :data:`DEFAULT_PIPELINE`.
         A release has one round; a head warm-started by a release takes full-batch plain
-        gradient steps (:data:`WARM_STARTED_HEAD`); every other kind keeps the field defaults
-        and :data:`TRAINING_ROUNDS` rounds.
+        gradient steps (:data:`WARM_STARTED_HEAD`), LoRA after a release AdamW on Poisson
+        batches (:data:`WARM_STARTED_LORA`); every other kind keeps the field defaults and
+        :data:`TRAINING_ROUNDS` rounds.
         """
         if not isinstance(data, dict):
             return data
@@ -352,8 +364,10 @@ class TrainSection(Strict):
             return data  # the field's own error names the bad value
         if method_for(update).release_sensitivity is not None:
             defaults: dict[str, Any] = {"rounds": 1}
-        elif warm_start is not None and update in WARM_STARTED:
+        elif warm_start is not None and update is UpdateKind.HEAD:
             defaults = dict(WARM_STARTED_HEAD)
+        elif warm_start is not None and update in WARM_STARTED:
+            defaults = dict(WARM_STARTED_LORA)
         else:
             defaults = {"rounds": TRAINING_ROUNDS}
         return {**defaults, **data}
@@ -383,7 +397,7 @@ class TrainSection(Strict):
             raise ValueError(
                 f'warm_start "{self.warm_start.value}" before update "{self.update.value}" is '
                 'not a pipeline Residency runs; fix: warm_start = "prototypes" with update = '
-                '"head", or remove warm_start'
+                '"head", "lora" or "lora-fa", or remove warm_start'
             )
         return self
 
@@ -435,8 +449,9 @@ def parse_pipeline(name: str) -> tuple[UpdateKind, UpdateKind | None]:
     return (UpdateKind(then), UpdateKind(first)) if then else (UpdateKind(first), None)
 
 
-WARM_STARTED = (UpdateKind.HEAD,)
-"""Update kinds that may follow a release: the head starts from the release's class means."""
+WARM_STARTED = (UpdateKind.HEAD, UpdateKind.LORA, UpdateKind.LORA_FA)
+"""Update kinds that may follow a release: each trains a head that starts from the release's
+class means (LoRA's adapters start at zero, so its first step reads the release's head)."""
 
 
 def round_update(

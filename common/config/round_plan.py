@@ -16,6 +16,7 @@ from residency.common.config.job import (
     MAX_GRAD_NORM,
     MAX_LORA_ALPHA,
     MAX_TARGET_EPSILON,
+    WARM_STARTED,
     AccountantKind,
     Job,
     Optimizer,
@@ -152,10 +153,14 @@ class RoundPlan(Strict):
             and not method_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
-        if self.refine and (self.warm_start is None or self.server_round == 1):
-            raise ValueError("only a warm start's release is refined, after round 1")
+        if self.refine and (
+            self.warm_start is None or self.server_round == 1 or self.update is not UpdateKind.HEAD
+        ):
+            raise ValueError("only the release before a head is refined, after round 1")
         if self.warm_start is not None and method_for(self.warm_start).release_sensitivity is None:
             raise ValueError(f"warm start {self.warm_start.value} is not a release")
+        if self.warm_start is not None and self.update not in WARM_STARTED:
+            raise ValueError(f"a release does not start a {self.update.value} update")
         if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
             raise ValueError(
                 f"a {self.update.value} update is one release, not {self.rounds} rounds"

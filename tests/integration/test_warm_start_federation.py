@@ -135,3 +135,44 @@ def test_the_kept_model_is_the_best_on_the_held_out_part(tmp_path: Path) -> None
     assert results.final.accuracy == results.rounds[kept - 1].accuracy
     accuracy, _ = exported_accuracy(out / "model", job_path.parent / "test.csv")
     assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)
+
+
+def test_lora_after_a_release_adapts_the_encoder_within_one_target(tmp_path: Path) -> None:
+    """Release, then LoRA on the head it set: the export merges the adapters a user loads."""
+    job_path = write_toy_job(
+        tmp_path / "job",
+        countries=("DE", "FR"),
+        examples=LEARNABLE,
+        schedule=False,
+        train='update = "lora"\nwarm_start = "prototypes"',
+        data="validation_share = 0",
+    )
+    job = load_job(job_path)
+    out = tmp_path / "out"
+    results = simulate(job, job_path, out_dir=out)
+
+    assert results.status == "completed"
+    assert [r.update for r in results.rounds] == ["prototypes"] + ["lora"] * job.train.rounds
+    assert results.final is not None
+    assert results.final.accuracy is not None
+    assert results.final.accuracy > 0.8
+    for country in ("DE", "FR"):
+        spent = results.privacy[country]
+        assert spent.epsilon is not None
+        assert 7.9 < spent.epsilon <= 8.0
+
+    verified = verify_ledger(out / "ledger" / "ledger.jsonl", load_keys(out / "keys"))
+    assert verified.ok, [str(p) for p in verified.problems]
+    sent = [load_file(str(p)) for p in (out / "ledger" / "updates").glob("*.safetensors")]
+    assert sum(set(arrays) == {SUMS, COUNTS} for arrays in sent) == 2
+    adapters = [a for arrays in sent for n, a in arrays.items() if "lora_B" in n]
+    assert adapters
+    assert any(abs(a).max() > 0 for a in adapters)  # the encoder learned
+
+    accuracy, model = exported_accuracy(
+        out / "model", job_path.parent / "test.csv", validation_share=0.0
+    )
+    assert model.config.normalize_features is True
+    assert len(model.config.feature_scale) == model.config.hidden_size
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged
+    assert accuracy == pytest.approx(results.final.accuracy, abs=1e-9)

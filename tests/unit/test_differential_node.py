@@ -41,6 +41,7 @@ JOBS = {
     "release": 'update = "prototypes"',
     "warm start": 'update = "head"\nwarm_start = "prototypes"',
     "refined warm start": 'update = "head"\nwarm_start = "prototypes"',
+    "lora warm start": 'update = "lora"\nwarm_start = "prototypes"',
 }
 REFINED = "refined warm start"  # round 3 asks the release again with what the job has left
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -183,6 +184,14 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     job_kind="warm start",
     record_kind="maximal length",
     plan={},
+    weights="as sent",
+    transform="tiny scale",
+    replay=False,
+)
+@example(
+    job_kind="lora warm start",
+    record_kind="extreme tokens",
+    plan={"refine": True},
     weights="as sent",
     transform="tiny scale",
     replay=False,

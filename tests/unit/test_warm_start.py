@@ -97,7 +97,7 @@ def test_a_warm_started_head_takes_its_measured_defaults_and_one_more_round() ->
 @pytest.mark.parametrize(
     "train",
     [
-        'update = "lora"\nwarm_start = "prototypes"',
+        'update = "full"\nwarm_start = "prototypes"',
         'update = "head"\nwarm_start = "head"',
         'update = "prototypes"\nwarm_start = "prototypes"',
     ],

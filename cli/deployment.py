@@ -168,7 +168,7 @@ def run(
                     run_dir = event.run_dir
                     console.print(f"outputs on the coordinator host: {run_dir}")
                 elif isinstance(event, RoundStarted):
-                    observer.round_started(event.round, event.nodes)
+                    observer.round_started(event.round, event.nodes, event.update)
                 elif isinstance(event, NodeFinished):
                     observer.node_finished(event.round, event.report)
                 elif isinstance(event, RoundFinished):

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from residency.common.config.job import Job
+from residency.common.config.job import Job, UpdateKind
 from residency.common.updates import method_for
 from residency.server.results import NodeRound, NodeStatus, Results, RoundResult
 
@@ -41,13 +41,13 @@ class RichObserver:
             console=console,
             transient=False,
         )
-        self.unit, self.per_node = self._work(1)
+        self.unit, self.per_node = self._work(job.train.round_update(1))
         self.rounds = self.progress.add_task("rounds", total=job.train.server_rounds)
         self.epochs = self.progress.add_task(self.unit, total=len(job.nodes) * self.per_node)
 
-    def _work(self, server_round: int) -> tuple[str, int]:
+    def _work(self, update: UpdateKind) -> tuple[str, int]:
         """Per node in a round: its local epochs, or its one release (which has no epochs)."""
-        if method_for(self.job.train.round_update(server_round)).release_sensitivity is not None:
+        if method_for(update).release_sensitivity is not None:
             return "releases", 1
         return "local epochs", self.job.train.local_epochs
 
@@ -57,10 +57,14 @@ class RichObserver:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def round_started(self, server_round: int, nodes: int) -> None:
-        """Show the bars (from the first round on) and reset the node-epoch bar."""
+    def round_started(self, server_round: int, nodes: int, update: UpdateKind) -> None:
+        """Show the bars (from the first round on) and reset the node-epoch bar.
+
+        ``update`` is what the round asks for: a refine is a release, though the job's
+        schedule says training.
+        """
         self.progress.start()
-        self.unit, self.per_node = self._work(server_round)
+        self.unit, self.per_node = self._work(update)
         self.progress.update(
             self.epochs,
             completed=0,

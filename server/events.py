@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from residency.common.config.job import UpdateKind
 from residency.server.results import NodeRound, Results, RoundResult
 
 PREFIX = "residency-event "
@@ -35,6 +36,7 @@ class RoundStarted(_Event):
     kind: Literal["round_started"] = "round_started"
     round: int
     nodes: int
+    update: UpdateKind
 
 
 class NodeFinished(_Event):
@@ -93,9 +95,9 @@ def parse(line: str) -> Event | None:
 class EventPrinter:
     """A ``FederationObserver`` that prints events instead of drawing."""
 
-    def round_started(self, server_round: int, nodes: int) -> None:
+    def round_started(self, server_round: int, nodes: int, update: UpdateKind) -> None:
         """Announce a round."""
-        emit(RoundStarted(round=server_round, nodes=nodes))
+        emit(RoundStarted(round=server_round, nodes=nodes, update=update))
 
     def node_finished(self, server_round: int, report: NodeRound) -> None:
         """Report one node's reply."""

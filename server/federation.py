@@ -101,8 +101,8 @@ class RunControl:
 class FederationObserver(Protocol):
     """Receives progress as it happens (the CLI renders it; tests record it)."""
 
-    def round_started(self, server_round: int, nodes: int) -> None:
-        """A round's training messages went out to ``nodes`` nodes."""
+    def round_started(self, server_round: int, nodes: int, update: UpdateKind) -> None:
+        """A round's messages went out to ``nodes`` nodes, asking for ``update``."""
 
     def node_finished(self, server_round: int, report: NodeRound) -> None:
         """One node's reply arrived (or it failed)."""
@@ -304,6 +304,12 @@ class _Federation:
     def prior(self) -> torch.Tensor:
         """Each label's public prior (:mod:`residency.common.label_prior`), encoded once."""
         return label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
+
+    def asks(self, server_round: int) -> UpdateKind:
+        """What round ``server_round`` asks the nodes for: a refine is the release again."""
+        if self.refining and self.job.train.warm_start is not None:
+            return self.job.train.warm_start
+        return self.job.train.round_update(server_round)
 
     def refine_next(self, server_round: int) -> bool:
         """Whether round ``server_round`` refines the release (:func:`held_out.refines`)."""
@@ -519,7 +525,7 @@ class _Federation:
         if self.sending is not None:
             self.sending(server_round, [self.countries.of(i) for i in node_ids])
         if self.observer:
-            self.observer.round_started(server_round, len(messages))
+            self.observer.round_started(server_round, len(messages), self.asks(server_round))
         reports: dict[int, NodeRound] = {}
         excluded: set[int] = set()
         received: dict[int, Received] = {}
@@ -585,8 +591,7 @@ class _Federation:
             seconds=time.perf_counter() - started,
             dropped=sorted(dropped),
         )
-        update = self.job.train.warm_start if self.refining else None
-        result.update = (update or self.job.train.round_update(server_round)).value
+        result.update = self.asks(server_round).value
         return result
 
     def _tally(self, received: Mapping[int, Received], reports: Mapping[int, NodeRound]) -> None:

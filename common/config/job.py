@@ -222,13 +222,15 @@ WARM_STARTED_LORA: dict[str, Any] = {
     "rounds": 3,
     "local_epochs": 1,
     "batch_size": 256,
-    "learning_rate": 5e-4,
+    "learning_rate": 2e-3,
     "optimizer": "adamw",
     "step_rule": "fixed",
 }
 """What LoRA started by a release does unless the job says otherwise: the encoder's adapters
-and the release's head trained together by AdamW on Poisson batches of 256, one epoch a
-round, three rounds (``bench/accuracy.py --updates prototypes+lora``, docs/performance.md)."""
+and the release's head trained together by AdamW at 2e-3 on Poisson batches of 256, one epoch
+a round, three rounds. Rates of 2e-3 and 5e-3 tied on tweets at 2,000 per country
+(docs/performance.md, "Fine-tuning after the release"); LoRA after a release is not the
+default anywhere it was measured."""
 
 
 class TrainSection(Strict):

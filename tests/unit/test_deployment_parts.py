@@ -24,7 +24,7 @@ from residency.cli.flower import Coordinator
 from residency.client.daemon import NodeDir, explain_supernode_exit, init_node, supernode_command
 from residency.client.executor import ForkExecutor
 from residency.client.identity import create_identity
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job, UpdateKind, load_job
 from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
 from residency.server.admission import key_fingerprint
@@ -148,9 +148,9 @@ def test_bundle_is_a_valid_flower_app_carrying_the_job(tmp_path: Path) -> None:
 
 
 def test_events_round_trip_and_ignore_other_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    emit(RoundStarted(round=2, nodes=3))
+    emit(RoundStarted(round=2, nodes=3, update=UpdateKind.HEAD))
     line = capsys.readouterr().out
-    assert parse(line) == RoundStarted(round=2, nodes=3)
+    assert parse(line) == RoundStarted(round=2, nodes=3, update=UpdateKind.HEAD)
     assert parse("INFO : configure_train: Sampled 2 nodes") is None
     assert parse('residency-event {"kind": "round_started", "round": "x"}') is None
 

@@ -111,7 +111,7 @@ class Settings:
     max_grad_norm: float
     delta: float
     max_length: int
-    overrides: tuple[tuple[str, str, object], ...] = ()  # (section, key, value) from --set
+    overrides: tuple[Override, ...] = ()  # from --set
     public_records: str = "rounded"  # each node's declared size: see public_size()
 
 
@@ -129,9 +129,27 @@ def public_size(records: int, choice: str) -> int | None:
     return max(1, round(records * float(choice)))
 
 
-def parse_override(text: str) -> tuple[str, str, object]:
-    """``train.optimizer=adamw`` as (section, key, TOML value); ``ValueError`` if malformed."""
+@dataclass(frozen=True)
+class Override:
+    """One ``--set``: a job field, for every pipeline or for one (``pipeline`` not None)."""
+
+    pipeline: str | None
+    section: str
+    key: str
+    value: object
+
+
+def parse_override(text: str) -> Override:
+    """``[PIPELINE:]train.optimizer=adamw`` as an :class:`Override`; ``ValueError`` if malformed.
+
+    With a pipeline prefix (``prototypes+lora:train.learning_rate=0.002``) the field is set
+    only in that pipeline's rows, so pipelines with other measured defaults run side by side.
+    """
     name, equals, raw = text.partition("=")
+    pipeline: str | None = None
+    if ":" in name:
+        prefix, _, name = name.partition(":")
+        pipeline = pipeline_name(*parse_pipeline(prefix))
     section, dot, key = name.strip().partition(".")
     if not equals or not dot or section not in ("train", "privacy") or not key:
         raise ValueError(f"{text!r}: expected train.KEY=VALUE or privacy.KEY=VALUE")
@@ -139,7 +157,7 @@ def parse_override(text: str) -> tuple[str, str, object]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word: a string
-    return section, key, value
+    return Override(pipeline, section, key, value)
 
 
 @dataclass
@@ -533,8 +551,9 @@ def _simulate(
     data["privacy"].update(
         target_epsilon=epsilon, delta=settings.delta, max_grad_norm=settings.max_grad_norm
     )
-    for section, key, value in settings.overrides:  # the job's own validation judges them
-        data[section][key] = value
+    for override in settings.overrides:  # the job's own validation judges them
+        if override.pipeline in (None, pipeline_name(update, warm_start)):
+            data[override.section][override.key] = override.value
     data["data"]["test"] = str(prepared.test_file)
     data["nodes"] = []
     for country in countries:
@@ -564,6 +583,9 @@ def _simulate(
     if results.final is None or results.final.accuracy is None:
         raise RuntimeError(f"{out}/results.json has no final accuracy")
     spent = [p.epsilon for p in results.privacy.values() if p.epsilon is not None]
+    trace = " ".join("-" if r.accuracy is None else f"{r.accuracy:.3f}" for r in results.rounds)
+    kept = f", kept round {results.final.round}" if results.final.round is not None else ""
+    print(f"    {pipeline} eps={epsilon:g}: rounds {trace}{kept}", flush=True)
     return results.final.accuracy, max(spent, default=math.nan)
 
 
@@ -917,8 +939,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set",
         action="append",
         default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="set a job field in every DP row, e.g. train.optimizer=adamw (repeatable)",
+        metavar="[PIPELINE:]SECTION.KEY=VALUE",
+        help="set a job field in every DP row, e.g. train.optimizer=adamw, or in one "
+        "pipeline's rows, e.g. prototypes+lora:train.learning_rate=0.002 (repeatable)",
     )
     args = parser.parse_args(argv)
     try:

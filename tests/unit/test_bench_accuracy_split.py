@@ -136,3 +136,19 @@ def test_prepare_corpus_writes_a_job_the_product_loads(
     pooled = prepared.files[accuracy.CENTRAL_COUNTRY]
     read = read_labeled_texts(pooled, text_column="text", label_column="label", labels=names)
     assert len(read.labels) == len(LABELS) - 40
+
+
+def test_a_set_may_name_the_one_pipeline_it_tunes(accuracy: ModuleType) -> None:
+    everywhere = accuracy.parse_override("train.optimizer=adamw")
+    assert (everywhere.pipeline, everywhere.section, everywhere.key, everywhere.value) == (
+        None,
+        "train",
+        "optimizer",
+        "adamw",
+    )
+    lora = accuracy.parse_override("prototypes+lora:train.learning_rate=0.002")
+    assert (lora.pipeline, lora.key, lora.value) == ("prototypes+lora", "learning_rate", 0.002)
+    with pytest.raises(ValueError, match="not-a-kind"):
+        accuracy.parse_override("not-a-kind:train.rounds=2")
+    with pytest.raises(ValueError, match="expected"):
+        accuracy.parse_override("prototypes+lora:rounds=2")

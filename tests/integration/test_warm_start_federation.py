@@ -11,27 +11,37 @@ from residency.auditor.report import render_report
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.simulation import simulate
-from residency.common.config.job import load_job
+from residency.common.config.job import Job, load_job
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
+from residency.server.results import Results
 from toy_federation import LEARNABLE, exported_accuracy, write_toy_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_scored(
-    tmp_path: Path,
-) -> None:
+def _simulated(tmp_path: Path, train: str, **options: str) -> tuple[Path, Job, Path, Results]:
+    """A two-country warm-started toy job run by ``simulate``: (job file, job, out, results)."""
     job_path = write_toy_job(
         tmp_path / "job",
         countries=("DE", "FR"),
         examples=LEARNABLE,
         schedule=False,
-        train='update = "head"\nwarm_start = "prototypes"',
-        data="validation_share = 0",  # every round trains on; the choice is tested below
+        train=train,
+        **options,
     )
     job = load_job(job_path)
     out = tmp_path / "out"
-    results = simulate(job, job_path, out_dir=out)
+    return job_path, job, out, simulate(job, job_path, out_dir=out)
+
+
+def test_a_warm_started_head_learns_within_one_target_and_exports_what_was_scored(
+    tmp_path: Path,
+) -> None:
+    job_path, job, out, results = _simulated(
+        tmp_path,
+        'update = "head"\nwarm_start = "prototypes"',
+        data="validation_share = 0",  # every round trains on; the choice is tested below
+    )
 
     assert results.status == "completed"
     assert [r.update for r in results.rounds] == ["prototypes"] + ["head"] * job.train.rounds
@@ -73,17 +83,11 @@ def test_training_that_loses_ground_gives_the_budget_left_to_the_release(
     A clipping norm of 1000 makes training's noise (z times C) drown its clipped gradients,
     which a natural norm keeps near 1, while the release's sensitivity does not change.
     """
-    job_path = write_toy_job(
-        tmp_path / "job",
-        countries=("DE", "FR"),
-        examples=LEARNABLE,
-        schedule=False,
-        train='update = "head"\nwarm_start = "prototypes"\nstep_rule = "fixed"\nlearning_rate = 10',
+    job_path, _, out, results = _simulated(
+        tmp_path,
+        'update = "head"\nwarm_start = "prototypes"\nstep_rule = "fixed"\nlearning_rate = 10',
         privacy="max_grad_norm = 1000.0",
     )
-    job = load_job(job_path)
-    out = tmp_path / "out"
-    results = simulate(job, job_path, out_dir=out)
 
     assert results.status == "completed"
     assert [(r.update, r.refine) for r in results.rounds] == [
@@ -139,17 +143,9 @@ def test_the_kept_model_is_the_best_on_the_held_out_part(tmp_path: Path) -> None
 
 def test_lora_after_a_release_adapts_the_encoder_within_one_target(tmp_path: Path) -> None:
     """Release, then LoRA on the head it set: the export merges the adapters a user loads."""
-    job_path = write_toy_job(
-        tmp_path / "job",
-        countries=("DE", "FR"),
-        examples=LEARNABLE,
-        schedule=False,
-        train='update = "lora"\nwarm_start = "prototypes"',
-        data="validation_share = 0",
+    job_path, job, out, results = _simulated(
+        tmp_path, 'update = "lora"\nwarm_start = "prototypes"', data="validation_share = 0"
     )
-    job = load_job(job_path)
-    out = tmp_path / "out"
-    results = simulate(job, job_path, out_dir=out)
 
     assert results.status == "completed"
     assert [r.update for r in results.rounds] == ["prototypes"] + ["lora"] * job.train.rounds

@@ -1,4 +1,4 @@
-"""A job that warm-starts its head with a release: config, ε split, node side, standardised head."""
+"""A job a release warm-starts: config, ε split, node side, standardised head, LoRA after it."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from flwr.app import Message
 
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.auditor.crosscheck import cross_check
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.trainer import STABLE_STEP, LocalSchedule
+from residency.common.classifier_head import classifier_head
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
     WARM_START_SHARE,
     WARM_STARTED_HEAD,
+    WARM_STARTED_LORA,
     AccountantKind,
     Job,
     Optimizer,
@@ -33,7 +36,12 @@ from residency.common.model import (
     set_feature_transform,
     trainable_state,
 )
-from residency.common.privacy.accountant import epsilon_spent, noise_after, noise_for_target
+from residency.common.privacy.accountant import (
+    epsilon_spent,
+    noise_after,
+    noise_for_target,
+    poisson_schedule,
+)
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job
@@ -46,6 +54,7 @@ pytestmark = [
 EXAMPLES = 60
 WIDTH = 32  # the tiny BERT's hidden size
 WARM = 'update = "head"\nwarm_start = "prototypes"'
+LORA_AFTER_RELEASE = 'update = "lora"\nwarm_start = "prototypes"'
 
 
 def _job(tmp_path: Path, train: str = WARM) -> Job:
@@ -61,9 +70,26 @@ def _transform() -> dict[str, bytes]:
     return {"feature-transform": feature_transform_bytes(centre, scale)}
 
 
-def _head_arrays(job: Job) -> dict[str, np.ndarray]:
+def _global_arrays(job: Job) -> dict[str, np.ndarray]:
     model = build_classifier(ModelSpec.from_job(job))
     return {name: t.numpy() for name, t in trainable_state(model).items()}
+
+
+def _training_rounds(job: Job, settings: Path) -> list[Message]:
+    """Rounds 2 on of a warm-started job on one node, each sent the fresh global arrays."""
+    replies = []
+    for server_round in range(2, job.train.server_rounds + 1):
+        reply = train_round(
+            job,
+            settings,
+            run_id=1,
+            server_round=server_round,
+            overrides=_transform(),
+            arrays=_global_arrays(job),
+        )
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        replies.append(reply)
+    return replies
 
 
 @pytest.mark.unit
@@ -191,16 +217,7 @@ def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: 
     assert release.epsilon <= 8.0 * WARM_START_SHARE
 
     records = [release]
-    for server_round in range(2, job.train.server_rounds + 1):
-        reply = train_round(
-            job,
-            settings,
-            run_id=1,
-            server_round=server_round,
-            overrides=_transform(),
-            arrays=_head_arrays(job),
-        )
-        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    for reply in _training_rounds(job, settings):
         assert set(update_of(reply)) == {"classifier.weight", "classifier.bias"}
         records.append(signed_record(reply))
     last = records[-1]
@@ -279,7 +296,7 @@ def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
     narrow = {"feature-transform": feature_transform_bytes(np.zeros(8), np.ones(8))}
     with pytest.raises(ValueError, match="32 numbers"):
         train_round(
-            job, settings, run_id=1, server_round=2, overrides=narrow, arrays=_head_arrays(job)
+            job, settings, run_id=1, server_round=2, overrides=narrow, arrays=_global_arrays(job)
         )
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
@@ -383,7 +400,7 @@ def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: 
         run_id=1,
         server_round=2,
         overrides=_transform(),
-        arrays=_head_arrays(job),
+        arrays=_global_arrays(job),
     )
     history = signed_record(trained).history
     template = prototypes.template(3, WIDTH)
@@ -399,8 +416,108 @@ def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: 
         cross_check(refined.history, delta=1e-4, kind=AccountantKind.PRV).problems(refined.epsilon)
         == []
     )
-    for overrides, arrays in ((_transform(), _head_arrays(job)), (_refine(), template)):
+    for overrides, arrays in ((_transform(), _global_arrays(job)), (_refine(), template)):
         with pytest.raises(BudgetExceeded) as refused:
             train_round(job, settings, run_id=1, server_round=4, overrides=overrides, arrays=arrays)
         assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 3
+
+
+def _statistics(classes: int) -> dict[str, np.ndarray]:
+    """Two nodes' releases, combined as the coordinator combines them."""
+    generator = np.random.default_rng(0)
+    releases = [
+        {
+            prototypes.SUMS: generator.normal(size=(classes, WIDTH)).astype(np.float32) * 10,
+            prototypes.COUNTS: np.full(classes, 20.0, np.float32),
+        }
+        for _ in range(2)
+    ]
+    return prototypes.combined(releases)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("update", [UpdateKind.LORA, UpdateKind.LORA_FA])
+def test_lora_after_a_release_takes_its_measured_defaults(update: UpdateKind) -> None:
+    train = TrainSection(update=update, warm_start=UpdateKind.PROTOTYPES)
+    assert train.rounds == WARM_STARTED_LORA["rounds"]
+    assert (train.batch_size, train.optimizer, train.step_rule) == (
+        WARM_STARTED_LORA["batch_size"],
+        Optimizer.ADAMW,
+        StepRule.FIXED,
+    )
+    assert train.server_rounds == train.rounds + 1
+    assert [train.round_update(r) for r in (1, 2)] == [UpdateKind.PROTOTYPES, update]
+    assert train.describe() == f"a prototypes release, then 3 rounds of {update.value} updates"
+    mine = TrainSection(update=update, warm_start=UpdateKind.PROTOTYPES, learning_rate=0.01)
+    assert (mine.learning_rate, mine.rounds) == (0.01, WARM_STARTED_LORA["rounds"])
+
+
+@pytest.mark.unit
+def test_only_the_release_before_a_head_is_refined_and_only_trained_heads_follow_one(
+    tmp_path: Path,
+) -> None:
+    """A refine rebuilds the head from base features, which LoRA's adapters no longer give."""
+    job = _job(tmp_path, LORA_AFTER_RELEASE)
+    config = round_config(job, base_fingerprint="0" * 64)
+    plan = RoundPlan.from_record(config | {"server-round": 2} | _transform())
+    assert plan.round_update is UpdateKind.LORA
+    with pytest.raises(ConfigError, match="only the release before a head is refined"):
+        RoundPlan.from_record(config | {"server-round": 3, "refine": True} | _transform())
+    with pytest.raises(ConfigError, match="does not start a full update"):
+        RoundPlan.from_record(config | {"server-round": 2, "update": "full"} | _transform())
+
+
+@pytest.mark.unit
+def test_a_release_sets_the_head_lora_trains_and_reads() -> None:
+    """The release's head in a LoRA model gives the logits it gives the head model."""
+    labels = ("a", "b", "c")
+    statistics = _statistics(len(labels))
+    centre = torch.full((WIDTH,), 0.01)
+    scale = torch.rand(WIDTH, generator=torch.Generator().manual_seed(1)) + 0.1
+    ids = torch.randint(5, 100, (4, 7), generator=torch.Generator().manual_seed(2))
+    logits = []
+    for update in (UpdateKind.HEAD, UpdateKind.LORA):
+        spec = ModelSpec(
+            source="tiny", labels=labels, update=update, warm_start=UpdateKind.PROTOTYPES
+        )
+        model = build_classifier(spec).eval()
+        prototypes.set_head(model, statistics)
+        head = classifier_head(model)
+        assert head.weight.requires_grad  # the copy that trains and is sent
+        weight, bias = prototypes.standardized(
+            head.weight.detach(), head.bias.detach(), centre.double(), scale.double()
+        )
+        set_feature_transform(model, centre, scale)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+            logits.append(model(input_ids=ids).logits)
+        sent = trainable_state(model)
+        assert any(torch.equal(tensor, head.weight.detach()) for tensor in sent.values())
+    torch.testing.assert_close(logits[1], logits[0])
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("update", ["lora", "lora-fa"])
+def test_a_node_releases_then_fine_tunes_within_one_target(tmp_path: Path, update: str) -> None:
+    job = _job(tmp_path, f'update = "{update}"\nwarm_start = "prototypes"')
+    settings = node_file(tmp_path, 20.0)
+    first = train_round(job, settings, run_id=1, server_round=1)
+    assert set(update_of(first)) == {prototypes.SUMS, prototypes.COUNTS}
+    release = signed_record(first)
+    assert (release.sample_rate, release.steps) == (1.0, 1)
+
+    records = [release]
+    for reply in _training_rounds(job, settings):
+        sent = update_of(reply)
+        assert set(sent) == set(_global_arrays(job))
+        changed = [n for n in sent if "lora_B" in n and np.abs(sent[n]).max() > 0]
+        assert changed  # the encoder's adapters trained, not the head alone
+        records.append(signed_record(reply))
+    last = records[-1]
+    sample_rate, steps = poisson_schedule(examples=EXAMPLES, batch_size=job.train.batch_size)
+    assert (last.sample_rate, last.steps) == (sample_rate, steps)
+    assert last.history[0] == (release.noise_multiplier, 1.0, 1)
+    assert 7.99 - 0.01 <= last.epsilon <= 8.0
+    assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == job.train.server_rounds

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 from residency.common import wire
 from residency.common.classifier_head import classifier_head
 from residency.common.clock import now
-from residency.common.config.job import Job, UpdateKind
+from residency.common.config.job import Job, UpdateKind, refinable
 from residency.common.config.round_plan import (
     FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,
@@ -314,8 +314,8 @@ class _Federation:
     def refine_next(self, server_round: int) -> bool:
         """Whether round ``server_round`` refines the release (:func:`held_out.refines`)."""
         train = self.job.train
-        if train.warm_start is None or train.update is not UpdateKind.HEAD or server_round != 3:
-            return False  # LoRA's adapters would not fit a head rebuilt from base features
+        if server_round != 3 or not refinable(train.update, train.warm_start):
+            return False
         release, trained = self.held_out_scores.get(1), self.held_out_scores.get(2)
         return release is not None and trained is not None and refines(release, trained)
 

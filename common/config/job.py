@@ -456,6 +456,15 @@ WARM_STARTED = (UpdateKind.HEAD, UpdateKind.LORA, UpdateKind.LORA_FA)
 class means (LoRA's adapters start at zero, so its first step reads the release's head)."""
 
 
+def refinable(update: UpdateKind, warm_start: UpdateKind | None) -> bool:
+    """Whether a job's release may be refined: only before a head on the frozen encoder.
+
+    A refine rebuilds the head from the encoder's base features; LoRA's adapters have moved
+    the features it reads, so the rebuilt head would not fit them.
+    """
+    return warm_start is not None and update is UpdateKind.HEAD
+
+
 def round_update(
     update: UpdateKind, warm_start: UpdateKind | None, server_round: int
 ) -> UpdateKind:

@@ -24,6 +24,7 @@ from residency.common.config.job import (
     Strict,
     TransferDtype,
     UpdateKind,
+    refinable,
     round_update,
 )
 from residency.common.config.signed_job import MAX_JOB_BYTES, SignedJob
@@ -153,9 +154,7 @@ class RoundPlan(Strict):
             and not method_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
-        if self.refine and (
-            self.warm_start is None or self.server_round == 1 or self.update is not UpdateKind.HEAD
-        ):
+        if self.refine and (self.server_round == 1 or not refinable(self.update, self.warm_start)):
             raise ValueError("only the release before a head is refined, after round 1")
         if self.warm_start is not None and method_for(self.warm_start).release_sensitivity is None:
             raise ValueError(f"warm start {self.warm_start.value} is not a release")

@@ -149,8 +149,9 @@ def demo(
     update: Annotated[
         str,
         typer.Option(
-            help="Pipeline: an update kind (prototypes, head, lora, lora-fa, full) or "
-            f"prototypes+head (default: {pipeline_name(*DEFAULT_PIPELINE)})."
+            help="Pipeline: an update kind (prototypes, head, lora, lora-fa, full), or "
+            "prototypes+head, prototypes+lora or prototypes+lora-fa (default: "
+            f"{pipeline_name(*DEFAULT_PIPELINE)})."
         ),
     ] = pipeline_name(*DEFAULT_PIPELINE),
     examples: Annotated[int, typer.Option(min=50, help="Training notes per country.")] = 400,

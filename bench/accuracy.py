@@ -552,7 +552,7 @@ def _simulate(
         target_epsilon=epsilon, delta=settings.delta, max_grad_norm=settings.max_grad_norm
     )
     for override in settings.overrides:  # the job's own validation judges them
-        if override.pipeline in (None, pipeline_name(update, warm_start)):
+        if override.pipeline in (None, pipeline):
             data[override.section][override.key] = override.value
     data["data"]["test"] = str(prepared.test_file)
     data["nodes"] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from peft.utils import ModulesToSaveWrapper
 
 
 def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
@@ -13,10 +14,9 @@ def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
     release can start LoRA as it starts the head.
     """
     head = getattr(model, "classifier", None)
-    copies = getattr(head, "modules_to_save", None)
-    if isinstance(copies, torch.nn.ModuleDict):
-        active = getattr(head, "active_adapters", None) or ["default"]
-        head = dict(copies.items()).get(active[0])
+    if isinstance(head, ModulesToSaveWrapper):  # the module PEFT's own forward reads
+        active = head.active_adapters
+        head = head.modules_to_save[active[0]] if active else head.original_module
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"{type(model).__name__} has no linear classifier head")
     return head

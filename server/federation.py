@@ -305,12 +305,6 @@ class _Federation:
         """Each label's public prior (:mod:`residency.common.label_prior`), encoded once."""
         return label_prior(self.model, self.tokenizer, self.labels, compute=self.compute)
 
-    def asks(self, server_round: int) -> UpdateKind:
-        """What round ``server_round`` asks the nodes for: a refine is the release again."""
-        if self.refining and self.job.train.warm_start is not None:
-            return self.job.train.warm_start
-        return self.job.train.round_update(server_round)
-
     def refine_next(self, server_round: int) -> bool:
         """Whether round ``server_round`` refines the release (:func:`held_out.refines`)."""
         train = self.job.train
@@ -525,7 +519,11 @@ class _Federation:
         if self.sending is not None:
             self.sending(server_round, [self.countries.of(i) for i in node_ids])
         if self.observer:
-            self.observer.round_started(server_round, len(messages), self.asks(server_round))
+            self.observer.round_started(
+                server_round,
+                len(messages),
+                self.job.train.round_update(server_round, refine=self.refining),
+            )
         reports: dict[int, NodeRound] = {}
         excluded: set[int] = set()
         received: dict[int, Received] = {}
@@ -591,7 +589,7 @@ class _Federation:
             seconds=time.perf_counter() - started,
             dropped=sorted(dropped),
         )
-        result.update = self.asks(server_round).value
+        result.update = self.job.train.round_update(server_round, refine=self.refining).value
         return result
 
     def _tally(self, received: Mapping[int, Received], reports: Mapping[int, NodeRound]) -> None:

@@ -231,6 +231,14 @@ and the release's head trained together by AdamW at 2e-3 on Poisson batches of 2
 a round, three rounds. Rates of 2e-3 and 5e-3 tied on tweets at 2,000 per country
 (docs/performance.md, "Fine-tuning after the release"); LoRA after a release is not the
 default anywhere it was measured."""
+WARM_STARTED: dict[UpdateKind, dict[str, Any]] = {
+    UpdateKind.HEAD: WARM_STARTED_HEAD,
+    UpdateKind.LORA: WARM_STARTED_LORA,
+    UpdateKind.LORA_FA: WARM_STARTED_LORA,
+}
+"""Update kinds that may follow a release, with their measured defaults: each trains a head
+that starts from the release's class means (LoRA's adapters start at zero, so its first step
+reads the release's head)."""
 
 
 class TrainSection(Strict):
@@ -366,10 +374,8 @@ class TrainSection(Strict):
             return data  # the field's own error names the bad value
         if method_for(update).release_sensitivity is not None:
             defaults: dict[str, Any] = {"rounds": 1}
-        elif warm_start is not None and update is UpdateKind.HEAD:
-            defaults = dict(WARM_STARTED_HEAD)
         elif warm_start is not None and update in WARM_STARTED:
-            defaults = dict(WARM_STARTED_LORA)
+            defaults = dict(WARM_STARTED[update])
         else:
             defaults = {"rounds": TRAINING_ROUNDS}
         return {**defaults, **data}
@@ -420,9 +426,12 @@ class TrainSection(Strict):
             return training
         return f"a {self.warm_start.value} release, then {training}"
 
-    def round_update(self, server_round: int) -> UpdateKind:
-        """What round ``server_round`` runs: the warm start's release first, then ``update``."""
-        return round_update(self.update, self.warm_start, server_round)
+    def round_update(self, server_round: int, *, refine: bool = False) -> UpdateKind:
+        """What round ``server_round`` runs: the warm start's release first, then ``update``.
+
+        A refine (``refine``) is the release again.
+        """
+        return round_update(self.update, self.warm_start, server_round, refine=refine)
 
     def required_nodes(self, countries: int, server_round: int) -> int:
         """Valid updates round ``server_round`` needs from a job of ``countries`` countries.
@@ -451,11 +460,6 @@ def parse_pipeline(name: str) -> tuple[UpdateKind, UpdateKind | None]:
     return (UpdateKind(then), UpdateKind(first)) if then else (UpdateKind(first), None)
 
 
-WARM_STARTED = (UpdateKind.HEAD, UpdateKind.LORA, UpdateKind.LORA_FA)
-"""Update kinds that may follow a release: each trains a head that starts from the release's
-class means (LoRA's adapters start at zero, so its first step reads the release's head)."""
-
-
 def refinable(update: UpdateKind, warm_start: UpdateKind | None) -> bool:
     """Whether a job's release may be refined: only before a head on the frozen encoder.
 
@@ -466,10 +470,13 @@ def refinable(update: UpdateKind, warm_start: UpdateKind | None) -> bool:
 
 
 def round_update(
-    update: UpdateKind, warm_start: UpdateKind | None, server_round: int
+    update: UpdateKind, warm_start: UpdateKind | None, server_round: int, *, refine: bool = False
 ) -> UpdateKind:
-    """The update kind of one server round of a job: its warm start in round 1, if it has one."""
-    return warm_start if warm_start is not None and server_round == 1 else update
+    """The update kind of one server round of a job: its warm start in round 1, if it has one.
+
+    A refine asks the warm start's release again, whatever the round.
+    """
+    return warm_start if warm_start is not None and (server_round == 1 or refine) else update
 
 
 MAX_TARGET_EPSILON = 100.0

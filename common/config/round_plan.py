@@ -112,9 +112,7 @@ class RoundPlan(Strict):
     @property
     def round_update(self) -> UpdateKind:
         """What this round runs: the update, or the warm start's release (round 1, a refine)."""
-        if self.refine and self.warm_start is not None:
-            return self.warm_start
-        return round_update(self.update, self.warm_start, self.server_round)
+        return round_update(self.update, self.warm_start, self.server_round, refine=self.refine)
 
     @property
     def centre_and_scale(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -250,8 +251,35 @@ def status(
         {"run": r[0], "job": r[1], "round": r[2], "reason": r[4], "at": r[5]}
         for r in store.refusals()
     ]
+    held = []
+    for reservation in store.reservations():
+        still = store.still_held(reservation)
+        if not still:  # its job has charged its whole plan
+            continue
+        held.append(
+            {
+                "job_sha256": reservation.job_account,
+                "dataset": reservation.dataset,
+                "epsilon_held": epsilon_spent(
+                    still,
+                    delta=reservation.delta,
+                    kind=AccountantKind(reservation.accountant),
+                ),
+                "since": reservation.reserved_at,
+                "until": datetime.fromtimestamp(reservation.expires_at, UTC).isoformat(),
+            }
+        )
     if as_json:
-        print(json.dumps({"country": settings.country, "datasets": rows, "refusals": refusals}))
+        print(
+            json.dumps(
+                {
+                    "country": settings.country,
+                    "datasets": rows,
+                    "held": held,
+                    "refusals": refusals,
+                }
+            )
+        )
         return
     table = Table(title=f"node {settings.country}: privacy budget (δ={settings.delta:g})")
     for column in ("dataset", "account", "ε spent", "ε left", "budget", "rounds", "runs"):
@@ -267,6 +295,12 @@ def status(
             str(row["runs"]),
         )
     console.print(table)
+    for hold in held:
+        console.print(
+            f"held for job {str(hold['job_sha256'])[:12]}…: ε {hold['epsilon_held']:.3f} of "
+            f"dataset {str(hold['dataset'])[:12]}… until {hold['until']} (its rounds still "
+            "to come; other jobs cannot spend it)"
+        )
     for refusal in refusals[-5:]:
         console.print(f"refused {refusal['at']}: {refusal['reason']}")
     if not rows:

@@ -24,10 +24,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
-from residency.client.budget_store import BudgetStore
+from residency.client.budget_store import BudgetStore, Held
 from residency.client.node_config import NodeSettings
 from residency.client.node_data import no_records, scan_node_data
 from residency.client.policy import Policy, load_policy
+from residency.common.config.job import refinable
 from residency.common.config.round_plan import RoundPlan
 from residency.common.data.records import LabeledTexts
 from residency.common.errors import BudgetExceeded, DataError, PolicyViolation
@@ -38,6 +39,7 @@ from residency.common.privacy.accountant import (
     epsilon_spent,
     noise_after,
     noise_for_target,
+    remaining,
     within_budget,
 )
 from residency.common.refusal import Refusal, RefusalCode
@@ -54,6 +56,10 @@ class Admission:
 
     ``public_records`` is the operator's declared size (``node.toml``), the only size of the
     data anything observable may depend on; ``len(records)`` never leaves the node.
+    ``paths`` are the job's whole histories on this node, one for each way it can run to its
+    end (every round; or a release refined after the first training round): what the node
+    checks the account can afford before the job's first charge, and holds for it
+    (``paths[0]``) for ``hold_s`` seconds.
     """
 
     records: LabeledTexts
@@ -62,6 +68,8 @@ class Admission:
     lifetime_budget: float
     policy: Policy | None
     public_records: int
+    paths: tuple[History, ...]
+    hold_s: float
 
 
 @dataclass(frozen=True)
@@ -227,11 +235,14 @@ def spend(
     *,
     job_history: History,
     account_history: History,
+    held: Held,
 ) -> Spend:
     """This round's cost against both budgets; ``BudgetExceeded`` if either would break.
 
     A release (a once-per-job step) must be the job's first charge: checked here, inside
-    the charging transaction, so two copies of round 1 cannot both release.
+    the charging transaction, so two copies of round 1 cannot both release. A job that holds
+    no reservation (its first charge here, or its hold lapsed) must fit whole first
+    (:func:`check_affordable`); one that holds it was checked whole when it was held.
     """
     step, kind, delta = admission.step, plan.accountant, plan.delta
     refused = f"{settings.country} refused round {plan.server_round}"
@@ -241,6 +252,15 @@ def spend(
     _check_budget(
         f"{refused}: job budget", RefusalCode.JOB_BUDGET, plan.target_epsilon, spent, total
     )
+    if not held.own:
+        check_affordable(
+            plan,
+            admission,
+            refused,
+            job_history=job_history,
+            account_history=account_history,
+            held=held,
+        )
     lifetime_before = epsilon_spent(account_history, delta=delta, kind=kind)
     lifetime = epsilon_spent(compose(account_history, step), delta=delta, kind=kind)
     _check_budget(
@@ -251,6 +271,47 @@ def spend(
         lifetime,
     )
     return Spend(job_history, step, spent, total, lifetime)
+
+
+def check_affordable(
+    plan: RoundPlan,
+    admission: Admission,
+    refused: str,
+    *,
+    job_history: History,
+    account_history: History,
+    held: Held,
+) -> None:
+    """Refuse a job the dataset's account cannot carry to its end, before any charge of it.
+
+    Every way the job can still run (``admission.paths``, less what it has charged) is
+    composed with the account's charges and with every other job's live reservation, by the
+    job's own accountant. A job that could start but not finish would spend budget on rounds
+    that never make a model; refused here, it costs nothing. From the operator's budget, the
+    store and the public size only: the same answer with or without any one record.
+    """
+    kind, delta = plan.accountant, plan.delta
+    committed_history = (*account_history, *held.others)
+    committed = epsilon_spent(committed_history, delta=delta, kind=kind)
+    needed = max(
+        epsilon_spent((*committed_history, *remaining(path, job_history)), delta=delta, kind=kind)
+        for path in admission.paths
+    )
+    if within_budget(needed, admission.lifetime_budget):
+        return
+    raise BudgetExceeded(
+        f"{refused}: the whole job does not fit the dataset budget "
+        f"{admission.lifetime_budget:.2f} ({committed:.2f} spent or held for other jobs, "
+        f"the job needs {needed - committed:.2f} more); nothing was charged",
+        Refusal(
+            RefusalCode.JOB_UNAFFORDABLE,
+            {
+                "budget": admission.lifetime_budget,
+                "committed": committed,
+                "needed": needed - committed,
+            },
+        ),
+    )
 
 
 def check_release_order(plan: RoundPlan, job_history: History, refused: str) -> None:
@@ -272,6 +333,7 @@ def check_release_order(plan: RoundPlan, job_history: History, refused: str) -> 
 
 WARM_START_PHASE = "warm-start"
 REFINE_PHASE = "refine"
+PLANNED_REFINE_PHASE = "refine-planned"
 
 
 def _noise(
@@ -365,36 +427,50 @@ def admit(
     sample_rate, round_steps = method_for(plan.round_update).schedule(
         examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
+    train_rate, train_steps = method_for(plan.update).schedule(
+        examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
+    )
     account = store.account(settings.dataset_name, settings.data)
-    if plan.warm_start is None:
-        noise = store.noise_for(
-            job_account=job_account,
-            dataset=account,
-            derive=lambda: _noise(plan, refused, sample_rate, plan.rounds * round_steps, ()),
-        )
-    else:
+    release: PrivacyStep | None = None
+    if plan.warm_start is not None:
         release = warm_start_step(
             plan, store, job_account=job_account, account=account, refused=refused
         )
-        if plan.refine:  # the release again, spending whatever the job has left
-            history = store.history(account, job_account=job_account)
-            check_release_order(plan, history, refused)  # before a noise that ignores it is fixed
-            noise = store.noise_for(
-                job_account=job_account,
-                dataset=account,
-                phase=REFINE_PHASE,
-                derive=lambda: _noise(plan, refused, 1.0, 1, history),
-            )
-        elif plan.round_update is plan.warm_start:
-            noise = release[0]
-        else:
-            noise = store.noise_for(
-                job_account=job_account,
-                dataset=account,
-                derive=lambda: _noise(
-                    plan, refused, sample_rate, plan.rounds * round_steps, (release,)
-                ),
-            )
+    training = store.noise_for(
+        job_account=job_account,
+        dataset=account,
+        derive=lambda: _noise(
+            plan,
+            refused,
+            train_rate,
+            plan.rounds * train_steps,
+            () if release is None else (release,),
+        ),
+    )
+    paths = _paths(
+        plan,
+        store,
+        release,
+        (training, train_rate, train_steps),
+        job_account=job_account,
+        account=account,
+        refused=refused,
+    )
+    if release is None:
+        noise = training
+    elif plan.refine:  # the release again, spending whatever the job has left
+        history = store.history(account, job_account=job_account)
+        check_release_order(plan, history, refused)  # before a noise that ignores it is fixed
+        noise = store.noise_for(
+            job_account=job_account,
+            dataset=account,
+            phase=REFINE_PHASE,
+            derive=lambda: _noise(plan, refused, 1.0, 1, history),
+        )
+    elif plan.round_update is plan.warm_start:
+        noise = release[0]
+    else:
+        noise = training
     if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
         raise _refused(
             f"{refused}: noise multiplier {noise:.3f} below the minimum "
@@ -407,7 +483,14 @@ def admit(
     if policy is not None and policy.max_epsilon_per_dataset is not None:
         lifetime_budget = min(lifetime_budget, policy.max_epsilon_per_dataset)
     admission = Admission(
-        records, account, (noise, sample_rate, round_steps), lifetime_budget, policy, examples
+        records,
+        account,
+        (noise, sample_rate, round_steps),
+        lifetime_budget,
+        policy,
+        examples,
+        paths,
+        settings.reservation_hours * 3600.0,
     )
     spend(  # an early refusal; charge() checks again under the store's lock
         settings,
@@ -415,6 +498,76 @@ def admit(
         admission,
         job_history=store.history(account, job_account=job_account),
         account_history=store.history(account),
+        held=store.held(account, job_account=job_account),
+    )
+    return admission
+
+
+def _paths(
+    plan: RoundPlan,
+    store: BudgetStore,
+    release: PrivacyStep | None,
+    training_round: PrivacyStep,
+    *,
+    job_account: str,
+    account: str,
+    refused: str,
+) -> tuple[History, ...]:
+    """Every whole history the job can have here: all its rounds, or a refined release.
+
+    The refined path's noise is what a refine after one training round would take; it is
+    kept under its own phase so it is derived once, and never fixes the real refine's noise,
+    which is derived from the job's real history when the refine comes.
+    """
+    noise, rate, steps = training_round
+    if release is None:
+        return (((noise, rate, plan.rounds * steps),),)
+    if plan.update is plan.warm_start:
+        return ((release,),)
+    whole = compose((release,), (noise, rate, plan.rounds * steps))
+    if not refinable(plan.update, plan.warm_start) or plan.rounds < 2:
+        return (whole,)
+    first = compose((release,), training_round)
+    refine = store.noise_for(
+        job_account=job_account,
+        dataset=account,
+        phase=PLANNED_REFINE_PHASE,
+        derive=lambda: _noise(plan, refused, 1.0, 1, first),
+    )
+    return (whole, compose(first, (refine, 1.0, 1)))
+
+
+def confirm(
+    settings: NodeSettings, plan: RoundPlan, store: BudgetStore, *, job_account: str
+) -> Admission:
+    """Agree to the whole job before any of it is charged, and hold its budget; or refuse.
+
+    Everything :func:`admit` checks for the round the coordinator is about to start, then
+    the whole job against the dataset's budget (:func:`check_affordable`) and, in the same
+    store transaction, the reservation that keeps other jobs off what this one needs.
+    Nothing is charged and nothing is trained.
+    """
+    admission = admit(settings, plan, store, job_account=job_account)
+
+    def check(job_history: History, account_history: History, held: Held) -> None:
+        if not held.own:
+            check_affordable(
+                plan,
+                admission,
+                f"{settings.country} refused job {plan.job}",
+                job_history=job_history,
+                account_history=account_history,
+                held=held,
+            )
+
+    store.reserve_within(
+        job_account=job_account,
+        dataset=admission.account,
+        planned=admission.paths[0],
+        delta=plan.delta,
+        accountant=plan.accountant.value,
+        hold_s=admission.hold_s,
+        check=check,
     )
     return admission
 
@@ -436,9 +589,14 @@ def charge(
     is never charged.
     """
 
-    def check(job_history: History, account_history: History) -> tuple[Spend, D]:
+    def check(job_history: History, account_history: History, held: Held) -> tuple[Spend, D]:
         got = spend(
-            settings, plan, admission, job_history=job_history, account_history=account_history
+            settings,
+            plan,
+            admission,
+            job_history=job_history,
+            account_history=account_history,
+            held=held,
         )
         return got, draft(got)
 
@@ -451,6 +609,8 @@ def charge(
         step=admission.step,
         delta=plan.delta,
         accountant=plan.accountant.value,
+        planned=admission.paths[0],
+        hold_s=admission.hold_s,
         check=check,
     )
     return charge_id, spent, drafted

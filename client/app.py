@@ -13,13 +13,15 @@ its signed record (:mod:`.reply`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Error, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from residency.client import admission as admission_steps
@@ -174,7 +176,22 @@ def _charge(
     )
 
 
-def _train(msg: Message, context: Context) -> Message:
+@dataclass(frozen=True)
+class _Received:
+    """A message's plan as the node read it, with what answering it needs."""
+
+    settings: NodeSettings
+    plan: RoundPlan
+    job_account: str
+    launcher: str
+    store: BudgetStore
+    signer: Signer
+    ledger: Ledger
+    where: dict[str, Any]
+
+
+def _receive(msg: Message, context: Context) -> _Received:
+    """Read the operator's settings and the coordinator's plan; refuse a plan not as signed."""
     settings = load_node_settings(node_settings_path(dict(context.node_config)))
     if settings.log is not None:
         _log_to(settings.log)
@@ -182,10 +199,9 @@ def _train(msg: Message, context: Context) -> Message:
     store = BudgetStore(settings.state / STORE_FILE)
     signer = _signer(settings)
     ledger = Ledger(settings.ledger, signer)  # the node's own copy of what it spent and signed
-    run = str(context.run_id)
     asked_round = record.get(wire.SERVER_ROUND)
     where: dict[str, Any] = {
-        "run": run,
+        "run": str(context.run_id),
         "job": str(record.get("job", "?"))[:64],
         "country": settings.country,
         "round": asked_round if isinstance(asked_round, int) else 0,
@@ -197,19 +213,59 @@ def _train(msg: Message, context: Context) -> Message:
     except Refused as exc:
         _refuse(exc, store=store, ledger=ledger, where=where)
         raise
-    with store.job_lock(signed.sha256):  # one message of a signed job at a time
+    return _Received(settings, plan, signed.sha256, signed.launcher, store, signer, ledger, where)
+
+
+def _train(msg: Message, context: Context) -> Message:
+    got = _receive(msg, context)
+    if got.plan.job_ended:
+        exc = PolicyViolation(
+            f"{got.settings.country} refused round {got.plan.server_round}: a job's end is a "
+            "query, not a round",
+            Refusal(RefusalCode.INVALID_PLAN),
+        )
+        _refuse(exc, store=got.store, ledger=got.ledger, where=got.where)
+        raise exc
+    with got.store.job_lock(got.job_account):  # one message of a signed job at a time
         return _train_job(
             msg,
             context,
-            settings,
-            plan,
-            signed.sha256,
-            store,
-            signer,
-            ledger,
-            where,
-            launcher=signed.launcher,
+            got.settings,
+            got.plan,
+            got.job_account,
+            got.store,
+            got.signer,
+            got.ledger,
+            got.where,
+            launcher=got.launcher,
         )
+
+
+def _confirm(msg: Message, context: Context) -> Message:
+    """Agree to the whole job and hold its budget (:func:`admission.confirm`), charging nothing."""
+    got = _receive(msg, context)
+    node = ConfigRecord({wire.COUNTRY: got.settings.country})
+    if got.plan.job_ended:  # frees only budget; whoever sends it, nothing is spent or shown
+        with got.store.job_lock(got.job_account):
+            freed = got.store.free(got.job_account)
+        log.info("%s: job %s ended; freed %d hold(s)", got.settings.country, got.plan.job, freed)
+        return Message(RecordDict({wire.NODE: node}), reply_to=msg)
+    with got.store.job_lock(got.job_account):
+        try:
+            admitted = admission_steps.confirm(
+                got.settings, got.plan, got.store, job_account=got.job_account
+            )
+        except Refused as exc:
+            _refuse(exc, store=got.store, ledger=got.ledger, where=got.where)
+            raise
+    log.info(
+        "%s confirmed job %s (target eps %g) and holds its budget on the dataset for %g h",
+        got.settings.country,
+        got.plan.job,
+        got.plan.target_epsilon,
+        admitted.hold_s / 3600,
+    )
+    return Message(RecordDict({wire.NODE: node}), reply_to=msg)
 
 
 def _train_job(
@@ -374,14 +430,27 @@ def _received_arrays(msg: Message) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-@app.train(mods=[egress_guard])
-def train(msg: Message, context: Context) -> Message:
-    """Train one round; refusals become coded replies, local faults one fixed sentence."""
+def _answer(
+    handler: Callable[[Message, Context], Message], msg: Message, context: Context
+) -> Message:
+    """Run ``handler``; refusals become coded replies, local faults one fixed sentence."""
     try:
-        return _train_keeping_model(msg, context)
+        return handler(msg, context)
     except (BudgetExceeded, PolicyViolation) as exc:
         log.warning("%s", exc)  # the full sentence stays in the node's log
         return Message(Error(wire.REFUSED, exc.refusal.encode()), reply_to=msg)
     except (ConfigError, DataError) as exc:
         log.error("%s", exc)
         return Message(Error(wire.NODE_FAULT, wire.NODE_FAULT_REASON), reply_to=msg)
+
+
+@app.train(mods=[egress_guard])
+def train(msg: Message, context: Context) -> Message:
+    """Train one round."""
+    return _answer(_train_keeping_model, msg, context)
+
+
+@app.query(mods=[egress_guard])
+def query(msg: Message, context: Context) -> Message:
+    """Confirm a job before its first round: the whole of it fits, and its budget is held."""
+    return _answer(_confirm, msg, context)

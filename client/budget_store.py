@@ -15,6 +15,14 @@ What leaves the node is not even that: each launcher (the key that signed a job)
 pseudonym of the account (:meth:`BudgetStore.launcher_account`), so two coordinators cannot link
 their rounds on one dataset, while one launcher's jobs keep one name for it.
 
+Before a job's first charge on an account the node checks that the *whole* job fits the
+account's budget and then *holds* it: a reservation of the job's planned steps still to come
+(:meth:`BudgetStore.reserve_within`, and every charge renews it). Every other job's checks
+count what the live reservations hold as if spent, so a job the node has accepted cannot be
+starved of its budget half-way by another job. A reservation lapses when its job has charged
+its plan, or ``reservation_hours`` after the job's last confirmation or charge; it never
+lowers or replaces a charge.
+
 A job's own target is accounted per *signed job* (the SHA-256 of the bytes its launcher
 signed, which include a fresh nonce), not per Flower run: a coordinator that replays a signed
 job under new runs, or resumes it after a restart, continues the same job account, so the job
@@ -26,9 +34,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -36,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from residency.common.clock import now
-from residency.common.privacy.accountant import History, PrivacyStep, compose
+from residency.common.privacy.accountant import History, PrivacyStep, compose, remaining
 
 STORE_FILE = "budget.sqlite"
 T = TypeVar("T")
@@ -77,6 +87,16 @@ CREATE TABLE IF NOT EXISTS refusals (
     dataset TEXT,
     reason TEXT NOT NULL,
     refused_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    job_account TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    planned TEXT NOT NULL,
+    delta REAL NOT NULL,
+    accountant TEXT NOT NULL,
+    reserved_at TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (job_account, dataset)
 );
 CREATE TABLE IF NOT EXISTS secret (
     only INTEGER PRIMARY KEY CHECK (only = 1),
@@ -141,6 +161,32 @@ class Account:
     generation: int
     opened_at: str
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A job's hold on an account: its planned steps, live until ``expires_at`` (Unix time)."""
+
+    job_account: str
+    dataset: str
+    planned: History
+    delta: float
+    accountant: str
+    reserved_at: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the live reservations hold on an account, seen from one job."""
+
+    others: History  # every other job's planned steps still to come, as if spent
+    own: bool  # whether this job holds a live reservation itself
+
+
+def _reservation(r: Any) -> Reservation:
+    planned = tuple((float(z), float(q), int(n)) for z, q, n in json.loads(r[2]))
+    return Reservation(r[0], r[1], planned, float(r[3]), r[4], r[5], float(r[6]))
 
 
 def _charge(r: Any) -> Charge:
@@ -351,22 +397,27 @@ class BudgetStore:
         step: PrivacyStep,
         delta: float,
         accountant: str,
-        check: Callable[[History, History], T],
+        planned: History,
+        hold_s: float,
+        check: Callable[[History, History, Held], T],
     ) -> tuple[int, T]:
         """Check and charge a round in one transaction; call before the first training step.
 
-        ``check(job_history, account_history)`` sees every charge committed so far (the
-        signed job's, under every Flower run, and the dataset's) and raises to refuse;
-        nothing is written then. While it runs, this transaction holds SQLite's write lock,
-        so no other round on this node can charge in between. Returns the charge's id and
-        what ``check`` returned.
+        ``check(job_history, account_history, held)`` sees every charge committed so far (the
+        signed job's, under every Flower run, and the dataset's) and every live reservation,
+        and raises to refuse; nothing is written then. While it runs, this transaction holds
+        SQLite's write lock, so no other round on this node can charge or reserve in between.
+        The charge then renews the job's reservation of ``planned`` for ``hold_s`` seconds.
+        Returns the charge's id and what ``check`` returned.
         """
         noise, rate, steps = step
         with self._db() as db:
             checked = check(
                 _history(self._charges(db, dataset, job_account)),
                 _history(self._charges(db, dataset, None)),
+                self._held(db, dataset, job_account),
             )
+            self._hold(db, job_account, dataset, planned, delta, accountant, hold_s)
             cursor = db.execute(
                 "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate,"
                 " steps, delta, accountant, charged_at, job_account)"
@@ -386,6 +437,99 @@ class BudgetStore:
                 ),
             )
             return int(cursor.lastrowid or 0), checked
+
+    def reserve_within(
+        self,
+        *,
+        job_account: str,
+        dataset: str,
+        planned: History,
+        delta: float,
+        accountant: str,
+        hold_s: float,
+        check: Callable[[History, History, Held], T],
+    ) -> T:
+        """Check that the job fits and hold ``planned`` for it, in one transaction; no charge.
+
+        ``check`` is :meth:`charge_within`'s; it raises to refuse, and nothing is held then.
+        """
+        with self._db() as db:
+            checked = check(
+                _history(self._charges(db, dataset, job_account)),
+                _history(self._charges(db, dataset, None)),
+                self._held(db, dataset, job_account),
+            )
+            self._hold(db, job_account, dataset, planned, delta, accountant, hold_s)
+            return checked
+
+    @staticmethod
+    def _hold(
+        db: sqlite3.Connection,
+        job_account: str,
+        dataset: str,
+        planned: History,
+        delta: float,
+        accountant: str,
+        hold_s: float,
+    ) -> None:
+        db.execute(
+            "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (job_account, dataset) DO UPDATE SET expires_at = excluded.expires_at",
+            (
+                job_account,
+                dataset,
+                json.dumps([list(step) for step in planned]),
+                delta,
+                accountant,
+                now(),
+                time.time() + hold_s,
+            ),
+        )
+
+    def free(self, job_account: str) -> int:
+        """Drop every hold of the signed job (it ended); how many there were.
+
+        Only a hold goes: the job's charges stay, and a later round of it must fit whole again.
+        """
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM reservations WHERE job_account = ?", (job_account,))
+            return int(cursor.rowcount)
+
+    def still_held(self, reservation: Reservation) -> History:
+        """The steps of ``reservation``'s job still to come: what it holds now."""
+        with self._db() as db:
+            charged = _history(self._charges(db, reservation.dataset, reservation.job_account))
+        return remaining(reservation.planned, charged)
+
+    @staticmethod
+    def _live(db: sqlite3.Connection, dataset: str | None) -> list[Reservation]:
+        rows = db.execute(
+            "SELECT * FROM reservations WHERE (? IS NULL OR dataset = ?) AND expires_at > ?"
+            " ORDER BY reserved_at, job_account",
+            (dataset, dataset, time.time()),
+        ).fetchall()
+        return [_reservation(row) for row in rows]
+
+    def _held(self, db: sqlite3.Connection, dataset: str, job_account: str) -> Held:
+        others: History = ()
+        own = False
+        for reservation in self._live(db, dataset):
+            if reservation.job_account == job_account:
+                own = True
+                continue
+            charged = _history(self._charges(db, dataset, reservation.job_account))
+            others = (*others, *remaining(reservation.planned, charged))
+        return Held(others, own)
+
+    def held(self, dataset: str, *, job_account: str) -> Held:
+        """What the live reservations on ``dataset`` hold, seen from ``job_account``."""
+        with self._db() as db:
+            return self._held(db, dataset, job_account)
+
+    def reservations(self, dataset: str | None = None) -> list[Reservation]:
+        """The live reservations (on one account, or all), oldest first."""
+        with self._db() as db:
+            return self._live(db, dataset)
 
     def trained(self, charge_id: int) -> None:
         """Mark a charge's round as trained (its cost stays charged either way)."""

@@ -20,9 +20,10 @@ from residency.common.config.signed_job import ExpiredJob, SignedJob, UntrustedJ
 from residency.common.errors import PolicyViolation
 from residency.common.refusal import Refusal, RefusalCode
 
-PER_ROUND = frozenset({"server-round"})
-"""Plan fields the coordinator sets per round; the signature covers the base fingerprint and
-feature transform indirectly (the model the job names, the release's statistics)."""
+PER_ROUND = frozenset({"server-round", "job-ended"})
+"""Plan fields the coordinator sets per message; the signature covers the base fingerprint and
+feature transform indirectly (the model the job names, the release's statistics). A job's end
+only frees what the node holds for it, so whoever may send the signed job may say it."""
 
 
 def signed_plan(plan: RoundPlan, record: Mapping[str, Any], settings: NodeSettings) -> SignedJob:

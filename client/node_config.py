@@ -84,6 +84,11 @@ class NodeSettings(Strict):
     runtime_port: Annotated[int, Field(strict=True, ge=1, le=65_535)] = Field(
         default=9094, description="loopback port between the SuperNode and its executor"
     )
+    reservation_hours: Annotated[float, Field(strict=True, gt=0, le=24 * 365)] = Field(
+        default=72.0,
+        description="how long the node holds a job's whole budget after it confirms the job "
+        "or charges a round of it; other jobs cannot spend what is held",
+    )
     trusted_launchers: list[LauncherKey] = Field(
         default_factory=list,
         description="public keys (64 hex, from `residency launcher init`) of the launchers "

@@ -30,6 +30,7 @@ class RefusalCode(StrEnum):
     TARGET_UNREACHABLE = "target-unreachable"
     JOB_BUDGET = "job-budget"
     DATASET_BUDGET = "dataset-budget"
+    JOB_UNAFFORDABLE = "job-unaffordable"
     INVALID_PLAN = "invalid-plan"
     UNTRUSTED_JOB = "untrusted-job"
     JOB_EXPIRED = "job-expired"
@@ -50,6 +51,7 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.TARGET_UNREACHABLE: ("target",),
     RefusalCode.JOB_BUDGET: ("budget", "spent", "needed"),
     RefusalCode.DATASET_BUDGET: ("budget", "spent", "needed"),
+    RefusalCode.JOB_UNAFFORDABLE: ("budget", "committed", "needed"),
     RefusalCode.INVALID_PLAN: (),
     RefusalCode.UNTRUSTED_JOB: (),
     RefusalCode.JOB_EXPIRED: (),
@@ -76,6 +78,10 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     RefusalCode.JOB_BUDGET: "job budget {budget:.2f}, spent {spent:.2f}, round needs {needed:.2f}",
     RefusalCode.DATASET_BUDGET: (
         "dataset budget {budget:.2f}, spent {spent:.2f}, round needs {needed:.2f}"
+    ),
+    RefusalCode.JOB_UNAFFORDABLE: (
+        "dataset budget {budget:.2f}, {committed:.2f} spent or held for other jobs, the whole "
+        "job needs {needed:.2f} more"
     ),
     RefusalCode.INVALID_PLAN: "the round's privacy or training parameters are out of bounds",
     RefusalCode.UNTRUSTED_JOB: (

@@ -18,7 +18,7 @@ from typing import Protocol, TypedDict
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch.utils.data import TensorDataset
 
@@ -77,6 +77,9 @@ log = logging.getLogger("residency.coordinator")
 
 MODEL_DIR = "model"
 
+
+END_HOLDS_S = 10.0
+"""How long the coordinator waits for nodes to hear that a job ended (they free its hold)."""
 
 STOPPED_MID_ROUND = "the run stopped before the round closed; the node may have charged it"
 
@@ -294,6 +297,8 @@ class _Federation:
         self.held_out, self.test = self._load_test()
         self.held_out_scores: dict[int, float] = {}
         self.kept: KeptModel | None = None
+        self.confirmed: set[int] = set()  # nodes that confirmed the whole job (and hold it)
+        self.current_round = 1
 
     @property
     def refining(self) -> bool:
@@ -488,6 +493,95 @@ class _Federation:
             _pause(0.2, self.stop)
         return sorted(ids), self._absent(ids, names)
 
+    def confirm_nodes(
+        self, server_round: int, node_ids: list[int]
+    ) -> tuple[list[int], dict[int, NodeRound], list[str]]:
+        """Ask every node not yet asked to confirm the whole job before it is sent a round.
+
+        A node confirms only if the job fits its dataset's budget to the end, and then holds
+        that budget for it (:func:`residency.client.admission.confirm`); nothing is charged.
+        Returns the confirmed nodes of ``node_ids``, the refusals (reported like a round's),
+        and the countries that sent no confirmation in time or failed (left out, uncharged).
+        """
+        asking = [i for i in node_ids if i not in self.confirmed]
+        refused: dict[int, NodeRound] = {}
+        silent: list[str] = []
+        if asking:
+            timeout_s = self.job.train.round_timeout_s
+            config = ConfigRecord({**dict(self.config), "server-round": server_round})
+            content = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config})
+            messages = [
+                Message(content, message_type=MessageType.QUERY, dst_node_id=i, ttl=timeout_s)
+                for i in asking
+            ]
+
+            def on_reply(reply: Message, bytes_down: int) -> None:
+                node_id = reply.metadata.src_node_id
+                report = _node_round(reply, 0, self.countries, server_round=server_round)
+                if report.status is NodeStatus.OK:
+                    self.confirmed.add(node_id)
+                elif report.status is NodeStatus.REFUSED:
+                    refused[node_id] = report
+                    if self.observer:
+                        self.observer.node_finished(server_round, report)
+                else:
+                    log.warning("%s did not confirm job: %s", report.country, report.reason)
+                    silent.append(report.country)
+
+            replies = _exchange(
+                self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=self.stop
+            )
+            if self.stop is not None and self.stop.is_set():
+                raise KeyboardInterrupt
+            answered = {reply.metadata.src_node_id for reply in replies}
+            silent += [self.countries.of(i) for i in asking if i not in answered]
+        return [i for i in node_ids if i in self.confirmed], refused, silent
+
+    def end_holds(self) -> None:
+        """Tell every node that confirmed the job it is over, so it frees what it still holds.
+
+        Best effort, after the run's outcome is written: a node that does not hear it keeps
+        the hold until its own ``reservation_hours`` lapse, which costs availability only.
+        """
+        if not self.confirmed:
+            return
+        config = ConfigRecord(
+            {**dict(self.config), "job-ended": True, "server-round": self.current_round}
+        )
+        content = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config})
+        messages = [
+            Message(content, message_type=MessageType.QUERY, dst_node_id=i, ttl=END_HOLDS_S)
+            for i in sorted(self.confirmed)
+        ]
+        try:
+            _exchange(self.grid, messages, timeout_s=END_HOLDS_S, on_reply=lambda *_: None)
+        except Exception as exc:  # the run is over whatever happens here
+            log.warning("could not tell the nodes that the job ended: %s", exc)
+
+    def _require_confirmed(
+        self,
+        server_round: int,
+        confirmed: list[int],
+        refused: Mapping[int, NodeRound],
+        missing: list[str],
+    ) -> None:
+        """End the job before a round goes out that fewer nodes confirmed than it needs."""
+        wanted = len(self.job.nodes)
+        required = self.job.train.required_nodes(wanted, server_round)
+        if len(confirmed) >= required:
+            return
+        if self.ledger is not None:
+            for report in refused.values():
+                self.ledger.refusal(report.country, server_round, report.reason or "")
+        reasons = [r.reason or f"{r.country} refused" for r in refused.values()]
+        reasons += [f"{country}: no confirmation" for country in missing]
+        charged = "nothing was charged" if server_round == 1 else "round not sent"
+        raise JobFailed(
+            f"round {server_round}: {len(confirmed)} of {wanted} countries confirmed the whole "
+            f"job and the round needs {required} ({'; '.join(reasons) or 'no replies'}); "
+            f"{charged}"
+        )
+
     def _require_quorum(
         self, server_round: int, reports: Mapping[int, NodeRound], absent: list[str]
     ) -> None:
@@ -508,7 +602,11 @@ class _Federation:
         """Send the global model, collect replies, aggregate the valid ones, score."""
         started = time.perf_counter()
         strategy = self.strategy
+        self.current_round = server_round
         node_ids, absent = self.round_nodes(server_round)
+        node_ids, refused, silent = self.confirm_nodes(server_round, node_ids)
+        self._require_confirmed(server_round, node_ids, refused, [*absent, *silent])
+        absent = [*absent, *silent]
         messages = strategy.train_messages(
             server_round,
             self.outgoing(),
@@ -524,7 +622,7 @@ class _Federation:
                 len(messages),
                 self.job.train.round_update(server_round, refine=self.refining),
             )
-        reports: dict[int, NodeRound] = {}
+        reports: dict[int, NodeRound] = dict(refused)  # declined before the round, uncharged
         excluded: set[int] = set()
         received: dict[int, Received] = {}
 
@@ -737,6 +835,8 @@ def run_federation(
         results.write(results_path)
         if ledger is not None:
             ledger.finished(results.status.value, results.error)
+        if results.status is not RunStatus.STOPPED:  # a stopped run's grid is going away
+            federation.end_holds()
         if control is not None:
             control.ended.set()
     return results

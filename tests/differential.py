@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Message
 
-from node_harness import node_file, signed_record, train_round, update_of
+from node_harness import confirm_round, node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common import wire
 from residency.common.config.job import Job
@@ -56,6 +56,7 @@ class Outcome:
     record: tuple[tuple[str, Any], ...] = ()
     node: tuple[tuple[str, Any], ...] = ()
     shapes: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    held: tuple[tuple[Any, ...], ...] = ()  # the budget the node holds for jobs it confirmed
     noised: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     @property
@@ -120,14 +121,23 @@ def observe(settings: Path, send: Callable[[], Message]) -> Outcome:
         reply = send()
     except Refused as exc:
         values = tuple(sorted((k, float(v)) for k, v in exc.refusal.values.items()))
-        return Outcome("refused", (exc.refusal.code.value, values), _charges(state))
+        return Outcome(
+            "refused", (exc.refusal.code.value, values), _charges(state), held=_held(state)
+        )
     except (ConfigError, DataError):
-        return Outcome("fault", charges=_charges(state))
+        return Outcome("fault", charges=_charges(state), held=_held(state))
     if reply.has_error():
-        return Outcome(f"error {reply.error.code}", charges=_charges(state))
+        return Outcome(f"error {reply.error.code}", charges=_charges(state), held=_held(state))
+    content = reply.content
+    if wire.RECORD not in content.config_records:  # a confirmation: no record, no update
+        return Outcome(
+            "confirmed",
+            charges=_charges(state),
+            node=_items(content.config_records[wire.NODE]),
+            held=_held(state),
+        )
     record = signed_record(reply).model_dump(mode="json")
     arrays = update_of(reply)
-    content = reply.content
     return Outcome(
         "reply",
         charges=_charges(state),
@@ -141,7 +151,34 @@ def observe(settings: Path, send: Callable[[], Message]) -> Outcome:
         ),
         node=_items(content.config_records[wire.NODE], drop={wire.DATASET_ACCOUNT}),
         shapes=tuple(sorted((n, str(a.dtype), tuple(a.shape)) for n, a in arrays.items())),
+        held=_held(state),
         noised=arrays,
+    )
+
+
+def query_pair(
+    job: Job,
+    pair: tuple[Path, Path],
+    *,
+    run_id: int,
+    server_round: int,
+    overrides: Mapping[str, Any] | None = None,
+    nonce: str | None = None,
+) -> tuple[Outcome, Outcome]:
+    """One and the same confirmation query to the node over D and the node over D'."""
+    return tuple(  # type: ignore[return-value]
+        observe(
+            settings,
+            lambda settings=settings: confirm_round(
+                job,
+                settings,
+                run_id=run_id,
+                server_round=server_round,
+                overrides=overrides,
+                nonce=nonce,
+            ),
+        )
+        for settings in pair
     )
 
 
@@ -181,7 +218,7 @@ def assert_indistinguishable(first: Outcome, second: Outcome) -> None:
 
 
 def _difference(first: Outcome, second: Outcome) -> str:
-    for name in ("kind", "refusal", "charges", "metrics", "record", "node", "shapes"):
+    for name in ("kind", "refusal", "charges", "metrics", "record", "node", "shapes", "held"):
         a, b = getattr(first, name), getattr(second, name)
         if a != b:
             if isinstance(a, tuple) and isinstance(b, tuple) and name in ("record", "metrics"):
@@ -198,6 +235,12 @@ def _charges(state: Path) -> tuple[tuple[Any, ...], ...]:
         (c.round, *c.step, c.delta, c.accountant, c.trained_at is not None)
         for c in BudgetStore(state).charges()
     )
+
+
+def _held(state: Path) -> tuple[tuple[Any, ...], ...]:
+    if not state.exists():
+        return ()
+    return tuple(r.planned for r in BudgetStore(state).reservations())
 
 
 def _items(record: Mapping[str, Any], drop: frozenset[str] | set[str] = frozenset()) -> Any:

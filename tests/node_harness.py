@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from residency.client.app import _train
+from residency.client.app import _confirm, _train
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.config.job import Job
@@ -144,6 +144,7 @@ def round_message(
     resign: bool = True,
     nonce: str = TEST_NONCE,
     expires_unix_s: int = FAR_FUTURE_S,
+    message_type: str = "train",
 ) -> Message:
     """The coordinator's training message for ``job``, optionally tampered with.
 
@@ -170,7 +171,7 @@ def round_message(
             }
         ),
         dst_node_id=0,
-        message_type="train",
+        message_type=message_type,
     )
 
 
@@ -206,6 +207,33 @@ def train_round(
             resign=resign,
             nonce=f"{run_id:032x}" if nonce is None else nonce,
             expires_unix_s=expires_unix_s,
+        )
+        return handler(message, node_context(settings, run_id=run_id))
+
+
+def confirm_round(
+    job: Job,
+    settings: Path,
+    *,
+    run_id: int,
+    server_round: int = 1,
+    overrides: Mapping[str, Any] | None = None,
+    nonce: str | None = None,
+    handler: Callable[[Message, Context], Message] = _confirm,
+) -> Message:
+    """The coordinator's confirmation query before ``server_round``, as a fresh node takes it.
+
+    The same plan as :func:`train_round` sends (and the same launch per ``run_id`` unless
+    ``nonce`` is given), with no arrays: a query carries no model.
+    """
+    with task_identity(run_id):
+        message = round_message(
+            job,
+            server_round=server_round,
+            overrides=overrides,
+            arrays={},
+            nonce=f"{run_id:032x}" if nonce is None else nonce,
+            message_type="query",
         )
         return handler(message, node_context(settings, run_id=run_id))
 

@@ -94,6 +94,8 @@ class RoundPlan(Strict):
     job_signature: Annotated[str, Field(max_length=128, alias="job-signature")] = ""
     # the warm start's release again, spending what the job has left (server/held_out.py)
     refine: Annotated[bool, Field(strict=True)] = False
+    # a confirmation query's last word: the job is over, the node frees what it holds for it
+    job_ended: Annotated[bool, Field(strict=True, alias="job-ended")] = False
 
     @field_validator("warm_start", mode="before")
     @classmethod

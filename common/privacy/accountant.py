@@ -142,3 +142,27 @@ def compose(history: History, step: PrivacyStep) -> History:
         last = history[-1]
         return (*history[:-1], (z, q, last[2] + n))
     return (*history, (z, q, n))
+
+
+def remaining(path: History, charged: History) -> History:
+    """The steps of ``path`` that ``charged`` has not run yet; () once the job left the path.
+
+    ``path`` is a whole job as planned, ``charged`` what it has charged so far. Steps are
+    matched by mechanism (noise multiplier and sample rate). A charged mechanism that the path
+    does not hold (a refine, which ends its job) means the job took another way: nothing of
+    this path is still to come.
+    """
+    left: dict[tuple[float, float], int] = {}
+    for z, q, n in path:
+        left[(z, q)] = left.get((z, q), 0) + n
+    for z, q, n in charged:
+        if (z, q) not in left:
+            return ()
+        left[(z, q)] -= n
+    out: History = ()
+    for z, q, n in path:
+        due = min(n, left[(z, q)])
+        if due > 0:
+            out = compose(out, (z, q, due))
+            left[(z, q)] -= due
+    return out

@@ -398,6 +398,70 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     assert not it_log.exists() or "round 1" not in it_log.read_text("utf-8")
 
 
+def _run(federation: Federation, job: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return cli(
+        "run",
+        str(job),
+        "--key",
+        str(federation.launcher_key),
+        "--coordinator",
+        federation.address,
+        "--ca",
+        str(federation.ca),
+        "--output",
+        str(out),
+        timeout_s=300,
+    )
+
+
+def _node_status(node: Path) -> dict[str, object]:
+    done = cli("node", "status", str(node), "--json")
+    assert done.returncode == 0, done.stderr
+    status: dict[str, object] = json.loads(done.stdout)
+    return status
+
+
+def test_a_job_one_country_cannot_afford_to_the_end_is_refused_before_anyone_is_charged(
+    coordinator: Federation, tmp_path: Path
+) -> None:
+    """Issue 26, point 2: FR has 9 of which a first job spent 8; the second job charges nobody.
+
+    Before, FR accepted the second job's first round (and DE trained it too), then refused
+    round 2; now every node confirms the whole job before any round is sent.
+    """
+    first = write_toy_job(tmp_path / "job", countries=("FR",), rounds=1)  # target epsilon 8
+    data = tmp_path / "job" / "fr.csv"
+    nodes = {}
+    for country, budget in (("DE", 20.0), ("FR", 9.0)):
+        nodes[country] = coordinator.init_node(country, data, budget=budget)
+        coordinator.admit(nodes[country], country)
+        coordinator.start_node(nodes[country])
+    coordinator.wait_online(["DE", "FR"])
+    done = _run(coordinator, first, tmp_path / "first")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    second = write_toy_job(tmp_path / "second", countries=("DE", "FR"), rounds=2)
+    run = _run(coordinator, second, tmp_path / "out")
+
+    assert run.returncode == 3, run.stdout + run.stderr
+    refusal = "FR refused round 1: dataset budget 9.00, 8.00 spent or held for other jobs"
+    assert refusal in run.stdout  # shown live, in the node's code and numbers
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert results["status"] == "failed"
+    assert refusal in results["error"]
+    assert "1 of 2 countries confirmed the whole job" in results["error"]
+    assert results["error"].endswith("nothing was charged")
+    assert results["rounds"] == []
+    assert results["privacy"] == {}
+    de, fr = _node_status(nodes["DE"]), _node_status(nodes["FR"])
+    assert de["datasets"] == []  # DE confirmed, and was never sent a round
+    assert de["held"] == []  # and was told the job ended, so it holds nothing for it
+    [fr_dataset] = fr["datasets"]  # type: ignore[misc]
+    assert fr_dataset["rounds"] == 1  # the first job's round only
+    ledger = (coordinator.coordinator_dir / "ledger" / "ledger.jsonl").read_text("utf-8")
+    assert ledger.count('"kind":"refusal"') == 1
+
+
 def test_auditor_verifies_the_coordinators_ledger_with_keys_from_each_party(
     deployed: Deployed, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from residency.common.privacy.accountant import (
     epsilon_spent,
     noise_for_target,
     poisson_schedule,
+    remaining,
 )
 
 pytestmark = [
@@ -207,3 +208,13 @@ def test_dp_accounting_agrees_with_opacus(kind: AccountantKind, name: str) -> No
 
     assert opacus > 0
     assert google == pytest.approx(opacus, rel=CROSSCHECK_RTOL[kind])
+
+
+def test_what_remains_of_a_planned_job_is_its_steps_not_yet_charged() -> None:
+    release, training, refine = (2.0, 1.0, 1), (1.5, 0.1, 30), (3.0, 1.0, 1)
+    path = (release, training)
+    assert remaining(path, ()) == path
+    assert remaining(path, (release,)) == (training,)
+    assert remaining(path, (release, (1.5, 0.1, 10))) == ((1.5, 0.1, 20),)
+    assert remaining(path, path) == ()
+    assert remaining(path, (release, (1.5, 0.1, 10), refine)) == ()  # it left the path

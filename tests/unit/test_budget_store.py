@@ -6,11 +6,12 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from residency.client.budget_store import BudgetStore
+from residency.client.budget_store import BudgetStore, Held
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +37,9 @@ def charge(
         step=STEP,
         delta=1e-5,
         accountant="prv",
-        check=lambda run_history, account_history: None,
+        planned=(STEP,) * 3,
+        hold_s=3600.0,
+        check=lambda run_history, account_history, held: None,
     )
     return charge_id
 
@@ -141,7 +144,7 @@ def test_a_refused_check_writes_nothing(tmp_path: Path) -> None:
     charge(store)
     seen: list[tuple[object, object]] = []
 
-    def refuse(run_history: object, account_history: object) -> None:
+    def refuse(run_history: object, account_history: object, held: object) -> None:
         seen.append((run_history, account_history))
         raise RuntimeError("over budget")
 
@@ -155,6 +158,8 @@ def test_a_refused_check_writes_nothing(tmp_path: Path) -> None:
             step=STEP,
             delta=1e-5,
             accountant="prv",
+            planned=(STEP,),
+            hold_s=3600.0,
             check=refuse,
         )
     assert seen == [((STEP,), (STEP,))]  # the check saw every committed charge
@@ -188,3 +193,61 @@ def test_an_account_is_the_operators_dataset_and_only_a_reset_opens_another(
             db.execute("DELETE FROM accounts")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("UPDATE accounts SET generation = 0")
+
+
+def test_a_job_holds_its_planned_steps_still_to_come_until_the_hold_lapses(
+    tmp_path: Path,
+) -> None:
+    """Other jobs see what a held job has still to run; the job itself sees its own hold."""
+    store = BudgetStore(tmp_path / "budget.sqlite")
+    dataset = "d" * 64
+    store.reserve_within(
+        job_account=JOB_A,
+        dataset=dataset,
+        planned=((1.1, 0.1, 60),),
+        delta=1e-5,
+        accountant="prv",
+        hold_s=3600.0,
+        check=lambda job, account, held: None,
+    )
+    assert store.held(dataset, job_account=JOB_B).others == ((1.1, 0.1, 60),)
+    assert store.held(dataset, job_account=JOB_A).own
+    assert not store.held("e" * 64, job_account=JOB_B).others  # another account
+    charge(store, dataset=dataset)  # one round of A (20 steps), which renews its hold
+    assert store.held(dataset, job_account=JOB_B).others == ((1.1, 0.1, 40),)
+    for rnd in (2, 3):
+        charge(store, dataset=dataset, rnd=rnd)
+    assert store.held(dataset, job_account=JOB_B).others == ()  # A ran its plan
+    lapsing = BudgetStore(tmp_path / "other.sqlite")
+    lapsing.reserve_within(
+        job_account=JOB_A,
+        dataset=dataset,
+        planned=(STEP,),
+        delta=1e-5,
+        accountant="prv",
+        hold_s=0.05,
+        check=lambda job, account, held: None,
+    )
+    assert lapsing.reservations(dataset)
+    time.sleep(0.1)
+    assert lapsing.reservations(dataset) == []
+    assert lapsing.held(dataset, job_account=JOB_B) == Held((), own=False)
+
+
+def test_a_refused_reservation_holds_nothing(tmp_path: Path) -> None:
+    store = BudgetStore(tmp_path / "budget.sqlite")
+
+    def refuse(job: object, account: object, held: object) -> None:
+        raise RuntimeError("cannot afford")
+
+    with pytest.raises(RuntimeError, match="cannot afford"):
+        store.reserve_within(
+            job_account=JOB_A,
+            dataset="d" * 64,
+            planned=(STEP,),
+            delta=1e-5,
+            accountant="prv",
+            hold_s=60.0,
+            check=refuse,
+        )
+    assert store.reservations() == []

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from differential import AWKWARD, assert_indistinguishable, pair_nodes, round_pair
+from differential import AWKWARD, assert_indistinguishable, pair_nodes, query_pair, round_pair
 from residency.common.config.job import Job, load_job
 from residency.common.config.round_plan import feature_transform_bytes
 from residency.common.model import ModelSpec, build_classifier, round_one_arrays, trainable_state
@@ -123,6 +123,7 @@ def _check_pair(
     weights: str,
     transform: str,
     replay: bool,
+    confirm: bool = True,
 ) -> None:
     job = _job(root, JOBS[job_kind])
     pair = pair_nodes(root / "nodes", ROWS, record_kind)
@@ -135,6 +136,9 @@ def _check_pair(
         if refining:
             overrides["refine"] = True
         arrays = _hostile(_weights(job, 1 if refining else server_round), weights)
+        if confirm:  # the coordinator confirms the job first (and a hostile one, every round)
+            asked = query_pair(job, pair, run_id=1, server_round=server_round, overrides=overrides)
+            assert_indistinguishable(*asked)
         outcomes = round_pair(
             job, pair, run_id=1, server_round=server_round, overrides=overrides, arrays=arrays
         )
@@ -187,6 +191,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="as sent",
     transform="tiny scale",
     replay=False,
+    confirm=True,
 )
 @example(
     job_kind="lora warm start",
@@ -195,6 +200,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="as sent",
     transform="tiny scale",
     replay=False,
+    confirm=False,
 )
 @example(
     job_kind=REFINED,
@@ -203,6 +209,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="as sent",
     transform="public",
     replay=True,
+    confirm=True,
 )
 @example(
     job_kind="head",
@@ -211,6 +218,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="one entry at FLT_MAX",
     transform="public",
     replay=False,
+    confirm=False,
 )
 @example(
     job_kind="release",
@@ -219,6 +227,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights="as sent",
     transform="public",
     replay=True,
+    confirm=False,
 )
 @given(
     job_kind=st.sampled_from(list(JOBS)),
@@ -227,6 +236,7 @@ def test_a_plain_round_answers_d_and_d_plus_one_record_alike(
     weights=st.sampled_from(WEIGHTS),
     transform=st.sampled_from(list(TRANSFORMS)),
     replay=st.booleans(),
+    confirm=st.booleans(),
 )
 def test_no_message_tells_d_from_d_plus_one_record(
     job_kind: str,
@@ -235,6 +245,7 @@ def test_no_message_tells_d_from_d_plus_one_record(
     weights: str,
     transform: str,
     replay: bool,
+    confirm: bool,
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         _check_pair(
@@ -245,4 +256,5 @@ def test_no_message_tells_d_from_d_plus_one_record(
             weights=weights,
             transform=transform,
             replay=replay,
+            confirm=confirm,
         )

@@ -58,9 +58,10 @@ def test_a_restarted_node_keeps_composing_its_job(job: Job, tmp_path: Path) -> N
 
 
 @pytest.mark.node
-def test_a_rerun_is_refused_at_exactly_the_round_the_dataset_budget_runs_out(
+def test_a_rerun_is_refused_before_any_charge_once_the_whole_job_no_longer_fits(
     job: Job, tmp_path: Path
 ) -> None:
+    """Each launch is charged in full or not at all: never a round of a job that cannot end."""
     budget = 12.0
     settings = node_file(tmp_path, budget=budget)
     store = BudgetStore(tmp_path / "state" / STORE_FILE)
@@ -72,29 +73,24 @@ def test_a_rerun_is_refused_at_exactly_the_round_the_dataset_budget_runs_out(
                 outcomes.append((run_id, server_round, "ok"))
             except BudgetExceeded as exc:
                 outcomes.append((run_id, server_round, str(exc)))
-    # Replay the same charges with the library accountant: the first round whose projected
-    # lifetime epsilon exceeds the budget is where the node must have refused.
-    charges = store.charges()
-    step = charges[0].step
+    # Replay with the library accountant: a launch runs only if both its rounds fit after
+    # every earlier charge; otherwise both of its rounds are refused, uncharged.
+    step = store.charges()[0].step
     history: tuple[tuple[float, float, int], ...] = ()
     expected = []
     for run_id in (1, 2, 3):
-        for server_round in (1, 2):
-            projected = epsilon_spent(
-                compose(history, step), delta=1e-4, kind=job.privacy.accountant
-            )
-            if projected > budget * 1.0001:
-                expected.append((run_id, server_round, "refused"))
-            else:
-                history = compose(history, step)
-                expected.append((run_id, server_round, "ok"))
-    assert [o[2] == "ok" for o in outcomes] == [e[2] == "ok" for e in expected]
-    assert "refused" in {e[2] for e in expected}, "the budget must run out within this test"
+        whole = compose(compose(history, step), step)
+        fits = epsilon_spent(whole, delta=1e-4, kind=job.privacy.accountant) <= budget * 1.0001
+        history = whole if fits else history
+        expected += [(run_id, server_round, fits) for server_round in (1, 2)]
+    assert [o[2] == "ok" for o in outcomes] == [e[2] for e in expected]
+    assert not all(e[2] for e in expected), "the budget must run out within this test"
+    assert [o[2] == "ok" for o in outcomes[:2]] == [True, True]
     refusal = next(o[2] for o in outcomes if o[2] != "ok")
-    assert refusal.startswith("DE refused round ")
-    assert ": dataset budget 12.00, spent " in refusal
-    assert ", round needs " in refusal
-    assert len(charges) == sum(e[2] == "ok" for e in expected)  # refusals charge nothing
+    assert refusal.startswith("DE refused round 1: the whole job does not fit the dataset budget")
+    assert "12.00 (" in refusal
+    assert "nothing was charged" in refusal
+    assert len(store.charges()) == sum(e[2] for e in expected)  # refusals charge nothing
     assert [r[4] for r in store.refusals()] == [o[2] for o in outcomes if o[2] != "ok"]
 
 
@@ -154,7 +150,7 @@ def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> Non
         ),
         pytest.param(
             "max_epsilon_per_dataset = 1.0",
-            "dataset budget 1.00, spent 0.00",
+            "the whole job does not fit the dataset budget 1.00 (0.00 spent",
             id="lifetime",
             marks=pytest.mark.node,
         ),
@@ -234,7 +230,9 @@ def test_every_reply_carries_a_signed_record_and_the_node_keeps_its_own_ledger(
     assert result.ok, [str(p) for p in result.problems]
     kinds = [line.split('"kind":"')[1].split('"')[0] for line in _ledger_lines(tmp_path)]
     assert kinds == ["charge", "record", "charge", "record", "refusal"]
-    assert result.refusals[0].reason.startswith("DE refused round 1: dataset budget 8.00")
+    assert result.refusals[0].reason.startswith(
+        "DE refused round 1: the whole job does not fit the dataset budget 8.00"
+    )
 
 
 def _ledger_lines(tmp_path: Path) -> list[str]:

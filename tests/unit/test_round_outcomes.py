@@ -61,6 +61,7 @@ class ScriptedGrid:
     waiting: dict[str, Message] = field(default_factory=dict)
     offline: set[int] = field(default_factory=set)
     pushed: list[Message] = field(default_factory=list)
+    confirms: dict[str, Answer] = field(default_factory=dict)  # how a node answers a query
 
     def get_node_ids(self) -> list[int]:
         return sorted(set(self.answers) - self.offline)
@@ -72,6 +73,8 @@ class ScriptedGrid:
             message_id = f"message-{message.metadata.dst_node_id}"
             message.metadata.__dict__["_message_id"] = message_id  # as the SuperLink does
             country, answer = self.answers[message.metadata.dst_node_id]
+            if message.metadata.message_type == "query":  # every node confirms the job
+                answer = self.confirms.get(country, _confirmed)
             reply = answer(message, country, self.signers[country])
             if reply is not None:
                 self.waiting[message_id] = reply
@@ -143,6 +146,10 @@ def _error(code: int, reason: str) -> Answer:
 
 def _silent(message: Message, country: str, signer: Signer) -> None:
     return None
+
+
+def _confirmed(message: Message, country: str, signer: Signer) -> Message:
+    return Message(RecordDict({wire.NODE: ConfigRecord({wire.COUNTRY: country})}), reply_to=message)
 
 
 SCRIPT: dict[str, Answer] = {
@@ -352,7 +359,11 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
 
     def push(messages: Iterable[Message]) -> list[str]:
         sent = list(messages)
-        rounds = {int(m.content.config_records[wire.CONFIG][wire.SERVER_ROUND]) for m in sent}
+        rounds = {
+            int(m.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+            for m in sent
+            if m.metadata.message_type == "train"
+        }
         if rounds == {2}:  # ES dies after taking round 2, and its key stays offline
             grid.answers[spain] = ("ES", _silent)
         if rounds == {3}:
@@ -378,7 +389,10 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
     assert [r["dropped"] for r in results["rounds"]] == [[], ["ES"], ["ES"]]
     assert {n["country"]: n["status"] for n in results["rounds"][1]["nodes"]}["ES"] == "failed"
     assert "ES" not in {n["country"] for n in results["rounds"][2]["nodes"]}
-    assert {m.metadata.ttl for m in grid.pushed} == {TIMEOUT_S}  # messages die with the round
+    rounds = [m for m in grid.pushed if not m.content.config_records[wire.CONFIG].get("job-ended")]
+    assert {m.metadata.ttl for m in rounds} == {TIMEOUT_S}  # messages die with the round
+    ended = [m for m in grid.pushed if m not in rounds]  # the job's end: its nodes free holds
+    assert sorted(m.metadata.dst_node_id for m in ended) == sorted(coordinator.admitted)
     # The last completed round is kept, with the ledger position it follows (the run's end
     # entry came after it).
     checkpoint, arrays = load_checkpoint(tmp_path / "out")
@@ -388,7 +402,7 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
         len(entries) - 1,
         entries[-2].hash,
     )
-    sent_last = _sent(grid.pushed[-1])
+    sent_last = _sent(rounds[-1])
     assert arrays.keys() == sent_last.keys()
 
 
@@ -421,6 +435,60 @@ def test_a_round_that_cannot_gather_enough_nodes_fails_at_its_deadline(tmp_path:
         "(missing: ES, FR); fix: start those nodes, or lower [train] min_nodes"
     )
     assert coordinator.grid.pushed == []  # nothing was sent, so nothing was charged
+
+
+UNAFFORDABLE = Refusal(
+    RefusalCode.JOB_UNAFFORDABLE, {"budget": 9.0, "committed": 8.0, "needed": 7.99}
+)
+
+
+def test_a_job_a_required_country_cannot_afford_is_refused_before_any_round(
+    tmp_path: Path,
+) -> None:
+    """Issue 26, point 2: every node confirms the whole job before anyone is sent a round."""
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _trained()}, train="")
+    coordinator.grid.confirms = {"FR": _error(wire.REFUSED, UNAFFORDABLE.encode())}
+
+    with pytest.raises(JobFailed) as failed:
+        _run(coordinator, tmp_path / "out", nodes=2)
+
+    assert str(failed.value) == (
+        "round 1: 1 of 2 countries confirmed the whole job and the round needs 2 (FR refused "
+        "round 1: dataset budget 9.00, 8.00 spent or held for other jobs, the whole job needs "
+        "7.99 more); nothing was charged"
+    )
+    kinds = [m.metadata.message_type for m in coordinator.grid.pushed]
+    assert "train" not in kinds  # nobody was sent a round, so nobody could charge one
+    ended = [
+        m for m in coordinator.grid.pushed if m.content.config_records[wire.CONFIG].get("job-ended")
+    ]
+    assert [coordinator.admitted[m.metadata.dst_node_id] for m in ended] == ["DE"]
+    refusals = [(e.country, e.round) for e in _ledger(coordinator) if e.kind == "refusal"]
+    assert refusals == [("FR", 1)]
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert (results["status"], results["rounds"], results["privacy"]) == ("failed", [], {})
+
+
+def test_a_country_that_declines_the_job_is_never_sent_a_round(tmp_path: Path) -> None:
+    script = {"DE": _trained(), "FR": _trained(), "ES": _trained()}
+    coordinator = _coordinator(tmp_path, script, rounds=2, train="min_nodes = 2")
+    coordinator.grid.confirms = {"FR": _error(wire.REFUSED, UNAFFORDABLE.encode())}
+
+    _run(coordinator, tmp_path / "out", nodes=3)
+
+    trained = {
+        coordinator.admitted[m.metadata.dst_node_id]
+        for m in coordinator.grid.pushed
+        if m.metadata.message_type == "train"
+    }
+    assert trained == {"DE", "ES"}
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert results["status"] == "completed"
+    first = {n["country"]: n["status"] for n in results["rounds"][0]["nodes"]}
+    assert first == {"DE": "ok", "ES": "ok", "FR": "refused"}
+    asked = [m for m in coordinator.grid.pushed if m.metadata.message_type == "query"]
+    assert sum(coordinator.admitted[m.metadata.dst_node_id] == "FR" for m in asked) == 2
+    assert "FR" not in results["privacy"]  # asked again in round 2, declined again, uncharged
 
 
 def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:

@@ -152,7 +152,12 @@ def start(
             raise ConfigError(f"--ca: {ca}: file not found; fix: pass the coordinator's ca.pem")
         check_coordinator_allowed(settings, None if insecure else ca)
         command = supernode_command(
-            where, settings, coordinator=coordinator, ca=ca, insecure=insecure
+            where,
+            settings,
+            coordinator=coordinator,
+            ca=ca,
+            insecure=insecure,
+            supervisor_pid=os.getpid(),
         )
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc

@@ -34,6 +34,7 @@ from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
 from residency.common.data.readers import count_records
 from residency.common.errors import ConfigError
+from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import create_signer
 
@@ -183,11 +184,20 @@ def supernode_command(
     coordinator: str,
     ca: Path | None,
     insecure: bool,
+    supervisor_pid: int | None = None,
 ) -> list[str]:
-    """The SuperNode command line: authenticated with the node key unless ``insecure``."""
+    """The SuperNode command line: authenticated with the node key unless ``insecure``.
+
+    With ``supervisor_pid`` it is Flower's SuperNode wrapped to end with that process
+    (:mod:`residency.client.supernode`), so a SIGKILLed ``node start`` leaves no orphan.
+    """
     config = f'{NODE_CONFIG_KEY}="{folder.settings_file.resolve()}"'
+    binary = [str(Path(sys.executable).parent / "flower-supernode")]
+    if supervisor_pid is not None:
+        binary = [sys.executable, "-m", "residency.client.supernode"]
+        binary += [PARENT_FLAG, str(supervisor_pid)]
     command = [
-        str(Path(sys.executable).parent / "flower-supernode"),
+        *binary,
         "--superlink",
         coordinator,
         "--node-config",

@@ -14,8 +14,6 @@ import argparse
 import contextlib
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec import run_superexec as superexec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
+
+from residency.common.parent_watch import when_orphaned
 
 log = logging.getLogger("residency.node")
 
@@ -117,13 +117,7 @@ def _die_with(parent: int) -> None:
     Without its SuperNode a task can only retry pushing a reply nobody will take (Flower's
     retries have no end), so it exits at once instead of lingering as an orphan.
     """
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="residency-parent-watch", daemon=True).start()
+    when_orphaned(parent, lambda: os._exit(1))
 
 
 def _run_task(spec: ExecutionSpec) -> int:

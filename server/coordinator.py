@@ -31,6 +31,7 @@ from residency.common.config.loading import load_model
 from residency.common.config.signed_job import LauncherKey
 from residency.common.config.toml_file import write_model
 from residency.common.errors import ConfigError
+from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.signing import create_signer
 from residency.server.launch import (
     ADMITTED_ENV,
@@ -40,7 +41,6 @@ from residency.server.launch import (
     RUNS_DIR_ENV,
     TRUSTED_LAUNCHERS_ENV,
 )
-from residency.server.superlink import PARENT_FLAG
 from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"

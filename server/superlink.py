@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import signal
 import sys
-import threading
-import time
 from typing import Any
 
 import psutil
+
+from residency.common.parent_watch import interrupt_then_exit, take_parent_flag, when_orphaned
 
 SQLITE_BUSY_TIMEOUT_MS = 25_000
 
@@ -41,7 +40,6 @@ def raise_lock_timeout() -> None:
     )
 
 
-PARENT_FLAG = "--residency-parent-pid"
 STOP_GRACE_S = 30.0
 
 
@@ -55,9 +53,7 @@ def stop_with(parent: int) -> None:
     it stops cleanly on, and is ended outright if it has not stopped after another.
     """
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
+    def stop() -> None:
         below = psutil.Process().children(recursive=True)
         for child in below:
             with contextlib.suppress(psutil.Error):
@@ -66,11 +62,9 @@ def stop_with(parent: int) -> None:
         for child in alive:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-        signal.raise_signal(signal.SIGINT)
-        time.sleep(STOP_GRACE_S)
-        os._exit(1)
+        interrupt_then_exit(STOP_GRACE_S)()
 
-    threading.Thread(target=watch, name="residency-parent-watch", daemon=True).start()
+    when_orphaned(parent, stop)
 
 
 def launch_residency_superexec() -> None:
@@ -93,10 +87,9 @@ def run_superlink() -> None:
     from flwr.superlink.cli import flower_superlink
 
     args = sys.argv[1:]
-    if PARENT_FLAG in args:
-        at = args.index(PARENT_FLAG)
-        stop_with(int(args[at + 1]))
-        del args[at : at + 2]
+    parent = take_parent_flag(args)
+    if parent is not None:
+        stop_with(parent)
     raise_lock_timeout()
     launch_residency_superexec()
     sys.argv[:] = ["flower-superlink", *args]

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from deployment_harness import RESIDENCY, Federation, cli, free_port, wait_until
+from deployment_harness import (
+    RESIDENCY,
+    Federation,
+    alive,
+    cli,
+    descendants,
+    free_port,
+    wait_until,
+)
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
 from residency.server.dashboard.state import DashboardState, read_state
@@ -358,6 +366,34 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     assert again.returncode == 2
     assert "already admitted" in again.stderr
     assert coordinator.daemons[0].stop(sig=signal.SIGTERM) == 0
+
+
+def test_a_sigkilled_node_supervisor_takes_its_supernode_and_executor_with_it(
+    coordinator: Federation, tmp_path: Path
+) -> None:
+    """Issue 26, point 3: no orphaned SuperNode dialling its coordinator for ever."""
+    node = _node(coordinator, tmp_path)
+    coordinator.admit(node, "DE")
+    daemon = coordinator.start_node(node)
+    coordinator.wait_online(["DE"])
+    below = descendants(daemon.process.pid)
+    commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in below}
+    assert any(b"residency.client.supernode" in c for c in commands.values())
+    assert any(b"residency.client.executor" in c for c in commands.values())
+
+    daemon.process.kill()  # SIGKILL: nothing can be forwarded
+    daemon.process.wait()
+
+    wait_until(
+        lambda: not any(alive(pid) for pid in below),
+        timeout_s=30,
+        what="the node's SuperNode and executor to follow their supervisor",
+    )
+    wait_until(
+        lambda: all(row["status"] != "online" for row in coordinator.nodes()),
+        timeout_s=60,
+        what="the node to go offline",
+    )
 
 
 def test_node_enforces_its_own_budget_and_only_job_countries_take_part(

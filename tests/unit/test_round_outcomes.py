@@ -491,6 +491,26 @@ def test_a_country_that_declines_the_job_is_never_sent_a_round(tmp_path: Path) -
     assert "FR" not in results["privacy"]  # asked again in round 2, declined again, uncharged
 
 
+def test_a_node_lost_mid_round_is_named_by_the_country_it_confirmed_as(tmp_path: Path) -> None:
+    """Issue 26, point 3: no `node-N` country in tallies or the ledger, even unadmitted."""
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _silent}, train="min_nodes = 1")
+    run_federation(
+        coordinator.grid,  # type: ignore[arg-type]
+        coordinator.job,
+        nodes=2,
+        out_dir=tmp_path / "out",
+        admitted={},  # as in simulation: a country is known from the node's own reply
+        run=RUN,
+        ledger=coordinator.ledger,
+    )
+    text = (tmp_path / "out" / "results.json").read_text("utf-8")
+    results = json.loads(text)
+    assert results["privacy"]["FR"]["rounds_unconfirmed"] == 1
+    assert "node-" not in text
+    unconfirmed = [e.country for e in _ledger(coordinator) if e.kind == "unconfirmed"]
+    assert unconfirmed == ["FR"]
+
+
 def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "a", countries=("DE", "FR", "ES", "IT")))
     assert [job.train.required_nodes(4, r) for r in (1, 2, 3)] == [4, 3, 3]

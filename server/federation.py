@@ -469,11 +469,11 @@ class _Federation:
         """The round's nodes and the countries absent; every wait has a deadline.
 
         Round 1 waits up to ``nodes_timeout_s`` for every country, then starts if it has
-        ``required_nodes``. Later rounds start at once with whoever is connected, once that is
-        enough, so a node that comes back joins the next round and a dead one costs no wait.
+        ``required_to_send``. Later rounds start at once with whoever is connected, once that
+        is enough, so a node that comes back joins the next round and a dead one costs no wait.
         """
         wanted = len(self.job.nodes)
-        required = self.job.train.required_nodes(wanted, server_round)
+        required = self.job.train.required_to_send(wanted, server_round)
         timeout_s = self.job.train.nodes_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
@@ -567,7 +567,7 @@ class _Federation:
     ) -> None:
         """End the job before a round goes out that fewer nodes confirmed than it needs."""
         wanted = len(self.job.nodes)
-        required = self.job.train.required_nodes(wanted, server_round)
+        required = self.job.train.required_to_send(wanted, server_round)
         if len(confirmed) >= required:
             return
         if self.ledger is not None:

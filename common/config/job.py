@@ -436,14 +436,29 @@ class TrainSection(Strict):
     def required_nodes(self, countries: int, server_round: int) -> int:
         """Valid updates round ``server_round`` needs from a job of ``countries`` countries.
 
-        ``min_nodes`` when the job sets it. Otherwise every country in round 1, so the
-        federation starts whole (and a warm start's release has every country's statistics),
-        then a strict majority: an average that half the countries or fewer made is not the
-        federation's model, and one country alone would be local training.
+        ``min_nodes`` when the job sets it. Otherwise all countries but one in round 1, then
+        a strict majority but never every country: a job survives one node restarting (or
+        dying) in any round at every federation size. The price, at two countries: a round
+        whose other node is down averages one country's update, a round of local training
+        that the next round's average absorbs. Round 1 still starts only with every country
+        connected and agreed (:meth:`required_to_send`).
         """
         if self.min_nodes is not None:
             return min(self.min_nodes, countries)
-        return countries if server_round == 1 else countries // 2 + 1
+        if server_round == 1:
+            return max(1, countries - 1)
+        return max(1, min(countries // 2 + 1, countries - 1))
+
+    def required_to_send(self, countries: int, server_round: int) -> int:
+        """Countries connected and agreed to the whole job before round ``server_round`` is sent.
+
+        Round 1 waits for every country (``min_nodes`` when set): the federation starts whole,
+        and a country that declines the job (it cannot afford it) ends it before anyone is
+        charged. Later rounds go out once ``required_nodes`` are there.
+        """
+        if server_round > 1 or self.min_nodes is not None:
+            return self.required_nodes(countries, server_round)
+        return countries
 
 
 PIPELINE_JOIN = "+"

@@ -511,10 +511,36 @@ def test_a_node_lost_mid_round_is_named_by_the_country_it_confirmed_as(tmp_path:
     assert unconfirmed == ["FR"]
 
 
+def test_two_countries_survive_one_of_them_restarting_by_default(tmp_path: Path) -> None:
+    """Issue 26, point 3: with two countries, a node down for one round no longer ends the job."""
+    trained = _trained()
+
+    def restarting(message: Message, country: str, signer: Signer) -> Message | None:
+        server_round = int(message.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+        return None if server_round == 2 else trained(message, country, signer)
+
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": restarting}, rounds=3, train="")
+    _run(coordinator, tmp_path / "out", nodes=2)
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert results["status"] == "completed"
+    assert [r["dropped"] for r in results["rounds"]] == [[], ["FR"], []]
+    assert results["privacy"]["FR"]["rounds_unconfirmed"] == 1
+
+
 def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "a", countries=("DE", "FR", "ES", "IT")))
-    assert [job.train.required_nodes(4, r) for r in (1, 2, 3)] == [4, 3, 3]
+    assert [job.train.required_nodes(4, r) for r in (1, 2, 3)] == [3, 3, 3]
+    assert [job.train.required_to_send(4, r) for r in (1, 2)] == [4, 3]
+    # One node may restart in any round at every size: never every country after the start.
+    for countries in range(1, 21):
+        for server_round in (1, 2):
+            needed = job.train.required_nodes(countries, server_round)
+            assert needed == max(1, countries - 1) or needed == countries // 2 + 1
+            assert needed <= max(1, countries - 1)
+    assert job.train.required_nodes(2, 2) == 1
+    assert job.train.required_nodes(20, 2) == 11
     assert job.train.model_copy(update={"min_nodes": 2}).required_nodes(4, 1) == 2
+    assert job.train.model_copy(update={"min_nodes": 2}).required_to_send(4, 1) == 2
     with pytest.raises(
         ConfigError, match=r"job\.toml: train\.min_nodes: 3 but the job names 2 countries"
     ):

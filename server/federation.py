@@ -648,11 +648,13 @@ class _Federation:
                 self.observer.node_finished(server_round, report)
 
         timeout_s = self.job.train.round_timeout_s
+        sent_at = time.monotonic()
         replies = _exchange(
             self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=self.stop
         )
         if self.stop is not None and self.stop.is_set():
             raise KeyboardInterrupt  # replies cut short by the stop, not by the nodes
+        waited = time.monotonic() - sent_at
         dropped = set(absent)
         for message in messages:
             node_id = message.metadata.dst_node_id
@@ -661,9 +663,11 @@ class _Federation:
                 reports[node_id] = NodeRound(
                     country=country,
                     status=NodeStatus.FAILED,
-                    reason=timeout_sentence(country, server_round, timeout_s),
+                    reason=timeout_sentence(country, server_round, waited),
                 )
                 dropped.add(country)
+                if self.observer:  # said as the round closes, not after the next one
+                    self.observer.node_finished(server_round, reports[node_id])
         new_arrays, _ = strategy.aggregate_train(
             server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
         )

@@ -36,6 +36,10 @@ def error_sentence(code: int, reason: str, *, country: str, server_round: int) -
     return f"{country} failed round {server_round}: error code {code} ({name})"
 
 
-def timeout_sentence(country: str, server_round: int, timeout_s: float) -> str:
-    """What the coordinator shows for a node that sent no reply before the round's deadline."""
-    return f"{country} sent no reply to round {server_round} within {timeout_s:g} s"
+def timeout_sentence(country: str, server_round: int, waited_s: float) -> str:
+    """What the coordinator shows for a node whose reply had not come when the round closed.
+
+    ``waited_s`` is how long the round really waited for it (its deadline, measured).
+    """
+    shown = f"{waited_s:.1f}" if waited_s < 10 else f"{waited_s:.0f}"
+    return f"{country} sent no reply to round {server_round} within {shown} s"

@@ -337,7 +337,9 @@ def test_a_node_that_dies_mid_round_is_dropped_and_the_job_completes(faults: Fau
     assert [r.dropped for r in results.rounds] == [[], ["ES"], ["ES"]]
     by_round = [{n.country: n for n in r.nodes} for r in results.rounds]
     assert all(n.status == "ok" for n in by_round[0].values())
-    assert by_round[1]["ES"].reason == f"ES sent no reply to round 2 within {ROUND_TIMEOUT_S} s"
+    reason = by_round[1]["ES"].reason or ""
+    assert reason.startswith("ES sent no reply to round 2 within ")  # the wait it really took
+    assert ROUND_TIMEOUT_S <= float(reason.split()[-2]) <= ROUND_TIMEOUT_S + 2
     for nodes in by_round[1:]:
         assert (nodes["DE"].status, nodes["FR"].status) == ("ok", "ok")
     assert "dropped: ES" in faults.dropout_run.stdout

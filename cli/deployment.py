@@ -41,6 +41,7 @@ from residency.server.events import (
     RunFinished,
     RunRefused,
     RunStarted,
+    Waiting,
     parse,
 )
 from residency.server.results import Results, RunStatus
@@ -174,6 +175,8 @@ def run(
                 elif isinstance(event, RoundFinished):
                     rounds_done += 1
                     observer.round_finished(event.result)
+                elif isinstance(event, Waiting):
+                    observer.waiting(event.round, event.missing, event.waited_s, event.limit_s)
                 elif isinstance(event, RunRefused):
                     refused = event.error
                 elif isinstance(event, RunFinished):

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from residency.cli.common import EXIT_INPUT, console, err_console, fail, warn_insecure
+from residency.cli.node_watch import NodeWatch
 from residency.cli.processes import Child, supervise
 from residency.client.daemon import (
     INIT_SCHEMA_FLAGS,
@@ -175,6 +176,7 @@ def start(
         f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g}; logs {where.logs}; "
         "Ctrl-C stops"
     )
+    watch = NodeWatch(settings.country, coordinator, supernode_log, settings.log, say=_say)
     outcome = supervise(
         [
             Child("supernode", command, env, supernode_log),
@@ -184,7 +186,8 @@ def start(
                 env,
                 where.logs / "executor.log",
             ),
-        ]
+        ],
+        on_tick=watch.tick,
     )
     if outcome.first_exit is not None and not outcome.stopped_by_signal:
         name, code = outcome.first_exit
@@ -197,6 +200,17 @@ def start(
             reason = f"see {where.logs / 'executor.log'}"
         raise fail(f"node {settings.country}: {name} exited ({code}): {reason}", 1)
     console.print(f"node {settings.country} stopped")
+
+
+_STYLES = {"info": "", "good": "green", "warn": "yellow", "error": "red"}
+
+
+def _say(style: str, line: str) -> None:
+    """One line of what the node is doing, timestamped (``node start``'s operator view)."""
+    stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+    colour = _STYLES.get(style, "")
+    text = escape(f"{stamp} {line}")
+    console.print(f"[{colour}]{text}[/]" if colour else text, highlight=False, soft_wrap=True)
 
 
 def _warn_if_far_from_public_size(settings: NodeSettings) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -73,8 +73,17 @@ class Outcome:
     first_exit: tuple[str, int] | None
 
 
-def supervise(children: Sequence[Child], *, grace_s: float = GRACE_S) -> Outcome:
-    """Start ``children`` in order; return when a signal arrives or any child exits."""
+def supervise(
+    children: Sequence[Child],
+    *,
+    grace_s: float = GRACE_S,
+    on_tick: Callable[[], None] | None = None,
+) -> Outcome:
+    """Start ``children`` in order; return when a signal arrives or any child exits.
+
+    ``on_tick`` runs every few tenths of a second while they run (and once more at the end),
+    for a supervisor that reports what its children log.
+    """
     requested: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -93,6 +102,8 @@ def supervise(children: Sequence[Child], *, grace_s: float = GRACE_S) -> Outcome
                     first_exit = (child.name, code)
                     break
             else:
+                if on_tick is not None:
+                    on_tick()
                 time.sleep(0.2)
     finally:
         for child in reversed(children):
@@ -105,4 +116,6 @@ def supervise(children: Sequence[Child], *, grace_s: float = GRACE_S) -> Outcome
             child.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if on_tick is not None:
+            on_tick()
     return Outcome(stopped_by_signal=bool(requested), first_exit=first_exit)

@@ -104,6 +104,17 @@ class RichObserver:
             markup=False,
         )
 
+    def waiting(
+        self, server_round: int, missing: list[str], waited_s: float, limit_s: float
+    ) -> None:
+        """Say who the round still waits for, and how long it will."""
+        self.console.print(
+            f"round {server_round}: waiting for {', '.join(missing) or 'nodes'} to connect "
+            f"({waited_s:.0f} s of {limit_s:g} s; [train] nodes_timeout_s)",
+            markup=False,
+            highlight=False,
+        )
+
 
 def results_table(results: Results, countries: list[str]) -> Table:
     """One row per round: global scores, each country's cumulative epsilon, bytes up/down."""

@@ -401,11 +401,13 @@ def _train_job(
         raise ConfigError(f"{settings.country} round {plan.server_round}: {exc}") from exc
     store.trained(charge_id)
     log.info(
-        "%s round %d: eps %.3f (+%.3f), dataset %.3f of %.3f",
+        "%s trained round %d of job %s: charged eps %.3f (job %.3f of %g), dataset %.3f of %g",
         settings.country,
         plan.server_round,
-        spend.total,
+        plan.job,
         spend.total - spend.spent,
+        spend.total,
+        plan.target_epsilon,
         spend.lifetime,
         admitted.lifetime_budget,
     )

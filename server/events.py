@@ -54,6 +54,16 @@ class RoundFinished(_Event):
     result: RoundResult
 
 
+class Waiting(_Event):
+    """A round waits for countries to connect."""
+
+    kind: Literal["waiting"] = "waiting"
+    round: int
+    missing: list[str]
+    waited_s: float
+    limit_s: float
+
+
 class RunRefused(_Event):
     """The coordinator could not accept the job (e.g. a path that is not on its host)."""
 
@@ -69,7 +79,7 @@ class RunFinished(_Event):
 
 
 Event = Annotated[
-    RunStarted | RoundStarted | NodeFinished | RoundFinished | RunFinished | RunRefused,
+    RunStarted | RoundStarted | NodeFinished | RoundFinished | RunFinished | RunRefused | Waiting,
     Field(discriminator="kind"),
 ]
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
@@ -106,3 +116,9 @@ class EventPrinter:
     def round_finished(self, result: RoundResult) -> None:
         """Report the aggregated round."""
         emit(RoundFinished(result=result))
+
+    def waiting(
+        self, server_round: int, missing: list[str], waited_s: float, limit_s: float
+    ) -> None:
+        """Report who a round still waits for."""
+        emit(Waiting(round=server_round, missing=missing, waited_s=waited_s, limit_s=limit_s))

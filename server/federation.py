@@ -78,6 +78,9 @@ log = logging.getLogger("residency.coordinator")
 MODEL_DIR = "model"
 
 
+WAITING_EVERY_S = 15.0
+"""How often a round still waiting for its countries says who is missing."""
+
 END_HOLDS_S = 10.0
 """How long the coordinator waits for nodes to hear that a job ended (they free its hold)."""
 
@@ -112,6 +115,11 @@ class FederationObserver(Protocol):
 
     def round_finished(self, result: RoundResult) -> None:
         """The round was aggregated and the global model scored."""
+
+    def waiting(
+        self, server_round: int, missing: list[str], waited_s: float, limit_s: float
+    ) -> None:
+        """Round ``server_round`` waits for ``missing`` to connect, ``waited_s`` of ``limit_s``."""
 
 
 Sending = Callable[[int, list[str]], None]
@@ -475,12 +483,18 @@ class _Federation:
         wanted = len(self.job.nodes)
         required = self.job.train.required_to_send(wanted, server_round)
         timeout_s = self.job.train.nodes_timeout_s
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        told = started - WAITING_EVERY_S  # say who is missing at once, then every so often
         while True:
             ids, names = self._connected()
             present = len(names) if self.admitted else len(ids)
             if present >= wanted or (server_round > 1 and present >= required):
                 break
+            if self.observer and time.monotonic() - told >= WAITING_EVERY_S:
+                told = time.monotonic()
+                absent = self._absent(ids, names)
+                self.observer.waiting(server_round, absent, told - started, timeout_s)
             if time.monotonic() > deadline:
                 if present >= required:
                     break

@@ -308,6 +308,20 @@ def test_unregistered_node_key_is_refused(coordinator: Federation, tmp_path: Pat
     assert coordinator.nodes() == []
 
 
+def test_node_start_says_why_it_cannot_reach_its_coordinator_and_keeps_trying(
+    coordinator: Federation, tmp_path: Path
+) -> None:
+    node = _node(coordinator, tmp_path)
+    coordinator.admit(node, "DE")
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    daemon = coordinator.start_node(node, address=nowhere)
+    said = f"node DE: cannot reach the coordinator {nowhere}: nothing listens there"
+    wait_until(lambda: said in daemon.output(), timeout_s=60, what="the retry and its reason")
+    assert "retrying in" in daemon.output()
+    assert daemon.process.poll() is None  # a daemon survives its coordinator being away
+    assert daemon.stop() == 0
+
+
 def test_node_trusting_another_ca_is_refused(coordinator: Federation, tmp_path: Path) -> None:
     other = Federation(tmp_path / "other")
     other.init_coordinator()
@@ -342,6 +356,11 @@ def test_admitted_node_comes_online_and_stops(coordinator: Federation, tmp_path:
     coordinator.admit(node, "DE")
     daemon = coordinator.start_node(node)
     coordinator.wait_online(["DE"])
+    wait_until(
+        lambda: f"node DE: connected to {coordinator.address}" in daemon.output(),
+        timeout_s=30,
+        what="node start to say it is connected",
+    )
     shown = read_state(coordinator.coordinator_dir).nodes  # the dashboard, from SuperLink's db
     assert [(n.country, n.online) for n in shown] == [("DE", True)]
     assert shown[0].last_seen is not None
@@ -496,6 +515,11 @@ def test_a_job_one_country_cannot_afford_to_the_end_is_refused_before_anyone_is_
     assert fr_dataset["rounds"] == 1  # the first job's round only
     ledger = (coordinator.coordinator_dir / "ledger" / "ledger.jsonl").read_text("utf-8")
     assert ledger.count('"kind":"refusal"') == 1
+    # Each operator sees it from their own terminal, as it happens.
+    by_node = {d.name: d.output() for d in coordinator.daemons}
+    assert "FR refused round 1: the whole job does not fit" in by_node["node node-FR"]
+    assert "FR trained round 1 of job" in by_node["node node-FR"]  # the first job
+    assert "DE confirmed job" in by_node["node node-DE"]
 
 
 def test_auditor_verifies_the_coordinators_ledger_with_keys_from_each_party(

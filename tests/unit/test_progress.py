@@ -38,3 +38,16 @@ def test_the_node_bar_counts_what_the_round_asks_for(tmp_path: Path) -> None:
         ("round 2: local epochs", 2 * job.train.local_epochs),
         ("round 3: releases", 2),
     ]
+
+
+def test_a_waiting_round_is_said_with_who_is_missing_and_for_how_long(tmp_path: Path) -> None:
+    job = load_job(write_toy_job(tmp_path / "job", countries=("DE", "FR", "IT")))
+    console = Console(file=None, record=True, width=200)
+    with RichObserver(job, console) as observer:
+        observer.waiting(1, ["FR", "IT"], 30.4, 600.0)
+        observer.waiting(1, ["1 node(s) never heard from"], 45.0, 600.0)
+    lines = console.export_text().splitlines()
+    assert (
+        "round 1: waiting for FR, IT to connect (30 s of 600 s; [train] nodes_timeout_s)" in lines
+    )
+    assert any(line.startswith("round 1: waiting for 1 node(s) never heard from") for line in lines)

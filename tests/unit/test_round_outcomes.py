@@ -439,6 +439,35 @@ def test_a_round_that_cannot_gather_enough_nodes_fails_at_its_deadline(tmp_path:
     assert coordinator.grid.pushed == []  # nothing was sent, so nothing was charged
 
 
+def test_a_waiting_round_says_who_it_waits_for_as_it_waits(tmp_path: Path) -> None:
+    """Issue 26, point 4: `run` is no longer silent while a round waits for countries."""
+    script = {"DE": _trained(), "FR": _trained(), "ES": _trained()}
+    coordinator = _coordinator(tmp_path, script, train="min_nodes = 3")
+    coordinator.grid.offline = {i for i, c in coordinator.admitted.items() if c != "DE"}
+    waits: list[tuple[int, list[str], float, float]] = []
+
+    class Seen:
+        def waiting(
+            self, server_round: int, missing: list[str], waited_s: float, limit_s: float
+        ) -> None:
+            waits.append((server_round, missing, waited_s, limit_s))
+
+    with pytest.raises(JobFailed):
+        run_federation(
+            coordinator.grid,  # type: ignore[arg-type]
+            coordinator.job,
+            nodes=3,
+            out_dir=tmp_path / "out",
+            observer=Seen(),  # type: ignore[arg-type]
+            admitted=coordinator.admitted,
+            run=RUN,
+            ledger=coordinator.ledger,
+        )
+    assert waits[0][:2] == (1, ["ES", "FR"])  # said at once, before the deadline
+    assert waits[0][2] < TIMEOUT_S
+    assert waits[0][3] == TIMEOUT_S
+
+
 UNAFFORDABLE = Refusal(
     RefusalCode.JOB_UNAFFORDABLE, {"budget": 9.0, "committed": 8.0, "needed": 7.99}
 )

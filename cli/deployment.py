@@ -27,6 +27,7 @@ from residency.cli.flower import (
     CONNECTION,
     Coordinator,
     CoordinatorUnavailable,
+    flattened,
     flower_message,
     flwr_binary,
 )
@@ -44,6 +45,7 @@ from residency.server.events import (
     Waiting,
     parse,
 )
+from residency.server.launch_check import REFUSAL_PREFIX
 from residency.server.results import Results, RunStatus
 
 runs_app = typer.Typer(help="List and stop runs on a coordinator.", invoke_without_command=True)
@@ -188,10 +190,14 @@ def run(
             raise fail(f"detached: run {run_id} continues on the coordinator{hint}", 130) from None
         process.wait()
     if run_id is None:
+        text = flattened("".join(printed))
+        if REFUSAL_PREFIX in text:  # checked before any run existed (server/launch_check.py)
+            reason = text.split(REFUSAL_PREFIX, 1)[1].strip()
+            raise fail(f"{coordinator}: {REFUSAL_PREFIX}{reason}", EXIT_UNAVAILABLE)
         detail = flower_message("".join(printed))
         raise fail(f"{coordinator}: the run did not start: {detail}", EXIT_UNAVAILABLE)
     if refused is not None:
-        raise fail(f"run {run_id}: the coordinator refused the job: {refused}", EXIT_INPUT)
+        raise fail(f"run {run_id}: {REFUSAL_PREFIX}{refused}", EXIT_UNAVAILABLE)
     if results is None:
         # Flower closes the log stream when a run is stopped, before its last lines arrive.
         status = _run_status(target, run_id)

@@ -89,6 +89,11 @@ class Coordinator:
 _BOX = str.maketrans("", "", "│╭╮╰╯─┌┐└┘━┃")
 
 
+def flattened(text: str) -> str:
+    """Flower's output on one line, without the boxes its error panels are drawn with."""
+    return " ".join(text.translate(_BOX).split())
+
+
 def flower_message(text: str) -> str:
     """Flower's last message in ``text`` (its error panel, or the last line), on one line."""
     lines = [line.translate(_BOX).strip() for line in text.splitlines()]

@@ -35,11 +35,11 @@ from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.signing import create_signer
 from residency.server.launch import (
     ADMITTED_ENV,
+    COORDINATOR_SETTINGS_ENV,
     DATA_DIR_ENV,
     LEDGER_DIR_ENV,
     LEDGER_KEY_ENV,
     RUNS_DIR_ENV,
-    TRUSTED_LAUNCHERS_ENV,
 )
 from residency.server.tls import TlsFiles, create_tls
 
@@ -244,7 +244,7 @@ def superlink_command(
         LEDGER_DIR_ENV: str(folder.ledger.resolve()),
         LEDGER_KEY_ENV: str(folder.ledger_key.resolve()),
         DATA_DIR_ENV: str(folder.data(settings).resolve()),
-        TRUSTED_LAUNCHERS_ENV: ",".join(settings.trusted_launchers),
+        COORDINATOR_SETTINGS_ENV: str(folder.settings_file.resolve()),
         "FLWR_HOME": str(folder.flwr_home.resolve()),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -7,34 +7,26 @@ goes to ``$RESIDENCY_RUNS_DIR/<run id>/`` on the coordinator host, the folder la
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from pydantic import ValidationError
 
 from residency.common.config.job import Job
-from residency.common.config.loading import describe_validation_error
-from residency.common.config.signed_job import SignedJob, open_job
 from residency.common.errors import ConfigError, DataError
 from residency.server.admission import read_admitted
 from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
 from residency.server.federation import JobFailed, run_federation
-from residency.server.job_paths import confine_job_paths, unquoted
+from residency.server.job_paths import unquoted
 from residency.server.launch import (
     ADMITTED_ENV,
     DATA_DIR_ENV,
-    JOB_KEY,
-    JOB_LAUNCHER_KEY,
-    JOB_SIGNATURE_KEY,
     LEDGER_DIR_ENV,
     LEDGER_KEY_ENV,
     RUNS_DIR_ENV,
-    TRUSTED_LAUNCHERS_ENV,
 )
+from residency.server.launch_check import LaunchRefused, accepted_job, trusted_launchers
 from residency.server.results import RESULTS_FILE, Results
 from residency.server.run_ledger import RunLedger
 
@@ -78,59 +70,14 @@ def data_dir() -> Path:
     return _set_by_start(DATA_DIR_ENV)
 
 
-def trusted_launchers() -> list[str]:
-    """The launcher keys coordinator.toml trusts (set by ``residency coordinator start``)."""
-    listed = os.environ.get(TRUSTED_LAUNCHERS_ENV, "")
-    return [key for key in listed.split(",") if key]
-
-
-def signed_from_run_config(run_config: Mapping[str, object]) -> SignedJob | None:
-    """The job and signature ``residency run`` sent, or ``None`` when any part is missing."""
-    parts = [run_config.get(key) for key in (JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY)]
-    if not all(isinstance(part, str) and part for part in parts):
-        return None
-    body, launcher, signature = (str(part) for part in parts)
-    try:
-        return SignedJob(body=body, launcher=launcher, signature=signature)
-    except ValidationError:
-        return None
-
-
-def job_from_run_config(
-    run_config: Mapping[str, object], data: Path, trusted: list[str]
-) -> tuple[Job, SignedJob]:
-    """The job ``residency run`` sent; a job the coordinator cannot accept is refused in one line.
-
-    The signature is checked first, before any file the job names is opened. Validation then
-    runs again with those files (a checkpoint folder, the test set) opened on the coordinator
-    host, inside its ``data`` folder only (:mod:`residency.server.job_paths`).
-    """
-    signed = signed_from_run_config(run_config)
-    try:
-        open_job(signed, trusted, operator="coordinator.toml")
-        assert signed is not None  # open_job refuses an unsigned job
-        raw = json.loads(signed.body)
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        job = Job.model_validate(confine_job_paths(raw, data))
-    except ConfigError as exc:
-        emit(RunRefused(error=str(exc)))
-        raise JobFailed(str(exc)) from exc
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        error = (
-            describe_validation_error(Path("job"), exc)
-            if isinstance(exc, ValidationError)
-            else f"job: not JSON ({type(exc).__name__}); fix: use `residency run`"
-        )
-        emit(RunRefused(error=error))
-        raise JobFailed(error) from exc
-    return job, signed
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the job in the run config; print progress events; keep outputs on the coordinator."""
-    job, signed = job_from_run_config(context.run_config, data_dir(), trusted_launchers())
+    try:
+        job, signed = accepted_job(context.run_config, data_dir(), trusted_launchers())
+    except LaunchRefused as exc:  # a launch that reached here without the SuperLink's check
+        emit(RunRefused(error=str(exc)))
+        raise JobFailed(str(exc)) from exc
     out_dir = runs_dir() / str(context.run_id)
     emit(RunStarted(run_dir=str(out_dir.resolve()), nodes=len(job.nodes)))
     try:

@@ -28,5 +28,5 @@ LEDGER_KEY_ENV = "RESIDENCY_LEDGER_KEY"
 DATA_DIR_ENV = "RESIDENCY_DATA_DIR"
 """Environment variable naming the only folder a launched job may read files from."""
 
-TRUSTED_LAUNCHERS_ENV = "RESIDENCY_TRUSTED_LAUNCHERS"
-"""Environment variable listing (comma-separated) the launcher keys coordinator.toml trusts."""
+COORDINATOR_SETTINGS_ENV = "RESIDENCY_COORDINATOR_SETTINGS"
+"""Environment variable naming ``coordinator.toml``, read again at each launch (trusted keys)."""

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,6 +42,8 @@ def raise_lock_timeout() -> None:
         for name, value in module["SQLITE_PRAGMAS"]
     )
 
+
+log = logging.getLogger("residency.coordinator")
 
 STOP_GRACE_S = 30.0
 
@@ -82,6 +87,57 @@ def launch_residency_superexec() -> None:
     vars(module)["_get_superexec_command"] = command
 
 
+def refuse_bad_launches() -> None:
+    """Check every launch inside Flower's ``StartRun``, before a run exists.
+
+    A job the coordinator would refuse (:mod:`residency.server.launch_check`) never becomes a
+    Flower run: the launcher hears why at once, with the code Flower gives an invalid run
+    config and the reason as its details, and the refusal is kept for ``runs`` and the
+    dashboard. Flower 1.42 (pinned) routes both its gRPC and HTTP Control APIs through the
+    one handler patched here.
+    """
+    from flwr.common.constant import SubStatus
+    from flwr.supercore.error import ApiErrorCode, FlowerError
+    from flwr.superlink.servicer.control import control_handlers
+
+    from residency.server.launch import DATA_DIR_ENV, RUNS_DIR_ENV
+    from residency.server.launch_check import (
+        REFUSAL_PREFIX,
+        LaunchRefused,
+        check_launch,
+        record_refused_run,
+    )
+
+    data, runs = os.environ.get(DATA_DIR_ENV), os.environ.get(RUNS_DIR_ENV)
+    if not data or not runs:  # not a Residency coordinator (Flower's own SuperLink in tests)
+        return
+    original = control_handlers.start_run
+
+    def start_run(request: Any, account: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+        fab = bytes(request.fab.content)
+        try:
+            check_launch(fab, Path(data))
+        except LaunchRefused as exc:
+            reason = str(exc)
+        else:
+            return original(request, account, state, *args, **kwargs)
+        # The run is created and ended at once, before any SuperExec can launch it, so that
+        # `runs`, the dashboard and the ledger list the refused launch like any other.
+        response = original(request, account, state, *args, **kwargs)
+        run = int(response.run_id)
+        [info] = state.get_run_info(run_ids=[run])
+        state.finish_task(info.primary_task_id, SubStatus.FAILED, f"refused: {reason}")
+        record_refused_run(fab, run=run, reason=reason, runs=Path(runs))
+        log.warning("launch refused (listed as run %d): %s", run, reason)
+        raise FlowerError(
+            ApiErrorCode.INVALID_RUN_CONFIG,
+            f"launch refused: {reason}",
+            public_details=f"{REFUSAL_PREFIX}{reason} (listed as run {run})",
+        )
+
+    vars(control_handlers)["start_run"] = start_run
+
+
 def run_superlink() -> None:
     """``flower-superlink`` with ``busy_timeout`` raised; other arguments pass through."""
     from flwr.superlink.cli import flower_superlink
@@ -91,6 +147,7 @@ def run_superlink() -> None:
     if parent is not None:
         stop_with(parent)
     raise_lock_timeout()
+    refuse_bad_launches()
     launch_residency_superexec()
     sys.argv[:] = ["flower-superlink", *args]
     flower_superlink()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from deployment_harness import (
 )
 from residency.cli.simulation import simulate
 from residency.common.config.job import load_job
+from residency.common.privacy.signing import load_public, public_path
 from residency.server.dashboard.state import DashboardState, read_state
 from residency.server.results import Results
 from toy_federation import LEARNABLE, write_toy_job
@@ -413,6 +415,79 @@ def test_a_sigkilled_node_supervisor_takes_its_supernode_and_executor_with_it(
         timeout_s=60,
         what="the node to go offline",
     )
+
+
+def test_a_launch_the_coordinator_refuses_is_said_at_once_and_listed_then_an_edit_applies(
+    coordinator: Federation, tmp_path: Path
+) -> None:
+    """Issue 26, point 4: refused before "started", exit 4, listed; trust edits need no restart."""
+    assert cli("launcher", "init", str(tmp_path / "newcomer")).returncode == 0
+    newcomer_key = tmp_path / "newcomer" / "launcher.key"
+    newcomer = load_public(public_path(newcomer_key))
+    job = write_toy_job(tmp_path / "job", countries=("DE",), rounds=1)
+    node = coordinator.init_node("DE", tmp_path / "job" / "de.csv")
+    settings = node / "node.toml"
+    settings.write_text(
+        settings.read_text("utf-8").replace(
+            "trusted_launchers = [", f'trusted_launchers = [\n    "{newcomer}",', 1
+        ),
+        "utf-8",
+    )
+    coordinator.admit(node, "DE")
+    coordinator.start_node(node)
+    coordinator.wait_online(["DE"])
+
+    def launch(out: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "run",
+            str(job),
+            "--key",
+            str(newcomer_key),
+            "--coordinator",
+            coordinator.address,
+            "--ca",
+            str(coordinator.ca),
+            "--output",
+            str(tmp_path / out),
+            timeout_s=300,
+        )
+
+    started = time.monotonic()
+    refused = launch("refused")
+    took = time.monotonic() - started
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 4, said  # docs/deploy.md: the coordinator refused the request
+    assert "the coordinator refused the job: job: " in said
+    assert "which coordinator.toml does not trust" in said
+    assert " started" not in said  # said before any run could start
+    assert took < 30, took
+    listed = json.loads(
+        cli(
+            "runs", "--coordinator", coordinator.address, "--ca", str(coordinator.ca), "--json"
+        ).stdout
+    )
+    [run] = [r for r in listed if str(r.get("status", "")).startswith("finished")]
+    kept = Results.model_validate_json(
+        (coordinator.coordinator_dir / "runs" / str(run["run-id"]) / "results.json").read_text()
+    )
+    assert (kept.status, kept.job) == ("failed", "toy")
+    assert kept.error is not None
+    assert "does not trust" in kept.error
+    ledger = (coordinator.coordinator_dir / "ledger" / "ledger.jsonl").read_text("utf-8")
+    finished = [json.loads(line) for line in ledger.splitlines() if "run-finished" in line]
+    assert [(e["run"], e["detail"]["status"]) for e in finished] == [
+        (str(run["run-id"]), "refused")
+    ]
+
+    toml = coordinator.coordinator_dir / "coordinator.toml"  # the operator trusts the key
+    toml.write_text(
+        toml.read_text("utf-8").replace(
+            "trusted_launchers = [", f'trusted_launchers = [\n    "{newcomer}",', 1
+        ),
+        "utf-8",
+    )
+    accepted = launch("accepted")  # no coordinator restart
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
 
 
 def test_node_enforces_its_own_budget_and_only_job_countries_take_part(

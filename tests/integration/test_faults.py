@@ -311,8 +311,10 @@ def test_no_party_runs_code_a_launcher_bundled(faults: Faults) -> None:
 
 def test_the_coordinator_refuses_an_untrusted_key_and_an_edited_job(faults: Faults) -> None:
     untrusted, edited = faults.untrusted["untrusted"], faults.untrusted["edited"]
-    assert untrusted.startswith("2 "), untrusted
+    assert untrusted.startswith("4 "), untrusted  # docs/deploy.md: the coordinator refused
+    assert "the coordinator refused the job: job: " in untrusted
     assert "which coordinator.toml does not trust" in untrusted
+    assert " started" not in untrusted  # refused before Flower made it a run that starts
     assert "does not match the job (edited after signing)" in edited
     for country in COUNTRIES:
         ledger = faults.federation.root / f"node-{country}" / "state" / "ledger.jsonl"
@@ -324,7 +326,7 @@ def test_a_job_naming_a_file_outside_the_data_folder_is_refused_unread(
     faults: Faults,
 ) -> None:
     said = faults.leak.stdout + faults.leak.stderr + faults.leak_log
-    assert faults.leak.returncode == 2, said
+    assert faults.leak.returncode == 4, said
     assert "job: data.test: 'leak.csv' is not a file in the coordinator's data folder" in said
     assert "root:x" not in said
     assert "/bin/bash" not in said

@@ -28,10 +28,9 @@ from residency.common.config.job import Job, UpdateKind, load_job
 from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
 from residency.server.admission import key_fingerprint
-from residency.server.deployment import job_from_run_config
-from residency.server.events import RoundStarted, RunRefused, emit, parse
-from residency.server.federation import JobFailed
+from residency.server.events import RoundStarted, emit, parse
 from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
+from residency.server.launch_check import LaunchRefused, accepted_job
 from residency.server.tls import create_tls
 from toy_federation import write_toy_job
 
@@ -263,9 +262,7 @@ def test_flower_connection_home_is_private_and_temporary(tmp_path: Path) -> None
     assert not home.exists()
 
 
-def test_coordinator_refuses_a_job_it_cannot_use(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_coordinator_refuses_a_job_it_cannot_use(tmp_path: Path) -> None:
     job = load_job(write_toy_job(tmp_path / "job"))
     remote = load_job(tmp_path / "job" / "job.toml", remote=True)
     assert remote.data.test == Path("test.csv")  # as written: the coordinator's folder decides
@@ -279,17 +276,14 @@ def test_coordinator_refuses_a_job_it_cannot_use(
             JOB_SIGNATURE_KEY: signed.signature,
         }
 
-    got, _ = job_from_run_config(shipped(remote), tmp_path / "job", trusted)
+    got, _ = accepted_job(shipped(remote), tmp_path / "job", trusted)
     assert (got.data, got.model, got.train) == (job.data, job.model, job.train)
 
     elsewhere = remote.model_copy(
         update={"model": remote.model.model_copy(update={"path": "only-on-the-launcher"})}
     )
-    with pytest.raises(JobFailed, match=r"model\.path"):
-        job_from_run_config(shipped(elsewhere), tmp_path / "job", trusted)
-    event = parse(capsys.readouterr().out)
-    assert isinstance(event, RunRefused)
-    assert event.error.startswith("job: model.path: ")
+    with pytest.raises(LaunchRefused, match=r"^job: model\.path: "):
+        accepted_job(shipped(elsewhere), tmp_path / "job", trusted)
 
-    with pytest.raises(JobFailed, match="not signed"):
-        job_from_run_config({}, tmp_path / "job", trusted)
+    with pytest.raises(LaunchRefused, match="not signed"):
+        accepted_job({}, tmp_path / "job", trusted)

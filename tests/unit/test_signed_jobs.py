@@ -19,9 +19,8 @@ from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job
 from residency.common.errors import PolicyViolation
 from residency.common.privacy.signing import Signer, key_id
 from residency.common.refusal import RefusalCode
-from residency.server.deployment import job_from_run_config
-from residency.server.federation import JobFailed
 from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
+from residency.server.launch_check import LaunchRefused, accepted_job
 from toy_federation import write_toy_job
 
 # Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
@@ -88,8 +87,8 @@ def test_the_coordinator_refuses_before_it_reads_a_file(
         "edited": _edited(sign_job(job, TEST_LAUNCHER)),
     }[case]
 
-    with pytest.raises(JobFailed) as refused:
-        job_from_run_config(_run_config(signed), data, [TEST_LAUNCHER.public_hex])
+    with pytest.raises(LaunchRefused) as refused:
+        accepted_job(_run_config(signed), data, [TEST_LAUNCHER.public_hex])
 
     message = str(refused.value)
     assert message.startswith("job: ")
@@ -101,9 +100,7 @@ def test_the_coordinator_refuses_before_it_reads_a_file(
 def test_the_coordinator_runs_a_trusted_job(job: Job, tmp_path: Path) -> None:
     signed = sign_job(job, TEST_LAUNCHER)
 
-    got, relayed = job_from_run_config(
-        _run_config(signed), tmp_path / "job", [TEST_LAUNCHER.public_hex]
-    )
+    got, relayed = accepted_job(_run_config(signed), tmp_path / "job", [TEST_LAUNCHER.public_hex])
 
     assert relayed == signed
     assert got.privacy == job.privacy

@@ -183,6 +183,9 @@ def check_schema(settings: NodeSettings, plan: RoundPlan) -> None:
         f"{settings.labels}; fix: the launcher uses the federation's schema, or the operator "
         "corrects node.toml",
         RefusalCode.SCHEMA_MISMATCH,
+        text_column=float(asked[0] != declared[0]),
+        label_column=float(asked[1] != declared[1]),
+        labels=float(asked[2] != declared[2]),
     )
 
 

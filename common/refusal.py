@@ -55,7 +55,7 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.INVALID_PLAN: (),
     RefusalCode.UNTRUSTED_JOB: (),
     RefusalCode.JOB_EXPIRED: (),
-    RefusalCode.SCHEMA_MISMATCH: (),
+    RefusalCode.SCHEMA_MISMATCH: ("text_column", "label_column", "labels"),
     RefusalCode.NO_USABLE_DATA: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
@@ -89,8 +89,7 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     ),
     RefusalCode.JOB_EXPIRED: "the job is past the expiry its launcher signed",
     RefusalCode.SCHEMA_MISMATCH: (
-        "the job's text column, label column or labels (in order) differ from the schema "
-        "the node's operator declared"
+        "the job's {fields} differ from the schema the node's operator declared in node.toml"
     ),
     RefusalCode.NO_USABLE_DATA: "the node's data file has no usable records (its operator's fix)",
 }
@@ -123,6 +122,11 @@ class Refusal:
 
     def sentence(self) -> str:
         """The refusal in words, without who refused which round."""
+        if self.code is RefusalCode.SCHEMA_MISMATCH:  # which of its fields, each a 0/1 flag
+            names = {"text_column": "text column", "label_column": "label column"}
+            differ = [names.get(k, "labels (or their order)") for k, v in self.values.items() if v]
+            fields = ", ".join(differ) or "text column, label column or labels"
+            return _TEMPLATES[self.code].format(fields=fields)
         return _TEMPLATES[self.code].format(**self.values)
 
 

@@ -469,8 +469,8 @@ def test_mod_does_not_let_an_exception_carry_record_text_out() -> None:
         (
             {"labels": ["neg", "pos", "obj"]},
             "node.toml declares 'text', 'label', ['neg', 'pos', 'obj']",
-            "IT refused round 1: the job's text column, label column or labels (in order) "
-            "differ from the schema the node's operator declared",
+            "IT refused round 1: the job's labels (or their order) differ from the schema "
+            "the node's operator declared in node.toml",
         ),
     ],
     ids=["country", "budget", "delta", "schema"],

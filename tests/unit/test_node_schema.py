@@ -102,6 +102,9 @@ def test_a_job_with_another_schema_is_refused_uncharged_whatever_the_data(
     with pytest.raises(PolicyViolation) as refused:
         train_round(job, settings, run_id=1, server_round=1, overrides=overrides)
     assert refused.value.refusal.code is RefusalCode.SCHEMA_MISMATCH
+    differs = {"labels": "labels", "text-column": "text_column", "label-column": "label_column"}
+    named = {differs[key] for key in overrides}  # the launcher is told which field, no more
+    assert {k for k, v in refused.value.refusal.values.items() if v} == named
     assert _charges(tmp_path) == []
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -94,8 +94,17 @@ def _verdict(audit: CanaryAudit) -> str:
     return line
 
 
-def _from_ledger(ledger: Path, entry: int) -> dict[str, float | int]:
-    """The mechanism and claim of one signed record: what that node says it ran."""
+def _from_ledger(ledger: Path, entry: int) -> list[dict[str, Any]]:
+    """Each mechanism of one signed record, with its own claim: what that node says it ran.
+
+    A default job's record holds two mechanisms (a class-statistics release, one step at
+    sample rate 1, then the training rounds), composed by the accountant into the record's
+    epsilon. A one-run audit tests one mechanism, so each is audited on its own, against the
+    epsilon the same accountant gives it alone: if every part delivers its own epsilon, the
+    composition the record states is the accountant's arithmetic, which ``audit verify``
+    recomputes.
+    """
+    from residency.common.privacy.accountant import epsilon_spent
     from residency.common.privacy.ledger import LedgerEntry, read_lines
 
     if not ledger.is_file():
@@ -118,21 +127,25 @@ def _from_ledger(ledger: Path, entry: int) -> dict[str, float | int]:
             f"--entry: {entry} is a {found.kind} entry; fix: pick a record entry", EXIT_INPUT
         )
     record = json.loads(found.record.body)
-    mechanisms = {(z, q) for z, q, _ in record["history"]}
-    if len(mechanisms) != 1:
-        raise fail(
-            f"--entry: {entry}: the run mixes {len(mechanisms)} mechanisms; fix: audit each "
-            "with --noise-multiplier, --sample-rate and --steps",
-            EXIT_INPUT,
-        )
-    return {
-        "noise_multiplier": record["noise_multiplier"],
-        "sample_rate": record["sample_rate"],
-        "steps": sum(n for _, _, n in record["history"]),
-        "max_grad_norm": record["max_grad_norm"],
-        "delta": record["delta"],
-        "claimed_epsilon": record["epsilon"],
-    }
+    steps: dict[tuple[float, float], int] = {}
+    for z, q, n in record["history"]:
+        steps[(z, q)] = steps.get((z, q), 0) + n
+    kind = AccountantKind(record["accountant"])
+    whole = len(steps) == 1
+    return [
+        {
+            "noise_multiplier": z,
+            "sample_rate": q,
+            "steps": n,
+            "max_grad_norm": record["max_grad_norm"],
+            "delta": record["delta"],
+            "accountant": kind,
+            "claimed_epsilon": record["epsilon"]
+            if whole
+            else epsilon_spent(((z, q, n),), delta=record["delta"], kind=kind),
+        }
+        for (z, q), n in steps.items()
+    ]
 
 
 def canary(
@@ -176,33 +189,59 @@ def canary(
     configuration comes from the flags, or from a node's signed record (--ledger, --entry).
     """
     if ledger is not None:
-        found = _from_ledger(ledger, entry)
-        noise_multiplier = float(found["noise_multiplier"])
-        sample_rate = float(found["sample_rate"])
-        steps = int(found["steps"])
-        max_grad_norm = float(found["max_grad_norm"])
-        delta = float(found["delta"])
-        claimed_epsilon = float(found["claimed_epsilon"])
+        phases = _from_ledger(ledger, entry)
+        audits = [_audit(phase, canaries, confidence, seed) for phase in phases]
+        if as_json:
+            print(audits[0].model_dump_json() if len(audits) == 1 else _json_list(audits))
+        else:
+            for number, audit in enumerate(audits, start=1):
+                if len(audits) > 1:
+                    console.print(f"mechanism {number} of {len(audits)} in entry {entry}:")
+                console.print(_table(audit))
+                console.print(_verdict(audit), highlight=False, soft_wrap=True)
+        if any(audit.flagged for audit in audits):
+            raise typer.Exit(EXIT_FAILED)
+        return
     if noise_multiplier is None or sample_rate is None or steps is None:
         raise fail(
             "--noise-multiplier, --sample-rate, --steps: missing; fix: pass all three, or "
             "--ledger LEDGER --entry N to audit a node's recorded configuration",
             EXIT_INPUT,
         )
+    audit = _audit(
+        {
+            "noise_multiplier": noise_multiplier,
+            "sample_rate": sample_rate,
+            "steps": steps,
+            "max_grad_norm": max_grad_norm,
+            "delta": delta,
+            "accountant": accountant,
+            "claimed_epsilon": claimed_epsilon,
+        },
+        canaries,
+        confidence,
+        seed,
+    )
+    if as_json:
+        print(audit.model_dump_json())
+    else:
+        console.print(_table(audit))
+        console.print(_verdict(audit), highlight=False, soft_wrap=True)
+    if audit.flagged:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _json_list(audits: list[CanaryAudit]) -> str:
+    return "[" + ",".join(audit.model_dump_json() for audit in audits) + "]"
+
+
+def _audit(phase: dict[str, Any], canaries: int, confidence: float, seed: int) -> CanaryAudit:
+    """One mechanism's audit, or a one-line input error (exit 2)."""
+    claimed = phase.pop("claimed_epsilon")
     try:
-        mechanism = Mechanism(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            sample_rate=sample_rate,
-            steps=steps,
-            delta=delta,
-            accountant=accountant,
-        )
+        mechanism = Mechanism(**phase)
         settings = CanarySettings(
-            canaries=canaries,
-            confidence=confidence,
-            seed=seed,
-            claimed_epsilon=claimed_epsilon,
+            canaries=canaries, confidence=confidence, seed=seed, claimed_epsilon=claimed
         )
     except ValidationError as exc:
         raise _input_error(exc) from exc
@@ -217,16 +256,9 @@ def canary(
         ) from exc
     if settings.claimed_epsilon is None and not math.isfinite(mechanism.opacus_epsilon()):
         raise fail(
-            f"--claimed-epsilon: noise multiplier {noise_multiplier:g} has no finite epsilon "
-            "to check; fix: pass the epsilon the node claims",
+            f"--claimed-epsilon: noise multiplier {mechanism.noise_multiplier:g} has no finite "
+            "epsilon to check; fix: pass the epsilon the node claims",
             EXIT_INPUT,
         )
     with err_console.status("training canaries through the node's DP-SGD…"):
-        audit = audit_canaries(mechanism, settings)
-    if as_json:
-        print(audit.model_dump_json())
-    else:
-        console.print(_table(audit))
-        console.print(_verdict(audit), highlight=False, soft_wrap=True)
-    if audit.flagged:
-        raise typer.Exit(EXIT_FAILED)
+        return audit_canaries(mechanism, settings)

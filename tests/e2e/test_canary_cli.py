@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from ledger_factory import write_ledger
 from residency.cli.canary import canary
+from residency.common.config.job import AccountantKind
+from residency.common.privacy.accountant import epsilon_spent
 
 pytestmark = [pytest.mark.e2e]
 
@@ -113,3 +115,36 @@ def test_a_ledger_entry_that_is_not_a_record_is_one_line_exit_2(tmp_path: Path) 
 
     assert code == 2
     assert err.strip() == "error: --entry: 0 is a run-started entry; fix: pick a record entry"
+
+
+def test_each_mechanism_of_a_default_jobs_record_is_audited_against_its_own_epsilon(
+    tmp_path: Path,
+) -> None:
+    """Issue 26, point 7: a release then training rounds, as the default pipeline signs it."""
+    release, training = (3.0, 1.0, 1), (1.2, 0.04, 25)
+    made = write_ledger(
+        tmp_path, countries=("DE",), rounds=3, refuse=None, schedule=[release, training, training]
+    )
+    lines = made.ledger.read_text("ascii").splitlines()
+    entry = max(i for i, line in enumerate(lines) if '"kind":"record"' in line)
+    record = json.loads(json.loads(lines[entry])["record"]["body"])
+    assert len({(z, q) for z, q, _ in record["history"]}) == 2
+
+    code, out, err = invoke(
+        "--ledger", str(made.ledger), "--entry", str(entry), "--canaries", "4000", "--json"
+    )
+
+    assert code == 0, out + err
+    first, second = json.loads(out)
+    assert (first["mechanism"]["sample_rate"], first["mechanism"]["steps"]) == (1.0, 1)
+    assert (second["mechanism"]["sample_rate"], second["mechanism"]["steps"]) == (0.04, 50)
+    for audit, (z, q, n) in ((first, release), (second, (1.2, 0.04, 50))):
+        alone = epsilon_spent(((z, q, n),), delta=record["delta"], kind=AccountantKind.PRV)
+        assert audit["claimed_epsilon"] == pytest.approx(alone)
+        assert audit["flagged"] is False
+    assert first["claimed_epsilon"] + second["claimed_epsilon"] > record["epsilon"]  # composed
+
+    code, out, _ = invoke("--ledger", str(made.ledger), "--entry", str(entry), "--canaries", "4000")
+    assert code == 0
+    assert f"mechanism 1 of 2 in entry {entry}:" in out
+    assert f"mechanism 2 of 2 in entry {entry}:" in out

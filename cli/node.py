@@ -176,6 +176,20 @@ def start(
         f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g}; logs {where.logs}; "
         "Ctrl-C stops"
     )
+    if settings.metrics_address is not None:
+        from residency.client.metrics import serve_metrics
+
+        try:
+            serve_metrics(settings, settings.metrics_address)
+        except OSError as exc:
+            raise fail(
+                f"{where.settings_file}: metrics_address: {settings.metrics_address}: {exc}; "
+                "fix: pick a free port, or remove the line",
+                EXIT_INPUT,
+            ) from exc
+        console.print(
+            f"node {settings.country}: metrics on http://{settings.metrics_address}/metrics"
+        )
     watch = NodeWatch(settings.country, coordinator, supernode_log, settings.log, say=_say)
     outcome = supervise(
         [

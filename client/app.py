@@ -132,6 +132,7 @@ def _refuse(exc: Refused, *, store: BudgetStore, ledger: Ledger, where: dict[str
         server_round=where["round"],
         dataset=None,
         reason=str(exc),
+        code=exc.refusal.code.value,
     )
     ledger.append(EntryKind.REFUSAL, **where, reason=str(exc))
 

@@ -126,6 +126,8 @@ _MIGRATIONS = (
     # Stores made before jobs were accounted by their signed hash: each old charge keeps its
     # own Flower run as its job account (``_JOB_KEY``), so nothing already spent is re-keyed.
     ("charges", "job_account", "ALTER TABLE charges ADD COLUMN job_account TEXT"),
+    # Refusals kept before their code was: counted under no code.
+    ("refusals", "code", "ALTER TABLE refusals ADD COLUMN code TEXT"),
 )
 _JOB_KEY = "COALESCE(job_account, 'run:' || run)"
 _KEEP_JOB_ACCOUNT = """
@@ -537,15 +539,30 @@ class BudgetStore:
             db.execute("UPDATE charges SET trained_at = ? WHERE id = ?", (now(), charge_id))
 
     def refuse(
-        self, *, run: str, job: str, server_round: int, dataset: str | None, reason: str
+        self,
+        *,
+        run: str,
+        job: str,
+        server_round: int,
+        dataset: str | None,
+        reason: str,
+        code: str | None = None,
     ) -> None:
-        """Remember a refusal for `residency node status`."""
+        """Remember a refusal (and its code) for `residency node status` and the metrics."""
         with self._db() as db:
             db.execute(
-                "INSERT INTO refusals (run, job, round, dataset, reason, refused_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run, job, server_round, dataset, reason, now()),
+                "INSERT INTO refusals (run, job, round, dataset, reason, refused_at, code)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run, job, server_round, dataset, reason, now(), code),
             )
+
+    def refusal_codes(self) -> dict[str, int]:
+        """How many refusals of each code ("" for those kept before codes were)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT COALESCE(code, ''), COUNT(*) FROM refusals GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        return {str(code): int(count) for code, count in rows}
 
     def refusals(self) -> list[tuple[str, str, int, str | None, str, str]]:
         """(run, job, round, dataset, reason, time) of every refusal, oldest first."""

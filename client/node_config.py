@@ -89,6 +89,13 @@ class NodeSettings(Strict):
         description="how long the node holds a job's whole budget after it confirms the job "
         "or charges a round of it; other jobs cannot spend what is held",
     )
+    metrics_address: (
+        Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")] | None
+    ) = Field(
+        default=None,
+        description="HOST:PORT where `node start` serves Prometheus metrics (/metrics): budget "
+        "spent and held per dataset, charges, refusals by code; off unless set",
+    )
     trusted_launchers: list[LauncherKey] = Field(
         default_factory=list,
         description="public keys (64 hex, from `residency launcher init`) of the launchers "

@@ -39,6 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from residency.common import charts
 from residency.common.version import __version__
 from residency.server.dashboard.hosts import AllowedHost, host_allowed
+from residency.server.dashboard.metrics import CONTENT_TYPE as METRICS_TYPE
+from residency.server.dashboard.metrics import coordinator_metrics
 from residency.server.dashboard.state import (
     DashboardState,
     folder_kind,
@@ -127,7 +129,13 @@ def create_app(
         if not host_allowed(request.headers.get("host"), hosts, https=https):
             return PlainTextResponse(UNKNOWN_HOST, status_code=400, headers=_SECURITY_HEADERS)
         given = request.query_params.get(TOKEN_PARAMETER)
-        if token is not None:
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        scraper = (
+            bool(bearer)
+            and token is not None
+            and hmac.compare_digest(bearer.encode(), token.encode())
+        )  # a scraper's or a script's header: nothing to exchange for a cookie
+        if token is not None and not scraper:
             presented = given or request.cookies.get(COOKIE) or ""
             if not hmac.compare_digest(presented.encode(), token.encode()):
                 return PlainTextResponse(
@@ -160,6 +168,12 @@ def create_app(
                 "residency_version": __version__,
             },
         )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus' scrape target (the token, if set, as ``Authorization: Bearer``)."""
+        state = await run_in_threadpool(read_state, folder)
+        return Response(coordinator_metrics(state), media_type=METRICS_TYPE)
 
     @app.get("/api/state")
     async def api_state() -> JSONResponse:

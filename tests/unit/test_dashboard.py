@@ -441,3 +441,41 @@ def test_the_page_names_the_round_whose_model_was_kept(tmp_path: Path) -> None:
     page = _client(folder).get("/").text
     assert "final accuracy 70.0%" in page
     assert "(round 2's model, best on the held-out part)" in page
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_prometheus_scrapes_each_runs_rounds_spend_and_outcomes(tmp_path: Path) -> None:
+    """Issue 26, point 6: the coordinator's metrics, with the dashboard's token as a bearer."""
+    folder = tmp_path / "out"
+    results(3, refusal="FR refused round 2: dataset budget 10.00").write(folder / "results.json")
+    client = _client(folder, token=TOKEN)
+    assert client.get("/metrics").status_code == 401
+    answer = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    got = _samples(answer.text)
+    (run_id,) = {
+        dict(labels)["run"] for name, labels in got if name == "residency_run_rounds_total"
+    }
+    run = (("run", run_id),)
+    assert got[("residency_run_rounds_total", run)] == 3
+    assert got[("residency_run_rounds_planned", run)] == 4
+    assert got[("residency_run_round_seconds_total", run)] == pytest.approx(4.5)
+    assert got[("residency_run_accuracy", run)] == pytest.approx(0.8)
+    assert got[("residency_run_bytes_total", (("direction", "up"), *run))] == 6_000
+    assert got[("residency_run_dropped_nodes_total", run)] == 1
+    assert got[("residency_run_status", (("job", "toy"), *run, ("status", "running")))] == 1
+    france = (("country", "FR"), *run)
+    assert got[("residency_country_epsilon", france)] == 6.0
+    assert got[("residency_country_target_epsilon", france)] == 8.0
+    assert got[("residency_country_rounds_total", (*france[:1], ("outcome", "refused"), *run))] == 1
+    assert got[("residency_runs_running", ())] == 1

@@ -13,6 +13,7 @@ its signed record (:mod:`.reply`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -227,19 +228,30 @@ def _train(msg: Message, context: Context) -> Message:
         )
         _refuse(exc, store=got.store, ledger=got.ledger, where=got.where)
         raise exc
-    with got.store.job_lock(got.job_account):  # one message of a signed job at a time
-        return _train_job(
-            msg,
-            context,
-            got.settings,
-            got.plan,
-            got.job_account,
-            got.store,
-            got.signer,
-            got.ledger,
-            got.where,
-            launcher=got.launcher,
-        )
+    arrived = time.monotonic()
+    with got.store.node_lock():  # one round trains at a time; another job's waits here
+        waited = time.monotonic() - arrived
+        if waited > msg.metadata.ttl:  # its round closed meanwhile: charging it would waste
+            closed = PolicyViolation(
+                f"{got.settings.country} refused round {got.plan.server_round}: its round "
+                f"closed while the node trained another ({waited:.0f} s > {msg.metadata.ttl:g} s)",
+                Refusal(RefusalCode.ROUND_CLOSED, {"waited": waited}),
+            )
+            _refuse(closed, store=got.store, ledger=got.ledger, where=got.where)
+            raise closed
+        with got.store.job_lock(got.job_account):  # one message of a signed job at a time
+            return _train_job(
+                msg,
+                context,
+                got.settings,
+                got.plan,
+                got.job_account,
+                got.store,
+                got.signer,
+                got.ledger,
+                got.where,
+                launcher=got.launcher,
+            )
 
 
 def _confirm(msg: Message, context: Context) -> Message:

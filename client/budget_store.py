@@ -276,6 +276,22 @@ class BudgetStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def node_lock(self) -> Iterator[None]:
+        """Hold the node's training lock: one round trains on this node at a time.
+
+        Two jobs' rounds never train at once (memory, and each round's wall time stays its
+        own); the budget needs no such lock, its check and charge are one transaction.
+        """
+        folder = self.path.parent / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "node.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _account_key(self, db: sqlite3.Connection) -> bytes:
         row = db.execute("SELECT key FROM secret WHERE only = 1").fetchone()
         if row is not None:

@@ -36,6 +36,7 @@ class RefusalCode(StrEnum):
     JOB_EXPIRED = "job-expired"
     SCHEMA_MISMATCH = "schema-mismatch"
     NO_USABLE_DATA = "no-usable-data"
+    ROUND_CLOSED = "round-closed"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -57,6 +58,7 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.JOB_EXPIRED: (),
     RefusalCode.SCHEMA_MISMATCH: ("text_column", "label_column", "labels"),
     RefusalCode.NO_USABLE_DATA: (),
+    RefusalCode.ROUND_CLOSED: ("waited",),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -92,6 +94,9 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
         "the job's {fields} differ from the schema the node's operator declared in node.toml"
     ),
     RefusalCode.NO_USABLE_DATA: "the node's data file has no usable records (its operator's fix)",
+    RefusalCode.ROUND_CLOSED: (
+        "the round closed while the node trained another round ({waited:.0f} s); not charged"
+    ),
 }
 
 

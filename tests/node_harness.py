@@ -145,6 +145,7 @@ def round_message(
     nonce: str = TEST_NONCE,
     expires_unix_s: int = FAR_FUTURE_S,
     message_type: str = "train",
+    ttl: float | None = None,
 ) -> Message:
     """The coordinator's training message for ``job``, optionally tampered with.
 
@@ -172,6 +173,7 @@ def round_message(
         ),
         dst_node_id=0,
         message_type=message_type,
+        **({} if ttl is None else {"ttl": ttl}),
     )
 
 
@@ -188,6 +190,7 @@ def train_round(
     nonce: str | None = None,
     expires_unix_s: int = FAR_FUTURE_S,
     handler: Callable[[Message, Context], Message] = _train,
+    ttl: float | None = None,
 ) -> Message:
     """One training message, handled as by a freshly started node (empty Flower state).
 
@@ -207,6 +210,7 @@ def train_round(
             resign=resign,
             nonce=f"{run_id:032x}" if nonce is None else nonce,
             expires_unix_s=expires_unix_s,
+            ttl=ttl,
         )
         return handler(message, node_context(settings, run_id=run_id))
 

@@ -15,8 +15,15 @@ import pytest
 from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from node_harness import confirm_round, node_file, train_round
-from residency.client.app import query
+from node_harness import (
+    confirm_round,
+    node_context,
+    node_file,
+    round_message,
+    task_identity,
+    train_round,
+)
+from residency.client.app import _train, query
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import guard_reply
 from residency.common import wire
@@ -157,3 +164,66 @@ def test_the_jobs_end_frees_its_hold_and_is_no_round(job: Job, tmp_path: Path) -
     with pytest.raises(PolicyViolation, match="a job's end is a query, not a round"):
         train_round(job, settings, run_id=3, server_round=1, overrides={"job-ended": True})
     assert _store(tmp_path).charges() == []
+
+
+@pytest.mark.node
+def test_one_round_trains_at_a_time_and_one_whose_round_closed_meanwhile_is_not_charged(
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26, point 5: another job's round waits for the node, and never races it."""
+    import threading
+
+    from residency.client import app as client_app
+
+    settings = node_file(tmp_path, budget=40.0)
+    spans: list[tuple[float, float]] = []
+    real = client_app.train_dp_round
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.monotonic()
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            spans.append((start, time.monotonic()))
+
+    monkeypatch.setattr(client_app, "train_dp_round", timed)
+    errors: list[BaseException] = []
+    with task_identity(1):  # two jobs' round 1, built first, then sent at once
+        sent = [round_message(job, server_round=1, nonce=f"{nonce:032x}") for nonce in (1, 2)]
+
+        def handle(message: Message) -> None:
+            try:
+                _train(message, node_context(settings, run_id=1))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=handle, args=(m,)) for m in sent]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start  # never at once
+
+    store = _store(tmp_path)
+    with store.node_lock():  # the node is busy with another round for longer than this one lives
+        late: list[BaseException] = []
+        waiting = threading.Thread(
+            target=lambda: late.extend(_refusal_of(job, settings, ttl=0.3)), daemon=True
+        )
+        waiting.start()
+        time.sleep(0.8)
+    waiting.join()
+    [closed] = late
+    assert isinstance(closed, PolicyViolation)
+    assert closed.refusal.code is RefusalCode.ROUND_CLOSED
+    assert len(store.charges()) == 2  # the two rounds above; the closed one charged nothing
+
+
+def _refusal_of(job: Job, settings: Path, *, ttl: float) -> list[BaseException]:
+    try:
+        train_round(job, settings, run_id=1, server_round=1, nonce=f"{3:032x}", ttl=ttl)
+    except BaseException as exc:
+        return [exc]
+    return []

@@ -169,9 +169,10 @@ def test_no_canary_reaches_the_coordinator(run: Run) -> None:
     canaries = [f"zqxcanary{c}{i}wvk" for i, c in enumerate(COUNTRIES)]
     data_text = "".join((run.job_path.parent / f"{c.lower()}.csv").read_text() for c in COUNTRIES)
     assert all(canary in data_text for canary in canaries)  # planted where nodes train
-    # Each country's confirmation of the whole job (a query), then its three rounds.
+    # Each country confirms the whole job (a query), trains its three rounds, and hears the
+    # job's end (a query that frees what it held).
     kinds = sorted(msg.metadata.message_type for msg in run.received)
-    assert kinds == ["query"] * len(COUNTRIES) + ["train"] * len(COUNTRIES) * 3
+    assert kinds == ["query"] * len(COUNTRIES) * 2 + ["train"] * len(COUNTRIES) * 3
     blob = b"".join(chunk for msg in run.received for chunk in _wire_bytes(msg))
     assert len(blob) > 10_000  # the updates themselves were inspected
     for canary in canaries:
@@ -227,7 +228,7 @@ def test_privacy_records_are_the_only_text_besides_identifiers(run: Run) -> None
     replies = [m for m in run.received if m.metadata.message_type == "train"]
     assert len(replies) == 9
     confirmations = [m for m in run.received if m.metadata.message_type == "query"]
-    assert [set(m.content) for m in confirmations] == [{"node"}] * len(COUNTRIES)
+    assert [set(m.content) for m in confirmations] == [{"node"}] * len(COUNTRIES) * 2
     for reply in replies:
         record = reply.content.config_records["privacy-record"]
         assert set(record) == {"body", "signature"}

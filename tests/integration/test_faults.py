@@ -31,6 +31,7 @@ from deployment_harness import (
     wait_until,
 )
 from residency.cli.bundle import write_app_bundle, write_bundle
+from residency.cli.flower import flattened
 from residency.common.config.job import load_job
 from residency.common.config.signed_job import sign_job
 from residency.common.privacy.signing import load_public, load_signer, public_path
@@ -64,6 +65,11 @@ def _launch(federation: Federation, job: Path, out: Path) -> subprocess.Popen[st
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _results_files(federation: Federation) -> set[Path]:
+    """Every run's results.json on the coordinator now (refused launches' runs included)."""
+    return set((federation.coordinator_dir / "runs").glob("*/results.json"))
 
 
 def _run_results(federation: Federation, known: set[Path]) -> Path:
@@ -128,7 +134,7 @@ def _refused_signatures(federation: Federation, root: Path) -> dict[str, str]:
     edited = signed.model_copy(update={"body": json.dumps(body, separators=(",", ":"))})
     write_bundle(edited, root / "edited-bundle")
     done = federation.flwr_run(root / "edited-bundle", timeout_s=240)
-    said["edited"] = done.stdout + done.stderr
+    said["edited"] = flattened(done.stdout + done.stderr)  # Flower's panel, on one line
     return said
 
 
@@ -215,8 +221,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
 
         # 2. ES dies while it trains round 2 (its SuperNode, executor and supervisor at once).
         job = write_toy_job(root / "dropout", countries=COUNTRIES, rounds=3, train=TRAIN)
+        before = _results_files(federation)  # the refused launches above are runs too
         launcher = _launch(federation, job, root / "dropout-out")
-        results_path = _run_results(federation, set())
+        results_path = _run_results(federation, before)
         wait_until(
             lambda: _received_rounds(node_dirs["ES"]) >= 2,
             timeout_s=180,
@@ -233,7 +240,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         #    coordinator process dies at once, nothing can write anything.
         crash_job = write_toy_job(root / "crash", countries=("DE", "FR"), rounds=3, train=TRAIN)
         launcher = _launch(federation, crash_job, root / "crash-out")
-        crashed_path = _run_results(federation, {results_path})
+        crashed_path = _run_results(federation, before | {results_path})
         wait_until(lambda: _rounds_done(crashed_path) >= 1, timeout_s=180, what="round 1")
         for pid in {coordinator.process.pid, *descendants(coordinator.process.pid)}:
             with_signal(pid, signal.SIGKILL)
@@ -251,7 +258,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         # 4. Only `coordinator start` is SIGKILLed, mid-run: its SuperLink and ServerApp follow.
         stop_job = write_toy_job(root / "orphan", countries=("DE", "FR"), rounds=5, train=TRAIN)
         launcher = _launch(federation, stop_job, root / "orphan-out")
-        orphaned_path = _run_results(federation, {results_path, crashed_path})
+        orphaned_path = _run_results(federation, before | {results_path, crashed_path})
         wait_until(lambda: _rounds_done(orphaned_path) >= 1, timeout_s=180, what="round 1")
         below = descendants(restarted.process.pid)
         restarted.process.kill()
@@ -299,8 +306,8 @@ def test_no_party_runs_code_a_launcher_bundled(faults: Faults) -> None:
     marker = faults.hostile.marker
     assert not marker.with_name(marker.name + ".server").exists()
     assert not marker.with_name(marker.name + ".node").exists()
-    assert faults.hostile.replies is None  # Residency's ServerApp refused the unsigned run
-    said = faults.hostile.flwr_run.stdout + faults.hostile.flwr_run.stderr
+    assert faults.hostile.replies is None  # the coordinator refused the unsigned launch
+    said = flattened(faults.hostile.flwr_run.stdout + faults.hostile.flwr_run.stderr)
     assert "job: not signed" in said
     for country in COUNTRIES:
         ledger = faults.federation.root / f"node-{country}" / "state" / "ledger.jsonl"

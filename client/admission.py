@@ -474,12 +474,15 @@ def admit(
         noise = release[0]
     else:
         noise = training
-    if policy is not None and noise < (policy.min_noise_multiplier or 0.0):
+    # The policy's floor binds every mechanism the job will run, not only this round's: a
+    # release whose training would fall below it is refused before the release is spent.
+    lowest = min(noise, *(z for z, _, _ in paths[0]))
+    if policy is not None and lowest < (policy.min_noise_multiplier or 0.0):
         raise _refused(
-            f"{refused}: noise multiplier {noise:.3f} below the minimum "
+            f"{refused}: noise multiplier {lowest:.3f} below the minimum "
             f"{policy.min_noise_multiplier:g} of policy {policy.name}",
             RefusalCode.NOISE_BELOW_POLICY,
-            noise=noise,
+            noise=lowest,
             minimum=policy.min_noise_multiplier or 0.0,
         )
     lifetime_budget = settings.budget_epsilon

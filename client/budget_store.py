@@ -430,12 +430,9 @@ class BudgetStore:
         """
         noise, rate, steps = step
         with self._db() as db:
-            checked = check(
-                _history(self._charges(db, dataset, job_account)),
-                _history(self._charges(db, dataset, None)),
-                self._held(db, dataset, job_account),
+            checked = self._check_and_hold(
+                db, job_account, dataset, planned, delta, accountant, hold_s, check
             )
-            self._hold(db, job_account, dataset, planned, delta, accountant, hold_s)
             cursor = db.execute(
                 "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate,"
                 " steps, delta, accountant, charged_at, job_account)"
@@ -472,13 +469,29 @@ class BudgetStore:
         ``check`` is :meth:`charge_within`'s; it raises to refuse, and nothing is held then.
         """
         with self._db() as db:
-            checked = check(
-                _history(self._charges(db, dataset, job_account)),
-                _history(self._charges(db, dataset, None)),
-                self._held(db, dataset, job_account),
+            return self._check_and_hold(
+                db, job_account, dataset, planned, delta, accountant, hold_s, check
             )
-            self._hold(db, job_account, dataset, planned, delta, accountant, hold_s)
-            return checked
+
+    def _check_and_hold(
+        self,
+        db: sqlite3.Connection,
+        job_account: str,
+        dataset: str,
+        planned: History,
+        delta: float,
+        accountant: str,
+        hold_s: float,
+        check: Callable[[History, History, Held], T],
+    ) -> T:
+        """Run ``check`` on what is committed and held, then (re)new the job's hold."""
+        checked = check(
+            _history(self._charges(db, dataset, job_account)),
+            _history(self._charges(db, dataset, None)),
+            self._held(db, dataset, job_account),
+        )
+        self._hold(db, job_account, dataset, planned, delta, accountant, hold_s)
+        return checked
 
     @staticmethod
     def _hold(

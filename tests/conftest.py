@@ -18,3 +18,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             f"each test needs exactly one of the markers {', '.join(TIERS)}: " + "; ".join(wrong)
         )
+
+
+@pytest.fixture
+def flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's task identity as a ClientApp process has it (run 5, node 0, task 1).
+
+    For tests that hand the node's handlers a message in-process.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

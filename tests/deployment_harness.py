@@ -329,6 +329,24 @@ class Federation:
         self.daemons.append(daemon)
         return daemon
 
+    def run(
+        self, job: Path, out: Path, *, key: Path | None = None, timeout_s: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """`residency run` of ``job`` here, signed with ``key`` (this coordinator's launcher)."""
+        return cli(
+            "run",
+            str(job),
+            "--key",
+            str(key or self.launcher_key),
+            "--coordinator",
+            self.address,
+            "--ca",
+            str(self.ca),
+            "--output",
+            str(out),
+            timeout_s=timeout_s,
+        )
+
     def flwr_run(self, bundle: Path, *, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """Submit an app bundle with Flower's own CLI, as anyone reaching the port could."""
         with Coordinator(address=self.address, ca=self.ca).home() as env:

@@ -156,6 +156,12 @@ def observe(settings: Path, send: Callable[[], Message]) -> Outcome:
     )
 
 
+def _both(pair: tuple[Path, Path], send: Callable[[Path], Message]) -> tuple[Outcome, Outcome]:
+    """``send`` the same message to the node over D and to the node over D'."""
+    first, second = pair
+    return observe(first, lambda: send(first)), observe(second, lambda: send(second))
+
+
 def query_pair(
     job: Job,
     pair: tuple[Path, Path],
@@ -166,19 +172,16 @@ def query_pair(
     nonce: str | None = None,
 ) -> tuple[Outcome, Outcome]:
     """One and the same confirmation query to the node over D and the node over D'."""
-    return tuple(  # type: ignore[return-value]
-        observe(
+    return _both(
+        pair,
+        lambda settings: confirm_round(
+            job,
             settings,
-            lambda settings=settings: confirm_round(
-                job,
-                settings,
-                run_id=run_id,
-                server_round=server_round,
-                overrides=overrides,
-                nonce=nonce,
-            ),
-        )
-        for settings in pair
+            run_id=run_id,
+            server_round=server_round,
+            overrides=overrides,
+            nonce=nonce,
+        ),
     )
 
 
@@ -193,20 +196,17 @@ def round_pair(
     nonce: str | None = None,
 ) -> tuple[Outcome, Outcome]:
     """One and the same message to the node over D and the node over D'."""
-    return tuple(  # type: ignore[return-value]
-        observe(
+    return _both(
+        pair,
+        lambda settings: train_round(
+            job,
             settings,
-            lambda settings=settings: train_round(
-                job,
-                settings,
-                run_id=run_id,
-                server_round=server_round,
-                overrides=overrides,
-                arrays=arrays,
-                nonce=nonce,
-            ),
-        )
-        for settings in pair
+            run_id=run_id,
+            server_round=server_round,
+            overrides=overrides,
+            arrays=arrays,
+            nonce=nonce,
+        ),
     )
 
 

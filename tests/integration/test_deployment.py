@@ -438,19 +438,7 @@ def test_a_launch_the_coordinator_refuses_is_said_at_once_and_listed_then_an_edi
     coordinator.wait_online(["DE"])
 
     def launch(out: str) -> subprocess.CompletedProcess[str]:
-        return cli(
-            "run",
-            str(job),
-            "--key",
-            str(newcomer_key),
-            "--coordinator",
-            coordinator.address,
-            "--ca",
-            str(coordinator.ca),
-            "--output",
-            str(tmp_path / out),
-            timeout_s=300,
-        )
+        return coordinator.run(job, tmp_path / out, key=newcomer_key)
 
     started = time.monotonic()
     refused = launch("refused")
@@ -502,19 +490,7 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     coordinator.wait_online(["DE", "IT"])
 
     out = tmp_path / "out"
-    run = cli(
-        "run",
-        str(job),
-        "--key",
-        str(coordinator.launcher_key),
-        "--coordinator",
-        coordinator.address,
-        "--ca",
-        str(coordinator.ca),
-        "--output",
-        str(out),
-        timeout_s=300,
-    )
+    run = coordinator.run(job, out)
 
     assert run.returncode == 3, run.stdout + run.stderr
     # The node's code and numbers, rendered by the coordinator: no free text crosses.
@@ -526,22 +502,6 @@ def test_node_enforces_its_own_budget_and_only_job_countries_take_part(
     assert "IT" not in results["error"]
     it_log = tmp_path / "node-IT" / "logs" / "node.log"
     assert not it_log.exists() or "round 1" not in it_log.read_text("utf-8")
-
-
-def _run(federation: Federation, job: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return cli(
-        "run",
-        str(job),
-        "--key",
-        str(federation.launcher_key),
-        "--coordinator",
-        federation.address,
-        "--ca",
-        str(federation.ca),
-        "--output",
-        str(out),
-        timeout_s=300,
-    )
 
 
 def _node_status(node: Path) -> dict[str, object]:
@@ -567,11 +527,11 @@ def test_a_job_one_country_cannot_afford_to_the_end_is_refused_before_anyone_is_
         coordinator.admit(nodes[country], country)
         coordinator.start_node(nodes[country])
     coordinator.wait_online(["DE", "FR"])
-    done = _run(coordinator, first, tmp_path / "first")
+    done = coordinator.run(first, tmp_path / "first")
     assert done.returncode == 0, done.stdout + done.stderr
 
     second = write_toy_job(tmp_path / "second", countries=("DE", "FR"), rounds=2)
-    run = _run(coordinator, second, tmp_path / "out")
+    run = coordinator.run(second, tmp_path / "out")
 
     assert run.returncode == 3, run.stdout + run.stderr
     refusal = "FR refused round 1: dataset budget 9.00, 8.00 spent or held for other jobs"

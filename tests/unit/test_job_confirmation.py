@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 
 from node_harness import (
     confirm_round,
@@ -34,15 +33,9 @@ from residency.common.refusal import RefusalCode, decode
 from toy_federation import write_toy_job
 
 pytestmark = [
+    pytest.mark.usefixtures("flower_task"),
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 @pytest.fixture
@@ -227,3 +220,36 @@ def _refusal_of(job: Job, settings: Path, *, ttl: float) -> list[BaseException]:
     except BaseException as exc:
         return [exc]
     return []
+
+
+@pytest.mark.node
+def test_a_policy_floor_binds_the_training_after_a_release_before_the_release_is_spent(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    warm = load_job(
+        write_toy_job(
+            tmp_path / "job",
+            countries=("DE",),
+            examples=60,
+            rounds=2,
+            train='update = "head"\nwarm_start = "prototypes"',
+        )
+    )
+    probe = node_file(tmp_path, budget=20.0, state="probe")
+    confirm_round(warm, probe, run_id=1)
+    with sqlite3.connect(tmp_path / "probe" / STORE_FILE) as db:
+        noises = dict(db.execute("SELECT phase, noise_multiplier FROM job_noise").fetchall())
+    release, training = noises["warm-start"], noises[""]
+    assert training < release  # the release's one step is noisier than each training step
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'name = "floor"\nmin_noise_multiplier = {(training + release) / 2}\n', "utf-8"
+    )
+    settings = node_file(tmp_path, budget=20.0, extra='policy = "policy.toml"\n')
+    with pytest.raises(PolicyViolation) as refused:
+        train_round(warm, settings, run_id=1, server_round=1)  # the release itself is above it
+    assert refused.value.refusal.code is RefusalCode.NOISE_BELOW_POLICY
+    assert refused.value.refusal.values["noise"] == pytest.approx(training)
+    assert _store(tmp_path).charges() == []

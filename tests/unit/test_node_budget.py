@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 
 from node_harness import charge_details, node_file, train_round
 from residency.auditor.crosscheck import epsilon_dp_accounting
@@ -26,11 +25,7 @@ from toy_federation import write_toy_job
 # refusals that take a fraction of a second are `unit`.
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 @pytest.fixture

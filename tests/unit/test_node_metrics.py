@@ -7,7 +7,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 from prometheus_client.parser import text_string_to_metric_families
 
 from node_harness import confirm_round, node_file, train_round
@@ -18,16 +17,10 @@ from residency.common.errors import BudgetExceeded
 from toy_federation import write_toy_job
 
 pytestmark = [
+    pytest.mark.usefixtures("flower_task"),
     pytest.mark.node,
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 @pytest.fixture

@@ -339,13 +339,21 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
     assert "Jane Doe" not in json.dumps(results)
 
 
-def _run(coordinator: Coordinator, out: Path, *, nodes: int) -> None:
+def _run(
+    coordinator: Coordinator,
+    out: Path,
+    *,
+    nodes: int,
+    observer: object = None,
+    admitted: dict[int, str] | None = None,
+) -> None:
     run_federation(
         coordinator.grid,  # type: ignore[arg-type]
         coordinator.job,
         nodes=nodes,
         out_dir=out,
-        admitted=coordinator.admitted,
+        observer=observer,  # type: ignore[arg-type]
+        admitted=coordinator.admitted if admitted is None else admitted,
         run=RUN,
         ledger=coordinator.ledger,
     )
@@ -453,16 +461,7 @@ def test_a_waiting_round_says_who_it_waits_for_as_it_waits(tmp_path: Path) -> No
             waits.append((server_round, missing, waited_s, limit_s))
 
     with pytest.raises(JobFailed):
-        run_federation(
-            coordinator.grid,  # type: ignore[arg-type]
-            coordinator.job,
-            nodes=3,
-            out_dir=tmp_path / "out",
-            observer=Seen(),  # type: ignore[arg-type]
-            admitted=coordinator.admitted,
-            run=RUN,
-            ledger=coordinator.ledger,
-        )
+        _run(coordinator, tmp_path / "out", nodes=3, observer=Seen())
     assert waits[0][:2] == (1, ["ES", "FR"])  # said at once, before the deadline
     assert waits[0][2] < TIMEOUT_S
     assert waits[0][3] == TIMEOUT_S
@@ -525,15 +524,7 @@ def test_a_country_that_declines_the_job_is_never_sent_a_round(tmp_path: Path) -
 def test_a_node_lost_mid_round_is_named_by_the_country_it_confirmed_as(tmp_path: Path) -> None:
     """Issue 26, point 3: no `node-N` country in tallies or the ledger, even unadmitted."""
     coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _silent}, train="min_nodes = 1")
-    run_federation(
-        coordinator.grid,  # type: ignore[arg-type]
-        coordinator.job,
-        nodes=2,
-        out_dir=tmp_path / "out",
-        admitted={},  # as in simulation: a country is known from the node's own reply
-        run=RUN,
-        ledger=coordinator.ledger,
-    )
+    _run(coordinator, tmp_path / "out", nodes=2, admitted={})  # as in simulation
     text = (tmp_path / "out" / "results.json").read_text("utf-8")
     results = json.loads(text)
     assert results["privacy"]["FR"]["rounds_unconfirmed"] == 1
@@ -573,16 +564,7 @@ def test_a_silent_node_is_named_when_its_round_closes(tmp_path: Path) -> None:
         def round_finished(self, result: RoundResult) -> None:
             said.append(("finished", str(result.round)))
 
-    run_federation(
-        coordinator.grid,  # type: ignore[arg-type]
-        coordinator.job,
-        nodes=2,
-        out_dir=tmp_path / "out",
-        observer=Seen(),  # type: ignore[arg-type]
-        admitted=coordinator.admitted,
-        run=RUN,
-        ledger=coordinator.ledger,
-    )
+    _run(coordinator, tmp_path / "out", nodes=2, observer=Seen())
     assert [s[0] for s in said] == ["started", "DE", "PL", "finished"]
     assert re.fullmatch(r"PL sent no reply to round 1 within 0\.[5-9] s", said[2][1])
 

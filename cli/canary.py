@@ -237,9 +237,9 @@ def _json_list(audits: list[CanaryAudit]) -> str:
 
 def _audit(phase: dict[str, Any], canaries: int, confidence: float, seed: int) -> CanaryAudit:
     """One mechanism's audit, or a one-line input error (exit 2)."""
-    claimed = phase.pop("claimed_epsilon")
+    claimed = phase["claimed_epsilon"]
     try:
-        mechanism = Mechanism(**phase)
+        mechanism = Mechanism(**{k: v for k, v in phase.items() if k != "claimed_epsilon"})
         settings = CanarySettings(
             canaries=canaries, confidence=confidence, seed=seed, claimed_epsilon=claimed
         )

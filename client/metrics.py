@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -61,12 +61,7 @@ class NodeCollector(Collector):
             kind = AccountantKind(mine[-1].accountant) if mine else AccountantKind.PRV
             history = store.history(dataset)
             budget.add_metric(key, settings.budget_epsilon)
-            holding = [
-                step
-                for reservation in reservations
-                if reservation.dataset == dataset
-                for step in store.still_held(reservation)
-            ]
+            holding = store.held(dataset, job_account="").others  # every job's hold
             now_spent = epsilon_spent(history, delta=settings.delta, kind=kind)
             spent.add_metric(key, now_spent)
             total = epsilon_spent((*history, *holding), delta=settings.delta, kind=kind)
@@ -83,18 +78,18 @@ class NodeCollector(Collector):
         yield from (spent, budget, held, charges, untrained, refusals)
 
 
+def _registry(settings: NodeSettings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(settings))
+    return registry
+
+
 def serve_metrics(settings: NodeSettings, address: str) -> None:
     """Serve ``/metrics`` on ``host:port`` in a daemon thread (``metrics_address``)."""
     host, _, port = address.rpartition(":")
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(settings))
-    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=_registry(settings))
 
 
 def metrics_text(settings: NodeSettings) -> bytes:
-    """The exposition Prometheus would scrape now (tests and ``node status``-like checks)."""
-    from prometheus_client import generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(settings))
-    return generate_latest(registry)
+    """The exposition Prometheus would scrape now (what ``serve_metrics`` answers)."""
+    return generate_latest(_registry(settings))

@@ -522,12 +522,7 @@ class _Federation:
         silent: list[str] = []
         if asking:
             timeout_s = self.job.train.round_timeout_s
-            config = ConfigRecord({**dict(self.config), "server-round": server_round})
-            content = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config})
-            messages = [
-                Message(content, message_type=MessageType.QUERY, dst_node_id=i, ttl=timeout_s)
-                for i in asking
-            ]
+            messages = self._queries(asking, ttl_s=timeout_s, **{"server-round": server_round})
 
             def on_reply(reply: Message, bytes_down: int) -> None:
                 node_id = reply.metadata.src_node_id
@@ -551,6 +546,15 @@ class _Federation:
             silent += [self.countries.of(i) for i in asking if i not in answered]
         return [i for i in node_ids if i in self.confirmed], refused, silent
 
+    def _queries(self, node_ids: list[int], *, ttl_s: float, **plan: bool | int) -> list[Message]:
+        """One query per node: the job's plan with ``plan``'s keys set, and no model."""
+        config = ConfigRecord({**dict(self.config), **plan})
+        content = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config})
+        return [
+            Message(content, message_type=MessageType.QUERY, dst_node_id=i, ttl=ttl_s)
+            for i in node_ids
+        ]
+
     def end_holds(self) -> None:
         """Tell every node that confirmed the job it is over, so it frees what it still holds.
 
@@ -559,14 +563,8 @@ class _Federation:
         """
         if not self.confirmed:
             return
-        config = ConfigRecord(
-            {**dict(self.config), "job-ended": True, "server-round": self.current_round}
-        )
-        content = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config})
-        messages = [
-            Message(content, message_type=MessageType.QUERY, dst_node_id=i, ttl=END_HOLDS_S)
-            for i in sorted(self.confirmed)
-        ]
+        ended = {"job-ended": True, "server-round": self.current_round}
+        messages = self._queries(sorted(self.confirmed), ttl_s=END_HOLDS_S, **ended)
         try:
             _exchange(self.grid, messages, timeout_s=END_HOLDS_S, on_reply=lambda *_: None)
         except Exception as exc:  # the run is over whatever happens here

@@ -6,11 +6,11 @@ import multiprocessing
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
+from deployment_harness import wait_until
 from residency.client.budget_store import BudgetStore, Held
 
 pytestmark = pytest.mark.unit
@@ -229,8 +229,7 @@ def test_a_job_holds_its_planned_steps_still_to_come_until_the_hold_lapses(
         check=lambda job, account, held: None,
     )
     assert lapsing.reservations(dataset)
-    time.sleep(0.1)
-    assert lapsing.reservations(dataset) == []
+    wait_until(lambda: not lapsing.reservations(dataset), timeout_s=10, what="the hold to lapse")
     assert lapsing.held(dataset, job_account=JOB_B) == Held((), own=False)
 
 

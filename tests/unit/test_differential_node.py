@@ -77,6 +77,7 @@ PLANS = st.fixed_dictionaries(
         "lora-alpha": st.sampled_from([1, 4096]),
         "rounds": st.sampled_from([1, 3]),
         "refine": st.booleans(),
+        "job-ended": st.booleans(),  # a query that frees the job's hold; a round refuses it
     },
 )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Message
 
+from deployment_harness import wait_until
 from node_harness import (
     confirm_round,
     node_context,
@@ -109,7 +110,8 @@ def test_a_held_budget_is_kept_from_other_jobs_until_its_job_has_run(
 def test_a_lapsed_hold_frees_the_budget(job: Job, tmp_path: Path) -> None:
     settings = node_file(tmp_path, budget=10.0, extra="reservation_hours = 0.00002\n")
     confirm_round(job, settings, run_id=1)  # held for 72 ms
-    time.sleep(0.2)
+    store = _store(tmp_path)
+    wait_until(lambda: not store.reservations(), timeout_s=10, what="job 1's hold to lapse")
     confirm_round(job, settings, run_id=2)  # job 1 never came back; job 2 may use the budget
     assert len(_store(tmp_path).reservations()) == 1
 
@@ -205,8 +207,11 @@ def test_one_round_trains_at_a_time_and_one_whose_round_closed_meanwhile_is_not_
         waiting = threading.Thread(
             target=lambda: late.extend(_refusal_of(job, settings, ttl=0.3)), daemon=True
         )
+        started = time.monotonic()
         waiting.start()
-        time.sleep(0.8)
+        wait_until(  # keep the node busy past the waiting round's life (ttl 0.3 s)
+            lambda: time.monotonic() - started > 0.8, timeout_s=10, what="the round to close"
+        )
     waiting.join()
     [closed] = late
     assert isinstance(closed, PolicyViolation)

@@ -659,7 +659,7 @@ def _cross_check(result: Verification, keys: dict[str, str], path: Path) -> None
                 f"{what}: the coordinator recorded the round as unconfirmed (no valid reply in "
                 "time); the node's charge is real and counts for the country",
             )
-        elif status in ("stopped", "failed"):
+        elif status in ("stopped", "failed", "resumed"):
             result.note(None, f"{what}: the run was {status} before the reply arrived")
         else:
             result.flag(None, f"{what}: deleted, truncated, or never delivered")

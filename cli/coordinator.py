@@ -29,7 +29,7 @@ from residency.server.coordinator import (
     init_coordinator,
     superlink_command,
 )
-from residency.server.recovery import end_open_runs
+from residency.server.recovery import settle_open_runs
 
 coordinator_app = typer.Typer(
     help="Run the coordinator: its CA, its SuperLink, and which nodes may join.",
@@ -131,8 +131,8 @@ def start(
             "coordinator already running?); fix: stop that process, or change port",
             EXIT_UNAVAILABLE,
         )
-    for ended in end_open_runs(where):
-        console.print(f"run {ended.run}: {ended.reason}", markup=False)
+    for settled in settle_open_runs(where, settings):
+        console.print(f"run {settled.run}: {settled.reason}", markup=False)
     command, env = superlink_command(where, settings, insecure=insecure)
     log = where.logs / "superlink.out"
     scheme = "http" if insecure else "https"

@@ -134,6 +134,12 @@ def backend_config(nodes: int) -> dict[str, Any]:
     }
 
 
+def _stopped(control: RunControl) -> None:
+    """Let the ServerApp write "stopped" into results.json and the ledger before we exit."""
+    control.stop.set()
+    control.ended.wait(timeout=STOP_WAIT_S)
+
+
 def simulate(
     job: Job,
     job_path: Path,
@@ -167,13 +173,15 @@ def simulate(
         control=control,
     )
     previous = None
+    interrupted = threading.Event()
     if threading.current_thread() is threading.main_thread():
 
-        def interrupted(signum: int, frame: FrameType | None) -> None:
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            interrupted.set()
             control.stop.set()  # before the backend goes: the round ends stopped, not failed
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGINT, interrupted)
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         run_simulation(
             server_app=server_app,
@@ -181,13 +189,19 @@ def simulate(
             num_supernodes=len(job.nodes),
             backend_config=backend_config(len(job.nodes)),
         )
-    except KeyboardInterrupt:
-        control.stop.set()
-        control.ended.wait(timeout=STOP_WAIT_S)  # results.json and the ledger say "stopped"
-        raise
+    except BaseException as exc:
+        # Flower and Ray clean up in `finally` blocks that can raise over the interrupt (Ray's
+        # shutdown, the backend crashing as it goes): Ctrl-C stays the outcome either way.
+        if not (interrupted.is_set() or isinstance(exc, KeyboardInterrupt)):
+            raise
+        _stopped(control)
+        raise KeyboardInterrupt from exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():  # Flower swallowed the interrupt; the job still ended by Ctrl-C
+        _stopped(control)
+        raise KeyboardInterrupt
     if not sink:
         raise JobFailed(f"the simulation ended without results; see {out_dir / 'residency.log'}")
     return sink[0]

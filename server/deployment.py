@@ -27,6 +27,7 @@ from residency.server.launch import (
     RUNS_DIR_ENV,
 )
 from residency.server.launch_check import LaunchRefused, accepted_job, trusted_launchers
+from residency.server.recovery import end_prepared, prepared_resume
 from residency.server.results import RESULTS_FILE, Results
 from residency.server.run_ledger import RunLedger
 
@@ -73,12 +74,17 @@ def data_dir() -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the job in the run config; print progress events; keep outputs on the coordinator."""
+    out_dir = runs_dir() / str(context.run_id)
+    resumed = prepared_resume(out_dir)
     try:
         job, signed = accepted_job(context.run_config, data_dir(), trusted_launchers())
+        if resumed is not None and resumed.resumed[-1].job_sha256 != signed.sha256:
+            raise LaunchRefused("the run resumes another job than the one it carries")
     except LaunchRefused as exc:  # a launch that reached here without the SuperLink's check
+        if resumed is not None:  # the resumed run ends here, said in its results
+            end_prepared(out_dir, resumed, f"could not resume: {exc}")
         emit(RunRefused(error=str(exc)))
         raise JobFailed(str(exc)) from exc
-    out_dir = runs_dir() / str(context.run_id)
     emit(RunStarted(run_dir=str(out_dir.resolve()), nodes=len(job.nodes)))
     try:
         run_federation(
@@ -91,6 +97,7 @@ def main(grid: Grid, context: Context) -> None:
             run=str(context.run_id),
             ledger=run_ledger(str(context.run_id), job),
             signed=signed,
+            resumed=resumed,
         )
     except DataError as exc:  # the job's test file: named back, never quoted
         if not (out_dir / RESULTS_FILE).exists():

@@ -54,7 +54,7 @@ from residency.common.model import (
 )
 from residency.common.updates import Combine, method_for, prototypes
 from residency.common.version import __version__
-from residency.server.checkpoint import save_checkpoint
+from residency.server.checkpoint import Saved, load_checkpoint, save_checkpoint
 from residency.server.held_out import KeptModel, better, refines, split_rows
 from residency.server.node_errors import error_sentence, timeout_sentence
 from residency.server.record_check import Received, received_record
@@ -744,13 +744,50 @@ class _Federation:
     def checkpoint(self, out_dir: Path, server_round: int) -> None:
         """Keep the global model and the ledger position of a completed round."""
         transform = self.config.get("feature-transform", b"")
+        kept = self.kept
         save_checkpoint(
             out_dir,
             server_round,
             {name: t.float().numpy() for name, t in trainable_state(self.model).items()},
             feature_transform=transform if isinstance(transform, bytes) else b"",
             ledger_position=None if self.ledger is None else self.ledger.ledger.head(),
+            kept=None
+            if kept is None
+            else (
+                kept.round,
+                kept.accuracy,
+                {name: t.float().numpy() for name, t in kept.state.items()},
+            ),
         )
+
+    def restore(self, saved: Saved, rounds: Iterable[RoundResult], next_round: int) -> None:
+        """Continue from a checkpoint: its global model, a warm start's transform, the kept model.
+
+        The model and strategy are set as they were after the checkpoint's round, so the next
+        round goes out exactly as it would have before the crash.
+        """
+        if saved.transform is not None:  # the warm start's release ran: its standardisation
+            centre, scale = (torch.from_numpy(np.array(row)) for row in saved.transform)
+            set_feature_transform(self.model, centre, scale)
+            self.centre_and_scale = (centre, scale)
+            self.config = ConfigRecord(
+                round_config(
+                    self.job,
+                    base_fingerprint=self.fingerprint,
+                    feature_transform=feature_transform_bytes(*saved.transform),
+                    signed=self.signed,
+                )
+            )
+        load_trainable_state(self.model, saved.arrays)
+        self.arrays = ArrayRecord({name: Array(value) for name, value in saved.arrays.items()})
+        self.strategy.combine = method_for(self.job.train.round_update(next_round)).combine
+        self.held_out_scores = {
+            r.round: r.held_out_accuracy for r in rounds if r.held_out_accuracy is not None
+        }
+        checkpoint = saved.checkpoint
+        if saved.kept is not None and checkpoint.kept_round is not None:
+            state = {name: torch.from_numpy(np.array(a)) for name, a in saved.kept.items()}
+            self.kept = KeptModel(checkpoint.kept_round, checkpoint.kept_accuracy or 0.0, state)
 
     def finish(self, out_dir: Path) -> FinalResult:
         """Score the kept model (else the last) and export it as a Hugging Face checkpoint."""
@@ -781,6 +818,7 @@ def run_federation(
     ledger: RunLedger | None = None,
     signed: SignedJob | None = None,
     control: RunControl | None = None,
+    resumed: Results | None = None,
 ) -> Results:
     """Run every round of ``job`` over ``nodes`` nodes; write results and the final model.
 
@@ -790,36 +828,48 @@ def run_federation(
     receives the run's privacy events. ``signed`` is the job as its launcher signed it: every
     round plan relays it, and each node's record must name its hash. ``control`` lets the
     process hosting the ServerApp's thread stop the run and wait until it is written.
+    ``resumed`` is the results ``coordinator start`` prepared in ``out_dir`` for a run that
+    continues an interrupted one (:mod:`residency.server.recovery`): the rounds go on from
+    its last ``resumed`` entry, from the checkpoint beside it.
     """
     federation = _Federation(grid, job, nodes, observer, dict(admitted or {}), run, ledger, signed)
     results_path = out_dir / RESULTS_FILE
 
     def sending(server_round: int, countries: list[str]) -> None:
-        results.in_flight = InFlight(round=server_round, countries=sorted(countries))
+        results.in_flight = InFlight(
+            round=server_round, countries=sorted(countries), refine=federation.refining
+        )
         results.write(results_path)
 
     federation.sending = sending
     federation.stop = None if control is None else control.stop
-    results = Results(
-        job=job.name,
-        residency_version=__version__,
-        started_at=now(),
-        config=job.model_dump(mode="json"),
-        baseline=RoundResult(
-            round=0,
-            **_scores_fields(federation.score()),
-            nodes=[],
-            bytes_up=0,
-            bytes_down=0,
-            seconds=0.0,
-        ),
-    )
+    first_round, continues = 1, None
+    if resumed is not None and resumed.resumed:
+        results, continues = resumed, resumed.resumed[-1]
+        first_round = continues.next_round
+        federation.restore(load_checkpoint(out_dir), results.rounds, first_round)
+        federation.spend = SpendTally(job, carried=results.privacy)
+    else:
+        results = Results(
+            job=job.name,
+            residency_version=__version__,
+            started_at=now(),
+            config=job.model_dump(mode="json"),
+            baseline=RoundResult(
+                round=0,
+                **_scores_fields(federation.score()),
+                nodes=[],
+                bytes_up=0,
+                bytes_down=0,
+                seconds=0.0,
+            ),
+        )
     results.write(results_path)
     if ledger is not None:
-        ledger.started(job)
+        ledger.started(job, resumes=None if continues is None else continues.from_run)
     try:
         _check_admitted(job, federation.countries)
-        for server_round in range(1, job.train.server_rounds + 1):
+        for server_round in range(first_round, job.train.server_rounds + 1):
             if federation.refine_next(server_round):
                 federation.refine_round()
             result = federation.play_round(server_round)

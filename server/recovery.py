@@ -5,21 +5,36 @@ A coordinator that died (SIGKILL, power loss) leaves runs that no ServerApp driv
 still queues the round's undelivered messages, which nodes would pull, charge for and train
 once the SuperLink is back, for a round nobody aggregates. Before the new SuperLink accepts a
 connection, each such run is stopped in Flower's own state (``LinkState.stop_run`` deletes its
-messages, as ``runs stop`` does), its in-flight round is written to the ledger as unconfirmed
-for every country it was sent to (they may have charged before the crash), and the run ends
-as ``failed`` with the reason. A run cannot resume yet: nodes account a job per Flower run.
+messages, as ``runs stop`` does) and its in-flight round is written to the ledger as
+unconfirmed for every country it was sent to (they may have charged before the crash).
+
+Then the job goes on. Nodes account a job by its signed hash, whatever Flower run carries it,
+so the interrupted run is continued under a new Flower run of the same signed bundle: its
+folder starts with the old run's results and checkpoint (:class:`.results.Resumed`), the
+ServerApp picks up from the checkpoint's round, and every node charges within the same job
+target. A round that was in flight is never sent again (nodes may have charged it): the job
+continues with the round after it, so no country spends more than the job planned. The old
+run ends ``resumed``, naming the new one. A run with no completed round, no checkpoint, or a
+job the coordinator no longer accepts ends ``failed`` instead, with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from residency.common.clock import now
-from residency.server.checkpoint import CHECKPOINT_DIR, STATE_FILE
-from residency.server.coordinator import CoordinatorDir
-from residency.server.results import RESULTS_FILE, Results, RunStatus
+from residency.server.checkpoint import CHECKPOINT_DIR, load_checkpoint
+from residency.server.coordinator import CoordinatorDir, CoordinatorSettings
+from residency.server.launch_check import LaunchRefused, accepted_job, bundle_run_config
+from residency.server.results import RESULTS_FILE, Results, Resumed, RunStatus
+
+if TYPE_CHECKING:
+    from flwr.server.superlink.linkstate import LinkState
+    from flwr.supercore.run import Run
 
 log = logging.getLogger("residency.coordinator")
 
@@ -28,67 +43,199 @@ UNCONFIRMED_REASON = "the coordinator stopped before the round closed; the node 
 
 @dataclass(frozen=True)
 class EndedRun:
-    """A run the restart ended, and why."""
+    """A run the restart settled, and what it says about it."""
 
     run: str
     reason: str
+    resumed_as: str | None = None
 
 
-def stop_flower_runs(database: Path) -> list[int]:
-    """Stop every started, unfinished run in the SuperLink database; their messages go too.
-
-    Called while no SuperLink runs, so no ServerApp can still be driving them.
-    """
+def _link_state(database: Path) -> LinkState | None:
+    """The SuperLink's state, opened while no SuperLink runs (None: no database yet)."""
     if not database.exists():
-        return []
-    from flwr.common.constant import Status
+        return None
     from flwr.superlink.config_loader import (
         get_federation_manager,
         get_objectstore_linkstate_factories,
     )
 
     _, factory = get_objectstore_linkstate_factories(str(database), get_federation_manager())
-    state = factory.state()
+    return factory.state()
+
+
+def stop_flower_runs(state: LinkState | None) -> dict[str, Run]:
+    """Stop every started, unfinished run in the SuperLink database; their messages go too.
+
+    Called while no SuperLink runs, so no ServerApp can still be driving them. Returns the
+    stopped runs by id, as they were (what a resumed run is created from).
+    """
+    if state is None:
+        return {}
+    from flwr.common.constant import Status
+
     open_runs = state.get_run_info(statuses=[Status.STARTING, Status.RUNNING])
-    stopped = [run.run_id for run in open_runs if state.stop_run(run.run_id)]
+    stopped = {str(run.run_id): run for run in open_runs if state.stop_run(run.run_id)}
     for run_id in stopped:
-        log.warning("run %d was left open by a coordinator that stopped; stopped it", run_id)
+        log.warning("run %s was left open by a coordinator that stopped; stopped it", run_id)
     return stopped
 
 
-def _reason(results: Results, folder: Path) -> str:
+def _where(results: Results) -> str:
     done = len(results.rounds)
-    where = (
-        f"during round {results.in_flight.round}"
-        if results.in_flight is not None
-        else f"after {done} completed round{'s' if done != 1 else ''}"
-    )
+    if results.in_flight is not None:
+        return f"during round {results.in_flight.round}"
+    return f"after {done} completed round{'s' if done != 1 else ''}"
+
+
+def _failed_reason(results: Results, folder: Path, why: str) -> str:
     kept = ""
-    if (folder / CHECKPOINT_DIR / STATE_FILE).exists():
+    if (folder / CHECKPOINT_DIR).is_dir():
         kept = f"; {CHECKPOINT_DIR}/ holds the global model of the last completed round"
     return (
-        f"the coordinator stopped {where}; `residency coordinator start` ended the run "
-        f"(a run cannot resume: launch the job again{kept})"
+        f"the coordinator stopped {_where(results)}; `residency coordinator start` ended the "
+        f"run ({why}{kept})"
     )
 
 
-def end_open_runs(folder: CoordinatorDir) -> list[EndedRun]:
-    """End every run the coordinator's outputs still show as running (see module doc)."""
-    stop_flower_runs(folder.database)
-    ended = []
+def _checkpoint_round(folder: Path) -> int:
+    """The round the run's intact checkpoint holds (0: none)."""
+    try:
+        return load_checkpoint(folder).checkpoint.round
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How an interrupted run goes on: from which round, and the signed job it carries."""
+
+    next_round: int
+    lost_round: int | None
+    job_sha256: str
+
+
+def _plan(
+    results: Results, folder: Path, run: Run | None, state: LinkState, settings: _Trust
+) -> _Plan | str:
+    """How the run resumes, or why it cannot (a reason for its ``failed`` end)."""
+    if run is None:
+        return "the SuperLink database no longer holds the run, so it cannot resume"
+    checkpointed = _checkpoint_round(folder)
+    if not checkpointed:
+        return "no intact checkpoint of a completed round to resume from: launch the job again"
+    fab = state.get_fab(run.fab_hash)
+    config: dict[str, Any] = {**bundle_run_config(b"" if fab is None else fab.content)}
+    config.update(run.override_config)
+    try:
+        job, signed = accepted_job(config, settings.data, settings.trusted)
+    except LaunchRefused as exc:
+        return f"the coordinator no longer accepts the job ({exc})"
+    flight = results.in_flight
+    done = max([checkpointed, *(r.round for r in results.rounds)])
+    lost = flight.round if flight is not None and flight.round > done else None
+    next_round = (lost or done) + 1
+    if flight is not None and flight.refine:  # the release again ends the job: nothing follows
+        next_round = job.train.server_rounds + 1
+    return _Plan(next_round, lost, signed.sha256)
+
+
+@dataclass(frozen=True)
+class _Trust:
+    data: Path
+    trusted: list[str]
+
+
+def _resume(
+    results: Results, folder: Path, run: Run, state: LinkState, plan: _Plan, runs: Path
+) -> str:
+    """Create the new Flower run and its folder (results and checkpoint); its id."""
+    new_id = state.create_run(
+        run.fab_id,
+        run.fab_version,
+        run.fab_hash,
+        run.override_config,
+        run.federation_id,
+        state.get_federation_config(run.run_id),
+        run.flwr_aid,
+        run.primary_task_type,
+    )
+    new = runs / str(new_id)
+    new.mkdir(parents=True)
+    shutil.copytree(folder / CHECKPOINT_DIR, new / CHECKPOINT_DIR)
+    continued = results.model_copy(deep=True)
+    continued.in_flight = None
+    continued.resumed = [
+        *results.resumed,
+        Resumed(
+            from_run=folder.name,
+            next_round=plan.next_round,
+            lost_round=plan.lost_round,
+            job_sha256=plan.job_sha256,
+            at=now(),
+        ),
+    ]
+    continued.write(new / RESULTS_FILE)
+    return str(new_id)
+
+
+def _resumed_reason(results: Results, plan: _Plan, new_id: str) -> str:
+    lost = ""
+    if plan.lost_round is not None:
+        lost = f"; round {plan.lost_round} was in flight and is not sent again"
+    return (
+        f"the coordinator stopped {_where(results)}; `residency coordinator start` resumed the "
+        f"job as run {new_id} from round {plan.next_round}{lost}"
+    )
+
+
+def settle_open_runs(folder: CoordinatorDir, settings: CoordinatorSettings) -> list[EndedRun]:
+    """Resume, or else end, every run the coordinator's outputs still show as running."""
+    state = _link_state(folder.database)
+    stopped = stop_flower_runs(state)
+    trust = _Trust(folder.data(settings).resolve(), list(settings.trusted_launchers))
+    settled = []
     for path in sorted(folder.runs.glob(f"*/{RESULTS_FILE}")):
         results = Results.model_validate_json(path.read_text("utf-8"))
-        if results.status is not RunStatus.RUNNING:
+        if results.status is not RunStatus.RUNNING or results.resumed_as is not None:
             continue
         from residency.server.run_ledger import RunLedger  # imports torch: only when needed
 
-        run, reason = path.parent.name, _reason(results, path.parent)
+        run = path.parent.name
         ledger = RunLedger.open(folder.ledger, folder.ledger_key, run=run, job=results.job)
-        if results.in_flight is not None:
-            for country in results.in_flight.countries:
-                ledger.unconfirmed(country, results.in_flight.round, UNCONFIRMED_REASON)
-        ledger.finished(RunStatus.FAILED.value, reason)
-        results.status, results.error, results.finished_at = RunStatus.FAILED, reason, now()
+        flight = results.in_flight
+        if flight is not None and flight.round > _checkpoint_round(path.parent):
+            for country in flight.countries:  # a round the checkpoint holds closed: ledgered
+                ledger.unconfirmed(country, flight.round, UNCONFIRMED_REASON)
+        plan = (
+            "the SuperLink database is gone, so it cannot resume"
+            if state is None
+            else _plan(results, path.parent, stopped.get(run), state, trust)
+        )
+        if isinstance(plan, _Plan) and state is not None:
+            new_id = _resume(results, path.parent, stopped[run], state, plan, folder.runs)
+            reason = _resumed_reason(results, plan, new_id)
+            results.status, results.resumed_as = RunStatus.RESUMED, new_id
+        else:
+            reason, new_id = _failed_reason(results, path.parent, str(plan)), None
+            results.status = RunStatus.FAILED
+        ledger.finished(results.status.value, reason)
+        results.error, results.finished_at = reason, now()
         results.write(path)
-        ended.append(EndedRun(run, reason))
-    return ended
+        settled.append(EndedRun(run, reason, new_id))
+    return settled
+
+
+def prepared_resume(out_dir: Path) -> Results | None:
+    """The results ``coordinator start`` prepared for a resumed run in ``out_dir``, if any."""
+    path = out_dir / RESULTS_FILE
+    if not path.exists():
+        return None
+    results = Results.model_validate_json(path.read_text("utf-8"))
+    ready = results.status is RunStatus.RUNNING and results.resumed and results.finished_at is None
+    return results if ready else None
+
+
+def end_prepared(out_dir: Path, results: Results, reason: str) -> None:
+    """End a resumed run that cannot start, so no later restart tries it again."""
+    results.status, results.error, results.finished_at = RunStatus.FAILED, reason, now()
+    results.write(out_dir / RESULTS_FILE)

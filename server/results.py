@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from residency.common.files import write_atomic
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RESULTS_FILE = "results.json"
 
 
@@ -120,6 +120,23 @@ class InFlight(Record):
 
     round: int
     countries: list[str]
+    refine: bool = False  # the release again, which ends the job
+
+
+class Resumed(Record):
+    """An earlier Flower run of this job that a coordinator crash interrupted, resumed here.
+
+    Written by ``coordinator start`` (:mod:`residency.server.recovery`) into the new run's
+    folder: rounds up to ``next_round`` - 1 are the earlier run's (its ``rounds``, kept here),
+    and a round in flight at the crash (``lost_round``) is never sent again, since nodes may
+    have charged it.
+    """
+
+    from_run: str
+    next_round: int
+    lost_round: int | None = None
+    job_sha256: str
+    at: str
 
 
 class RunStatus(StrEnum):
@@ -129,6 +146,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
+    RESUMED = "resumed"  # interrupted by a coordinator crash, continued under a new run
 
 
 class Results(Record):
@@ -147,6 +165,8 @@ class Results(Record):
     in_flight: InFlight | None = None
     final: FinalResult | None = None
     privacy: dict[str, CountryPrivacy] = {}
+    resumed: list[Resumed] = []  # the earlier runs this one continues, oldest first
+    resumed_as: str | None = None  # set on an interrupted run: the run that continued it
 
     def write(self, path: Path) -> None:
         """Write atomically: a temp file in the same folder, then rename."""

@@ -41,21 +41,22 @@ class RunLedger:
         signer = load_or_create_signer(key, comment="residency-coordinator-ledger")
         return cls(folder, Ledger(folder / LEDGER_FILE, signer), run, job)
 
-    def started(self, job: Job) -> None:
-        """What the run asked for, so refusals and spend can be read against it."""
-        self.ledger.append(
-            EntryKind.RUN_STARTED,
-            run=self.run,
-            job=self.job,
-            detail={
-                "countries": ",".join(node.country for node in job.nodes),
-                "rounds": job.train.server_rounds,  # a warm start's release is round 1
-                "target_epsilon": job.privacy.target_epsilon,
-                "delta": job.privacy.delta,
-                "accountant": job.privacy.accountant.value,
-                "update": pipeline_name(job.train.update, job.train.warm_start),
-            },
-        )
+    def started(self, job: Job, *, resumes: str | None = None) -> None:
+        """What the run asked for, so refusals and spend can be read against it.
+
+        ``resumes`` names the interrupted run this one continues (the same signed job).
+        """
+        detail: dict[str, str | int | float] = {
+            "countries": ",".join(node.country for node in job.nodes),
+            "rounds": job.train.server_rounds,  # a warm start's release is round 1
+            "target_epsilon": job.privacy.target_epsilon,
+            "delta": job.privacy.delta,
+            "accountant": job.privacy.accountant.value,
+            "update": pipeline_name(job.train.update, job.train.warm_start),
+        }
+        if resumes is not None:
+            detail["resumes"] = resumes
+        self.ledger.append(EntryKind.RUN_STARTED, run=self.run, job=self.job, detail=detail)
 
     def record(self, got: Received, *, averaged: bool, reason: str | None) -> None:
         """A node's signed record, the hash of what arrived, and whether it was averaged."""

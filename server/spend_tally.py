@@ -9,6 +9,7 @@ averaged or not, and counts its rounds three ways, so ``results.json`` shows the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from residency.common.config.job import Job
@@ -27,9 +28,11 @@ class _Country:
 class SpendTally:
     """What each country's signed records say it spent, and the rounds no record covers."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, carried: Mapping[str, CountryPrivacy] | None = None) -> None:
+        """``carried``: the tally of the run this one resumes, which its counts continue."""
         self._job = job
         self._countries: dict[str, _Country] = {}
+        self._carried = dict(carried or {})
 
     def _of(self, country: str) -> _Country:
         return self._countries.setdefault(country, _Country())
@@ -47,7 +50,23 @@ class SpendTally:
 
     def summary(self) -> dict[str, CountryPrivacy]:
         """The ``privacy`` object of ``results.json``, by country."""
-        return {country: self._privacy(tally) for country, tally in sorted(self._countries.items())}
+        countries = sorted({*self._countries, *self._carried})
+        return {country: self._continued(country) for country in countries}
+
+    def _continued(self, country: str) -> CountryPrivacy:
+        """This run's figures for ``country`` (the resumed run's, until a record arrives)."""
+        tally = self._countries.get(country, _Country())
+        before = self._carried.get(country)
+        if before is None:
+            return self._privacy(tally)
+        mine = before if tally.latest is None else self._privacy(tally)
+        return mine.model_copy(
+            update={
+                "rounds_averaged": before.rounds_averaged + tally.averaged,
+                "rounds_charged": before.rounds_charged + tally.charged,
+                "rounds_unconfirmed": before.rounds_unconfirmed + tally.unconfirmed,
+            }
+        )
 
     def _privacy(self, tally: _Country) -> CountryPrivacy:
         privacy = self._job.privacy

@@ -137,12 +137,14 @@ def test_ctrl_c_stops_a_simulation_and_its_results_say_so(tmp_path: Path) -> Non
     """Flower runs the ServerApp in a thread Ctrl-C does not reach; the run still ends."""
     job = write_toy_job(tmp_path / "job", rounds=50)
     results = tmp_path / "out" / "results.json"
-    process = subprocess.Popen(
-        [RESIDENCY, "simulate", str(job), "-o", "out"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    printed = tmp_path / "printed.txt"
+    with printed.open("wb") as sink:
+        process = subprocess.Popen(
+            [RESIDENCY, "simulate", str(job), "-o", "out"],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 300
         while not (results.exists() and json.loads(results.read_text("utf-8"))["rounds"]):
@@ -151,7 +153,7 @@ def test_ctrl_c_stops_a_simulation_and_its_results_say_so(tmp_path: Path) -> Non
             time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=90)  # the round timeout is an hour: this is the stop
-        assert code == 130
+        assert code == 130, printed.read_text("utf-8", errors="replace")[-3000:]
     finally:
         if process.poll() is None:
             process.kill()

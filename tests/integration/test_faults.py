@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +88,13 @@ def _rounds_done(path: Path) -> int:
         return len(json.loads(path.read_text("utf-8"))["rounds"])
     except (OSError, ValueError):
         return 0
+
+
+def _status(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text("utf-8"))["status"])
+    except (OSError, ValueError):
+        return ""
 
 
 def _received_rounds(node_dir: Path) -> int:
@@ -170,6 +176,7 @@ class Faults:
     crashed_path: Path
     crashed_before_restart: Results
     crashed: Results
+    resumed: Results
     restart_output: str
     orphaned_path: Path
     orphaned: Results
@@ -251,14 +258,23 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
 
         restarted = federation.start_coordinator()
         federation.wait_online(("DE", "FR"))
-        time.sleep(10)  # time enough for a node to pull a stale round, if one were left
         crashed = Results.model_validate_json(crashed_path.read_text("utf-8"))
+        assert crashed.resumed_as is not None, crashed.error
+        resumed_path = crashed_path.parent.parent / crashed.resumed_as / "results.json"
+        wait_until(
+            lambda: _status(resumed_path) not in ("", "running"),
+            timeout_s=300,
+            what="the resumed run to end",
+        )
+        resumed = Results.model_validate_json(resumed_path.read_text("utf-8"))
         restart_output = restarted.output()
 
         # 4. Only `coordinator start` is SIGKILLed, mid-run: its SuperLink and ServerApp follow.
         stop_job = write_toy_job(root / "orphan", countries=("DE", "FR"), rounds=5, train=TRAIN)
         launcher = _launch(federation, stop_job, root / "orphan-out")
-        orphaned_path = _run_results(federation, before | {results_path, crashed_path})
+        orphaned_path = _run_results(
+            federation, before | {results_path, crashed_path, resumed_path}
+        )
         wait_until(lambda: _rounds_done(orphaned_path) >= 1, timeout_s=180, what="round 1")
         below = descendants(restarted.process.pid)
         restarted.process.kill()
@@ -287,6 +303,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         crashed_path,
         crashed_before_restart,
         crashed,
+        resumed,
         restart_output,
         orphaned_path,
         orphaned,
@@ -372,19 +389,37 @@ def _charged_rounds(faults: Faults, country: str, run: str) -> set[int]:
     }
 
 
-def test_a_restart_ends_the_interrupted_run_and_no_node_trains_it_again(faults: Faults) -> None:
+def test_a_restart_resumes_the_interrupted_job_within_each_countrys_target(
+    faults: Faults,
+) -> None:
+    """Every coordinator process died after round 1 of 3; `coordinator start` resumes the job."""
     assert faults.crashed_before_restart.status == "running"  # nobody could write the end
-    crashed = faults.crashed
+    crashed, resumed = faults.crashed, faults.resumed
     run = faults.crashed_path.parent.name
-    assert crashed.status == "failed"
-    assert crashed.error is not None
-    assert "`residency coordinator start` ended the run" in crashed.error
-    assert "checkpoint/ holds the global model of the last completed round" in crashed.error
+    assert crashed.status == "resumed"
+    assert crashed.resumed_as is not None
+    assert f"resumed the job as run {crashed.resumed_as}" in (crashed.error or "")
     assert f"run {run}: the coordinator stopped" in faults.restart_output
+    assert resumed.status == "completed", resumed.error
+    assert resumed.final is not None
+    [continued] = resumed.resumed
+    assert continued.from_run == run
     done = len(crashed.rounds)
+    lost = continued.lost_round
+    assert continued.next_round == (lost or done) + 1
+    assert [r.round for r in resumed.rounds] == [
+        n for n in range(1, 4) if n != lost
+    ]  # every round once, but the one in flight at the crash, which is never sent again
     for country in ("DE", "FR"):
         charged = _charged_rounds(faults, country, run)
         assert max(charged) <= done + 1, charged  # at most the round in flight at the crash
+        again = _charged_rounds(faults, country, crashed.resumed_as)
+        assert again == set(range(continued.next_round, 4))
+        assert not charged & again  # no round charged twice
+        privacy = resumed.privacy[country]
+        assert privacy.epsilon is not None
+        assert privacy.epsilon <= privacy.target_epsilon * (1 + 1e-6)  # the job's one account
+        assert privacy.rounds_charged == len(charged - {lost}) + len(again)  # records received
         orphaned = _charged_rounds(faults, country, faults.orphaned_path.parent.name)
         assert max(orphaned) <= len(faults.orphaned.rounds) + 1
 

@@ -1,4 +1,8 @@
-"""A restarted coordinator ends the runs a crash left open, so the ledger verifies again."""
+"""A restarted coordinator settles the runs a crash left open, so the ledger verifies again.
+
+Resuming needs the SuperLink database's run and its bundle: tests/integration/test_faults.py
+resumes a real one; here the database is gone, so the run ends failed.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from residency.common.clock import now
 from residency.common.config.job import load_job
 from residency.common.privacy.signing import public_path
 from residency.server.coordinator import CoordinatorDir, init_coordinator
-from residency.server.recovery import UNCONFIRMED_REASON, end_open_runs
+from residency.server.recovery import UNCONFIRMED_REASON, settle_open_runs
 from residency.server.results import InFlight, Results, RoundResult, RunStatus
 from residency.server.run_ledger import RunLedger
 from toy_federation import write_toy_job
@@ -65,14 +69,14 @@ def test_an_open_run_ends_failed_with_its_in_flight_round_unconfirmed(tmp_path: 
         for p in verify_ledger(folder.ledger / "ledger.jsonl", keys).problems
     )
 
-    ended = end_open_runs(folder)
+    ended = settle_open_runs(folder, folder.load())
 
     assert [e.run for e in ended] == ["41"]
     results = Results.model_validate_json(path.read_text("utf-8"))
     assert results.status is RunStatus.FAILED
     assert results.error == (
         "the coordinator stopped during round 2; `residency coordinator start` ended the run "
-        "(a run cannot resume: launch the job again)"
+        "(the SuperLink database is gone, so it cannot resume)"
     )
     assert results.finished_at is not None
     verified = verify_ledger(folder.ledger / "ledger.jsonl", keys)
@@ -81,7 +85,9 @@ def test_an_open_run_ends_failed_with_its_in_flight_round_unconfirmed(tmp_path: 
     assert verified.runs["41"]["status"] == "failed"
     lines = (folder.ledger / "ledger.jsonl").read_text("ascii")
     assert UNCONFIRMED_REASON in lines
-    assert end_open_runs(folder) == []  # settled once; a second start changes nothing
+    assert (
+        settle_open_runs(folder, folder.load()) == []
+    )  # settled once; a second start changes nothing
 
 
 def test_finished_runs_are_left_alone(tmp_path: Path) -> None:
@@ -92,5 +98,5 @@ def test_finished_runs_are_left_alone(tmp_path: Path) -> None:
     done.write(path)
     before = path.read_bytes()
 
-    assert end_open_runs(folder) == []
+    assert settle_open_runs(folder, folder.load()) == []
     assert path.read_bytes() == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from ledger_factory import account, signed_record
 from residency.client.reply import reply_metrics
 from residency.common import wire
+from residency.common.clock import now
 from residency.common.config.job import Job, load_job
 from residency.common.errors import ConfigError
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
@@ -30,7 +32,14 @@ from residency.common.privacy.signing import Signer, create_signer
 from residency.common.refusal import Refusal, RefusalCode
 from residency.server.checkpoint import load_checkpoint
 from residency.server.federation import JobFailed, _Federation, run_federation
-from residency.server.results import NodeRound, NodeStatus, RoundResult
+from residency.server.results import (
+    NodeRound,
+    NodeStatus,
+    Results,
+    Resumed,
+    RoundResult,
+    RunStatus,
+)
 from residency.server.run_ledger import RunLedger
 from toy_federation import write_toy_job
 
@@ -329,7 +338,7 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text("utf-8"))
     assert results["status"] == "failed"
-    assert results["schema_version"] == 4
+    assert results["schema_version"] == 5
     privacy = results["privacy"]
     assert sorted(privacy) == ["ES", "FR"]
     assert privacy["FR"]["rounds_charged"] == 1
@@ -405,7 +414,8 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
     assert sorted(m.metadata.dst_node_id for m in ended) == sorted(coordinator.admitted)
     # The last completed round is kept, with the ledger position it follows (the run's end
     # entry came after it).
-    checkpoint, arrays = load_checkpoint(tmp_path / "out")
+    saved = load_checkpoint(tmp_path / "out")
+    checkpoint, arrays = saved.checkpoint, saved.arrays
     entries = _ledger(coordinator)
     assert checkpoint.round == 3
     assert (checkpoint.ledger_entries, checkpoint.ledger_head) == (
@@ -414,6 +424,80 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
     )
     sent_last = _sent(rounds[-1])
     assert arrays.keys() == sent_last.keys()
+
+
+class _PowerLoss(BaseException):
+    """The coordinator host dies: nothing after this point runs."""
+
+
+def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_round(
+    tmp_path: Path,
+) -> None:
+    script = {"DE": _trained(), "FR": _trained()}
+    first = _coordinator(tmp_path / "first", script, rounds=3, train="")
+    original = first.grid.push_messages
+
+    def push(messages: Iterable[Message]) -> list[str]:
+        sent = list(messages)
+        ids = original(sent)
+        if any(_round_of(m) == 2 and m.metadata.message_type == "train" for m in sent):
+            raise _PowerLoss  # round 2 is in flight: nodes may charge it, nobody aggregates it
+        return ids
+
+    first.grid.push_messages = push  # type: ignore[method-assign]
+    old = tmp_path / "runs" / "41"
+    with pytest.raises(_PowerLoss):
+        _run(first, old, nodes=2)
+    crashed = Results.model_validate_json((old / "results.json").read_text("utf-8"))
+    assert crashed.in_flight is not None
+    assert crashed.in_flight.round == 2
+    saved = load_checkpoint(old)
+    assert saved.checkpoint.round == 1
+    assert saved.kept is not None  # the best model so far is kept with the global one
+    # What `coordinator start` prepares (server/recovery.py): the rounds so far, the checkpoint.
+    new = tmp_path / "runs" / "42"
+    shutil.copytree(old / "checkpoint", new / "checkpoint")
+    prepared = crashed.model_copy(
+        update={
+            "status": RunStatus.RUNNING,
+            "error": None,
+            "finished_at": None,
+            "in_flight": None,
+            "resumed": [
+                Resumed(from_run="41", next_round=3, lost_round=2, job_sha256="0" * 64, at=now())
+            ],
+        }
+    )
+    second = _coordinator(tmp_path / "second", script, rounds=3, train="")
+
+    results = run_federation(
+        second.grid,  # type: ignore[arg-type]
+        second.job,
+        nodes=2,
+        out_dir=new,
+        admitted=second.admitted,
+        run=RUN,
+        ledger=second.ledger,
+        resumed=prepared,
+    )
+
+    assert results.status is RunStatus.COMPLETED
+    assert [r.round for r in results.rounds] == [1, 3]  # round 2 is never sent again
+    trained = [m for m in second.grid.pushed if m.metadata.message_type == "train"]
+    assert {_round_of(m) for m in trained} == {3}
+    for message in trained:  # round 3 starts from the model round 1 made
+        for name, value in _sent(message).items():
+            np.testing.assert_allclose(value, saved.arrays[name], rtol=1e-2, atol=1e-2)
+    counts = {c: p.rounds_charged for c, p in results.privacy.items()}
+    assert counts == {"DE": 2, "FR": 2}  # round 1's record before the crash, round 3's after
+    assert results.final is not None
+    assert results.final.round in {1, 3}
+    [started] = [e for e in _ledger(second) if e.kind == "run-started"]
+    assert started.detail["resumes"] == "41"
+
+
+def _round_of(message: Message) -> int:
+    return int(message.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
 
 
 def test_too_few_valid_updates_end_the_job_naming_who_was_missing(tmp_path: Path) -> None:

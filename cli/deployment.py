@@ -6,9 +6,10 @@ import json
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -159,6 +160,7 @@ def run(
         )
         assert process.stdout is not None
         printed: list[str] = []
+        begun = threading.Event()  # the ServerApp started: the run is not queued
         try:
             for line in process.stdout:
                 log.write(line)
@@ -166,8 +168,14 @@ def run(
                 if run_id is None and (match := _STARTED.search(line)):
                     run_id = match.group(1)
                     console.print(f"run {run_id} started")
+                    queue_check = threading.Timer(
+                        QUEUE_CHECK_S, _say_if_queued, (target, run_id, begun)
+                    )
+                    queue_check.daemon = True
+                    queue_check.start()
                 event = parse(line)
                 if isinstance(event, RunStarted):
+                    begun.set()
                     run_dir = event.run_dir
                     console.print(f"outputs on the coordinator host: {run_dir}")
                 elif isinstance(event, RoundStarted):
@@ -233,6 +241,27 @@ OptionalCoordinator = Annotated[
 ]
 
 
+QUEUE_CHECK_S = 3.0
+"""How long after its launch ``run`` asks whether a run that has not started is queued."""
+
+
+def _say_if_queued(target: Coordinator, run_id: str, begun: threading.Event) -> None:
+    if begun.is_set():
+        return
+    try:
+        listed = with_queue(target.call_json("ls", CONNECTION).get("runs", []))
+    except CoordinatorUnavailable:
+        return
+    for item in listed:
+        position = item.get(QUEUE_POSITION)
+        if str(item.get("run-id")) == run_id and position is not None and not begun.is_set():
+            console.print(
+                f"run {run_id} is queued (#{position}): the coordinator runs at most "
+                "max_concurrent_runs jobs at once and starts this one when a slot frees "
+                f"(`residency runs` lists the queue; `residency runs stop {run_id}` leaves it)"
+            )
+
+
 def _run_status(target: Coordinator, run_id: str) -> str:
     try:
         answer = target.call_json("ls", CONNECTION, "--run-id", run_id)
@@ -240,6 +269,29 @@ def _run_status(target: Coordinator, run_id: str) -> str:
         return "status unknown"
     runs = answer.get("runs", [])
     return str(runs[0].get("status")) if runs else "status unknown"
+
+
+QUEUE_POSITION = "queue-position"
+"""Key ``runs --json`` adds to a run waiting for a free slot: 1 starts next."""
+
+
+def with_queue(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flower's run list, each pending run numbered in the order the coordinator starts them.
+
+    A coordinator runs at most ``max_concurrent_runs`` jobs; later launches stay ``pending``
+    in Flower until a slot frees, and its SuperExec starts the oldest first.
+    """
+    pending = sorted(
+        (item for item in listed if str(item.get("status")) == "pending"),
+        key=lambda item: str(item.get("pending-at")),
+    )
+    order = {str(item.get("run-id")): n for n, item in enumerate(pending, start=1)}
+    return [
+        {**item, QUEUE_POSITION: order[str(item.get("run-id"))]}
+        if str(item.get("run-id")) in order
+        else item
+        for item in listed
+    ]
 
 
 @runs_app.callback()
@@ -259,18 +311,20 @@ def runs(
         answer = _coordinator(coordinator, ca, insecure).call_json("ls", CONNECTION)
     except CoordinatorUnavailable as exc:
         raise fail(str(exc), EXIT_UNAVAILABLE) from exc
+    listed = with_queue(answer.get("runs", []))
     if as_json:
-        print(json.dumps(answer.get("runs", []), indent=2))
+        print(json.dumps(listed, indent=2))
         return
     table = Table(title=f"runs on {coordinator}", header_style="bold")
     for column in ("run id", "status", "started", "finished", "elapsed", "traffic"):
         table.add_column(column, no_wrap=True)
-    for item in answer.get("runs", []):
+    for item in listed:
         traffic = item.get("network-traffic", {}).get("total-bytes", 0)
+        position = item.get(QUEUE_POSITION)
         table.add_row(
             str(item.get("run-id")),
-            str(item.get("status")),
-            str(item.get("running-at")),
+            str(item.get("status")) if position is None else f"queued (#{position})",
+            str(item.get("running-at") or f"queued since {item.get('pending-at')}"),
             str(item.get("finished-at")),
             f"{float(item.get('elapsed', 0)):.0f} s",
             f"{int(traffic) / 1e6:.2f} MB",

@@ -45,6 +45,10 @@ from residency.server.tls import TlsFiles, create_tls
 
 SETTINGS_FILE = "coordinator.toml"
 DEFAULT_PORT = 9092
+DEFAULT_CONCURRENT_RUNS = 2
+"""Jobs a coordinator runs at once by default. Each node trains one round at a time, so
+every job beyond the first that shares a node waits there for the others' rounds; two keep
+nodes busy without pushing a round past its ``round_timeout_s`` behind a long queue."""
 _NAME = re.compile(r"^[A-Za-z0-9.*:-]{1,253}$")
 
 
@@ -65,6 +69,11 @@ class CoordinatorSettings(Strict):
         default="data",
         description="folder (relative to this file's folder, or absolute) of the only files a "
         "launched job may name: its test set, a checkpoint",
+    )
+    max_concurrent_runs: Annotated[int, Field(strict=True, ge=1, le=64)] = Field(
+        default=DEFAULT_CONCURRENT_RUNS,
+        description="jobs run at once; later launches wait in a queue, oldest first (`runs` "
+        "lists them as queued). Read at each check: an edit applies without a restart",
     )
 
     @field_validator("names")

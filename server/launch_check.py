@@ -126,6 +126,39 @@ def job_name(fab: bytes) -> str:
     return str(name)[:64] if isinstance(name, str) and name else "?"
 
 
+def record_queued_run(fab: bytes, *, run: int, runs: Path) -> None:
+    """List an accepted launch at once, as queued until its ServerApp starts (and rewrites it).
+
+    ``runs`` and the dashboard then show every job a coordinator holds, the ones waiting for a
+    free slot (``max_concurrent_runs``) included.
+    """
+    from residency.common.version import __version__
+    from residency.server.results import RESULTS_FILE, Results, RunStatus
+
+    Results(
+        job=job_name(fab),
+        status=RunStatus.QUEUED,
+        residency_version=__version__,
+        started_at=now(),
+        config={},
+    ).write(runs / str(run) / RESULTS_FILE)
+
+
+def record_stopped_in_queue(*, run: int, runs: Path) -> None:
+    """A queued run stopped (``runs stop``) before it started: it never will, and says so."""
+    from residency.server.results import RESULTS_FILE, Results, RunStatus
+
+    path = runs / str(run) / RESULTS_FILE
+    try:
+        results = Results.model_validate_json(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    if results.status is RunStatus.QUEUED:
+        results.status, results.finished_at = RunStatus.STOPPED, now()
+        results.error = "stopped while queued (runs stop); it never started and spent nothing"
+        results.write(path)
+
+
 def record_refused_run(fab: bytes, *, run: int, reason: str, runs: Path) -> None:
     """List a refused launch as the run Flower created for it, ended before it started.
 

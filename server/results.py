@@ -142,6 +142,7 @@ class Resumed(Record):
 class RunStatus(StrEnum):
     """Lifecycle of a run."""
 
+    QUEUED = "queued"  # launched and accepted; waits for a free slot (max_concurrent_runs)
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -105,7 +105,9 @@ def refuse_bad_launches() -> None:
         REFUSAL_PREFIX,
         LaunchRefused,
         check_launch,
+        record_queued_run,
         record_refused_run,
+        record_stopped_in_queue,
     )
 
     data, runs = os.environ.get(DATA_DIR_ENV), os.environ.get(RUNS_DIR_ENV)
@@ -120,7 +122,10 @@ def refuse_bad_launches() -> None:
         except LaunchRefused as exc:
             reason = str(exc)
         else:
-            return original(request, account, state, *args, **kwargs)
+            accepted = original(request, account, state, *args, **kwargs)
+            if accepted.run_id:
+                record_queued_run(fab, run=int(accepted.run_id), runs=Path(runs))
+            return accepted
         # The run is created and ended at once, before any SuperExec can launch it, so that
         # `runs`, the dashboard and the ledger list the refused launch like any other.
         response = original(request, account, state, *args, **kwargs)
@@ -135,7 +140,16 @@ def refuse_bad_launches() -> None:
             public_details=f"{REFUSAL_PREFIX}{reason} (listed as run {run})",
         )
 
+    original_stop = control_handlers.stop_run
+
+    def stop_run(request: Any, account: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+        stopped = original_stop(request, account, state, *args, **kwargs)
+        if stopped.success:
+            record_stopped_in_queue(run=int(request.run_id), runs=Path(runs))
+        return stopped
+
     vars(control_handlers)["start_run"] = start_run
+    vars(control_handlers)["stop_run"] = stop_run
 
 
 def run_superlink() -> None:

@@ -73,6 +73,11 @@ class _FromState(Collector):
         running = GaugeMetricFamily("residency_runs_running", "Runs running now")
         running.add_metric([], sum(run.status is RunStatus.RUNNING for run in runs))
         yield running
+        queued = GaugeMetricFamily(
+            "residency_runs_queued", "Accepted runs waiting for a slot (max_concurrent_runs)"
+        )
+        queued.add_metric([], sum(run.status is RunStatus.QUEUED for run in runs))
+        yield queued
         online = GaugeMetricFamily(
             "residency_node_online", "1 while the country's node is connected", labels=["country"]
         )

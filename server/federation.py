@@ -846,7 +846,7 @@ def run_federation(
     first_round, continues = 1, None
     if resumed is not None and resumed.resumed:
         results, continues = resumed, resumed.resumed[-1]
-        first_round = continues.next_round
+        results.status, first_round = RunStatus.RUNNING, continues.next_round
         federation.restore(load_checkpoint(out_dir), results.rounds, first_round)
         federation.spend = SpendTally(job, carried=results.privacy)
     else:

@@ -163,7 +163,7 @@ def _resume(
     new.mkdir(parents=True)
     shutil.copytree(folder / CHECKPOINT_DIR, new / CHECKPOINT_DIR)
     continued = results.model_copy(deep=True)
-    continued.in_flight = None
+    continued.in_flight, continued.status = None, RunStatus.QUEUED  # until its ServerApp starts
     continued.resumed = [
         *results.resumed,
         Resumed(
@@ -231,8 +231,7 @@ def prepared_resume(out_dir: Path) -> Results | None:
     if not path.exists():
         return None
     results = Results.model_validate_json(path.read_text("utf-8"))
-    ready = results.status is RunStatus.RUNNING and results.resumed and results.finished_at is None
-    return results if ready else None
+    return results if results.status is RunStatus.QUEUED and results.resumed else None
 
 
 def end_prepared(out_dir: Path, results: Results, reason: str) -> None:

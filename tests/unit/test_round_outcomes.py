@@ -459,7 +459,7 @@ def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_ro
     shutil.copytree(old / "checkpoint", new / "checkpoint")
     prepared = crashed.model_copy(
         update={
-            "status": RunStatus.RUNNING,
+            "status": RunStatus.QUEUED,
             "error": None,
             "finished_at": None,
             "in_flight": None,

@@ -32,6 +32,7 @@ from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
 from residency.server.results import Results
+from residency.server.tracking import local_uri, require_mlflow
 
 NODES_DIR = "nodes"
 LEDGER_DIR = "ledger"
@@ -153,6 +154,10 @@ def simulate(
 
     job.require_nodes(job_path)
     check_node_data(job)
+    tracking_uri = None
+    if job.tracking is not None:
+        require_mlflow(str(job_path))
+        tracking_uri = job.tracking.uri or local_uri(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / NODES_DIR).mkdir(parents=True, exist_ok=True)
     launcher = load_or_create_signer(out_dir / NODES_DIR / LAUNCHER_KEY, comment="launcher")
@@ -171,6 +176,7 @@ def simulate(
         ledger=ledger,
         signed=sign_job(job, launcher),
         control=control,
+        tracking_uri=tracking_uri,
     )
     previous = None
     interrupted = threading.Event()

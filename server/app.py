@@ -13,6 +13,7 @@ from residency.common.config.signed_job import SignedJob
 from residency.server.federation import FederationObserver, RunControl, run_federation
 from residency.server.results import Results
 from residency.server.run_ledger import RunLedger
+from residency.server.tracking import Tracker
 
 
 def make_server_app(
@@ -26,12 +27,14 @@ def make_server_app(
     ledger: tuple[Path, Path] | None = None,
     signed: SignedJob | None = None,
     control: RunControl | None = None,
+    tracking_uri: str | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``job``; its results are appended to ``sink`` when given.
 
     ``wrap_grid`` lets a caller observe every message the coordinator receives (tests use it
     to prove that no record text ever arrives). ``ledger`` is (ledger folder, signing key);
     ``signed`` is the job as its launcher signed it, relayed to every node.
+    ``tracking_uri``: where the job's ``[tracking]`` logs to MLflow.
     """
     app = ServerApp()
 
@@ -51,6 +54,7 @@ def make_server_app(
             ledger=None if ledger is None else RunLedger.open(*ledger, run=run, job=job.name),
             signed=signed,
             control=control,
+            tracker=None if tracking_uri is None else Tracker(job, uri=tracking_uri, run=run),
         )
         if sink is not None:
             sink.append(results)

@@ -70,6 +70,11 @@ class CoordinatorSettings(Strict):
         description="folder (relative to this file's folder, or absolute) of the only files a "
         "launched job may name: its test set, a checkpoint",
     )
+    tracking_uri: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        default=None,
+        description="MLflow tracking URI for jobs with a [tracking] table (default: "
+        "sqlite:///DIR/tracking/mlflow.db); a launched job cannot choose it",
+    )
     max_concurrent_runs: Annotated[int, Field(strict=True, ge=1, le=64)] = Field(
         default=DEFAULT_CONCURRENT_RUNS,
         description="jobs run at once; later launches wait in a queue, oldest first (`runs` "

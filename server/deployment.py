@@ -21,6 +21,7 @@ from residency.server.federation import JobFailed, run_federation
 from residency.server.job_paths import unquoted
 from residency.server.launch import (
     ADMITTED_ENV,
+    COORDINATOR_SETTINGS_ENV,
     DATA_DIR_ENV,
     LEDGER_DIR_ENV,
     LEDGER_KEY_ENV,
@@ -30,6 +31,7 @@ from residency.server.launch_check import LaunchRefused, accepted_job, trusted_l
 from residency.server.recovery import end_prepared, prepared_resume
 from residency.server.results import RESULTS_FILE, Results
 from residency.server.run_ledger import RunLedger
+from residency.server.tracking import coordinator_tracker
 
 app = ServerApp()
 
@@ -66,6 +68,11 @@ def run_ledger(run: str, job: Job) -> RunLedger | None:
     return RunLedger.open(Path(folder), Path(key), run=run, job=job.name)
 
 
+def _path_in(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
 def data_dir() -> Path:
     """The only folder a launched job may read files from (``data`` in coordinator.toml)."""
     return _set_by_start(DATA_DIR_ENV)
@@ -98,6 +105,9 @@ def main(grid: Grid, context: Context) -> None:
             ledger=run_ledger(str(context.run_id), job),
             signed=signed,
             resumed=resumed,
+            tracker=coordinator_tracker(
+                job, run=str(context.run_id), settings=_path_in(COORDINATOR_SETTINGS_ENV)
+            ),
         )
     except DataError as exc:  # the job's test file: named back, never quoted
         if not (out_dir / RESULTS_FILE).exists():

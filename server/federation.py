@@ -72,6 +72,7 @@ from residency.server.results import (
 from residency.server.run_ledger import RunLedger
 from residency.server.spend_tally import SpendTally
 from residency.server.strategy import ValidatingFedAvg
+from residency.server.tracking import Tracker
 
 log = logging.getLogger("residency.coordinator")
 
@@ -819,6 +820,7 @@ def run_federation(
     signed: SignedJob | None = None,
     control: RunControl | None = None,
     resumed: Results | None = None,
+    tracker: Tracker | None = None,
 ) -> Results:
     """Run every round of ``job`` over ``nodes`` nodes; write results and the final model.
 
@@ -830,7 +832,8 @@ def run_federation(
     process hosting the ServerApp's thread stop the run and wait until it is written.
     ``resumed`` is the results ``coordinator start`` prepared in ``out_dir`` for a run that
     continues an interrupted one (:mod:`residency.server.recovery`): the rounds go on from
-    its last ``resumed`` entry, from the checkpoint beside it.
+    its last ``resumed`` entry, from the checkpoint beside it. ``tracker`` logs what
+    ``results.json`` holds to MLflow as it is written (:mod:`residency.server.tracking`).
     """
     federation = _Federation(grid, job, nodes, observer, dict(admitted or {}), run, ledger, signed)
     results_path = out_dir / RESULTS_FILE
@@ -865,6 +868,8 @@ def run_federation(
             ),
         )
     results.write(results_path)
+    if tracker is not None:
+        tracker.started(results)
     if ledger is not None:
         ledger.started(job, resumes=None if continues is None else continues.from_run)
     try:
@@ -878,6 +883,8 @@ def run_federation(
             results.privacy = federation.spend.summary()
             federation.checkpoint(out_dir, server_round)  # before the next round is sent
             results.write(results_path)
+            if tracker is not None:
+                tracker.round(results, result)
             if observer:
                 observer.round_finished(result)
             if result.refine:
@@ -901,6 +908,8 @@ def run_federation(
         results.write(results_path)
         if ledger is not None:
             ledger.finished(results.status.value, results.error)
+        if tracker is not None:
+            tracker.finished(results, out_dir)
         if results.status is not RunStatus.STOPPED:  # a stopped run's grid is going away
             federation.end_holds()
         if control is not None:

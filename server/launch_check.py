@@ -35,6 +35,7 @@ from residency.server.launch import (
     JOB_LAUNCHER_KEY,
     JOB_SIGNATURE_KEY,
 )
+from residency.server.tracking import require_mlflow
 
 REFUSAL_PREFIX = "the coordinator refused the job: "
 """How a refusal's reason starts in Flower's error details, so ``run`` can tell it apart."""
@@ -85,7 +86,10 @@ def accepted_job(
         raw = json.loads(signed.body)
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        return Job.model_validate(confine_job_paths(raw, data)), signed
+        job = Job.model_validate(confine_job_paths(raw, data))
+        if job.tracking is not None:  # open_job refused a tracking.uri: nodes' rule too
+            require_mlflow("job (on the coordinator)")
+        return job, signed
     except ConfigError as exc:
         raise LaunchRefused(str(exc)) from exc
     except ValueError as exc:  # pydantic's ValidationError is a ValueError

@@ -554,6 +554,37 @@ class LaunchSection(Strict):
     expires_unix_s: Annotated[int, Field(strict=True, ge=0, le=2**40)]
 
 
+TRACKING_URI_LAUNCHED = (
+    "a launched job cannot choose where the coordinator writes; fix: remove tracking.uri "
+    "(the coordinator's operator sets tracking_uri in coordinator.toml)"
+)
+
+
+class TrackingSection(Strict):
+    """Log the run to MLflow, where operators already track experiments (optional extra).
+
+    What is logged is what ``results.json`` holds (scores, bytes, each country's signed ε),
+    never anything a node did not release. Tracking only watches: an unreachable server is
+    logged and the job goes on.
+    """
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        default=None,
+        description="MLflow tracking URI (simulate only; default sqlite:///OUTPUT/mlflow.db)",
+    )
+    experiment: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="experiment name (default: the job's name)"
+    )
+    log_model: bool = Field(default=True, description="log the final model folder too")
+
+    @field_validator("uri")
+    @classmethod
+    def _not_from_a_launcher(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and _remote(info):
+            raise ValueError(TRACKING_URI_LAUNCHED)
+        return value
+
+
 class Job(Strict):
     """A whole federated fine-tuning job."""
 
@@ -564,6 +595,7 @@ class Job(Strict):
     privacy: PrivacySection
     nodes: Annotated[list[NodeEntry], Field(default_factory=list, max_length=256)]
     launch: LaunchSection | None = None
+    tracking: TrackingSection | None = None
 
     @field_validator("launch")
     @classmethod

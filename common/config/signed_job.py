@@ -81,7 +81,10 @@ def sign_job(job: Job, signer: Signer, *, launch: LaunchSection | None = None) -
     Each call without ``launch`` draws a new nonce: signing the same job file twice launches
     two jobs, each with its own target on every node.
     """
-    body = job_body(job.model_copy(update={"launch": launch or new_launch()}))
+    tracking = job.tracking  # where a simulation tracks is its own business, not the nodes'
+    if tracking is not None:
+        tracking = tracking.model_copy(update={"uri": None})
+    body = job_body(job.model_copy(update={"launch": launch or new_launch(), "tracking": tracking}))
     return SignedJob(
         body=body, launcher=signer.public_hex, signature=signer.sign(body.encode("ascii"))
     )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from e2e_cli import RESIDENCY, error_line, residency
 from toy_federation import write_toy_job
@@ -17,7 +18,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_simulate_writes_results_model_and_log(tmp_path: Path) -> None:
-    job = write_toy_job(tmp_path / "job", countries=("DE", "FR"), rounds=2)
+    tracked = '\n[tracking]\nexperiment = "toy-e2e"\n'  # into OUTPUT/mlflow.db by default
+    job = write_toy_job(tmp_path / "job", countries=("DE", "FR"), rounds=2, privacy=tracked)
     proc = residency("simulate", str(job), "--output", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "federated rounds" in proc.stdout
@@ -33,6 +35,12 @@ def test_simulate_writes_results_model_and_log(tmp_path: Path) -> None:
     log = (out / "residency.log").read_text()
     assert "aggregate_train" in log
     assert "round 2" in (out / "nodes" / "DE.log").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("toy-e2e")
+    assert experiment is not None
+    [tracked_run] = client.search_runs([experiment.experiment_id])
+    assert tracked_run.info.status == "FINISHED"
+    assert tracked_run.data.metrics["epsilon/DE"] == results["privacy"]["DE"]["epsilon"]
 
     again = residency("simulate", str(job), "--output", "out", cwd=tmp_path)
     assert again.returncode == 2

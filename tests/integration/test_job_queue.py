@@ -107,8 +107,15 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Queue:
             federation.admit(node, country)
             federation.start_node(node)
         federation.wait_online(COUNTRIES)
+        tracked = '\n[tracking]\nexperiment = "queued"\n'  # the coordinator's store
         jobs = [
-            write_toy_job(root / name, countries=COUNTRIES, rounds=rounds, train='update = "head"')
+            write_toy_job(
+                root / name,
+                countries=COUNTRIES,
+                rounds=rounds,
+                train='update = "head"',
+                privacy=tracked if name == "second" else "",
+            )
             for name, rounds in (("first", 3), ("second", 1), ("third", 1))
         ]
         known = set(_runs(federation))
@@ -176,3 +183,18 @@ def test_a_queued_job_stopped_never_starts_and_nobody_spends_on_it(queue: Queue)
     coordinator_ledger = queue.federation.coordinator_dir / "ledger" / "ledger.jsonl"
     entries = [json.loads(line) for line in coordinator_ledger.read_text("ascii").splitlines()]
     assert queue.third not in {entry.get("run") for entry in entries}
+
+
+def test_a_tracked_job_is_logged_where_the_coordinators_operator_says(queue: Queue) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = queue.federation.coordinator_dir / "tracking" / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("queued")
+    assert experiment is not None
+    [tracked] = client.search_runs([experiment.experiment_id])
+    assert tracked.data.tags["residency.run"] == queue.second
+    assert tracked.info.status == "FINISHED"
+    second = _results(queue.federation, queue.second)
+    for country in COUNTRIES:
+        assert tracked.data.metrics[f"epsilon/{country}"] == second.privacy[country].epsilon

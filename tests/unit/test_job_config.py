@@ -12,6 +12,7 @@ from residency.common.config.job import (
     Job,
     Optimizer,
     StepRule,
+    TrackingSection,
     UpdateKind,
     load_job,
 )
@@ -530,3 +531,17 @@ def test_a_target_epsilon_above_100_is_refused(tmp_path: Path) -> None:
     assert text != MINIMAL
 
     load_error(write_job(tmp_path, text), "privacy.target_epsilon", "less than or equal to 100")
+
+
+def test_a_tracking_uri_is_the_simulations_choice_never_a_launched_jobs(tmp_path: Path) -> None:
+    text = MINIMAL + '[tracking]\nuri = "sqlite:////etc/residency.db"\nexperiment = "triage"\n'
+    path = write_job(tmp_path, text)
+
+    assert load_job(path).tracking == TrackingSection(
+        uri="sqlite:////etc/residency.db", experiment="triage"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_job(path, remote=True)  # what `residency run` loads
+    message = str(caught.value)
+    assert message.startswith(f"{path}: tracking.uri: a launched job cannot choose where")
+    assert "; fix: remove tracking.uri" in message

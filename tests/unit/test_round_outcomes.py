@@ -24,7 +24,7 @@ from ledger_factory import account, signed_record
 from residency.client.reply import reply_metrics
 from residency.common import wire
 from residency.common.clock import now
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job, TrackingSection, load_job
 from residency.common.errors import ConfigError
 from residency.common.privacy.ledger import LEDGER_FILE, LedgerEntry
 from residency.common.privacy.record import PrivacyRecord
@@ -41,6 +41,7 @@ from residency.server.results import (
     RunStatus,
 )
 from residency.server.run_ledger import RunLedger
+from residency.server.tracking import Tracker, local_uri
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.unit
@@ -498,6 +499,66 @@ def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_ro
 
 def _round_of(message: Message) -> int:
     return int(message.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+
+
+def test_a_tracked_run_logs_each_round_and_each_countrys_epsilon_to_mlflow(
+    tmp_path: Path,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _trained()}, rounds=2, train="")
+    job = coordinator.job.model_copy(update={"tracking": TrackingSection(experiment="triage")})
+    uri = local_uri(tmp_path / "tracking")
+
+    results = run_federation(
+        coordinator.grid,  # type: ignore[arg-type]
+        job,
+        nodes=2,
+        out_dir=tmp_path / "out",
+        admitted=coordinator.admitted,
+        run=RUN,
+        ledger=coordinator.ledger,
+        tracker=Tracker(job, uri=uri, run=RUN),
+    )
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("triage")
+    assert experiment is not None
+    [tracked] = client.search_runs([experiment.experiment_id])
+    run_id = tracked.info.run_id
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.tags["residency.run"] == RUN
+    assert tracked.data.params["target_epsilon"] == str(job.privacy.target_epsilon)
+    accuracy = client.get_metric_history(run_id, "accuracy")
+    assert [(m.step, m.value) for m in accuracy] == [(r.round, r.accuracy) for r in results.rounds]
+    for country in ("DE", "FR"):
+        spent = client.get_metric_history(run_id, f"epsilon/{country}")
+        assert [m.step for m in spent] == [1, 2]
+        assert spent[-1].value == pytest.approx(results.privacy[country].epsilon)
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"model", "results.json"}
+
+
+def test_a_tracking_store_that_fails_is_logged_and_the_job_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _trained()}, rounds=1, train="")
+    job = coordinator.job.model_copy(update={"tracking": TrackingSection()})
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the store's folder would go", "utf-8")
+
+    results = run_federation(
+        coordinator.grid,  # type: ignore[arg-type]
+        job,
+        nodes=2,
+        out_dir=tmp_path / "out",
+        admitted=coordinator.admitted,
+        run=RUN,
+        ledger=coordinator.ledger,
+        tracker=Tracker(job, uri=local_uri(blocked / "tracking"), run=RUN),
+    )
+
+    assert results.status is RunStatus.COMPLETED
+    assert [r.message for r in caplog.records if "MLflow tracking stopped" in r.message]
 
 
 def test_too_few_valid_updates_end_the_job_naming_who_was_missing(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node_harness import TEST_LAUNCHER, node_file, signed_as, signed_record, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job, TrackingSection, load_job
 from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job, sign_job
 from residency.common.errors import PolicyViolation
 from residency.common.privacy.signing import Signer, key_id
@@ -94,6 +94,20 @@ def test_the_coordinator_refuses_before_it_reads_a_file(
     assert message.startswith("job: ")
     assert "coordinator.toml" in message or "does not match" in message
     assert "root" not in message
+
+
+@pytest.mark.unit
+def test_the_coordinator_refuses_a_launched_job_naming_where_it_tracks(
+    job: Job, tmp_path: Path
+) -> None:
+    tracked = job.model_copy(update={"tracking": TrackingSection(uri="sqlite:////etc/x.db")})
+    signed = sign_job(tracked, TEST_LAUNCHER)  # a launcher that skipped `residency run`'s check
+
+    with pytest.raises(LaunchRefused) as refused:
+        accepted_job(_run_config(signed), tmp_path / "job", [TEST_LAUNCHER.public_hex])
+
+    said = str(refused.value)
+    assert said.startswith("signed job: tracking.uri: a launched job cannot choose where"), said
 
 
 @pytest.mark.unit

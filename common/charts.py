@@ -32,6 +32,8 @@ RED = "#b2182b"
 PINK = "#cc79a7"
 GREY = "#333333"
 _GRID = "#e5e5e5"
+OVERVIEW_LEGEND = 12
+"""Countries up to which the overview keeps a legend; beyond it, hover names each line."""
 
 Figure = dict[str, Any]
 """A plotly figure as JSON: ``{"data": [...], "layout": {...}}``."""
@@ -230,3 +232,43 @@ def burndown_chart(
         events=events,
         rings=rings,
     )
+
+
+def epsilon_overview_chart(
+    countries: Sequence[Series], *, rounds: int, target: float | None
+) -> Figure:
+    """Every country's ε per round on one chart, against the job's target.
+
+    At 20 to 50 countries one burn-down each is a wall of near-identical charts; here every
+    country is a thin line, named on hover, and the dashboard thickens the one under the
+    pointer (``dashboard.js``). Per-country detail stays in each country's burn-down.
+    """
+    figure = go.Figure(layout=_layout("ε spent, every country", "ε", rounds, percent=False))
+    figure.update_layout(hovermode="closest", showlegend=len(countries) <= OVERVIEW_LEGEND)
+    for line in countries:
+        figure.add_trace(
+            go.Scatter(
+                name=line.name,
+                x=list(line.rounds),
+                y=_finite(line.values),
+                mode="lines+markers",
+                line={"color": line.colour, "width": line.width},
+                marker={"size": 5},
+                opacity=0.75,
+                hovertemplate=f"{line.name}: ε %{{y:.3f}} after round %{{x}}<extra></extra>",
+                connectgaps=False,
+            )
+        )
+    if target is not None and math.isfinite(target):
+        span = [0.5, max(rounds, 1) + 0.5]
+        figure.add_trace(
+            go.Scatter(
+                name="job target ε",
+                x=span,
+                y=[target, target],
+                mode="lines",
+                line={"color": GREY, "dash": "dash", "width": 1.5},
+                hoverinfo="name+y",
+            )
+        )
+    return _to_json(figure)

@@ -101,6 +101,10 @@ def address_without_token(request: Request) -> str:
     return target
 
 
+FEW_COUNTRIES = 6
+"""Up to this many countries, each one's burn-down shows open under the overview chart."""
+
+
 def create_app(
     folder: Path,
     *,
@@ -120,7 +124,8 @@ def create_app(
     templates = Jinja2Templates(env=_environment())
 
     def content(state: DashboardState) -> str:
-        return templates.get_template("content.html.j2").render(state=state)
+        page = templates.get_template("content.html.j2")
+        return page.render(state=state, few_countries=FEW_COUNTRIES)
 
     @app.middleware("http")
     async def guard(

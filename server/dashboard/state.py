@@ -293,6 +293,7 @@ def _figures(
             rounds=axis,
         ),
     }
+    overview: list[charts.Series] = []
     for view in countries:
         replies = [
             (r.round, n.epsilon)
@@ -300,6 +301,8 @@ def _figures(
             for n in r.nodes
             if n.country == view.country
         ]
+        spent = [r for r, _ in replies], [e for _, e in replies]
+        overview.append(charts.Series(view.country, *spent, charts.BLUE, width=1.5))
         by_round = dataset.get((run_id, view.country), {})
         series = [
             charts.Series("run ε", [r for r, _ in replies], [e for _, e in replies], charts.BLUE),
@@ -325,6 +328,8 @@ def _figures(
             refused=[refusal.round for refusal in view.refusals],
             dropped=view.dropped_rounds,
         )
+    target = _target(results)
+    figures["epsilon"] = charts.epsilon_overview_chart(overview, rounds=axis, target=target)
     return figures
 
 

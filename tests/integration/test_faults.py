@@ -262,7 +262,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         assert crashed.resumed_as is not None, crashed.error
         resumed_path = crashed_path.parent.parent / crashed.resumed_as / "results.json"
         wait_until(
-            lambda: _status(resumed_path) not in ("", "running"),
+            lambda: _status(resumed_path) not in ("", "queued", "running"),
             timeout_s=300,
             what="the resumed run to end",
         )

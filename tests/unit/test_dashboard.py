@@ -166,7 +166,7 @@ def test_hostile_text_is_escaped_in_the_page_and_its_figures(tmp_path: Path) -> 
     block = re.search(r'<script type="application/json" id="figures">(.*?)</script>', page, re.S)
     assert block is not None
     assert "onerror" not in block.group(1)
-    assert len(json.loads(block.group(1))) == 3 + 2
+    assert len(json.loads(block.group(1))) == 3 + 1 + 2  # run charts, the ε overview, burn-downs
 
 
 def test_the_page_allows_scripts_from_its_own_server_only(run_folder: Path) -> None:
@@ -479,3 +479,34 @@ def test_prometheus_scrapes_each_runs_rounds_spend_and_outcomes(tmp_path: Path) 
     assert got[("residency_country_target_epsilon", france)] == 8.0
     assert got[("residency_country_rounds_total", (*france[:1], ("outcome", "refused"), *run))] == 1
     assert got[("residency_runs_running", ())] == 1
+
+
+def test_many_countries_share_one_epsilon_chart_and_their_burndowns_fold(tmp_path: Path) -> None:
+    """At 30 countries one chart holds every line; each burn-down stays one click away."""
+    many = results(2)
+    many.privacy = {}
+    countries = [f"{a}{b}" for a in "ABC" for b in "ABCDEFGHIJ"]
+    for number, done in enumerate(many.rounds, start=1):
+        done.nodes = [
+            NodeRound(country=c, status=NodeStatus.OK, examples=100, epsilon=number * (1 + i / 30))
+            for i, c in enumerate(countries)
+        ]
+    many.write(tmp_path / "out" / "results.json")
+
+    (run,) = read_state(tmp_path / "out").runs
+    overview = run.figures["epsilon"]
+    lines = [t for t in overview["data"] if t["name"] != "job target ε"]
+    assert [t["name"] for t in lines] == countries
+    assert points(overview, "AC") == pytest.approx([1 + 2 / 30, 2 * (1 + 2 / 30)])
+    assert points(overview, "job target ε") == [8.0, 8.0]
+    assert overview["layout"]["showlegend"] is False  # hover names a line among thirty
+    page = _client(tmp_path / "out").get("/").text
+    assert re.search(r'id="chart-[^"]+-epsilon"', page)
+    assert '<details class="burndowns" data-run="' in page
+    assert " open>" not in page  # thirty burn-downs folded under the overview
+    assert all(f"burndown-{c}" in run.figures for c in countries)
+
+
+def test_a_few_countries_show_their_burndowns_open(run_folder: Path) -> None:
+    page = _client(run_folder).get("/").text
+    assert re.search(r'<details class="burndowns" data-run="[^"]+" open>', page)

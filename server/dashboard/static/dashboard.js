@@ -9,8 +9,42 @@ function draw(figures) {
     const element = document.getElementById(id);
     if (element) {
       Plotly.react(element, figure.data, figure.layout, CONFIG);
+      if (element.classList.contains("highlight")) {
+        highlightOnHover(element);
+      }
     }
   }
+  for (const details of document.querySelectorAll("details.burndowns:not([data-resizing])")) {
+    details.dataset.resizing = "1";
+    details.addEventListener("toggle", () => {
+      for (const chart of details.querySelectorAll(".chart")) {
+        Plotly.Plots.resize(chart);  // drawn while closed: size it now it shows
+      }
+    });
+  }
+}
+
+// The overview draws every country thin; the one under the pointer is drawn thick and the
+// others fade, so one country's line can be followed among fifty.
+function highlightOnHover(element) {
+  if (element.dataset.highlighting) {
+    return;  // Plotly.react keeps the element and its listeners
+  }
+  element.dataset.highlighting = "1";
+  const countries = () => element.data.filter((trace) => trace.name !== "job target ε");
+  element.on("plotly_hover", (event) => {
+    const name = event.points[0].data.name;
+    const lines = countries();
+    Plotly.restyle(element, {
+      "line.width": lines.map((trace) => (trace.name === name ? 4 : 1)),
+      opacity: lines.map((trace) => (trace.name === name ? 1 : 0.25)),
+    }, lines.map((trace) => element.data.indexOf(trace)));
+  });
+  element.on("plotly_unhover", () => {
+    const lines = countries();
+    Plotly.restyle(element, { "line.width": 1.5, opacity: 0.75 },
+      lines.map((trace) => element.data.indexOf(trace)));
+  });
 }
 
 function live(on) {

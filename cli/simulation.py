@@ -168,7 +168,6 @@ def simulate(
     control = RunControl()
     server_app = make_server_app(
         job,
-        nodes=len(job.nodes),
         out_dir=out_dir,
         observer=observer,
         sink=sink,

@@ -19,7 +19,6 @@ from residency.server.tracking import Tracker
 def make_server_app(
     job: Job,
     *,
-    nodes: int,
     out_dir: Path,
     observer: FederationObserver | None = None,
     sink: list[Results] | None = None,
@@ -47,7 +46,6 @@ def make_server_app(
         results = run_federation(
             grid,
             job,
-            nodes=nodes,
             out_dir=out_dir,
             observer=observer,
             run=run,

@@ -97,7 +97,6 @@ def main(grid: Grid, context: Context) -> None:
         run_federation(
             grid,
             job,
-            nodes=len(job.nodes),
             out_dir=out_dir,
             observer=EventPrinter(),
             admitted=admitted_countries(),

@@ -1,4 +1,4 @@
-"""FedAvg that validates each reply first and remembers what every node reported.
+"""The coordinator's strategy: each reply validated first, then Flower's aggregation.
 
 A training round's valid updates are combined by the job's ``[train] aggregation``: Flower's
 own ``FedAvg``, ``FedTrimmedAvg`` or ``FedMedian``, handed only the replies that passed
@@ -78,14 +78,16 @@ def flower_aggregator(aggregation: Aggregation, *, trim_fraction: float) -> FedA
     return FedAvg(**keys)
 
 
-class ValidatingFedAvg(FedAvg):
-    """Flower's FedAvg plumbing, with every update checked against the arrays it answers.
+class ValidatingStrategy:
+    """Every update checked against the arrays it answers, then Flower's aggregation.
 
-    The valid updates of a training round go to :func:`flower_aggregator`'s strategy. FedAvg
-    weights each by the reply's ``num-examples``, which the coordinator lets through only once
-    ``received_record`` has checked it equals the example count in the node's signed privacy
-    record (its declared public size, not its exact count): a node cannot claim a larger share
-    of the average than its record states. With
+    Holds Flower's strategy for the job's ``[train] aggregation`` (:func:`flower_aggregator`)
+    and hands it only the replies that passed validation; the coordinator's round loop picks
+    the nodes and sends the messages itself (with deadlines), so none of Flower's sampling or
+    waiting is used. FedAvg weights each update by the reply's ``num-examples``, which the
+    coordinator lets through only once ``received_record`` has checked it equals the example
+    count in the node's signed privacy record (its declared public size, not its exact
+    count): a node cannot claim a larger share of the average than its record states. With
     ``max_update_norm`` set, a training update farther than that (L2, all tensors) from the
     arrays sent is rejected like any other invalid reply.
     """
@@ -93,22 +95,11 @@ class ValidatingFedAvg(FedAvg):
     def __init__(
         self,
         *,
-        nodes: int,
         combine: Combine = Combine.FEDAVG,
         aggregation: Aggregation = Aggregation.FEDAVG,
         trim_fraction: float | None = None,
         max_update_norm: float | None = None,
     ) -> None:
-        super().__init__(
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=nodes,
-            min_available_nodes=nodes,
-            weighted_by_key=wire.NUM_EXAMPLES,
-            arrayrecord_key=wire.ARRAYS,
-            configrecord_key=wire.CONFIG,
-            train_metrics_aggr_fn=no_mean,
-        )
         self.combine = combine
         self.aggregator = flower_aggregator(
             aggregation,
@@ -140,7 +131,7 @@ class ValidatingFedAvg(FedAvg):
         """
         self._sent = arrays
         config["server-round"] = server_round
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
         return [
             Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node, ttl=ttl_s)
             for node in node_ids
@@ -223,7 +214,7 @@ class ValidatingFedAvg(FedAvg):
             arrays = reply.content.array_records[wire.ARRAYS]
             content = RecordDict(
                 {
-                    self.arrayrecord_key: ArrayRecord(
+                    wire.ARRAYS: ArrayRecord(
                         {name: Array(a.numpy().astype(np.float32)) for name, a in arrays.items()}
                     ),
                     wire.METRICS: reply.content.metric_records[wire.METRICS],

@@ -13,7 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from residency.common import wire
 from residency.common.updates import Combine, prototypes
 from residency.server.held_out import KeptModel, better, held_out_rows, refines, split_rows
-from residency.server.strategy import ValidatingFedAvg
+from residency.server.strategy import ValidatingStrategy
 
 pytestmark = pytest.mark.unit
 
@@ -126,7 +126,7 @@ def _release_reply(node: int, value: float, noise: float) -> Message:
 @pytest.mark.usefixtures("_task_identity")
 def test_the_strategy_refines_each_nodes_release_and_keeps_those_that_did_not() -> None:
     template = ArrayRecord({k: Array(v) for k, v in prototypes.template(CLASSES, WIDTH).items()})
-    strategy = ValidatingFedAvg(nodes=2, combine=Combine.PROTOTYPES)
+    strategy = ValidatingStrategy(combine=Combine.PROTOTYPES)
     strategy.train_messages(1, template, ConfigRecord(), [1, 2], ttl_s=60)
     first, _ = strategy.aggregate_train(
         1, [_release_reply(1, 1.0, 1.0), _release_reply(2, 3.0, 1.0)]

@@ -28,7 +28,7 @@ from residency.common.config.job import (
 )
 from residency.common.errors import ConfigError, InvalidUpdate
 from residency.common.updates import Combine, prototypes
-from residency.server.strategy import ValidatingFedAvg
+from residency.server.strategy import ValidatingStrategy
 from residency.server.validation import update_norm, validate_update_norm
 from toy_federation import write_toy_job
 
@@ -131,8 +131,8 @@ def strategy(
     *,
     sent: dict[str, np.ndarray] = GLOBAL,
     **options: Any,
-) -> ValidatingFedAvg:
-    chosen = ValidatingFedAvg(nodes=6, aggregation=aggregation, **options)
+) -> ValidatingStrategy:
+    chosen = ValidatingStrategy(aggregation=aggregation, **options)
     chosen.train_messages(1, record(sent), ConfigRecord(), range(1, 7), ttl_s=60)
     return chosen
 
@@ -142,7 +142,7 @@ def round_of(attack: dict[str, np.ndarray] | None) -> list[Message]:
     return replies + ([] if attack is None else [reply(ATTACKER, attack)])
 
 
-def aggregate(chosen: ValidatingFedAvg, replies: list[Message]) -> dict[str, np.ndarray]:
+def aggregate(chosen: ValidatingStrategy, replies: list[Message]) -> dict[str, np.ndarray]:
     arrays, _ = chosen.aggregate_train(1, replies)
     assert arrays is not None
     return {name: array.numpy() for name, array in arrays.items()}
@@ -381,8 +381,8 @@ def test_a_release_is_summed_whatever_the_aggregation_and_bound() -> None:
         }
         for node in (1, 2, 3)
     ]
-    chosen = ValidatingFedAvg(
-        nodes=3, combine=Combine.PROTOTYPES, aggregation=Aggregation.MEDIAN, max_update_norm=1e-3
+    chosen = ValidatingStrategy(
+        combine=Combine.PROTOTYPES, aggregation=Aggregation.MEDIAN, max_update_norm=1e-3
     )
     chosen.train_messages(1, record(template), ConfigRecord(), [1, 2, 3], ttl_s=60)
 
@@ -603,7 +603,7 @@ def test_the_jobs_options_reach_the_coordinators_strategy(tmp_path: Path) -> Non
     )
     job = load_job(path)
 
-    federation = _Federation(None, job, 5, None, {}, "1", None)  # type: ignore[arg-type]
+    federation = _Federation(None, job, None, {}, "1", None)  # type: ignore[arg-type]
 
     aggregator = federation.strategy.aggregator
     assert isinstance(aggregator, FedTrimmedAvg)
@@ -619,7 +619,7 @@ def test_a_release_with_an_unusable_noise_multiplier_turns_the_prior_off(noise: 
         prototypes.SUMS: np.ones((3, 4), dtype=np.float32),
         prototypes.COUNTS: np.full(3, 40.0, dtype=np.float32),
     }
-    chosen = ValidatingFedAvg(nodes=2, combine=Combine.PROTOTYPES)
+    chosen = ValidatingStrategy(combine=Combine.PROTOTYPES)
     chosen.train_messages(1, record(template), ConfigRecord(), [1, 2], ttl_s=60)
     honest = reply(1, release)
     odd = reply(2, release, metric_values={**METRICS, wire.NOISE_MULTIPLIER: noise})

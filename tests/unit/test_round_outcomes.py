@@ -226,7 +226,6 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> Played:
         federation = _Federation(
             coordinator.grid,  # type: ignore[arg-type]
             coordinator.job,
-            len(SCRIPT),
             None,
             coordinator.admitted,
             RUN,
@@ -330,7 +329,6 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
         run_federation(
             coordinator.grid,  # type: ignore[arg-type]
             coordinator.job,
-            nodes=3,
             out_dir=out,
             admitted=coordinator.admitted,
             run=RUN,
@@ -353,14 +351,12 @@ def _run(
     coordinator: Coordinator,
     out: Path,
     *,
-    nodes: int,
     observer: object = None,
     admitted: dict[int, str] | None = None,
 ) -> None:
     run_federation(
         coordinator.grid,  # type: ignore[arg-type]
         coordinator.job,
-        nodes=nodes,
         out_dir=out,
         observer=observer,  # type: ignore[arg-type]
         admitted=coordinator.admitted if admitted is None else admitted,
@@ -402,7 +398,7 @@ def test_a_dead_node_is_dropped_by_country_and_the_job_completes(tmp_path: Path)
 
     grid.get_node_ids = node_ids  # type: ignore[method-assign]
 
-    _run(coordinator, tmp_path / "out", nodes=3)
+    _run(coordinator, tmp_path / "out")
 
     results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
     assert results["status"] == "completed"
@@ -448,7 +444,7 @@ def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_ro
     first.grid.push_messages = push  # type: ignore[method-assign]
     old = tmp_path / "runs" / "41"
     with pytest.raises(_PowerLoss):
-        _run(first, old, nodes=2)
+        _run(first, old)
     crashed = Results.model_validate_json((old / "results.json").read_text("utf-8"))
     assert crashed.in_flight is not None
     assert crashed.in_flight.round == 2
@@ -474,7 +470,6 @@ def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_ro
     results = run_federation(
         second.grid,  # type: ignore[arg-type]
         second.job,
-        nodes=2,
         out_dir=new,
         admitted=second.admitted,
         run=RUN,
@@ -513,7 +508,6 @@ def test_a_tracked_run_logs_each_round_and_each_countrys_epsilon_to_mlflow(
     results = run_federation(
         coordinator.grid,  # type: ignore[arg-type]
         job,
-        nodes=2,
         out_dir=tmp_path / "out",
         admitted=coordinator.admitted,
         run=RUN,
@@ -549,7 +543,6 @@ def test_a_tracking_store_that_fails_is_logged_and_the_job_goes_on(
     results = run_federation(
         coordinator.grid,  # type: ignore[arg-type]
         job,
-        nodes=2,
         out_dir=tmp_path / "out",
         admitted=coordinator.admitted,
         run=RUN,
@@ -566,7 +559,7 @@ def test_too_few_valid_updates_end_the_job_naming_who_was_missing(tmp_path: Path
     coordinator = _coordinator(tmp_path, script, train="min_nodes = 2")
 
     with pytest.raises(JobFailed) as failed:
-        _run(coordinator, tmp_path / "out", nodes=3)
+        _run(coordinator, tmp_path / "out")
 
     message = str(failed.value)
     assert message.startswith("round 1: valid updates from 1 of 3 countries and the round needs 2")
@@ -583,7 +576,7 @@ def test_a_round_that_cannot_gather_enough_nodes_fails_at_its_deadline(tmp_path:
     coordinator.grid.offline = {i for i, c in coordinator.admitted.items() if c != "DE"}
 
     with pytest.raises(JobFailed) as failed:
-        _run(coordinator, tmp_path / "out", nodes=3)
+        _run(coordinator, tmp_path / "out")
 
     assert str(failed.value) == (
         "round 1: 1 of 3 countries connected after 0.5 s and the round needs 3 "
@@ -606,7 +599,7 @@ def test_a_waiting_round_says_who_it_waits_for_as_it_waits(tmp_path: Path) -> No
             waits.append((server_round, missing, waited_s, limit_s))
 
     with pytest.raises(JobFailed):
-        _run(coordinator, tmp_path / "out", nodes=3, observer=Seen())
+        _run(coordinator, tmp_path / "out", observer=Seen())
     assert waits[0][:2] == (1, ["ES", "FR"])  # said at once, before the deadline
     assert waits[0][2] < TIMEOUT_S
     assert waits[0][3] == TIMEOUT_S
@@ -625,7 +618,7 @@ def test_a_job_a_required_country_cannot_afford_is_refused_before_any_round(
     coordinator.grid.confirms = {"FR": _error(wire.REFUSED, UNAFFORDABLE.encode())}
 
     with pytest.raises(JobFailed) as failed:
-        _run(coordinator, tmp_path / "out", nodes=2)
+        _run(coordinator, tmp_path / "out")
 
     assert str(failed.value) == (
         "round 1: 1 of 2 countries confirmed the whole job and the round needs 2 (FR refused "
@@ -649,7 +642,7 @@ def test_a_country_that_declines_the_job_is_never_sent_a_round(tmp_path: Path) -
     coordinator = _coordinator(tmp_path, script, rounds=2, train="min_nodes = 2")
     coordinator.grid.confirms = {"FR": _error(wire.REFUSED, UNAFFORDABLE.encode())}
 
-    _run(coordinator, tmp_path / "out", nodes=3)
+    _run(coordinator, tmp_path / "out")
 
     trained = {
         coordinator.admitted[m.metadata.dst_node_id]
@@ -669,7 +662,7 @@ def test_a_country_that_declines_the_job_is_never_sent_a_round(tmp_path: Path) -
 def test_a_node_lost_mid_round_is_named_by_the_country_it_confirmed_as(tmp_path: Path) -> None:
     """Issue 26, point 3: no `node-N` country in tallies or the ledger, even unadmitted."""
     coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": _silent}, train="min_nodes = 1")
-    _run(coordinator, tmp_path / "out", nodes=2, admitted={})  # as in simulation
+    _run(coordinator, tmp_path / "out", admitted={})  # as in simulation
     text = (tmp_path / "out" / "results.json").read_text("utf-8")
     results = json.loads(text)
     assert results["privacy"]["FR"]["rounds_unconfirmed"] == 1
@@ -687,7 +680,7 @@ def test_two_countries_survive_one_of_them_restarting_by_default(tmp_path: Path)
         return None if server_round == 2 else trained(message, country, signer)
 
     coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": restarting}, rounds=3, train="")
-    _run(coordinator, tmp_path / "out", nodes=2)
+    _run(coordinator, tmp_path / "out")
     results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
     assert results["status"] == "completed"
     assert [r["dropped"] for r in results["rounds"]] == [[], ["FR"], []]
@@ -709,7 +702,7 @@ def test_a_silent_node_is_named_when_its_round_closes(tmp_path: Path) -> None:
         def round_finished(self, result: RoundResult) -> None:
             said.append(("finished", str(result.round)))
 
-    _run(coordinator, tmp_path / "out", nodes=2, observer=Seen())
+    _run(coordinator, tmp_path / "out", observer=Seen())
     assert [s[0] for s in said] == ["started", "DE", "PL", "finished"]
     assert re.fullmatch(r"PL sent no reply to round 1 within 0\.[5-9] s", said[2][1])
 

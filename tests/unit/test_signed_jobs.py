@@ -100,8 +100,15 @@ def test_the_coordinator_refuses_before_it_reads_a_file(
 def test_the_coordinator_refuses_a_launched_job_naming_where_it_tracks(
     job: Job, tmp_path: Path
 ) -> None:
-    tracked = job.model_copy(update={"tracking": TrackingSection(uri="sqlite:////etc/x.db")})
-    signed = sign_job(tracked, TEST_LAUNCHER)  # a launcher that skipped `residency run`'s check
+    tracked = job.model_copy(update={"tracking": TrackingSection(experiment="x")})
+    body = json.loads(sign_job(tracked, TEST_LAUNCHER).body)
+    body["tracking"]["uri"] = "sqlite:////etc/x.db"  # signed by hand: sign_job never signs it
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    signed = SignedJob(
+        body=text,
+        launcher=TEST_LAUNCHER.public_hex,
+        signature=TEST_LAUNCHER.sign(text.encode("ascii")),
+    )
 
     with pytest.raises(LaunchRefused) as refused:
         accepted_job(_run_config(signed), tmp_path / "job", [TEST_LAUNCHER.public_hex])
@@ -161,3 +168,14 @@ def test_the_signed_record_names_the_launcher_and_the_job(job: Job, tmp_path: Pa
     assert record.schema_version >= 3
     assert record.launcher == TEST_LAUNCHER.public_hex
     assert record.job_sha256 == signed_as(job, {}, TEST_LAUNCHER, nonce=f"{1:032x}").sha256
+
+
+@pytest.mark.unit
+def test_a_simulations_tracking_uri_is_never_signed_into_the_job_nodes_see(job: Job) -> None:
+    tracked = job.model_copy(update={"tracking": TrackingSection(uri="sqlite:////tmp/m.db")})
+
+    signed = sign_job(tracked, TEST_LAUNCHER)
+
+    opened = open_job(signed, [TEST_LAUNCHER.public_hex], operator="node.toml")
+    assert opened.tracking == TrackingSection()  # nodes open it: the uri is the simulation's
+    assert "m.db" not in signed.body

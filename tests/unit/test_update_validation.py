@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from residency.common import wire
 from residency.common.errors import InvalidUpdate
 from residency.common.refusal import Refusal, RefusalCode
-from residency.server.strategy import ValidatingFedAvg
+from residency.server.strategy import ValidatingStrategy
 from residency.server.validation import (
     MAX_EXAMPLES,
     validate_metrics,
@@ -110,8 +110,8 @@ def good_reply(node_id: int, examples: int) -> Message:
     )
 
 
-def strategy(nodes: int = 3) -> ValidatingFedAvg:
-    fedavg = ValidatingFedAvg(nodes=nodes)
+def strategy(nodes: int = 3) -> ValidatingStrategy:
+    fedavg = ValidatingStrategy()
     fedavg.train_messages(1, record(GLOBAL), ConfigRecord(), range(nodes), ttl_s=60)
     return fedavg
 
@@ -311,7 +311,7 @@ def test_fedavg_of_valid_replies_is_the_example_weighted_mean() -> None:
     arrays, train_metrics = fedavg.aggregate_train(1, replies)
 
     assert_average(arrays, [(10, weights(1)), (30, weights(2)), (60, weights(3))])
-    assert fedavg.weighted_by_key == wire.NUM_EXAMPLES
+    assert fedavg.aggregator.weighted_by_key == wire.NUM_EXAMPLES  # Flower weighs by it
     assert train_metrics is not None
     assert dict(train_metrics) == {}  # each reply metric is one country's; none is averaged
     assert [r.metadata.src_node_id for r in fedavg.accepted] == [1, 2, 3]
@@ -460,21 +460,21 @@ def test_malformed_reply_is_rejected_without_failing_the_round(case: str) -> Non
 
 
 def test_a_node_claiming_another_country_than_its_admission_is_rejected() -> None:
-    from residency.server.federation import _Countries, _node_round
+    from residency.server.replies import Countries, node_round
     from residency.server.results import NodeStatus
 
     reply = train_reply(7, arrays=GLOBAL, metric_values=metrics())  # reports DE
-    honest = _node_round(reply, 0, _Countries({}, {7: "DE"}), server_round=1)
+    honest = node_round(reply, 0, Countries({}, {7: "DE"}), server_round=1)
     assert honest.status is NodeStatus.OK
     assert honest.country == "DE"
 
-    impostor = _node_round(reply, 0, _Countries({}, {7: "FR"}), server_round=1)
+    impostor = node_round(reply, 0, Countries({}, {7: "FR"}), server_round=1)
     assert impostor.status is NodeStatus.REJECTED
     assert impostor.country == "FR"
     assert impostor.reason == "reports country DE but its key was admitted for FR"
 
-    refused = _node_round(
-        error_reply(7, wire.REFUSED, BUDGET_REFUSAL), 0, _Countries({}, {7: "FR"}), server_round=3
+    refused = node_round(
+        error_reply(7, wire.REFUSED, BUDGET_REFUSAL), 0, Countries({}, {7: "FR"}), server_round=3
     )
     assert refused.country == "FR"  # an error reply carries no country; the admission does
     assert refused.reason == (
@@ -483,14 +483,14 @@ def test_a_node_claiming_another_country_than_its_admission_is_rejected() -> Non
 
 
 def test_a_malformed_country_is_rejected_and_never_shown() -> None:
-    from residency.server.federation import _Countries, _node_round
+    from residency.server.replies import Countries, node_round
     from residency.server.results import NodeStatus
 
     reply = train_reply(7, arrays=GLOBAL, metric_values=metrics())
     reply.content.config_records[wire.NODE] = ConfigRecord({wire.COUNTRY: "Jane Doe"})
-    countries = _Countries({}, {})
+    countries = Countries({}, {})
 
-    report = _node_round(reply, 0, countries, server_round=1)
+    report = node_round(reply, 0, countries, server_round=1)
 
     assert report.status is NodeStatus.REJECTED
     assert (report.country, report.reason) == ("node-7", "reports a malformed country code")

@@ -29,6 +29,7 @@ from residency.server.coordinator import (
     init_coordinator,
     superlink_command,
 )
+from residency.server.launch import SHUTDOWN_MARKER
 from residency.server.recovery import settle_open_runs
 
 coordinator_app = typer.Typer(
@@ -131,6 +132,8 @@ def start(
             "coordinator already running?); fix: stop that process, or change port",
             EXIT_UNAVAILABLE,
         )
+    marker = where.runs / SHUTDOWN_MARKER
+    marker.unlink(missing_ok=True)  # runs that start from here on end as they are told
     for settled in settle_open_runs(where, settings):
         console.print(f"run {settled.run}: {settled.reason}", markup=False)
     command, env = superlink_command(where, settings, insecure=insecure)
@@ -140,7 +143,10 @@ def start(
         f"coordinator: SuperLink on {scheme}://{settings.host}:{settings.port} "
         f"(nodes dial {settings.address}); state {where.database}; log {log}; Ctrl-C stops"
     )
-    outcome = supervise([Child("superlink", command, env, log)])
+    outcome = supervise(
+        [Child("superlink", command, env, log)],
+        before_stop=marker.touch,  # the runs are left to resume at the next start
+    )
     if outcome.first_exit is not None and outcome.first_exit[1] != 0:
         tail = [line for line in log.read_text("utf-8", "replace").splitlines() if line.strip()]
         raise fail(

@@ -78,11 +78,13 @@ def supervise(
     *,
     grace_s: float = GRACE_S,
     on_tick: Callable[[], None] | None = None,
+    before_stop: Callable[[], None] | None = None,
 ) -> Outcome:
     """Start ``children`` in order; return when a signal arrives or any child exits.
 
     ``on_tick`` runs every few tenths of a second while they run (and once more at the end),
-    for a supervisor that reports what its children log.
+    for a supervisor that reports what its children log. ``before_stop`` runs once a signal
+    asked for the stop, before the children hear it.
     """
     requested: list[int] = []
 
@@ -106,6 +108,8 @@ def supervise(
                     on_tick()
                 time.sleep(0.2)
     finally:
+        if requested and before_stop is not None:
+            before_stop()
         for child in reversed(children):
             child.interrupt()
         deadline = time.monotonic() + grace_s

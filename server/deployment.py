@@ -26,10 +26,11 @@ from residency.server.launch import (
     LEDGER_DIR_ENV,
     LEDGER_KEY_ENV,
     RUNS_DIR_ENV,
+    SHUTDOWN_MARKER,
 )
 from residency.server.launch_check import LaunchRefused, accepted_job, trusted_launchers
 from residency.server.recovery import end_prepared, prepared_resume
-from residency.server.results import RESULTS_FILE, Results
+from residency.server.results import RESULTS_FILE, Results, RunStatus
 from residency.server.run_ledger import RunLedger
 from residency.server.tracking import coordinator_tracker
 
@@ -107,6 +108,7 @@ def main(grid: Grid, context: Context) -> None:
             tracker=coordinator_tracker(
                 job, run=str(context.run_id), settings=_path_in(COORDINATOR_SETTINGS_ENV)
             ),
+            shutting_down=(runs_dir() / SHUTDOWN_MARKER).exists,
         )
     except DataError as exc:  # the job's test file: named back, never quoted
         if not (out_dir / RESULTS_FILE).exists():
@@ -121,4 +123,6 @@ def main(grid: Grid, context: Context) -> None:
     finally:
         path = out_dir / RESULTS_FILE
         if path.exists():
-            emit(RunFinished(results=Results.model_validate_json(path.read_text("utf-8"))))
+            results = Results.model_validate_json(path.read_text("utf-8"))
+            if results.status is not RunStatus.RUNNING:  # running: left for the next start
+                emit(RunFinished(results=results))

@@ -269,6 +269,7 @@ def run_federation(
     control: RunControl | None = None,
     resumed: Results | None = None,
     tracker: Tracker | None = None,
+    shutting_down: Callable[[], bool] | None = None,
 ) -> Results:
     """Run every round of ``job``; write results and the final model.
 
@@ -282,6 +283,9 @@ def run_federation(
     continues an interrupted one (:mod:`residency.server.recovery`): the rounds go on from
     its last ``resumed`` entry, from the checkpoint beside it. ``tracker`` logs what
     ``results.json`` holds to MLflow as it is written (:mod:`residency.server.tracking`).
+    ``shutting_down`` says whether a stop signal is the coordinator's own shutdown: the run is
+    then left as it stands (running, its in-flight round and the nodes' holds kept) for the
+    next ``coordinator start`` to resume, instead of ending ``stopped``.
     """
     federation = _Federation(grid, job, observer, dict(admitted or {}), run, ledger, signed)
     model, roster = federation.global_model, federation.roster
@@ -341,27 +345,45 @@ def run_federation(
                 break  # the refined release spent the job's budget
         results.final = model.finish(out_dir)
         results.status = RunStatus.COMPLETED
-    except (SystemExit, KeyboardInterrupt):
-        results.status, results.error = RunStatus.STOPPED, "stopped by a signal (runs stop, Ctrl-C)"
-        if ledger is not None and results.in_flight is not None:  # they may have charged it
-            for country in results.in_flight.countries:
-                ledger.unconfirmed(country, results.in_flight.round, STOPPED_MID_ROUND)
-        raise
     except BaseException as exc:
-        results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
-        if isinstance(exc, JobFailed):  # raised before a round's messages left, or after it closed
-            results.in_flight = None
+        if shutting_down is not None and shutting_down():
+            raise  # left running (a signal, or its SuperLink gone): the next start resumes it
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            results.status = RunStatus.STOPPED
+            results.error = "stopped by a signal (runs stop, Ctrl-C)"
+            if ledger is not None and results.in_flight is not None:  # they may have charged it
+                for country in results.in_flight.countries:
+                    ledger.unconfirmed(country, results.in_flight.round, STOPPED_MID_ROUND)
+        else:
+            results.status, results.error = RunStatus.FAILED, str(exc) or type(exc).__name__
+            if isinstance(exc, JobFailed):  # raised before a round's messages left, or after
+                results.in_flight = None
         raise
     finally:
         results.privacy = federation.spend.summary()  # a failed round's charges count too
-        results.finished_at = now()
-        results.write(results_path)
-        if ledger is not None:
-            ledger.finished(results.status.value, results.error)
-        if tracker is not None:
-            tracker.finished(results, out_dir)
-        if results.status is not RunStatus.STOPPED:  # a stopped run's grid is going away
-            roster.end_holds()
+        if results.status is RunStatus.RUNNING:  # the coordinator shuts down: hold everything
+            results.write(results_path)
+        else:
+            _end(results, out_dir, ledger=ledger, tracker=tracker, roster=roster)
         if control is not None:
             control.ended.set()
     return results
+
+
+def _end(
+    results: Results,
+    out_dir: Path,
+    *,
+    ledger: RunLedger | None,
+    tracker: Tracker | None,
+    roster: Roster,
+) -> None:
+    """Write how the run ended, tell the ledger and the tracker, and free the nodes' holds."""
+    results.finished_at = now()
+    results.write(out_dir / RESULTS_FILE)
+    if ledger is not None:
+        ledger.finished(results.status.value, results.error)
+    if tracker is not None:
+        tracker.finished(results, out_dir)
+    if results.status is not RunStatus.STOPPED:  # a stopped run's grid is going away
+        roster.end_holds()

@@ -28,5 +28,10 @@ LEDGER_KEY_ENV = "RESIDENCY_LEDGER_KEY"
 DATA_DIR_ENV = "RESIDENCY_DATA_DIR"
 """Environment variable naming the only folder a launched job may read files from."""
 
+SHUTDOWN_MARKER = ".coordinator-stopping"
+"""Written in the runs folder while the coordinator itself shuts down (Ctrl-C, SIGTERM, its
+supervisor gone), removed when it starts: a ServerApp stopped then leaves its run to resume,
+where one stopped by ``runs stop`` ends it."""
+
 COORDINATOR_SETTINGS_ENV = "RESIDENCY_COORDINATOR_SETTINGS"
 """Environment variable naming ``coordinator.toml``, read again at each launch (trusted keys)."""

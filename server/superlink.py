@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from residency.common.parent_watch import interrupt_then_exit, take_parent_flag, when_orphaned
+from residency.server.launch import RUNS_DIR_ENV, SHUTDOWN_MARKER
 
 SQLITE_BUSY_TIMEOUT_MS = 25_000
 
@@ -59,6 +60,10 @@ def stop_with(parent: int) -> None:
     """
 
     def stop() -> None:
+        runs = os.environ.get(RUNS_DIR_ENV)
+        if runs:  # the coordinator is going, not the runs: they resume at its next start
+            with contextlib.suppress(OSError):
+                (Path(runs) / SHUTDOWN_MARKER).write_text("", "utf-8")
         below = psutil.Process().children(recursive=True)
         for child in below:
             with contextlib.suppress(psutil.Error):
@@ -100,7 +105,7 @@ def refuse_bad_launches() -> None:
     from flwr.supercore.error import ApiErrorCode, FlowerError
     from flwr.superlink.servicer.control import control_handlers
 
-    from residency.server.launch import DATA_DIR_ENV, RUNS_DIR_ENV
+    from residency.server.launch import DATA_DIR_ENV
     from residency.server.launch_check import (
         REFUSAL_PREFIX,
         LaunchRefused,

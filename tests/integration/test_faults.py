@@ -97,6 +97,20 @@ def _status(path: Path) -> str:
         return ""
 
 
+def _last_of(path: Path, name: str) -> Results:
+    """The run that finally carried the job of ``path`` to its end, following each resume."""
+    while True:
+        wait_until(
+            lambda path=path: _status(path) not in ("", "queued", "running"),  # type: ignore[misc]
+            timeout_s=300,
+            what=f"the {name} run to end",
+        )
+        results = Results.model_validate_json(path.read_text("utf-8"))
+        if results.resumed_as is None:
+            return results
+        path = path.parent.parent / results.resumed_as / "results.json"
+
+
 def _received_rounds(node_dir: Path) -> int:
     log = node_dir / "logs" / "supernode.log"
     text = log.read_text("utf-8", "replace") if log.exists() else ""
@@ -180,6 +194,9 @@ class Faults:
     restart_output: str
     orphaned_path: Path
     orphaned: Results
+    paused: Results
+    continued: dict[str, Results]
+    last_output: str
     left_running: set[int]
     port_after_kill: bool
 
@@ -289,6 +306,25 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         orphaned = Results.model_validate_json(orphaned_path.read_text("utf-8"))
         with_signal(launcher.pid, signal.SIGINT)
         launcher.communicate(timeout=60)
+
+        # 5. The operator restarts the coordinator with Ctrl-C while a run goes on; both that
+        #    run and the one orphaned above resume at the next start.
+        again = federation.start_coordinator()
+        federation.wait_online(("DE", "FR"))
+        paused_job = write_toy_job(root / "paused", countries=("DE", "FR"), rounds=3, train=TRAIN)
+        launcher = _launch(federation, paused_job, root / "paused-out")
+        paused_path = _run_results(federation, _results_files(federation))
+        wait_until(lambda: _rounds_done(paused_path) >= 1, timeout_s=180, what="round 1")
+        assert again.stop() == 0  # Ctrl-C: the coordinator's own shutdown
+        paused = Results.model_validate_json(paused_path.read_text("utf-8"))
+        launcher.communicate(timeout=60)
+        last = federation.start_coordinator()
+        federation.wait_online(("DE", "FR"))
+        continued = {
+            name: _last_of(path, name)
+            for name, path in (("orphaned", orphaned_path), ("paused", paused_path))
+        }
+        last_output = last.output()
     finally:
         federation.stop_all()
     wait_until(lambda: not federation.leftovers(), timeout_s=30, what="no leftover processes")
@@ -307,6 +343,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         restart_output,
         orphaned_path,
         orphaned,
+        paused,
+        continued,
+        last_output,
         left_running,
         port_after_kill,
     )
@@ -374,10 +413,26 @@ def test_a_node_that_dies_mid_round_is_dropped_and_the_job_completes(faults: Fau
 def test_a_killed_coordinator_takes_its_superlink_and_serverapp_with_it(faults: Faults) -> None:
     assert faults.left_running == set()
     assert not faults.port_after_kill
-    orphaned = faults.orphaned  # the ServerApp ended its run as it went
-    assert orphaned.status == "stopped"
-    assert orphaned.in_flight is not None
-    assert orphaned.in_flight.round == len(orphaned.rounds) + 1
+    orphaned = faults.orphaned  # the ServerApp left its run, round in flight, to resume
+    assert orphaned.status == "running"
+    assert orphaned.finished_at is None
+
+
+def test_a_coordinator_stopped_by_its_operator_resumes_its_runs_at_the_next_start(
+    faults: Faults,
+) -> None:
+    paused = faults.paused
+    assert paused.status == "running"  # Ctrl-C of `coordinator start` is not `runs stop`
+    assert paused.rounds
+    for name, continued in faults.continued.items():
+        assert continued.status == "completed", (name, continued.error)
+        assert continued.resumed  # every run this job went through, oldest first
+        done = [r.round for r in continued.rounds]
+        assert done == sorted(set(done))  # no round twice
+        for privacy in continued.privacy.values():
+            assert privacy.epsilon is not None
+            assert privacy.epsilon <= privacy.target_epsilon * (1 + 1e-6)
+    assert "resumed the job as run" in faults.last_output
 
 
 def _charged_rounds(faults: Faults, country: str, run: str) -> set[int]:

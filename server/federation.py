@@ -149,7 +149,6 @@ class _Federation:
                 self.job.train.round_update(server_round, refine=model.refining),
             )
         reports: dict[int, NodeRound] = dict(refused)  # declined before the round, uncharged
-        excluded: set[int] = set()
         received: dict[int, Received] = {}
 
         def on_reply(reply: Message, bytes_down: int) -> None:
@@ -167,9 +166,11 @@ class _Federation:
                     )
                 except InvalidUpdate as exc:
                     report.status, report.reason = NodeStatus.REJECTED, str(exc)
-            if report.status is NodeStatus.REJECTED:
-                excluded.add(node_id)
-            reports[node_id] = report
+            if report.status is NodeStatus.OK:  # its record holds: can its update be averaged?
+                rejected = strategy.check(reply, server_round)
+                if rejected is not None:
+                    report.status, report.reason = NodeStatus.REJECTED, rejected
+            reports[node_id] = report  # the reply's one verdict
             if self.observer:
                 self.observer.node_finished(server_round, report)
 
@@ -194,14 +195,9 @@ class _Federation:
                 dropped.add(country)
                 if self.observer:  # said as the round closes, not after the next one
                     self.observer.node_finished(server_round, reports[node_id])
-        new_arrays, _ = strategy.aggregate_train(
-            server_round, [r for r in replies if r.metadata.src_node_id not in excluded]
-        )
-        rejected = {r.node_id: r.reason for r in strategy.rejected if not r.refused}
-        self._to_ledger(server_round, received, rejected, reports)
-        for node_id, report in reports.items():
-            if report.status is NodeStatus.OK and node_id in rejected:
-                report.status, report.reason = NodeStatus.REJECTED, rejected[node_id]
+        valid = [r for r in replies if reports[r.metadata.src_node_id].status is NodeStatus.OK]
+        new_arrays, _ = strategy.aggregate_train(server_round, valid, checked=True)
+        self._to_ledger(server_round, received, reports)
         self._tally(received, reports)
         roster.require_quorum(server_round, len(strategy.accepted), reports, absent)
         assert new_arrays is not None  # the quorum is at least one valid update
@@ -239,7 +235,6 @@ class _Federation:
         self,
         server_round: int,
         received: Mapping[int, Received],
-        rejected: Mapping[int, str],
         reports: Mapping[int, NodeRound],
     ) -> None:
         """Every signed record (averaged or not), refusal and unconfirmed round of the round."""
@@ -247,7 +242,9 @@ class _Federation:
             return
         averaged = {reply.metadata.src_node_id for reply in self.strategy.accepted}
         for node_id, got in sorted(received.items()):
-            self.ledger.record(got, averaged=node_id in averaged, reason=rejected.get(node_id))
+            report = reports[node_id]  # a valid record, its update averaged or rejected
+            reason = report.reason if report.status is NodeStatus.REJECTED else None
+            self.ledger.record(got, averaged=node_id in averaged, reason=reason)
         for node_id, report in sorted(reports.items()):
             if report.status is NodeStatus.REFUSED:
                 self.ledger.refusal(report.country, server_round, report.reason or "")

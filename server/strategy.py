@@ -137,13 +137,32 @@ class ValidatingStrategy:
             for node in node_ids
         ]
 
+    def check(self, reply: Message, server_round: int) -> str | None:
+        """Why a reply's update cannot be averaged (``None``: it can), against what was sent.
+
+        In a training round every valid update's norm is logged (the run log), which is what
+        a ``max_update_norm`` is chosen from. The round loop asks this as each reply arrives,
+        so a reply gets its one verdict at once.
+        """
+        node = reply.metadata.src_node_id
+        try:
+            validate_reply(reply.content, self._sent)
+            if self.combine is not Combine.PROTOTYPES:
+                norm = validate_update_norm(
+                    reply.content.array_records[wire.ARRAYS], self._sent, bound=self.max_update_norm
+                )
+                log.info("round %d: node %d update norm %.4g", server_round, node, norm)
+        except InvalidUpdate as exc:
+            log.warning("round %d: update from node %d rejected: %s", server_round, node, exc)
+            return f"update rejected: {exc}"
+        return None
+
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+        self, server_round: int, replies: Iterable[Message], *, checked: bool = False
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Drop invalid replies and errors, then combine the rest with the job's aggregation.
 
-        In a training round every valid update's norm is logged (the run log), which is what
-        a ``max_update_norm`` is chosen from.
+        ``checked``: every reply already passed :meth:`check` (the round loop's case).
         """
         self.accepted, self.rejected = [], []
         training = self.combine is not Combine.PROTOTYPES
@@ -151,26 +170,17 @@ class ValidatingStrategy:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 code = reply.error.code
-                reason = error_sentence(
+                said = error_sentence(
                     code,
                     reply.error.reason or "",
                     country=f"node {node}",
                     server_round=server_round,
                 )
-                self.rejected.append(Rejection(node, reason, code == wire.REFUSED))
+                self.rejected.append(Rejection(node, said, code == wire.REFUSED))
                 continue
-            try:
-                validate_reply(reply.content, self._sent)
-                if training:
-                    norm = validate_update_norm(
-                        reply.content.array_records[wire.ARRAYS],
-                        self._sent,
-                        bound=self.max_update_norm,
-                    )
-                    log.info("round %d: node %d update norm %.4g", server_round, node, norm)
-            except InvalidUpdate as exc:
-                log.warning("round %d: update from node %d rejected: %s", server_round, node, exc)
-                self.rejected.append(Rejection(node, f"update rejected: {exc}", refused=False))
+            invalid = None if checked else self.check(reply, server_round)
+            if invalid is not None:
+                self.rejected.append(Rejection(node, invalid, refused=False))
                 continue
             self.accepted.append(reply)
         if not self.accepted:

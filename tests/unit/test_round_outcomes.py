@@ -311,7 +311,8 @@ def test_refusals_and_failures_are_rendered_never_shown_raw(
         "ES failed round 1: node error (reason not readable)",
     )
     assert reasons["PL"][0] is NodeStatus.FAILED
-    assert re.fullmatch(r"PL sent no reply to round 1 within 0\.[5-9] s", reasons["PL"][1])
+    waited = r"PL sent no reply to round 1 within (0\.[5-9]|1\.[0-9]) s"  # the true wait
+    assert re.fullmatch(waited, reasons["PL"][1])
     ledger = _ledger(played.coordinator)
     refusals = [(e.country, e.reason) for e in ledger if e.kind == "refusal"]
     assert sorted(refusals) == [("IT", reasons["IT"][1]), ("NL", reasons["NL"][1])]

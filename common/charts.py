@@ -155,18 +155,8 @@ def line_chart(
                 connectgaps=False,
             )
         )
-    span = [0.5, max(rounds, 1) + 0.5]
     for limit in limits:
-        figure.add_trace(
-            go.Scatter(
-                name=limit.name,
-                x=span,
-                y=[limit.value, limit.value],
-                mode="lines",
-                line={"color": limit.colour, "dash": limit.dash, "width": 1.5},
-                hoverinfo="name+y",
-            )
-        )
+        figure.add_trace(_limit_trace(limit, rounds))
     for event in events:
         figure.add_trace(
             go.Scatter(
@@ -260,15 +250,17 @@ def epsilon_overview_chart(
             )
         )
     if target is not None and math.isfinite(target):
-        span = [0.5, max(rounds, 1) + 0.5]
-        figure.add_trace(
-            go.Scatter(
-                name="job target ε",
-                x=span,
-                y=[target, target],
-                mode="lines",
-                line={"color": GREY, "dash": "dash", "width": 1.5},
-                hoverinfo="name+y",
-            )
-        )
+        figure.add_trace(_limit_trace(Limit("job target ε", target, GREY), rounds))
     return _to_json(figure)
+
+
+def _limit_trace(limit: Limit, rounds: int) -> go.Scatter:
+    """A horizontal line across every round of the axis."""
+    return go.Scatter(
+        name=limit.name,
+        x=[0.5, max(rounds, 1) + 0.5],
+        y=[limit.value, limit.value],
+        mode="lines",
+        line={"color": limit.colour, "dash": limit.dash, "width": 1.5},
+        hoverinfo="name+y",
+    )

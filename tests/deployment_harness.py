@@ -347,6 +347,27 @@ class Federation:
             timeout_s=timeout_s,
         )
 
+    def launch(self, job: Path, out: Path) -> subprocess.Popen[str]:
+        """`residency run` of ``job`` here, left running (its output on a pipe)."""
+        return subprocess.Popen(
+            [
+                RESIDENCY,
+                "run",
+                str(job),
+                "--key",
+                str(self.launcher_key),
+                "--coordinator",
+                self.address,
+                "--ca",
+                str(self.ca),
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def flwr_run(self, bundle: Path, *, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """Submit an app bundle with Flower's own CLI, as anyone reaching the port could."""
         with Coordinator(address=self.address, ca=self.ca).home() as env:

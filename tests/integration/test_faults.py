@@ -20,7 +20,6 @@ import hostile_app
 import pytest
 
 from deployment_harness import (
-    RESIDENCY,
     Federation,
     alive,
     cli,
@@ -43,27 +42,6 @@ COUNTRIES = ("DE", "FR", "ES")
 ROUND_TIMEOUT_S = 20
 SECRET = "root:x:0:0:root:/root:/bin/bash\n"
 TRAIN = f'update = "head"\nround_timeout_s = {ROUND_TIMEOUT_S}'
-
-
-def _launch(federation: Federation, job: Path, out: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            RESIDENCY,
-            "run",
-            str(job),
-            "--key",
-            str(federation.launcher_key),
-            "--coordinator",
-            federation.address,
-            "--ca",
-            str(federation.ca),
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _results_files(federation: Federation) -> set[Path]:
@@ -246,7 +224,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         # 2. ES dies while it trains round 2 (its SuperNode, executor and supervisor at once).
         job = write_toy_job(root / "dropout", countries=COUNTRIES, rounds=3, train=TRAIN)
         before = _results_files(federation)  # the refused launches above are runs too
-        launcher = _launch(federation, job, root / "dropout-out")
+        launcher = federation.launch(job, root / "dropout-out")
         results_path = _run_results(federation, before)
         wait_until(
             lambda: _received_rounds(node_dirs["ES"]) >= 2,
@@ -263,7 +241,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         # 3. The coordinator host loses power once round 1 of a run has closed: every
         #    coordinator process dies at once, nothing can write anything.
         crash_job = write_toy_job(root / "crash", countries=("DE", "FR"), rounds=3, train=TRAIN)
-        launcher = _launch(federation, crash_job, root / "crash-out")
+        launcher = federation.launch(crash_job, root / "crash-out")
         crashed_path = _run_results(federation, before | {results_path})
         wait_until(lambda: _rounds_done(crashed_path) >= 1, timeout_s=180, what="round 1")
         for pid in {coordinator.process.pid, *descendants(coordinator.process.pid)}:
@@ -288,7 +266,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
 
         # 4. Only `coordinator start` is SIGKILLed, mid-run: its SuperLink and ServerApp follow.
         stop_job = write_toy_job(root / "orphan", countries=("DE", "FR"), rounds=5, train=TRAIN)
-        launcher = _launch(federation, stop_job, root / "orphan-out")
+        launcher = federation.launch(stop_job, root / "orphan-out")
         orphaned_path = _run_results(
             federation, before | {results_path, crashed_path, resumed_path}
         )
@@ -312,7 +290,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         again = federation.start_coordinator()
         federation.wait_online(("DE", "FR"))
         paused_job = write_toy_job(root / "paused", countries=("DE", "FR"), rounds=3, train=TRAIN)
-        launcher = _launch(federation, paused_job, root / "paused-out")
+        launcher = federation.launch(paused_job, root / "paused-out")
         paused_path = _run_results(federation, _results_files(federation))
         wait_until(lambda: _rounds_done(paused_path) >= 1, timeout_s=180, what="round 1")
         assert again.stop() == 0  # Ctrl-C: the coordinator's own shutdown

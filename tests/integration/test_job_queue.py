@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from deployment_harness import RESIDENCY, Federation, cli, wait_until
+from deployment_harness import Federation, cli, wait_until
 from residency.server.dashboard.state import read_state
 from residency.server.results import Results, RunStatus
 from toy_federation import write_toy_job
@@ -23,27 +22,6 @@ from toy_federation import write_toy_job
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 COUNTRIES = ("DE", "FR")
-
-
-def _launch(federation: Federation, job: Path, out: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            RESIDENCY,
-            "run",
-            str(job),
-            "--key",
-            str(federation.launcher_key),
-            "--coordinator",
-            federation.address,
-            "--ca",
-            str(federation.ca),
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _runs(federation: Federation) -> dict[str, dict[str, object]]:
@@ -119,12 +97,12 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Queue:
             for name, rounds in (("first", 3), ("second", 1), ("third", 1))
         ]
         known = set(_runs(federation))
-        launchers.append(_launch(federation, jobs[0], root / "first-out"))
+        launchers.append(federation.launch(jobs[0], root / "first-out"))
         first = _run_id(federation, known)
         wait_until(lambda: _status(federation, first) == "running", timeout_s=120, what="job 1")
-        launchers.append(_launch(federation, jobs[1], root / "second-out"))
+        launchers.append(federation.launch(jobs[1], root / "second-out"))
         second = _run_id(federation, known | {first})
-        launchers.append(_launch(federation, jobs[2], root / "third-out"))
+        launchers.append(federation.launch(jobs[2], root / "third-out"))
         third = _run_id(federation, known | {first, second})
         listed = _runs(federation)
         dashboard = {

@@ -354,15 +354,20 @@ def _run(
     *,
     observer: object = None,
     admitted: dict[int, str] | None = None,
-) -> None:
-    run_federation(
+    job: Job | None = None,
+    resumed: Results | None = None,
+    tracker: Tracker | None = None,
+) -> Results:
+    return run_federation(
         coordinator.grid,  # type: ignore[arg-type]
-        coordinator.job,
+        job or coordinator.job,
         out_dir=out,
         observer=observer,  # type: ignore[arg-type]
         admitted=coordinator.admitted if admitted is None else admitted,
         run=RUN,
         ledger=coordinator.ledger,
+        resumed=resumed,
+        tracker=tracker,
     )
 
 
@@ -468,15 +473,7 @@ def test_a_resumed_run_goes_on_from_the_checkpoint_and_never_resends_the_lost_ro
     )
     second = _coordinator(tmp_path / "second", script, rounds=3, train="")
 
-    results = run_federation(
-        second.grid,  # type: ignore[arg-type]
-        second.job,
-        out_dir=new,
-        admitted=second.admitted,
-        run=RUN,
-        ledger=second.ledger,
-        resumed=prepared,
-    )
+    results = _run(second, new, resumed=prepared)
 
     assert results.status is RunStatus.COMPLETED
     assert [r.round for r in results.rounds] == [1, 3]  # round 2 is never sent again
@@ -506,15 +503,7 @@ def test_a_tracked_run_logs_each_round_and_each_countrys_epsilon_to_mlflow(
     job = coordinator.job.model_copy(update={"tracking": TrackingSection(experiment="triage")})
     uri = local_uri(tmp_path / "tracking")
 
-    results = run_federation(
-        coordinator.grid,  # type: ignore[arg-type]
-        job,
-        out_dir=tmp_path / "out",
-        admitted=coordinator.admitted,
-        run=RUN,
-        ledger=coordinator.ledger,
-        tracker=Tracker(job, uri=uri, run=RUN),
-    )
+    results = _run(coordinator, tmp_path / "out", job=job, tracker=Tracker(job, uri=uri, run=RUN))
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("triage")
@@ -541,15 +530,8 @@ def test_a_tracking_store_that_fails_is_logged_and_the_job_goes_on(
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the store's folder would go", "utf-8")
 
-    results = run_federation(
-        coordinator.grid,  # type: ignore[arg-type]
-        job,
-        out_dir=tmp_path / "out",
-        admitted=coordinator.admitted,
-        run=RUN,
-        ledger=coordinator.ledger,
-        tracker=Tracker(job, uri=local_uri(blocked / "tracking"), run=RUN),
-    )
+    tracker = Tracker(job, uri=local_uri(blocked / "tracking"), run=RUN)
+    results = _run(coordinator, tmp_path / "out", job=job, tracker=tracker)
 
     assert results.status is RunStatus.COMPLETED
     assert [r.message for r in caplog.records if "MLflow tracking stopped" in r.message]

@@ -329,11 +329,8 @@ class Federation:
         self.daemons.append(daemon)
         return daemon
 
-    def run(
-        self, job: Path, out: Path, *, key: Path | None = None, timeout_s: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        """`residency run` of ``job`` here, signed with ``key`` (this coordinator's launcher)."""
-        return cli(
+    def _run_args(self, job: Path, out: Path, key: Path | None) -> list[str]:
+        return [
             "run",
             str(job),
             "--key",
@@ -344,25 +341,18 @@ class Federation:
             str(self.ca),
             "--output",
             str(out),
-            timeout_s=timeout_s,
-        )
+        ]
+
+    def run(
+        self, job: Path, out: Path, *, key: Path | None = None, timeout_s: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """`residency run` of ``job`` here, signed with ``key`` (this coordinator's launcher)."""
+        return cli(*self._run_args(job, out, key), timeout_s=timeout_s)
 
     def launch(self, job: Path, out: Path) -> subprocess.Popen[str]:
         """`residency run` of ``job`` here, left running (its output on a pipe)."""
         return subprocess.Popen(
-            [
-                RESIDENCY,
-                "run",
-                str(job),
-                "--key",
-                str(self.launcher_key),
-                "--coordinator",
-                self.address,
-                "--ca",
-                str(self.ca),
-                "--output",
-                str(out),
-            ],
+            [RESIDENCY, *self._run_args(job, out, None)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

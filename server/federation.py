@@ -93,7 +93,6 @@ class _Federation:
     ledger: RunLedger | None
     signed: SignedJob | None = None
     sending: Sending | None = None
-    stop: threading.Event | None = None  # RunControl.stop
 
     def __post_init__(self) -> None:
         train = self.job.train
@@ -118,10 +117,6 @@ class _Federation:
     def arrays(self) -> ArrayRecord:
         """The global trainable arrays (what the next round sends)."""
         return self.global_model.arrays
-
-    def watch(self, stop: threading.Event | None) -> None:
-        """Stop waiting (for nodes, for replies) once ``stop`` is set."""
-        self.stop = self.roster.stop = stop
 
     def play_round(self, server_round: int) -> RoundResult:
         """Send the global model, collect replies, aggregate the valid ones, score."""
@@ -177,9 +172,9 @@ class _Federation:
         timeout_s = self.job.train.round_timeout_s
         sent_at = time.monotonic()
         replies = exchange(
-            self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=self.stop
+            self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=roster.stop
         )
-        if self.stop is not None and self.stop.is_set():
+        if roster.stop is not None and roster.stop.is_set():
             raise KeyboardInterrupt  # replies cut short by the stop, not by the nodes
         waited = time.monotonic() - sent_at
         dropped = set(absent)
@@ -295,7 +290,7 @@ def run_federation(
         results.write(results_path)
 
     federation.sending = sending
-    federation.watch(None if control is None else control.stop)
+    roster.stop = None if control is None else control.stop  # stops every wait of the run
     first_round, continues = 1, None
     if resumed is not None and resumed.resumed:
         results, continues = resumed, resumed.resumed[-1]

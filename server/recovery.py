@@ -115,12 +115,14 @@ class _Plan:
 
 
 def _plan(
-    results: Results, folder: Path, run: Run | None, state: LinkState, settings: _Trust
+    results: Results, checkpointed: int, run: Run | None, state: LinkState, settings: _Trust
 ) -> _Plan | str:
-    """How the run resumes, or why it cannot (a reason for its ``failed`` end)."""
+    """How the run resumes, or why it cannot (a reason for its ``failed`` end).
+
+    ``checkpointed`` is the round its intact checkpoint holds (0: none).
+    """
     if run is None:
         return "the SuperLink database no longer holds the run, so it cannot resume"
-    checkpointed = _checkpoint_round(folder)
     if not checkpointed:
         return "no intact checkpoint of a completed round to resume from: launch the job again"
     fab = state.get_fab(run.fab_hash)
@@ -196,20 +198,20 @@ def settle_open_runs(folder: CoordinatorDir, settings: CoordinatorSettings) -> l
     settled = []
     for path in sorted(folder.runs.glob(f"*/{RESULTS_FILE}")):
         results = Results.model_validate_json(path.read_text("utf-8"))
-        if results.status is not RunStatus.RUNNING or results.resumed_as is not None:
+        if results.status is not RunStatus.RUNNING:
             continue
         from residency.server.run_ledger import RunLedger  # imports torch: only when needed
 
         run = path.parent.name
         ledger = RunLedger.open(folder.ledger, folder.ledger_key, run=run, job=results.job)
-        flight = results.in_flight
-        if flight is not None and flight.round > _checkpoint_round(path.parent):
+        flight, checkpointed = results.in_flight, _checkpoint_round(path.parent)
+        if flight is not None and flight.round > checkpointed:
             for country in flight.countries:  # a round the checkpoint holds closed: ledgered
                 ledger.unconfirmed(country, flight.round, UNCONFIRMED_REASON)
         plan = (
             "the SuperLink database is gone, so it cannot resume"
             if state is None
-            else _plan(results, path.parent, stopped.get(run), state, trust)
+            else _plan(results, checkpointed, stopped.get(run), state, trust)
         )
         if isinstance(plan, _Plan) and state is not None:
             new_id = _resume(results, path.parent, stopped[run], state, plan, folder.runs)

@@ -12,6 +12,7 @@ those runs as queued and ``runs stop`` removes one, both through Flower's own ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -36,16 +37,30 @@ def serverapp_command() -> str:
 
 
 def concurrent_runs_limit() -> int:
-    """``max_concurrent_runs`` from ``coordinator.toml`` now (its default when unreadable)."""
+    """``max_concurrent_runs`` from ``coordinator.toml`` now (its default when unreadable).
+
+    Asked every poll (a second) while a job runs: the file is parsed again only when it
+    changed, so an edit applies at once and a broken one is reported once.
+    """
+    path = os.environ.get(COORDINATOR_SETTINGS_ENV)
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    version = None if stat is None else (path, stat.st_mtime_ns, stat.st_size)
+    return _limit_of(version)
+
+
+@functools.lru_cache(maxsize=1)
+def _limit_of(version: tuple[str, int, int] | None) -> int:
     from residency.common.config.loading import load_model
     from residency.common.errors import ConfigError
     from residency.server.coordinator import DEFAULT_CONCURRENT_RUNS, CoordinatorSettings
 
-    path = os.environ.get(COORDINATOR_SETTINGS_ENV)
-    if not path:
+    if version is None:
         return DEFAULT_CONCURRENT_RUNS
     try:
-        return load_model(Path(path), CoordinatorSettings).max_concurrent_runs
+        return load_model(Path(version[0]), CoordinatorSettings).max_concurrent_runs
     except (OSError, ConfigError) as exc:  # an edit half-written: keep serving, say why
         log.warning("%s; using max_concurrent_runs = %d", exc, DEFAULT_CONCURRENT_RUNS)
         return DEFAULT_CONCURRENT_RUNS
@@ -79,7 +94,8 @@ class BoundedExecutor(SubprocessExecutor):
         types, fabs = super().get_eligible_capacity(
             supported_task_types, insecure=insecure, root_certificates_path=root_certificates_path
         )
-        if running_serverapps() >= concurrent_runs_limit():
+        running = running_serverapps()
+        if running and running >= concurrent_runs_limit():
             return set(), set()
         return types, fabs
 

@@ -62,12 +62,10 @@ class Tracker:
         self._run_id: str | None = None
         self._failed = False
 
-    def _artifact_location(self) -> str | None:
-        """Beside an SQLite store; a tracking server chooses its own."""
+    def _sqlite_file(self) -> Path | None:
+        """The database file of an SQLite store (None: a tracking server)."""
         prefix = "sqlite:///"
-        if not self.uri.startswith(prefix):
-            return None
-        return (Path(self.uri[len(prefix) :]).parent / ARTIFACTS).resolve().as_uri()
+        return Path(self.uri[len(prefix) :]) if self.uri.startswith(prefix) else None
 
     def _guard(self, what: str, call: Callable[[], None]) -> None:
         if self._failed:
@@ -86,8 +84,10 @@ class Tracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        database = self._sqlite_file()
+        if database is not None:  # its artifacts beside it; a server chooses its own
+            database.parent.mkdir(parents=True, exist_ok=True)
+        artifacts = None if database is None else (database.parent / ARTIFACTS).resolve()
         client = MlflowClient(tracking_uri=self.uri)
         tracking = self.job.tracking
         name = (tracking.experiment if tracking else None) or self.job.name
@@ -95,7 +95,9 @@ class Tracker:
         experiment = (
             found.experiment_id
             if found is not None
-            else client.create_experiment(name, artifact_location=self._artifact_location())
+            else client.create_experiment(
+                name, artifact_location=None if artifacts is None else artifacts.as_uri()
+            )
         )
         job = self.job
         tags = {"residency.run": self.run, "residency.job": job.name}

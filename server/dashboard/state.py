@@ -304,9 +304,7 @@ def _figures(
         spent = [r for r, _ in replies], [e for _, e in replies]
         overview.append(charts.Series(view.country, *spent, charts.BLUE, width=1.5))
         by_round = dataset.get((run_id, view.country), {})
-        series = [
-            charts.Series("run ε", [r for r, _ in replies], [e for _, e in replies], charts.BLUE),
-        ]
+        series = [charts.Series("run ε", *spent, charts.BLUE)]
         if by_round:
             rounds = sorted(by_round)
             series.append(

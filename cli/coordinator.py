@@ -31,6 +31,7 @@ from residency.server.coordinator import (
 )
 from residency.server.launch import SHUTDOWN_MARKER
 from residency.server.recovery import settle_open_runs
+from residency.server.run_lock import RunDriven
 
 coordinator_app = typer.Typer(
     help="Run the coordinator: its CA, its SuperLink, and which nodes may join.",
@@ -132,10 +133,18 @@ def start(
             "coordinator already running?); fix: stop that process, or change port",
             EXIT_UNAVAILABLE,
         )
-    marker = where.runs / SHUTDOWN_MARKER
-    marker.unlink(missing_ok=True)  # runs that start from here on end as they are told
-    for settled in settle_open_runs(where, settings):
+    try:
+        settled_runs = settle_open_runs(where, settings)
+    except RunDriven as exc:
+        raise fail(
+            f"{where.runs}: {exc}; fix: wait for it to stop (or end that process), then start "
+            "the coordinator again",
+            EXIT_UNAVAILABLE,
+        ) from None
+    for settled in settled_runs:
         console.print(f"run {settled.run}: {settled.reason}", markup=False)
+    marker = where.runs / SHUTDOWN_MARKER  # kept while an earlier start's ServerApps stopped
+    marker.unlink(missing_ok=True)  # runs that start from here on end as they are told
     command, env = superlink_command(where, settings, insecure=insecure)
     log = where.logs / "superlink.out"
     scheme = "http" if insecure else "https"
@@ -144,7 +153,7 @@ def start(
         f"(nodes dial {settings.address}); state {where.database}; log {log}; Ctrl-C stops"
     )
     outcome = supervise(
-        [Child("superlink", command, env, log)],
+        [Child("superlink", command, env, log, stop_below_first=True)],
         before_stop=marker.touch,  # the runs are left to resume at the next start
     )
     if outcome.first_exit is not None and outcome.first_exit[1] != 0:

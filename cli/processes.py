@@ -7,6 +7,7 @@ stopped too: half a node (a SuperNode without its executor) must not linger.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+import psutil
+
+from residency.common.parent_watch import stop_below
 
 GRACE_S = 20.0
 
@@ -27,6 +32,8 @@ class Child:
     command: list[str]
     env: dict[str, str]
     log: Path
+    stop_below_first: bool = False
+    """Stop the processes it started before it (a SuperLink's ServerApps), see ``interrupt``."""
     process: subprocess.Popen[bytes] | None = None
     handle: IO[bytes] | None = field(default=None, repr=False)
 
@@ -48,8 +55,15 @@ class Child:
         return None if self.process is None else self.process.poll()
 
     def interrupt(self) -> None:
-        """Ask it to stop the way Flower expects."""
+        """Ask it to stop the way Flower expects; first what it started, if so configured.
+
+        A SuperLink stopped by SIGINT leaves its SuperExec's ServerApps running: they would
+        retry it, then write over what the next ``coordinator start`` settled for their runs.
+        """
         if self.process is not None and self.process.poll() is None:
+            if self.stop_below_first:
+                with contextlib.suppress(psutil.Error):
+                    stop_below(psutil.Process(self.process.pid), GRACE_S / 2)
             self.process.send_signal(signal.SIGINT)
 
     def kill(self) -> None:

@@ -7,11 +7,14 @@ pushing a reply nobody takes). Each child watches its parent's pid instead and e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+
+import psutil
 
 PARENT_FLAG = "--residency-parent-pid"
 """The flag a Residency wrapper of a Flower daemon takes its supervisor's pid from."""
@@ -37,6 +40,26 @@ def interrupt_then_exit(grace_s: float) -> Callable[[], None]:
         os._exit(1)
 
     return stop
+
+
+def stop_below(root: psutil.Process, grace_s: float) -> None:
+    """SIGINT every process below ``root``, wait up to ``grace_s``, then kill those left.
+
+    A Flower daemon does not stop what its own children started (a SuperLink's SuperExec
+    leaves its ServerApps running): whoever stops the daemon stops them first, while the
+    daemon still answers them.
+    """
+    try:
+        below = root.children(recursive=True)
+    except psutil.Error:
+        return
+    for process in below:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(below, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def take_parent_flag(args: list[str]) -> int | None:

@@ -32,6 +32,7 @@ from residency.server.launch_check import LaunchRefused, accepted_job, trusted_l
 from residency.server.recovery import end_prepared, prepared_resume
 from residency.server.results import RESULTS_FILE, Results, RunStatus
 from residency.server.run_ledger import RunLedger
+from residency.server.run_lock import RunDriven, hold_run
 from residency.server.tracking import coordinator_tracker
 
 app = ServerApp()
@@ -83,6 +84,10 @@ def data_dir() -> Path:
 def main(grid: Grid, context: Context) -> None:
     """Run the job in the run config; print progress events; keep outputs on the coordinator."""
     out_dir = runs_dir() / str(context.run_id)
+    try:
+        hold_run(out_dir)  # for this process's life: see residency.server.run_lock
+    except RunDriven as exc:  # a second launch of the run: the first one writes its outputs
+        raise JobFailed(str(exc)) from None
     resumed = prepared_resume(out_dir)
     try:
         job, signed = accepted_job(context.run_config, data_dir(), trusted_launchers())

@@ -31,12 +31,17 @@ from residency.server.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from residency.server.coordinator import CoordinatorDir, CoordinatorSettings
 from residency.server.launch_check import LaunchRefused, accepted_job, bundle_run_config
 from residency.server.results import RESULTS_FILE, Results, Resumed, RunStatus
+from residency.server.run_lock import LOCK_FILE, wait_undriven
 
 if TYPE_CHECKING:
     from flwr.server.superlink.linkstate import LinkState
     from flwr.supercore.run import Run
 
 log = logging.getLogger("residency.coordinator")
+
+SERVERAPP_EXIT_WAIT_S = 45.0
+"""How long a start waits for an earlier start's ServerApps (each exits within 30 s of losing
+its coordinator, see :func:`.superlink.stop_with`)."""
 
 UNCONFIRMED_REASON = "the coordinator stopped before the round closed; the node may have charged it"
 
@@ -190,16 +195,47 @@ def _resumed_reason(results: Results, plan: _Plan, new_id: str) -> str:
     )
 
 
+def _flower_run(state: LinkState, run: str, stopped: dict[str, Run]) -> Run | None:
+    """The Flower run behind ``run``, stopped or finished (None: the database lost it).
+
+    A ServerApp stopped by a signal tells its SuperLink it failed, so Flower may already
+    list the run as finished although ``results.json`` (the coordinator's own word) holds it
+    for the next start; its undelivered messages are cleared like a stopped run's.
+    """
+    if run in stopped:
+        return stopped[run]
+    found = state.get_run_info(run_ids=[int(run)]) if run.isdigit() else []
+    if not found:
+        return None
+    state.cleanup_run(int(run))
+    return found[0]
+
+
+def _open_runs(folder: CoordinatorDir) -> list[tuple[Path, Results]]:
+    """Each run whose ``results.json`` still says ``running``, with those results."""
+    found = []
+    for path in sorted(folder.runs.glob(f"*/{RESULTS_FILE}")):
+        results = Results.model_validate_json(path.read_text("utf-8"))
+        if results.status is RunStatus.RUNNING:
+            found.append((path, results))
+    return found
+
+
 def settle_open_runs(folder: CoordinatorDir, settings: CoordinatorSettings) -> list[EndedRun]:
-    """Resume, or else end, every run the coordinator's outputs still show as running."""
+    """Resume, or else end, every run the coordinator's outputs still show as running.
+
+    Waits up to ``SERVERAPP_EXIT_WAIT_S`` for ServerApps of an earlier start that still
+    run, and raises :class:`.run_lock.RunDriven` if one outlives it: settling a run that a
+    live ServerApp drives would let two processes write its results and ledger.
+    """
+    locked = sorted(lock.parent for lock in folder.runs.glob(f"*/{LOCK_FILE}"))
+    wait_undriven(locked, SERVERAPP_EXIT_WAIT_S)
+    open_runs = _open_runs(folder)  # read after they stopped: each wrote its last word
     state = _link_state(folder.database)
     stopped = stop_flower_runs(state)
     trust = _Trust(folder.data(settings).resolve(), list(settings.trusted_launchers))
     settled = []
-    for path in sorted(folder.runs.glob(f"*/{RESULTS_FILE}")):
-        results = Results.model_validate_json(path.read_text("utf-8"))
-        if results.status is not RunStatus.RUNNING:
-            continue
+    for path, results in open_runs:
         from residency.server.run_ledger import RunLedger  # imports torch: only when needed
 
         run = path.parent.name
@@ -208,13 +244,14 @@ def settle_open_runs(folder: CoordinatorDir, settings: CoordinatorSettings) -> l
         if flight is not None and flight.round > checkpointed:
             for country in flight.countries:  # a round the checkpoint holds closed: ledgered
                 ledger.unconfirmed(country, flight.round, UNCONFIRMED_REASON)
+        flower_run = None if state is None else _flower_run(state, run, stopped)
         plan = (
             "the SuperLink database is gone, so it cannot resume"
             if state is None
-            else _plan(results, checkpointed, stopped.get(run), state, trust)
+            else _plan(results, checkpointed, flower_run, state, trust)
         )
-        if isinstance(plan, _Plan) and state is not None:
-            new_id = _resume(results, path.parent, stopped[run], state, plan, folder.runs)
+        if isinstance(plan, _Plan) and state is not None and flower_run is not None:
+            new_id = _resume(results, path.parent, flower_run, state, plan, folder.runs)
             reason = _resumed_reason(results, plan, new_id)
             results.status, results.resumed_as = RunStatus.RESUMED, new_id
         else:

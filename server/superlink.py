@@ -18,14 +18,18 @@ import contextlib
 import importlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from residency.common.parent_watch import interrupt_then_exit, take_parent_flag, when_orphaned
+from residency.common.parent_watch import (
+    interrupt_then_exit,
+    stop_below,
+    take_parent_flag,
+    when_orphaned,
+)
 from residency.server.launch import RUNS_DIR_ENV, SHUTDOWN_MARKER
 
 SQLITE_BUSY_TIMEOUT_MS = 25_000
@@ -64,14 +68,7 @@ def stop_with(parent: int) -> None:
         if runs:  # the coordinator is going, not the runs: they resume at its next start
             with contextlib.suppress(OSError):
                 (Path(runs) / SHUTDOWN_MARKER).write_text("", "utf-8")
-        below = psutil.Process().children(recursive=True)
-        for child in below:
-            with contextlib.suppress(psutil.Error):
-                child.send_signal(signal.SIGINT)
-        _, alive = psutil.wait_procs(below, timeout=STOP_GRACE_S / 2)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        stop_below(psutil.Process(), STOP_GRACE_S / 2)
         interrupt_then_exit(STOP_GRACE_S)()
 
     when_orphaned(parent, stop)

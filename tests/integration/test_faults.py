@@ -177,6 +177,7 @@ class Faults:
     last_output: str
     left_running: set[int]
     port_after_kill: bool
+    left_after_stop: set[int]
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         launcher = federation.launch(paused_job, root / "paused-out")
         paused_path = _run_results(federation, _results_files(federation))
         wait_until(lambda: _rounds_done(paused_path) >= 1, timeout_s=180, what="round 1")
+        serving = descendants(again.process.pid)  # its SuperLink, SuperExec and ServerApps
         assert again.stop() == 0  # Ctrl-C: the coordinator's own shutdown
+        left_after_stop = {pid for pid in serving if alive(pid)}
         paused = Results.model_validate_json(paused_path.read_text("utf-8"))
         launcher.communicate(timeout=60)
         last = federation.start_coordinator()
@@ -326,6 +329,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         last_output,
         left_running,
         port_after_kill,
+        left_after_stop,
     )
 
 
@@ -399,6 +403,7 @@ def test_a_killed_coordinator_takes_its_superlink_and_serverapp_with_it(faults: 
 def test_a_coordinator_stopped_by_its_operator_resumes_its_runs_at_the_next_start(
     faults: Faults,
 ) -> None:
+    assert faults.left_after_stop == set()  # no ServerApp lives on to write over its run
     paused = faults.paused
     assert paused.status == "running"  # Ctrl-C of `coordinator start` is not `runs stop`
     assert paused.rounds

@@ -129,6 +129,16 @@ class CountryReport(_Model):
     epsilon_recorded: float | None
     epsilon_dataset: float | None
     budget_epsilon: float | None
+    privacy_unit: str = "record"  # what its ε is per, from its latest signed record
+    records_per_person: int | None = None
+
+    @property
+    def per(self) -> str:
+        """``per record``, or ``per person (at most 10 records each)``."""
+        cap = self.records_per_person
+        return f"per {self.privacy_unit}" + (
+            "" if cap is None else f" (at most {cap} records each)"
+        )
 
 
 class RunReport(_Model):
@@ -366,6 +376,8 @@ def _country(
         epsilon_recorded=None if last is None else last.epsilon_recorded,
         epsilon_dataset=None if last is None else last.epsilon_dataset,
         budget_epsilon=None if last is None else last.budget_epsilon,
+        privacy_unit=spends[-1].record.privacy_unit.value if spends else "record",
+        records_per_person=spends[-1].record.records_per_person if spends else None,
     )
 
 
@@ -532,7 +544,7 @@ def _chart(run: RunReport, country: CountryReport, *, ident: str) -> ChartView:
     """The country's chart, its text alternative written with the tables' number format."""
     rows = country.rounds
     refused = tuple(sorted({r.round for r in country.refusals if r.round >= 1}))
-    title = f"{country.country}, run {run.run}: cumulative epsilon by round"
+    title = f"{country.country}, run {run.run}: cumulative epsilon {country.per} by round"
     if run.target_epsilon is not None:
         title += f" against the job target {run.target_epsilon:g}"
     if country.budget_epsilon is not None:
@@ -674,7 +686,8 @@ def _md_country(run: RunReport, country: CountryReport) -> list[str]:
     lines = [
         f"### {_md(country.country)}",
         "",
-        f"- Run ε: {_eps(country.epsilon_recorded)} (target {_num(run.target_epsilon)})",
+        f"- Run ε {country.per}: {_eps(country.epsilon_recorded)} "
+        f"(target {_num(run.target_epsilon)})",
         f"- Dataset lifetime ε: {_eps(country.epsilon_dataset)} "
         f"(budget {_num(country.budget_epsilon)})",
         "- Policy: "

@@ -27,6 +27,11 @@ audit_app.command()(report)
 audit_app.command()(canary)
 
 
+def _unit(unit: str, cap: int | None) -> str:
+    """What a row's ε is per: ``record``, or ``person (≤ 10)`` with the node's cap."""
+    return unit if cap is None else f"{unit} (≤ {cap})"
+
+
 def parse_since(value: str | None) -> tuple[int, str] | None:
     """``N:HASH`` from an earlier ``audit verify`` (its last line prints it)."""
     if value is None:
@@ -101,6 +106,8 @@ def verify(
                             "country": s.country,
                             "round": s.round,
                             "epsilon": s.record.epsilon,
+                            "privacy_unit": s.record.privacy_unit.value,
+                            "records_per_person": s.record.records_per_person,
                             "epsilon_opacus": s.epsilon_opacus,
                             "epsilon_dp_accounting": s.epsilon_dp_accounting,
                             "epsilon_dataset": s.epsilon_dataset,
@@ -120,8 +127,11 @@ def verify(
         )
     else:
         table = Table(title=f"{ledger}: {result.entries} entries")
-        for column in ("run", "country", "rounds", "ε recorded", "ε Opacus", "ε dp-accounting"):
-            table.add_column(column, justify="left" if column in ("run", "country") else "right")
+        for column in ("run", "country", "rounds", "ε per", "ε recorded", "ε Opacus"):
+            table.add_column(
+                column, justify="left" if column in ("run", "country", "ε per") else "right"
+            )
+        table.add_column("ε dp-accounting", justify="right")
         table.add_column("dataset ε / budget", justify="right")
         table.add_column("launcher", justify="left")
         table.add_column("DP checks", justify="right")
@@ -139,6 +149,7 @@ def verify(
                 run,
                 country,
                 str(rounds[(run, country)]),
+                _unit(spend.record.privacy_unit.value, spend.record.records_per_person),
                 f"{spend.record.epsilon:.4f}",
                 f"{spend.epsilon_opacus:.4f}",
                 f"{spend.epsilon_dp_accounting:.4f}",

@@ -30,6 +30,7 @@ from residency.client.node_data import check_node_data
 from residency.common.data.readers import DataScan, count_records
 from residency.common.errors import ConfigError, DataError
 from residency.common.privacy.public_size import far_from
+from residency.common.privacy.unit import PrivacyUnit
 
 node_app = typer.Typer(
     help="Run a country node: its own data, budget and key; only updates leave.",
@@ -79,6 +80,27 @@ def init(
             "count rounded to 2 significant figures).",
         ),
     ] = None,
+    person_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Protect people, not records (person-level DP): the data's column holding "
+            "each record's person id (patient, customer, case)."
+        ),
+    ] = None,
+    records_per_person: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="With --person-column: the most records of one person a round reads."
+        ),
+    ] = None,
+    public_people: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --person-column: the number of people as the node may tell it (public; "
+            "default: the file's count of people rounded to 2 significant figures).",
+        ),
+    ] = None,
 ) -> None:
     """Create the node's key pair and node.toml (the operator's own settings).
 
@@ -99,6 +121,9 @@ def init(
             policy=policy,
             trusted_launchers=[key.strip().lower() for key in trust_launcher or []],
             public_records=public_records,
+            person_column=person_column,
+            records_per_person=records_per_person,
+            public_people=public_people,
         )
         _warn_skipped(check_node_data(made.load(), schema_fix=INIT_SCHEMA_FLAGS))
     except (ConfigError, DataError) as exc:
@@ -111,16 +136,39 @@ def init(
         f"(give it to them as {country.upper()}.pub); its own ledger is {made.root / 'state'}"
         "/ledger.jsonl"
     )
-    console.print(
-        f"public_records = {made.load().public_records} in node.toml: this size is public "
-        "(it leaves the node in every record and sets the sampling); the exact count never "
-        "does. Keep it a rounded figure near the data's size"
-    )
+    settings = made.load()
+    if settings.privacy_unit is PrivacyUnit.PERSON:
+        console.print(
+            f'privacy_unit = "person": every ε this node spends is per person (at most '
+            f"{settings.records_per_person} records each are read); public_people = "
+            f"{settings.public_people} in node.toml is public and sets the sampling, the exact "
+            "count of people never leaves the node. Keep it a rounded figure"
+        )
+    else:
+        console.print(
+            f"public_records = {settings.public_records} in node.toml: this size is public "
+            "(it leaves the node in every record and sets the sampling); the exact count never "
+            "does. Keep it a rounded figure near the data's size"
+        )
     if not trust_launcher:
         console.print(
             "[yellow]no launcher trusted yet: this node refuses every job until node.toml "
             'lists one (trusted_launchers = ["<64 hex from `residency launcher init`>"])[/]'
         )
+
+
+def _per(settings: NodeSettings, scan: DataScan) -> str:
+    """What the node's ε is per: ``per record``, or ``per person (≤ 10 records each, ...)``.
+
+    The count of people is the operator's to see, on this screen only.
+    """
+    if settings.privacy_unit is not PrivacyUnit.PERSON:
+        return "per record"
+    people = len(set(scan.records.people or ()))
+    return (
+        f"per person (≤ {settings.records_per_person} records each; {people} people, "
+        f"public_people = {settings.public_people})"
+    )
 
 
 def _warn_skipped(scan: DataScan) -> None:
@@ -173,8 +221,8 @@ def start(
     console.print(
         f"node {settings.country}: connecting to {coordinator}; data {settings.data} "
         f"({len(scan.records)} usable records, labels {escape(', '.join(settings.labels))}); "
-        f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g}; logs {where.logs}; "
-        "Ctrl-C stops"
+        f"budget ε={settings.budget_epsilon:g} δ≤{settings.delta:g} {_per(settings, scan)}; "
+        f"logs {where.logs}; Ctrl-C stops"
     )
     if settings.metrics_address is not None:
         from residency.client.metrics import serve_metrics

@@ -92,7 +92,9 @@ class RichObserver:
         if result.refine:  # the refined release spent the job's budget: the job ends here
             self.progress.update(self.rounds, total=result.round)
         eps = "  ".join(
-            f"{n.country} ε={n.epsilon:.2f}" for n in result.nodes if n.epsilon is not None
+            f"{n.country} ε={n.epsilon:.2f}{_per(n.privacy_unit)}"
+            for n in result.nodes
+            if n.epsilon is not None
         )
         dropped = f"  dropped: {', '.join(result.dropped)}" if result.dropped else ""
         if result.refine:
@@ -116,10 +118,19 @@ class RichObserver:
         )
 
 
+def _per(unit: str) -> str:
+    """What a shown ε is per, where that is not the default record: " per person"."""
+    return "" if unit == "record" else f" per {unit}"
+
+
 def results_table(results: Results, countries: list[str]) -> Table:
     """One row per round: global scores, each country's cumulative epsilon, bytes up/down."""
     table = Table(title=f"{results.job}: federated rounds", header_style="bold")
-    for name in ("round", "accuracy", "macro-F1", *(f"ε {c}" for c in countries)):
+    units = {c: p.privacy_unit for c, p in results.privacy.items()}
+    columns = (
+        f"ε {c}" if units.get(c, "record") == "record" else f"ε {c}/{units[c]}" for c in countries
+    )
+    for name in ("round", "accuracy", "macro-F1", *columns):
         table.add_column(name, justify="right", no_wrap=True)
     for name in ("↑ bytes", "↓ bytes", "time"):
         table.add_column(name, justify="right", no_wrap=True)

@@ -24,11 +24,12 @@ from residency.client.app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.config.signed_job import sign_job
-from residency.common.data.readers import count_records, read_labeled_texts
+from residency.common.data.readers import count_records, read_labeled_texts, scan_labeled_texts
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import load_or_create_signer, public_path
+from residency.common.privacy.unit import PrivacyUnit
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
 from residency.server.results import Results
@@ -96,9 +97,42 @@ def write_node_settings(job: Job, out_dir: Path, *, launcher: str) -> Path:
         )
         if job.model.path not in BUILTIN_MODELS:  # the job's checkpoint, as an operator lists it
             text += f"models = [{_toml_string(job.model.path)}]\n"
+        text += _person_settings(job, node.country, index)
         tomllib.loads(text)  # never write a file the node cannot read
         (folder / f"{index}.toml").write_text(text, encoding="utf-8")
     return folder
+
+
+def _person_settings(job: Job, country: str, index: int) -> str:
+    """node.toml's privacy-unit lines for a node the job's ``[[nodes]]`` makes person-level.
+
+    ``public_people`` defaults, as ``public_records`` does, to the data's count (of people)
+    rounded to 2 significant figures.
+    """
+    node = job.nodes[index]
+    if node.privacy_unit is not PrivacyUnit.PERSON:
+        return ""
+    if node.person_column is None or node.records_per_person is None or node.data is None:
+        raise DataError(
+            f'job: nodes[{index}] ({country}): privacy_unit = "person" needs person_column '
+            "and records_per_person; fix: add them to the node's [[nodes]] table"
+        )
+    people = node.public_people
+    if people is None:
+        scan = scan_labeled_texts(
+            node.data,
+            text_column=job.data.text_column,
+            label_column=job.data.label_column,
+            labels=job.data.labels,
+            person_column=node.person_column,
+        )
+        people = rounded_size(max(1, len(set(scan.records.people or ()))))
+    return (
+        'privacy_unit = "person"\n'
+        f"person_column = {_toml_string(node.person_column)}\n"
+        f"records_per_person = {node.records_per_person}\n"
+        f"public_people = {people}\n"
+    )
 
 
 def create_keys(job: Job, out_dir: Path) -> tuple[Path, Path]:

@@ -27,11 +27,12 @@ from typing import TypeVar
 from residency.client.budget_store import BudgetStore, Held
 from residency.client.node_config import NodeSettings
 from residency.client.node_data import no_records, scan_node_data
+from residency.client.people import People
 from residency.client.policy import Policy, load_policy
 from residency.common.config.job import refinable
 from residency.common.config.round_plan import RoundPlan
 from residency.common.data.records import LabeledTexts
-from residency.common.errors import BudgetExceeded, DataError, PolicyViolation
+from residency.common.errors import BudgetExceeded, ConfigError, DataError, PolicyViolation
 from residency.common.privacy.accountant import (
     History,
     PrivacyStep,
@@ -42,6 +43,7 @@ from residency.common.privacy.accountant import (
     remaining,
     within_budget,
 )
+from residency.common.privacy.unit import PrivacyUnit
 from residency.common.refusal import Refusal, RefusalCode
 from residency.common.updates import method_for
 
@@ -54,8 +56,10 @@ log = logging.getLogger("residency.node")
 class Admission:
     """A round the node agreed to consider: its data, account, mechanism and limits.
 
-    ``public_records`` is the operator's declared size (``node.toml``), the only size of the
-    data anything observable may depend on; ``len(records)`` never leaves the node.
+    ``public_size`` is the operator's declared size (``node.toml``) in the node's privacy
+    unit (records, or people), the only size of the data anything observable may depend on;
+    ``len(records)`` never leaves the node. ``people`` groups the records by person under
+    person-level DP (:mod:`.people`), None under record-level DP.
     ``paths`` are the job's whole histories on this node, one for each way it can run to its
     end (every round; or a release refined after the first training round): what the node
     checks the account can afford before the job's first charge, and holds for it
@@ -67,9 +71,10 @@ class Admission:
     step: PrivacyStep
     lifetime_budget: float
     policy: Policy | None
-    public_records: int
+    public_size: int
     paths: tuple[History, ...]
     hold_s: float
+    people: People | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,15 @@ def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, exampl
     tell whether one record was added.
     """
     who = f"{settings.country} refused job {plan.job} under policy {policy.name}"
+    if (
+        policy.privacy_unit is PrivacyUnit.PERSON
+        and settings.privacy_unit is not PrivacyUnit.PERSON
+    ):
+        raise _refused(
+            f"{who}: the policy requires person-level DP; fix (operator): set privacy_unit = "
+            '"person", person_column, records_per_person and public_people in node.toml',
+            RefusalCode.UNIT_BELOW_POLICY,
+        )
     asked = [plan.update] if plan.warm_start is None else [plan.warm_start, plan.update]
     for kind in asked:
         if kind in policy.allowed_updates:
@@ -218,6 +232,34 @@ def check_policy(policy: Policy, settings: NodeSettings, plan: RoundPlan, exampl
             RefusalCode.TOO_FEW_EXAMPLES,
             examples=examples,
             minimum=policy.min_examples_per_round,
+        )
+
+
+def _people(settings: NodeSettings, records: LabeledTexts) -> People | None:
+    """The records grouped by person, each capped, under person-level DP (else None)."""
+    if settings.privacy_unit is not PrivacyUnit.PERSON:
+        return None
+    if records.people is None or settings.records_per_person is None:
+        raise ConfigError(f"{settings.country}: person-level data read without person ids")
+    return People.of(records.people, settings.records_per_person)
+
+
+def check_unit(settings: NodeSettings, units: set[str], refused: str) -> None:
+    """Refuse to charge an account in another privacy unit than its earlier charges.
+
+    Epsilons per record and per person do not compose into one guarantee: a record's
+    neighbour is not a person's. The account's first charge fixes its unit; after a change
+    of ``privacy_unit`` the operator opens a new account (``node budget reset``).
+    """
+    other = sorted(units - {settings.privacy_unit.value})
+    if other:
+        raise _refused(
+            f"{refused}: the budget account of dataset {settings.dataset_name} holds charges "
+            f"per {other[0]}, and node.toml now says privacy_unit = "
+            f'"{settings.privacy_unit.value}"; epsilons of two units do not compose; fix '
+            "(operator): set privacy_unit back, or open a new account with `residency node "
+            "budget reset`",
+            RefusalCode.UNIT_MIXED,
         )
 
 
@@ -416,7 +458,7 @@ def admit(
     check_operator_limits(settings, plan)
     policy = jurisdiction(settings)
     records = load_records(settings)
-    examples = settings.public_records  # never len(records): see Admission
+    examples = settings.public_size  # never len(records): see Admission
     if policy is not None:
         check_policy(policy, settings, plan, examples)
     refused = f"{settings.country} refused round {plan.server_round}"
@@ -434,6 +476,7 @@ def admit(
         examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
     account = store.account(settings.dataset_name, settings.data)
+    check_unit(settings, store.units(account), refused)
     release: PrivacyStep | None = None
     if plan.warm_start is not None:
         release = warm_start_step(
@@ -497,6 +540,7 @@ def admit(
         examples,
         paths,
         settings.reservation_hours * 3600.0,
+        people=_people(settings, records),
     )
     spend(  # an early refusal; charge() checks again under the store's lock
         settings,
@@ -618,5 +662,6 @@ def charge(
         planned=admission.paths[0],
         hold_s=admission.hold_s,
         check=check,
+        unit=settings.privacy_unit.value,
     )
     return charge_id, spent, drafted

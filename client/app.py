@@ -68,7 +68,7 @@ from residency.common.privacy.ledger import EntryKind, Ledger
 from residency.common.privacy.record import NoiseSource, PrivacyRecord
 from residency.common.privacy.signing import Signer, load_or_create_signer
 from residency.common.refusal import Refusal, RefusalCode
-from residency.common.updates import Combine, method_for, prototypes
+from residency.common.updates import Combine, GradSampleMode, method_for, prototypes
 
 log = logging.getLogger("residency.node")
 
@@ -363,6 +363,8 @@ def _train_job(
             "delta": plan.delta,
             "accountant": plan.accountant.value,
             "noise_source": randomness.source.value,
+            "privacy_unit": settings.privacy_unit.value,
+            "records_per_person": settings.records_per_person,
         },
     )
     if method.combine is Combine.PROTOTYPES:
@@ -375,6 +377,7 @@ def _train_job(
             compute=pick_compute(),
             randomness=randomness,
             log=mechanism,
+            people=admitted.people,
         )
     else:
         outcome = train_dp_round(
@@ -387,7 +390,7 @@ def _train_job(
                 optimizer=plan.optimizer,
             ).scaled(
                 plan.step_rule,
-                expected_batch=admitted.public_records * sample_rate,
+                expected_batch=admitted.public_size * sample_rate,
                 noise=noise,
                 max_grad_norm=plan.max_grad_norm,
             ),
@@ -395,12 +398,17 @@ def _train_job(
                 noise_multiplier=noise,
                 max_grad_norm=plan.max_grad_norm,
                 accountant=plan.accountant,
-                grad_sample_mode=dp_mode_for(plan.round_update),
+                grad_sample_mode=(
+                    dp_mode_for(plan.round_update)
+                    if admitted.people is None
+                    else GradSampleMode.HOOKS  # a person's rows are summed before clipping
+                ),
             ),
             history=spend.before,
             compute=pick_compute(),
             randomness=randomness,
-            public_records=admitted.public_records,
+            public_records=admitted.public_size,
+            people=admitted.people,
         )
         if outcome.history != spend.history:
             raise ConfigError(f"{settings.country}: trainer ran other steps than charged {steps}")

@@ -128,12 +128,17 @@ _MIGRATIONS = (
     ("charges", "job_account", "ALTER TABLE charges ADD COLUMN job_account TEXT"),
     # Refusals kept before their code was: counted under no code.
     ("refusals", "code", "ALTER TABLE refusals ADD COLUMN code TEXT"),
+    # Charges made before the privacy unit was a choice were all per record (NULL).
+    ("charges", "unit", "ALTER TABLE charges ADD COLUMN unit TEXT"),
 )
 _JOB_KEY = "COALESCE(job_account, 'run:' || run)"
 _KEEP_JOB_ACCOUNT = """
 CREATE TRIGGER IF NOT EXISTS charges_keep_their_job BEFORE UPDATE OF job_account ON charges
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS charges_keep_their_unit BEFORE UPDATE OF unit ON charges
+BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 """
+_UNIT = "COALESCE(unit, 'record')"
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class Charge:
     charged_at: str
     trained_at: str | None
     job_account: str
+    unit: str = "record"  # the privacy unit the charge is per (PrivacyUnit's value)
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,9 @@ def _reservation(r: Any) -> Reservation:
 def _charge(r: Any) -> Charge:
     """A ``charges`` row, in the table's column order, with its job account resolved."""
     account = r[12] if r[12] is not None else f"run:{r[1]}"
+    unit = r[13] if len(r) > 13 and r[13] is not None else "record"
     return Charge(
-        r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11], account
+        r[0], r[1], r[2], r[3], r[4], (r[5], r[6], r[7]), r[8], r[9], r[10], r[11], account, unit
     )
 
 
@@ -400,6 +407,14 @@ class BudgetStore:
         with self._db() as db:
             return self._charges(db, dataset, job_account)
 
+    def units(self, dataset: str) -> set[str]:
+        """The privacy units ``dataset``'s charges are per (one at most, or none yet)."""
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT DISTINCT {_UNIT} FROM charges WHERE dataset = ?", (dataset,)
+            ).fetchall()
+        return {str(row[0]) for row in rows}
+
     def history(self, dataset: str, *, job_account: str | None = None) -> History:
         """Opacus-format history of every charge on ``dataset`` (optionally one signed job)."""
         return _history(self.charges(dataset, job_account=job_account))
@@ -418,6 +433,7 @@ class BudgetStore:
         planned: History,
         hold_s: float,
         check: Callable[[History, History, Held], T],
+        unit: str = "record",
     ) -> tuple[int, T]:
         """Check and charge a round in one transaction; call before the first training step.
 
@@ -426,17 +442,24 @@ class BudgetStore:
         and raises to refuse; nothing is written then. While it runs, this transaction holds
         SQLite's write lock, so no other round on this node can charge or reserve in between.
         The charge then renews the job's reservation of ``planned`` for ``hold_s`` seconds.
-        Returns the charge's id and what ``check`` returned.
+        Returns the charge's id and what ``check`` returned. ``unit`` is the privacy unit the
+        charge is per; an account's charges all share one (:meth:`units`), checked here too.
         """
         noise, rate, steps = step
         with self._db() as db:
+            other = db.execute(
+                f"SELECT {_UNIT} FROM charges WHERE dataset = ? AND {_UNIT} != ? LIMIT 1",
+                (dataset, unit),
+            ).fetchone()
+            if other is not None:
+                raise ValueError(f"the account holds charges per {other[0]}, not per {unit}")
             checked = self._check_and_hold(
                 db, job_account, dataset, planned, delta, accountant, hold_s, check
             )
             cursor = db.execute(
                 "INSERT INTO charges (run, job, round, dataset, noise_multiplier, sample_rate,"
-                " steps, delta, accountant, charged_at, job_account)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " steps, delta, accountant, charged_at, job_account, unit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run,
                     job,
@@ -449,6 +472,7 @@ class BudgetStore:
                     accountant,
                     now(),
                     job_account,
+                    unit,
                 ),
             )
             return int(cursor.lastrowid or 0), checked

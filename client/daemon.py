@@ -32,11 +32,12 @@ from residency.client.node_config import (
 from residency.client.node_data import check_node_data
 from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
-from residency.common.data.readers import count_records
+from residency.common.data.readers import count_records, scan_labeled_texts
 from residency.common.errors import ConfigError
 from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import create_signer
+from residency.common.privacy.unit import PrivacyUnit
 
 SETTINGS_FILE = "node.toml"
 INIT_SCHEMA_FLAGS = "--text-column, --label-column, --labels"
@@ -97,6 +98,9 @@ def init_node(
     policy: Path | None = None,
     trusted_launchers: list[str] | None = None,
     public_records: int | None = None,
+    person_column: str | None = None,
+    records_per_person: int | None = None,
+    public_people: int | None = None,
 ) -> NodeDir:
     """Write the operator's settings and a fresh key pair; refuse to overwrite a node.
 
@@ -104,6 +108,9 @@ def init_node(
     round could use stops here, before anything is written.
     ``public_records`` defaults to the data file's record count rounded to 2 significant
     figures: the size the node may tell (:mod:`residency.common.privacy.public_size`).
+    ``person_column`` makes the node person-level (``privacy_unit = "person"``); it needs
+    ``records_per_person``, and ``public_people`` defaults to the count of people in the
+    file, rounded the same way.
     """
     folder = NodeDir(root)
     if folder.settings_file.exists():
@@ -117,6 +124,25 @@ def init_node(
         load_policy(policy)  # a policy the node could not read must not get this far
     if public_records is None:
         public_records = rounded_size(count_records(data))
+    if person_column is None and (records_per_person or public_people):
+        raise ConfigError(
+            "--records-per-person/--public-people: they need --person-column; fix: name the "
+            "column of person ids, or drop them"
+        )
+    if person_column is not None and records_per_person is None:
+        raise ConfigError(
+            "--records-per-person: required with --person-column (the most records of one "
+            "person a round reads); fix: add --records-per-person K, e.g. 10"
+        )
+    if person_column is not None and public_people is None:
+        scan = scan_labeled_texts(
+            data,
+            text_column=text_column,
+            label_column=label_column,
+            labels=labels,
+            person_column=person_column,
+        )
+        public_people = rounded_size(max(1, len(set(scan.records.people or ()))))
     try:
         settings = NodeSettings(
             country=country,
@@ -133,6 +159,10 @@ def init_node(
             signing_key=folder.record_key.resolve(),
             trusted_launchers=list(trusted_launchers or []),
             public_records=public_records,
+            privacy_unit=PrivacyUnit.RECORD if person_column is None else PrivacyUnit.PERSON,
+            person_column=person_column,
+            records_per_person=records_per_person,
+            public_people=public_people,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from residency.common.config.job import BUILTIN_MODELS, Strict
 from residency.common.config.loading import describe_validation_error, read_toml
@@ -24,6 +24,7 @@ from residency.common.config.signed_job import LauncherKey
 from residency.common.country import CountryCode
 from residency.common.errors import ConfigError
 from residency.common.privacy.public_size import far_from
+from residency.common.privacy.unit import PrivacyUnit
 
 NODE_CONFIG_KEY = "residency-config"
 RECORD_KEY = "record.key"
@@ -58,6 +59,27 @@ class NodeSettings(Strict):
         "choose a rounded figure (`residency node init` proposes the count rounded to 2 "
         "significant figures); sample rates, FedAvg weights and the signed `examples` use it, "
         "never the exact count"
+    )
+    privacy_unit: PrivacyUnit = Field(
+        default=PrivacyUnit.RECORD,
+        description='what epsilon protects: "record" (one record) or "person" (one person '
+        "and all their records, identified by person_column); no job can change it",
+    )
+    person_column: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description='privacy_unit = "person": the data\'s column (JSONL: key) that identifies '
+        "the person a record is about (a patient, customer or case id)",
+    )
+    records_per_person: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = Field(
+        default=None,
+        description='privacy_unit = "person": at most this many records of each person are '
+        "used (their first ones in the file); more never reach a round",
+    )
+    public_people: Annotated[int, Field(strict=True, ge=1)] | None = Field(
+        default=None,
+        description='privacy_unit = "person": the number of people in the data as the node '
+        "may tell it, treated as public like public_records (a rounded figure); sample rates, "
+        "FedAvg weights and the signed `examples` use it",
     )
     dataset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
         default=None,
@@ -115,6 +137,33 @@ class NodeSettings(Strict):
         if dupes:
             raise ValueError(f"labels repeat {', '.join(dupes)}; fix: list each label once")
         return value
+
+    @model_validator(mode="after")
+    def _person_settings(self) -> NodeSettings:
+        person = ("person_column", "records_per_person", "public_people")
+        if self.privacy_unit is PrivacyUnit.PERSON:
+            missing = [name for name in person if getattr(self, name) is None]
+            if missing:
+                raise ValueError(
+                    f'privacy_unit = "person" needs {", ".join(missing)}; fix: add '
+                    'person_column = "<the column with person ids>", records_per_person = '
+                    "<cap, e.g. 10> and public_people = <the number of people, rounded>"
+                )
+        else:
+            stray = [name for name in person if getattr(self, name) is not None]
+            if stray:
+                raise ValueError(
+                    f'{", ".join(stray)}: set, but privacy_unit is "record"; fix: add '
+                    'privacy_unit = "person", or remove them'
+                )
+        return self
+
+    @property
+    def public_size(self) -> int:
+        """The public size in the privacy unit: people, or records."""
+        if self.privacy_unit is PrivacyUnit.PERSON and self.public_people is not None:
+            return self.public_people
+        return self.public_records
 
     @property
     def dataset_name(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from residency.client.node_config import NodeSettings
 from residency.common.data.readers import DataScan, scan_labeled_texts
 from residency.common.errors import ConfigError, DataError
+from residency.common.privacy.unit import PrivacyUnit
 
 log = logging.getLogger("residency.node")
 
@@ -29,11 +30,28 @@ DECLARED_LABELS = "the labels declared in node.toml"
 
 
 @lru_cache(maxsize=4)
-def _scan(path: Path, mtime_ns: int, text: str, label: str, labels: tuple[str, ...]) -> DataScan:
+def _scan(
+    path: Path,
+    mtime_ns: int,
+    text: str,
+    label: str,
+    labels: tuple[str, ...],
+    person: str | None,
+) -> DataScan:
     del mtime_ns  # part of the cache key only: an edited file is read again
     return scan_labeled_texts(
-        path, text_column=text, label_column=label, labels=labels, label_set=DECLARED_LABELS
+        path,
+        text_column=text,
+        label_column=label,
+        labels=labels,
+        label_set=DECLARED_LABELS,
+        person_column=person,
     )
+
+
+def _person_column(settings: NodeSettings) -> str | None:
+    """The column the node groups records by, under person-level DP only."""
+    return settings.person_column if settings.privacy_unit is PrivacyUnit.PERSON else None
 
 
 def scan_node_data(settings: NodeSettings) -> DataScan:
@@ -43,7 +61,14 @@ def scan_node_data(settings: NodeSettings) -> DataScan:
     """
     path = settings.data
     mtime = path.stat().st_mtime_ns if path.exists() else 0
-    scan = _scan(path, mtime, settings.text_column, settings.label_column, tuple(settings.labels))
+    scan = _scan(
+        path,
+        mtime,
+        settings.text_column,
+        settings.label_column,
+        tuple(settings.labels),
+        _person_column(settings),
+    )
     if scan.skipped:
         log.warning("%s: data: %s", settings.country, scan.summary())
     return scan
@@ -71,6 +96,7 @@ def check_node_data(settings: NodeSettings, *, schema_fix: str) -> DataScan:
             label_column=settings.label_column,
             labels=settings.labels,
             label_set=DECLARED_LABELS,
+            person_column=_person_column(settings),
         )
     except DataError as exc:
         raise ConfigError(str(exc)) from exc
@@ -84,6 +110,8 @@ def no_records(settings: NodeSettings, scan: DataScan, *, schema_fix: str) -> st
     skipped = f" ({scan.summary()})" if scan.skipped else ""
     return (
         f"{settings.data}: no usable record with text_column {settings.text_column!r}, "
-        f"label_column {settings.label_column!r} and labels {settings.labels}{skipped}; "
+        f"label_column {settings.label_column!r}"
+        + (f", person_column {person!r}" if (person := _person_column(settings)) else "")
+        + f" and labels {settings.labels}{skipped}; "
         f"fix: correct the file, or the schema ({schema_fix})"
     )

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from residency.common.config.job import Strict, UpdateKind
 from residency.common.config.loading import load_model
 from residency.common.privacy.canonical import canonical_json
+from residency.common.privacy.unit import PrivacyUnit
 
 
 class Policy(Strict):
@@ -33,6 +34,11 @@ class Policy(Strict):
     min_examples_per_round: Annotated[int, Field(strict=True, ge=1)] = 1
     allowed_coordinators: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
         default=[], description="SHA-256 of the coordinator CA certificates (DER) to trust"
+    )
+    privacy_unit: PrivacyUnit | None = Field(
+        default=None,
+        description='"person": every job on this node must protect people, so a node whose '
+        'node.toml says privacy_unit = "record" refuses them all',
     )
 
     @field_validator("allowed_updates")

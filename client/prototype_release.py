@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from residency.client.linear_probe import head_features
 from residency.client.mechanism_check import MechanismLog
+from residency.client.people import People
 from residency.client.randomness import RoundRandomness
 from residency.common.classifier_head import classifier_head
 from residency.common.device import Compute
@@ -29,6 +30,7 @@ def release_prototypes(
     compute: Compute,
     randomness: RoundRandomness,
     log: MechanismLog | None = None,
+    people: People | None = None,
 ) -> dict[str, np.ndarray]:
     """The noisy class sums and counts of ``data`` (token rows) under ``model``'s encoder.
 
@@ -36,14 +38,23 @@ def release_prototypes(
     function of its text; the noise is drawn on the CPU from ``randomness``' noise seed.
     ``log`` gets the release as one batch (its rows' statistics within ``rows x``
     the sensitivity) and one noisy step.
+
+    With ``people`` (person-level DP) only the rows people keep are encoded, each of a
+    person's ``n`` weighing ``1 / n``: one person moves the release as much as one record
+    does at record level, so the sensitivity, the noise and the charge are the same.
     """
+    weights = None
+    if people is not None:
+        data = TensorDataset(*(tensor[people.kept_rows] for tensor in data.tensors))
+        weights = people.kept_weights()
     features = head_features(model, classifier_head(model), data, compute=compute)
     vectors, labels = features.tensors
     if log is not None:
-        log.batch(len(vectors))
-        sums, counts = prototypes.class_statistics(vectors, labels, classes)
+        units = len(vectors) if people is None else len(people)
+        log.batch(units)
+        sums, counts = prototypes.class_statistics(vectors, labels, classes, weights=weights)
         joint = float(torch.cat([sums.flatten(), counts * prototypes.COUNT_WEIGHT]).norm())
-        log.clipped([len(vectors)], joint, prototypes.SENSITIVITY)
+        log.clipped([units], joint, prototypes.SENSITIVITY)
         log.noised(prototypes.noise_std(noise_multiplier), [])
     return prototypes.release(
         vectors,
@@ -51,4 +62,5 @@ def release_prototypes(
         classes=classes,
         noise_multiplier=noise_multiplier,
         generator=randomness.noise_generator(torch.device("cpu")),
+        weights=weights,
     )

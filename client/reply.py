@@ -30,6 +30,7 @@ from residency.common.privacy.record import (
     sign_record,
 )
 from residency.common.privacy.signing import Signer
+from residency.common.privacy.unit import PrivacyUnit
 from residency.common.privacy.update_digest import update_sha256
 from residency.common.updates import method_for
 from residency.common.version import __version__
@@ -67,7 +68,7 @@ def draft_record(
         node=node_id,
         country=settings.country,
         dataset=dataset_account,
-        examples=admission.public_records,  # the declared public size, never the count
+        examples=admission.public_size,  # the declared public size, never the count
         noise_multiplier=noise,
         sample_rate=sample_rate,
         steps=steps,
@@ -89,6 +90,10 @@ def draft_record(
         key=signer.public_hex,
         launcher=None if signed is None else signed.launcher,
         job_sha256=None if signed is None else signed.sha256,
+        privacy_unit=settings.privacy_unit,
+        records_per_person=(
+            settings.records_per_person if settings.privacy_unit is PrivacyUnit.PERSON else None
+        ),
     )
     open_record(sign_record(record, signer))
     return record

@@ -32,6 +32,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
 from residency.client.mechanism_check import MechanismLog
+from residency.client.people import (
+    People,
+    PeopleData,
+    collate_people,
+    per_person,
+    row_weights,
+)
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.device import Compute
@@ -128,8 +135,15 @@ class PrivateTraining:
     mode: GradSampleMode = GradSampleMode.HOOKS
     log: MechanismLog = field(default_factory=MechanismLog)
 
-    def backward(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    def backward(
+        self, logits: torch.Tensor, labels: torch.Tensor, owners: torch.Tensor | None = None
+    ) -> float:
         """Back-propagate a non-empty batch's cross-entropy for the optimizer's clipped step.
+
+        ``owners`` (person-level DP, :mod:`.people`): each row's person in the batch. A
+        person's rows then weigh ``1 / n`` each and the optimizer clips one gradient per
+        person, the sum of their rows'; only ``hooks`` mode keeps the per-row gradients that
+        sum needs.
 
         Returns the batch's mean cross-entropy (what a non-private loop would log). ``hooks``:
         one pass; Opacus keeps each example's gradient for the optimizer to clip. ``ghost``:
@@ -138,9 +152,17 @@ class PrivateTraining:
         Opacus' ghost criterion does), which leaves the clipped sum in ``.grad``. In both, an
         example whose gradient (or loss) is not finite counts as a zero gradient.
         """
-        self.log.batch(len(labels))
         per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-        mean = per_example.mean()
+        self.optimizer.owners = owners
+        if owners is None:
+            self.log.batch(len(labels))
+            mean = per_example.mean()
+        else:
+            if self.mode is not GradSampleMode.HOOKS:
+                raise RuntimeError("person-level DP-SGD clips per person in hooks mode only")
+            self.log.batch(int(owners.max()) + 1)
+            per_example = per_example * row_weights(owners).to(per_example.device)
+            mean = per_example.mean()  # Opacus scales each row's gradient back by the rows
         with warnings.catch_warnings():
             # Frozen embeddings (LoRA): the first adapter's input needs no gradient, so torch
             # notes that its hook fires on the output, which is what Opacus expects.
@@ -149,7 +171,11 @@ class PrivateTraining:
                 mean.backward()  # type: ignore[no-untyped-call]
             else:
                 self._ghost_backward(logits, labels, per_example, mean)
-        return float(mean.item())
+        return (
+            float(mean.item())
+            if owners is None
+            else float(per_example.detach().sum()) / (int(owners.max()) + 1)
+        )
 
     def _ghost_backward(
         self,
@@ -209,10 +235,21 @@ class FiniteDPOptimizer(DPOptimizer):  # type: ignore[misc]
     """
 
     mechanism_log: MechanismLog | None = None
+    owners: torch.Tensor | None = None
+    """Each row's person in the batch (person-level DP), set by :meth:`PrivateTraining.backward`."""
 
     def clip_and_accumulate(self) -> None:
-        """Zero the non-finite examples' gradients, then clip and sum as Opacus does."""
+        """Zero the non-finite examples' gradients, then clip and sum as Opacus does.
+
+        Under person-level DP the per-row gradients are first summed per person, so each
+        person is one example: clipped once, whatever their number of rows.
+        """
         samples = self.grad_samples
+        if self.owners is not None and samples and len(samples[0]):
+            people = int(self.owners.max()) + 1
+            for param, sample in zip(self.params, samples, strict=True):
+                param.grad_sample = per_person(sample, self.owners, people)
+            samples = self.grad_samples
         if samples and len(samples[0]):
             device = samples[0].device
             finite = torch.stack(
@@ -389,6 +426,7 @@ def train_dp_round(
     compute: Compute,
     randomness: RoundRandomness,
     public_records: int,
+    people: People | None = None,
 ) -> RoundOutcome:
     """Train ``model`` in place for one round and return the composed accountant history.
 
@@ -403,7 +441,16 @@ def train_dp_round(
     by ``P`` times that rate, so the sample rate, the step count and the scale of every step
     are the same whether or not one record is present (add/remove adjacency,
     ``docs/privacy.md``).
+
+    With ``people`` (person-level DP, :mod:`.people`) the unit is a person: Poisson sampling
+    draws people, ``public_records`` is then the public count of people, and each sampled
+    person's capped records make one clipped gradient (``hooks`` mode only).
     """
+    if people is not None and dp.grad_sample_mode is not GradSampleMode.HOOKS:
+        raise ValueError("person-level DP-SGD needs hooks mode: ghost clipping norms rows")
+    if people is not None:  # only the rows people keep are read (encoded, for the head)
+        data = TensorDataset(*(tensor[people.kept_rows] for tensor in data.tensors))
+        people = people.compacted()
     sample_rate, steps_per_epoch = poisson_schedule(
         examples=public_records, batch_size=schedule.batch_size
     )
@@ -419,11 +466,12 @@ def train_dp_round(
         optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=0.0)
     # Opacus samples every row of the loader's data set at 1 / len(loader): a template
     # of ceil(P / B) one-row batches fixes that rate from the public size alone.
-    loader = DataLoader(
-        part.data,
+    loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
+        part.data if people is None else PeopleData(part.data, people),
         batch_size=1,
         sampler=range(round(1 / sample_rate)),
         generator=randomness.sampling_generator(),
+        collate_fn=None if people is None else collate_people,
     )
     private = make_private(
         part.module,
@@ -441,14 +489,18 @@ def train_dp_round(
     steps = 0
     try:
         for _ in range(schedule.epochs):
-            for *inputs, labels in dp_loader:
+            for batch in dp_loader:
                 steps += 1
-                if len(labels) == 0:
+                if len(batch[0]) == 0:
                     noise_only_step(dp_optimizer)
                     continue
+                owners = None
+                if people is not None:
+                    *batch, owners = batch
+                *inputs, labels = batch
                 with forward_precision(compute, dp.grad_sample_mode):
                     logits = part.logits(private_model, inputs, device=compute.device)
-                losses.append(private.backward(logits, labels.to(compute.device)))
+                losses.append(private.backward(logits, labels.to(compute.device), owners))
                 dp_optimizer.step()
                 dp_optimizer.zero_grad(set_to_none=True)
     finally:

@@ -37,6 +37,8 @@ class RefusalCode(StrEnum):
     SCHEMA_MISMATCH = "schema-mismatch"
     NO_USABLE_DATA = "no-usable-data"
     ROUND_CLOSED = "round-closed"
+    UNIT_MIXED = "unit-mixed"
+    UNIT_BELOW_POLICY = "unit-below-policy"
 
 
 FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
@@ -59,6 +61,8 @@ FIELDS: Mapping[RefusalCode, tuple[str, ...]] = {
     RefusalCode.SCHEMA_MISMATCH: ("text_column", "label_column", "labels"),
     RefusalCode.NO_USABLE_DATA: (),
     RefusalCode.ROUND_CLOSED: ("waited",),
+    RefusalCode.UNIT_MIXED: (),
+    RefusalCode.UNIT_BELOW_POLICY: (),
 }
 """The numeric fields each code carries, exactly (no more, no fewer)."""
 
@@ -96,6 +100,13 @@ _TEMPLATES: Mapping[RefusalCode, str] = {
     RefusalCode.NO_USABLE_DATA: "the node's data file has no usable records (its operator's fix)",
     RefusalCode.ROUND_CLOSED: (
         "the round closed while the node trained another round ({waited:.0f} s); not charged"
+    ),
+    RefusalCode.UNIT_MIXED: (
+        "the dataset's budget account was spent in another privacy unit than node.toml's "
+        "(the operator opens a new account with `residency node budget reset`)"
+    ),
+    RefusalCode.UNIT_BELOW_POLICY: (
+        "the node's policy requires person-level DP and its node.toml protects records"
     ),
 }
 

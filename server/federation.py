@@ -223,6 +223,7 @@ class _Federation:
             got = received.get(node_id)
             if got is not None:
                 self.spend.charged(got.record, averaged=node_id in averaged)
+                report.privacy_unit = got.record.privacy_unit.value
             elif report.status is not NodeStatus.REFUSED:
                 self.spend.unconfirmed(report.country)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from residency.common.files import write_atomic
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 RESULTS_FILE = "results.json"
 
 
@@ -49,6 +49,7 @@ class NodeRound(Record):
     bytes_up: int = 0
     bytes_down: int = 0
     reason: str | None = None
+    privacy_unit: str = "record"  # what its epsilon is per, from its signed record (schema 6)
 
 
 class RoundResult(Record):
@@ -88,7 +89,10 @@ class FinalResult(Record):
 
 
 class CountryPrivacy(Record):
-    """Record-level (epsilon, delta)-DP a country's data spent in this job.
+    """The (epsilon, delta)-DP a country's data spent in this job, per its privacy unit.
+
+    ``privacy_unit`` is the node operator's (``record``, or ``person`` with at most
+    ``records_per_person`` records each), as its signed record states (schema 6).
 
     From the country's latest valid signed record, averaged or not: a node charges before it
     trains, so a round rejected after its record arrived still counts. The figures are
@@ -109,6 +113,8 @@ class CountryPrivacy(Record):
     dataset_account: str | None = None
     epsilon_dataset: float | None = None
     budget_epsilon: float | None = None
+    privacy_unit: str = "record"
+    records_per_person: int | None = None
 
 
 class InFlight(Record):

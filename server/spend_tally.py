@@ -85,4 +85,6 @@ class SpendTally:
             dataset_account=None if record is None else record.dataset,
             epsilon_dataset=None if record is None else record.epsilon_dataset,
             budget_epsilon=None if record is None else record.budget_epsilon,
+            privacy_unit="record" if record is None else record.privacy_unit.value,
+            records_per_person=None if record is None else record.records_per_person,
         )

@@ -65,13 +65,59 @@ class Outcome:
         return all(np.isfinite(value).all() for value in self.noised.values())
 
 
-def write_rows(path: Path, rows: Sequence[tuple[str, str]]) -> None:
-    """The operator's data file (``text,label`` CSV)."""
+def write_rows(path: Path, rows: Sequence[tuple[str, ...]]) -> None:
+    """The operator's data file (``text,label`` CSV, and ``person`` when rows have a third)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
+        writer.writerow(["text", "label", "person"][: len(rows[0]) if rows else 2])
         writer.writerows(rows)
+
+
+CAP = 3
+"""``records_per_person`` of a person-level pair."""
+
+NEW_PEOPLE = {
+    "many awkward records": [
+        ("good fine happy", "zzz-not-a-label"),
+        ("   ", "pos"),
+        (" ".join(["terrible"] * 600), "neg"),
+        ("[CLS] [SEP] [MASK] \u0000 \U0001f600 \ufffd" * 40, "obj"),
+        *[("fine and good", "pos")] * 8,
+    ],
+    "one record": [("dreadful awful", "neg")],
+}
+"""The records of the one person D' adds to D, by kind (the person's id is new)."""
+
+
+def pair_person_nodes(
+    root: Path, rows: Sequence[tuple[str, str, str]], kind: str, *, budget: float = 100.0
+) -> tuple[Path, Path]:
+    """Two person-level node.toml files: one over D, one over D plus one person of ``kind``.
+
+    Both declare the same public number of people (D's), as one operator would.
+    """
+    key = signing_key(root / "shared")
+    extra = [(text, label, "the-new-person") for text, label in NEW_PEOPLE[kind]]
+    people = len({person for _, _, person in rows})
+    settings = []
+    for name, data in (("d", list(rows)), ("d-plus-one", [*rows, *extra])):
+        folder = root / name
+        write_rows(folder / "data" / "de.csv", data)
+        settings.append(
+            node_file(
+                folder,
+                budget,
+                data="data/de.csv",
+                public_records=len(rows),
+                extra=(
+                    f'noise_seed = {NOISE_SEED}\nsigning_key = "{key}"\n'
+                    f'privacy_unit = "person"\nperson_column = "person"\n'
+                    f"records_per_person = {CAP}\npublic_people = {people}\n"
+                ),
+            )
+        )
+    return settings[0], settings[1]
 
 
 def neighbours(rows: Sequence[tuple[str, str]], kind: str) -> list[tuple[str, str]]:

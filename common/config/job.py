@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from residency.common.config.loading import load_model
 from residency.common.country import CountryCode
+from residency.common.privacy.unit import PrivacyUnit
 
 BUILTIN_MODELS = ("minilm", "tiny")
 SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
@@ -523,8 +524,8 @@ class PrivacySection(Strict):
 class NodeEntry(Strict):
     """One country in the job; ``data`` is its file in simulation (a deployed node owns its own).
 
-    ``public_records`` too is a simulation's stand-in for what a node operator declares in
-    ``node.toml``; a deployed node reads neither from a job.
+    ``public_records`` and the privacy unit's settings too are a simulation's stand-in for
+    what a node operator declares in ``node.toml``; a deployed node reads none from a job.
     """
 
     country: CountryCode
@@ -534,11 +535,43 @@ class NodeEntry(Strict):
         description="simulation only: the node's declared public size (default: its data's "
         "record count rounded to 2 significant figures)",
     )
+    privacy_unit: PrivacyUnit | None = Field(
+        default=None,
+        description='simulation only: the node operator\'s privacy unit ("record" or "person")',
+    )
+    person_column: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="simulation only, person unit: the column of person ids"
+    )
+    records_per_person: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = Field(
+        default=None, description="simulation only, person unit: the cap on records per person"
+    )
+    public_people: Annotated[int, Field(strict=True, ge=1)] | None = Field(
+        default=None,
+        description="simulation only, person unit: the public number of people (default: the "
+        "data's count of people rounded to 2 significant figures)",
+    )
 
     @field_validator("data")
     @classmethod
     def _data_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _person_settings(self) -> NodeEntry:
+        person = ("person_column", "records_per_person", "public_people")
+        if self.privacy_unit is PrivacyUnit.PERSON:
+            if self.person_column is None or self.records_per_person is None:
+                raise ValueError(
+                    'privacy_unit = "person" needs person_column and records_per_person; fix: '
+                    'add person_column = "<the column with person ids>" and '
+                    "records_per_person = <cap, e.g. 10>"
+                )
+        elif any(getattr(self, name) is not None for name in person):
+            raise ValueError(
+                "person_column, records_per_person and public_people need privacy_unit = "
+                '"person"; fix: add it, or remove them'
+            )
+        return self
 
 
 class LaunchSection(Strict):

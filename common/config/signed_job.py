@@ -56,12 +56,20 @@ class SignedJob(Strict):
         return hashlib.sha256(self.body.encode("ascii")).hexdigest()
 
 
+SIMULATION_ONLY = ("privacy_unit", "person_column", "records_per_person", "public_people")
+"""A node's simulation-only settings that are left out of the signed bytes altogether (jobs
+signed before they existed keep their bytes, and so their hash and signature)."""
+
+
 def job_body(job: Job) -> str:
     """What a launcher signs: the job without its nodes' simulation-only settings."""
     local = {"data": None, "public_records": None}
     shipped = job.model_copy(
         update={"nodes": [node.model_copy(update=local) for node in job.nodes]}
-    )
+    ).model_dump(mode="json")
+    for node in shipped["nodes"]:
+        for key in SIMULATION_ONLY:
+            node.pop(key, None)
     return canonical_json(shipped)
 
 

@@ -60,11 +60,13 @@ class _RawRecord:
         where: Where a steward finds it: ``"line 7"`` in a text file, ``"row 7"`` in Parquet.
         text: The text column's value, of whatever type the file gave it.
         label: The label column's value, of whatever type the file gave it.
+        person: The person column's value (person-level DP), or None when none is read.
     """
 
     where: str
     text: object
     label: object
+    person: object = None
 
 
 class Unusable(StrEnum):
@@ -81,6 +83,8 @@ class Unusable(StrEnum):
     LABEL_TYPE = "a label that is not a string or integer"
     LABEL_BLANK = "an empty label"
     LABEL_UNKNOWN = "a label outside the label set"
+    PERSON_TYPE = "a person id that is not a string or integer"
+    PERSON_BLANK = "an empty person id"
 
 
 class _RecordError(DataError):
@@ -192,6 +196,7 @@ def scan_labeled_texts(
     label_column: str,
     labels: Sequence[str],
     label_set: str = "the job's labels",
+    person_column: str | None = None,
 ) -> DataScan:
     """Read the usable records of one file and count, by reason, the records it skips.
 
@@ -205,6 +210,8 @@ def scan_labeled_texts(
         label_column: Column or key that holds the label.
         labels: The label set; its order fixes the label indices.
         label_set: How messages name ``labels`` (whose list the operator should check).
+        person_column: Column or key that identifies each record's person (person-level DP);
+            a record without a usable person id is skipped like one without a label.
 
     Returns:
         The usable records (possibly none) and the skipped ones counted by reason.
@@ -230,6 +237,7 @@ def scan_labeled_texts(
         labels=labels,
         unusable=skip,
         label_set=label_set,
+        person_column=person_column,
     )
     skipped = tuple(
         Skipped(
@@ -251,16 +259,19 @@ def _read(
     labels: Sequence[str],
     unusable: Callable[[_RecordError], None],
     label_set: str = "the job's labels",
+    person_column: str | None = None,
 ) -> LabeledTexts:
     """Read every usable record; hand each unusable one to ``unusable`` (which may raise)."""
     label_names = _job_labels(labels)
     label_index = {name: index for index, name in enumerate(label_names)}
     texts: list[str] = []
     indices: list[int] = []
+    people: list[str] = []
+    columns = _Columns(text_column, label_column, person_column)
     try:
         suffix = _check_file(path)
         with path.open("rb") as handle:
-            for record in _RECORD_READERS[suffix](path, handle, text_column, label_column):
+            for record in _RECORD_READERS[suffix](path, handle, columns):
                 try:
                     if isinstance(record, _RecordError):
                         raise record
@@ -268,16 +279,40 @@ def _read(
                     label = _label_of(
                         path, record, label_column, label_index, label_names, label_set
                     )
+                    person = (
+                        None if person_column is None else _person_of(path, record, person_column)
+                    )
                 except _RecordError as problem:
                     unusable(problem)
                     continue
                 texts.append(text)
                 indices.append(label)
+                if person is not None:
+                    people.append(person)
     except OSError as exc:
         raise _unreadable(path, exc) from exc
     return LabeledTexts(
-        texts=tuple(texts), labels=tuple(indices), label_names=label_names, source=path
+        texts=tuple(texts),
+        labels=tuple(indices),
+        label_names=label_names,
+        source=path,
+        people=None if person_column is None else tuple(people),
     )
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The columns (JSONL: keys) a reading uses: text, label, and the person's if any."""
+
+    text: str
+    label: str
+    person: str | None = None
+
+    @property
+    def settings(self) -> list[tuple[str, str]]:
+        """Each used column with the node.toml setting that names it."""
+        named = [("text_column", self.text), ("label_column", self.label)]
+        return named + ([] if self.person is None else [("person_column", self.person)])
 
 
 _NO_RECORDS_FIX = "add records, or point to the right file"
@@ -376,7 +411,7 @@ def _check_file(path: Path) -> str:
 
 
 def _csv_records(
-    path: Path, handle: BinaryIO, text_column: str, label_column: str
+    path: Path, handle: BinaryIO, columns: _Columns
 ) -> Iterator[_RawRecord | _RecordError]:
     """Yield CSV records after a header line; lines are numbered as an editor shows them.
 
@@ -387,6 +422,7 @@ def _csv_records(
     reader = csv.reader(line for _, line in _text_lines(path, handle, bad_lines))
     header: list[str] | None = None
     text_at = label_at = 0
+    person_at: int | None = None
     while True:
         start = reader.line_num + 1
         try:
@@ -416,8 +452,10 @@ def _csv_records(
             continue
         if header is None:
             header = [name.strip() for name in row]
-            text_at = _column_index(path, header, "text_column", text_column)
-            label_at = _column_index(path, header, "label_column", label_column)
+            text_at = _column_index(path, header, "text_column", columns.text)
+            label_at = _column_index(path, header, "label_column", columns.label)
+            if columns.person is not None:
+                person_at = _column_index(path, header, "person_column", columns.person)
             continue
         if len(row) != len(header):
             yield _record_error(
@@ -430,14 +468,15 @@ def _csv_records(
                 "one field per header column",
             )
             continue
-        yield _RawRecord(f"line {start}", row[text_at], row[label_at])
+        person = None if person_at is None else row[person_at]
+        yield _RawRecord(f"line {start}", row[text_at], row[label_at], person)
     if header is None:
         raise _error(
             path,
             "file",
             "has no header line, only blank lines",
-            f"start the file with a header line naming the columns, like {text_column},"
-            f"{label_column}",
+            f"start the file with a header line naming the columns, like "
+            f"{','.join(name for _, name in columns.settings)}",
         )
 
 
@@ -455,10 +494,10 @@ def _as_record_error(problem: DataError, where: str, kind: Unusable) -> _RecordE
 
 
 def _jsonl_records(
-    path: Path, handle: BinaryIO, text_column: str, label_column: str
+    path: Path, handle: BinaryIO, columns: _Columns
 ) -> Iterator[_RawRecord | _RecordError]:
     """Yield one record per non-blank line; a line that is not a JSON object yields its error."""
-    example = json.dumps({text_column: "...", label_column: "..."}, ensure_ascii=False)
+    example = json.dumps({name: "..." for _, name in columns.settings}, ensure_ascii=False)
     bad_lines: dict[int, DataError] = {}
     for number, line in _text_lines(path, handle, bad_lines):
         where = f"line {number}"
@@ -488,11 +527,7 @@ def _jsonl_records(
                 f"write one JSON object per line, like {example}",
             )
             continue
-        missing = [
-            (setting, name)
-            for setting, name in (("text_column", text_column), ("label_column", label_column))
-            if name not in value
-        ]
+        missing = [(setting, name) for setting, name in columns.settings if name not in value]
         if missing:
             setting, name = missing[0]
             yield _RecordError(
@@ -506,16 +541,17 @@ def _jsonl_records(
                 kind=Unusable.MISSING_KEY,
             )
             continue
-        yield _RawRecord(where, value[text_column], value[label_column])
+        person = None if columns.person is None else value[columns.person]
+        yield _RawRecord(where, value[columns.text], value[columns.label], person)
 
 
 def _parquet_records(
-    path: Path, handle: BinaryIO, text_column: str, label_column: str
+    path: Path, handle: BinaryIO, columns: _Columns
 ) -> Iterator[_RawRecord | _RecordError]:
-    """Yield Parquet rows batch by batch, reading only the two columns the job uses."""
+    """Yield Parquet rows batch by batch, reading only the columns the reading uses."""
     try:
         parquet = pq.ParquetFile(handle)
-        columns = [str(name) for name in parquet.schema_arrow.names]
+        names = [str(name) for name in parquet.schema_arrow.names]
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _error(
             path,
@@ -523,9 +559,9 @@ def _parquet_records(
             f"is not a Parquet file ({_detail(exc)})",
             "export the data again as Parquet, or give the file the suffix of its real format",
         ) from exc
-    _column_index(path, columns, "text_column", text_column)
-    _column_index(path, columns, "label_column", label_column)
-    wanted = sorted({text_column, label_column})
+    for setting, name in columns.settings:
+        _column_index(path, names, setting, name)
+    wanted = sorted({name for _, name in columns.settings})
     row = 0
     batches = parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=wanted)
     while True:
@@ -541,13 +577,16 @@ def _parquet_records(
                 f"cannot be read as Parquet ({_detail(exc)})",
                 "export the data again; the file looks damaged",
             ) from exc
-        for text, label in zip(values[text_column], values[label_column], strict=True):
+        people = values[columns.person] if columns.person is not None else [None] * batch.num_rows
+        for text, label, person in zip(
+            values[columns.text], values[columns.label], people, strict=True
+        ):
             row += 1
-            yield _RawRecord(f"row {row}", text, label)
+            yield _RawRecord(f"row {row}", text, label, person)
 
 
 _RECORD_READERS: Mapping[
-    str, Callable[[Path, BinaryIO, str, str], Iterator[_RawRecord | _RecordError]]
+    str, Callable[[Path, BinaryIO, _Columns], Iterator[_RawRecord | _RecordError]]
 ] = MappingProxyType({".csv": _csv_records, ".jsonl": _jsonl_records, ".parquet": _parquet_records})
 
 
@@ -695,6 +734,29 @@ def _label_of(
         f"label {_show(key)} is not one of {label_set} ({_show_list(label_names)})",
         fix,
     )
+
+
+def _person_of(path: Path, record: _RawRecord, person_column: str) -> str:
+    """The record's person id as a string (an integer id reads as its digits)."""
+    value = record.person
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _record_error(
+            Unusable.PERSON_TYPE,
+            path,
+            record.where,
+            f"person id in column {person_column!r} is {_kind(value)}, not a string or integer",
+            "give every record the id of the person it is about, or remove the record",
+        )
+    key = str(value).strip()
+    if not key:
+        raise _record_error(
+            Unusable.PERSON_BLANK,
+            path,
+            record.where,
+            f"person id in column {person_column!r} is empty",
+            "fill in the id of the person the record is about, or remove the record",
+        )
+    return key
 
 
 def _message(path: Path, field: str, problem: str, fix: str) -> str:

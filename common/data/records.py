@@ -28,18 +28,26 @@ class LabeledTexts:
         labels: For each text, an index into ``label_names``.
         label_names: The job's label set, in the job's order; indices refer to this order.
         source: The file the records came from; kept for messages, not part of the fingerprint.
+        people: For each text, the id of the person it is about (person-level DP), or None
+            when the node's privacy unit is the record.
     """
 
     texts: tuple[str, ...]
     labels: tuple[int, ...]
     label_names: tuple[str, ...]
     source: Path
+    people: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
             raise ValueError(
                 f"LabeledTexts from {self.source}: {len(self.texts)} texts but "
                 f"{len(self.labels)} labels; every text needs exactly one label"
+            )
+        if self.people is not None and len(self.people) != len(self.texts):
+            raise ValueError(
+                f"LabeledTexts from {self.source}: {len(self.texts)} texts but "
+                f"{len(self.people)} person ids; every text needs exactly one"
             )
         if not self.label_names:
             raise ValueError(f"LabeledTexts from {self.source}: label_names is empty")
@@ -72,6 +80,9 @@ class LabeledTexts:
         for label in self.labels:
             digest.update(label.to_bytes(8, "big"))
         _hash_strings(digest.update, self.texts)
+        if self.people is not None:  # who each record is about decides what a round reads
+            digest.update(b"people")
+            _hash_strings(digest.update, self.people)
         return digest.hexdigest()
 
 

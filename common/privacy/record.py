@@ -21,8 +21,9 @@ from residency.common.errors import InvalidUpdate
 from residency.common.privacy.accountant import History
 from residency.common.privacy.canonical import canonical_json
 from residency.common.privacy.signing import Signer, verify
+from residency.common.privacy.unit import PrivacyUnit
 
-RECORD_SCHEMA = 5
+RECORD_SCHEMA = 6
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Epsilon = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Step = tuple[  # a DP step always adds noise and runs: no record may claim zero of either
@@ -75,15 +76,16 @@ class PrivacyRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     # 3 added launcher and job_sha256, 4 mechanism; 5 dropped epsilon_dataset and made
-    # dataset and charge per launcher and per job (client/budget_store.py)
-    schema_version: Literal[2, 3, 4, 5] = 5
+    # dataset and charge per launcher and per job (client/budget_store.py); 6 privacy_unit
+    # and records_per_person
+    schema_version: Literal[2, 3, 4, 5, 6] = 6
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     run: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
     round: Annotated[int, Field(ge=1)]
     node: Annotated[int, Field(ge=0)]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     dataset: Hex64  # the dataset's account, keyed by a node secret (and the launcher, schema 5)
-    examples: Annotated[int, Field(ge=1)]  # the node's declared public_records, never its count
+    examples: Annotated[int, Field(ge=1)]  # the declared public size in the unit, never a count
     noise_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
     steps: Annotated[int, Field(ge=1)]
@@ -107,12 +109,21 @@ class PrivacyRecord(BaseModel):
     launcher: Hex64 | None = None  # the key that signed the job this round ran (schema 3)
     job_sha256: Hex64 | None = None  # the hash of the signed job's bytes (schema 3)
     mechanism: MechanismChecks | None = None  # filled in after training (schema 4)
+    privacy_unit: PrivacyUnit = PrivacyUnit.RECORD  # what epsilon is per (schema 6)
+    records_per_person: Annotated[int, Field(ge=1)] | None = None  # the cap (schema 6, person)
 
     @model_validator(mode="after")
     def _dataset_epsilon_by_schema(self) -> PrivacyRecord:
         """Schemas 2 to 4 state the dataset's lifetime epsilon; schema 5 never does."""
         if (self.epsilon_dataset is None) != (self.schema_version >= 5):
             raise ValueError("epsilon_dataset: required up to schema 4, absent from schema 5 on")
+        return self
+
+    @model_validator(mode="after")
+    def _cap_by_unit(self) -> PrivacyRecord:
+        """A person-level record states its cap on records per person; a record-level one none."""
+        if (self.records_per_person is None) != (self.privacy_unit is PrivacyUnit.RECORD):
+            raise ValueError("records_per_person: required for privacy_unit person, else absent")
         return self
 
     @property
@@ -135,7 +146,11 @@ class SignedRecord(BaseModel):
     signature: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
 
-SCHEMA_FIELDS = {3: frozenset({"launcher", "job_sha256"}), 4: frozenset({"mechanism"})}
+SCHEMA_FIELDS = {
+    3: frozenset({"launcher", "job_sha256"}),
+    4: frozenset({"mechanism"}),
+    6: frozenset({"privacy_unit", "records_per_person"}),
+}
 """The keys each schema version added: an older record keeps its bytes without them."""
 SCHEMA_DROPPED = {5: frozenset({"epsilon_dataset"})}
 """The keys each schema version removed: a newer record's bytes never carry them."""

@@ -125,17 +125,31 @@ def _nonzero(norms: torch.Tensor) -> torch.Tensor:
 
 
 def class_statistics(
-    features: torch.Tensor, labels: torch.Tensor, classes: int
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    *,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class sums of the unit rows and per-class counts (float64, before any noise)."""
+    """Per-class sums of the unit rows and per-class counts (float64, before any noise).
+
+    ``weights`` (person-level DP): each row's weight in [0, 1], ``1 / n`` for each of a
+    person's ``n`` rows, so that one person adds at most what one record adds at weight 1
+    and the release's sensitivity stays :data:`SENSITIVITY`.
+    """
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError(f"features {tuple(features.shape)} do not match {len(labels)} labels")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ValueError(f"labels must lie in [0, {classes})")
-    rows = unit_rows(features)
+    if weights is None:
+        weights = torch.ones(len(labels), dtype=torch.float64)
+    weights = weights.to(torch.float64)
+    if weights.shape != labels.shape or bool(((weights < 0) | (weights > 1)).any()):
+        raise ValueError("weights must be one value in [0, 1] per row")
+    rows = unit_rows(features) * weights.unsqueeze(1)
     index = labels.to(torch.long)
     sums = torch.zeros((classes, rows.shape[1]), dtype=torch.float64).index_add_(0, index, rows)
-    counts = torch.bincount(index, minlength=classes).to(torch.float64)
+    counts = torch.zeros(classes, dtype=torch.float64).index_add_(0, index, weights)
     return sums, counts
 
 
@@ -151,14 +165,15 @@ def release(
     classes: int,
     noise_multiplier: float,
     generator: torch.Generator | None,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """The node's one release: noisy class sums and noisy counts (already divided back).
 
     The sums and the weighted counts are one vector of sensitivity :data:`SENSITIVITY`; its
     noise is Opacus' own Gaussian draw in secure mode (four draws, summed and halved) from
-    ``generator``, the node's secret noise stream.
+    ``generator``, the node's secret noise stream. ``weights``: see :func:`class_statistics`.
     """
-    sums, counts = class_statistics(features, labels, classes)
+    sums, counts = class_statistics(features, labels, classes, weights=weights)
     joint = torch.cat([sums.flatten(), counts * COUNT_WEIGHT])
     noise = _generate_noise(
         std=noise_std(noise_multiplier),

@@ -58,6 +58,7 @@ class CountryView(BaseModel):
     refusals: list[Refusal]
     dropped_rounds: list[int]
     last_reply_round: int | None
+    privacy_unit: str = "record"  # what its ε is per: record, or person (node.toml's)
 
 
 class RoundView(BaseModel):
@@ -216,6 +217,7 @@ def _countries(results: Results) -> list[CountryView]:
                 refusals=refusals,
                 dropped_rounds=[r.round for r in results.rounds if country in r.dropped],
                 last_reply_round=max(replies, default=None),
+                privacy_unit=privacy.privacy_unit if privacy else "record",
             )
         )
     return views

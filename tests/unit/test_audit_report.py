@@ -280,8 +280,8 @@ def test_html_has_one_chart_per_country_with_every_round(verified: Verification)
         assert FLAGGED not in lines
         # the text alternative: what the chart shows, each point in the tables' format
         assert chart.title == (
-            f"{country}, run 7: cumulative epsilon by round against the job target 8 and "
-            "the dataset budget 12"
+            f"{country}, run 7: cumulative epsilon per record by round against the job "
+            "target 8 and the dataset budget 12"
         )
         points = [f"round {s.round}: recorded {s.record.epsilon:.4f}, " for s in spends]
         assert all(point in chart.description for point in points)

@@ -22,7 +22,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from differential import AWKWARD, assert_indistinguishable, pair_nodes, query_pair, round_pair
+from differential import (
+    AWKWARD,
+    NEW_PEOPLE,
+    assert_indistinguishable,
+    pair_nodes,
+    pair_person_nodes,
+    query_pair,
+    round_pair,
+)
 from residency.common.config.job import Job, load_job
 from residency.common.config.round_plan import feature_transform_bytes
 from residency.common.model import ModelSpec, build_classifier, round_one_arrays, trainable_state
@@ -34,6 +42,8 @@ pytestmark = [
 
 WIDTH = 32  # the tiny BERT's hidden size
 ROWS = separable_rows(40, 0)
+PERSON_ROWS = [(text, label, f"person-{i % 13}") for i, (text, label) in enumerate(ROWS)]
+"""13 people with 3 or 4 records each, interleaved in the file as real exports are."""
 JOBS = {
     "head": 'update = "head"',
     "lora": 'update = "lora"',
@@ -125,10 +135,17 @@ def _check_pair(
     transform: str,
     replay: bool,
     confirm: bool = True,
-) -> None:
+    person_kind: str | None = None,
+) -> list[str]:
+    """Check every round of the job on the pair; what the node over D answered to each."""
     job = _job(root, JOBS[job_kind])
-    pair = pair_nodes(root / "nodes", ROWS, record_kind)
+    pair = (
+        pair_nodes(root / "nodes", ROWS, record_kind)
+        if person_kind is None
+        else pair_person_nodes(root / "nodes", PERSON_ROWS, person_kind)
+    )
     rounds = job.train.server_rounds + (job_kind == REFINED)
+    answers: list[str] = []
     for server_round in range(1, rounds + 1):
         overrides = dict(plan)
         if server_round > 1:  # the head after a release reads a coordinator-chosen transform
@@ -144,6 +161,7 @@ def _check_pair(
             job, pair, run_id=1, server_round=server_round, overrides=overrides, arrays=arrays
         )
         assert_indistinguishable(*outcomes)
+        answers.append(outcomes[0].kind)
         if replay:  # the same signed job again, under another run
             again = round_pair(
                 job,
@@ -155,6 +173,34 @@ def _check_pair(
                 nonce=f"{1:032x}",
             )
             assert_indistinguishable(*again)
+    return answers
+
+
+@pytest.mark.parametrize("person_kind", list(NEW_PEOPLE))
+@pytest.mark.parametrize(
+    "job_kind",
+    [  # one DP-SGD kind and the release in the fast tier; the others with the node tier
+        pytest.param(
+            kind, marks=pytest.mark.unit if kind in ("head", "release") else pytest.mark.node
+        )
+        for kind in JOBS
+    ],
+)
+def test_a_person_level_node_answers_d_and_d_plus_one_person_alike(
+    tmp_path: Path, job_kind: str, person_kind: str
+) -> None:
+    """Under ``privacy_unit = "person"`` the neighbour is a whole person, many records and all."""
+    answers = _check_pair(
+        tmp_path,
+        job_kind=job_kind,
+        record_kind="duplicate",
+        plan={},
+        weights="as sent",
+        transform="public",
+        replay=True,
+        person_kind=person_kind,
+    )
+    assert answers[0] == "reply"  # the node trained (or released): a refusal proves nothing
 
 
 @pytest.mark.parametrize(

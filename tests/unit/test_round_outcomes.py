@@ -338,7 +338,7 @@ def test_a_failed_round_still_reports_what_it_charged(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text("utf-8"))
     assert results["status"] == "failed"
-    assert results["schema_version"] == 5
+    assert results["schema_version"] == 6
     privacy = results["privacy"]
     assert sorted(privacy) == ["ES", "FR"]
     assert privacy["FR"]["rounds_charged"] == 1

@@ -1,0 +1,185 @@
+"""The privacy unit is the node operator's: read from node.toml, signed, never mixed on an account.
+
+A job cannot choose or weaken it; a person-level node reads its person column with the rest
+of its declared schema, signs ``privacy_unit`` and ``records_per_person`` into every record,
+and refuses to charge a dataset account that was spent in the other unit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from differential import write_rows
+from node_harness import charge_details, node_file, signed_record, train_round
+from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.node_config import load_node_settings
+from residency.common.config.job import load_job
+from residency.common.data.readers import Unusable, scan_labeled_texts
+from residency.common.errors import ConfigError, DataError, Refused
+from residency.common.privacy.unit import PrivacyUnit
+from residency.common.refusal import RefusalCode
+from toy_federation import separable_rows, write_toy_job
+
+pytestmark = pytest.mark.unit
+
+PERSON = (
+    'privacy_unit = "person"\nperson_column = "person"\nrecords_per_person = 2\n'
+    "public_people = 10\n"
+)
+
+
+def _settings(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'country = "DE"\ndata = "de.csv"\nstate = "state"\nbudget_epsilon = 8.0\n'
+        f'delta = 1e-5\npublic_records = 40\nlabels = ["a", "b"]\n{extra}',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            'privacy_unit = "person"\n',
+            'node.toml: (top level): privacy_unit = "person" needs person_column, '
+            "records_per_person, public_people; fix: add",
+        ),
+        (
+            'person_column = "pid"\n',
+            'node.toml: (top level): person_column: set, but privacy_unit is "record"; fix: '
+            'add privacy_unit = "person", or remove them',
+        ),
+        ('privacy_unit = "people"\n', "node.toml: privacy_unit: Input should be 'record' or"),
+        (PERSON.replace("= 2", "= 0"), "node.toml: records_per_person: Input should be greater"),
+    ],
+)
+def test_a_bad_privacy_unit_setting_is_one_line_naming_the_field_and_fix(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_node_settings(_settings(tmp_path, extra))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_public_size_is_in_the_unit(tmp_path: Path) -> None:
+    record = load_node_settings(_settings(tmp_path, ""))
+    person = load_node_settings(_settings(tmp_path, PERSON))
+    assert (record.privacy_unit, record.public_size) == (PrivacyUnit.RECORD, 40)
+    assert (person.privacy_unit, person.public_size) == (PrivacyUnit.PERSON, 10)
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> None:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        write_rows(path, [(str(r["text"]), str(r["label"]), str(r["person"])) for r in rows])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_the_person_column_is_read_and_a_record_without_a_person_is_skipped(
+    tmp_path: Path, suffix: str
+) -> None:
+    rows: list[dict[str, object]] = [
+        {"text": "one", "label": "a", "person": "p1"},
+        {"text": "two", "label": "b", "person": " "},
+        {"text": "three", "label": "a", "person": "p2"},
+        {"text": "four", "label": "b", "person": "p1"},
+    ]
+    path = tmp_path / f"de{suffix}"
+    _write(path, rows)
+
+    scan = scan_labeled_texts(
+        path, text_column="text", label_column="label", labels=["a", "b"], person_column="person"
+    )
+
+    assert scan.records.people == ("p1", "p2", "p1")
+    assert scan.records.texts == ("one", "three", "four")
+    assert [(s.reason, s.count) for s in scan.skipped] == [(Unusable.PERSON_BLANK, 1)]
+    plain = scan_labeled_texts(path, text_column="text", label_column="label", labels=["a", "b"])
+    assert plain.records.people is None
+    assert plain.records.fingerprint() != scan.records.fingerprint()  # who is read matters
+    if suffix == ".jsonl":  # a key is per line: each line without it is skipped
+        missing = scan_labeled_texts(
+            path, text_column="text", label_column="label", labels=["a", "b"], person_column="pid"
+        )
+        assert [(s.reason, s.count) for s in missing.skipped] == [(Unusable.MISSING_KEY, 4)]
+        assert "person_column 'pid'" in missing.skipped[0].first
+    else:  # a column is the file's: it cannot be read with this schema
+        with pytest.raises(DataError, match=r"person_column 'pid': no such column"):
+            scan_labeled_texts(
+                path,
+                text_column="text",
+                label_column="label",
+                labels=["a", "b"],
+                person_column="pid",
+            )
+
+
+def test_a_dataset_account_is_never_charged_in_two_units(tmp_path: Path) -> None:
+    job = load_job(
+        write_toy_job(
+            tmp_path / "job", countries=("DE",), examples=40, rounds=3, train='update = "head"'
+        )
+    )
+    rows = [(text, label, f"p{i % 10}") for i, (text, label) in enumerate(separable_rows(40, 0))]
+    write_rows(tmp_path / "job" / "de.csv", rows)  # the same records, with who each is about
+    settings = node_file(tmp_path, 100.0, public_records=40)
+
+    first = signed_record(train_round(job, settings, run_id=1, server_round=1))
+    assert (first.privacy_unit, first.records_per_person) == (PrivacyUnit.RECORD, None)
+
+    # The operator turns person-level DP on: the account spent per record cannot go on.
+    settings.write_text(settings.read_text("utf-8") + PERSON, encoding="utf-8")
+    with pytest.raises(Refused) as refused:
+        train_round(job, settings, run_id=1, server_round=2)
+    assert refused.value.refusal.code is RefusalCode.UNIT_MIXED
+    assert "privacy_unit" in str(refused.value)
+    assert "node budget reset" in str(refused.value)
+    assert len(charge_details(tmp_path / "state")) == 1  # nothing charged for it
+
+    node = load_node_settings(settings)
+    BudgetStore(node.state / STORE_FILE).reset(
+        node.dataset_name, node.data, reason="person-level DP from now on"
+    )
+    person = signed_record(train_round(job, settings, run_id=2, server_round=1))
+    assert (person.privacy_unit, person.records_per_person) == (PrivacyUnit.PERSON, 2)
+    assert person.examples == 10  # the public number of people, never a count
+    assert person.schema_version == 6
+    details = charge_details(tmp_path / "state")
+    assert [(d["privacy_unit"], d["records_per_person"]) for d in details[-1:]] == [("person", 2)]
+
+
+def test_a_policy_that_requires_people_refuses_a_record_level_node(tmp_path: Path) -> None:
+    job = load_job(
+        write_toy_job(
+            tmp_path / "job", countries=("DE",), examples=40, rounds=1, train='update = "head"'
+        )
+    )
+    rows = [(text, label, f"p{i % 10}") for i, (text, label) in enumerate(separable_rows(40, 0))]
+    write_rows(tmp_path / "job" / "de.csv", rows)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('name = "people-only"\nprivacy_unit = "person"\n', encoding="utf-8")
+    settings = node_file(tmp_path, 100.0, public_records=40, extra=f'policy = "{policy}"\n')
+
+    with pytest.raises(Refused) as refused:
+        train_round(job, settings, run_id=1, server_round=1)
+    assert refused.value.refusal.code is RefusalCode.UNIT_BELOW_POLICY
+    assert 'set privacy_unit = "person"' in str(refused.value)
+    assert not (tmp_path / "state" / "ledger.jsonl").exists() or not charge_details(
+        tmp_path / "state"
+    )
+
+    settings.write_text(settings.read_text("utf-8") + PERSON, encoding="utf-8")
+    record = signed_record(train_round(job, settings, run_id=2, server_round=1))
+    assert record.privacy_unit is PrivacyUnit.PERSON
+    assert record.policy_name == "people-only"

@@ -47,6 +47,7 @@ from residency.auditor.canary_settings import (
 )
 from residency.auditor.one_run_audit import epsilon_ceiling, epsilon_lower_bound
 from residency.client import trainer
+from residency.client.people import People, PeopleData, collate_people, row_weights
 
 _GRADIENT_GAIN = 2.0
 """A canary's raw gradient norm over the clipping norm: above 1, so clipping makes it exactly C."""
@@ -115,8 +116,13 @@ def canary_training(
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     batches = round(1 / mechanism.sample_rate)
     # Opacus keeps the data set and reads only len(loader) from this template: rate 1/len.
-    template = DataLoader(
-        TensorDataset(included), batch_size=1, sampler=range(batches), generator=sampler
+    records = mechanism.records_per_person
+    template: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
+        TensorDataset(included) if records is None else _canary_people(included, records),
+        batch_size=1,
+        sampler=range(batches),
+        generator=sampler,
+        collate_fn=None if records is None else collate_people,
     )
     dp = trainer.DpSgdSettings(
         noise_multiplier=mechanism.noise_multiplier,
@@ -126,6 +132,18 @@ def canary_training(
     return trainer.make_private(
         model, optimizer, template, dp=dp, history=(), noise_generator=noise
     )
+
+
+def _canary_people(included: torch.Tensor, records: int) -> PeopleData:
+    """Each included canary as a person with ``records`` records, all pushing its coordinate.
+
+    The node weighs a person's records 1/n and clips their summed gradient once, so a canary
+    person moves its coordinate by the clipping norm, as a record canary does; a mechanism
+    that clipped each record instead would move it ``records`` times as far.
+    """
+    rows = included.repeat_interleave(records)
+    people = People.of([str(int(canary)) for canary in rows], records)
+    return PeopleData(TensorDataset(rows), people)
 
 
 def canary_scores(
@@ -149,21 +167,28 @@ def canary_scores(
     )
     if private.optimizer.expected_batch_size < 1:
         raise RuntimeError(f"{len(included)} included canaries: Opacus' expected batch is 0")
-    gain = _GRADIENT_GAIN * mechanism.max_grad_norm
+    # A canary person's every record is clipped on its own too if a mechanism forgets to sum
+    # them: the worst case a person-level audit must catch (each record alone moves C).
+    gain = _GRADIENT_GAIN * mechanism.max_grad_norm * (mechanism.records_per_person or 1)
     steps = 0
     try:
         with warnings.catch_warnings():
             # Canary indices need no gradient, so torch notes that the hook fires on outputs.
             warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
             while steps < mechanism.steps:
-                for (batch,) in private.loader:
+                for batch, *owned in private.loader:
                     if steps == mechanism.steps:
                         break
                     steps += 1
                     if len(batch) == 0:
                         trainer.noise_only_step(private.optimizer)
                         continue
-                    loss = -gain * private.model(batch).mean()
+                    moved = private.model(batch).reshape(-1)
+                    if owned:  # a person's rows weigh 1/n; the optimizer clips per person
+                        (owners,) = owned
+                        private.optimizer.owners = owners
+                        moved = moved * row_weights(owners)
+                    loss = -gain * moved.mean()
                     loss.backward()
                     private.optimizer.step()
                     private.optimizer.zero_grad(set_to_none=True)

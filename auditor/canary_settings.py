@@ -27,6 +27,8 @@ class Mechanism(Strict):
     steps: Annotated[int, Field(ge=1, le=10_000_000)]
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     accountant: AccountantKind = AccountantKind.PRV
+    records_per_person: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Person-level DP: each canary is a person with this many records (the node's cap)."""
 
     @field_validator("sample_rate")
     @classmethod

@@ -191,6 +191,7 @@ class _Verifier:
         self.last_history: dict[tuple[str, str, str], History] = {}
         self.charges: dict[str, History] = defaultdict(tuple)
         self.lifetime_at: dict[int, History] = {}
+        self.units: dict[str, str] = {}  # each dataset account's privacy unit, by its first charge
         self.job_charges: dict[tuple[str, int], _ChargeEntry] = {}
         self.charge_entries = 0
         self.record_steps: dict[tuple[str, str], History] = defaultdict(tuple)
@@ -271,6 +272,14 @@ class _Verifier:
             self.result.flag(position, "charge entry lacks its mechanism")
             return
         self.charge_entries += 1
+        unit = str(detail.get("privacy_unit") or "record")  # charges before units: records
+        first = self.units.setdefault(dataset, unit)
+        if unit != first:
+            self.result.flag(
+                position,
+                f"dataset account {dataset[:12]} charged per {unit} after charges per {first}: "
+                "epsilons of two privacy units do not compose (a reset opens a new account)",
+            )
         self.charges[dataset] = compose(self.charges[dataset], step)
         self.lifetime_at[charge] = self.charges[dataset]
         job, job_charge = detail.get("job_sha256"), detail.get("job_charge")
@@ -297,7 +306,7 @@ class _Verifier:
             )
         if isinstance(job, str) and isinstance(job_charge, int):
             self.job_charges[(job, job_charge)] = _ChargeEntry(
-                position, step, str(detail.get("dataset_account")), stated
+                position, step, str(detail.get("dataset_account")), stated, unit
             )
 
     def reset(self, position: int, entry: LedgerEntry) -> None:
@@ -532,6 +541,12 @@ class _Verifier:
                 position,
                 f"{where}: charge entry {charged.entry} charged another mechanism or dataset",
             )
+        if charged.unit != record.privacy_unit.value:
+            self.result.flag(
+                position,
+                f"{where}: charge entry {charged.entry} charged per {charged.unit}, the record "
+                f"states ε per {record.privacy_unit.value}",
+            )
         return charged.epsilon_dataset
 
     def finish(self) -> None:
@@ -563,6 +578,7 @@ class _ChargeEntry:
     step: tuple[float, float, int]
     dataset_account: str
     epsilon_dataset: float
+    unit: str = "record"
 
 
 def _steps(history: Iterable[tuple[float, float, int]]) -> int:

@@ -61,7 +61,12 @@ def _table(audit: CanaryAudit) -> Table:
         f"z={mechanism.noise_multiplier:g} C={mechanism.max_grad_norm:g} "
         f"q={mechanism.sample_rate:.6g} T={mechanism.steps} δ={mechanism.delta:g}",
     )
-    table.add_row("claimed ε", f"{audit.claimed_epsilon:.3f}")
+    per = mechanism.records_per_person
+    table.add_row(
+        "claimed ε",
+        f"{audit.claimed_epsilon:.3f}"
+        + ("" if per is None else f" per person (canary people of {per} records)"),
+    )
     table.add_row(
         "canaries",
         f"{audit.canaries} ({audit.included} included) in {audit.runs} "
@@ -140,6 +145,7 @@ def _from_ledger(ledger: Path, entry: int) -> list[dict[str, Any]]:
             "max_grad_norm": record["max_grad_norm"],
             "delta": record["delta"],
             "accountant": kind,
+            "records_per_person": record.get("records_per_person"),  # person-level (schema 6)
             "claimed_epsilon": record["epsilon"]
             if whole
             else epsilon_spent(((z, q, n),), delta=record["delta"], kind=kind),
@@ -172,6 +178,14 @@ def canary(
     claimed_epsilon: Annotated[
         float | None,
         typer.Option(help="Epsilon the node claims (default: Opacus' epsilon for z, q, T, δ)."),
+    ] = None,
+    records_per_person: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Person-level DP: each canary is a person with this many records (the node's "
+            "cap); the claim is then per person.",
+        ),
     ] = None,
     canaries: Annotated[
         int, typer.Option(help="Canaries, each included with probability 1/2.")
@@ -217,6 +231,7 @@ def canary(
             "delta": delta,
             "accountant": accountant,
             "claimed_epsilon": claimed_epsilon,
+            "records_per_person": records_per_person,
         },
         canaries,
         confidence,

@@ -85,6 +85,25 @@ def test_every_party_sees_which_country_protects_people(tmp_path: Path) -> None:
     assert f"Run ε per person (at most {CAP} records each)" in report.stdout
     assert "Run ε per record" in report.stdout
 
+    entries = [json.loads(line) for line in ledger.read_text("ascii").splitlines()]
+    de = max(i for i, e in enumerate(entries) if e["kind"] == "record" and e["country"] == "DE")
+    canary = _residency(
+        "audit",
+        "canary",
+        "--ledger",
+        str(ledger),
+        "--entry",
+        str(de),
+        "--canaries",
+        "400",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert canary.returncode == 0, canary.stdout + canary.stderr
+    audits = json.loads(canary.stdout)
+    assert {a["mechanism"]["records_per_person"] for a in audits} == {CAP}  # canary people
+    assert not any(a["flagged"] for a in audits)
+
     [run] = read_state(out).runs
     units = {view.country: view.privacy_unit for view in run.countries}
     assert units == {"DE": "person", "FR": "record"}

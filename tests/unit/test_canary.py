@@ -248,3 +248,28 @@ def test_sample_rate_is_stored_as_exactly_one_over_k() -> None:
 def test_bad_settings_are_refused(update: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         CanarySettings.model_validate(update)
+
+
+PEOPLE = Mechanism(noise_multiplier=3.0, sample_rate=0.04, steps=250, records_per_person=5)
+"""A round at person level, each canary a person with 5 records (the node's cap); it claims
+epsilon 0.83, within what 5,000 canaries can show (the audit's ceiling here is 1.86)."""
+
+
+@pytest.mark.unit
+def test_a_person_level_round_delivers_its_epsilon_per_person() -> None:
+    audit = audit_canaries(PEOPLE, CanarySettings(canaries=5000))
+    per_record = PEOPLE.model_copy(update={"records_per_person": None})
+    assert audit.claimed_epsilon == pytest.approx(per_record.opacus_epsilon())  # ε per person
+    assert not audit.flagged
+    assert audit.epsilon_lower_bound < audit.claimed_epsilon
+
+
+@pytest.mark.unit
+def test_clipping_each_record_of_a_person_instead_of_the_person_is_flagged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mechanism that forgot to sum a person's rows lets one person move 5 clips, not one."""
+    monkeypatch.setattr(trainer, "per_person", lambda samples, owners, people: samples)
+    audit = audit_canaries(PEOPLE, CanarySettings(canaries=5000))
+    assert audit.flagged
+    assert audit.epsilon_lower_bound > audit.claimed_epsilon + 0.4

@@ -566,3 +566,14 @@ def test_records_of_schema_4_still_verify_with_the_lifetime_they_state(tmp_path:
     assert result.ok, _problems(result)
     assert {s.record.schema_version for s in result.spends} == {4}
     assert all(s.epsilon_dataset == s.record.epsilon_dataset for s in result.spends)
+
+
+def test_a_charge_in_another_privacy_unit_than_its_record_is_flagged(made: LedgerFixture) -> None:
+    """A record's ε per record must come from a charge per record, in the node's own ledger."""
+    _edit_charges(made, "DE", privacy_unit="person", records_per_person=5)  # type: ignore[arg-type]
+
+    result = verify_ledger(made.node_ledgers["DE"], load_keys(made.keys))
+
+    assert any(
+        "charged per person, the record states ε per record" in p.what for p in result.problems
+    )

@@ -8,6 +8,7 @@ and refuses to charge a dataset account that was spent in the other unit.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,11 +17,13 @@ import pytest
 
 from differential import write_rows
 from node_harness import charge_details, node_file, signed_record, train_round
+from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import load_node_settings
 from residency.common.config.job import load_job
 from residency.common.data.readers import Unusable, scan_labeled_texts
 from residency.common.errors import ConfigError, DataError, Refused
+from residency.common.privacy.signing import public_path
 from residency.common.privacy.unit import PrivacyUnit
 from residency.common.refusal import RefusalCode
 from toy_federation import separable_rows, write_toy_job
@@ -157,6 +160,12 @@ def test_a_dataset_account_is_never_charged_in_two_units(tmp_path: Path) -> None
     assert person.schema_version == 6
     details = charge_details(tmp_path / "state")
     assert [(d["privacy_unit"], d["records_per_person"]) for d in details[-1:]] == [("person", 2)]
+
+    keys = tmp_path / "keys"  # the auditor: two accounts, one unit each, and the reset
+    keys.mkdir()
+    shutil.copy(public_path(node.record_key), keys / "DE.pub")
+    verified = verify_ledger(node.ledger, load_keys(keys))
+    assert verified.ok, [p.what for p in verified.problems]
 
 
 def test_a_policy_that_requires_people_refuses_a_record_level_node(tmp_path: Path) -> None:

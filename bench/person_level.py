@@ -1,0 +1,309 @@
+"""What person-level DP costs: the default pipeline per record and per person, on a real corpus.
+
+A real public corpus's cached MiniLM features (``bench/pipeline_replay.py``) are dealt to
+people: each country gets ``--people`` people, each holding 1 to 50 records with a skewed,
+realistic count (a power law, P(n) ~ n^-1.5: most people have a few records, some many; mean
+about 5) and mostly one label (``--own-label`` of a person's records share their dominant
+label, as a patient's notes share a diagnosis). The same records then run the shipped
+pipeline (release, then the head by full-batch DP-SGD for 5 rounds, ``pipeline_replay``'s
+replay of the product's mechanism; the round best on the held-out half of the test set is
+kept, as the coordinator keeps it) twice over:
+
+- per record: every record is a unit, the public size is the record count (rounded);
+- per person, for each ``--caps`` k: each person's first k records, weighted 1/n in the
+  release and in each person's gradient, one clip per person (``client/people.py``), the
+  public size is the number of people (rounded).
+
+Both spend the same epsilon with the same noise multipliers (sample rate 1: every unit is in
+every step), so the difference is what protecting a whole person costs: fewer units to average
+the noise over, and the records beyond the cap. Each row is the mean over ``--draws`` noise
+draws; the non-private central probe on all the records is the reference. Usage::
+
+    python bench/person_level.py [--corpus tweets-sentiment] [--people 500,2000]
+        [--epsilons 1,3,8] [--caps 1,5,10,50] [--countries DE,FR,ES] [--draws 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from corpora import CorpusError, load
+from pipeline_replay import (
+    Plan,
+    accuracy,
+    corpus_features,
+    names_prior,
+    noise_multipliers,
+    step_size,
+)
+from sklearn.linear_model import LogisticRegression
+
+from residency.cli.run_log import quiet_libraries
+from residency.common.config.job import VALIDATION_SHARE
+from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
+from residency.common.privacy.public_size import rounded_size
+from residency.common.updates import prototypes
+from residency.server.held_out import split_rows
+
+MAX_RECORDS = 50
+EXPONENT = 1.5
+
+
+@dataclass(frozen=True)
+class Units:
+    """One country's rows as the mechanism sees them: each row's unit and weight."""
+
+    features: torch.Tensor  # unit-norm, float64
+    labels: torch.Tensor
+    owners: torch.Tensor  # each row's unit (a record's own index, or its person's)
+    weights: torch.Tensor  # 1, or 1/n for each of a person's n kept rows
+    public: int  # the public size in the unit, rounded as node init proposes
+
+
+def record_counts(people: int, generator: np.random.Generator) -> np.ndarray:
+    """Each person's record count: 1 to ``MAX_RECORDS``, P(n) ~ n^-EXPONENT."""
+    sizes = np.arange(1, MAX_RECORDS + 1)
+    odds = sizes**-EXPONENT
+    return generator.choice(sizes, size=people, p=odds / odds.sum())
+
+
+def deal(
+    labels: np.ndarray,
+    pool: list[int],
+    people: int,
+    *,
+    own_label: float,
+    generator: np.random.Generator,
+) -> list[list[int]]:
+    """People's records (corpus indices) drawn without replacement from ``pool``."""
+    by_label = {k: [i for i in pool if labels[i] == k] for k in np.unique(labels[pool])}
+    for rows in by_label.values():
+        generator.shuffle(rows)
+    shares = np.array([len(by_label[k]) for k in by_label], dtype=float)
+    keys = list(by_label)
+    dealt = []
+    for count in record_counts(people, generator):
+        dominant = keys[generator.choice(len(keys), p=shares / shares.sum())]
+        mine: list[int] = []
+        for _ in range(count):
+            label = (
+                dominant if generator.random() < own_label else keys[generator.integers(len(keys))]
+            )
+            if not by_label[label]:
+                label = max(keys, key=lambda k: len(by_label[k]))
+            if not by_label[label]:
+                break
+            mine.append(by_label[label].pop())
+        if mine:
+            dealt.append(mine)
+    return dealt
+
+
+def as_units(
+    features: torch.Tensor, labels: torch.Tensor, people: list[list[int]], cap: int | None
+) -> Units:
+    """The rows per record (``cap`` None) or per person, each keeping their first ``cap``."""
+    if cap is None:
+        rows = [i for person in people for i in person]
+        owners = torch.arange(len(rows))
+        weights = torch.ones(len(rows), dtype=torch.float64)
+        public = rounded_size(len(rows))
+    else:
+        kept = [person[:cap] for person in people]
+        rows = [i for person in kept for i in person]
+        owners = torch.repeat_interleave(
+            torch.arange(len(kept)), torch.tensor([len(p) for p in kept])
+        )
+        weights = torch.tensor([1.0 / len(p) for p in kept for _ in p], dtype=torch.float64)
+        public = rounded_size(len(kept))
+    index = torch.tensor(rows)
+    return Units(features[index], labels[index], owners, weights, public)
+
+
+def _dp_steps(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    units: Units,
+    features: torch.Tensor,
+    *,
+    plan: Plan,
+    z: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-batch DP-GD of softmax regression: one clipped gradient per unit, then noise."""
+    onehot = torch.nn.functional.one_hot(units.labels, weight.shape[0]).to(features.dtype)
+    count = int(units.owners.max()) + 1
+    clip, rate = plan.max_grad_norm, step_size(plan, units.public, z)
+    for _ in range(plan.steps):
+        error = (torch.softmax(features @ weight.T + bias, dim=1) - onehot) * units.weights[:, None]
+        grad_w = torch.zeros((count, *weight.shape), dtype=features.dtype).index_add_(
+            0, units.owners, error[:, :, None] * features[:, None, :]
+        )
+        grad_b = torch.zeros((count, *bias.shape), dtype=features.dtype).index_add_(
+            0, units.owners, error
+        )
+        norms = (grad_w.square().sum((1, 2)) + grad_b.square().sum(1)).sqrt()
+        factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+        noisy_w = (grad_w * factor[:, None, None]).sum(0) + z * clip * torch.randn(
+            weight.shape, generator=generator, dtype=weight.dtype
+        )
+        noisy_b = (grad_b * factor[:, None]).sum(0) + z * clip * torch.randn(
+            bias.shape, generator=generator, dtype=bias.dtype
+        )
+        weight = weight - rate * noisy_w / units.public
+        bias = bias - rate * noisy_b / units.public
+    return weight, bias
+
+
+def replay(
+    parties: dict[str, Units],
+    test: tuple[torch.Tensor, torch.Tensor],
+    held_out: tuple[torch.Tensor, torch.Tensor],
+    *,
+    classes: int,
+    scale: torch.Tensor,
+    prior: torch.Tensor,
+    plan: Plan,
+    seed: int,
+) -> float:
+    """The shipped pipeline (release, then the head), keeping the round best on ``held_out``.
+
+    As the coordinator keeps its model (ties to the later round); the refinement of the
+    release after a falling first round is left out.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    z_release, z_train = noise_multipliers(
+        plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps
+    )
+    releases = [
+        prototypes.release(
+            u.features,
+            u.labels,
+            classes=classes,
+            noise_multiplier=z_release,
+            generator=generator,
+            weights=u.weights,
+        )
+        for u in parties.values()
+    ]
+    statistics = prototypes.combined(releases, [z_release] * len(releases))
+    weight, bias = (t.double() for t in prototypes.head_weights(statistics, prior))
+    assert z_train is not None
+    bound = FEATURE_CENTRE_BOUND
+    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
+    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
+    standard = {c: (u.features - centre) / spread for c, u in parties.items()}
+    total = sum(u.public for u in parties.values())
+    test = ((test[0] - centre) / spread, test[1])
+    held_out = ((held_out[0] - centre) / spread, held_out[1])
+    kept = (accuracy(weight, bias, held_out), accuracy(weight, bias, test))
+    for _ in range(plan.rounds):
+        new_weight, new_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        for country, units in parties.items():
+            w, b = _dp_steps(
+                weight, bias, units, standard[country], plan=plan, z=z_train, generator=generator
+            )
+            new_weight += units.public / total * w
+            new_bias += units.public / total * b
+        weight, bias = new_weight, new_bias
+        chosen = accuracy(weight, bias, held_out)
+        if chosen >= kept[0]:
+            kept = (chosen, accuracy(weight, bias, test))
+    return kept[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="tweets-sentiment")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--countries", default="DE,FR,ES")
+    parser.add_argument("--people", default="500,2000", help="people per country")
+    parser.add_argument("--epsilons", default="1,3,8")
+    parser.add_argument("--caps", default="1,5,10,50")
+    parser.add_argument("--own-label", type=float, default=0.8)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    try:
+        corpus = load(args.corpus)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    features, scale = corpus_features(corpus, model=args.model, max_length=args.max_length)
+    rows = features.double()
+    index = {name: k for k, name in enumerate(corpus.label_names)}
+    labels = np.array([index[name] for name in corpus.labels])
+    prior = names_prior(corpus, model=args.model)
+    classes = len(corpus.label_names)
+    countries = [c.strip() for c in args.countries.split(",")]
+    caps = [int(c) for c in args.caps.split(",")]
+    print(
+        f"{corpus.name}: {len(labels)} texts, {classes} labels; people hold 1-{MAX_RECORDS} "
+        f"records, P(n) ~ n^-{EXPONENT}, {args.own_label:.0%} of a person's records of their "
+        f"dominant label; shipped pipeline, {args.draws} draws"
+    )
+    for people in (int(p) for p in args.people.split(",")):
+        generator = np.random.default_rng(args.seed)
+        order = generator.permutation(len(labels)).tolist()
+        test_rows, pool = order[: args.test], order[args.test :]
+        held = split_rows([corpus.texts[i] for i in test_rows], VALIDATION_SHARE)
+        reported = [i for i, out in zip(test_rows, held, strict=True) if not out]
+        chooses = [i for i, out in zip(test_rows, held, strict=True) if out]
+        test = (rows[reported], torch.from_numpy(labels[reported]))
+        held_out = (rows[chooses], torch.from_numpy(labels[chooses]))
+        dealt: dict[str, list[list[int]]] = {}
+        for country in countries:
+            dealt[country] = deal(
+                labels, pool, people, own_label=args.own_label, generator=generator
+            )
+            used = {i for person in dealt[country] for i in person}
+            pool = [i for i in pool if i not in used]
+        tensor_labels = torch.from_numpy(labels)
+        everyone = [i for country in countries for person in dealt[country] for i in person]
+        probe = LogisticRegression(max_iter=2000, C=10.0).fit(
+            rows[everyone].numpy(), labels[everyone]
+        )
+        central = float((probe.predict(test[0].numpy()) == test[1].numpy()).mean())
+        sizes = {c: sum(len(p) for p in dealt[c]) for c in countries}
+        counts = np.array([len(p) for c in countries for p in dealt[c]])
+        shares = ", ".join(f"{c} {n} records" for c, n in sizes.items())
+        print(
+            f"\n{people} people per country ({shares}; "
+            f"records per person: median {np.median(counts):.0f}, mean {counts.mean():.1f}, "
+            f"max {counts.max()}); central probe, no DP: {central:.3f}"
+        )
+        units = {"per record": None, **{f"per person, cap {k}": k for k in caps}}
+        for epsilon in (float(e) for e in args.epsilons.split(",")):
+            plan = Plan(epsilon=epsilon, choose=False)
+            line = [f"eps={epsilon:<3g}"]
+            for name, cap in units.items():
+                parties = {c: as_units(rows, tensor_labels, dealt[c], cap) for c in countries}
+                scores = [
+                    replay(
+                        parties,
+                        test,
+                        held_out,
+                        classes=classes,
+                        scale=scale,
+                        prior=prior,
+                        plan=plan,
+                        seed=draw,
+                    )
+                    for draw in range(args.draws)
+                ]
+                line.append(f"{name} {np.mean(scores):.3f} (sd {np.std(scores):.3f})")
+            print("  " + "; ".join(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

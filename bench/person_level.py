@@ -12,7 +12,8 @@ kept, as the coordinator keeps it) twice over:
 - per record: every record is a unit, the public size is the record count (rounded);
 - per person, for each ``--caps`` k: each person's first k records, weighted 1/n in the
   release and in each person's gradient, one clip per person (``client/people.py``), the
-  public size is the number of people (rounded).
+  public size is the number of people (rounded), and the step's cap divided by the records
+  a person holds on average (``LocalSchedule.scaled``).
 
 Both spend the same epsilon with the same noise multipliers (sample rate 1: every unit is in
 every step), so the difference is what protecting a whole person costs: fewer units to average
@@ -63,6 +64,7 @@ class Units:
     owners: torch.Tensor  # each row's unit (a record's own index, or its person's)
     weights: torch.Tensor  # 1, or 1/n for each of a person's n kept rows
     public: int  # the public size in the unit, rounded as node init proposes
+    records_per_unit: float = 1.0  # the node's figure (NodeSettings.records_per_unit)
 
 
 def record_counts(people: int, generator: np.random.Generator) -> np.ndarray:
@@ -122,7 +124,11 @@ def as_units(
         weights = torch.tensor([1.0 / len(p) for p in kept for _ in p], dtype=torch.float64)
         public = rounded_size(len(kept))
     index = torch.tensor(rows)
-    return Units(features[index], labels[index], owners, weights, public)
+    held = 1.0
+    if cap is not None:  # public_records / public_people, at most the cap, as a node has it
+        records = rounded_size(sum(len(p) for p in people))
+        held = max(1.0, min(records / public, float(cap)))
+    return Units(features[index], labels[index], owners, weights, public, held)
 
 
 def _dp_steps(
@@ -139,6 +145,8 @@ def _dp_steps(
     onehot = torch.nn.functional.one_hot(units.labels, weight.shape[0]).to(features.dtype)
     count = int(units.owners.max()) + 1
     clip, rate = plan.max_grad_norm, step_size(plan, units.public, z)
+    if plan.stable_step is not None:  # the product's cap for people (LocalSchedule.scaled)
+        rate = min(rate, plan.stable_step / clip / units.records_per_unit)
     for _ in range(plan.steps):
         error = (torch.softmax(features @ weight.T + bias, dim=1) - onehot) * units.weights[:, None]
         grad_w = torch.zeros((count, *weight.shape), dtype=features.dtype).index_add_(

@@ -393,6 +393,7 @@ def _train_job(
                 expected_batch=admitted.public_size * sample_rate,
                 noise=noise,
                 max_grad_norm=plan.max_grad_norm,
+                records_per_unit=settings.records_per_unit,
             ),
             dp=DpSgdSettings(
                 noise_multiplier=noise,

@@ -219,12 +219,18 @@ class BudgetStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
             db.executescript(_SCHEMA)  # idempotent; runs in its own transaction
-            for table, column, alter in _MIGRATIONS:
-                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in columns:
-                    db.execute(alter)
+            db.execute("BEGIN IMMEDIATE")  # two processes opening one store migrate in turn
+            try:
+                for table, column, alter in _MIGRATIONS:
+                    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        db.execute(alter)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
             db.executescript(_KEEP_JOB_ACCOUNT)
 
     @contextmanager

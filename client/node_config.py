@@ -166,6 +166,17 @@ class NodeSettings(Strict):
         return self.public_records
 
     @property
+    def records_per_unit(self) -> float:
+        """Records a privacy unit holds on average, from the public sizes (1 per record).
+
+        Under person-level DP: ``public_records / public_people``, at most the cap.
+        """
+        if self.privacy_unit is not PrivacyUnit.PERSON or not self.public_people:
+            return 1.0
+        held = self.public_records / self.public_people
+        return max(1.0, min(held, float(self.records_per_person or 1)))
+
+    @property
     def dataset_name(self) -> str:
         """The operator's name for the budget account of ``data``."""
         return self.dataset or self.data.name

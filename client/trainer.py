@@ -97,13 +97,26 @@ class LocalSchedule:
     optimizer: Optimizer = Optimizer.ADAMW
 
     def scaled(
-        self, rule: StepRule, *, expected_batch: float, noise: float, max_grad_norm: float
+        self,
+        rule: StepRule,
+        *,
+        expected_batch: float,
+        noise: float,
+        max_grad_norm: float,
+        records_per_unit: float = 1.0,
     ) -> LocalSchedule:
-        """This schedule with the step size ``rule`` gives for the node's batch and noise."""
+        """This schedule with the step size ``rule`` gives for the node's batch and noise.
+
+        ``records_per_unit`` (person-level DP): the records a person holds on average, from
+        the node's two public sizes. A person's summed gradient is more coherent than one
+        record's, so one clipped step goes further along it; the stable step is divided by
+        it (``bench/person_level.py``: at 5.5 records a person, the head trained best at a
+        step of 2, where records trained best at 8).
+        """
         if rule is StepRule.FIXED:
             return self
         rate = self.learning_rate * expected_batch / max(noise, 1e-12)
-        rate = min(rate, STABLE_STEP / max_grad_norm)
+        rate = min(rate, STABLE_STEP / max_grad_norm / max(records_per_unit, 1.0))
         return dataclasses.replace(self, learning_rate=rate)
 
 

@@ -20,7 +20,8 @@ from node_harness import charge_details, node_file, signed_record, train_round
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import load_node_settings
-from residency.common.config.job import load_job
+from residency.client.trainer import STABLE_STEP, LocalSchedule
+from residency.common.config.job import StepRule, load_job
 from residency.common.data.readers import Unusable, scan_labeled_texts
 from residency.common.errors import ConfigError, DataError, Refused
 from residency.common.privacy.signing import public_path
@@ -77,6 +78,29 @@ def test_the_public_size_is_in_the_unit(tmp_path: Path) -> None:
     person = load_node_settings(_settings(tmp_path, PERSON))
     assert (record.privacy_unit, record.public_size) == (PrivacyUnit.RECORD, 40)
     assert (person.privacy_unit, person.public_size) == (PrivacyUnit.PERSON, 10)
+
+
+def test_a_persons_step_is_capped_by_the_records_a_person_holds(tmp_path: Path) -> None:
+    """From the two public sizes, at most the cap: 40 records over 10 people, cap 2: 2."""
+    record = load_node_settings(_settings(tmp_path, ""))
+    person = load_node_settings(_settings(tmp_path, PERSON))
+    uncapped = load_node_settings(_settings(tmp_path, PERSON.replace("= 2", "= 8")))
+    assert (record.records_per_unit, person.records_per_unit, uncapped.records_per_unit) == (
+        1.0,
+        2.0,
+        4.0,
+    )
+    schedule = LocalSchedule(epochs=1, batch_size=64, learning_rate=1.0)
+    fast = schedule.scaled(StepRule.NOISE, expected_batch=10_000, noise=1.0, max_grad_norm=1.0)
+    per_person = schedule.scaled(
+        StepRule.NOISE,
+        expected_batch=10_000,
+        noise=1.0,
+        max_grad_norm=1.0,
+        records_per_unit=uncapped.records_per_unit,
+    )
+    assert fast.learning_rate == STABLE_STEP
+    assert per_person.learning_rate == STABLE_STEP / 4
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> None:

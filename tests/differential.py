@@ -97,27 +97,13 @@ def pair_person_nodes(
 
     Both declare the same public number of people (D's), as one operator would.
     """
-    key = signing_key(root / "shared")
     extra = [(text, label, "the-new-person") for text, label in NEW_PEOPLE[kind]]
     people = len({person for _, _, person in rows})
-    settings = []
-    for name, data in (("d", list(rows)), ("d-plus-one", [*rows, *extra])):
-        folder = root / name
-        write_rows(folder / "data" / "de.csv", data)
-        settings.append(
-            node_file(
-                folder,
-                budget,
-                data="data/de.csv",
-                public_records=len(rows),
-                extra=(
-                    f'noise_seed = {NOISE_SEED}\nsigning_key = "{key}"\n'
-                    f'privacy_unit = "person"\nperson_column = "person"\n'
-                    f"records_per_person = {CAP}\npublic_people = {people}\n"
-                ),
-            )
-        )
-    return settings[0], settings[1]
+    person = (
+        f'privacy_unit = "person"\nperson_column = "person"\n'
+        f"records_per_person = {CAP}\npublic_people = {people}\n"
+    )
+    return _pair(root, rows, [*rows, *extra], budget=budget, settings=person)
 
 
 def neighbours(rows: Sequence[tuple[str, str]], kind: str) -> list[tuple[str, str]]:
@@ -143,21 +129,33 @@ def pair_nodes(
     Both declare the same public size (D's count), as one operator would before and after
     one record more.
     """
+    return _pair(root, rows, neighbours(rows, kind), budget=budget)
+
+
+def _pair(
+    root: Path,
+    rows: Sequence[tuple[str, ...]],
+    more: Sequence[tuple[str, ...]],
+    *,
+    budget: float,
+    settings: str = "",
+) -> tuple[Path, Path]:
+    """node.toml over ``rows`` and over ``more``: one shared key and noise seed, D's size."""
     key = signing_key(root / "shared")
-    settings = []
-    for name, data in (("d", list(rows)), ("d-plus-one", neighbours(rows, kind))):
+    made = []
+    for name, data in (("d", list(rows)), ("d-plus-one", list(more))):
         folder = root / name
         write_rows(folder / "data" / "de.csv", data)
-        settings.append(
+        made.append(
             node_file(
                 folder,
                 budget,
                 data="data/de.csv",
                 public_records=len(rows),
-                extra=f'noise_seed = {NOISE_SEED}\nsigning_key = "{key}"\n',
+                extra=f'noise_seed = {NOISE_SEED}\nsigning_key = "{key}"\n{settings}',
             )
         )
-    return settings[0], settings[1]
+    return made[0], made[1]
 
 
 def observe(settings: Path, send: Callable[[], Message]) -> Outcome:

@@ -11,6 +11,9 @@ import math
 
 import pytest
 import torch
+from tiny_gradients import flat_grad as _flat_grad
+from tiny_gradients import logits as _logits
+from tiny_gradients import tiny_without_dropout
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.mechanism_check import checked
@@ -27,9 +30,8 @@ from residency.client.trainer import (
     train_dp_round,
 )
 from residency.common.config.job import AccountantKind, UpdateKind
-from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
-from residency.common.model import ModelSpec, Pooling, build_classifier
+from residency.common.model import Pooling
 from residency.common.privacy.accountant import poisson_schedule
 from residency.common.updates import method_for
 
@@ -50,13 +52,7 @@ HEADS = [Pooling.CLS, Pooling.MEAN]
 
 
 def _model(update: UpdateKind, pooling: Pooling = Pooling.CLS) -> torch.nn.Module:
-    model = build_classifier(
-        ModelSpec(source="tiny", labels=LABELS, update=update, pooling=pooling)
-    )
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0  # the batch and the loop must see the same function
-    return model
+    return tiny_without_dropout(update, LABELS, pooling)
 
 
 def _data() -> TensorDataset:
@@ -66,21 +62,6 @@ def _data() -> TensorDataset:
     mask = (torch.arange(WIDTH).unsqueeze(0) < lengths.unsqueeze(1)).long()
     labels = torch.randint(0, len(LABELS), (EXAMPLES,), generator=generator)
     return TensorDataset(ids * mask, mask, labels)
-
-
-def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    logits: torch.Tensor = model(**model_inputs(ids, mask, device=torch.device("cpu"))).logits
-    return logits
-
-
-def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-            for p in model.parameters()
-            if p.requires_grad
-        ]
-    )
 
 
 def _per_example_grads(model: torch.nn.Module, data: TensorDataset) -> list[torch.Tensor]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_gradients import flat_grad as _flat_grad
+from tiny_gradients import logits as _logits
+from tiny_gradients import tiny_without_dropout
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.people import People, PeopleData, collate_people
@@ -22,9 +25,7 @@ from residency.client.trainer import (
     train_dp_round,
 )
 from residency.common.config.job import AccountantKind, UpdateKind
-from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
-from residency.common.model import ModelSpec, build_classifier
 from residency.common.updates import method_for, prototypes
 
 pytestmark = pytest.mark.unit
@@ -38,11 +39,7 @@ TRAINED = [update for update in UpdateKind if method_for(update).release_sensiti
 
 def _model(update: UpdateKind) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_classifier(ModelSpec(source="tiny", labels=LABELS, update=update))
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0  # the batch and the reference must see the same function
-    return model
+    return tiny_without_dropout(update, LABELS)
 
 
 def _records(count: int = len(OWNERS), seed: int = 7) -> TensorDataset:
@@ -52,21 +49,6 @@ def _records(count: int = len(OWNERS), seed: int = 7) -> TensorDataset:
     mask = (torch.arange(WIDTH).unsqueeze(0) < lengths.unsqueeze(1)).long()
     labels = torch.randint(0, len(LABELS), (count,), generator=generator)
     return TensorDataset(ids * mask, mask, labels)
-
-
-def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    logits: torch.Tensor = model(**model_inputs(ids, mask, device=torch.device("cpu"))).logits
-    return logits
-
-
-def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-            for p in model.parameters()
-            if p.requires_grad
-        ]
-    )
 
 
 def _person_grads(model: torch.nn.Module, data: PeopleData) -> list[torch.Tensor]:
@@ -136,30 +118,19 @@ def test_each_person_is_clipped_once_as_a_direct_computation_says(update: Update
     assert loss == pytest.approx(sum(means) / len(means), rel=1e-5)
 
 
-def test_ghost_clipping_refuses_people() -> None:
-    model = _model(UpdateKind.FULL)
-    data = PeopleData(_records(), People.of(OWNERS, CAP))
-    with pytest.raises(ValueError, match="hooks mode"):
-        train_dp_round(
-            model,
-            data.rows,
-            schedule=LocalSchedule(epochs=1, batch_size=2, learning_rate=1e-3),
-            dp=DpSgdSettings(1.0, 1.0, AccountantKind.RDP, GradSampleMode.GHOST),
-            history=(),
-            compute=Compute(torch.device("cpu"), bf16=False),
-            randomness=RoundRandomness.reproducible(5, server_round=1),
-            public_records=4,
-            people=data.people,
-        )
-
-
-def _round(update: UpdateKind, records: TensorDataset, owners: tuple[str, ...]) -> torch.Tensor:
+def _round(
+    update: UpdateKind,
+    records: TensorDataset,
+    owners: tuple[str, ...],
+    mode: GradSampleMode = GradSampleMode.HOOKS,
+) -> torch.Tensor:
+    """One seeded person-level round on the tiny BERT; its trained weights, flattened."""
     model = _model(update)
     outcome = train_dp_round(
         model,
         records,
         schedule=LocalSchedule(epochs=2, batch_size=2, learning_rate=1e-2),
-        dp=DpSgdSettings(1.0, 1.0, AccountantKind.RDP, GradSampleMode.HOOKS),
+        dp=DpSgdSettings(1.0, 1.0, AccountantKind.RDP, mode),
         history=(),
         compute=Compute(torch.device("cpu"), bf16=False),
         randomness=RoundRandomness.reproducible(5, server_round=1),
@@ -168,6 +139,11 @@ def _round(update: UpdateKind, records: TensorDataset, owners: tuple[str, ...]) 
     )
     assert outcome.steps == 2 * 2  # four public people, two a batch: the rate is 1/2
     return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def test_ghost_clipping_refuses_people() -> None:
+    with pytest.raises(ValueError, match="hooks mode"):
+        _round(UpdateKind.FULL, _records(), OWNERS, GradSampleMode.GHOST)
 
 
 @pytest.mark.parametrize("update", [UpdateKind.HEAD, UpdateKind.LORA])

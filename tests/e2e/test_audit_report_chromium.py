@@ -210,7 +210,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
             assert len(dom.find("path", "js-line", inside=limit)) == 1
         # the text alternative, in the page for screen readers (plotly's SVG has none)
         title = dom.all_text(dom.by_id(attrs["aria-labelledby"]))
-        assert title.startswith(f"{country}, run 7: cumulative epsilon by round")
+        assert title.startswith(f"{country}, run 7: cumulative epsilon per record by round")
         assert title.endswith("against the job target 8 and the dataset budget 12")
         desc = dom.all_text(dom.by_id(attrs["aria-describedby"]))
         assert desc.count("round ") == recorded

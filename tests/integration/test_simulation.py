@@ -110,7 +110,7 @@ def test_every_country_trained_every_round(run: Run) -> None:
 def test_results_file_has_documented_schema(run: Run) -> None:
     data = json.loads((run.out / "results.json").read_text())
     assert data["status"] == "completed"
-    assert data["schema_version"] == 5
+    assert data["schema_version"] == 6
     for entry in data["rounds"]:
         assert {
             "accuracy",

@@ -51,6 +51,10 @@ class People:
         """Every row some person keeps, person after person (what the round reads)."""
         return [row for person in self.rows for row in person]
 
+    def kept(self, rows: TensorDataset) -> TensorDataset:
+        """The rows people keep, person after person (``kept_rows`` of each tensor)."""
+        return TensorDataset(*(tensor[self.kept_rows] for tensor in rows.tensors))
+
     def compacted(self) -> People:
         """The same people over the kept rows alone, numbered in ``kept_rows`` order."""
         rows, start = [], 0

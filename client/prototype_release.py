@@ -45,7 +45,7 @@ def release_prototypes(
     """
     weights = None
     if people is not None:
-        data = TensorDataset(*(tensor[people.kept_rows] for tensor in data.tensors))
+        data = people.kept(data)
         weights = people.kept_weights()
     features = head_features(model, classifier_head(model), data, compute=compute)
     vectors, labels = features.tensors

@@ -167,15 +167,14 @@ class PrivateTraining:
         """
         per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         self.optimizer.owners = owners
-        if owners is None:
-            self.log.batch(len(labels))
-            mean = per_example.mean()
-        else:
+        units = len(labels)
+        if owners is not None:
             if self.mode is not GradSampleMode.HOOKS:
                 raise RuntimeError("person-level DP-SGD clips per person in hooks mode only")
-            self.log.batch(int(owners.max()) + 1)
+            units = int(owners.max()) + 1
             per_example = per_example * row_weights(owners).to(per_example.device)
-            mean = per_example.mean()  # Opacus scales each row's gradient back by the rows
+        self.log.batch(units)
+        mean = per_example.mean()  # people: Opacus scales each row's gradient back by the rows
         with warnings.catch_warnings():
             # Frozen embeddings (LoRA): the first adapter's input needs no gradient, so torch
             # notes that its hook fires on the output, which is what Opacus expects.
@@ -184,11 +183,8 @@ class PrivateTraining:
                 mean.backward()  # type: ignore[no-untyped-call]
             else:
                 self._ghost_backward(logits, labels, per_example, mean)
-        return (
-            float(mean.item())
-            if owners is None
-            else float(per_example.detach().sum()) / (int(owners.max()) + 1)
-        )
+        people_mean = float(per_example.detach().sum()) / units  # the mean of people's means
+        return float(mean.item()) if owners is None else people_mean
 
     def _ghost_backward(
         self,
@@ -462,8 +458,7 @@ def train_dp_round(
     if people is not None and dp.grad_sample_mode is not GradSampleMode.HOOKS:
         raise ValueError("person-level DP-SGD needs hooks mode: ghost clipping norms rows")
     if people is not None:  # only the rows people keep are read (encoded, for the head)
-        data = TensorDataset(*(tensor[people.kept_rows] for tensor in data.tensors))
-        people = people.compacted()
+        data, people = people.kept(data), people.compacted()
     sample_rate, steps_per_epoch = poisson_schedule(
         examples=public_records, batch_size=schedule.batch_size
     )

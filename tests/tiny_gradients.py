@@ -41,3 +41,14 @@ def flat_grad(model: torch.nn.Module) -> torch.Tensor:
             if p.requires_grad
         ]
     )
+
+
+def clipped_sum(grads: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """The reference for Opacus' flat clipping: each gradient scaled to at most ``clip``, summed.
+
+    The factor is Opacus' own, ``min(1, clip / (norm + 1e-6))``.
+    """
+    return sum(
+        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in grads),
+        start=torch.zeros_like(grads[0]),
+    )

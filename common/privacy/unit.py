@@ -16,8 +16,3 @@ class PrivacyUnit(StrEnum):
 
     RECORD = "record"
     PERSON = "person"
-
-    @property
-    def per(self) -> str:
-        """How an epsilon reads in this unit: ``"ε per person"``."""
-        return f"ε per {self.value}"

@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
+from tiny_gradients import clipped_sum, tiny_without_dropout
 from tiny_gradients import flat_grad as _flat_grad
 from tiny_gradients import logits as _logits
-from tiny_gradients import tiny_without_dropout
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.mechanism_check import checked
@@ -108,10 +108,7 @@ def test_clipped_sum_matches_batch_size_one_loop(
     assert (norms > clip * 1.01).any()
     assert (norms < clip * 0.99).any()
     expected_batch = EXAMPLES // (EXAMPLES // LOADER_BATCH)
-    reference = sum(
-        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in per_example),
-        start=torch.zeros_like(per_example[0]),
-    )
+    reference = clipped_sum(per_example, clip)
     reference = reference / expected_batch
 
     private = _private(model, mode=mode, noise=0.0, clip=clip)
@@ -289,10 +286,7 @@ def test_a_non_finite_example_adds_nothing_and_the_rest_is_clipped_as_without_it
     others = [g for i, g in enumerate(_per_example_grads(model, data)) if i != bad]
     clip = float(torch.stack([g.norm() for g in others]).median())
     expected_batch = EXAMPLES // (EXAMPLES // LOADER_BATCH)
-    reference = sum(
-        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in others),
-        start=torch.zeros_like(others[0]),
-    )
+    reference = clipped_sum(others, clip)
     reference = reference / expected_batch
 
     private = _private(model, mode=mode, noise=0.0, clip=clip)

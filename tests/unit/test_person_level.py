@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_gradients import clipped_sum, tiny_without_dropout
 from tiny_gradients import flat_grad as _flat_grad
 from tiny_gradients import logits as _logits
-from tiny_gradients import tiny_without_dropout
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.people import People, PeopleData, collate_people
@@ -81,10 +81,7 @@ def test_each_person_is_clipped_once_as_a_direct_computation_says(update: Update
     assert (norms > clip * 1.01).any()
     assert (norms < clip * 0.99).any()
     expected_batch = 2.0
-    reference = sum(
-        (g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in per_person),
-        start=torch.zeros_like(per_person[0]),
-    )
+    reference = clipped_sum(per_person, clip)
     reference = reference / expected_batch
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -54,6 +54,7 @@ import numpy as np
 import tomli_w
 import torch
 from corpora import CORPORA, Corpus, CorpusError, load
+from people import deal
 from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 
@@ -83,6 +84,13 @@ from residency.server.results import Results
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 NO_DP = math.inf
 REGIMES = ("federated", "local", "central")
+PERSON_COLUMN = "person"
+OWN_LABEL = 0.8
+"""Under ``--people``, the share of a person's records of their dominant label (a patient's
+notes share a diagnosis); ``bench/person_level.py``'s default."""
+DEFAULT_CAP = 10
+"""``--units person``'s records kept per person: the best caps measured by
+``bench/person_level.py`` were 5 to 10."""
 CENTRAL_COUNTRY = "AQ"
 """The one party of a central row (holding every country's rows). Jobs take ISO 3166-1 codes
 only; Antarctica's stands in for "all of them", and a federation may not use it."""
@@ -171,6 +179,31 @@ class Row:
     runs: list[float] = field(default_factory=list)
     spent: list[float] = field(default_factory=list)  # the largest epsilon any party spent
     seconds: float = 0.0
+    unit: str = "record"  # what epsilon protects: "record", or "person:K" (K kept records)
+
+
+def parse_unit(text: str) -> str:
+    """``record``, ``person`` (cap ``DEFAULT_CAP``) or ``person:K`` as ``record``/``person:K``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    name, _, cap = text.strip().partition(":")
+    if name == "record" and not cap:
+        return "record"
+    if name == "person" and (not cap or (cap.isdigit() and int(cap) >= 1)):
+        return f"person:{cap or DEFAULT_CAP}"
+    raise ValueError(f"{text!r}: expected record, person or person:K (K records kept per person)")
+
+
+def unit_cap(unit: str) -> int | None:
+    """A person unit's cap of records per person; None for records."""
+    return None if unit == "record" else int(unit.partition(":")[2])
+
+
+def unit_label(unit: str) -> str:
+    cap = unit_cap(unit)
+    return "per record" if cap is None else f"per person, cap {cap}"
 
 
 def _skewed(
@@ -196,12 +229,23 @@ def _skewed(
 
 
 def _write_csv(
-    path: Path, texts: Sequence[str], labels: Sequence[int], names: Sequence[str]
+    path: Path,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    names: Sequence[str],
+    people: Sequence[str] | None = None,
 ) -> None:
+    """The rows as the product reads them; with ``people``, a ``PERSON_COLUMN`` too."""
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("text", "label"))
-        writer.writerows((text, names[label]) for text, label in zip(texts, labels, strict=True))
+        if people is None:
+            writer.writerow(("text", "label"))
+            writer.writerows((t, names[y]) for t, y in zip(texts, labels, strict=True))
+        else:
+            writer.writerow(("text", "label", PERSON_COLUMN))
+            writer.writerows(
+                (t, names[y], who) for t, y, who in zip(texts, labels, people, strict=True)
+            )
 
 
 @dataclass(frozen=True)
@@ -214,6 +258,8 @@ class Prepared:
     test: tuple[list[str], list[int]]
     test_file: Path
     labels: tuple[str, ...]
+    people: dict[str, list[str]] | None = None
+    """Each country's rows' person ids (``--people``), in row order; None: records only."""
 
 
 def reported(test: tuple[list[str], list[int]]) -> tuple[list[str], list[int]]:
@@ -232,7 +278,10 @@ def _print_mix(country: str, labels: Sequence[int], classes: int, note: str = ""
 
 
 def _write_pooled(
-    folder: Path, rows: dict[str, tuple[list[str], list[int]]], labels: Sequence[str]
+    folder: Path,
+    rows: dict[str, tuple[list[str], list[int]]],
+    labels: Sequence[str],
+    people: dict[str, list[str]] | None = None,
 ) -> Path:
     """Every country's rows in one file: the central row's single party."""
     pooled = folder / "pooled.csv"
@@ -241,6 +290,7 @@ def _write_pooled(
         [t for texts, _ in rows.values() for t in texts],
         [y for _, ys in rows.values() for y in ys],
         labels,
+        None if people is None else [who for c in rows for who in people[c]],
     )
     return pooled
 
@@ -460,8 +510,16 @@ def prepare_corpus(
     alpha: float,
     model: str,
     seed: int,
+    people: int | None = None,
+    own_label: float = OWN_LABEL,
 ) -> Prepared:
-    """Write a job on ``corpus`` into ``folder``: each country's CSV, the test CSV, the job."""
+    """Write a job on ``corpus`` into ``folder``: each country's CSV, the test CSV, the job.
+
+    ``people``: each country's rows are then dealt to up to that many people (see
+    ``bench/people.py``: 1 to 50 records each, P(n) ~ n^-1.5, ``own_label`` of a person's
+    records of their dominant label), drawn from the country's own rows so its label skew
+    stays; rows no person drew are dropped, and a small country holds fewer people.
+    """
     if CENTRAL_COUNTRY in countries:
         raise ValueError(f"--countries: {CENTRAL_COUNTRY} is the central row's stand-in")
     labels = corpus.label_names
@@ -483,13 +541,27 @@ def prepare_corpus(
     print(f"{corpus.name}: {len(ys)} texts, {len(labels)} labels; split {how}{cap}")
     files: dict[str, Path] = {}
     rows: dict[str, tuple[list[str], list[int]]] = {}
+    owners: dict[str, list[str]] | None = None if people is None else {}
+    generator = np.random.default_rng(seed + 1)
     for country, part in split.parts.items():
+        note = ""
+        if owners is not None and people is not None:
+            dealt = deal(np.asarray(ys), part, people, own_label=own_label, generator=generator)
+            part = [i for person in dealt for i in person]
+            owners[country] = [f"{country}-{k}" for k, rs in enumerate(dealt) for _ in rs]
+            counts = np.array([len(rs) for rs in dealt])
+            note = (
+                f", {len(dealt)} people (records each: median {np.median(counts):.0f}, "
+                f"mean {counts.mean():.1f}, max {counts.max()})"
+            )
         rows[country] = ([corpus.texts[i] for i in part], [ys[i] for i in part])
         files[country] = folder / f"{country}.csv"
-        _write_csv(files[country], *rows[country], labels)
+        _write_csv(
+            files[country], *rows[country], labels, None if owners is None else owners[country]
+        )
         spoken = sorted({corpus.languages[i] for i in part})
-        _print_mix(country, rows[country][1], len(labels), f" ({', '.join(spoken)})")
-    files[CENTRAL_COUNTRY] = _write_pooled(folder, rows, labels)
+        _print_mix(country, rows[country][1], len(labels), f" ({', '.join(spoken)}){note}")
+    files[CENTRAL_COUNTRY] = _write_pooled(folder, rows, labels, owners)
     test = ([corpus.texts[i] for i in split.test], [ys[i] for i in split.test])
     test_file = folder / "test.csv"
     _write_csv(test_file, *test, labels)
@@ -518,7 +590,7 @@ def prepare_corpus(
     job_path = folder / "job.toml"
     job_path.write_text(tomli_w.dumps(job), encoding="utf-8")
     load_job(job_path)  # the product's own validation: an unknown country is one line here
-    return Prepared(job_path, files, rows, reported(test), test_file, labels)
+    return Prepared(job_path, files, rows, reported(test), test_file, labels, owners)
 
 
 def _simulate(
@@ -529,8 +601,13 @@ def _simulate(
     pipeline: str,
     epsilon: float,
     settings: Settings,
+    unit: str = "record",
 ) -> tuple[float, float]:
-    """Run one job through ``residency simulate``: (final accuracy, largest epsilon spent)."""
+    """Run one job through ``residency simulate``: (final accuracy, largest epsilon spent).
+
+    A person ``unit`` makes every node person-level (the job's simulation-only node fields,
+    as node.toml would), with the people of ``prepared.people``.
+    """
     update, warm_start = parse_pipeline(pipeline)
     data = tomllib.loads(prepared.job.read_text("utf-8"))
     data["name"] = f"accuracy-{update.value}"
@@ -564,6 +641,11 @@ def _simulate(
         public = public_size(records, settings.public_records)
         if public is not None:
             node["public_records"] = public
+        cap = unit_cap(unit)
+        if cap is not None:
+            if prepared.people is None:
+                raise ValueError("--units person needs --people")
+            node.update(privacy_unit="person", person_column=PERSON_COLUMN, records_per_person=cap)
         data["nodes"].append(node)
     folder.mkdir(parents=True)
     job = folder / "job.toml"
@@ -585,7 +667,7 @@ def _simulate(
     spent = [p.epsilon for p in results.privacy.values() if p.epsilon is not None]
     trace = " ".join("-" if r.accuracy is None else f"{r.accuracy:.3f}" for r in results.rounds)
     kept = f", kept round {results.final.round}" if results.final.round is not None else ""
-    print(f"    {pipeline} eps={epsilon:g}: rounds {trace}{kept}", flush=True)
+    print(f"    {pipeline} {unit_label(unit)} eps={epsilon:g}: rounds {trace}{kept}", flush=True)
     return results.final.accuracy, max(spent, default=math.nan)
 
 
@@ -598,8 +680,9 @@ def product_rows(
     regimes: set[str],
     repeats: int,
     settings: Settings,
+    units: Sequence[str] = ("record",),
 ) -> list[Row]:
-    """Every regime of one pipeline at every epsilon, each ``repeats`` times."""
+    """Every regime of one pipeline at every epsilon and unit, each ``repeats`` times."""
     countries = [c for c in prepared.rows]
     parties: list[tuple[str, list[str]]] = []
     if "federated" in regimes:
@@ -609,39 +692,44 @@ def product_rows(
     if "central" in regimes:
         parties.append(("central", [CENTRAL_COUNTRY]))
     rows: list[Row] = []
-    for epsilon in epsilons:
-        for regime, members in parties:
-            started = time.perf_counter()
-            runs, spent = [], []
-            for repeat in range(repeats):
-                label = pipeline.replace(PIPELINE_JOIN, "-then-")
-                where = folder / f"{label}-{regime.replace(' ', '-')}-{epsilon:g}-{repeat}"
-                accuracy, eps = _simulate(
-                    prepared,
-                    where,
-                    countries=members,
-                    pipeline=pipeline,
-                    epsilon=epsilon,
-                    settings=settings,
-                )
-                runs.append(accuracy)
-                spent.append(eps)
-            row = Row(
-                regime=regime,
-                update=pipeline,
+    for epsilon, unit, (regime, members) in (
+        (e, u, p) for e in epsilons for u in units for p in parties
+    ):
+        started = time.perf_counter()
+        runs, spent = [], []
+        for repeat in range(repeats):
+            label = pipeline.replace(PIPELINE_JOIN, "-then-")
+            where = folder / (
+                f"{label}-{unit.replace(':', '')}-{regime.replace(' ', '-')}-{epsilon:g}-{repeat}"
+            )
+            accuracy, eps = _simulate(
+                prepared,
+                where,
+                countries=members,
+                pipeline=pipeline,
                 epsilon=epsilon,
-                accuracy=float(np.mean(runs)),
-                runs=runs,
-                spent=spent,
-                seconds=(time.perf_counter() - started) / repeats,
+                settings=settings,
+                unit=unit,
             )
-            print(
-                f"  {pipeline:<10} {regime:<16} eps={_eps(epsilon):>4}: "
-                f"{row.accuracy:.3f} (runs {', '.join(f'{a:.3f}' for a in runs)}; "
-                f"spent {max(spent):.2f}; {row.seconds:.0f} s per run)",
-                flush=True,
-            )
-            rows.append(row)
+            runs.append(accuracy)
+            spent.append(eps)
+        row = Row(
+            regime=regime,
+            update=pipeline,
+            epsilon=epsilon,
+            accuracy=float(np.mean(runs)),
+            runs=runs,
+            spent=spent,
+            seconds=(time.perf_counter() - started) / repeats,
+            unit=unit,
+        )
+        print(
+            f"  {pipeline:<10} {unit_label(unit)} {regime:<16} eps={_eps(epsilon):>4}: "
+            f"{row.accuracy:.3f} (runs {', '.join(f'{a:.3f}' for a in runs)}; "
+            f"spent {max(spent):.2f}; {row.seconds:.0f} s per run)",
+            flush=True,
+        )
+        rows.append(row)
     return rows
 
 
@@ -805,31 +893,41 @@ def _eps(epsilon: float) -> str:
 
 
 def _label(row: Row) -> str:
-    return row.regime if row.update is None else f"{row.update} {row.regime}"
+    if row.update is None:
+        return row.regime
+    unit = "" if row.unit == "record" else f" ({unit_label(row.unit)[4:]})"
+    return f"{row.update} {row.regime}{unit}"
 
 
 def table(rows: list[Row], epsilons: list[float]) -> list[str]:
-    """Rows by regime, columns by epsilon; fits 80 columns."""
+    """Rows by regime, columns by epsilon; fits 80 columns unless a label is long."""
     columns = [*epsilons, NO_DP]
-    header = f"{'regime':<36}" + "".join(f"{'eps=' + _eps(e):>11}" for e in columns)
+    width = max(36, *(len(_label(r)) + 1 for r in rows))
+    header = f"{'regime':<{width}}" + "".join(f"{'eps=' + _eps(e):>11}" for e in columns)
     lines = [header, "-" * len(header)]
     for label in dict.fromkeys(_label(row) for row in rows):
         cells = []
         for epsilon in columns:
             hit = [r for r in rows if _label(r) == label and r.epsilon == epsilon]
             cells.append(f"{hit[0].accuracy:>11.3f}" if hit else f"{'-':>11}")
-        lines.append(f"{label:<36}" + "".join(cells))
+        lines.append(f"{label:<{width}}" + "".join(cells))
     return lines
 
 
-def targets(rows: list[Row], update: str, epsilons: list[float], examples: int) -> list[str]:
-    """The issue's targets for the default pipeline, each met or MISSED, with its gap."""
+def targets(
+    rows: list[Row], update: str, epsilons: list[float], examples: int, unit: str = "record"
+) -> list[str]:
+    """The issue's targets for the default pipeline, each met or MISSED, with its gap.
+
+    Only ``unit``'s DP rows count; the references are the same for every unit.
+    """
+    rows = [r for r in rows if r.update is None or r.unit == unit]
     federated_references = {"class means (no DP)", "linear probe fed. (no DP)"}
     references = [r for r in rows if r.update is None and r.regime in federated_references]
     best = max(references, key=lambda r: r.accuracy)
     majority = next(r.accuracy for r in rows if r.regime == "majority class")
     lines = [
-        f"targets for {update}",
+        f"targets for {update}, epsilon {unit_label(unit)}",
         f"  (best non-private federated: {best.regime} {best.accuracy:.3f}):",
     ]
     ours = {r.epsilon: r for r in rows if r.update == update and r.regime == "federated"}
@@ -912,6 +1010,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="its AdamW rate")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument(
+        "--people",
+        type=int,
+        help="a corpus: deal each country's rows to up to N people (1 to 50 records each, "
+        "P(n) ~ n^-1.5), written in a 'person' column",
+    )
+    parser.add_argument(
+        "--own-label",
+        type=float,
+        default=OWN_LABEL,
+        help="with --people: the share of a person's records of their dominant label",
+    )
+    parser.add_argument(
+        "--units",
+        default="record",
+        help=f"what epsilon protects in the DP rows: record, person (cap {DEFAULT_CAP}) or "
+        "person:K, comma-separated; person needs --people",
+    )
+    parser.add_argument(
         "--updates",
         default=DEFAULT_PIPELINE_NAME,
         help="pipelines (e.g. prototypes,head,prototypes+head), the default first",
@@ -948,8 +1064,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         epsilons = sorted({float(e) for e in args.epsilons.split(",")})
         updates = [pipeline_name(*parse_pipeline(u)) for u in args.updates.split(",")]
         overrides = tuple(parse_override(item) for item in args.set)
+        units = list(dict.fromkeys(parse_unit(u) for u in args.units.split(",")))
     except ValueError as exc:
-        parser.error(f"--epsilons, --updates or --set: {exc}")
+        parser.error(f"--epsilons, --updates, --set or --units: {exc}")
+    if args.people is not None and (args.corpus == "demo" or args.people < 1):
+        parser.error("--people: a positive count, with --corpus")
+    if args.people is None and units != ["record"]:
+        parser.error("--units person: give --people N to deal the rows to people")
+    if not 0 <= args.own_label <= 1:
+        parser.error("--own-label: a share from 0 to 1")
     regimes = {r.strip() for r in args.regimes.split(",")}
     if not regimes <= set(REGIMES) or "federated" not in regimes:
         parser.error(f"--regimes: federated plus any of {', '.join(REGIMES[1:])}")
@@ -1014,6 +1137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     alpha=alpha,
                     model=args.model,
                     seed=args.seed,
+                    people=args.people,
+                    own_label=args.own_label,
                 )
         except (ValueError, CorpusError) as exc:  # an unknown country...: one line, exit 2
             parser.error(str(exc))
@@ -1030,6 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     regimes=regimes,
                     repeats=args.repeats,
                     settings=settings,
+                    units=units,
                 )
             )
     print()
@@ -1044,27 +1170,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.set:
         print(f"every DP row with {', '.join(args.set)}")
     product = [r for r in rows if r.update is not None and not r.regime.startswith("local-only ")]
-    for update in updates:
-        for epsilon in epsilons:
-            local = [
-                r
-                for r in rows
-                if r.update == update
-                and r.epsilon == epsilon
-                and r.regime.startswith("local-only ")
-            ]
-            if local:
-                scores = [r.accuracy for r in local]
-                product.append(Row("local-only (best)", update, epsilon, max(scores)))
-                product.append(Row("local-only (mean)", update, epsilon, float(np.mean(scores))))
+    for update, epsilon, unit in ((u, e, n) for u in updates for e in epsilons for n in units):
+        local = [
+            r
+            for r in rows
+            if r.update == update
+            and r.epsilon == epsilon
+            and r.unit == unit
+            and r.regime.startswith("local-only ")
+        ]
+        if local:
+            scores = [r.accuracy for r in local]
+            best, mean = max(scores), float(np.mean(scores))
+            product.append(Row("local-only (best)", update, epsilon, best, unit=unit))
+            product.append(Row("local-only (mean)", update, epsilon, mean, unit=unit))
     ordered = [r for r in rows if r.update is None] + sorted(
-        product, key=lambda r: (updates.index(r.update or DEFAULT_PIPELINE_NAME), r.regime)
+        product,
+        key=lambda r: (
+            updates.index(r.update or DEFAULT_PIPELINE_NAME),
+            units.index(r.unit),
+            r.regime,
+        ),
     )
     for line in table(ordered, epsilons):
         print(line)
-    if not args.references_only:
+    for unit in [] if args.references_only else units:
         print()
-        for line in targets(rows, updates[0], epsilons, examples or int(np.mean(sizes))):
+        for line in targets(rows, updates[0], epsilons, examples or int(np.mean(sizes)), unit):
             print(line)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
@@ -1082,6 +1214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "alpha": alpha,
                 "repeats": args.repeats,
                 "references_only": args.references_only,
+                "people": args.people,
+                "own_label": args.own_label,
+                "units": units,
                 "finetune": asdict(finetune),
             },
             "rows": [

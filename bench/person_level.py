@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from corpora import CorpusError, load
+from people import EXPONENT, MAX_RECORDS, deal
 from pipeline_replay import (
     Plan,
     accuracy,
@@ -51,9 +52,6 @@ from residency.common.privacy.public_size import rounded_size
 from residency.common.updates import prototypes
 from residency.server.held_out import split_rows
 
-MAX_RECORDS = 50
-EXPONENT = 1.5
-
 
 @dataclass(frozen=True)
 class Units:
@@ -65,45 +63,6 @@ class Units:
     weights: torch.Tensor  # 1, or 1/n for each of a person's n kept rows
     public: int  # the public size in the unit, rounded as node init proposes
     records_per_unit: float = 1.0  # the node's figure (NodeSettings.records_per_unit)
-
-
-def record_counts(people: int, generator: np.random.Generator) -> np.ndarray:
-    """Each person's record count: 1 to ``MAX_RECORDS``, P(n) ~ n^-EXPONENT."""
-    sizes = np.arange(1, MAX_RECORDS + 1)
-    odds = sizes**-EXPONENT
-    return generator.choice(sizes, size=people, p=odds / odds.sum())
-
-
-def deal(
-    labels: np.ndarray,
-    pool: list[int],
-    people: int,
-    *,
-    own_label: float,
-    generator: np.random.Generator,
-) -> list[list[int]]:
-    """People's records (corpus indices) drawn without replacement from ``pool``."""
-    by_label = {k: [i for i in pool if labels[i] == k] for k in np.unique(labels[pool])}
-    for rows in by_label.values():
-        generator.shuffle(rows)
-    shares = np.array([len(by_label[k]) for k in by_label], dtype=float)
-    keys = list(by_label)
-    dealt = []
-    for count in record_counts(people, generator):
-        dominant = keys[generator.choice(len(keys), p=shares / shares.sum())]
-        mine: list[int] = []
-        for _ in range(count):
-            label = (
-                dominant if generator.random() < own_label else keys[generator.integers(len(keys))]
-            )
-            if not by_label[label]:
-                label = max(keys, key=lambda k: len(by_label[k]))
-            if not by_label[label]:
-                break
-            mine.append(by_label[label].pop())
-        if mine:
-            dealt.append(mine)
-    return dealt
 
 
 def as_units(

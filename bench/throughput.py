@@ -3,7 +3,7 @@
 Every configuration trains the same model on the same synthetic batches on this machine, each
 in its own fresh Python process so its peak memory is its own: non-private full fine-tuning,
 LoRA and LoRA-FA, and DP-SGD for each of them in every clipping mode the trainer offers
-(``residency.client.trainer.GradSampleMode``), plus full fine-tuning with Opacus' own ghost
+(``residency.common.updates.GradSampleMode``), plus full fine-tuning with Opacus' own ghost
 criterion, to show what the trainer's cheaper first pass is worth. Each step is the product's:
 ``build_classifier``, ``model_inputs`` (trim, explicit position and token type ids),
 ``pick_compute().autocast()`` (bf16 on a CUDA GPU that has it), AdamW, and for DP the
@@ -41,7 +41,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.trainer import (
     DpSgdSettings,
-    GradSampleMode,
     dp_mode_for,
     forward_precision,
     make_private,
@@ -50,6 +49,7 @@ from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute, pick_compute
 from residency.common.model import ModelSpec, build_classifier
+from residency.common.updates import GradSampleMode
 
 NON_PRIVATE = "non-private"
 OPACUS_GHOST = "ghost-opacus"

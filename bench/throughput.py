@@ -4,11 +4,13 @@ Every configuration trains the same model on the same synthetic batches on this 
 in its own fresh Python process so its peak memory is its own: non-private full fine-tuning,
 LoRA and LoRA-FA, and DP-SGD for each of them in every clipping mode the trainer offers
 (``residency.common.updates.GradSampleMode``), plus full fine-tuning with Opacus' own ghost
-criterion, to show what the trainer's cheaper first pass is worth. Each step is the product's:
-``build_classifier``, ``model_inputs`` (trim, explicit position and token type ids),
-``pick_compute().autocast()`` (bf16 on a CUDA GPU that has it), AdamW, and for DP the
-trainer's ``make_private`` and ``PrivateTraining.backward``. Batches have a fixed size, unlike
-Poisson batches, so every step does the same work; noise is on (z = 1), clipping at C = 1.
+criterion, to show what the trainer's cheaper first pass is worth, and person-level DP-SGD
+(``hooks-person``: each person's rows' gradients summed before one clip, 4 rows a person).
+Each step is the product's: ``build_classifier``, ``model_inputs`` (trim, explicit position
+and token type ids), ``pick_compute().autocast()`` (bf16 on a CUDA GPU that has it), AdamW,
+and for DP the trainer's ``make_private`` and ``PrivateTraining.backward``. Batches have a
+fixed size, unlike Poisson batches, so every step does the same work; noise is on (z = 1),
+clipping at C = 1.
 
 It prints samples per second (batch size over the median step time, after warm-up steps),
 peak memory (CPU: the process's peak RSS; CUDA: ``torch.cuda.max_memory_allocated``), both as
@@ -53,6 +55,10 @@ from residency.common.updates import GradSampleMode
 
 NON_PRIVATE = "non-private"
 OPACUS_GHOST = "ghost-opacus"
+PERSON = "hooks-person"
+PERSON_ROWS = 4
+"""Person-level DP-SGD's rows per person in the bench's batches: the trainer sums each
+person's per-row gradients (hooks mode, the only one a person's sum allows) before clipping."""
 LORA_TARGET = 0.95
 FULL_TARGET = 0.6
 SEED = 0
@@ -104,6 +110,7 @@ def configs() -> list[Config]:
     for update in (UpdateKind.FULL, UpdateKind.LORA, UpdateKind.LORA_FA):
         rows.append(Config(update.value, NON_PRIVATE))
         rows.extend(Config(update.value, mode.value) for mode in GradSampleMode)
+        rows.append(Config(update.value, PERSON))
         if update is UpdateKind.FULL:
             rows.append(Config(update.value, OPACUS_GHOST))
     return rows
@@ -134,7 +141,16 @@ def _step_fn(config: Config, args: argparse.Namespace, compute: Compute) -> tupl
 
         return plain, model
 
-    mode = GradSampleMode.GHOST if config.mode == OPACUS_GHOST else GradSampleMode(config.mode)
+    mode = (
+        GradSampleMode.GHOST
+        if config.mode == OPACUS_GHOST
+        else GradSampleMode.HOOKS
+        if config.mode == PERSON
+        else GradSampleMode(config.mode)
+    )
+    owners = None
+    if config.mode == PERSON:  # people of PERSON_ROWS consecutive rows
+        owners = torch.arange(args.batch_size, device=compute.device) // PERSON_ROWS
     # make_private reads only the loader's length and data set (sample rate, expected batch).
     template = DataLoader(
         TensorDataset(torch.zeros(args.batch_size * 4)), batch_size=args.batch_size
@@ -163,7 +179,7 @@ def _step_fn(config: Config, args: argparse.Namespace, compute: Compute) -> tupl
         with forward_precision(compute, mode):  # the trainer's rule: ghost stays in float32
             logits = private.model(**inputs).logits
         if opacus_loss is None:
-            private.backward(logits, labels)
+            private.backward(logits, labels, owners)
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook")
@@ -297,7 +313,7 @@ def report(results: Sequence[Measured], batch_size: int) -> tuple[str, dict[str,
         dp_rows = [
             r
             for r in results
-            if r.update == update.value and r.mode not in (NON_PRIVATE, OPACUS_GHOST)
+            if r.update == update.value and r.mode not in (NON_PRIVATE, OPACUS_GHOST, PERSON)
         ]
         picked = next((r for r in dp_rows if r.mode == chosen), None)
         base = baseline.get(update.value)

@@ -30,7 +30,7 @@ from residency.client.node_data import check_node_data
 from residency.common.data.readers import DataScan, count_records
 from residency.common.errors import ConfigError, DataError
 from residency.common.privacy.public_size import far_from
-from residency.common.privacy.unit import PrivacyUnit
+from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
 
 node_app = typer.Typer(
     help="Run a country node: its own data, budget and key; only updates leave.",
@@ -90,7 +90,9 @@ def init(
     records_per_person: Annotated[
         int | None,
         typer.Option(
-            min=1, help="With --person-column: the most records of one person a round reads."
+            min=1,
+            help="With --person-column: the most records of one person a round reads "
+            f"(default {DEFAULT_RECORDS_PER_PERSON}, measured best; see docs/privacy.md).",
         ),
     ] = None,
     public_people: Annotated[

@@ -29,7 +29,7 @@ from residency.common.errors import DataError
 from residency.common.files import write_atomic
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import load_or_create_signer, public_path
-from residency.common.privacy.unit import PrivacyUnit
+from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
 from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
 from residency.server.results import Results
@@ -112,11 +112,12 @@ def _person_settings(job: Job, country: str, index: int) -> str:
     node = job.nodes[index]
     if node.privacy_unit is not PrivacyUnit.PERSON:
         return ""
-    if node.person_column is None or node.records_per_person is None or node.data is None:
+    if node.person_column is None or node.data is None:
         raise DataError(
             f'job: nodes[{index}] ({country}): privacy_unit = "person" needs person_column '
-            "and records_per_person; fix: add them to the node's [[nodes]] table"
+            "and data; fix: add them to the node's [[nodes]] table"
         )
+    cap = node.records_per_person or DEFAULT_RECORDS_PER_PERSON
     people = node.public_people
     if people is None:
         scan = scan_labeled_texts(
@@ -130,7 +131,7 @@ def _person_settings(job: Job, country: str, index: int) -> str:
     return (
         'privacy_unit = "person"\n'
         f"person_column = {_toml_string(node.person_column)}\n"
-        f"records_per_person = {node.records_per_person}\n"
+        f"records_per_person = {cap}\n"
         f"public_people = {people}\n"
     )
 

@@ -37,7 +37,7 @@ from residency.common.errors import ConfigError
 from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import create_signer
-from residency.common.privacy.unit import PrivacyUnit
+from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
 
 SETTINGS_FILE = "node.toml"
 INIT_SCHEMA_FLAGS = "--text-column, --label-column, --labels"
@@ -108,9 +108,10 @@ def init_node(
     round could use stops here, before anything is written.
     ``public_records`` defaults to the data file's record count rounded to 2 significant
     figures: the size the node may tell (:mod:`residency.common.privacy.public_size`).
-    ``person_column`` makes the node person-level (``privacy_unit = "person"``); it needs
-    ``records_per_person``, and ``public_people`` defaults to the count of people in the
-    file, rounded the same way.
+    ``person_column`` makes the node person-level (``privacy_unit = "person"``);
+    ``records_per_person`` defaults to the measured ``DEFAULT_RECORDS_PER_PERSON``, and
+    ``public_people`` to the count of people in the file, rounded the same way. node.toml
+    always states the cap, so an auditor reads it there and in every signed record.
     """
     folder = NodeDir(root)
     if folder.settings_file.exists():
@@ -130,10 +131,7 @@ def init_node(
             "column of person ids, or drop them"
         )
     if person_column is not None and records_per_person is None:
-        raise ConfigError(
-            "--records-per-person: required with --person-column (the most records of one "
-            "person a round reads); fix: add --records-per-person K, e.g. 10"
-        )
+        records_per_person = DEFAULT_RECORDS_PER_PERSON
     if person_column is not None and public_people is None:
         scan = scan_labeled_texts(
             data,

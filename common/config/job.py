@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from residency.common.config.loading import load_model
 from residency.common.country import CountryCode
-from residency.common.privacy.unit import PrivacyUnit
+from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
 
 BUILTIN_MODELS = ("minilm", "tiny")
 SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
@@ -543,7 +543,9 @@ class NodeEntry(Strict):
         default=None, description="simulation only, person unit: the column of person ids"
     )
     records_per_person: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = Field(
-        default=None, description="simulation only, person unit: the cap on records per person"
+        default=None,
+        description="simulation only, person unit: the cap on records per person (default "
+        f"{DEFAULT_RECORDS_PER_PERSON}, as node init writes)",
     )
     public_people: Annotated[int, Field(strict=True, ge=1)] | None = Field(
         default=None,
@@ -560,11 +562,10 @@ class NodeEntry(Strict):
     def _person_settings(self) -> NodeEntry:
         person = ("person_column", "records_per_person", "public_people")
         if self.privacy_unit is PrivacyUnit.PERSON:
-            if self.person_column is None or self.records_per_person is None:
+            if self.person_column is None:
                 raise ValueError(
-                    'privacy_unit = "person" needs person_column and records_per_person; fix: '
-                    'add person_column = "<the column with person ids>" and '
-                    "records_per_person = <cap, e.g. 10>"
+                    'privacy_unit = "person" needs person_column; fix: add person_column = '
+                    '"<the column with person ids>"'
                 )
         elif any(getattr(self, name) is not None for name in person):
             raise ValueError(

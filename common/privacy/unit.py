@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+DEFAULT_RECORDS_PER_PERSON = 10
+"""The cap ``node init --person-column`` writes unless told otherwise: a person's first 10
+records count. Measured (docs/performance.md, "Person-level DP"): caps 5 to 10 scored best on
+people holding 1 to 50 records; cap 1 throws most records away, and 50 lets the heaviest
+people's records dominate their mean and shrinks each step."""
+
 
 class PrivacyUnit(StrEnum):
     """The neighbouring relation a node's epsilon is stated for."""

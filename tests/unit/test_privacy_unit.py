@@ -18,14 +18,16 @@ import pytest
 from differential import write_rows
 from node_harness import charge_details, node_file, signed_record, train_round
 from residency.auditor.verify import load_keys, verify_ledger
+from residency.cli.simulation import write_node_settings
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.daemon import init_node
 from residency.client.node_config import load_node_settings
 from residency.client.trainer import STABLE_STEP, LocalSchedule
 from residency.common.config.job import StepRule, load_job
 from residency.common.data.readers import Unusable, scan_labeled_texts
 from residency.common.errors import ConfigError, DataError, Refused
 from residency.common.privacy.signing import public_path
-from residency.common.privacy.unit import PrivacyUnit
+from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
 from residency.common.refusal import RefusalCode
 from toy_federation import separable_rows, write_toy_job
 
@@ -216,3 +218,42 @@ def test_a_policy_that_requires_people_refuses_a_record_level_node(tmp_path: Pat
     record = signed_record(train_round(job, settings, run_id=2, server_round=1))
     assert record.privacy_unit is PrivacyUnit.PERSON
     assert record.policy_name == "people-only"
+
+
+def test_the_cap_defaults_to_the_measured_one_and_node_toml_states_it(tmp_path: Path) -> None:
+    """``node init --person-column`` and a simulated person-level node both write the cap.
+
+    node.toml itself never leaves the cap implicit: an auditor reads it there and in every
+    signed record, and a hand-written file without it is refused.
+    """
+    rows = [(f"text {i}", "a" if i % 2 else "b", f"p{i % 7}") for i in range(30)]
+    write_rows(tmp_path / "de.csv", rows)
+    made = init_node(
+        tmp_path / "node",
+        country="DE",
+        data=tmp_path / "de.csv",
+        labels=["a", "b"],
+        budget_epsilon=8.0,
+        delta=1e-5,
+        person_column="person",
+    )
+    settings = made.load()
+    assert (settings.privacy_unit, settings.records_per_person, settings.public_people) == (
+        PrivacyUnit.PERSON,
+        DEFAULT_RECORDS_PER_PERSON,
+        7,
+    )
+    assert f"records_per_person = {DEFAULT_RECORDS_PER_PERSON}\n" in made.settings_file.read_text(
+        "utf-8"
+    )
+    job_path = write_toy_job(tmp_path / "job", countries=("DE",), examples=20)
+    job_text = job_path.read_text("utf-8").replace(
+        'data = "de.csv"\n', 'data = "de.csv"\nprivacy_unit = "person"\nperson_column = "text"\n'
+    )
+    job_path.write_text(job_text, encoding="utf-8")
+    folder = write_node_settings(load_job(job_path), tmp_path / "sim", launcher="ab" * 32)
+    simulated = load_node_settings(folder / "0.toml")
+    assert simulated.records_per_person == DEFAULT_RECORDS_PER_PERSON
+    hand_written = _settings(tmp_path, 'privacy_unit = "person"\nperson_column = "person"\n')
+    with pytest.raises(ConfigError, match="needs records_per_person, public_people; fix"):
+        load_node_settings(hand_written)

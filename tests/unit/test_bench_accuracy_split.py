@@ -152,3 +152,41 @@ def test_a_set_may_name_the_one_pipeline_it_tunes(accuracy: ModuleType) -> None:
         accuracy.parse_override("not-a-kind:train.rounds=2")
     with pytest.raises(ValueError, match="expected"):
         accuracy.parse_override("prototypes+lora:rounds=2")
+
+
+def test_people_deal_each_countrys_rows_and_every_node_reads_them(
+    accuracy: ModuleType, tmp_path: Path
+) -> None:
+    from residency.common.data.readers import scan_labeled_texts
+
+    names = ("low", "mid", "high")
+    corpus = accuracy.Corpus(
+        name="inline",
+        texts=[f"note {i}" for i in range(len(LABELS))],
+        labels=[names[y] for y in LABELS],
+        label_names=names,
+        languages=LANGUAGES,
+    )
+    prepared = accuracy.prepare_corpus(
+        tmp_path, corpus, countries=COUNTRIES, regime="dirichlet", examples=None,
+        test_examples=40, alpha=0.5, model="tiny", seed=3, people=8,
+    )  # fmt: skip
+    assert prepared.people is not None
+    for country, (texts, _) in prepared.rows.items():
+        read = scan_labeled_texts(
+            prepared.files[country],
+            text_column="text",
+            label_column="label",
+            labels=names,
+            person_column=accuracy.PERSON_COLUMN,
+        ).records
+        assert list(read.texts) == texts
+        assert list(read.people or ()) == prepared.people[country]
+        owners = Counter(prepared.people[country])
+        assert 1 <= len(owners) <= 8
+        assert all(person.startswith(f"{country}-") for person in owners)
+    assert accuracy.parse_unit("person") == f"person:{accuracy.DEFAULT_CAP}"
+    assert accuracy.unit_cap(accuracy.parse_unit("person:5")) == 5
+    assert accuracy.unit_cap("record") is None
+    with pytest.raises(ValueError, match="person:K"):
+        accuracy.parse_unit("person:0")

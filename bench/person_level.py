@@ -11,7 +11,7 @@ kept, as the coordinator keeps it) twice over:
 
 - per record: every record is a unit, the public size is the record count (rounded);
 - per person, for each ``--caps`` k: each person's first k records, weighted 1/n in the
-  release and in each person's gradient, one clip per person (``client/people.py``), the
+  release and in each person's gradient, one clip per person (``common/privacy/people.py``), the
   public size is the number of people (rounded), and the step's cap divided by the records
   a person holds on average (``LocalSchedule.scaled``).
 

@@ -25,6 +25,7 @@ from residency.auditor.canary_settings import CanarySettings, Mechanism
 from residency.client import trainer
 from residency.client.randomness import RoundRandomness
 from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.privacy import dp_sgd
 
 # Tier per test: the 25,000-canary audit of a whole node round is `node` (tens of seconds), the
 # rest `unit`.
@@ -86,13 +87,15 @@ def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -
     from residency.common.device import pick_compute
     from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 
-    made: list[trainer.PrivateTraining] = []
-    original: Callable[..., trainer.PrivateTraining] = trainer.make_private
+    made: list[dp_sgd.PrivateTraining] = []
+    original: Callable[..., dp_sgd.PrivateTraining] = dp_sgd.make_private
+    assert trainer.make_private is original  # the trainer's mechanism is the audit's
 
-    def spy(*args: Any, **kwargs: Any) -> trainer.PrivateTraining:
+    def spy(*args: Any, **kwargs: Any) -> dp_sgd.PrivateTraining:
         made.append(original(*args, **kwargs))
         return made[-1]
 
+    monkeypatch.setattr(dp_sgd, "make_private", spy)
     monkeypatch.setattr(trainer, "make_private", spy)
     audit = audit_canaries(NOISY.model_copy(update={"steps": 5}), CanarySettings(canaries=6000))
     assert len(made) == audit.runs > 1
@@ -109,7 +112,7 @@ def test_audit_and_trainer_share_make_private(monkeypatch: pytest.MonkeyPatch) -
         model,
         data,
         schedule=trainer.LocalSchedule(epochs=1, batch_size=5, learning_rate=1e-2),
-        dp=trainer.DpSgdSettings(
+        dp=dp_sgd.DpSgdSettings(
             noise_multiplier=0.7, max_grad_norm=1.0, accountant=AccountantKind.RDP
         ),
         history=(),
@@ -269,7 +272,7 @@ def test_clipping_each_record_of_a_person_instead_of_the_person_is_flagged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A mechanism that forgot to sum a person's rows lets one person move 5 clips, not one."""
-    monkeypatch.setattr(trainer, "per_person", lambda samples, owners, people: samples)
+    monkeypatch.setattr(dp_sgd, "per_person", lambda samples, owners, people: samples)
     audit = audit_canaries(PEOPLE, CanarySettings(canaries=5000))
     assert audit.flagged
     assert audit.epsilon_lower_bound > audit.claimed_epsilon + 0.4

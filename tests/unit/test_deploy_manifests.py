@@ -464,7 +464,7 @@ def test_docker_image_is_non_root_and_owns_every_volume_it_mounts() -> None:
     assert "--uid 10001" in dockerfile
     for target in targets:
         assert target in dockerfile, f"{target}: not created for the residency user"
-    for folder in {*setuptools["setuptools"]["package-dir"].values(), "pyproject.toml"}:
+    for folder in {*setuptools["setuptools"]["packages"]["find"]["where"], "pyproject.toml"}:
         assert f"\n!{folder}\n" in ignored, f"{folder}: left out of the build context"
 
 

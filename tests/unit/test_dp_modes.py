@@ -18,21 +18,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.mechanism_check import checked
 from residency.client.randomness import RoundRandomness
-from residency.client.trainer import (
-    DpSgdSettings,
-    GradSampleMode,
-    LocalSchedule,
-    PrivateTraining,
-    dp_mode_for,
-    forward_precision,
-    make_private,
-    noise_only_step,
-    train_dp_round,
-)
+from residency.client.trainer import GradSampleMode, LocalSchedule, dp_mode_for, train_dp_round
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.device import Compute
 from residency.common.model import Pooling
 from residency.common.privacy.accountant import poisson_schedule
+from residency.common.privacy.dp_sgd import (
+    DpSgdSettings,
+    PrivateTraining,
+    forward_precision,
+    make_private,
+    noise_only_step,
+)
 from residency.common.updates import method_for
 
 pytestmark = pytest.mark.unit

@@ -21,7 +21,7 @@ from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.linear_probe import head_features
 from residency.client.randomness import RoundRandomness
-from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
+from residency.client.trainer import LocalSchedule, dp_mode_for, train_dp_round
 from residency.common.config.job import (
     MAX_GRAD_NORM,
     MAX_LORA_ALPHA,
@@ -48,6 +48,7 @@ from residency.common.model import (
     load_tokenizer,
     trainable_state,
 )
+from residency.common.privacy.dp_sgd import DpSgdSettings
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job

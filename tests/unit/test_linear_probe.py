@@ -8,11 +8,12 @@ from tiny_gradients import clipped_sum
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import head_features, trained_head
-from residency.client.trainer import DpSgdSettings, GradSampleMode, make_private
+from residency.client.trainer import GradSampleMode
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
 from residency.common.model import ModelSpec, Pooling, build_classifier
+from residency.common.privacy.dp_sgd import DpSgdSettings, make_private
 
 pytestmark = pytest.mark.unit
 

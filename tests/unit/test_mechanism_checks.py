@@ -22,10 +22,11 @@ from node_harness import node_file, signed_record, train_round
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.audit import verify
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.client.mechanism_check import MechanismLog, checked
+from residency.client.mechanism_check import checked
 from residency.common.config.job import load_job
 from residency.common.errors import ConfigError
 from residency.common.privacy.ledger import LEDGER_FILE
+from residency.common.privacy.mechanism_log import MechanismLog
 from residency.common.privacy.record import MechanismChecks
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job

@@ -12,6 +12,7 @@ import torch
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.client import randomness, trainer
 from residency.common.config.job import Job, load_job
+from residency.common.privacy import dp_sgd
 from residency.common.privacy.record import NoiseSource
 from toy_federation import write_toy_job
 
@@ -53,7 +54,7 @@ def _draws(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Te
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = trainer.make_private
 
-    def spy(*args: Any, **kwargs: Any) -> trainer.PrivateTraining:
+    def spy(*args: Any, **kwargs: Any) -> dp_sgd.PrivateTraining:
         loader, noise = args[2], kwargs["noise_generator"]
         seen.append((loader.generator.get_state(), noise.get_state()))
         return original(*args, **kwargs)

@@ -15,17 +15,12 @@ from tiny_gradients import flat_grad as _flat_grad
 from tiny_gradients import logits as _logits
 from torch.utils.data import DataLoader, TensorDataset
 
-from residency.client.people import People, PeopleData, collate_people
 from residency.client.randomness import RoundRandomness
-from residency.client.trainer import (
-    DpSgdSettings,
-    GradSampleMode,
-    LocalSchedule,
-    make_private,
-    train_dp_round,
-)
+from residency.client.trainer import GradSampleMode, LocalSchedule, train_dp_round
 from residency.common.config.job import AccountantKind, UpdateKind
 from residency.common.device import Compute
+from residency.common.privacy.dp_sgd import DpSgdSettings, make_private
+from residency.common.privacy.people import People, PeopleData, collate_people
 from residency.common.updates import method_for, prototypes
 
 pytestmark = pytest.mark.unit

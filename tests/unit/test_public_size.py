@@ -32,6 +32,7 @@ from residency.common.data.readers import count_records, read_labeled_texts
 from residency.common.device import pick_compute
 from residency.common.errors import BudgetExceeded, ConfigError, PolicyViolation
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
+from residency.common.privacy import dp_sgd
 from residency.common.privacy.accountant import poisson_schedule
 from residency.common.privacy.public_size import far_from, rounded_size
 from residency.common.refusal import RefusalCode
@@ -174,10 +175,10 @@ def test_the_trainer_samples_and_scales_by_the_public_size_not_the_data(
     monkeypatch: pytest.MonkeyPatch, update: UpdateKind, mode: GradSampleMode
 ) -> None:
     """P ten times the rows: each row is drawn at 1/ceil(P/B), the noisy sum divided by P*q."""
-    made: list[trainer.PrivateTraining] = []
+    made: list[dp_sgd.PrivateTraining] = []
     real = trainer.make_private
 
-    def spy(*args: Any, **kwargs: Any) -> trainer.PrivateTraining:
+    def spy(*args: Any, **kwargs: Any) -> dp_sgd.PrivateTraining:
         made.append(real(*args, **kwargs))
         return made[-1]
 
@@ -193,7 +194,7 @@ def test_the_trainer_samples_and_scales_by_the_public_size_not_the_data(
         build_classifier(ModelSpec(source="tiny", labels=("pos", "neg"), update=update)),
         data,
         schedule=trainer.LocalSchedule(epochs=1, batch_size=batch, learning_rate=1e-3),
-        dp=trainer.DpSgdSettings(
+        dp=dp_sgd.DpSgdSettings(
             noise_multiplier=1.0,
             max_grad_norm=1.0,
             accountant=AccountantKind.RDP,

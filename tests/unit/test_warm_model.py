@@ -7,13 +7,7 @@ import torch
 
 from residency.client import warm_model
 from residency.client.randomness import RoundRandomness
-from residency.client.trainer import (
-    DpSgdSettings,
-    GradSampleMode,
-    LocalSchedule,
-    dp_mode_for,
-    train_dp_round,
-)
+from residency.client.trainer import GradSampleMode, LocalSchedule, dp_mode_for, train_dp_round
 from residency.common.config.job import AccountantKind, TransferDtype, UpdateKind
 from residency.common.data.encoding import encode
 from residency.common.device import pick_compute
@@ -26,6 +20,7 @@ from residency.common.model import (
     on_the_wire,
     trainable_state,
 )
+from residency.common.privacy.dp_sgd import DpSgdSettings
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ by one person and all of that person's records. Each person keeps at most ``cap`
 (their first ones in file order, so records beyond the cap never reach a round); DP-SGD samples
 people, weighs each of a person's ``n`` records by ``1 / n`` so their loss is the mean over their
 records, and sums each person's rows of Opacus' per-sample gradients into one per-person
-gradient before clipping (:class:`.trainer.FiniteDPOptimizer`). One person then moves the noisy
+gradient before clipping (:class:`.dp_sgd.FiniteDPOptimizer`). One person then moves the noisy
 sum by at most the clipping norm, exactly what the accountant is told for one record under
 record-level DP, so the same accountant at the people's sample rate gives epsilon per person.
 """

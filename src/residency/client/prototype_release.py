@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from residency.client.linear_probe import head_features
-from residency.client.mechanism_check import MechanismLog
-from residency.client.people import People
 from residency.client.randomness import RoundRandomness
 from residency.common.classifier_head import classifier_head
 from residency.common.device import Compute
+from residency.common.privacy.mechanism_log import MechanismLog
+from residency.common.privacy.people import People
 from residency.common.updates import prototypes
 
 

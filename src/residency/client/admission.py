@@ -27,7 +27,6 @@ from typing import TypeVar
 from residency.client.budget_store import BudgetStore, Held
 from residency.client.node_config import NodeSettings
 from residency.client.node_data import no_records, scan_node_data
-from residency.client.people import People
 from residency.client.policy import Policy, load_policy
 from residency.common.config.job import refinable
 from residency.common.config.round_plan import RoundPlan
@@ -43,6 +42,7 @@ from residency.common.privacy.accountant import (
     remaining,
     within_budget,
 )
+from residency.common.privacy.people import People
 from residency.common.privacy.unit import PrivacyUnit
 from residency.common.refusal import Refusal, RefusalCode
 from residency.common.updates import method_for

@@ -30,7 +30,7 @@ from residency.client.admission import Admission, Spend
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.egress import egress_guard
 from residency.client.job_trust import signed_plan
-from residency.client.mechanism_check import MechanismLog, checked
+from residency.client.mechanism_check import checked
 from residency.client.node_config import (
     NodeSettings,
     load_node_settings,
@@ -41,7 +41,7 @@ from residency.client.prototype_release import release_prototypes
 from residency.client.randomness import round_randomness
 from residency.client.reply import draft_record, training_reply
 from residency.client.token_cache import encoded
-from residency.client.trainer import DpSgdSettings, LocalSchedule, dp_mode_for, train_dp_round
+from residency.client.trainer import LocalSchedule, dp_mode_for, train_dp_round
 from residency.client.warm_model import classifier_for, forget
 from residency.common import wire
 from residency.common.classifier_head import classifier_head
@@ -64,7 +64,9 @@ from residency.common.model import (
     set_feature_transform,
     trainable_state,
 )
+from residency.common.privacy.dp_sgd import DpSgdSettings
 from residency.common.privacy.ledger import EntryKind, Ledger
+from residency.common.privacy.mechanism_log import MechanismLog
 from residency.common.privacy.record import NoiseSource, PrivacyRecord
 from residency.common.privacy.signing import Signer, load_or_create_signer
 from residency.common.refusal import Refusal, RefusalCode

@@ -3,7 +3,7 @@
 The node operator chooses it in ``node.toml``; no job can choose or weaken it. Under
 ``record``, neighbouring datasets differ by one record; under ``person``, by one person and
 every record of theirs, so an epsilon means "per person" and bounds what any one patient,
-customer or case reveals however many records they have (:mod:`residency.client.people`).
+customer or case reveals however many records they have (:mod:`residency.common.privacy.people`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One-run canary audit: an empirical epsilon lower bound for a node's DP-SGD configuration.
 
 The audit of Steinke, Nasr and Jagielski (arXiv:2305.08846) run through the node's own Opacus
-mechanism (:func:`residency.client.trainer.make_private`). The attack is white-box and in
+mechanism (:func:`residency.client.dp_sgd.make_private`). The attack is white-box and in
 gradient space ("Dirac" canaries): the model is one scalar per canary (``nn.Embedding(n, 1)``)
 and canary ``i``'s loss has gradient ``-2 C e_i``, which clipping turns into exactly ``-C e_i``,
 the most one example may move the model. Each canary is included independently with
@@ -46,8 +46,8 @@ from residency.auditor.canary_settings import (
     Mechanism,
 )
 from residency.auditor.one_run_audit import epsilon_ceiling, epsilon_lower_bound
-from residency.client import trainer
-from residency.client.people import People, PeopleData, collate_people, row_weights
+from residency.common.privacy import dp_sgd
+from residency.common.privacy.people import People, PeopleData, collate_people, row_weights
 
 _GRADIENT_GAIN = 2.0
 """A canary's raw gradient norm over the clipping norm: above 1, so clipping makes it exactly C."""
@@ -99,7 +99,7 @@ def canary_training(
     included: torch.Tensor,
     sampler: torch.Generator,
     noise: torch.Generator,
-) -> trainer.PrivateTraining:
+) -> dp_sgd.PrivateTraining:
     """One run's model (a zero scalar per canary), SGD and Poisson loader, made private.
 
     Args:
@@ -124,14 +124,12 @@ def canary_training(
         generator=sampler,
         collate_fn=None if records is None else collate_people,
     )
-    dp = trainer.DpSgdSettings(
+    dp = dp_sgd.DpSgdSettings(
         noise_multiplier=mechanism.noise_multiplier,
         max_grad_norm=mechanism.max_grad_norm,
         accountant=mechanism.accountant,
     )
-    return trainer.make_private(
-        model, optimizer, template, dp=dp, history=(), noise_generator=noise
-    )
+    return dp_sgd.make_private(model, optimizer, template, dp=dp, history=(), noise_generator=noise)
 
 
 def _canary_people(included: torch.Tensor, records: int) -> PeopleData:
@@ -181,7 +179,7 @@ def canary_scores(
                         break
                     steps += 1
                     if len(batch) == 0:
-                        trainer.noise_only_step(private.optimizer)
+                        dp_sgd.noise_only_step(private.optimizer)
                         continue
                     moved = private.model(batch).reshape(-1)
                     if owned:  # a person's rows weigh 1/n; the optimizer clips per person

@@ -66,18 +66,19 @@ from residency.common.config.job import (
     DEFAULT_PIPELINE,
     PIPELINE_JOIN,
     VALIDATION_SHARE,
-    UpdateKind,
     load_job,
     parse_pipeline,
     pipeline_name,
 )
+from residency.common.config.kinds import UpdateKind
 from residency.common.data.encoding import bert_inputs, encode, trim
 from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
 from residency.common.evaluation import predict
 from residency.common.files import write_atomic
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
-from residency.common.updates import method_for, prototypes
+from residency.common.updates import prototypes
+from residency.common.updates.traits import traits_for
 from residency.server.held_out import split_rows
 from residency.server.results import Results
 
@@ -612,7 +613,7 @@ def _simulate(
     data = tomllib.loads(prepared.job.read_text("utf-8"))
     data["name"] = f"accuracy-{update.value}"
     data["model"]["max_length"] = settings.max_length
-    release = method_for(update).release_sensitivity is not None
+    release = traits_for(update).is_release
     data["train"] = {"update": update.value}  # the pipeline's own defaults, unless set below
     if warm_start is not None:
         data["train"]["warm_start"] = warm_start.value

@@ -25,7 +25,7 @@ from pathlib import Path
 import tomli_w
 
 from residency.cli.demo import write_demo_job
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.server.results import Results
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")

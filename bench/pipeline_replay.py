@@ -45,12 +45,8 @@ from sklearn.linear_model import LogisticRegression
 from residency.cli.run_log import quiet_libraries
 from residency.client.trainer import STABLE_STEP
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import (
-    VALIDATION_SHARE,
-    WARM_START_SHARE,
-    AccountantKind,
-    UpdateKind,
-)
+from residency.common.config.job import VALIDATION_SHARE, WARM_START_SHARE
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
 from residency.common.data.encoding import encode
 from residency.common.device import pick_compute

@@ -31,7 +31,7 @@ import torch
 from accuracy import Prepared, Settings, _features, prepare
 
 from residency.cli.run_log import quiet_libraries
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import noise_for_target
 from residency.common.updates import prototypes
 

@@ -42,12 +42,11 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.trainer import dp_mode_for
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, GradSampleMode, UpdateKind
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute, pick_compute
 from residency.common.model import ModelSpec, build_classifier
 from residency.common.privacy.dp_sgd import DpSgdSettings, forward_precision, make_private
-from residency.common.updates import GradSampleMode
 
 NON_PRIVATE = "non-private"
 OPACUS_GHOST = "ghost-opacus"

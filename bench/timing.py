@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from residency.common import head_input
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.data.demo import (
     DEMO_LABEL_COLUMN,
     DEMO_TEXT_COLUMN,

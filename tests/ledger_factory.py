@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from residency.common.clock import now
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.files import write_atomic
 from residency.common.privacy.accountant import History, PrivacyStep, compose, epsilon_spent
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, Ledger

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.data.encoding import model_inputs
 from residency.common.model import ModelSpec, Pooling, build_classifier
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ledger_factory import write_ledger
 from residency.cli.canary import canary
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import epsilon_spent
 
 pytestmark = [pytest.mark.e2e]

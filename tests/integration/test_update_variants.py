@@ -10,7 +10,8 @@ from safetensors.numpy import load_file
 
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.cli.simulation import simulate
-from residency.common.config.job import UpdateKind, load_job
+from residency.common.config.job import load_job
+from residency.common.config.kinds import UpdateKind
 from residency.common.model import (
     ModelSpec,
     Pooling,

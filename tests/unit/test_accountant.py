@@ -10,15 +10,15 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from residency.auditor.crosscheck import epsilon_dp_accounting
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import (
     History,
     compose,
     epsilon_spent,
     noise_for_target,
-    poisson_schedule,
     remaining,
 )
+from residency.common.privacy.sampling import poisson_schedule
 
 pytestmark = [
     pytest.mark.unit,

@@ -23,20 +23,16 @@ from residency.auditor.crosscheck import (
     opacus_prv_bounds,
 )
 from residency.auditor.verify import Verification, load_keys, verify_ledger
-from residency.common.config.job import (
-    TRAINING_ROUNDS,
-    WARM_START_SHARE,
-    WARM_STARTED_HEAD,
-    AccountantKind,
-)
+from residency.common.config.job import TRAINING_ROUNDS, WARM_START_SHARE, WARM_STARTED_HEAD
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import (
     History,
     PrivacyStep,
     epsilon_spent,
     noise_after,
     noise_for_target,
-    poisson_schedule,
 )
+from residency.common.privacy.sampling import poisson_schedule
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Optimal order is the largest alpha:UserWarning"  # Opacus' RDP at small epsilon

@@ -24,7 +24,7 @@ from residency.auditor.canary import (
 from residency.auditor.canary_settings import CanarySettings, Mechanism
 from residency.client import trainer
 from residency.client.randomness import RoundRandomness
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.privacy import dp_sgd
 
 # Tier per test: the 25,000-canary audit of a whole node round is `node` (tens of seconds), the

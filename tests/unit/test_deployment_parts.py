@@ -24,7 +24,8 @@ from residency.cli.flower import Coordinator
 from residency.client.daemon import NodeDir, explain_supernode_exit, init_node, supernode_command
 from residency.client.executor import ForkExecutor
 from residency.client.identity import create_identity
-from residency.common.config.job import Job, UpdateKind, load_job
+from residency.common.config.job import Job, load_job
+from residency.common.config.kinds import UpdateKind
 from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
 from residency.server.admission import key_fingerprint

@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from residency.client.mechanism_check import checked
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import GradSampleMode, LocalSchedule, dp_mode_for, train_dp_round
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.device import Compute
 from residency.common.model import Pooling
-from residency.common.privacy.accountant import poisson_schedule
 from residency.common.privacy.dp_sgd import (
     DpSgdSettings,
     PrivateTraining,
@@ -30,7 +29,8 @@ from residency.common.privacy.dp_sgd import (
     make_private,
     noise_only_step,
 )
-from residency.common.updates import method_for
+from residency.common.privacy.sampling import poisson_schedule
+from residency.common.updates.traits import traits_for
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +42,7 @@ WIDTH = 12  # stored width; no example uses all of it, so trimming slices
 CASES = [
     (update, mode)
     for update in UpdateKind
-    if method_for(update).release_sensitivity is None
+    if not traits_for(update).is_release
     for mode in GradSampleMode
 ]
 HEADS = [Pooling.CLS, Pooling.MEAN]

@@ -22,14 +22,8 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.linear_probe import head_features
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import LocalSchedule, dp_mode_for, train_dp_round
-from residency.common.config.job import (
-    MAX_GRAD_NORM,
-    MAX_LORA_ALPHA,
-    AccountantKind,
-    Job,
-    UpdateKind,
-    load_job,
-)
+from residency.common.config.job import MAX_GRAD_NORM, MAX_LORA_ALPHA, Job, load_job
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.config.round_plan import (
     FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.device import Compute
 from residency.common.head_input import head_features
 from residency.common.model import ModelSpec, build_classifier, set_feature_transform

@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from residency.common import wire
-from residency.common.updates import Combine, prototypes
+from residency.common.config.kinds import Combine
+from residency.common.updates import prototypes
 from residency.server.held_out import KeptModel, better, held_out_rows, refines, split_rows
 from residency.server.strategy import ValidatingStrategy
 

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from residency.common.config.job import (
-    AccountantKind,
-    Job,
-    Optimizer,
-    StepRule,
-    TrackingSection,
-    UpdateKind,
-    load_job,
-)
+from residency.common.config.job import Job, TrackingSection, load_job
+from residency.common.config.kinds import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.errors import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.device import pick_compute
 from residency.common.label_prior import label_prior
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer

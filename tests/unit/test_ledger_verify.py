@@ -11,7 +11,7 @@ import pytest
 
 from ledger_factory import RESET_REASON, LedgerFixture, account, write_ledger
 from residency.auditor.verify import Verification, load_keys, verify_ledger
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.canonical import canonical_json
 from residency.common.privacy.ledger import GENESIS, EntryBody, EntryKind, Ledger, LedgerEntry
 from residency.common.privacy.record import NoiseSource, PrivacyRecord, sign_record

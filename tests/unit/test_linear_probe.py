@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import head_features, trained_head
 from residency.client.trainer import GradSampleMode
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.data.encoding import model_inputs
 from residency.common.device import Compute
 from residency.common.model import ModelSpec, Pooling, build_classifier

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
 from residency.common.model import (

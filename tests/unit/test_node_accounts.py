@@ -13,12 +13,8 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import load_node_settings
 from residency.common.config.job import Job, load_job
 from residency.common.errors import BudgetExceeded, PolicyViolation
-from residency.common.privacy.accountant import (
-    compose,
-    epsilon_spent,
-    poisson_schedule,
-    within_budget,
-)
+from residency.common.privacy.accountant import compose, epsilon_spent, within_budget
+from residency.common.privacy.sampling import poisson_schedule
 from residency.common.refusal import RefusalCode
 from toy_federation import write_toy_job
 

@@ -12,7 +12,8 @@ from residency.auditor.crosscheck import epsilon_dp_accounting
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common import wire
-from residency.common.config.job import AccountantKind, Job, load_job
+from residency.common.config.job import Job, load_job
+from residency.common.config.kinds import AccountantKind
 from residency.common.errors import BudgetExceeded, PolicyViolation
 from residency.common.privacy.accountant import compose, epsilon_spent
 from residency.common.privacy.record import SignedRecord, open_record

@@ -17,11 +17,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import GradSampleMode, LocalSchedule, train_dp_round
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.device import Compute
 from residency.common.privacy.dp_sgd import DpSgdSettings, make_private
 from residency.common.privacy.people import People, PeopleData, collate_people
-from residency.common.updates import method_for, prototypes
+from residency.common.updates import prototypes
+from residency.common.updates.traits import traits_for
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +30,7 @@ LABELS = ("a", "b", "c")
 WIDTH = 12
 OWNERS = ("ana", "ana", "bo", "cy", "cy", "cy", "cy", "dee", "bo", "cy")  # cy: 5 records
 CAP = 3
-TRAINED = [update for update in UpdateKind if method_for(update).release_sensitivity is None]
+TRAINED = [update for update in UpdateKind if not traits_for(update).is_release]
 
 
 def _model(update: UpdateKind) -> torch.nn.Module:

@@ -23,7 +23,8 @@ from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.daemon import init_node
 from residency.client.node_config import load_node_settings
 from residency.client.trainer import STABLE_STEP, LocalSchedule
-from residency.common.config.job import StepRule, load_job
+from residency.common.config.job import load_job
+from residency.common.config.kinds import StepRule
 from residency.common.data.readers import Unusable, scan_labeled_texts
 from residency.common.errors import ConfigError, DataError, Refused
 from residency.common.privacy.signing import public_path

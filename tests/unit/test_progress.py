@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from residency.cli.progress import RichObserver
-from residency.common.config.job import UpdateKind, load_job
+from residency.common.config.job import load_job
+from residency.common.config.kinds import UpdateKind
 from toy_federation import write_toy_job
 
 pytestmark = pytest.mark.unit

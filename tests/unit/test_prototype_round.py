@@ -9,7 +9,8 @@ import pytest
 
 from node_harness import charge_details, node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.common.config.job import AccountantKind, Job, load_job
+from residency.common.config.job import Job, load_job
+from residency.common.config.kinds import AccountantKind
 from residency.common.errors import PolicyViolation
 from residency.common.privacy.accountant import epsilon_spent, noise_for_target
 from residency.common.refusal import RefusalCode

@@ -11,7 +11,7 @@ import torch
 
 from residency.auditor.crosscheck import cross_check
 from residency.auditor.one_run_audit import epsilon_lower_bound
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.errors import InvalidUpdate
 from residency.common.model import ModelSpec, build_classifier
 from residency.common.privacy.accountant import epsilon_spent, noise_for_target

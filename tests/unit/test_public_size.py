@@ -25,7 +25,8 @@ from residency.client.daemon import init_node
 from residency.client.node_config import load_node_settings
 from residency.client.randomness import RoundRandomness
 from residency.common import wire
-from residency.common.config.job import AccountantKind, UpdateKind, load_job
+from residency.common.config.job import load_job
+from residency.common.config.kinds import AccountantKind, GradSampleMode, UpdateKind
 from residency.common.config.signed_job import job_body
 from residency.common.data.encoding import encode
 from residency.common.data.readers import count_records, read_labeled_texts
@@ -33,10 +34,9 @@ from residency.common.device import pick_compute
 from residency.common.errors import BudgetExceeded, ConfigError, PolicyViolation
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy import dp_sgd
-from residency.common.privacy.accountant import poisson_schedule
 from residency.common.privacy.public_size import far_from, rounded_size
+from residency.common.privacy.sampling import poisson_schedule
 from residency.common.refusal import RefusalCode
-from residency.common.updates import GradSampleMode
 from toy_federation import LABELS, write_toy_job
 
 EXAMPLES = 60

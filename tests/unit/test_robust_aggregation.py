@@ -19,15 +19,10 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from residency.common import wire
-from residency.common.config.job import (
-    DEFAULT_TRIM_FRACTION,
-    Aggregation,
-    Job,
-    TrainSection,
-    load_job,
-)
+from residency.common.config.job import DEFAULT_TRIM_FRACTION, Job, TrainSection, load_job
+from residency.common.config.kinds import Aggregation, Combine
 from residency.common.errors import ConfigError, InvalidUpdate
-from residency.common.updates import Combine, prototypes
+from residency.common.updates import prototypes
 from residency.server.strategy import ValidatingStrategy
 from residency.server.validation import update_norm, validate_update_norm
 from toy_federation import write_toy_job

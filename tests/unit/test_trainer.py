@@ -7,17 +7,17 @@ import torch
 
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import LocalSchedule, train_dp_round
-from residency.common.config.job import AccountantKind, UpdateKind
+from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.data.encoding import encode
 from residency.common.device import pick_compute
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer, trainable_state
-from residency.common.privacy.accountant import poisson_schedule
 from residency.common.privacy.dp_sgd import (
     DpSgdSettings,
     PrivateTraining,
     make_private,
     noise_only_step,
 )
+from residency.common.privacy.sampling import poisson_schedule
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import torch
 from residency.client import warm_model
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import GradSampleMode, LocalSchedule, dp_mode_for, train_dp_round
-from residency.common.config.job import AccountantKind, TransferDtype, UpdateKind
+from residency.common.config.kinds import AccountantKind, TransferDtype, UpdateKind
 from residency.common.data.encoding import encode
 from residency.common.device import pick_compute
 from residency.common.model import (

@@ -20,14 +20,11 @@ from residency.common.config.job import (
     WARM_START_SHARE,
     WARM_STARTED_HEAD,
     WARM_STARTED_LORA,
-    AccountantKind,
     Job,
-    Optimizer,
-    StepRule,
     TrainSection,
-    UpdateKind,
     load_job,
 )
+from residency.common.config.kinds import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.config.round_plan import RoundPlan, feature_transform_bytes, round_config
 from residency.common.errors import BudgetExceeded, ConfigError, PolicyViolation
 from residency.common.model import (
@@ -36,12 +33,8 @@ from residency.common.model import (
     set_feature_transform,
     trainable_state,
 )
-from residency.common.privacy.accountant import (
-    epsilon_spent,
-    noise_after,
-    noise_for_target,
-    poisson_schedule,
-)
+from residency.common.privacy.accountant import epsilon_spent, noise_after, noise_for_target
+from residency.common.privacy.sampling import poisson_schedule
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from toy_federation import write_toy_job

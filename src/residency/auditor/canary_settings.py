@@ -11,7 +11,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from residency.common.config.job import AccountantKind, Strict
+from residency.common.config.job import Strict
+from residency.common.config.kinds import AccountantKind
 
 DEFAULT_CANARIES = 25_000
 DEFAULT_CONFIDENCE = 0.95

@@ -31,7 +31,7 @@ from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 from opacus.accountants import RDPAccountant
 
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import PrivacyStep, epsilon_spent, opacus_accountant
 
 PLD_DISCRETISATION = 1e-4

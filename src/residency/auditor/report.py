@@ -43,7 +43,7 @@ from residency.auditor.verify import (
 )
 from residency.common import charts
 from residency.common.charts import plotly_js
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.signing import key_id
 from residency.common.version import __version__
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from safetensors.numpy import load_file
 
 from residency.auditor.crosscheck import CrossCheck, cross_check
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.errors import ConfigError, InvalidUpdate
 from residency.common.privacy.accountant import BUDGET_RTOL, History, compose, epsilon_spent
 from residency.common.privacy.ledger import GENESIS, EntryKind, LedgerEntry, read_lines

@@ -28,12 +28,13 @@ from residency.common.config.job import (
     DEFAULT_PIPELINE,
     Job,
     TrainSection,
-    UpdateKind,
     load_job,
     parse_pipeline,
     pipeline_name,
 )
+from residency.common.config.kinds import UpdateKind
 from residency.common.errors import ConfigError, DataError
+from residency.common.updates.traits import traits_for
 from residency.common.version import __version__
 
 EXIT_STOPPED = 130
@@ -162,7 +163,6 @@ def demo(
 ) -> None:
     """Generate a synthetic multilingual triage federation and fine-tune MiniLM on it with DP."""
     from residency.cli.demo import write_demo_job
-    from residency.common.updates import method_for
 
     try:
         pipeline = parse_pipeline(update)
@@ -178,7 +178,7 @@ def demo(
     except ValidationError as exc:
         reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         raise fail(f"--update {update!r}: {reason}", EXIT_INPUT) from None
-    if rounds not in (None, 1) and method_for(kind).release_sensitivity is not None:
+    if rounds not in (None, 1) and traits_for(kind).is_release:
         raise fail(  # before any file is written
             f"--rounds {rounds}: update {kind.value} is one release; fix: leave out "
             "--rounds, or choose a training pipeline such as --update prototypes+head",

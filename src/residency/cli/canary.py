@@ -24,7 +24,7 @@ from residency.auditor.canary_settings import (
     Mechanism,
 )
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, err_console, fail
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 
 _FIXES = {
     "noise_multiplier": "pass the node's noise multiplier, 0 or more",

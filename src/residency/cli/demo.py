@@ -6,15 +6,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from residency.common.config.job import (
-    DEFAULT_PIPELINE,
-    TRAINING_ROUNDS,
-    Job,
-    UpdateKind,
-    load_job,
-)
+from residency.common.config.job import DEFAULT_PIPELINE, TRAINING_ROUNDS, Job, load_job
+from residency.common.config.kinds import UpdateKind
 from residency.common.data.demo import write_demo_federation
-from residency.common.updates import method_for
+from residency.common.updates.traits import traits_for
 
 JOB_FILE = "job.toml"
 
@@ -29,7 +24,7 @@ def _train_section(
         lines.append(f'warm_start = "{warm_start.value}"')
         if rounds is not None:
             lines.append(f"rounds = {rounds}")
-    elif method_for(update).release_sensitivity is not None:
+    elif traits_for(update).is_release:
         lines.append(f"rounds = {1 if rounds is None else rounds}")
     else:  # DP-SGD on the demo's small data: a few short rounds
         lines += [

@@ -299,7 +299,7 @@ def status(
 ) -> None:
     """Privacy budget spent and left per dataset, from the node's own durable store."""
     from residency.client.budget_store import STORE_FILE, BudgetStore
-    from residency.common.config.job import AccountantKind
+    from residency.common.config.kinds import AccountantKind
     from residency.common.privacy.accountant import epsilon_spent
 
     try:

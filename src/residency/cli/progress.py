@@ -7,8 +7,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from residency.common.config.job import Job, UpdateKind
-from residency.common.updates import method_for
+from residency.common.config.job import Job
+from residency.common.config.kinds import UpdateKind
+from residency.common.updates.traits import traits_for
 from residency.server.results import NodeRound, NodeStatus, Results, RoundResult
 
 
@@ -47,7 +48,7 @@ class RichObserver:
 
     def _work(self, update: UpdateKind) -> tuple[str, int]:
         """Per node in a round: its local epochs, or its one release (which has no epochs)."""
-        if method_for(update).release_sensitivity is not None:
+        if traits_for(update).is_release:
             return "releases", 1
         return "local epochs", self.job.train.local_epochs
 

@@ -45,7 +45,7 @@ from residency.common.privacy.accountant import (
 from residency.common.privacy.people import People
 from residency.common.privacy.unit import PrivacyUnit
 from residency.common.refusal import Refusal, RefusalCode
-from residency.common.updates import method_for
+from residency.common.updates.traits import traits_for
 
 D = TypeVar("D")
 
@@ -364,7 +364,7 @@ def check_release_order(plan: RoundPlan, job_history: History, refused: str) -> 
 
     From the job's own charges, never from the data: the same outcome with or without a record.
     """
-    if method_for(plan.round_update).release_sensitivity is None:
+    if not traits_for(plan.round_update).is_release:
         return
     if plan.refine and not job_history:
         raise _refused(
@@ -428,7 +428,7 @@ def warm_start_step(
     """
     if plan.warm_start is None:
         raise ValueError("the plan has no warm start")
-    sample_rate, steps = method_for(plan.warm_start).schedule(
+    sample_rate, steps = traits_for(plan.warm_start).schedule(
         examples=1, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
     noise = store.noise_for(
@@ -469,10 +469,10 @@ def admit(
                 RefusalCode.DELTA_TOO_LARGE_FOR_DATA, {"delta": plan.delta, "examples": examples}
             ),
         )
-    sample_rate, round_steps = method_for(plan.round_update).schedule(
+    sample_rate, round_steps = traits_for(plan.round_update).schedule(
         examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
-    train_rate, train_steps = method_for(plan.update).schedule(
+    train_rate, train_steps = traits_for(plan.update).schedule(
         examples=examples, batch_size=plan.batch_size, local_epochs=plan.local_epochs
     )
     account = store.account(settings.dataset_name, settings.data)

@@ -45,6 +45,7 @@ from residency.client.trainer import LocalSchedule, dp_mode_for, train_dp_round
 from residency.client.warm_model import classifier_for, forget
 from residency.common import wire
 from residency.common.classifier_head import classifier_head
+from residency.common.config.kinds import GradSampleMode
 from residency.common.config.round_plan import RoundPlan
 from residency.common.device import pick_compute
 from residency.common.errors import (
@@ -70,7 +71,8 @@ from residency.common.privacy.mechanism_log import MechanismLog
 from residency.common.privacy.record import NoiseSource, PrivacyRecord
 from residency.common.privacy.signing import Signer, load_or_create_signer
 from residency.common.refusal import Refusal, RefusalCode
-from residency.common.updates import Combine, GradSampleMode, method_for, prototypes
+from residency.common.updates import prototypes
+from residency.common.updates.traits import traits_for
 
 log = logging.getLogger("residency.node")
 
@@ -311,13 +313,13 @@ def _train_job(
             f"{settings.country}: model {plan.model!r}: local base weights differ from the "
             "coordinator's; fix: install the same checkpoint on every node"
         )
-    method = method_for(plan.round_update)
+    release = traits_for(plan.round_update).is_release
     if plan.warm_start is not None:  # a release reads raw features; training, standardised ones
-        transform = None if method.combine is Combine.PROTOTYPES else plan.centre_and_scale
+        transform = None if release else plan.centre_and_scale
         set_feature_transform(
             model, *((None, None) if transform is None else map(torch.from_numpy, transform))
         )
-    if method.combine is Combine.PROTOTYPES:  # a release reads no weights, only its template
+    if release:  # a release reads no weights, only its template
         head = classifier_head(model)
         prototypes.check_template(_received_arrays(msg), head.out_features, head.in_features)
     else:
@@ -369,7 +371,7 @@ def _train_job(
             "records_per_person": settings.records_per_person,
         },
     )
-    if method.combine is Combine.PROTOTYPES:
+    if release:
         mechanism = MechanismLog()
         arrays = release_prototypes(
             model,

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.node_config import NodeSettings
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import epsilon_spent
 
 

@@ -13,7 +13,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from residency.common.config.job import Strict, UpdateKind
+from residency.common.config.job import Strict
+from residency.common.config.kinds import UpdateKind
 from residency.common.config.loading import load_model
 from residency.common.privacy.canonical import canonical_json
 from residency.common.privacy.unit import PrivacyUnit

@@ -32,7 +32,7 @@ from residency.common.privacy.record import (
 from residency.common.privacy.signing import Signer
 from residency.common.privacy.unit import PrivacyUnit
 from residency.common.privacy.update_digest import update_sha256
-from residency.common.updates import method_for
+from residency.common.updates.traits import traits_for
 from residency.common.version import __version__
 
 _UNSENT = "0" * 64  # the draft's update hash: the update does not exist yet
@@ -72,7 +72,7 @@ def draft_record(
         noise_multiplier=noise,
         sample_rate=sample_rate,
         steps=steps,
-        max_grad_norm=method_for(plan.round_update).clip_norm(plan.max_grad_norm),
+        max_grad_norm=traits_for(plan.round_update).clip_norm(plan.max_grad_norm),
         noise_source=noise_source,
         accountant=plan.accountant,
         delta=plan.delta,

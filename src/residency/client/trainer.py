@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from residency.client.linear_probe import trained_part
 from residency.client.randomness import RoundRandomness
-from residency.common.config.job import Optimizer, StepRule, UpdateKind
+from residency.common.config.kinds import GradSampleMode, Optimizer, StepRule, UpdateKind
 from residency.common.device import Compute
-from residency.common.privacy.accountant import History, poisson_schedule
+from residency.common.privacy.accountant import History
 from residency.common.privacy.dp_sgd import (
     DpSgdSettings,
     forward_precision,
@@ -40,7 +40,8 @@ from residency.common.privacy.people import (
     PeopleData,
     collate_people,
 )
-from residency.common.updates import GradSampleMode, method_for
+from residency.common.privacy.sampling import poisson_schedule
+from residency.common.updates.traits import traits_for
 
 
 def dp_mode_for(update: UpdateKind) -> GradSampleMode:
@@ -49,7 +50,7 @@ def dp_mode_for(update: UpdateKind) -> GradSampleMode:
     ``bench/throughput.py`` measured each (MiniLM-L6, batch 32 x 64 tokens, 2 CPU cores):
     ghost clipping for full fine-tuning, Opacus' hooks for LoRA, LoRA-FA and the head.
     """
-    return method_for(update).grad_sample_mode
+    return traits_for(update).grad_sample_mode
 
 
 STABLE_STEP = 16.0

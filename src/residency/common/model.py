@@ -33,10 +33,13 @@ from transformers import (
 )
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import SENTENCE_POOLING_FILE, Job, TransferDtype, UpdateKind
+from residency.common.config.job import SENTENCE_POOLING_FILE, Job
+from residency.common.config.kinds import TransferDtype, UpdateKind
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
-from residency.common.updates import Combine, method_for, prototypes
+from residency.common.updates import prototypes
+from residency.common.updates.registry import method_for
+from residency.common.updates.traits import traits_for
 
 LABEL_MAP_FILE = "residency_labels.json"
 
@@ -67,7 +70,7 @@ class ModelSpec:
     def normalized_features(self) -> bool:
         """Whether the head reads unit-norm mean features (a release, or a head it started)."""
         kinds = [self.update] if self.warm_start is None else [self.update, self.warm_start]
-        return any(method_for(kind).normalized_features for kind in kinds)
+        return any(traits_for(kind).normalized_features for kind in kinds)
 
     @classmethod
     def from_job(cls, job: Job) -> ModelSpec:
@@ -209,7 +212,7 @@ def round_one_arrays(model: torch.nn.Module, update: UpdateKind) -> dict[str, np
     A node's reply must match these names and shapes (its egress guard and the coordinator's
     validation both check), so a release's template fixes what a release may contain.
     """
-    if method_for(update).combine is Combine.PROTOTYPES:
+    if traits_for(update).is_release:
         head = classifier_head(model)
         return prototypes.template(head.out_features, head.in_features)
     return {name: tensor.numpy() for name, tensor in trainable_state(model).items()}

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.server.results import NodeRound, Results, RoundResult
 
 PREFIX = "residency-event "

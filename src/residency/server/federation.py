@@ -24,7 +24,7 @@ from residency.common.config.job import Job
 from residency.common.config.signed_job import SignedJob
 from residency.common.errors import InvalidUpdate
 from residency.common.evaluation import Scores
-from residency.common.updates import method_for
+from residency.common.updates.traits import traits_for
 from residency.common.version import __version__
 from residency.server.checkpoint import load_checkpoint
 from residency.server.global_model import GlobalModel
@@ -97,7 +97,7 @@ class _Federation:
     def __post_init__(self) -> None:
         train = self.job.train
         self.strategy = ValidatingStrategy(
-            combine=method_for(train.round_update(1)).combine,
+            combine=traits_for(train.round_update(1)).combine,
             aggregation=train.aggregation,
             trim_fraction=train.trim_fraction,
             max_update_norm=train.max_update_norm,

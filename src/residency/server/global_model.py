@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from residency.common.classifier_head import classifier_head
 from residency.common.config.job import Job, refinable
+from residency.common.config.kinds import Combine
 from residency.common.config.round_plan import (
     FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,
@@ -44,7 +45,8 @@ from residency.common.model import (
     set_feature_transform,
     trainable_state,
 )
-from residency.common.updates import Combine, method_for, prototypes
+from residency.common.updates import prototypes
+from residency.common.updates.traits import traits_for
 from residency.server.checkpoint import Saved, save_checkpoint
 from residency.server.held_out import KeptModel, better, refines, split_rows
 from residency.server.results import ClassResult, FinalResult, RoundResult
@@ -256,7 +258,7 @@ class GlobalModel:
             )
         load_trainable_state(self.model, saved.arrays)
         self.arrays = ArrayRecord({name: Array(value) for name, value in saved.arrays.items()})
-        self.strategy.combine = method_for(self.job.train.round_update(next_round)).combine
+        self.strategy.combine = traits_for(self.job.train.round_update(next_round)).combine
         self.held_out_scores = {
             r.round: r.held_out_accuracy for r in rounds if r.held_out_accuracy is not None
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.server.results import NodeRound, RoundResult
 
 

@@ -26,9 +26,10 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from residency.common import wire
-from residency.common.config.job import DEFAULT_TRIM_FRACTION, Aggregation
+from residency.common.config.job import DEFAULT_TRIM_FRACTION
+from residency.common.config.kinds import Aggregation, Combine
 from residency.common.errors import InvalidUpdate
-from residency.common.updates import Combine, prototypes
+from residency.common.updates import prototypes
 from residency.server.node_errors import error_sentence
 from residency.server.validation import validate_reply, validate_update_norm
 

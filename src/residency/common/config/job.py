@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 import math
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from residency.common.config.kinds import (
+    AccountantKind,
+    Aggregation,
+    Optimizer,
+    StepRule,
+    TransferDtype,
+    UpdateKind,
+)
 from residency.common.config.loading import load_model
 from residency.common.country import CountryCode
 from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
+from residency.common.updates.traits import traits_for
 
 BUILTIN_MODELS = ("minilm", "tiny")
 SENTENCE_POOLING_FILE = Path("1_Pooling") / "config.json"
@@ -28,84 +36,6 @@ class Strict(BaseModel):
     """Base for every config model: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class UpdateKind(StrEnum):
-    """What a node trains and sends: LoRA adapters plus head, the head alone, or every weight.
-
-    ``prototypes`` trains nothing: each node releases, once, noisy per-class sums and counts of
-    its frozen encoder's normalised features, and the coordinator sets the classifier head from
-    the noisy class means (one Gaussian release at sample rate 1: the cheapest use of a budget).
-
-        ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
-        the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
-        head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
-        far less noise, which on small per-country data beats adapting the encoder
-        (docs/performance.md).
-    """
-
-    LORA = "lora"
-    LORA_FA = "lora-fa"
-    HEAD = "head"
-    FULL = "full"
-    PROTOTYPES = "prototypes"
-
-
-class Optimizer(StrEnum):
-    """The local optimiser DP-SGD's noisy gradients drive (Opacus wraps either).
-
-    ``sgd`` takes plain steps of the noisy mean gradient: with full batches on standardised
-    features it is what measured best for the head after a release (docs/performance.md).
-    ``adamw`` rescales every coordinate by its own noisy second moment, started fresh each
-    round.
-    """
-
-    ADAMW = "adamw"
-    SGD = "sgd"
-
-
-class StepRule(StrEnum):
-    """How a node turns ``learning_rate`` into its optimiser's step size.
-
-    ``fixed``: the learning rate as written. ``noise``: ``learning_rate`` times the expected
-    batch over the noise multiplier, so every step carries the same amount of injected noise
-    (``learning_rate`` times the clipping norm per coordinate) whatever the node's record
-    count and budget: full-batch DP-GD divides the noisy sum by the record count, so a fixed
-    rate is too large for small nodes and tight budgets and too small for large ones
-    (docs/performance.md). The count and the multiplier are public in the signed record.
-    """
-
-    FIXED = "fixed"
-    NOISE = "noise"
-
-
-class TransferDtype(StrEnum):
-    """Precision of the arrays on the wire (both ways); training and averaging stay float32."""
-
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-
-
-class AccountantKind(StrEnum):
-    """Opacus accountant used for the node's epsilon (PRV is tighter, RDP the classic bound)."""
-
-    PRV = "prv"
-    RDP = "rdp"
-
-
-class Aggregation(StrEnum):
-    """How the coordinator combines a training round's valid updates: Flower's own strategies.
-
-    ``fedavg``: the mean weighted by each node's signed example count (``FedAvg``).
-    ``trimmed-mean``: per coordinate, the ``trim_fraction`` highest and lowest values are
-    dropped and the rest averaged (``FedTrimmedAvg``). ``median``: the per-coordinate median
-    (``FedMedian``). The two robust options are unweighted, as Flower's are: a country of 100
-    records counts as much as one of 10,000. A prototypes release is always summed.
-    """
-
-    FEDAVG = "fedavg"
-    TRIMMED_MEAN = "trimmed-mean"
-    MEDIAN = "median"
 
 
 DEFAULT_TRIM_FRACTION = 0.2
@@ -270,15 +200,13 @@ class TrainSection(Strict):
     @model_validator(mode="after")
     def _robust_options_apply(self) -> TrainSection:
         """A robustness setting that would do nothing is refused, never silently ignored."""
-        from residency.common.updates import method_for  # the registry imports torch
-
         if self.trim_fraction is not None and self.aggregation is not Aggregation.TRIMMED_MEAN:
             raise ValueError(
                 f'trim_fraction applies to aggregation = "trimmed-mean", not '
                 f'"{self.aggregation.value}"; fix: aggregation = "trimmed-mean", or remove '
                 "trim_fraction"
             )
-        if method_for(self.update).release_sensitivity is None:
+        if not traits_for(self.update).is_release:
             return self
         if self.aggregation is not Aggregation.FEDAVG:
             raise ValueError(
@@ -366,14 +294,13 @@ class TrainSection(Strict):
                 "update": update.value,
                 **({} if warm_start is None else {"warm_start": warm_start.value}),
             }
-        from residency.common.updates import method_for  # the registry imports torch
 
         try:
             update = UpdateKind(data.get("update", DEFAULT_UPDATE))
             warm_start = None if data.get("warm_start") is None else UpdateKind(data["warm_start"])
         except (ValueError, TypeError):
             return data  # the field's own error names the bad value
-        if method_for(update).release_sensitivity is not None:
+        if traits_for(update).is_release:
             defaults: dict[str, Any] = {"rounds": 1}
         elif warm_start is not None and update in WARM_STARTED:
             defaults = dict(WARM_STARTED[update])
@@ -383,25 +310,23 @@ class TrainSection(Strict):
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> TrainSection:
-        from residency.common.updates import method_for  # the registry imports torch
 
         if (
             self.transfer_dtype is TransferDtype.FLOAT16
-            and not method_for(self.update).float16_wire
+            and not traits_for(self.update).float16_wire
         ):
             raise ValueError(
                 f'transfer_dtype "float16" with update "{self.update.value}" rounds the weights, '
                 "not the changes: most of a round's update is lost; fix: transfer_dtype = "
                 '"float32", or a LoRA or head update'
             )
-        if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
+        if traits_for(self.update).is_release and self.rounds != 1:
             raise ValueError(
                 f'update "{self.update.value}" is one release, not rounds of training; '
                 "fix: rounds = 1"
             )
         if self.warm_start is not None and (
-            method_for(self.warm_start).release_sensitivity is None
-            or self.update not in WARM_STARTED
+            not traits_for(self.warm_start).is_release or self.update not in WARM_STARTED
         ):
             raise ValueError(
                 f'warm_start "{self.warm_start.value}" before update "{self.update.value}" is '
@@ -417,9 +342,7 @@ class TrainSection(Strict):
 
     def describe(self) -> str:
         """The schedule in words, for headers: "a prototypes release, then 5 rounds of head"."""
-        from residency.common.updates import method_for  # the registry imports torch
-
-        if method_for(self.update).release_sensitivity is not None:
+        if traits_for(self.update).is_release:
             return f"one {self.update.value} release"
         plural = "s" if self.rounds != 1 else ""
         training = f"{self.rounds} round{plural} of {self.update.value} updates"

@@ -17,18 +17,21 @@ from residency.common.config.job import (
     MAX_LORA_ALPHA,
     MAX_TARGET_EPSILON,
     WARM_STARTED,
-    AccountantKind,
     Job,
-    Optimizer,
-    StepRule,
     Strict,
-    TransferDtype,
-    UpdateKind,
     refinable,
     round_update,
 )
+from residency.common.config.kinds import (
+    AccountantKind,
+    Optimizer,
+    StepRule,
+    TransferDtype,
+    UpdateKind,
+)
 from residency.common.config.signed_job import MAX_JOB_BYTES, SignedJob
 from residency.common.errors import ConfigError
+from residency.common.updates.traits import traits_for
 
 NO_WARM_START = "none"
 
@@ -126,7 +129,6 @@ class RoundPlan(Strict):
 
     @model_validator(mode="after")
     def _deltas_survive_the_wire(self) -> RoundPlan:
-        from residency.common.updates import method_for  # the registry imports torch
 
         transform = self.feature_transform
         wanted = self.warm_start is not None and self.server_round > 1
@@ -151,16 +153,16 @@ class RoundPlan(Strict):
 
         if (
             self.transfer_dtype is TransferDtype.FLOAT16
-            and not method_for(self.update).float16_wire
+            and not traits_for(self.update).float16_wire
         ):
             raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
         if self.refine and (self.server_round == 1 or not refinable(self.update, self.warm_start)):
             raise ValueError("only the release before a head is refined, after round 1")
-        if self.warm_start is not None and method_for(self.warm_start).release_sensitivity is None:
+        if self.warm_start is not None and not traits_for(self.warm_start).is_release:
             raise ValueError(f"warm start {self.warm_start.value} is not a release")
         if self.warm_start is not None and self.update not in WARM_STARTED:
             raise ValueError(f"a release does not start a {self.update.value} update")
-        if method_for(self.update).release_sensitivity is not None and self.rounds != 1:
+        if traits_for(self.update).is_release and self.rounds != 1:
             raise ValueError(
                 f"a {self.update.value} update is one release, not {self.rounds} rounds"
             )

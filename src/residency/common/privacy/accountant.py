@@ -8,14 +8,13 @@ its history and every round appends to it, so epsilon never resets between round
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 
 PrivacyStep = tuple[float, float, int]
 History = tuple[PrivacyStep, ...]
@@ -45,20 +44,6 @@ def _full_batches_allowed() -> Iterator[None]:
 def within_budget(epsilon: float, budget: float) -> bool:
     """Whether ``epsilon`` stays within ``budget`` up to :data:`BUDGET_RTOL`."""
     return epsilon <= budget * (1 + BUDGET_RTOL)
-
-
-def poisson_schedule(*, examples: int, batch_size: int) -> tuple[float, int]:
-    """Sample rate and steps per epoch exactly as Opacus' ``DPDataLoader`` derives them.
-
-    Opacus sets ``sample_rate = 1 / len(loader)`` with ``len(loader) = ceil(N / B)``, so the
-    expected batch is ``N / ceil(N / B)``, slightly under ``B`` when ``B`` does not divide ``N``.
-    """
-    if examples < 1 or batch_size < 1:
-        raise ValueError("examples and batch_size must be positive")
-    sample_rate = 1.0 / math.ceil(examples / batch_size)
-    # Opacus' sampler runs int(1 / sample_rate) batches, one short of ceil(N / B) for some
-    # sizes (e.g. 93) in floating point; the schedule must count the steps that really run.
-    return sample_rate, int(1 / sample_rate)
 
 
 def opacus_accountant(kind: AccountantKind, history: Iterable[PrivacyStep]) -> IAccountant:

@@ -30,12 +30,11 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader
 
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind, GradSampleMode
 from residency.common.device import Compute
 from residency.common.privacy.accountant import History
 from residency.common.privacy.mechanism_log import MechanismLog
 from residency.common.privacy.people import per_person, row_weights
-from residency.common.updates import GradSampleMode
 
 
 def forward_precision(

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from residency.common.config.job import AccountantKind
+from residency.common.config.kinds import AccountantKind
 from residency.common.errors import InvalidUpdate
 from residency.common.privacy.accountant import History
 from residency.common.privacy.canonical import canonical_json

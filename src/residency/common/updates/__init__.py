@@ -1,23 +1,6 @@
-"""The update kinds a job may choose, one module each, and the registry that finds them.
+"""The update kinds a job may choose: traits, model code and the registry that finds it.
 
-Adding a kind: write its module (what it trains, its clipping mode, whether float16 transfer
-is sound, how the coordinator combines it) and add its ``METHOD`` to ``_METHODS`` below.
+Their traits are in :mod:`.traits` (torch-free), each kind's model code in its own module,
+and the registry that finds that code in :mod:`.registry`. Nothing is imported here, so
+reading a kind's traits never imports torch.
 """
-
-from __future__ import annotations
-
-from residency.common.config.job import UpdateKind
-from residency.common.updates import full, head, lora, lora_fa, prototypes
-from residency.common.updates.base import Combine, GradSampleMode, UpdateMethod
-
-__all__ = ["Combine", "GradSampleMode", "UpdateMethod", "method_for"]
-
-_METHODS: dict[UpdateKind, UpdateMethod] = {
-    method.kind: method
-    for method in (lora.METHOD, lora_fa.METHOD, head.METHOD, full.METHOD, prototypes.METHOD)
-}
-
-
-def method_for(kind: UpdateKind) -> UpdateMethod:
-    """The module that defines ``kind``; every ``UpdateKind`` has one."""
-    return _METHODS[kind]

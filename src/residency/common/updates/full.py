@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
-from residency.common.config.job import UpdateKind
-from residency.common.updates.base import GradSampleMode, UpdateMethod
+from residency.common.config.kinds import UpdateKind
+from residency.common.updates.base import UpdateMethod
+from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -25,10 +26,4 @@ def every_weight(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
-METHOD = UpdateMethod(
-    kind=UpdateKind.FULL,
-    trains="every weight of the classifier",
-    prepare=every_weight,
-    grad_sample_mode=GradSampleMode.GHOST,
-    float16_wire=False,
-)
+METHOD = UpdateMethod(traits_for(UpdateKind.FULL), every_weight)

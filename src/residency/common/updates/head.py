@@ -12,8 +12,9 @@ import torch
 from transformers import PreTrainedModel
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import UpdateKind
-from residency.common.updates.base import GradSampleMode, UpdateMethod
+from residency.common.config.kinds import UpdateKind
+from residency.common.updates.base import UpdateMethod
+from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -28,9 +29,4 @@ def head_only(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
-METHOD = UpdateMethod(
-    kind=UpdateKind.HEAD,
-    trains="the classifier head (weight and bias)",
-    prepare=head_only,
-    grad_sample_mode=GradSampleMode.HOOKS,
-)
+METHOD = UpdateMethod(traits_for(UpdateKind.HEAD), head_only)

@@ -14,8 +14,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
-from residency.common.config.job import UpdateKind
-from residency.common.updates.base import GradSampleMode, UpdateMethod
+from residency.common.config.kinds import UpdateKind
+from residency.common.updates.base import UpdateMethod
+from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -36,9 +37,4 @@ def with_adapters(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
         return cast(torch.nn.Module, get_peft_model(model, lora))
 
 
-METHOD = UpdateMethod(
-    kind=UpdateKind.LORA,
-    trains="LoRA adapters (A and B) and the classifier head",
-    prepare=with_adapters,
-    grad_sample_mode=GradSampleMode.HOOKS,
-)
+METHOD = UpdateMethod(traits_for(UpdateKind.LORA), with_adapters)

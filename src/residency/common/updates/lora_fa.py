@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
-from residency.common.config.job import UpdateKind
-from residency.common.updates.base import GradSampleMode, UpdateMethod
+from residency.common.config.kinds import UpdateKind
+from residency.common.updates.base import UpdateMethod
 from residency.common.updates.lora import with_adapters
+from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -28,9 +29,4 @@ def with_frozen_a(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
     return wrapped
 
 
-METHOD = UpdateMethod(
-    kind=UpdateKind.LORA_FA,
-    trains="LoRA B matrices and the classifier head (A frozen, seeded alike everywhere)",
-    prepare=with_frozen_a,
-    grad_sample_mode=GradSampleMode.HOOKS,
-)
+METHOD = UpdateMethod(traits_for(UpdateKind.LORA_FA), with_frozen_a)

@@ -33,16 +33,13 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.job import UpdateKind
+from residency.common.config.kinds import UpdateKind
 from residency.common.errors import InvalidUpdate
-from residency.common.updates.base import Combine, GradSampleMode, UpdateMethod
+from residency.common.updates.base import UpdateMethod
 from residency.common.updates.head import head_only
-
-COUNT_WEIGHT = 0.3
-"""What one record adds to its class's released count (its features add at most 1 in L2)."""
-
-SENSITIVITY = math.sqrt(1.0 + COUNT_WEIGHT**2)
-"""L2 distance between the releases of two datasets one record apart."""
+from residency.common.updates.traits import COUNT_WEIGHT as COUNT_WEIGHT
+from residency.common.updates.traits import SENSITIVITY as SENSITIVITY
+from residency.common.updates.traits import traits_for
 
 TEMPERATURE = 10.0
 """Scale of the cosine logits: it changes the softmax's confidence, never the prediction."""
@@ -66,16 +63,8 @@ NODE_COUNTS = "prototypes.node-counts"
 NOISE_STDS = "prototypes.noise-stds"
 
 
-METHOD = UpdateMethod(
-    kind=UpdateKind.PROTOTYPES,
-    trains="nothing: noisy per-class sums and counts of normalised frozen features, once",
-    prepare=head_only,  # the head is set, never trained; the model reads normalised features
-    grad_sample_mode=GradSampleMode.HOOKS,  # unused: no gradient is taken
-    float16_wire=False,
-    combine=Combine.PROTOTYPES,
-    release_sensitivity=SENSITIVITY,
-    normalized_features=True,
-)
+# The head is set, never trained; the model reads normalised features.
+METHOD = UpdateMethod(traits_for(UpdateKind.PROTOTYPES), head_only)
 
 
 def template(classes: int, width: int) -> dict[str, np.ndarray]:

@@ -457,7 +457,7 @@ def test_only_the_release_before_a_head_is_refined_and_only_trained_heads_follow
     assert plan.round_update is UpdateKind.LORA
     with pytest.raises(ConfigError, match="only the release before a head is refined"):
         RoundPlan.from_record(config | {"server-round": 3, "refine": True} | _transform())
-    with pytest.raises(ConfigError, match="does not start a full update"):
+    with pytest.raises(ConfigError, match="is not a pipeline Residency runs"):
         RoundPlan.from_record(config | {"server-round": 2, "update": "full"} | _transform())
 
 

@@ -90,19 +90,6 @@ def _log_to(path: Path) -> None:
     logging.getLogger("residency").setLevel(logging.INFO)
 
 
-def _spec(plan: RoundPlan) -> ModelSpec:
-    return ModelSpec(
-        source=plan.model,
-        labels=tuple(plan.labels),
-        update=plan.update,
-        warm_start=plan.warm_start,
-        lora_rank=plan.lora_rank,
-        lora_alpha=plan.lora_alpha,
-        lora_targets=tuple(plan.lora_targets),
-        seed=plan.seed,
-    )
-
-
 def _signer(settings: NodeSettings) -> Signer:
     return load_or_create_signer(
         settings.record_key, comment=f"residency-record-{settings.country}"
@@ -306,7 +293,7 @@ def _train_job(
     warn_if_far(settings, len(admitted.records), log)
 
     # Model and data before the charge: a fault here costs no budget.
-    warm = classifier_for(_spec(plan))
+    warm = classifier_for(ModelSpec.from_plan(plan))
     model = warm.model
     if warm.fingerprint != plan.base_fingerprint:
         raise ConfigError(

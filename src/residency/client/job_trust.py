@@ -37,13 +37,17 @@ def signed_plan(plan: RoundPlan, record: Mapping[str, Any], settings: NodeSettin
         code = RefusalCode.JOB_EXPIRED if isinstance(exc, ExpiredJob) else RefusalCode.UNTRUSTED_JOB
         raise PolicyViolation(f"{refused}: {reason}", Refusal(code)) from exc
     assert signed is not None  # open_job refuses a plan without one
-    expected = round_config(
-        job,
-        base_fingerprint=plan.base_fingerprint,
-        feature_transform=plan.feature_transform,
-        signed=signed,
-        refine=plan.refine,  # the coordinator's choice; the node prices it (admission.py)
-    )
+    try:
+        expected = round_config(
+            job,
+            base_fingerprint=plan.base_fingerprint,
+            feature_transform=plan.feature_transform,
+            signed=signed,
+            refine=plan.refine,  # the coordinator's choice; the node prices it (admission.py)
+            first_round=plan.server_round,
+        )
+    except ValidationError:  # the job's own plan would not take what the coordinator added
+        expected = {}
     differs = sorted(
         key
         for key in expected.keys() | set(record.keys())

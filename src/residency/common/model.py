@@ -35,6 +35,7 @@ from transformers import (
 from residency.common.classifier_head import classifier_head
 from residency.common.config.job import SENTENCE_POOLING_FILE, Job
 from residency.common.config.kinds import TransferDtype, UpdateKind
+from residency.common.config.round_plan import RoundPlan
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
 from residency.common.updates import prototypes
@@ -84,6 +85,20 @@ class ModelSpec:
             lora_alpha=job.train.lora_alpha,
             lora_targets=tuple(job.train.lora_targets),
             seed=job.train.seed,
+        )
+
+    @classmethod
+    def from_plan(cls, plan: RoundPlan) -> ModelSpec:
+        """Derive the spec from a round plan, as a node builds the model the job names."""
+        return cls(
+            source=plan.model,
+            labels=tuple(plan.labels),
+            update=plan.update,
+            warm_start=plan.warm_start,
+            lora_rank=plan.lora_rank,
+            lora_alpha=plan.lora_alpha,
+            lora_targets=tuple(plan.lora_targets),
+            seed=plan.seed,
         )
 
 

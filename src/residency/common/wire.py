@@ -63,31 +63,9 @@ WITHHELD_REASON: Final = "node error withheld by the egress guard (see the node'
 FIXED_REASONS: Final = frozenset({NODE_FAULT_REASON, WITHHELD_REASON})
 """The only sentences an error reply may carry besides a coded refusal."""
 
-# ConfigRecord a node receives from the coordinator (besides Flower's "server-round").
+# Flower's round number in the ConfigRecord a node receives; the rest of that record is a
+# RoundPlan (residency.common.config.round_plan), built by RoundPlan.record().
 SERVER_ROUND: Final = "server-round"
-ROUND_FIELDS: Final = (
-    "job",
-    "rounds",
-    "local-epochs",
-    "batch-size",
-    "learning-rate",
-    "update",
-    "transfer-dtype",
-    "lora-rank",
-    "lora-alpha",
-    "lora-targets",
-    "seed",
-    "model",
-    "max-length",
-    "labels",
-    "text-column",
-    "label-column",
-    "target-epsilon",
-    "delta",
-    "max-grad-norm",
-    "accountant",
-    "base-fingerprint",
-)
 
 
 def scalar(metrics: Mapping[str, object], key: str) -> float:

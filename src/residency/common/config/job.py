@@ -309,30 +309,12 @@ class TrainSection(Strict):
         return {**defaults, **data}
 
     @model_validator(mode="after")
-    def _deltas_survive_the_wire(self) -> TrainSection:
-
-        if (
-            self.transfer_dtype is TransferDtype.FLOAT16
-            and not traits_for(self.update).float16_wire
-        ):
-            raise ValueError(
-                f'transfer_dtype "float16" with update "{self.update.value}" rounds the weights, '
-                "not the changes: most of a round's update is lost; fix: transfer_dtype = "
-                '"float32", or a LoRA or head update'
-            )
-        if traits_for(self.update).is_release and self.rounds != 1:
-            raise ValueError(
-                f'update "{self.update.value}" is one release, not rounds of training; '
-                "fix: rounds = 1"
-            )
-        if self.warm_start is not None and (
-            not traits_for(self.warm_start).is_release or self.update not in WARM_STARTED
-        ):
-            raise ValueError(
-                f'warm_start "{self.warm_start.value}" before update "{self.update.value}" is '
-                'not a pipeline Residency runs; fix: warm_start = "prototypes" with update = '
-                '"head", "lora" or "lora-fa", or remove warm_start'
-            )
+    def _a_pipeline_residency_runs(self) -> TrainSection:
+        problem = pipeline_problem(
+            self.update, self.warm_start, rounds=self.rounds, transfer_dtype=self.transfer_dtype
+        )
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
@@ -397,6 +379,37 @@ def parse_pipeline(name: str) -> tuple[UpdateKind, UpdateKind | None]:
     """(update, warm_start) of a pipeline name; ``ValueError`` names what is unknown."""
     first, _, then = name.strip().partition(PIPELINE_JOIN)
     return (UpdateKind(then), UpdateKind(first)) if then else (UpdateKind(first), None)
+
+
+def pipeline_problem(
+    update: UpdateKind,
+    warm_start: UpdateKind | None,
+    *,
+    rounds: int,
+    transfer_dtype: TransferDtype,
+) -> str | None:
+    """What makes a pipeline one Residency does not run, in one line with its fix; None if none.
+
+    The one rule for a job file (``[train]``) and for every round plan a node receives
+    (:class:`~residency.common.config.round_plan.RoundPlan`), so the two cannot drift.
+    """
+    if transfer_dtype is TransferDtype.FLOAT16 and not traits_for(update).float16_wire:
+        return (
+            f'transfer_dtype "float16" with update "{update.value}" rounds the weights, not the '
+            'changes: most of a round\'s update is lost; fix: transfer_dtype = "float32", or a '
+            "LoRA or head update"
+        )
+    if traits_for(update).is_release and rounds != 1:
+        return f'update "{update.value}" is one release, not rounds of training; fix: rounds = 1'
+    if warm_start is not None and (
+        not traits_for(warm_start).is_release or update not in WARM_STARTED
+    ):
+        return (
+            f'warm_start "{warm_start.value}" before update "{update.value}" is not a pipeline '
+            'Residency runs; fix: warm_start = "prototypes" with update = "head", "lora" or '
+            '"lora-fa", or remove warm_start'
+        )
+    return None
 
 
 def refinable(update: UpdateKind, warm_start: UpdateKind | None) -> bool:

@@ -7,6 +7,7 @@ with the job file's bounds (finite numbers, the same limits), before anything is
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,9 +17,9 @@ from residency.common.config.job import (
     MAX_GRAD_NORM,
     MAX_LORA_ALPHA,
     MAX_TARGET_EPSILON,
-    WARM_STARTED,
     Job,
     Strict,
+    pipeline_problem,
     refinable,
     round_update,
 )
@@ -31,7 +32,6 @@ from residency.common.config.kinds import (
 )
 from residency.common.config.signed_job import MAX_JOB_BYTES, SignedJob
 from residency.common.errors import ConfigError
-from residency.common.updates.traits import traits_for
 
 NO_WARM_START = "none"
 
@@ -151,22 +151,79 @@ class RoundPlan(Strict):
                     f"feature centre outside [-{FEATURE_CENTRE_BOUND:g}, {FEATURE_CENTRE_BOUND:g}]"
                 )
 
-        if (
-            self.transfer_dtype is TransferDtype.FLOAT16
-            and not traits_for(self.update).float16_wire
-        ):
-            raise ValueError(f"float16 transfer of a {self.update.value} update rounds the weights")
+        problem = pipeline_problem(
+            self.update, self.warm_start, rounds=self.rounds, transfer_dtype=self.transfer_dtype
+        )
+        if problem is not None:
+            raise ValueError(problem)
         if self.refine and (self.server_round == 1 or not refinable(self.update, self.warm_start)):
             raise ValueError("only the release before a head is refined, after round 1")
-        if self.warm_start is not None and not traits_for(self.warm_start).is_release:
-            raise ValueError(f"warm start {self.warm_start.value} is not a release")
-        if self.warm_start is not None and self.update not in WARM_STARTED:
-            raise ValueError(f"a release does not start a {self.update.value} update")
-        if traits_for(self.update).is_release and self.rounds != 1:
-            raise ValueError(
-                f"a {self.update.value} update is one release, not {self.rounds} rounds"
-            )
         return self
+
+    @classmethod
+    def for_job(
+        cls,
+        job: Job,
+        *,
+        server_round: int,
+        base_fingerprint: str,
+        feature_transform: bytes = b"",
+        signed: SignedJob | None = None,
+        refine: bool = False,
+    ) -> RoundPlan:
+        """The plan of ``job`` for ``server_round``: the one place a job field maps to the wire.
+
+        Raises:
+            ValidationError: the plan breaks a rule the node would refuse it for.
+        """
+        train, privacy = job.train, job.privacy
+        fields: dict[str, Any] = {
+            "server_round": server_round,
+            "job": job.name,
+            "rounds": train.rounds,
+            "local_epochs": train.local_epochs,
+            "batch_size": train.batch_size,
+            "learning_rate": train.learning_rate,
+            "update": train.update,
+            "warm_start": train.warm_start,
+            "optimizer": train.optimizer,
+            "step_rule": train.step_rule,
+            "transfer_dtype": train.transfer_dtype,
+            "lora_rank": train.lora_rank,
+            "lora_alpha": train.lora_alpha,
+            "lora_targets": list(train.lora_targets),
+            "seed": train.seed,
+            "model": job.model.path,
+            "max_length": job.model.max_length,
+            "labels": list(job.data.labels),
+            "text_column": job.data.text_column,
+            "label_column": job.data.label_column,
+            "target_epsilon": privacy.target_epsilon,
+            "delta": privacy.delta,
+            "max_grad_norm": privacy.max_grad_norm,
+            "accountant": privacy.accountant,
+            "warm_start_share": privacy.warm_start_share,
+            "feature_transform": feature_transform,
+            "base_fingerprint": base_fingerprint,
+            "countries": [node.country for node in job.nodes],
+            "signed_job": "" if signed is None else signed.body,
+            "job_launcher": "" if signed is None else signed.launcher,
+            "job_signature": "" if signed is None else signed.signature,
+            "refine": refine,
+        }
+        return cls.model_validate(fields, by_name=True)
+
+    def record(self) -> dict[str, Any]:
+        """The ConfigRecord content: wire names, plain values, without the per-message fields.
+
+        Flower cannot size an empty value, so an absent transform, signature or refine is left
+        out (each field's default), and no warm start is spelled ``NO_WARM_START``.
+        """
+        values = self.model_dump(
+            by_alias=True, exclude={"server_round", "job_ended"}, exclude_defaults=True
+        )
+        values["warm-start"] = NO_WARM_START if self.warm_start is None else self.warm_start
+        return {key: _plain(value) for key, value in values.items()}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RoundPlan:
@@ -182,6 +239,11 @@ class RoundPlan(Strict):
             ) from exc
 
 
+def _plain(value: Any) -> Any:
+    """An enum as its value: a ConfigRecord holds plain strings."""
+    return value.value if isinstance(value, StrEnum) else value
+
+
 def feature_transform_bytes(centre: np.ndarray, scale: np.ndarray) -> bytes:
     """The ``feature-transform`` value: centre then scale, little-endian float32."""
     return np.stack([centre, scale]).astype("<f4").tobytes()
@@ -194,46 +256,24 @@ def round_config(
     feature_transform: bytes = b"",
     signed: SignedJob | None = None,
     refine: bool = False,
+    first_round: int | None = None,
 ) -> dict[str, Any]:
-    """The ConfigRecord content the coordinator sends with every training message."""
-    warm_start = job.train.warm_start
-    envelope = (
-        {}
-        if signed is None
-        else {
-            "signed-job": signed.body,
-            "job-launcher": signed.launcher,
-            "job-signature": signed.signature,
-        }
+    """The ConfigRecord content the coordinator sends with every training message.
+
+    Built from :class:`RoundPlan` itself (:meth:`RoundPlan.for_job`), so the wire carries
+    exactly the fields a node validates, under their wire names, and the coordinator checks
+    its own plan with the node's rules before sending it. Flower's ``server-round`` is the
+    strategy's, per message; ``first_round`` is the round the record goes out with first
+    (default: round 1, or round 2 once a warm start's transform is set).
+    """
+    if first_round is None:
+        first_round = 2 if feature_transform else 1
+    plan = RoundPlan.for_job(
+        job,
+        server_round=first_round,
+        base_fingerprint=base_fingerprint,
+        feature_transform=feature_transform,
+        signed=signed,
+        refine=refine,
     )
-    return {
-        "job": job.name,
-        "rounds": job.train.rounds,
-        "local-epochs": job.train.local_epochs,
-        "batch-size": job.train.batch_size,
-        "learning-rate": job.train.learning_rate,
-        "update": job.train.update.value,
-        "warm-start": NO_WARM_START if warm_start is None else warm_start.value,
-        "optimizer": job.train.optimizer.value,
-        "step-rule": job.train.step_rule.value,
-        "transfer-dtype": job.train.transfer_dtype.value,
-        "lora-rank": job.train.lora_rank,
-        "lora-alpha": job.train.lora_alpha,
-        "lora-targets": list(job.train.lora_targets),
-        "seed": job.train.seed,
-        "model": job.model.path,
-        "max-length": job.model.max_length,
-        "labels": list(job.data.labels),
-        "text-column": job.data.text_column,
-        "label-column": job.data.label_column,
-        "target-epsilon": job.privacy.target_epsilon,
-        "delta": job.privacy.delta,
-        "max-grad-norm": job.privacy.max_grad_norm,
-        "accountant": job.privacy.accountant.value,
-        "warm-start-share": job.privacy.warm_start_share,
-        **({"feature-transform": feature_transform} if feature_transform else {}),
-        "base-fingerprint": base_fingerprint,
-        "countries": [node.country for node in job.nodes],
-        **envelope,
-        **({"refine": True} if refine else {}),
-    }
+    return plan.record()

@@ -252,7 +252,7 @@ def simulate_command(job: Path, out: Path, cores: int | None) -> list[str]:
     if cores is None:
         return [RESIDENCY, *args]
     pretend = (
-        f"import os; os.cpu_count = lambda: {cores}; from residency.cli.app import main; main()"
+        f"import os; os.cpu_count = lambda: {cores}; from residency.cli.main import main; main()"
     )
     return [sys.executable, "-c", pretend, *args]
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from residency.client.app import _confirm, _train
+from residency.client.client_app import _confirm, _train
 from residency.client.node_config import NODE_CONFIG_KEY
 from residency.common import wire
 from residency.common.config.job import Job

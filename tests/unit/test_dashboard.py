@@ -13,19 +13,19 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 from typer.testing import CliRunner
 
-from residency.cli.app import app as cli
+from residency.cli.main import app as cli
 from residency.common.clock import now
 from residency.common.errors import ConfigError
-from residency.server.admission import AdmittedNode, record_admission
+from residency.server.admitted_nodes import AdmittedNode, record_admission
 from residency.server.coordinator import init_coordinator
-from residency.server.dashboard.app import (
+from residency.server.dashboard.hosts import host_allowed, served_hosts
+from residency.server.dashboard.state import read_state
+from residency.server.dashboard.web import (
     COOKIE,
     UNKNOWN_HOST,
     address_without_token,
     create_app,
 )
-from residency.server.dashboard.hosts import host_allowed, served_hosts
-from residency.server.dashboard.state import read_state
 from residency.server.results import (
     CountryPrivacy,
     FinalResult,

@@ -272,7 +272,7 @@ def test_deploy_commands_exist_in_the_installed_cli() -> None:
     import click
     import typer.main
 
-    from residency.cli.app import app
+    from residency.cli.main import app
 
     root = typer.main.get_command(app)
     for call in all_calls():

@@ -28,7 +28,7 @@ from residency.common.config.job import Job, load_job
 from residency.common.config.kinds import UpdateKind
 from residency.common.config.signed_job import sign_job
 from residency.common.errors import ConfigError
-from residency.server.admission import key_fingerprint
+from residency.server.admitted_nodes import key_fingerprint
 from residency.server.events import RoundStarted, emit, parse
 from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
 from residency.server.launch_check import LaunchRefused, accepted_job
@@ -161,7 +161,7 @@ def test_a_node_runs_only_its_installed_clientapp_whatever_a_bundle_names(
     """A run's bundle names its own ClientApp module; the node never writes or imports it."""
     from flwr.supernode.runtime import run_clientapp as runtime
 
-    import residency.client.app
+    import residency.client.client_app
 
     source = inspect.getsource(runtime.run_clientapp)  # where Flower 1.42 loads the app
     assert "install_from_fab(fab.content" in source
@@ -169,7 +169,7 @@ def test_a_node_runs_only_its_installed_clientapp_whatever_a_bundle_names(
     ForkExecutor()
 
     load = runtime.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-    assert load("attacker/app", "1.0.0", "0" * 64) is residency.client.app.app
+    assert load("attacker/app", "1.0.0", "0" * 64) is residency.client.client_app.app
     before = sorted(tmp_path.rglob("*"))
     runtime.install_from_fab(b"PK not even a zip", tmp_path, skip_prompt=True)
     assert sorted(tmp_path.rglob("*")) == before  # nothing of the bundle lands on the node
@@ -181,7 +181,7 @@ def test_the_coordinator_runs_only_its_installed_serverapp(
     """A run's bundle names its own ServerApp; the coordinator's runtime never loads it."""
     import importlib
 
-    from residency.server import deployment, superlink
+    from residency.server import deployed_app, superlink
     from residency.server.serverapp_task import pin_serverapp
     from residency.server.superexec import SERVERAPP_COMMAND
 
@@ -191,7 +191,7 @@ def test_the_coordinator_runs_only_its_installed_serverapp(
     monkeypatch.setitem(vars(runtime), "run_", lambda **kwargs: called.update(kwargs))
     pin_serverapp()
     runtime.run_(grid=None, server_app_dir="/fab", server_app_attr="evil:app", context=None)
-    assert called["loaded_server_app"] is deployment.app
+    assert called["loaded_server_app"] is deployed_app.app
     assert "server_app_attr" not in called
 
     cli = importlib.import_module("flwr.superlink.cli.flower_superlink")

@@ -23,8 +23,8 @@ from node_harness import (
     task_identity,
     train_round,
 )
-from residency.client.app import _train
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.client_app import _train
 from residency.common.config.job import Job, load_job
 from residency.common.config.signed_job import (
     ExpiredJob,

@@ -23,8 +23,8 @@ from node_harness import (
     task_identity,
     train_round,
 )
-from residency.client.app import _train, query
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.client_app import _train, query
 from residency.client.egress import guard_reply
 from residency.common import wire
 from residency.common.config.job import Job, load_job
@@ -168,7 +168,7 @@ def test_one_round_trains_at_a_time_and_one_whose_round_closed_meanwhile_is_not_
     """Issue 26, point 5: another job's round waits for the node, and never races it."""
     import threading
 
-    from residency.client import app as client_app
+    from residency.client import client_app
 
     settings = node_file(tmp_path, budget=40.0)
     spans: list[tuple[float, float]] = []

@@ -64,7 +64,7 @@ def test_the_check_sees_an_arrow_that_points_up(tmp_path: Path) -> None:
     module.write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
         "    from residency.client import trainer\n"
-        "def f():\n    import residency.server.app\n",
+        "def f():\n    import residency.server.simulated_app\n",
         encoding="utf-8",
     )
-    assert {m for m, _ in arrows(module)} >= {"residency.client", "residency.server.app"}
+    assert {m for m, _ in arrows(module)} >= {"residency.client", "residency.server.simulated_app"}

@@ -17,11 +17,11 @@ from flwr.app import Message
 from typer.testing import CliRunner
 
 from node_harness import node_file, train_round
-from residency.cli.app import app as cli
 from residency.cli.common import EXIT_INPUT
+from residency.cli.main import app as cli
 from residency.cli.simulation import write_node_settings
-from residency.client.app import train
 from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.client_app import train
 from residency.client.node_config import load_node_settings
 from residency.common.config.job import Job, load_job
 from residency.common.errors import ConfigError, PolicyViolation

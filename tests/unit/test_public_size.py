@@ -19,8 +19,7 @@ import pytest
 
 from node_harness import node_file, signed_record, train_round
 from residency.cli.simulation import write_node_settings
-from residency.client import app as client_app
-from residency.client import trainer
+from residency.client import client_app, trainer
 from residency.client.daemon import init_node
 from residency.client.node_config import load_node_settings
 from residency.client.randomness import RoundRandomness

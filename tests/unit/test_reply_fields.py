@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node_harness import node_file, signed_record, train_round
-from residency.client import app as node_app
+from residency.client import client_app as node_app
 from residency.client import reply as node_reply
 from residency.common.config.job import load_job
 from toy_federation import write_toy_job

@@ -60,8 +60,8 @@ def write_bundle(signed: SignedJob, folder: Path) -> Path:
         name="residency-job",
         version=__version__,
         description="Residency federated job",
-        serverapp="residency.server.deployment:app",
-        clientapp="residency.client.app:app",
+        serverapp="residency.server.deployed_app:app",
+        clientapp="residency.client.client_app:app",
         config={
             JOB_KEY: signed.body,
             JOB_LAUNCHER_KEY: signed.launcher,

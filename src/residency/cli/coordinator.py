@@ -16,7 +16,7 @@ from residency.cli.processes import Child, supervise
 from residency.common.country import iso_country
 from residency.common.errors import ConfigError
 from residency.common.privacy.signing import load_signer
-from residency.server.admission import (
+from residency.server.admitted_nodes import (
     AdmittedNode,
     key_fingerprint,
     read_admitted,

@@ -109,8 +109,8 @@ def dashboard(
     """Serve a read-only page of runs, rounds, countries' ε and nodes that updates live."""
     import uvicorn
 
-    from residency.server.dashboard.app import create_app
     from residency.server.dashboard.hosts import served_hosts
+    from residency.server.dashboard.web import create_app
 
     try:
         token = read_token(token_file) if token_file is not None else None

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
-from residency.client.app import app as client_app
+from residency.client.client_app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.config.signed_job import sign_job
@@ -30,9 +30,9 @@ from residency.common.files import write_atomic
 from residency.common.privacy.public_size import rounded_size
 from residency.common.privacy.signing import load_or_create_signer, public_path
 from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
-from residency.server.app import make_server_app
 from residency.server.federation import FederationObserver, JobFailed, RunControl
 from residency.server.results import Results
+from residency.server.simulated_app import make_server_app
 from residency.server.tracking import local_uri, require_mlflow
 
 NODES_DIR = "nodes"

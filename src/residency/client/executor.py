@@ -39,7 +39,7 @@ def only_residency_runs() -> None:
     """
     from flwr.supernode.runtime import run_clientapp as runtime
 
-    from residency.client.app import app
+    from residency.client.client_app import app
 
     def installed_app(
         default_app_ref: str, app_path: str | None, multi_app: bool

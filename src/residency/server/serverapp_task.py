@@ -5,7 +5,7 @@ names from it, so whoever can submit a run would run their own code next to the 
 ledger key, CA key and data folder. The coordinator's SuperExec starts this command instead
 (:mod:`residency.server.superexec`): the bundle still supplies the run config (the signed
 job), read from the bundle in memory, but the code that reads it is the installed
-``residency.server.deployment:app``, and the bundle is never written to the coordinator's
+``residency.server.deployed_app:app``, and the bundle is never written to the coordinator's
 disk (a launcher's files would otherwise pile up in Flower's app folder, one per run).
 """
 
@@ -27,7 +27,7 @@ def pin_serverapp() -> None:
     from flwr.common.config import flatten_dict as flat
     from flwr.common.config import fuse_dicts, get_fab_config
 
-    from residency.server.deployment import app
+    from residency.server.deployed_app import app
 
     runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
     original = runtime.run_

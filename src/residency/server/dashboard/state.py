@@ -25,7 +25,7 @@ from residency.common import charts
 from residency.common.errors import ConfigError
 from residency.common.privacy.ledger import LEDGER_FILE, EntryKind, LedgerEntry
 from residency.common.privacy.record import PrivacyRecord
-from residency.server.admission import read_admitted
+from residency.server.admitted_nodes import read_admitted
 from residency.server.coordinator import SETTINGS_FILE, CoordinatorDir
 from residency.server.results import RESULTS_FILE, NodeStatus, Results, RunStatus
 

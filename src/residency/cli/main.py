@@ -21,7 +21,7 @@ from residency.cli.audit import audit_app
 from residency.cli.common import EXIT_FAILED, EXIT_INPUT, console, default_output, fail
 from residency.cli.coordinator import coordinator_app
 from residency.cli.dashboard import dashboard
-from residency.cli.deployment import run, runs_app
+from residency.cli.launch import run, runs_app
 from residency.cli.launcher import launcher_app
 from residency.cli.node import node_app
 from residency.common.config.job import (

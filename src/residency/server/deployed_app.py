@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from residency.common.config.job import Job
 from residency.common.errors import ConfigError, DataError
-from residency.server.admission import read_admitted
+from residency.server.admitted_nodes import read_admitted
 from residency.server.events import EventPrinter, RunFinished, RunRefused, RunStarted, emit
 from residency.server.federation import JobFailed, run_federation
 from residency.server.job_paths import unquoted

@@ -6,6 +6,7 @@ import importlib
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,20 +99,26 @@ def test_an_impossible_split_is_one_line(accuracy: ModuleType) -> None:
         _split(accuracy, countries=tuple(f"C{i}" for i in range(10)), alpha=0.01)
 
 
-def test_prepare_corpus_writes_a_job_the_product_loads(
-    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from residency.common.config.job import load_job
-    from residency.common.data.readers import read_labeled_texts
-
+def _inline(accuracy: ModuleType) -> Any:
+    """A corpus of ``LABELS`` in ``LANGUAGES``, with commas for the CSV writer to quote."""
     names = ("low", "mid", "high")
-    corpus = accuracy.Corpus(
+    return accuracy.Corpus(
         name="inline",
         texts=[f"note {i}, with a comma" for i in range(len(LABELS))],
         labels=[names[y] for y in LABELS],
         label_names=names,
         languages=LANGUAGES,
     )
+
+
+def test_prepare_corpus_writes_a_job_the_product_loads(
+    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from residency.common.config.job import load_job
+    from residency.common.data.readers import read_labeled_texts
+
+    corpus = _inline(accuracy)
+    names = corpus.label_names
     prepared = accuracy.prepare_corpus(
         tmp_path, corpus, countries=COUNTRIES, regime="dirichlet", examples=None,
         test_examples=40, alpha=0.5, model="tiny", seed=3,
@@ -159,14 +166,8 @@ def test_people_deal_each_countrys_rows_and_every_node_reads_them(
 ) -> None:
     from residency.common.data.readers import scan_labeled_texts
 
-    names = ("low", "mid", "high")
-    corpus = accuracy.Corpus(
-        name="inline",
-        texts=[f"note {i}" for i in range(len(LABELS))],
-        labels=[names[y] for y in LABELS],
-        label_names=names,
-        languages=LANGUAGES,
-    )
+    corpus = _inline(accuracy)
+    names = corpus.label_names
     prepared = accuracy.prepare_corpus(
         tmp_path, corpus, countries=COUNTRIES, regime="dirichlet", examples=None,
         test_examples=40, alpha=0.5, model="tiny", seed=3, people=8,

@@ -708,3 +708,31 @@ def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
         ConfigError, match=r"job\.toml: train\.min_nodes: 3 but the job names 2 countries"
     ):
         load_job(write_toy_job(tmp_path / "b", countries=("DE", "FR"), train="min_nodes = 3"))
+
+
+def test_an_error_the_superlink_answers_for_an_unreachable_node_is_that_nodes(
+    tmp_path: Path,
+) -> None:
+    """Flower answers a message it could not deliver from its own node id, not the node's."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    def unreachable(message: Message, country: str, signer: Signer) -> Message | None:
+        server_round = int(message.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+        if server_round != 2:
+            return _trained()(message, country, signer)
+        reply = create_message_error_unavailable_res_message(message.metadata, "node_unavail")
+        assert reply.metadata.src_node_id == SUPERLINK_NODE_ID
+        return reply
+
+    coordinator = _coordinator(tmp_path, {"DE": _trained(), "FR": unreachable}, rounds=3, train="")
+    _run(coordinator, tmp_path / "out")
+    text = (tmp_path / "out" / "results.json").read_text("utf-8")
+    results = json.loads(text)
+    assert results["status"] == "completed"
+    assert "node-" not in text  # no unknown node in the tallies
+    assert {n["country"]: n["status"] for n in results["rounds"][1]["nodes"]} == {
+        "DE": "ok",
+        "FR": "failed",
+    }
+    assert set(results["privacy"]) == {"DE", "FR"}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from residency.common import wire
@@ -65,20 +66,32 @@ def exchange(
     on_reply: Callable[[Message, int], None],
     stop: threading.Event | None = None,
 ) -> list[Message]:
-    """Push messages and pull replies until all arrive or the round times out."""
+    """Push messages and pull replies until all arrive or the round times out.
+
+    Every reply comes back as its addressee's: an error the SuperLink itself answers for a
+    node it could not reach (``NODE_UNAVAILABLE``, an expired message) is sent from the
+    SuperLink's own node id, and would otherwise count as a failure of an unknown node
+    ``node-1`` while the country it was meant for seemed never to answer.
+    """
     sizes: dict[str, int] = {}
+    addressees: dict[str, int] = {}
     outgoing = list(messages)
     ids = list(grid.push_messages(outgoing))
     for message_id, message in zip(ids, outgoing, strict=True):
         sizes[message_id] = record_bytes(message.content)
+        addressees[message_id] = message.metadata.dst_node_id
     pending = set(ids)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(pending):
-            pending.discard(reply.metadata.reply_to_message_id)
+            asked = reply.metadata.reply_to_message_id
+            if reply.metadata.src_node_id == SUPERLINK_NODE_ID and asked in addressees:
+                # Flower's Metadata has no setter; Flower itself writes its fields so.
+                reply.metadata.__dict__["_src_node_id"] = addressees[asked]
+            pending.discard(asked)
             replies.append(reply)
-            on_reply(reply, sizes.get(reply.metadata.reply_to_message_id, 0))
+            on_reply(reply, sizes.get(asked, 0))
         if pending:
             pause(0.1, stop)
     if pending:

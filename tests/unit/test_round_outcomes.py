@@ -713,7 +713,7 @@ def test_min_nodes_default_and_bounds(tmp_path: Path) -> None:
 def test_an_error_the_superlink_answers_for_an_unreachable_node_is_that_nodes(
     tmp_path: Path,
 ) -> None:
-    """Flower answers a message it could not deliver from its own node id, not the node's."""
+    """Flower answers a message it could not deliver from its own node id: no node replied."""
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
@@ -735,4 +735,5 @@ def test_an_error_the_superlink_answers_for_an_unreachable_node_is_that_nodes(
         "DE": "ok",
         "FR": "failed",
     }
+    assert results["rounds"][1]["dropped"] == ["FR"]  # it sent no reply: the SuperLink did
     assert set(results["privacy"]) == {"DE", "FR"}

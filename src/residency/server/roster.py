@@ -68,10 +68,10 @@ def exchange(
 ) -> list[Message]:
     """Push messages and pull replies until all arrive or the round times out.
 
-    Every reply comes back as its addressee's: an error the SuperLink itself answers for a
-    node it could not reach (``NODE_UNAVAILABLE``, an expired message) is sent from the
-    SuperLink's own node id, and would otherwise count as a failure of an unknown node
-    ``node-1`` while the country it was meant for seemed never to answer.
+    Only nodes reply: an error the SuperLink itself answers for a message it could not
+    deliver (``NODE_UNAVAILABLE``, an expired message) comes from its own node id and says
+    that no reply will come, so its node is left to the caller as one that sent none, by
+    its own country, never as a failure of an unknown node ``node-1``.
     """
     sizes: dict[str, int] = {}
     addressees: dict[str, int] = {}
@@ -86,10 +86,11 @@ def exchange(
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(pending):
             asked = reply.metadata.reply_to_message_id
-            if reply.metadata.src_node_id == SUPERLINK_NODE_ID and asked in addressees:
-                # Flower's Metadata has no setter; Flower itself writes its fields so.
-                reply.metadata.__dict__["_src_node_id"] = addressees[asked]
             pending.discard(asked)
+            sender = reply.metadata.src_node_id
+            if sender == SUPERLINK_NODE_ID and addressees.get(asked) != SUPERLINK_NODE_ID:
+                log.info("message %s: %s", asked, reply.error.reason if reply.has_error() else "")
+                continue
             replies.append(reply)
             on_reply(reply, sizes.get(asked, 0))
         if pending:

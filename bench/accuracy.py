@@ -734,7 +734,7 @@ def product_rows(
     return rows
 
 
-def _features(
+def reference_features(
     prepared: Prepared, settings: Settings
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
     """What the classifier head reads (normalised mean features), for each country and the test."""
@@ -853,7 +853,7 @@ def reference_rows(
     ``finetune``: also the central LoRA fine-tuning reference (slow on a CPU).
     """
     started = time.perf_counter()
-    parties, test = _features(prepared, settings)
+    parties, test = reference_features(prepared, settings)
     classes = len(prepared.labels)
     exact = prototypes.combined(
         [
@@ -984,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--test",
         type=int,
         default=600,
-        help=f"rows in the mixed test set (a corpus: at most {TEST_SHARE:.0%} of it)",
+        help=f"rows in the mixed test set (a corpus: at most {TEST_SHARE:.0%}% of it)",
     )
     parser.add_argument(
         "--alpha",

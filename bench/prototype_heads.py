@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import Prepared, Settings, _features, prepare
+from accuracy import Prepared, Settings, prepare, reference_features
 
 from residency.cli.run_log import quiet_libraries
 from residency.common.config.kinds import AccountantKind
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model,
             seed=args.seed,
         )
-        parties, test = _features(prepared, settings)
+        parties, test = reference_features(prepared, settings)
     classes = len(prepared.labels)
     epsilons = sorted(float(e) for e in args.epsilons.split(","))
     columns = [*epsilons, math.inf]

@@ -34,18 +34,17 @@ import csv
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from workspace import workspace
 
 from residency.client.daemon import NodeDir, daemon_env, supernode_command
 from residency.server.results import NodeStatus, Results, RunStatus
@@ -471,21 +470,6 @@ def run_deployment(
         what=f"{MODES[mode]}: nodes offline",
     )
     return read_timings(mode, out / "results.json", command)
-
-
-@contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    """A temp folder, removed afterwards unless ``keep`` or something failed."""
-    root = Path(tempfile.mkdtemp(prefix="residency-bench-"))
-    try:
-        yield root
-    except BaseException:
-        print(f"kept {root} for inspection", file=sys.stderr)
-        raise
-    if keep:
-        print(f"kept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- report

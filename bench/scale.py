@@ -23,19 +23,18 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+from workspace import workspace
 
 from residency.server.results import NodeStatus, Results, RunStatus
 
@@ -351,21 +350,6 @@ def measure(
     )
 
 
-@contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    """A temp folder, removed afterwards unless ``keep`` or something failed."""
-    root = Path(tempfile.mkdtemp(prefix="residency-scale-"))
-    try:
-        yield root
-    except BaseException:
-        print(f"kept {root} for inspection", file=sys.stderr)
-        raise
-    if keep:
-        print(f"kept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -489,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[Measured] = []
     failure: BenchFailed | None = None
-    with workspace(args.keep) as root:
+    with workspace(args.keep, prefix="residency-scale-") as root:
         print(
             f"{', '.join(map(str, args.countries))} countries, {args.rounds} rounds, "
             f"model {args.model}, update {args.update}, {args.examples} rows per country, "

@@ -400,7 +400,7 @@ def test_budget_resets_are_listed_in_every_format_and_escaped(tmp_path: Path) ->
     assert LedgerEntry.model_validate_json(lines[0]).kind == "budget-reset"
     result = verify_ledger(made.ledger, load_keys(made.keys), node_ledgers=[node])
     assert result.ok, result.problems
-    hostile = replace(result.resets[0], reason=HOSTILE)
+    hostile = result.resets[0].model_copy(update={"reason": HOSTILE})
     result = replace(result, resets=[hostile])
 
     doc = json.loads(render_report(result, fmt=ReportFormat.JSON))

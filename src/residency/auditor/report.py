@@ -93,23 +93,6 @@ class RefusalRow(_Model):
     problems: list[str]
 
 
-class ResetRow(_Model):
-    """A node operator opened a new budget account for a dataset, in the operator's words.
-
-    ``entry`` is an entry number of ``ledger`` (a node's ledger, not necessarily the one
-    reported on).
-    """
-
-    ledger: str
-    entry: int
-    at: str
-    country: str
-    dataset: str
-    old_account: str
-    new_account: str
-    reason: str
-
-
 class PolicyRef(_Model):
     """The node's jurisdiction policy in force, by name and SHA-256 of its rules."""
 
@@ -179,7 +162,7 @@ class Report(_Model):
     verdict: str
     problems: list[Finding]
     notes: list[Finding]
-    resets: list[ResetRow]
+    resets: list[Reset]
     runs: list[RunReport]
 
 
@@ -211,7 +194,7 @@ def build_report(verification: Verification) -> Report:
         verdict=verdict(len(verification.problems)),
         problems=_findings(verification.problems),
         notes=_findings(verification.notes),
-        resets=[_reset(reset) for reset in verification.resets],
+        resets=list(verification.resets),
         runs=[_run(run, verification, by_entry) for run in _run_order(verification)],
     )
 
@@ -240,19 +223,6 @@ def _key_id(public: str | None) -> str | None:
 
 def _findings(problems: Iterable[Problem]) -> list[Finding]:
     return [Finding(entry=p.entry, what=p.what) for p in problems]
-
-
-def _reset(reset: Reset) -> ResetRow:
-    return ResetRow(
-        ledger=str(reset.ledger),
-        entry=reset.entry,
-        at=reset.at,
-        country=reset.country,
-        dataset=reset.dataset,
-        old_account=reset.old_account,
-        new_account=reset.new_account,
-        reason=reset.reason,
-    )
 
 
 def _run_order(verification: Verification) -> list[str]:
@@ -652,7 +622,7 @@ def _md_findings(title: str, findings: Sequence[Finding]) -> list[str]:
     ]
 
 
-def _md_resets(resets: Sequence[ResetRow]) -> list[str]:
+def _md_resets(resets: Sequence[Reset]) -> list[str]:
     if not resets:
         return []
     return [
@@ -670,7 +640,7 @@ def _md_resets(resets: Sequence[ResetRow]) -> list[str]:
                     f"`{_short(r.old_account)}`",
                     f"`{_short(r.new_account)}`",
                     _md(r.at),
-                    _md(r.ledger),
+                    _md(str(r.ledger)),
                     str(r.entry),
                     _md(r.reason),
                 ]

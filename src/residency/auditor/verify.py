@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.numpy import load_file
 
 from residency.auditor.crosscheck import CrossCheck, cross_check
@@ -81,14 +81,17 @@ class RoundSpend:
     (a record did before schema 5); ``None`` where neither is at hand."""
 
 
-@dataclass(frozen=True)
-class Reset:
+class Reset(BaseModel):
     """A node operator opened a new budget account for a dataset: its lifetime spend restarts.
 
     Legitimate (a new extract of the data, a decision recorded outside the ledger), but it is
     the one way a dataset's budget stops binding, so every reset is shown to the auditor with
-    the operator's reason. ``entry`` is an entry number of ``ledger``.
+    the operator's reason. ``entry`` is an entry number of ``ledger`` (a node's ledger, not
+    necessarily the one verified). The one shape ``audit verify --json``, ``audit report``
+    and its HTML and Markdown all show.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     ledger: Path
     entry: int
@@ -327,14 +330,14 @@ class _Verifier:
             self.result.flag(position, "budget-reset entry names the same old and new account")
         self.result.resets.append(
             Reset(
-                self.result.ledger,
-                position,
-                entry.at,
-                entry.country,
-                dataset,
-                old,
-                new,
-                entry.reason or "",
+                ledger=self.result.ledger,
+                entry=position,
+                at=entry.at,
+                country=entry.country,
+                dataset=dataset,
+                old_account=old,
+                new_account=new,
+                reason=entry.reason or "",
             )
         )
 

@@ -7,7 +7,6 @@ open a new account for a dataset, but an auditor must see every time one did.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -59,6 +58,7 @@ def verify(
     """Check the chain, every signature and update hash, and recompute every epsilon twice."""
     from residency.auditor.crosscheck import AGREEMENT
     from residency.auditor.verify import load_keys, verify_ledger
+    from residency.auditor.verify_report import VerifyReport
     from residency.common.privacy.signing import key_id
 
     try:
@@ -77,54 +77,7 @@ def verify(
         ) from exc
     last = result.entries - 1
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "ledger": str(ledger),
-                    "ok": result.ok,
-                    "entries": result.entries,
-                    "head": f"{last}:{result.head}" if result.head else None,
-                    "problems": [{"entry": p.entry, "problem": p.what} for p in result.problems],
-                    "notes": [{"entry": p.entry, "note": p.what} for p in result.notes],
-                    "resets": [
-                        {
-                            "ledger": str(r.ledger),
-                            "entry": r.entry,
-                            "at": r.at,
-                            "country": r.country,
-                            "dataset": r.dataset,
-                            "old_account": r.old_account,
-                            "new_account": r.new_account,
-                            "reason": r.reason,
-                        }
-                        for r in result.resets
-                    ],
-                    "records": [
-                        {
-                            "entry": s.entry,
-                            "run": s.run,
-                            "country": s.country,
-                            "round": s.round,
-                            "epsilon": s.record.epsilon,
-                            "privacy_unit": s.record.privacy_unit.value,
-                            "records_per_person": s.record.records_per_person,
-                            "epsilon_opacus": s.epsilon_opacus,
-                            "epsilon_dp_accounting": s.epsilon_dp_accounting,
-                            "epsilon_dataset": s.epsilon_dataset,
-                            "budget_epsilon": s.record.budget_epsilon,
-                            "noise_source": s.record.noise_source.value,
-                            "launcher": s.record.launcher,
-                            "job_sha256": s.record.job_sha256,
-                            "mechanism": None
-                            if s.record.mechanism is None
-                            else s.record.mechanism.model_dump(mode="json"),
-                        }
-                        for s in result.spends
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print(VerifyReport.of(ledger, result).model_dump_json(indent=2))
     else:
         table = Table(title=f"{ledger}: {result.entries} entries")
         for column in ("run", "country", "rounds", "ε per", "ε recorded", "ε Opacus"):

@@ -9,7 +9,7 @@ import pytest
 
 from residency.common.config.kinds import Combine, GradSampleMode, UpdateKind
 from residency.common.model import ModelSpec, build_classifier, trainable_state
-from residency.common.updates.registry import method_for
+from residency.common.updates.registry import prepare_for
 from residency.common.updates.traits import traits_for
 
 pytestmark = pytest.mark.unit
@@ -22,7 +22,7 @@ def _sent(kind: UpdateKind) -> set[str]:
 def test_every_kind_the_job_accepts_has_its_module() -> None:
     for kind in UpdateKind:
         traits = traits_for(kind)
-        assert method_for(kind).traits is traits
+        assert callable(prepare_for(kind))
         assert traits.kind is kind
         assert traits.trains
         released = kind is UpdateKind.PROTOTYPES

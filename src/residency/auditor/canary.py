@@ -1,7 +1,7 @@
 """One-run canary audit: an empirical epsilon lower bound for a node's DP-SGD configuration.
 
 The audit of Steinke, Nasr and Jagielski (arXiv:2305.08846) run through the node's own Opacus
-mechanism (:func:`residency.client.dp_sgd.make_private`). The attack is white-box and in
+mechanism (:func:`residency.common.privacy.dp_sgd.make_private`). The attack is white-box and in
 gradient space ("Dirac" canaries): the model is one scalar per canary (``nn.Embedding(n, 1)``)
 and canary ``i``'s loss has gradient ``-2 C e_i``, which clipping turns into exactly ``-C e_i``,
 the most one example may move the model. Each canary is included independently with

@@ -24,7 +24,11 @@ from residency.client.client_app import app as client_app
 from residency.client.node_config import RECORD_KEY, SIMULATION_NODES_ENV
 from residency.common.config.job import BUILTIN_MODELS, Job
 from residency.common.config.signed_job import sign_job
-from residency.common.data.readers import count_records, read_labeled_texts, scan_labeled_texts
+from residency.common.data.readers import (
+    count_people,
+    count_records,
+    read_labeled_texts,
+)
 from residency.common.errors import DataError
 from residency.common.files import write_atomic
 from residency.common.privacy.public_size import rounded_size
@@ -120,14 +124,15 @@ def _person_settings(job: Job, country: str, index: int) -> str:
     cap = node.records_per_person or DEFAULT_RECORDS_PER_PERSON
     people = node.public_people
     if people is None:
-        scan = scan_labeled_texts(
-            node.data,
-            text_column=job.data.text_column,
-            label_column=job.data.label_column,
-            labels=job.data.labels,
-            person_column=node.person_column,
+        people = rounded_size(
+            count_people(
+                node.data,
+                text_column=job.data.text_column,
+                label_column=job.data.label_column,
+                labels=job.data.labels,
+                person_column=node.person_column,
+            )
         )
-        people = rounded_size(max(1, len(set(scan.records.people or ()))))
     return (
         'privacy_unit = "person"\n'
         f"person_column = {_toml_string(node.person_column)}\n"

@@ -32,7 +32,7 @@ from residency.client.node_config import (
 from residency.client.node_data import check_node_data
 from residency.client.policy import ca_fingerprint, load_policy
 from residency.common.config.toml_file import write_model
-from residency.common.data.readers import count_records, scan_labeled_texts
+from residency.common.data.readers import count_people, count_records
 from residency.common.errors import ConfigError
 from residency.common.parent_watch import PARENT_FLAG
 from residency.common.privacy.public_size import rounded_size
@@ -133,14 +133,15 @@ def init_node(
     if person_column is not None and records_per_person is None:
         records_per_person = DEFAULT_RECORDS_PER_PERSON
     if person_column is not None and public_people is None:
-        scan = scan_labeled_texts(
-            data,
-            text_column=text_column,
-            label_column=label_column,
-            labels=labels,
-            person_column=person_column,
+        public_people = rounded_size(
+            count_people(
+                data,
+                text_column=text_column,
+                label_column=label_column,
+                labels=labels,
+                person_column=person_column,
+            )
         )
-        public_people = rounded_size(max(1, len(set(scan.records.people or ()))))
     try:
         settings = NodeSettings(
             country=country,

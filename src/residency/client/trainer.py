@@ -1,17 +1,10 @@
 """One round of local DP-SGD with Opacus: Poisson sampling, per-sample clipping, Gaussian noise.
 
 The accountant's history comes in and goes out, so the caller composes epsilon over every
-round; a fresh ``PrivacyEngine`` per round would otherwise forget earlier rounds.
-
-Two ways of clipping give the same update (``tests/unit/test_dp_modes.py`` checks both against
-a batch-size-1 loop); :func:`dp_mode_for` picks the faster one per update kind, as measured by
-``bench/throughput.py``.
-
-In both, an example whose gradient is not finite counts as a zero gradient before clipping:
-what the coordinator sends (weights, a feature transform) could otherwise make one record's
-gradient NaN and, through the sum, the whole update, an outcome that tells whether the record
-is there. A zero gradient is within the clipping norm, so the sensitivity, and the epsilon
-charged, are unchanged.
+round; a fresh ``PrivacyEngine`` per round would otherwise forget earlier rounds. The
+mechanism itself (clipping modes, non-finite gradients counted as zero, the noise) is
+:mod:`residency.common.privacy.dp_sgd`, which the canary audit runs too; :func:`dp_mode_for`
+picks the faster clipping mode per update kind, as measured by ``bench/throughput.py``.
 """
 
 from __future__ import annotations
@@ -35,11 +28,7 @@ from residency.common.privacy.dp_sgd import (
     noise_only_step,
 )
 from residency.common.privacy.mechanism_log import MechanismLog
-from residency.common.privacy.people import (
-    People,
-    PeopleData,
-    collate_people,
-)
+from residency.common.privacy.people import People, PeopleData, collate_people
 from residency.common.privacy.sampling import poisson_schedule
 from residency.common.updates.traits import traits_for
 
@@ -135,9 +124,10 @@ def train_dp_round(
     are the same whether or not one record is present (add/remove adjacency,
     ``docs/privacy.md``).
 
-    With ``people`` (person-level DP, :mod:`.people`) the unit is a person: Poisson sampling
-    draws people, ``public_records`` is then the public count of people, and each sampled
-    person's capped records make one clipped gradient (``hooks`` mode only).
+    With ``people`` (person-level DP, :mod:`residency.common.privacy.people`) the unit is a
+    person: Poisson sampling draws people, ``public_records`` is then the public count of
+    people, and each sampled person's capped records make one clipped gradient (``hooks``
+    mode only).
     """
     if people is not None and dp.grad_sample_mode is not GradSampleMode.HOOKS:
         raise ValueError("person-level DP-SGD needs hooks mode: ghost clipping norms rows")

@@ -39,7 +39,7 @@ from residency.common.config.round_plan import RoundPlan
 from residency.common.errors import ConfigError
 from residency.common.mean_pooling import MeanPoolingBertForSequenceClassification
 from residency.common.updates import prototypes
-from residency.common.updates.registry import method_for
+from residency.common.updates.registry import prepare_for
 from residency.common.updates.traits import traits_for
 
 LABEL_MAP_FILE = "residency_labels.json"
@@ -207,7 +207,7 @@ def build_classifier(spec: ModelSpec) -> torch.nn.Module:
     ``from_pretrained`` returns eval mode (dropout off); Opacus and the optimiser expect train
     mode, so the model is switched here once.
     """
-    model = method_for(spec.update).prepare(_base_classifier(spec), spec)
+    model = prepare_for(spec.update)(_base_classifier(spec), spec)
     model.train()
     return model
 

@@ -17,11 +17,11 @@ class UpdateKind(StrEnum):
     its frozen encoder's normalised features, and the coordinator sets the classifier head from
     the noisy class means (one Gaussian release at sample rate 1: the cheapest use of a budget).
 
-        ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
-        the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
-        head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
-        far less noise, which on small per-country data beats adapting the encoder
-        (docs/performance.md).
+    ``lora-fa`` freezes LoRA's A matrices at their seeded random start (LoRA-FA), so only B and
+    the head are trained and sent: half the adapter bytes. ``head`` trains only the classifier
+    head on the frozen encoder's features (a linear probe): under DP-SGD its few values carry
+    far less noise, which on small per-country data beats adapting the encoder
+    (docs/performance.md).
     """
 
     LORA = "lora"

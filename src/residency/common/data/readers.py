@@ -327,6 +327,23 @@ def _unreadable(path: Path, exc: OSError) -> DataError:
     )
 
 
+def count_people(
+    path: Path, *, text_column: str, label_column: str, labels: Sequence[str], person_column: str
+) -> int:
+    """How many people a data file's usable records belong to (at least 1).
+
+    For proposing ``public_people``, as :func:`count_records` is for ``public_records``.
+    """
+    scan = scan_labeled_texts(
+        path,
+        text_column=text_column,
+        label_column=label_column,
+        labels=labels,
+        person_column=person_column,
+    )
+    return max(1, len(set(scan.records.people or ())))
+
+
 def count_records(path: Path) -> int:
     """How many records a data file holds, whatever its columns: for proposing a public size.
 

@@ -12,10 +12,6 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
-from residency.common.config.kinds import UpdateKind
-from residency.common.updates.base import UpdateMethod
-from residency.common.updates.traits import traits_for
-
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
 
@@ -24,6 +20,3 @@ def every_weight(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
     """The whole classifier, as built."""
     del spec
     return model
-
-
-METHOD = UpdateMethod(traits_for(UpdateKind.FULL), every_weight)

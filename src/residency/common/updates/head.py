@@ -12,9 +12,6 @@ import torch
 from transformers import PreTrainedModel
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.kinds import UpdateKind
-from residency.common.updates.base import UpdateMethod
-from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -27,6 +24,3 @@ def head_only(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
     for param in model.parameters():
         param.requires_grad_(param in head)
     return model
-
-
-METHOD = UpdateMethod(traits_for(UpdateKind.HEAD), head_only)

@@ -14,10 +14,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
-from residency.common.config.kinds import UpdateKind
-from residency.common.updates.base import UpdateMethod
-from residency.common.updates.traits import traits_for
-
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
 
@@ -35,6 +31,3 @@ def with_adapters(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
             task_type="SEQ_CLS",
         )
         return cast(torch.nn.Module, get_peft_model(model, lora))
-
-
-METHOD = UpdateMethod(traits_for(UpdateKind.LORA), with_adapters)

@@ -11,10 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
-from residency.common.config.kinds import UpdateKind
-from residency.common.updates.base import UpdateMethod
 from residency.common.updates.lora import with_adapters
-from residency.common.updates.traits import traits_for
 
 if TYPE_CHECKING:
     from residency.common.model import ModelSpec
@@ -27,6 +24,3 @@ def with_frozen_a(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
         if ".lora_A." in name:
             param.requires_grad_(False)
     return wrapped
-
-
-METHOD = UpdateMethod(traits_for(UpdateKind.LORA_FA), with_frozen_a)

@@ -33,13 +33,9 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 
 from residency.common.classifier_head import classifier_head
-from residency.common.config.kinds import UpdateKind
 from residency.common.errors import InvalidUpdate
-from residency.common.updates.base import UpdateMethod
-from residency.common.updates.head import head_only
 from residency.common.updates.traits import COUNT_WEIGHT as COUNT_WEIGHT
 from residency.common.updates.traits import SENSITIVITY as SENSITIVITY
-from residency.common.updates.traits import traits_for
 
 TEMPERATURE = 10.0
 """Scale of the cosine logits: it changes the softmax's confidence, never the prediction."""
@@ -61,10 +57,6 @@ COUNTS = "prototypes.counts"
 NODE_MEANS = "prototypes.node-means"
 NODE_COUNTS = "prototypes.node-counts"
 NOISE_STDS = "prototypes.noise-stds"
-
-
-# The head is set, never trained; the model reads normalised features.
-METHOD = UpdateMethod(traits_for(UpdateKind.PROTOTYPES), head_only)
 
 
 def template(classes: int, width: int) -> dict[str, np.ndarray]:

@@ -16,9 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from ledger_factory import BUDGET, RESET_REASON, TARGET, LedgerFixture, account, write_ledger
-from residency.auditor import report as report_module
 from residency.auditor.burndown import DATASET, DP_ACCOUNTING, FLAGGED, OPACUS, RECORDED
-from residency.auditor.report import render_report
+from residency.auditor.report import html_page, render_report
 from residency.auditor.report_format import ReportFormat
 from residency.auditor.verify import Verification, load_keys, verify_ledger
 from residency.cli.audit_report import report
@@ -293,7 +292,7 @@ def test_hostile_text_in_a_figure_cannot_close_its_script(
     verified: Verification, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     figure = {"data": [], "layout": {"title": {"text": HOSTILE + "</script><!-- ]]>"}}}
-    monkeypatch.setattr(report_module, "burndown_figure", lambda chart: figure)
+    monkeypatch.setattr(html_page, "burndown_figure", lambda chart: figure)
     page = render_report(verified, fmt=ReportFormat.HTML)
     own = without_plotly(page)
     assert "</script><!--" not in own

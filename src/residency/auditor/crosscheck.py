@@ -44,7 +44,8 @@ OPACUS_EPS_ERROR = 0.01
 RDP_RTOL = 0.01
 """Opacus' and dp-accounting's RDP on the same orders: equal to 1e-15, except where
 dp-accounting's series for a fractional order does not converge and it drops that order
-(it logs so), which raises its bound: 0.13% at most in tests/unit/test_audit_crosscheck.py."""
+(it logs so), which raises its bound: 0.13% at most in
+tests/node/test_audit_crosscheck_pipelines.py."""
 
 
 @dataclass(frozen=True)

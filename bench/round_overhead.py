@@ -22,7 +22,8 @@ All nodes share this machine, so each node process gets ``cores // nodes`` torch
 (``OMP_NUM_THREADS``), as Ray gives each simulated node one CPU; otherwise concurrent nodes
 oversubscribe the cores and their training time, not the round overhead, dominates. Every
 process is started here and ended here by its PID with SIGINT; ports are free ones and waits
-poll a condition against a deadline. Usage::
+poll a condition against a deadline, with the integration tests' own harness
+(``tests/deployment_harness.py``). Usage::
 
     python bench/round_overhead.py [--rounds N] [--nodes K] [--model tiny|minilm] [--examples N]
 """
@@ -34,8 +35,7 @@ import csv
 import json
 import os
 import random
-import signal
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,10 +47,15 @@ from pathlib import Path
 from workspace import workspace
 
 from residency.client.daemon import NodeDir, daemon_env, supernode_command
+from residency.common.privacy.signing import load_public, public_path
 from residency.server.results import NodeStatus, Results, RunStatus
 
+# The tests' deployment harness starts, polls and stops this bench's processes too, so that code
+# exists once: tests/ joins bench/ on the import path (here only; pytest has it on its own).
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+import deployment_harness as harness
+
 BIN = Path(sys.executable).parent
-RESIDENCY = str(BIN / "residency")
 COUNTRIES = ("DE", "FR", "ES", "IT", "NL", "PL", "PT", "SE", "AT", "BE", "DK", "FI")
 WORDS = {
     "pos": ["good", "great", "fine", "happy", "nice", "lovely"],
@@ -152,72 +157,34 @@ delta = {DELTA}
 # ---------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    """True when something accepts TCP connections on loopback ``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Daemon:
-    """A background process this bench started, with its output file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def check_alive(self) -> None:
-        """Fail with the end of its log if it has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise BenchFailed(f"{self.name} exited ({code}): {_tail(self.log)} (log: {self.log})")
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGINT, then wait; kill only if it ignores the signal."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                print(f"warning: {self.name} ignored SIGINT for {timeout_s:g} s; killed")
-        return int(self.process.returncode)
+def check_alive(daemon: harness.Daemon) -> None:
+    """Fail with the end of its log if it has exited."""
+    code = daemon.process.poll()
+    if code is not None:
+        raise BenchFailed(f"{daemon.name} exited ({code}): {_tail(daemon.log)} (log: {daemon.log})")
 
 
 @dataclass
 class Processes:
     """Everything started in the background, stopped newest first."""
 
-    daemons: list[Daemon] = field(default_factory=list)
+    daemons: list[harness.Daemon] = field(default_factory=list)
 
     def start(
         self, name: str, command: Sequence[str], log: Path, env: dict[str, str] | None = None
-    ) -> Daemon:
+    ) -> harness.Daemon:
         """Start ``command`` with its output in ``log``."""
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("wb") as handle:
-            process = subprocess.Popen(
-                list(command), stdout=handle, stderr=subprocess.STDOUT, env=env
-            )
-        daemon = Daemon(name, process, log)
+        daemon = harness.spawn(name, command, log, env=env)
         self.daemons.append(daemon)
         return daemon
 
-    def stop(self, daemons: Sequence[Daemon]) -> None:
-        """Stop these daemons (newest first) and forget them."""
+    def stop(self, daemons: Sequence[harness.Daemon]) -> None:
+        """Stop these daemons (newest first) and forget them; kill one that ignores SIGINT."""
         for daemon in reversed(daemons):
-            daemon.stop()
+            try:
+                daemon.stop()
+            except AssertionError as ignored:  # the harness killed it
+                print(f"warning: {ignored}; killed")
             self.daemons.remove(daemon)
 
     def stop_all(self) -> None:
@@ -234,7 +201,7 @@ def residency(*args: str, log: Path, timeout_s: float = 300) -> None:
     """Run one ``residency`` command to completion; its output goes to ``log``."""
     with log.open("wb") as handle:
         done = subprocess.run(
-            [RESIDENCY, *args],
+            [harness.RESIDENCY, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,
@@ -247,18 +214,23 @@ def residency(*args: str, log: Path, timeout_s: float = 300) -> None:
 
 
 def wait_until(
-    check: Callable[[], bool], *, timeout_s: float, what: str, watch: Sequence[Daemon] = ()
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    watch: Sequence[harness.Daemon] = (),
 ) -> None:
     """Poll ``check`` until true; fail naming ``what`` at the deadline or if one dies."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def ready() -> bool:
         for daemon in watch:
-            daemon.check_alive()
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise BenchFailed(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.2)
+            check_alive(daemon)
+        return check()
+
+    try:
+        harness.wait_until(ready, timeout_s=timeout_s, what=what)
+    except AssertionError as late:
+        raise BenchFailed(str(late)) from None
 
 
 # ---------------------------------------------------------------- the federation
@@ -269,33 +241,19 @@ def node_threads(nodes: int) -> int:
     return max(1, (os.cpu_count() or 1) // nodes)
 
 
-@dataclass
-class Federation:
-    """A coordinator folder and one node folder per country under ``root``."""
+@dataclass(kw_only=True)
+class Federation(harness.Federation):
+    """The harness's coordinator folder under ``root``, and one node folder per country.
 
-    root: Path
+    This bench starts its own nodes (cores shared out, logs kept, all in ``processes``).
+    """
+
     countries: Sequence[str]
     processes: Processes
-    port: int = field(default_factory=free_port)
 
     def node_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` with this machine's cores shared out between the nodes."""
         return {**base, "OMP_NUM_THREADS": str(node_threads(len(self.countries)))}
-
-    @property
-    def coordinator_dir(self) -> Path:
-        """``residency coordinator init`` folder."""
-        return self.root / "coordinator"
-
-    @property
-    def ca(self) -> Path:
-        """The coordinator's CA certificate, the nodes' only trust anchor."""
-        return self.coordinator_dir / "tls" / "ca.pem"
-
-    @property
-    def address(self) -> str:
-        """What nodes and ``residency run`` dial."""
-        return f"127.0.0.1:{self.port}"
 
     def node_dir(self, country: str) -> Path:
         """A country's node folder."""
@@ -307,27 +265,31 @@ class Federation:
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
-    def set_up(self, data: Path) -> Daemon:
+    def set_up(self, data: Path) -> harness.Daemon:
         """Init and start the coordinator, init the nodes and admit their keys."""
         residency(
             *("coordinator", "init", str(self.coordinator_dir), "--san", "127.0.0.1"),
             *("--host", "127.0.0.1", "--port", str(self.port)),
             log=self.logs("coordinator-init.log"),
         )
+        # a launched job reads its test set only from the coordinator's data folder
+        (self.coordinator_dir / "data").mkdir(exist_ok=True)
+        shutil.copy(data / "test.csv", self.coordinator_dir / "data" / "test.csv")
         coordinator = self.processes.start(
             "coordinator",
-            [RESIDENCY, "coordinator", "start", str(self.coordinator_dir)],
+            [harness.RESIDENCY, "coordinator", "start", str(self.coordinator_dir)],
             self.logs("coordinator.out"),
         )
         inits = [
             self.processes.start(
                 f"node init {country}",
                 [
-                    *(RESIDENCY, "node", "init", str(self.node_dir(country))),
+                    *(harness.RESIDENCY, "node", "init", str(self.node_dir(country))),
                     *("--country", country, "--data", str(data / f"{country.lower()}.csv")),
                     *("--labels", ",".join(WORDS)),
                     *("--budget-epsilon", str(NODE_BUDGET_EPSILON), "--delta", str(DELTA)),
-                    *("--runtime-port", str(free_port())),
+                    *("--runtime-port", str(harness.free_port())),
+                    *("--trust-launcher", load_public(public_path(self.launcher_key))),
                 ],
                 self.logs(f"node-init-{country}.log"),
             )
@@ -343,7 +305,7 @@ class Federation:
                 raise BenchFailed(f"{daemon.name} failed: {_tail(daemon.log)} (log: {daemon.log})")
         self.processes.stop(inits)
         wait_until(
-            lambda: port_open(self.port),
+            lambda: harness.port_open(self.host, self.port),
             timeout_s=60,
             what="the coordinator's port",
             watch=[coordinator],
@@ -358,24 +320,18 @@ class Federation:
 
     def online(self) -> set[str]:
         """Countries whose node the coordinator sees online right now."""
-        done = subprocess.run(
-            [RESIDENCY, "coordinator", "nodes", "--json", "--dir", str(self.coordinator_dir)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = harness.cli("coordinator", "nodes", "--json", "--dir", str(self.coordinator_dir))
         if done.returncode != 0:
             return set()
         return {str(row["country"]) for row in json.loads(done.stdout) if row["status"] == "online"}
 
-    def start_residency_nodes(self) -> list[Daemon]:
+    def start_residency_nodes(self) -> list[harness.Daemon]:
         """``residency node start``: SuperNode plus the warm fork executor."""
         return [
             self.processes.start(
                 f"node {country}",
                 [
-                    *(RESIDENCY, "node", "start", str(self.node_dir(country))),
+                    *(harness.RESIDENCY, "node", "start", str(self.node_dir(country))),
                     *("--coordinator", self.address, "--ca", str(self.ca)),
                 ],
                 self.logs(f"node-{country}-fork.out"),
@@ -384,7 +340,7 @@ class Federation:
             for country in self.countries
         ]
 
-    def start_stock_supernodes(self) -> list[Daemon]:
+    def start_stock_supernodes(self) -> list[harness.Daemon]:
         """The same SuperNode command, but Flower runs a ``flwr-clientapp`` per message."""
         env = self.node_env(
             {**daemon_env(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -444,7 +400,7 @@ def run_simulation(root: Path, job: Path, timeout_s: float) -> ModeTiming:
 
 
 def run_deployment(
-    mode: str, federation: Federation, job: Path, nodes: list[Daemon], timeout_s: float
+    mode: str, federation: Federation, job: Path, nodes: list[harness.Daemon], timeout_s: float
 ) -> ModeTiming:
     """Wait for ``nodes`` to be online, run the job, stop the nodes and see them go offline."""
     countries = set(federation.countries)
@@ -458,7 +414,7 @@ def run_deployment(
         out = federation.root / f"out-{mode}"
         command = timed_residency(
             *("run", str(job), "--coordinator", federation.address, "--ca", str(federation.ca)),
-            *("--output", str(out)),
+            *("--key", str(federation.launcher_key), "--output", str(out)),
             log=federation.logs(f"run-{mode}.out"),
             timeout_s=timeout_s,
         )
@@ -581,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings.append(run_simulation(root, job, timeout_s))
         processes = Processes()
         try:
-            federation = Federation(root / "federation", countries, processes)
+            federation = Federation(root / "federation", countries=countries, processes=processes)
             print(f"[{time.perf_counter() - started:6.1f} s] coordinator and nodes", flush=True)
             federation.set_up(job.parent)
             for mode, start_nodes in (

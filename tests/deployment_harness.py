@@ -1,7 +1,8 @@
 """Start real coordinators and nodes through the ``residency`` CLI, as an operator would.
 
 Every process is started here and ended here by its own PID (SIGINT first, as the daemons
-expect); ports are free ones; waits poll a condition against a deadline.
+expect); ports are free ones; waits poll a condition against a deadline. The integration tests
+and ``bench/round_overhead.py`` both start their federations with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,29 +89,35 @@ _FLOWER_SUPERLINK = (
 )
 
 
-def _start_flower(name: str, command: list[str], env: dict[str, str], log: Path) -> Daemon:
-    handle = log.open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    handle.close()
+def spawn(
+    name: str,
+    command: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
+) -> Daemon:
+    """Start ``command`` in the background, output to ``log``.
+
+    ``env``, when given, is the whole environment; ``new_session`` puts the process in a
+    session of its own, out of reach of a terminal's Ctrl-C.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as handle:
+        process = subprocess.Popen(
+            list(command),
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=new_session,
+        )
     return Daemon(name, process, log)
 
 
 def start(name: str, args: Sequence[str], log: Path, prefix: Sequence[str] = ()) -> Daemon:
     """Start ``residency ARGS`` in the background, output to ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle = log.open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        [*prefix, RESIDENCY, *args], stdout=handle, stderr=subprocess.STDOUT, text=True
-    )
-    handle.close()
-    return Daemon(name, process, log)
+    return spawn(name, [*prefix, RESIDENCY, *args], log)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -182,10 +189,12 @@ class Federation:
 
     @property
     def coordinator_dir(self) -> Path:
+        """``residency coordinator init`` folder."""
         return self.root / "coordinator"
 
     @property
     def ca(self) -> Path:
+        """The coordinator's CA certificate, the nodes' trust anchor."""
         return self.coordinator_dir / "tls" / "ca.pem"
 
     @property
@@ -195,6 +204,7 @@ class Federation:
 
     @property
     def address(self) -> str:
+        """What nodes and ``residency run`` dial."""
         return f"{self.host}:{self.port}"
 
     def init_coordinator(self, *sans: str) -> None:
@@ -292,11 +302,12 @@ class Federation:
         folder = CoordinatorDir(self.coordinator_dir)
         command, env = superlink_command(folder, folder.load(), insecure=False)
         at = command.index("residency.server.superlink")
-        daemon = _start_flower(
+        daemon = spawn(
             "Flower SuperLink",
             [sys.executable, "-c", _FLOWER_SUPERLINK, *command[at + 3 :]],
-            env,
             self.root / "flower-superlink.out",
+            env=env,
+            new_session=True,
         )
         self.daemons.append(daemon)
         wait_until(lambda: port_open(self.host, self.port), timeout_s=60, what="SuperLink")
@@ -325,7 +336,13 @@ class Federation:
             "--port",
             str(free_port()),
         ]
-        daemon = _start_flower("Flower SuperNode", command, env, node_dir.parent / "flower-sn.out")
+        daemon = spawn(
+            "Flower SuperNode",
+            command,
+            node_dir.parent / "flower-sn.out",
+            env=env,
+            new_session=True,
+        )
         self.daemons.append(daemon)
         return daemon
 

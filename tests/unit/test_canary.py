@@ -27,8 +27,8 @@ from residency.client.randomness import RoundRandomness
 from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.privacy import dp_sgd
 
-# Tier per test: the 25,000-canary audit of a whole node round is `node` (tens of seconds), the
-# rest `unit`.
+# The 25,000-canary audit of a whole node round (tens of seconds) is in
+# tests/node/test_canary_full_round.py.
 
 # A node's round: 250 steps at q = 1/25 with z = 1 claims epsilon 4.2 (PRV, delta 1e-5).
 NOISY = Mechanism(noise_multiplier=1.0, sample_rate=0.04, steps=250)
@@ -56,29 +56,6 @@ def test_the_correct_configuration_is_not_flagged() -> None:
     assert audit.epsilon_lower_bound < audit.claimed_epsilon
     # The attack is not blind: it beats chance on what it guesses.
     assert audit.correct > audit.guesses / 2
-
-
-@pytest.mark.node
-@pytest.mark.slow
-def test_node_like_config_claiming_epsilon_8_with_noise_off_is_flagged() -> None:
-    """A realistic round (q = 1/25, 2,250 steps) with no noise, claiming epsilon 8 at 1e-5.
-
-    At delta 1e-5 the delta term caps what any number of canaries can show near 8.2
-    (docs/audit-canary.md); 25,000 canaries, all guesses right on 95% of them, reach 8.19.
-    About 20-30 s on two cores (more when they are shared).
-    """
-    node = Mechanism(noise_multiplier=0.0, sample_rate=0.04, steps=2250)
-    audit = audit_canaries(node, CanarySettings(canaries=25_000, claimed_epsilon=8.0))
-    assert audit.flagged
-    assert audit.correct == audit.guesses
-    assert 8.0 < audit.epsilon_lower_bound <= audit.epsilon_ceiling
-    # The same configuration with the noise it claims (1.5: epsilon 6.8) is not.
-    honest = audit_canaries(
-        node.model_copy(update={"noise_multiplier": 1.5}),
-        CanarySettings(canaries=5000, seed=1),
-    )
-    assert not honest.flagged
-    assert honest.epsilon_lower_bound < honest.claimed_epsilon
 
 
 @pytest.mark.unit

@@ -1,4 +1,8 @@
-"""A node's prototype release: one charged step; only statistics leave; one account for all."""
+"""A node's prototype release: one charged step; only statistics leave; one account for all.
+
+Releases composed with DP-SGD rounds, through whole rounds, are in
+``tests/node/test_prototype_round_composition.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node_harness import charge_details, node_file, signed_record, train_round, update_of
+from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common.config.job import Job, load_job
 from residency.common.config.kinds import AccountantKind
 from residency.common.errors import PolicyViolation
-from residency.common.privacy.accountant import epsilon_spent, noise_for_target
+from residency.common.privacy.accountant import noise_for_target
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
 from toy_federation import write_toy_job
 
-# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
@@ -75,20 +78,6 @@ def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path:
         train_round(job, settings, run_id=1, server_round=2)
     assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
-
-
-@pytest.mark.node
-def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Path) -> None:
-    release = _job(tmp_path)
-    settings = node_file(tmp_path, 100.0)
-    first = signed_record(train_round(release, settings, run_id=1, server_round=1))
-    head = _job(tmp_path, "head", name="head-job")
-    second = signed_record(train_round(head, settings, run_id=2, server_round=1))
-    assert second.dataset == first.dataset
-    both = epsilon_spent((*first.history, *second.history), delta=1e-4, kind=AccountantKind.PRV)
-    lifetime = charge_details(tmp_path / "state")[-1]["epsilon_dataset"]
-    assert lifetime == pytest.approx(both, rel=1e-6)
-    assert lifetime > max(first.epsilon, second.epsilon)
 
 
 @pytest.mark.unit

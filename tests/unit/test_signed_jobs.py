@@ -1,7 +1,8 @@
 """Jobs run only when a launcher the operator trusts signed them, exactly as signed.
 
 Checked on both sides a hostile launcher or coordinator could reach: the coordinator, before
-it opens any file the job names, and a node, before it charges anything.
+it opens any file the job names, and a node, before it charges anything. A trained round's
+record, naming its launcher and its job, is checked in ``tests/node/test_signed_jobs_record.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node_harness import TEST_LAUNCHER, node_file, signed_as, signed_record, train_round
+from node_harness import TEST_LAUNCHER, node_file, train_round
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common.config.job import Job, TrackingSection, load_job
 from residency.common.config.signed_job import SignedJob, UntrustedJob, open_job, sign_job
@@ -22,8 +23,6 @@ from residency.common.refusal import RefusalCode
 from residency.server.launch import JOB_KEY, JOB_LAUNCHER_KEY, JOB_SIGNATURE_KEY
 from residency.server.launch_check import LaunchRefused, accepted_job
 from toy_federation import write_toy_job
-
-# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 
 STRANGER = Signer(Ed25519PrivateKey.generate())
 
@@ -157,17 +156,6 @@ def test_a_node_with_no_trusted_launcher_refuses_every_job(job: Job, tmp_path: P
     with pytest.raises(PolicyViolation, match=r"which node\.toml does not trust"):
         train_round(job, settings, run_id=1, server_round=1)
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
-
-
-@pytest.mark.node
-def test_the_signed_record_names_the_launcher_and_the_job(job: Job, tmp_path: Path) -> None:
-    settings = node_file(tmp_path, 100.0)
-
-    record = signed_record(train_round(job, settings, run_id=1, server_round=1))
-
-    assert record.schema_version >= 3
-    assert record.launcher == TEST_LAUNCHER.public_hex
-    assert record.job_sha256 == signed_as(job, {}, TEST_LAUNCHER, nonce=f"{1:032x}").sha256
 
 
 @pytest.mark.unit

@@ -1,4 +1,8 @@
-"""A node's noise and batches are secret to it: nothing in a job or round plan fixes them."""
+"""A node's noise and batches are secret to it: nothing in a job or round plan fixes them.
+
+Whole rounds through the ClientApp, seconds each; where a round's randomness comes from is
+checked in ``tests/unit/test_round_randomness.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,6 @@ from residency.common.config.job import Job, load_job
 from residency.common.privacy import dp_sgd
 from residency.common.privacy.record import NoiseSource
 from toy_federation import write_toy_job
-
-# Tier per test: whole rounds through the ClientApp are `node` (seconds each), the rest `unit`.
 
 
 def _differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -113,15 +115,3 @@ def test_an_operator_seed_repeats_runs_and_every_record_says_so(job: Job, tmp_pa
     one, two = (train_round(job, path, run_id=1, server_round=1) for path in settings)
     assert not _differ(update_of(one), update_of(two))
     assert signed_record(one).noise_source is NoiseSource.OPERATOR_SEED
-
-
-@pytest.mark.unit
-def test_round_randomness_comes_from_os_entropy_unless_the_operator_seeds_it() -> None:
-    secret = [randomness.round_randomness(None, server_round=1) for _ in range(2)]
-    assert secret[0].source is NoiseSource.OS_ENTROPY
-    assert secret[0].noise_seed != secret[1].noise_seed
-    assert "seed" not in repr(secret[0]).replace("noise_seed", "").replace("_seed", "")
-    seeded = randomness.round_randomness(3, server_round=1)
-    assert seeded == randomness.round_randomness(3, server_round=1)
-    assert seeded != randomness.round_randomness(3, server_round=2)
-    assert len({seeded.sampling_seed, seeded.noise_seed, seeded.dropout_seed}) == 3

@@ -1,4 +1,8 @@
-"""The node's ClientApp against its durable budget: restarts and re-runs never reset spending."""
+"""The node's ClientApp against its durable budget: restarts and re-runs never reset spending.
+
+Whole rounds, seconds each; the policy refusals that take a fraction of a second are in
+``tests/unit/test_node_budget_policy.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,19 @@ import pytest
 from flwr.app import Message
 
 from node_harness import charge_details, node_file, train_round
+from node_policy import assert_the_policy_refuses_before_any_charge
 from residency.auditor.crosscheck import epsilon_dp_accounting
 from residency.auditor.verify import load_keys, verify_ledger
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.common import wire
 from residency.common.config.job import Job, load_job
 from residency.common.config.kinds import AccountantKind
-from residency.common.errors import BudgetExceeded, PolicyViolation
+from residency.common.errors import BudgetExceeded
 from residency.common.privacy.accountant import compose, epsilon_spent
 from residency.common.privacy.record import SignedRecord, open_record
 from residency.common.privacy.signing import load_public
 from residency.common.privacy.update_digest import update_sha256
-from residency.common.refusal import describe
 from toy_federation import write_toy_job
-
-# Tier per test: whole rounds through the ClientApp are `node` (seconds each); the policy
-# refusals that take a fraction of a second are `unit`.
-
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
@@ -120,53 +120,25 @@ def test_node_status_reports_spend_and_refusals(job: Job, tmp_path: Path) -> Non
     assert "dataset budget 8.00" in status["refusals"][0]["reason"]
 
 
+@pytest.mark.node
 @pytest.mark.parametrize(
     ("rules", "phrase"),
     [
         pytest.param(
-            'allowed_updates = ["full"]',
-            "update lora not allowed (full only)",
-            id="update",
-            marks=pytest.mark.unit,
-        ),
-        pytest.param(
-            "max_delta = 1e-6", "delta 0.0001 above 1e-06", id="delta", marks=pytest.mark.unit
-        ),
-        pytest.param(
-            "min_examples_per_round = 1000",
-            "60 examples, fewer than 1000",
-            id="examples",
-            marks=pytest.mark.unit,
-        ),
-        pytest.param(
-            "min_noise_multiplier = 50.0",
-            "below the minimum 50 of policy strict",
-            id="noise",
-            marks=pytest.mark.node,
+            "min_noise_multiplier = 50.0", "below the minimum 50 of policy strict", id="noise"
         ),
         pytest.param(
             "max_epsilon_per_dataset = 1.0",
             "the whole job does not fit the dataset budget 1.00 (0.00 spent",
             id="lifetime",
-            marks=pytest.mark.node,
         ),
     ],
 )
 def test_policy_rules_refuse_before_any_charge(
     job: Job, tmp_path: Path, rules: str, phrase: str
 ) -> None:
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'name = "strict"\n{rules}\n', encoding="utf-8")
-    settings = node_file(tmp_path, budget=100.0)
-    settings.write_text(settings.read_text("utf-8") + 'policy = "policy.toml"\n', encoding="utf-8")
-    with pytest.raises((BudgetExceeded, PolicyViolation), match="refused") as refused:
-        train_round(job, settings, run_id=1, server_round=1)
-    assert phrase in str(refused.value)  # the node's own log and store keep the sentence
-    wire_reason = refused.value.refusal.encode()  # only the code and numbers leave
-    assert describe(wire_reason, country="DE", server_round=1).startswith("DE refused round 1: ")
-    store = BudgetStore(tmp_path / "state" / STORE_FILE)
-    assert store.charges() == []
-    assert [r[4] for r in store.refusals()] == [str(refused.value)]
+    """The rules that first search the noise or compose the whole job: seconds each."""
+    assert_the_policy_refuses_before_any_charge(job, tmp_path, rules, phrase)
 
 
 @pytest.mark.node

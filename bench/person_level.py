@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from corpora import CorpusError, load
+from accuracy import corpus_countries, split_corpus
+from corpora import Corpus, CorpusError, load
 from people import EXPONENT, MAX_RECORDS, deal
 from pipeline_replay import (
     Plan,
@@ -185,17 +186,75 @@ def replay(
     return kept[1]
 
 
+@dataclass(frozen=True)
+class Dealt:
+    """The test rows (reported, held-out) and each country's people, as corpus indices."""
+
+    reported: list[int]
+    chooses: list[int]
+    people: dict[str, list[list[int]]]
+
+
+def deal_countries(
+    corpus: Corpus, labels: np.ndarray, people: int, args: argparse.Namespace
+) -> Dealt:
+    """Each country's people: from one shared pool (``pool``), or as ``bench/accuracy.py``.
+
+    ``dirichlet`` and ``language`` split the corpus with ``accuracy.split_corpus`` and deal
+    each country's own rows with the generator ``prepare_corpus`` uses, so the people match
+    ``bench/accuracy.py --people`` on the same seed.
+    """
+    countries = corpus_countries(
+        corpus, args.regime, [c.strip() for c in args.countries.split(",")]
+    )
+    if args.regime == "pool":
+        generator = np.random.default_rng(args.seed)
+        order = generator.permutation(len(labels)).tolist()
+        test_rows, pool = order[: args.test], order[args.test :]
+        parts = None
+    else:
+        split = split_corpus(
+            labels.tolist(),
+            corpus.languages,
+            classes=len(corpus.label_names),
+            countries=countries,
+            regime=args.regime,
+            test=args.test,
+            alpha=args.alpha,
+            cap=None,
+            seed=args.seed,
+        )
+        test_rows, parts = split.test, split.parts
+        generator = np.random.default_rng(args.seed + 1)
+    dealt: dict[str, list[list[int]]] = {}
+    for country in countries:
+        rows = pool if parts is None else parts[country]
+        dealt[country] = deal(labels, rows, people, own_label=args.own_label, generator=generator)
+        if parts is None:
+            used = {i for person in dealt[country] for i in person}
+            pool = [i for i in pool if i not in used]
+    held = split_rows([corpus.texts[i] for i in test_rows], VALIDATION_SHARE)
+    return Dealt(
+        reported=[i for i, out in zip(test_rows, held, strict=True) if not out],
+        chooses=[i for i, out in zip(test_rows, held, strict=True) if out],
+        people=dealt,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default="tweets-sentiment")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--countries", default="DE,FR,ES")
+    parser.add_argument("--regime", default="pool", choices=("pool", "dirichlet", "language"))
+    parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--people", default="500,2000", help="people per country")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--caps", default="1,5,10,50")
     parser.add_argument("--own-label", type=float, default=0.8)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--alone", action="store_true", help="also each country by itself")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -211,64 +270,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = np.array([index[name] for name in corpus.labels])
     prior = names_prior(corpus, model=args.model)
     classes = len(corpus.label_names)
-    countries = [c.strip() for c in args.countries.split(",")]
     caps = [int(c) for c in args.caps.split(",")]
     print(
-        f"{corpus.name}: {len(labels)} texts, {classes} labels; people hold 1-{MAX_RECORDS} "
-        f"records, P(n) ~ n^-{EXPONENT}, {args.own_label:.0%} of a person's records of their "
-        f"dominant label; shipped pipeline, {args.draws} draws"
+        f"{corpus.name} ({args.regime} split): {len(labels)} texts, {classes} labels; people "
+        f"hold 1-{MAX_RECORDS} records, P(n) ~ n^-{EXPONENT}, {args.own_label:.0%} of a "
+        f"person's records of their dominant label; shipped pipeline, {args.draws} draws"
     )
     for people in (int(p) for p in args.people.split(",")):
-        generator = np.random.default_rng(args.seed)
-        order = generator.permutation(len(labels)).tolist()
-        test_rows, pool = order[: args.test], order[args.test :]
-        held = split_rows([corpus.texts[i] for i in test_rows], VALIDATION_SHARE)
-        reported = [i for i, out in zip(test_rows, held, strict=True) if not out]
-        chooses = [i for i, out in zip(test_rows, held, strict=True) if out]
-        test = (rows[reported], torch.from_numpy(labels[reported]))
-        held_out = (rows[chooses], torch.from_numpy(labels[chooses]))
-        dealt: dict[str, list[list[int]]] = {}
-        for country in countries:
-            dealt[country] = deal(
-                labels, pool, people, own_label=args.own_label, generator=generator
-            )
-            used = {i for person in dealt[country] for i in person}
-            pool = [i for i in pool if i not in used]
+        dealt = deal_countries(corpus, labels, people, args)
+        test = (rows[dealt.reported], torch.from_numpy(labels[dealt.reported]))
+        held_out = (rows[dealt.chooses], torch.from_numpy(labels[dealt.chooses]))
         tensor_labels = torch.from_numpy(labels)
-        everyone = [i for country in countries for person in dealt[country] for i in person]
+        everyone = [i for country in dealt.people.values() for person in country for i in person]
         probe = LogisticRegression(max_iter=2000, C=10.0).fit(
             rows[everyone].numpy(), labels[everyone]
         )
         central = float((probe.predict(test[0].numpy()) == test[1].numpy()).mean())
-        sizes = {c: sum(len(p) for p in dealt[c]) for c in countries}
-        counts = np.array([len(p) for c in countries for p in dealt[c]])
-        shares = ", ".join(f"{c} {n} records" for c, n in sizes.items())
+        shares = ", ".join(
+            f"{c} {len(p)} people / {sum(len(x) for x in p)} records"
+            for c, p in dealt.people.items()
+        )
+        counts = np.array([len(p) for country in dealt.people.values() for p in country])
         print(
-            f"\n{people} people per country ({shares}; "
-            f"records per person: median {np.median(counts):.0f}, mean {counts.mean():.1f}, "
-            f"max {counts.max()}); central probe, no DP: {central:.3f}"
+            f"\nup to {people} people per country ({shares}; records per person: median "
+            f"{np.median(counts):.0f}, mean {counts.mean():.1f}, max {counts.max()}); "
+            f"central probe, no DP: {central:.3f}"
         )
         units = {"per record": None, **{f"per person, cap {k}": k for k in caps}}
         for epsilon in (float(e) for e in args.epsilons.split(",")):
-            plan = Plan(epsilon=epsilon, choose=False)
-            line = [f"eps={epsilon:<3g}"]
             for name, cap in units.items():
-                parties = {c: as_units(rows, tensor_labels, dealt[c], cap) for c in countries}
-                scores = [
-                    replay(
-                        parties,
-                        test,
-                        held_out,
-                        classes=classes,
-                        scale=scale,
-                        prior=prior,
-                        plan=plan,
-                        seed=draw,
-                    )
-                    for draw in range(args.draws)
-                ]
-                line.append(f"{name} {np.mean(scores):.3f} (sd {np.std(scores):.3f})")
-            print("  " + "; ".join(line), flush=True)
+                parties = {
+                    c: as_units(rows, tensor_labels, p, cap) for c, p in dealt.people.items()
+                }
+                groups = {"federation": parties}
+                if args.alone:
+                    groups |= {f"{c} alone": {c: u} for c, u in parties.items()}
+                line = [f"eps={epsilon:<3g} {name}:"]
+                plan = Plan(epsilon=epsilon, choose=False)
+                for group, members in groups.items():
+                    scores = [
+                        replay(
+                            members,
+                            test,
+                            held_out,
+                            classes=classes,
+                            scale=scale,
+                            prior=prior,
+                            plan=plan,
+                            seed=draw,
+                        )
+                        for draw in range(args.draws)
+                    ]
+                    line.append(f"{group} {np.mean(scores):.3f} (sd {np.std(scores):.3f})")
+                print("  " + "; ".join(line), flush=True)
     return 0
 
 

@@ -30,7 +30,11 @@ def _reply(tmp_path: Path, examples: int = 400) -> tuple[RecordDict, PrivacyReco
         {
             wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
             wire.METRICS: MetricRecord(
-                {wire.EPSILON: record.epsilon, wire.NUM_EXAMPLES: record.examples}
+                {
+                    wire.EPSILON: record.epsilon,
+                    wire.NOISE_MULTIPLIER: record.noise_multiplier,
+                    wire.NUM_EXAMPLES: record.examples,
+                }
             ),
             wire.RECORD: ConfigRecord(
                 {
@@ -82,11 +86,21 @@ def test_arrays_other_than_the_signed_ones_are_rejected(tmp_path: Path) -> None:
         received_record(content, job="triage", run="7", server_round=1, country="DE")
 
 
-def test_metrics_that_contradict_the_record_are_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("metric", "field", "expected"),
+    [
+        (wire.EPSILON, "epsilon", "epsilon differs"),
+        # a smaller noise would buy a larger weight in the release's sum
+        (wire.NOISE_MULTIPLIER, "noise_multiplier", "noise multiplier differs"),
+    ],
+)
+def test_metrics_that_contradict_the_record_are_rejected(
+    tmp_path: Path, metric: str, field: str, expected: str
+) -> None:
     content, record = _reply(tmp_path)
-    content.metric_records[wire.METRICS][wire.EPSILON] = record.epsilon / 2
+    content.metric_records[wire.METRICS][metric] = getattr(record, field) / 2
 
-    with pytest.raises(InvalidUpdate, match="epsilon differs"):
+    with pytest.raises(InvalidUpdate, match=expected):
         received_record(content, job="triage", run="7", server_round=1, country="DE")
 
 

@@ -2,7 +2,7 @@
 
 A reply is averaged only if its record parses, is canonical, carries a valid signature, names
 this job, run, round and the node's admitted country, reports the epsilon and the example count
-its metrics report, and hashes to exactly the arrays that arrived.
+its metrics report, the noise multiplier too, and hashes to exactly the arrays that arrived.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ def received_record(
     reported = metrics.get(wire.EPSILON)
     if not isinstance(reported, int | float) or not math.isclose(reported, record.epsilon):
         raise InvalidUpdate("privacy record epsilon differs from the reply's metrics")
+    noise = metrics.get(wire.NOISE_MULTIPLIER)
+    if not isinstance(noise, int | float) or not math.isclose(noise, record.noise_multiplier):
+        raise InvalidUpdate("privacy record noise multiplier differs from the reply's metrics")
     examples = metrics.get(wire.NUM_EXAMPLES)
     if examples is None:
         raise InvalidUpdate(f"reply has no {wire.NUM_EXAMPLES} metric to weight its update by")

@@ -240,8 +240,9 @@ def _noise_multiplier(reply: Message) -> float | None:
     """A release's noise multiplier as its node reported it, or None if missing or unusable.
 
     It only weighs the class names' prior and a node's two releases in the coordinator's own
-    head; a node that misstates it moves no one's privacy. One unusable value turns the prior
-    off, and two releases without both values are averaged equally.
+    head (the coordinator has checked it equals the signed record's); a node that misstates it
+    moves no one's privacy. One unusable value turns the prior off, and two releases without
+    both values are averaged equally.
     """
     value = reply.content.metric_records[wire.METRICS].get(wire.NOISE_MULTIPLIER)
     if not isinstance(value, int | float) or not 0 < value <= MAX_REPORTED_NOISE:

@@ -15,7 +15,9 @@ TESTS = Path(__file__).parent
 
 # Checks that tests of two tiers share, moved out of the test modules: pytest still explains
 # a failed assert in them value by value.
-pytest.register_assert_rewrite("differential_jobs", "honest_ledgers", "node_policy")
+pytest.register_assert_rewrite(
+    "differential_jobs", "honest_ledgers", "node_policy", "public_size_pair"
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

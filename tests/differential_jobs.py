@@ -24,9 +24,8 @@ from differential import (
 from residency.common.config.job import Job, load_job
 from residency.common.config.round_plan import feature_transform_bytes
 from residency.common.model import ModelSpec, build_classifier, round_one_arrays, trainable_state
-from toy_federation import separable_rows, write_toy_job
+from toy_federation import WIDTH, separable_rows, write_toy_job
 
-WIDTH = 32  # the tiny BERT's hidden size
 ROWS = separable_rows(40, 0)
 PERSON_ROWS = [(text, label, f"person-{i % 13}") for i, (text, label) in enumerate(ROWS)]
 """13 people with 3 or 4 records each, interleaved in the file as real exports are."""
@@ -88,14 +87,17 @@ def check_pair(
     *,
     job_kind: str,
     record_kind: str,
-    plan: dict[str, Any],
-    weights: str,
-    transform: str,
     replay: bool,
+    plan: dict[str, Any] | None = None,
+    weights: str = "as sent",
+    transform: str = "public",
     confirm: bool = True,
     person_kind: str | None = None,
 ) -> list[str]:
-    """Check every round of the job on the pair; what the node over D answered to each."""
+    """Check every round of the job on the pair; what the node over D answered to each.
+
+    Left out, ``plan``, ``weights`` and ``transform`` are what an honest coordinator sends.
+    """
     job = _job(root, JOBS[job_kind])
     pair = (
         pair_nodes(root / "nodes", ROWS, record_kind)
@@ -105,7 +107,7 @@ def check_pair(
     rounds = job.train.server_rounds + (job_kind == REFINED)
     answers: list[str] = []
     for server_round in range(1, rounds + 1):
-        overrides = dict(plan)
+        overrides = dict(plan or {})
         if server_round > 1:  # the head after a release reads a coordinator-chosen transform
             overrides["feature-transform"] = feature_transform_bytes(*TRANSFORMS[transform])
         refining = job_kind == REFINED and server_round == rounds
@@ -140,9 +142,6 @@ def check_person_level_pair(root: Path, job_kind: str, person_kind: str) -> None
         root,
         job_kind=job_kind,
         record_kind="duplicate",
-        plan={},
-        weights="as sent",
-        transform="public",
         replay=True,
         person_kind=person_kind,
     )
@@ -151,12 +150,4 @@ def check_person_level_pair(root: Path, job_kind: str, person_kind: str) -> None
 
 def check_plain_round(root: Path, record_kind: str) -> None:
     """A head job's one round, as sent, on D and D plus one record of ``record_kind``."""
-    check_pair(
-        root,
-        job_kind="head",
-        record_kind=record_kind,
-        plan={},
-        weights="as sent",
-        transform="public",
-        replay=False,
-    )
+    check_pair(root, job_kind="head", record_kind=record_kind, replay=False)

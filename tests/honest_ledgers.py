@@ -45,17 +45,7 @@ def honest_schedule(pipeline: str, target: float, kind: AccountantKind) -> list[
         )
         return [(z, q, n)] * TRAINING_ROUNDS
     # The default pipeline: the release spends its share, full-batch head rounds the rest.
-    release = (
-        noise_for_target(
-            target_epsilon=target * WARM_START_SHARE,
-            delta=DELTA,
-            sample_rate=1.0,
-            steps=1,
-            kind=kind,
-        ),
-        1.0,
-        1,
-    )
+    release = warm_start_release(target, delta=DELTA, kind=kind)
     rounds, epochs = WARM_STARTED_HEAD["rounds"], WARM_STARTED_HEAD["local_epochs"]
     z = noise_after(
         (release,),
@@ -66,6 +56,14 @@ def honest_schedule(pipeline: str, target: float, kind: AccountantKind) -> list[
         kind=kind,
     )
     return [release, *[(z, 1.0, epochs)] * rounds]
+
+
+def warm_start_release(target: float, *, delta: float, kind: AccountantKind) -> PrivacyStep:
+    """The release that warm-starts a job: one step at sample rate 1, its share of ``target``."""
+    z = noise_for_target(
+        target_epsilon=target * WARM_START_SHARE, delta=delta, sample_rate=1.0, steps=1, kind=kind
+    )
+    return (z, 1.0, 1)
 
 
 def verify_schedule(

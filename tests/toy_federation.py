@@ -21,6 +21,8 @@ LEARNABLE = 600
 """Rows per country with which a toy job learns under DP noise from fresh OS entropy every
 run: measured on LoRA-FA, 3 rounds, 2 countries, final accuracy 0.74-0.90 over 4 runs, where
 150 rows gave 0.33-0.50. Tests that assert learning use it; others keep the faster default."""
+WIDTH = 32
+"""The tiny BERT's hidden size: the width of its features, class sums and feature transform."""
 
 
 _SCHEDULE = """rounds = {rounds}

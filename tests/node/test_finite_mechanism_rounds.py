@@ -9,45 +9,25 @@ checked in ``tests/unit/test_finite_mechanism.py``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from finite_mechanism_attack import FLT_MAX, candidate_job, transform_of
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.common.config.job import Job, load_job
-from residency.common.config.round_plan import (
-    FEATURE_CENTRE_BOUND,
-    FEATURE_SCALE_FLOOR,
-    feature_transform_bytes,
-)
+from residency.common.config.job import Job
+from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
 from residency.common.errors import PolicyViolation
 from residency.common.model import WEIGHT_BOUND, ModelSpec, build_classifier, trainable_state
 from residency.common.refusal import RefusalCode
-from toy_federation import write_toy_job
+from toy_federation import WIDTH
+from warm_start_job import WARM
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-FLT_MAX = float(np.finfo(np.float32).max)
-WIDTH = 32  # the tiny BERT's hidden size
-EXAMPLES = 60
-CANDIDATE = ("zqx candidate record wvk", "pos")
-WARM = 'update = "head"\nwarm_start = "prototypes"'
-
-
-def _job(tmp_path: Path, train: str) -> Job:
-    path = write_toy_job(
-        tmp_path / "job", countries=("DE",), examples=EXAMPLES, schedule=False, train=train
-    )
-    plus = tmp_path / "job" / "de-plus.csv"  # D + the candidate record
-    shutil.copy(tmp_path / "job" / "de.csv", plus)
-    with plus.open("a", encoding="utf-8") as handle:
-        handle.write(",".join(CANDIDATE) + "\n")
-    return load_job(path)
 
 
 def _nodes(tmp_path: Path) -> dict[str, Path]:
@@ -67,17 +47,13 @@ def _head_arrays(job: Job) -> dict[str, np.ndarray]:
     return {name: t.numpy().copy() for name, t in trainable_state(model).items()}
 
 
-def _transform(centre: np.ndarray, scale: np.ndarray) -> dict[str, bytes]:
-    return {"feature-transform": feature_transform_bytes(centre, scale)}
-
-
 @pytest.mark.node
 @pytest.mark.parametrize("hostile", ["subnormal-scale", "centre-outside"])
 def test_a_hostile_feature_transform_is_refused_before_any_charge_whatever_the_data(
     tmp_path: Path, hostile: str
 ) -> None:
     """Attack (a): ``scale[j] = (tau + 2) / FLT_MAX``, ``centre[j] = -2`` on one dimension."""
-    job = _job(tmp_path, WARM)
+    job = candidate_job(tmp_path, WARM)
     centre = np.zeros(WIDTH, np.float32)
     scale = np.full(WIDTH, 0.2, np.float32)
     if hostile == "subnormal-scale":
@@ -93,7 +69,7 @@ def test_a_hostile_feature_transform_is_refused_before_any_charge_whatever_the_d
                 settings,
                 run_id=1,
                 server_round=2,
-                overrides=_transform(centre, scale),
+                overrides=transform_of(centre, scale),
                 arrays=_head_arrays(job),
             )
         assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
@@ -107,7 +83,7 @@ def test_an_extreme_transform_within_the_bounds_gives_finite_updates_with_or_wit
     tmp_path: Path,
 ) -> None:
     """Attack (b): the smallest scale and farthest centre allowed, head weights at the bound."""
-    job = _job(tmp_path, WARM)
+    job = candidate_job(tmp_path, WARM)
     centre = np.zeros(WIDTH, np.float32)
     scale = np.full(WIDTH, FEATURE_SCALE_FLOOR, np.float32)
     centre[3] = -FEATURE_CENTRE_BOUND
@@ -122,7 +98,7 @@ def test_an_extreme_transform_within_the_bounds_gives_finite_updates_with_or_wit
             settings,
             run_id=1,
             server_round=2,
-            overrides=_transform(centre, scale),
+            overrides=transform_of(centre, scale),
             arrays=arrays,
         )
         assert not reply.has_error()
@@ -140,7 +116,7 @@ def test_a_head_weight_of_flt_max_over_a_is_refused_before_any_charge_whatever_t
     tmp_path: Path,
 ) -> None:
     """Attack (c), at the node: a plain ``head`` job with one head weight of ``FLT_MAX / a``."""
-    job = _job(tmp_path, 'update = "head"')
+    job = candidate_job(tmp_path, 'update = "head"')
     arrays = _head_arrays(job)
     arrays["classifier.weight"][0, 3] = np.float32(FLT_MAX / 2)
     reasons = []

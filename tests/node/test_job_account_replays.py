@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from job_account import NONCE, one_country_job
 from node_harness import (
     node_context,
     node_file,
@@ -24,30 +25,13 @@ from node_harness import (
 )
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.client_app import _train
-from residency.common.config.job import Job, load_job
 from residency.common.errors import PolicyViolation, Refused
 from residency.common.privacy.accountant import epsilon_spent, within_budget
 from residency.common.refusal import RefusalCode
-from toy_federation import write_toy_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-NONCE = "ab" * 16
-
-
-def _job(tmp_path: Path, update: str = "head", *, rounds: int = 1, extra: str = "") -> Job:
-    return load_job(
-        write_toy_job(
-            tmp_path / "job",
-            countries=("DE",),
-            rounds=rounds,
-            examples=40,
-            train=f'update = "{update}"',
-            extra=extra,
-        )
-    )
 
 
 @pytest.mark.node
@@ -55,7 +39,7 @@ def test_a_signed_job_replayed_under_new_runs_never_spends_past_its_target(
     tmp_path: Path,
 ) -> None:
     """The filed attack: one target-8 job replayed took the dataset to 8.00, 12.45, 16.27..."""
-    job = _job(tmp_path)
+    job = one_country_job(tmp_path)
     settings = node_file(tmp_path, 100.0)  # a lifetime budget far above the job's target
     first = signed_record(train_round(job, settings, run_id=1, server_round=1, nonce=NONCE))
     assert 7.9 < first.epsilon <= 8.0
@@ -73,7 +57,7 @@ def test_a_signed_job_replayed_under_new_runs_never_spends_past_its_target(
 @pytest.mark.node
 def test_a_replayed_job_continues_its_rounds_with_the_same_noise(tmp_path: Path) -> None:
     """A coordinator restarted after round 1 resumes the job: round 2 spends the rest."""
-    job = _job(tmp_path, rounds=2)
+    job = one_country_job(tmp_path, rounds=2)
     settings = node_file(tmp_path, 100.0)
     one = signed_record(train_round(job, settings, run_id=1, server_round=1, nonce=NONCE))
     two = signed_record(train_round(job, settings, run_id=2, server_round=2, nonce=NONCE))
@@ -87,7 +71,7 @@ def test_a_replayed_job_continues_its_rounds_with_the_same_noise(tmp_path: Path)
 
 @pytest.mark.node
 def test_a_release_replayed_under_a_new_run_is_refused_uncharged(tmp_path: Path) -> None:
-    job = _job(tmp_path, "prototypes")
+    job = one_country_job(tmp_path, "prototypes")
     settings = node_file(tmp_path, 100.0)
     train_round(job, settings, run_id=1, server_round=1, nonce=NONCE)
     with pytest.raises(PolicyViolation) as refused:
@@ -99,7 +83,7 @@ def test_a_release_replayed_under_a_new_run_is_refused_uncharged(tmp_path: Path)
 @pytest.mark.node
 def test_two_copies_of_a_release_sent_at_once_release_once(tmp_path: Path) -> None:
     """Flower's executor runs messages concurrently: two round-1 messages both released once."""
-    job = _job(tmp_path, "prototypes")
+    job = one_country_job(tmp_path, "prototypes")
     settings = node_file(tmp_path, 100.0)
     meet = threading.Barrier(2)
     outcomes: list[str] = []
@@ -127,7 +111,7 @@ def test_two_copies_of_a_release_sent_at_once_release_once(tmp_path: Path) -> No
 
 @pytest.mark.node
 def test_an_expired_job_is_refused_uncharged(tmp_path: Path) -> None:
-    job = _job(tmp_path)
+    job = one_country_job(tmp_path)
     settings = node_file(tmp_path, 100.0)
     with pytest.raises(PolicyViolation) as refused:
         train_round(job, settings, run_id=1, server_round=1, expires_unix_s=int(time.time()) - 1)

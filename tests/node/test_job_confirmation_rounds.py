@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Message
 
+from confirmation_job import node_store, two_round_job  # noqa: F401 (the fixture job)
 from deployment_harness import wait_until
 from node_harness import (
     confirm_round,
@@ -23,7 +24,7 @@ from node_harness import (
     task_identity,
     train_round,
 )
-from residency.client.budget_store import STORE_FILE, BudgetStore
+from residency.client.budget_store import STORE_FILE
 from residency.client.client_app import _train
 from residency.common.config.job import Job, load_job
 from residency.common.errors import BudgetExceeded, PolicyViolation
@@ -36,15 +37,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def job(tmp_path: Path) -> Job:
-    return load_job(write_toy_job(tmp_path / "job", countries=("DE",), examples=60, rounds=2))
-
-
-def _store(tmp_path: Path) -> BudgetStore:
-    return BudgetStore(tmp_path / "state" / STORE_FILE)
-
-
 @pytest.mark.node
 def test_a_job_that_cannot_finish_is_refused_before_any_charge(job: Job, tmp_path: Path) -> None:
     """The filed case: a lifetime budget of 9, one target-8 job spent; a second is refused."""
@@ -52,7 +44,7 @@ def test_a_job_that_cannot_finish_is_refused_before_any_charge(job: Job, tmp_pat
     confirm_round(job, settings, run_id=1)
     for server_round in (1, 2):
         train_round(job, settings, run_id=1, server_round=server_round)
-    store = _store(tmp_path)
+    store = node_store(tmp_path)
     assert len(store.charges()) == 2
     with pytest.raises(BudgetExceeded) as refused:
         confirm_round(job, settings, run_id=2)
@@ -80,7 +72,7 @@ def test_a_held_budget_is_kept_from_other_jobs_until_its_job_has_run(
         train_round(job, settings, run_id=2, server_round=1)
     for server_round in (1, 2):  # the held job runs whole
         train_round(job, settings, run_id=1, server_round=server_round)
-    store = _store(tmp_path)
+    store = node_store(tmp_path)
     assert [c.round for c in store.charges()] == [1, 2]
     with pytest.raises(BudgetExceeded):  # spent now, no longer held: still not affordable
         confirm_round(job, settings, run_id=3)
@@ -126,7 +118,7 @@ def test_one_round_trains_at_a_time_and_one_whose_round_closed_meanwhile_is_not_
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end <= second_start  # never at once
 
-    store = _store(tmp_path)
+    store = node_store(tmp_path)
     with store.node_lock():  # the node is busy with another round for longer than this one lives
         late: list[BaseException] = []
         waiting = threading.Thread(
@@ -182,4 +174,4 @@ def test_a_policy_floor_binds_the_training_after_a_release_before_the_release_is
         train_round(warm, settings, run_id=1, server_round=1)  # the release itself is above it
     assert refused.value.refusal.code is RefusalCode.NOISE_BELOW_POLICY
     assert refused.value.refusal.values["noise"] == pytest.approx(training)
-    assert _store(tmp_path).charges() == []
+    assert node_store(tmp_path).charges() == []

@@ -13,21 +13,9 @@ from pathlib import Path
 import pytest
 from flwr.app import Message
 
-from node_harness import node_file, train_round
-from residency.client.budget_store import STORE_FILE, BudgetStore
+from node_harness import train_round
 from residency.client.client_app import train
-from residency.common.config.job import Job, load_job
-from toy_federation import separable_rows, write_rows, write_toy_job
-
-EXAMPLES = 40
-
-
-def _node(root: Path, *extra_rows: tuple[str, str]) -> tuple[Job, Path]:
-    """A toy job over DE's 40 rows plus ``extra_rows``, and a node.toml declaring its schema."""
-    job = load_job(write_toy_job(root / "job", countries=("DE",), examples=EXAMPLES, rounds=1))
-    rows = separable_rows(EXAMPLES, 0)
-    write_rows(root / "job" / "de.csv", [*rows[:7], *extra_rows, *rows[7:]])
-    return job, node_file(root, 100.0)
+from schema_node import charges_of, node_with_rows
 
 
 def _seen(reply: Message) -> tuple[str, ...]:
@@ -35,12 +23,6 @@ def _seen(reply: Message) -> tuple[str, ...]:
     if not reply.has_error():
         return ("reply",)
     return ("error", str(reply.error.code), str(reply.error.reason))
-
-
-def _charges(root: Path) -> list[tuple[object, ...]]:
-    """Each charge's privacy cost: its step (noise, sample rate, steps), delta and accountant."""
-    store = BudgetStore(root / "state" / STORE_FILE)
-    return [(charge.step, charge.delta, charge.accountant) for charge in store.charges()]
 
 
 @pytest.mark.node
@@ -58,10 +40,10 @@ def test_one_unusable_record_changes_no_outcome_and_no_charge(
     """The reproduced oracle: the same job against D and D plus one unusable record."""
     seen, charged = [], []
     for name, extra in (("without", ()), ("with", (unusable,))):
-        job, settings = _node(tmp_path / name, *extra)
+        job, settings = node_with_rows(tmp_path / name, *extra)
         reply = train_round(job, settings, run_id=1, server_round=1, handler=train)
         seen.append(_seen(reply))
-        charged.append(_charges(tmp_path / name))
+        charged.append(charges_of(tmp_path / name))
     assert seen[0] == seen[1] == ("reply",)
     assert charged[0] == charged[1]
     assert len(charged[0]) == 1

@@ -11,35 +11,21 @@ from pathlib import Path
 import pytest
 
 from node_harness import charge_details, node_file, signed_record, train_round
-from residency.common.config.job import Job, load_job
+from prototype_release import one_round_job
 from residency.common.config.kinds import AccountantKind
 from residency.common.privacy.accountant import epsilon_spent
-from toy_federation import write_toy_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
 
-EXAMPLES = 60
-
-
-def _job(tmp_path: Path, update: str = "prototypes", name: str = "job") -> Job:
-    path = write_toy_job(
-        tmp_path / name,
-        countries=("DE",),
-        rounds=1,
-        examples=EXAMPLES,
-        train=f'update = "{update}"',
-    )
-    return load_job(path)
-
 
 @pytest.mark.node
 def test_releases_and_dp_sgd_rounds_compose_in_one_dataset_account(tmp_path: Path) -> None:
-    release = _job(tmp_path)
+    release = one_round_job(tmp_path)
     settings = node_file(tmp_path, 100.0)
     first = signed_record(train_round(release, settings, run_id=1, server_round=1))
-    head = _job(tmp_path, "head", name="head-job")
+    head = one_round_job(tmp_path, "head", name="head-job")
     second = signed_record(train_round(head, settings, run_id=2, server_round=1))
     assert second.dataset == first.dataset
     both = epsilon_spent((*first.history, *second.history), delta=1e-4, kind=AccountantKind.PRV)

@@ -10,21 +10,17 @@ trainer's sampling and how the public size is declared are checked in
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node_harness import node_file, signed_record, train_round
+from node_harness import signed_record, train_round
+from public_size_pair import d_and_d_plus_one, node_pair
 from residency.client import client_app, trainer
 from residency.common import wire
 from residency.common.config.job import load_job
-from residency.common.data.readers import count_records
 from residency.common.privacy.sampling import poisson_schedule
-from toy_federation import write_toy_job
-
-EXAMPLES = 60
 
 FIGURES = (
     "examples",
@@ -45,36 +41,6 @@ FIGURES = (
 """Every figure of a signed record that is not noised, an identifier, a hash or a time."""
 
 
-def _d_and_d_plus_one(tmp_path: Path, *, train: str = 'update = "head"') -> Path:
-    """A toy job whose DE file has ``EXAMPLES`` rows, and a copy of that file with one more."""
-    job = write_toy_job(
-        tmp_path / "job", countries=("DE",), rounds=1, examples=EXAMPLES, train=train
-    )
-    plus = tmp_path / "job" / "de-plus-one.csv"
-    shutil.copy(tmp_path / "job" / "de.csv", plus)
-    with plus.open("a", encoding="utf-8") as handle:
-        handle.write("one more record about good things,pos\n")
-    assert count_records(plus) == count_records(tmp_path / "job" / "de.csv") + 1
-    return job
-
-
-def _nodes(tmp_path: Path, public_records: int, extra: str = "") -> tuple[Path, Path]:
-    return (
-        node_file(
-            tmp_path, 100.0, state="d", name="d.toml", public_records=public_records, extra=extra
-        ),
-        node_file(
-            tmp_path,
-            100.0,
-            data="job/de-plus-one.csv",
-            state="d1",
-            name="d1.toml",
-            public_records=public_records,
-            extra=extra,
-        ),
-    )
-
-
 @pytest.mark.node
 def test_one_more_record_changes_no_figure_that_leaves_the_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -84,7 +50,7 @@ def test_one_more_record_changes_no_figure_that_leaves_the_node(
     The public size is far above both counts, so each round also warns the operator, in the
     node's log only.
     """
-    job = load_job(_d_and_d_plus_one(tmp_path, train='update = "head"\nstep_rule = "noise"'))
+    job = load_job(d_and_d_plus_one(tmp_path, train='update = "head"\nstep_rule = "noise"'))
     rates: list[float] = []
     real_round = client_app.train_dp_round
 
@@ -96,7 +62,7 @@ def test_one_more_record_changes_no_figure_that_leaves_the_node(
     public = 130  # more than twice either count
     replies = []
     with caplog.at_level(logging.WARNING, logger="residency.node"):
-        for settings in _nodes(tmp_path, public):
+        for settings in node_pair(tmp_path, public):
             reply = train_round(job, settings, run_id=1, server_round=1)
             assert not reply.has_error()
             replies.append(reply)

@@ -9,7 +9,6 @@ a refine after training spends exactly what the job has left: whole rounds throu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,42 +17,19 @@ from flwr.app import Message
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.auditor.crosscheck import cross_check
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.common.config.job import WARM_START_SHARE, Job, load_job
+from residency.common.config.job import WARM_START_SHARE, Job
 from residency.common.config.kinds import AccountantKind
-from residency.common.config.round_plan import feature_transform_bytes
 from residency.common.errors import BudgetExceeded
-from residency.common.model import ModelSpec, build_classifier, trainable_state
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.privacy.sampling import poisson_schedule
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
-from toy_federation import write_toy_job
+from toy_federation import WIDTH
+from warm_start_job import EXAMPLES, feature_transform, global_arrays, refine_fields, warm_start_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-EXAMPLES = 60
-WIDTH = 32  # the tiny BERT's hidden size
-WARM = 'update = "head"\nwarm_start = "prototypes"'
-
-
-def _job(tmp_path: Path, train: str = WARM) -> Job:
-    path = write_toy_job(
-        tmp_path / "job", countries=("DE",), examples=EXAMPLES, schedule=False, train=train
-    )
-    return load_job(path)
-
-
-def _transform() -> dict[str, bytes]:
-    centre = np.full(WIDTH, 0.01, np.float32)
-    scale = np.full(WIDTH, 0.2, np.float32)
-    return {"feature-transform": feature_transform_bytes(centre, scale)}
-
-
-def _global_arrays(job: Job) -> dict[str, np.ndarray]:
-    model = build_classifier(ModelSpec.from_job(job))
-    return {name: t.numpy() for name, t in trainable_state(model).items()}
 
 
 def _training_rounds(job: Job, settings: Path) -> list[Message]:
@@ -65,8 +41,8 @@ def _training_rounds(job: Job, settings: Path) -> list[Message]:
             settings,
             run_id=1,
             server_round=server_round,
-            overrides=_transform(),
-            arrays=_global_arrays(job),
+            overrides=feature_transform(),
+            arrays=global_arrays(job),
         )
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         replies.append(reply)
@@ -75,7 +51,7 @@ def _training_rounds(job: Job, settings: Path) -> list[Message]:
 
 @pytest.mark.node
 def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: Path) -> None:
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0)
     first = train_round(job, settings, run_id=1, server_round=1)
     assert set(update_of(first)) == {prototypes.SUMS, prototypes.COUNTS}
@@ -103,14 +79,10 @@ def test_a_node_releases_first_then_trains_the_head_within_one_target(tmp_path: 
     assert len(charges) == job.train.server_rounds
 
 
-def _refine() -> dict[str, Any]:
-    return _transform() | {"refine": True}
-
-
 @pytest.mark.node
 def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: Path) -> None:
     """Release, one training round, the release again: the target, and nothing after it."""
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0)
     train_round(job, settings, run_id=1, server_round=1)
     trained = train_round(
@@ -118,13 +90,15 @@ def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: 
         settings,
         run_id=1,
         server_round=2,
-        overrides=_transform(),
-        arrays=_global_arrays(job),
+        overrides=feature_transform(),
+        arrays=global_arrays(job),
     )
     history = signed_record(trained).history
     template = prototypes.template(3, WIDTH)
     refined = signed_record(
-        train_round(job, settings, run_id=1, server_round=3, overrides=_refine(), arrays=template)
+        train_round(
+            job, settings, run_id=1, server_round=3, overrides=refine_fields(), arrays=template
+        )
     )
     assert refined.max_grad_norm == prototypes.SENSITIVITY
     assert refined.noise_multiplier == noise_after(
@@ -135,7 +109,10 @@ def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: 
         cross_check(refined.history, delta=1e-4, kind=AccountantKind.PRV).problems(refined.epsilon)
         == []
     )
-    for overrides, arrays in ((_transform(), _global_arrays(job)), (_refine(), template)):
+    for overrides, arrays in (
+        (feature_transform(), global_arrays(job)),
+        (refine_fields(), template),
+    ):
         with pytest.raises(BudgetExceeded) as refused:
             train_round(job, settings, run_id=1, server_round=4, overrides=overrides, arrays=arrays)
         assert refused.value.refusal.code is RefusalCode.JOB_BUDGET
@@ -145,7 +122,7 @@ def test_a_refine_after_training_spends_exactly_what_the_job_has_left(tmp_path: 
 @pytest.mark.node
 @pytest.mark.parametrize("update", ["lora", "lora-fa"])
 def test_a_node_releases_then_fine_tunes_within_one_target(tmp_path: Path, update: str) -> None:
-    job = _job(tmp_path, f'update = "{update}"\nwarm_start = "prototypes"')
+    job = warm_start_job(tmp_path, f'update = "{update}"\nwarm_start = "prototypes"')
     settings = node_file(tmp_path, 20.0)
     first = train_round(job, settings, run_id=1, server_round=1)
     assert set(update_of(first)) == {prototypes.SUMS, prototypes.COUNTS}
@@ -155,7 +132,7 @@ def test_a_node_releases_then_fine_tunes_within_one_target(tmp_path: Path, updat
     records = [release]
     for reply in _training_rounds(job, settings):
         sent = update_of(reply)
-        assert set(sent) == set(_global_arrays(job))
+        assert set(sent) == set(global_arrays(job))
         changed = [n for n in sent if "lora_B" in n and np.abs(sent[n]).max() > 0]
         assert changed  # the encoder's adapters trained, not the head alone
         records.append(signed_record(reply))

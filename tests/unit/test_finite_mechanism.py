@@ -11,23 +11,22 @@ The attacks through whole node rounds are in ``tests/node/test_finite_mechanism_
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from finite_mechanism_attack import FLT_MAX, candidate_job, transform_of
 from residency.client.linear_probe import head_features
 from residency.client.randomness import RoundRandomness
 from residency.client.trainer import LocalSchedule, dp_mode_for, train_dp_round
-from residency.common.config.job import MAX_GRAD_NORM, MAX_LORA_ALPHA, Job, load_job
+from residency.common.config.job import MAX_GRAD_NORM, MAX_LORA_ALPHA
 from residency.common.config.kinds import AccountantKind, UpdateKind
 from residency.common.config.round_plan import (
     FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,
     RoundPlan,
-    feature_transform_bytes,
     round_config,
 )
 from residency.common.data.encoding import encode
@@ -43,32 +42,12 @@ from residency.common.model import (
 )
 from residency.common.privacy.dp_sgd import DpSgdSettings
 from residency.common.updates import prototypes
-from toy_federation import write_toy_job
+from toy_federation import WIDTH
+from warm_start_job import WARM
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-FLT_MAX = float(np.finfo(np.float32).max)
-WIDTH = 32  # the tiny BERT's hidden size
-EXAMPLES = 60
-CANDIDATE = ("zqx candidate record wvk", "pos")
-WARM = 'update = "head"\nwarm_start = "prototypes"'
-
-
-def _job(tmp_path: Path, train: str) -> Job:
-    path = write_toy_job(
-        tmp_path / "job", countries=("DE",), examples=EXAMPLES, schedule=False, train=train
-    )
-    plus = tmp_path / "job" / "de-plus.csv"  # D + the candidate record
-    shutil.copy(tmp_path / "job" / "de.csv", plus)
-    with plus.open("a", encoding="utf-8") as handle:
-        handle.write(",".join(CANDIDATE) + "\n")
-    return load_job(path)
-
-
-def _transform(centre: np.ndarray, scale: np.ndarray) -> dict[str, bytes]:
-    return {"feature-transform": feature_transform_bytes(centre, scale)}
 
 
 @pytest.mark.unit
@@ -84,20 +63,21 @@ def test_received_weights_must_be_finite_and_within_the_bound() -> None:
 
 @pytest.mark.unit
 def test_the_feature_transform_must_keep_its_scale_floor_and_centre_bound(tmp_path: Path) -> None:
-    config = round_config(_job(tmp_path, WARM), base_fingerprint="0" * 64) | {"server-round": 2}
+    job = candidate_job(tmp_path, WARM)
+    config = round_config(job, base_fingerprint="0" * 64) | {"server-round": 2}
     centre, scale = np.zeros(WIDTH), np.full(WIDTH, FEATURE_SCALE_FLOOR)
     centre[0], centre[1] = -FEATURE_CENTRE_BOUND, FEATURE_CENTRE_BOUND
-    assert RoundPlan.from_record(config | _transform(centre, scale)).centre_and_scale is not None
+    assert RoundPlan.from_record(config | transform_of(centre, scale)).centre_and_scale is not None
     low = scale.copy()
     low[5] = np.nextafter(np.float32(FEATURE_SCALE_FLOOR), np.float32(0))
     with pytest.raises(ConfigError, match="below the floor"):
-        RoundPlan.from_record(config | _transform(centre, low))
+        RoundPlan.from_record(config | transform_of(centre, low))
     far = centre.copy()
     far[5] = np.nextafter(np.float32(FEATURE_CENTRE_BOUND), np.float32(2))
     with pytest.raises(ConfigError, match="centre outside"):
-        RoundPlan.from_record(config | _transform(far, scale))
+        RoundPlan.from_record(config | transform_of(far, scale))
     with pytest.raises(ConfigError, match="lora-alpha"):
-        RoundPlan.from_record(config | _transform(centre, scale) | {"lora-alpha": 10**30})
+        RoundPlan.from_record(config | transform_of(centre, scale) | {"lora-alpha": 10**30})
 
 
 @pytest.mark.unit

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from job_account import NONCE, one_country_job
 from node_harness import TEST_LAUNCHER
 from residency.client.budget_store import BudgetStore
-from residency.common.config.job import Job, load_job
 from residency.common.config.signed_job import (
     ExpiredJob,
     SignedJob,
@@ -26,27 +26,11 @@ from residency.common.config.signed_job import (
     sign_job,
 )
 from residency.common.errors import ConfigError
-from toy_federation import write_toy_job
 
 # Whole rounds through the ClientApp (seconds each) are in tests/node/test_job_account_replays.py.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-NONCE = "ab" * 16
-
-
-def _job(tmp_path: Path, update: str = "head", *, rounds: int = 1, extra: str = "") -> Job:
-    return load_job(
-        write_toy_job(
-            tmp_path / "job",
-            countries=("DE",),
-            rounds=rounds,
-            examples=40,
-            train=f'update = "{update}"',
-            extra=extra,
-        )
-    )
 
 
 @pytest.mark.unit
@@ -66,7 +50,7 @@ def test_the_job_lock_lets_one_message_of_a_job_in_at_a_time(tmp_path: Path) -> 
 
 @pytest.mark.unit
 def test_every_signing_is_a_new_launch_with_an_expiry(tmp_path: Path) -> None:
-    job = _job(tmp_path)
+    job = one_country_job(tmp_path)
     trusted = [TEST_LAUNCHER.public_hex]
     first, second = sign_job(job, TEST_LAUNCHER), sign_job(job, TEST_LAUNCHER)
     assert first.sha256 != second.sha256  # two launches: two job accounts on every node
@@ -83,7 +67,7 @@ def test_every_signing_is_a_new_launch_with_an_expiry(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_a_job_signed_without_a_launch_is_refused(tmp_path: Path) -> None:
     """An old-style signature: its replays could not be told apart, so it runs nowhere."""
-    job = _job(tmp_path)
+    job = one_country_job(tmp_path)
     body = job_body(job)
     signed = SignedJob(
         body=body,
@@ -98,4 +82,4 @@ def test_a_job_signed_without_a_launch_is_refused(tmp_path: Path) -> None:
 def test_a_job_file_cannot_choose_its_launch(tmp_path: Path) -> None:
     launch = f'[launch]\nnonce = "{NONCE}"\nexpires_unix_s = 4102444800\n'
     with pytest.raises(ConfigError, match=r"launch.*fix: remove the \[launch\] table"):
-        _job(tmp_path, extra=launch)
+        one_country_job(tmp_path, extra=launch)

@@ -15,31 +15,21 @@ from pathlib import Path
 import pytest
 from flwr.app import Message
 
+from confirmation_job import node_store, two_round_job  # noqa: F401 (the fixture job)
 from deployment_harness import wait_until
 from node_harness import confirm_round, node_file, train_round
-from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.client_app import query
 from residency.client.egress import guard_reply
 from residency.common import wire
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import Job
 from residency.common.errors import PolicyViolation
 from residency.common.privacy.accountant import epsilon_spent
 from residency.common.refusal import RefusalCode, decode
-from toy_federation import write_toy_job
 
 pytestmark = [
     pytest.mark.usefixtures("flower_task"),
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Job:
-    return load_job(write_toy_job(tmp_path / "job", countries=("DE",), examples=60, rounds=2))
-
-
-def _store(tmp_path: Path) -> BudgetStore:
-    return BudgetStore(tmp_path / "state" / STORE_FILE)
 
 
 @pytest.mark.unit
@@ -48,7 +38,7 @@ def test_a_confirmed_job_is_held_whole_and_charged_nothing(job: Job, tmp_path: P
     reply = confirm_round(job, settings, run_id=1)
     assert dict(reply.content.config_records[wire.NODE]) == {wire.COUNTRY: "DE"}
     assert set(reply.content) == {wire.NODE}  # no record, no update, no number
-    store = _store(tmp_path)
+    store = node_store(tmp_path)
     assert store.charges() == []
     [held] = store.reservations()
     planned = epsilon_spent(held.planned, delta=1e-4, kind=job.privacy.accountant)
@@ -63,10 +53,10 @@ def test_a_confirmed_job_is_held_whole_and_charged_nothing(job: Job, tmp_path: P
 def test_a_lapsed_hold_frees_the_budget(job: Job, tmp_path: Path) -> None:
     settings = node_file(tmp_path, budget=10.0, extra="reservation_hours = 0.00002\n")
     confirm_round(job, settings, run_id=1)  # held for 72 ms
-    store = _store(tmp_path)
+    store = node_store(tmp_path)
     wait_until(lambda: not store.reservations(), timeout_s=10, what="job 1's hold to lapse")
     confirm_round(job, settings, run_id=2)  # job 1 never came back; job 2 may use the budget
-    assert len(_store(tmp_path).reservations()) == 1
+    assert len(node_store(tmp_path).reservations()) == 1
 
 
 @pytest.mark.unit
@@ -95,7 +85,7 @@ def test_the_coordinator_sees_a_coded_refusal_or_a_bare_confirmation(
     refusal = decode(refused.error.reason)
     assert refusal.code is RefusalCode.JOB_UNAFFORDABLE
     assert set(refusal.values) == {"budget", "committed", "needed"}
-    assert _store(tmp_path).charges() == []
+    assert node_store(tmp_path).charges() == []
 
 
 @pytest.mark.unit
@@ -104,11 +94,11 @@ def test_the_jobs_end_frees_its_hold_and_is_no_round(job: Job, tmp_path: Path) -
     confirm_round(job, settings, run_id=1)
     other_launch = {"job-ended": True}
     confirm_round(job, settings, run_id=2, overrides=other_launch)  # not job 1: nothing freed
-    assert len(_store(tmp_path).reservations()) == 1
+    assert len(node_store(tmp_path).reservations()) == 1
     ended = confirm_round(job, settings, run_id=1, overrides={"job-ended": True})
     assert dict(ended.content.config_records[wire.NODE]) == {wire.COUNTRY: "DE"}
-    assert _store(tmp_path).reservations() == []
+    assert node_store(tmp_path).reservations() == []
     confirm_round(job, settings, run_id=3)  # the budget is free for another job
     with pytest.raises(PolicyViolation, match="a job's end is a query, not a round"):
         train_round(job, settings, run_id=3, server_round=1, overrides={"job-ended": True})
-    assert _store(tmp_path).charges() == []
+    assert node_store(tmp_path).charges() == []

@@ -23,26 +23,11 @@ from residency.cli.simulation import write_node_settings
 from residency.client.budget_store import STORE_FILE, BudgetStore
 from residency.client.client_app import train
 from residency.client.node_config import load_node_settings
-from residency.common.config.job import Job, load_job
+from residency.common.config.job import load_job
 from residency.common.errors import ConfigError, PolicyViolation
 from residency.common.refusal import RefusalCode, decode
-from toy_federation import LABELS, separable_rows, write_rows, write_toy_job
-
-EXAMPLES = 40
-
-
-def _node(root: Path, *extra_rows: tuple[str, str]) -> tuple[Job, Path]:
-    """A toy job over DE's 40 rows plus ``extra_rows``, and a node.toml declaring its schema."""
-    job = load_job(write_toy_job(root / "job", countries=("DE",), examples=EXAMPLES, rounds=1))
-    rows = separable_rows(EXAMPLES, 0)
-    write_rows(root / "job" / "de.csv", [*rows[:7], *extra_rows, *rows[7:]])
-    return job, node_file(root, 100.0)
-
-
-def _charges(root: Path) -> list[tuple[object, ...]]:
-    """Each charge's privacy cost: its step (noise, sample rate, steps), delta and accountant."""
-    store = BudgetStore(root / "state" / STORE_FILE)
-    return [(charge.step, charge.delta, charge.accountant) for charge in store.charges()]
+from schema_node import charges_of, node_with_rows
+from toy_federation import LABELS, separable_rows, write_toy_job
 
 
 @pytest.mark.unit
@@ -67,14 +52,14 @@ def _charges(root: Path) -> list[tuple[object, ...]]:
 def test_a_job_with_another_schema_is_refused_uncharged_whatever_the_data(
     tmp_path: Path, overrides: dict[str, object], extra: tuple[tuple[str, str], ...]
 ) -> None:
-    job, settings = _node(tmp_path, *extra)
+    job, settings = node_with_rows(tmp_path, *extra)
     with pytest.raises(PolicyViolation) as refused:
         train_round(job, settings, run_id=1, server_round=1, overrides=overrides)
     assert refused.value.refusal.code is RefusalCode.SCHEMA_MISMATCH
     differs = {"labels": "labels", "text-column": "text_column", "label-column": "label_column"}
     named = {differs[key] for key in overrides}  # the launcher is told which field, no more
     assert {k for k, v in refused.value.refusal.values.items() if v} == named
-    assert _charges(tmp_path) == []
+    assert charges_of(tmp_path) == []
 
 
 @pytest.mark.unit
@@ -89,7 +74,7 @@ def test_a_job_with_another_schema_is_refused_uncharged_whatever_the_data(
 def test_data_no_round_can_use_is_one_fixed_refusal_before_any_charge(
     tmp_path: Path, content: str | None
 ) -> None:
-    job, settings = _node(tmp_path)
+    job, settings = node_with_rows(tmp_path)
     data = tmp_path / "job" / "de.csv"
     if content is None:
         data.unlink()
@@ -98,7 +83,7 @@ def test_data_no_round_can_use_is_one_fixed_refusal_before_any_charge(
     reply = train_round(job, settings, run_id=1, server_round=1, handler=train)
     assert reply.has_error()
     assert decode(reply.error.reason).code is RefusalCode.NO_USABLE_DATA
-    assert _charges(tmp_path) == []
+    assert charges_of(tmp_path) == []
     # The refusal the node keeps (store, ledger) quotes no record; the details are in its log.
     [refusal] = BudgetStore(tmp_path / "state" / STORE_FILE).refusals()
     assert "no usable record" in refusal[4]

@@ -12,39 +12,25 @@ import numpy as np
 import pytest
 
 from node_harness import node_file, signed_record, train_round, update_of
+from prototype_release import EXAMPLES, one_round_job
 from residency.client.budget_store import STORE_FILE, BudgetStore
-from residency.common.config.job import Job, load_job
 from residency.common.config.kinds import AccountantKind
 from residency.common.errors import PolicyViolation
 from residency.common.privacy.accountant import noise_for_target
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
 from residency.common.updates.prototypes import COUNTS, SENSITIVITY, SUMS
-from toy_federation import write_toy_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
-
-EXAMPLES = 60
-
-
-def _job(tmp_path: Path, update: str = "prototypes", name: str = "job") -> Job:
-    path = write_toy_job(
-        tmp_path / name,
-        countries=("DE",),
-        rounds=1,
-        examples=EXAMPLES,
-        train=f'update = "{update}"',
-    )
-    return load_job(path)
 
 
 @pytest.mark.unit
 def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
     tmp_path: Path,
 ) -> None:
-    job = _job(tmp_path)
+    job = one_round_job(tmp_path)
     settings = node_file(tmp_path, 20.0, public_records=70)
     reply = train_round(job, settings, run_id=1, server_round=1)
     assert not reply.has_error()
@@ -71,7 +57,7 @@ def test_a_release_is_one_charged_step_and_sends_only_the_class_statistics(
 @pytest.mark.unit
 def test_a_second_release_in_the_same_run_is_refused_before_any_charge(tmp_path: Path) -> None:
     """A coordinator that asks again for what the job calibrated as one release."""
-    job = _job(tmp_path)
+    job = one_round_job(tmp_path)
     settings = node_file(tmp_path, 100.0)
     train_round(job, settings, run_id=1, server_round=1)
     with pytest.raises(PolicyViolation) as refused:  # a release is once per job
@@ -85,7 +71,7 @@ def test_a_release_whose_template_could_not_leave_is_refused_before_any_charge(
     tmp_path: Path,
 ) -> None:
     """A coordinator sending other shapes than the release's would waste a charged round."""
-    job = _job(tmp_path)
+    job = one_round_job(tmp_path)
     settings = node_file(tmp_path, 100.0)
     wrong = {
         prototypes.SUMS: np.zeros((3, 8), np.float32),

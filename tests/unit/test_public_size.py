@@ -9,7 +9,6 @@ public size, whatever the data file holds. The whole round over D and D plus one
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from node_harness import node_file, train_round
+from public_size_pair import EXAMPLES, d_and_d_plus_one, node_pair
 from residency.cli.simulation import write_node_settings
 from residency.client import trainer
 from residency.client.daemon import init_node
@@ -37,47 +37,15 @@ from residency.common.privacy.sampling import poisson_schedule
 from residency.common.refusal import RefusalCode
 from toy_federation import LABELS, write_toy_job
 
-EXAMPLES = 60
-
-
-def _d_and_d_plus_one(tmp_path: Path, *, train: str = 'update = "head"') -> Path:
-    """A toy job whose DE file has ``EXAMPLES`` rows, and a copy of that file with one more."""
-    job = write_toy_job(
-        tmp_path / "job", countries=("DE",), rounds=1, examples=EXAMPLES, train=train
-    )
-    plus = tmp_path / "job" / "de-plus-one.csv"
-    shutil.copy(tmp_path / "job" / "de.csv", plus)
-    with plus.open("a", encoding="utf-8") as handle:
-        handle.write("one more record about good things,pos\n")
-    assert count_records(plus) == count_records(tmp_path / "job" / "de.csv") + 1
-    return job
-
-
-def _nodes(tmp_path: Path, public_records: int, extra: str = "") -> tuple[Path, Path]:
-    return (
-        node_file(
-            tmp_path, 100.0, state="d", name="d.toml", public_records=public_records, extra=extra
-        ),
-        node_file(
-            tmp_path,
-            100.0,
-            data="job/de-plus-one.csv",
-            state="d1",
-            name="d1.toml",
-            public_records=public_records,
-            extra=extra,
-        ),
-    )
-
 
 @pytest.mark.unit
 def test_a_delta_too_large_for_the_public_size_is_refused_alike_for_d_and_d_plus_one(
     tmp_path: Path,
 ) -> None:
     """``delta >= 1/P`` is judged on the public size; the refusal carries P, never the count."""
-    job = load_job(_d_and_d_plus_one(tmp_path))
+    job = load_job(d_and_d_plus_one(tmp_path))
     refusals = []
-    for settings in _nodes(tmp_path, 20_000):  # job delta 1e-4 = 2/P
+    for settings in node_pair(tmp_path, 20_000):  # job delta 1e-4 = 2/P
         with pytest.raises(BudgetExceeded) as refused:
             train_round(job, settings, run_id=1, server_round=1)
         refusals.append(refused.value.refusal)
@@ -90,12 +58,12 @@ def test_a_delta_too_large_for_the_public_size_is_refused_alike_for_d_and_d_plus
 def test_a_policy_minimum_is_judged_on_the_public_size_alike_for_d_and_d_plus_one(
     tmp_path: Path,
 ) -> None:
-    job = load_job(_d_and_d_plus_one(tmp_path))
+    job = load_job(d_and_d_plus_one(tmp_path))
     (tmp_path / "policy.toml").write_text(
         'name = "strict"\nmin_examples_per_round = 100\n', encoding="utf-8"
     )
     refusals = []
-    for settings in _nodes(tmp_path, 50, extra='policy = "policy.toml"\n'):
+    for settings in node_pair(tmp_path, 50, extra='policy = "policy.toml"\n'):
         with pytest.raises(PolicyViolation) as refused:
             train_round(job, settings, run_id=1, server_round=1)
         refusals.append(refused.value.refusal)

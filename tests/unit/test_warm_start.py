@@ -7,12 +7,12 @@ Whole jobs through the node's ClientApp (a release, then the head or LoRA, and a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from honest_ledgers import warm_start_release
 from node_harness import node_file, signed_record, train_round, update_of
 from residency.auditor.crosscheck import cross_check
 from residency.client.budget_store import STORE_FILE, BudgetStore
@@ -20,12 +20,9 @@ from residency.client.trainer import STABLE_STEP, LocalSchedule
 from residency.common.classifier_head import classifier_head
 from residency.common.config.job import (
     DEFAULT_PIPELINE,
-    WARM_START_SHARE,
     WARM_STARTED_HEAD,
     WARM_STARTED_LORA,
-    Job,
     TrainSection,
-    load_job,
 )
 from residency.common.config.kinds import AccountantKind, Optimizer, StepRule, UpdateKind
 from residency.common.config.round_plan import RoundPlan, feature_transform_bytes, round_config
@@ -39,34 +36,14 @@ from residency.common.model import (
 from residency.common.privacy.accountant import epsilon_spent, noise_after, noise_for_target
 from residency.common.refusal import RefusalCode
 from residency.common.updates import prototypes
-from toy_federation import write_toy_job
+from toy_federation import WIDTH
+from warm_start_job import feature_transform, global_arrays, refine_fields, warm_start_job
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning"),
 ]
 
-EXAMPLES = 60
-WIDTH = 32  # the tiny BERT's hidden size
-WARM = 'update = "head"\nwarm_start = "prototypes"'
 LORA_AFTER_RELEASE = 'update = "lora"\nwarm_start = "prototypes"'
-
-
-def _job(tmp_path: Path, train: str = WARM) -> Job:
-    path = write_toy_job(
-        tmp_path / "job", countries=("DE",), examples=EXAMPLES, schedule=False, train=train
-    )
-    return load_job(path)
-
-
-def _transform() -> dict[str, bytes]:
-    centre = np.full(WIDTH, 0.01, np.float32)
-    scale = np.full(WIDTH, 0.2, np.float32)
-    return {"feature-transform": feature_transform_bytes(centre, scale)}
-
-
-def _global_arrays(job: Job) -> dict[str, np.ndarray]:
-    model = build_classifier(ModelSpec.from_job(job))
-    return {name: t.numpy() for name, t in trainable_state(model).items()}
 
 
 @pytest.mark.unit
@@ -109,7 +86,7 @@ def test_a_pipeline_residency_does_not_run_is_refused_with_its_fix(
     tmp_path: Path, train: str
 ) -> None:
     with pytest.raises(ConfigError) as refused:
-        _job(tmp_path, train)
+        warm_start_job(tmp_path, train)
     message = str(refused.value)
     assert "\n" not in message
     assert "train" in message
@@ -120,18 +97,18 @@ def test_a_pipeline_residency_does_not_run_is_refused_with_its_fix(
 def test_the_plan_carries_the_feature_transform_exactly_when_the_head_trains_on_it(
     tmp_path: Path,
 ) -> None:
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     config = round_config(job, base_fingerprint="0" * 64)
     release = RoundPlan.from_record(config | {"server-round": 1})
     assert (release.round_update, release.centre_and_scale) == (UpdateKind.PROTOTYPES, None)
-    training = RoundPlan.from_record(config | {"server-round": 2} | _transform())
+    training = RoundPlan.from_record(config | {"server-round": 2} | feature_transform())
     assert training.round_update is UpdateKind.HEAD
     assert training.centre_and_scale is not None
     np.testing.assert_array_equal(training.centre_and_scale[1], np.full(WIDTH, 0.2, np.float32))
     with pytest.raises(ConfigError, match="feature transform missing"):
         RoundPlan.from_record(config | {"server-round": 2})
     with pytest.raises(ConfigError, match="sent without a warm start"):
-        RoundPlan.from_record(config | {"server-round": 1} | _transform())
+        RoundPlan.from_record(config | {"server-round": 1} | feature_transform())
     bad_scale = feature_transform_bytes(np.zeros(WIDTH), np.zeros(WIDTH))
     with pytest.raises(ConfigError, match="positive"):
         RoundPlan.from_record(config | {"server-round": 2, "feature-transform": bad_scale})
@@ -147,17 +124,7 @@ def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
 ) -> None:
     """The split composes in one account: release, then training noise for the whole target."""
     delta, target = 1e-5, 8.0
-    release = (
-        noise_for_target(
-            target_epsilon=target * WARM_START_SHARE,
-            delta=delta,
-            sample_rate=1.0,
-            steps=1,
-            kind=kind,
-        ),
-        1.0,
-        1,
-    )
+    release = warm_start_release(target, delta=delta, kind=kind)
     noise = noise_after(
         (release,), target_epsilon=target, delta=delta, sample_rate=1.0, steps=50, kind=kind
     )
@@ -178,7 +145,7 @@ def test_training_after_a_release_spends_exactly_the_rest_of_the_target(
 @pytest.mark.unit
 def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path: Path) -> None:
     """A coordinator replaying round 1 would buy a second release out of training's budget."""
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0)
     train_round(job, settings, run_id=1, server_round=1)
     with pytest.raises(PolicyViolation) as refused:
@@ -191,7 +158,7 @@ def test_a_release_asked_for_after_training_began_is_refused_uncharged(tmp_path:
 def test_a_policy_must_allow_both_the_release_and_the_head(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text('name = "head-only"\nallowed_updates = ["head"]\n', encoding="utf-8")
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0, extra=f'policy = "{policy}"\n')
     with pytest.raises(PolicyViolation) as refused:
         train_round(job, settings, run_id=1, server_round=1)
@@ -237,13 +204,13 @@ def test_the_standardised_head_scores_exactly_as_the_class_mean_head() -> None:
 def test_a_feature_transform_of_the_wrong_width_is_refused_before_any_charge(
     tmp_path: Path,
 ) -> None:
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0)
     train_round(job, settings, run_id=1, server_round=1)
     narrow = {"feature-transform": feature_transform_bytes(np.zeros(8), np.ones(8))}
     with pytest.raises(ValueError, match="32 numbers"):
         train_round(
-            job, settings, run_id=1, server_round=2, overrides=narrow, arrays=_global_arrays(job)
+            job, settings, run_id=1, server_round=2, overrides=narrow, arrays=global_arrays(job)
         )
     assert len(BudgetStore(tmp_path / "state" / STORE_FILE).charges()) == 1
 
@@ -287,21 +254,19 @@ def test_the_noise_step_rule_stops_growing_where_signal_dominates() -> None:
     assert halved.learning_rate == pytest.approx(STABLE_STEP / 2)
 
 
-def _refine() -> dict[str, Any]:
-    return _transform() | {"refine": True}
-
-
 @pytest.mark.unit
 def test_a_refine_is_only_the_warm_starts_release_after_round_one(tmp_path: Path) -> None:
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     config = round_config(job, base_fingerprint="0" * 64)
-    refine = RoundPlan.from_record(config | {"server-round": 3} | _refine())
+    refine = RoundPlan.from_record(config | {"server-round": 3} | refine_fields())
     assert refine.round_update is UpdateKind.PROTOTYPES
     with pytest.raises(ConfigError, match="refined, after round 1"):
         RoundPlan.from_record(config | {"server-round": 1, "refine": True})
     with pytest.raises(ConfigError, match="refine"):
-        RoundPlan.from_record(config | {"server-round": 3} | _transform() | {"refine": 1})
-    plain = round_config(_job(tmp_path / "plain", 'update = "head"'), base_fingerprint="0" * 64)
+        RoundPlan.from_record(config | {"server-round": 3} | feature_transform() | {"refine": 1})
+    plain = round_config(
+        warm_start_job(tmp_path / "plain", 'update = "head"'), base_fingerprint="0" * 64
+    )
     with pytest.raises(ConfigError, match="refined, after round 1"):
         RoundPlan.from_record(plain | {"server-round": 3, "refine": True})
 
@@ -309,17 +274,19 @@ def test_a_refine_is_only_the_warm_starts_release_after_round_one(tmp_path: Path
 @pytest.mark.unit
 def test_a_refine_before_any_release_is_refused_and_fixes_no_noise(tmp_path: Path) -> None:
     """Refused before its noise is derived: a noise fixed then would ignore the release."""
-    job = _job(tmp_path)
+    job = warm_start_job(tmp_path)
     settings = node_file(tmp_path, 20.0)
     template = prototypes.template(3, WIDTH)
     with pytest.raises(PolicyViolation) as refused:
-        train_round(job, settings, run_id=1, server_round=2, overrides=_refine(), arrays=template)
+        train_round(
+            job, settings, run_id=1, server_round=2, overrides=refine_fields(), arrays=template
+        )
     assert refused.value.refusal.code is RefusalCode.INVALID_PLAN
     assert BudgetStore(tmp_path / "state" / STORE_FILE).charges() == []
 
     first = signed_record(train_round(job, settings, run_id=1, server_round=1))
     again = train_round(
-        job, settings, run_id=1, server_round=2, overrides=_refine(), arrays=template
+        job, settings, run_id=1, server_round=2, overrides=refine_fields(), arrays=template
     )
     refined = signed_record(again)
     assert set(update_of(again)) == {prototypes.SUMS, prototypes.COUNTS}
@@ -370,14 +337,14 @@ def test_only_the_release_before_a_head_is_refined_and_only_trained_heads_follow
     tmp_path: Path,
 ) -> None:
     """A refine rebuilds the head from base features, which LoRA's adapters no longer give."""
-    job = _job(tmp_path, LORA_AFTER_RELEASE)
+    job = warm_start_job(tmp_path, LORA_AFTER_RELEASE)
     config = round_config(job, base_fingerprint="0" * 64)
-    plan = RoundPlan.from_record(config | {"server-round": 2} | _transform())
+    plan = RoundPlan.from_record(config | {"server-round": 2} | feature_transform())
     assert plan.round_update is UpdateKind.LORA
     with pytest.raises(ConfigError, match="only the release before a head is refined"):
-        RoundPlan.from_record(config | {"server-round": 3, "refine": True} | _transform())
+        RoundPlan.from_record(config | {"server-round": 3, "refine": True} | feature_transform())
     with pytest.raises(ConfigError, match="is not a pipeline Residency runs"):
-        RoundPlan.from_record(config | {"server-round": 2, "update": "full"} | _transform())
+        RoundPlan.from_record(config | {"server-round": 2, "update": "full"} | feature_transform())
 
 
 @pytest.mark.unit

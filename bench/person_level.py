@@ -7,7 +7,8 @@ about 5) and mostly one label (``--own-label`` of a person's records share their
 label, as a patient's notes share a diagnosis). The same records then run the shipped
 pipeline (release, then the head by full-batch DP-SGD for 5 rounds, ``pipeline_replay``'s
 replay of the product's mechanism; the round best on the held-out half of the test set is
-kept, as the coordinator keeps it) twice over:
+kept and a falling first round refines the release, as the coordinator does; ``--no-refine``
+only keeps the best round) twice over:
 
 - per record: every record is a unit, the public size is the record count (rounded);
 - per person, for each ``--caps`` k: each person's first k records, weighted 1/n in the
@@ -48,10 +49,12 @@ from sklearn.linear_model import LogisticRegression
 
 from residency.cli.run_log import quiet_libraries
 from residency.common.config.job import VALIDATION_SHARE
+from residency.common.config.kinds import AccountantKind
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
+from residency.common.privacy.accountant import noise_after
 from residency.common.privacy.public_size import rounded_size
 from residency.common.updates import prototypes
-from residency.server.held_out import split_rows
+from residency.server.held_out import refines, split_rows
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,10 @@ def replay(
 ) -> float:
     """The shipped pipeline (release, then the head), keeping the round best on ``held_out``.
 
-    As the coordinator keeps its model (ties to the later round); the refinement of the
-    release after a falling first round is left out.
+    As the coordinator keeps its model (ties to the later round). With ``plan.choose``, a
+    first training round that scores below the release on ``held_out`` ends the job as the
+    coordinator ends it: every node releases again with what is left, and the two releases
+    are merged (``server/held_out.py::refines``, ``pipeline_replay._refined``).
     """
     generator = torch.Generator().manual_seed(seed)
     z_release, z_train = noise_multipliers(
@@ -168,10 +173,11 @@ def replay(
     weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
     standard = {c: (u.features - centre) / spread for c, u in parties.items()}
     total = sum(u.public for u in parties.values())
+    test_raw = test
     test = ((test[0] - centre) / spread, test[1])
     held_out = ((held_out[0] - centre) / spread, held_out[1])
     kept = (accuracy(weight, bias, held_out), accuracy(weight, bias, test))
-    for _ in range(plan.rounds):
+    for server_round in range(plan.rounds):
         new_weight, new_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         for country, units in parties.items():
             w, b = _dp_steps(
@@ -181,9 +187,55 @@ def replay(
             new_bias += units.public / total * b
         weight, bias = new_weight, new_bias
         chosen = accuracy(weight, bias, held_out)
+        if plan.choose and server_round == 0 and refines(kept[0], chosen):
+            refine = (z_release, z_train)
+            return _refined(parties, releases, refine, test_raw, classes, prior, plan, generator)
         if chosen >= kept[0]:
             kept = (chosen, accuracy(weight, bias, test))
     return kept[1]
+
+
+def _refined(
+    parties: dict[str, Units],
+    releases: list[dict[str, np.ndarray]],
+    noises: tuple[float, float],
+    test: tuple[torch.Tensor, torch.Tensor],
+    classes: int,
+    prior: torch.Tensor,
+    plan: Plan,
+    generator: torch.Generator,
+) -> float:
+    """Test accuracy of the release refined with what one training round left."""
+    z_release, z_train = noises
+    z_refine = noise_after(
+        ((z_release, 1.0, 1), (z_train, 1.0, plan.steps)),
+        target_epsilon=plan.epsilon,
+        delta=plan.delta,
+        sample_rate=1.0,
+        steps=1,
+        kind=AccountantKind.PRV,
+    )
+    merged = [
+        prototypes.refined(
+            (first, z_release),
+            (
+                prototypes.release(
+                    u.features,
+                    u.labels,
+                    classes=classes,
+                    noise_multiplier=z_refine,
+                    generator=generator,
+                    weights=u.weights,
+                ),
+                z_refine,
+            ),
+        )
+        for first, u in zip(releases, parties.values(), strict=True)
+    ]
+    statistics = prototypes.combined(
+        [release for release, _ in merged], [noise or z_refine for _, noise in merged]
+    )
+    return accuracy(*prototypes.head_weights(statistics, prior), test)
 
 
 @dataclass(frozen=True)
@@ -255,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--alone", action="store_true", help="also each country by itself")
+    parser.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refine the release after a falling first round, as the coordinator does",
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -306,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.alone:
                     groups |= {f"{c} alone": {c: u} for c, u in parties.items()}
                 line = [f"eps={epsilon:<3g} {name}:"]
-                plan = Plan(epsilon=epsilon, choose=False)
+                plan = Plan(epsilon=epsilon, choose=args.refine)
                 for group, members in groups.items():
                     scores = [
                         replay(

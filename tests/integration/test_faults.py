@@ -42,6 +42,10 @@ COUNTRIES = ("DE", "FR", "ES")
 ROUND_TIMEOUT_S = 20
 SECRET = "root:x:0:0:root:/root:/bin/bash\n"
 TRAIN = f'update = "head"\nround_timeout_s = {ROUND_TIMEOUT_S}'
+# Steps 4 and 5 run two jobs on the same nodes at once (one resumed, one new): a node starts
+# one ClientApp at a time, so a confirmation can wait behind the other run's (about 10 s each
+# here). What they check is resuming, not deadlines.
+SHARED_TRAIN = 'update = "head"\nround_timeout_s = 60'
 
 
 def _results_files(federation: Federation) -> set[Path]:
@@ -266,7 +270,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         restart_output = restarted.output()
 
         # 4. Only `coordinator start` is SIGKILLed, mid-run: its SuperLink and ServerApp follow.
-        stop_job = write_toy_job(root / "orphan", countries=("DE", "FR"), rounds=5, train=TRAIN)
+        stop_job = write_toy_job(
+            root / "orphan", countries=("DE", "FR"), rounds=5, train=SHARED_TRAIN
+        )
         launcher = federation.launch(stop_job, root / "orphan-out")
         orphaned_path = _run_results(
             federation, before | {results_path, crashed_path, resumed_path}
@@ -290,7 +296,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
         #    run and the one orphaned above resume at the next start.
         again = federation.start_coordinator()
         federation.wait_online(("DE", "FR"))
-        paused_job = write_toy_job(root / "paused", countries=("DE", "FR"), rounds=3, train=TRAIN)
+        paused_job = write_toy_job(
+            root / "paused", countries=("DE", "FR"), rounds=3, train=SHARED_TRAIN
+        )
         launcher = federation.launch(paused_job, root / "paused-out")
         paused_path = _run_results(federation, _results_files(federation))
         wait_until(lambda: _rounds_done(paused_path) >= 1, timeout_s=180, what="round 1")

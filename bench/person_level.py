@@ -335,7 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"person's records of their dominant label; shipped pipeline, {args.draws} draws"
     )
     for people in (int(p) for p in args.people.split(",")):
-        dealt = deal_countries(corpus, labels, people, args)
+        try:
+            dealt = deal_countries(corpus, labels, people, args)
+        except ValueError as exc:  # a split the corpus cannot give: one line naming the option
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         test = (rows[dealt.reported], torch.from_numpy(labels[dealt.reported]))
         held_out = (rows[dealt.chooses], torch.from_numpy(labels[dealt.chooses]))
         tensor_labels = torch.from_numpy(labels)

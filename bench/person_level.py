@@ -43,15 +43,14 @@ from pipeline_replay import (
     corpus_features,
     names_prior,
     noise_multipliers,
+    refine_noise,
     step_size,
 )
 from sklearn.linear_model import LogisticRegression
 
 from residency.cli.run_log import quiet_libraries
 from residency.common.config.job import VALIDATION_SHARE
-from residency.common.config.kinds import AccountantKind
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
-from residency.common.privacy.accountant import noise_after
 from residency.common.privacy.public_size import rounded_size
 from residency.common.updates import prototypes
 from residency.server.held_out import refines, split_rows
@@ -206,15 +205,8 @@ def _refined(
     generator: torch.Generator,
 ) -> float:
     """Test accuracy of the release refined with what one training round left."""
-    z_release, z_train = noises
-    z_refine = noise_after(
-        ((z_release, 1.0, 1), (z_train, 1.0, plan.steps)),
-        target_epsilon=plan.epsilon,
-        delta=plan.delta,
-        sample_rate=1.0,
-        steps=1,
-        kind=AccountantKind.PRV,
-    )
+    z_release, _ = noises
+    z_refine = refine_noise(plan, *noises)
     merged = [
         prototypes.refined(
             (first, z_release),

@@ -282,6 +282,18 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
     return Trace(scores, scores[last_best])
 
 
+def refine_noise(plan: Plan, z_release: float, z_train: float) -> float:
+    """The refining release's noise: what the release and one training round left."""
+    return noise_after(
+        ((z_release, 1.0, 1), (z_train, 1.0, plan.steps)),
+        target_epsilon=plan.epsilon,
+        delta=plan.delta,
+        sample_rate=1.0,
+        steps=1,
+        kind=AccountantKind.PRV,
+    )
+
+
 def _refined(
     federation: Federation,
     plan: Plan,
@@ -290,15 +302,8 @@ def _refined(
     generator: torch.Generator,
 ) -> float:
     """Reported accuracy of the release refined with what one training round left."""
-    z_release, z_train = noises
-    z_refine = noise_after(
-        ((z_release, 1.0, 1), (z_train, 1.0, plan.steps)),
-        target_epsilon=plan.epsilon,
-        delta=plan.delta,
-        sample_rate=1.0,
-        steps=1,
-        kind=AccountantKind.PRV,
-    )
+    z_release, _ = noises
+    z_refine = refine_noise(plan, *noises)
     again = _releases(federation, z_refine, generator)
     merged = [
         prototypes.refined((first, z_release), (second, z_refine))

@@ -152,17 +152,7 @@ def replay(
     z_release, z_train = noise_multipliers(
         plan.epsilon, plan.delta, plan.share, plan.rounds * plan.steps
     )
-    releases = [
-        prototypes.release(
-            u.features,
-            u.labels,
-            classes=classes,
-            noise_multiplier=z_release,
-            generator=generator,
-            weights=u.weights,
-        )
-        for u in parties.values()
-    ]
+    releases = _releases(parties, classes, z_release, generator)
     statistics = prototypes.combined(releases, [z_release] * len(releases))
     weight, bias = (t.double() for t in prototypes.head_weights(statistics, prior))
     assert z_train is not None
@@ -194,6 +184,23 @@ def replay(
     return kept[1]
 
 
+def _releases(
+    parties: dict[str, Units], classes: int, z: float, generator: torch.Generator
+) -> list[dict[str, np.ndarray]]:
+    """Every country's release at noise multiplier ``z``, each row at its unit's weight."""
+    return [
+        prototypes.release(
+            u.features,
+            u.labels,
+            classes=classes,
+            noise_multiplier=z,
+            generator=generator,
+            weights=u.weights,
+        )
+        for u in parties.values()
+    ]
+
+
 def _refined(
     parties: dict[str, Units],
     releases: list[dict[str, np.ndarray]],
@@ -207,22 +214,10 @@ def _refined(
     """Test accuracy of the release refined with what one training round left."""
     z_release, _ = noises
     z_refine = refine_noise(plan, *noises)
+    again = _releases(parties, classes, z_refine, generator)
     merged = [
-        prototypes.refined(
-            (first, z_release),
-            (
-                prototypes.release(
-                    u.features,
-                    u.labels,
-                    classes=classes,
-                    noise_multiplier=z_refine,
-                    generator=generator,
-                    weights=u.weights,
-                ),
-                z_refine,
-            ),
-        )
-        for first, u in zip(releases, parties.values(), strict=True)
+        prototypes.refined((first, z_release), (second, z_refine))
+        for first, second in zip(releases, again, strict=True)
     ]
     statistics = prototypes.combined(
         [release for release, _ in merged], [noise or z_refine for _, noise in merged]

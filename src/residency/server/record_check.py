@@ -71,12 +71,13 @@ def received_record(
                 f"privacy record names {field} {getattr(record, field)!r}, expected {value!r}"
             )
     metrics = content.metric_records.get(wire.METRICS, MetricRecord())
-    reported = metrics.get(wire.EPSILON)
-    if not isinstance(reported, int | float) or not math.isclose(reported, record.epsilon):
-        raise InvalidUpdate("privacy record epsilon differs from the reply's metrics")
-    noise = metrics.get(wire.NOISE_MULTIPLIER)
-    if not isinstance(noise, int | float) or not math.isclose(noise, record.noise_multiplier):
-        raise InvalidUpdate("privacy record noise multiplier differs from the reply's metrics")
+    for name, key, signed_value in (
+        ("epsilon", wire.EPSILON, record.epsilon),
+        ("noise multiplier", wire.NOISE_MULTIPLIER, record.noise_multiplier),
+    ):
+        reported = metrics.get(key)
+        if not isinstance(reported, int | float) or not math.isclose(reported, signed_value):
+            raise InvalidUpdate(f"privacy record {name} differs from the reply's metrics")
     examples = metrics.get(wire.NUM_EXAMPLES)
     if examples is None:
         raise InvalidUpdate(f"reply has no {wire.NUM_EXAMPLES} metric to weight its update by")

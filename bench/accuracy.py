@@ -80,7 +80,7 @@ from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.updates import prototypes
 from residency.common.updates.traits import traits_for
 from residency.server.held_out import split_rows
-from residency.server.results import Results
+from residency.server.results import Results, RoundResult
 
 RESIDENCY = str(Path(sys.executable).parent / "residency")
 NO_DP = math.inf
@@ -666,10 +666,22 @@ def _simulate(
     if results.final is None or results.final.accuracy is None:
         raise RuntimeError(f"{out}/results.json has no final accuracy")
     spent = [p.epsilon for p in results.privacy.values() if p.epsilon is not None]
-    trace = " ".join("-" if r.accuracy is None else f"{r.accuracy:.3f}" for r in results.rounds)
+    trace = " ".join(_round_trace(r) for r in results.rounds)
     kept = f", kept round {results.final.round}" if results.final.round is not None else ""
-    print(f"    {pipeline} {unit_label(unit)} eps={epsilon:g}: rounds {trace}{kept}", flush=True)
+    print(
+        f"    {pipeline} {unit_label(unit)} eps={epsilon:g}: rounds (reported/held-out) "
+        f"{trace}{kept}",
+        flush=True,
+    )
     return results.final.accuracy, max(spent, default=math.nan)
+
+
+def _round_trace(result: RoundResult) -> str:
+    """One round as the trace prints it: reported accuracy, held-out accuracy, a refine."""
+    text = "-" if result.accuracy is None else f"{result.accuracy:.3f}"
+    if result.held_out_accuracy is not None:
+        text += f"/{result.held_out_accuracy:.3f}"
+    return text + (" (refined)" if result.refine else "")
 
 
 def product_rows(

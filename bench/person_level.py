@@ -44,6 +44,7 @@ from pipeline_replay import (
     names_prior,
     noise_multipliers,
     refine_noise,
+    refine_now,
     step_size,
 )
 from sklearn.linear_model import LogisticRegression
@@ -53,7 +54,7 @@ from residency.common.config.job import VALIDATION_SHARE
 from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
 from residency.common.privacy.public_size import rounded_size
 from residency.common.updates import prototypes
-from residency.server.held_out import refines, split_rows
+from residency.server.held_out import RELEASE_MARGIN, split_rows
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def replay(
             new_bias += units.public / total * b
         weight, bias = new_weight, new_bias
         chosen = accuracy(weight, bias, held_out)
-        if plan.choose and server_round == 0 and refines(kept[0], chosen):
+        if plan.choose and server_round == 0 and refine_now(plan, kept[0], chosen, held_out[1]):
             refine = (z_release, z_train)
             return _refined(parties, releases, refine, test_raw, classes, prior, plan, generator)
         if chosen >= kept[0]:
@@ -300,6 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=True,
         help="refine the release after a falling first round, as the coordinator does",
     )
+    parser.add_argument(
+        "--refine-margin",
+        type=float,
+        default=RELEASE_MARGIN,
+        help="standard errors by which the release must beat the majority class on the "
+        "held-out part to be refined (-inf: after any fall, the rule before)",
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -355,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.alone:
                     groups |= {f"{c} alone": {c: u} for c, u in parties.items()}
                 line = [f"eps={epsilon:<3g} {name}:"]
-                plan = Plan(epsilon=epsilon, choose=args.refine)
+                plan = Plan(epsilon=epsilon, choose=args.refine, refine_margin=args.refine_margin)
                 for group, members in groups.items():
                     scores = [
                         replay(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from residency.common.label_prior import label_prior
 from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.updates import prototypes
-from residency.server.held_out import refines, split_rows
+from residency.server.held_out import RELEASE_MARGIN, majority_share, refines, split_rows
 
 Party = tuple[torch.Tensor, torch.Tensor]  # unit-norm features (float64), labels (long)
 Release = dict[str, np.ndarray]  # one node's release, or the federation's statistics
@@ -78,6 +79,7 @@ class Plan:
     stable_step: float | None = STABLE_STEP  # None: the noise rule uncapped
     head: str = "shipped"
     choose: bool = True  # the held-out part keeps the best round and may refine the release
+    refine_margin: float = RELEASE_MARGIN  # -inf: refine after any fall (the rule before)
 
 
 @functools.cache
@@ -272,7 +274,7 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
         if held is None:
             continue
         chosen.append(accuracy(weight, bias, held))
-        if server_round == 0 and refines(chosen[0], chosen[1]):
+        if server_round == 0 and refine_now(plan, chosen[0], chosen[1], held[1]):
             refined = _refined(federation, plan, releases, (z_release, z_train), generator)
             scores.append(refined)
             return Trace(scores, refined, refined=True)
@@ -280,6 +282,18 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
         return Trace(scores, scores[-1])
     last_best = len(chosen) - 1 - int(np.argmax(chosen[::-1]))  # ties to the later, as better()
     return Trace(scores, scores[last_best])
+
+
+def refine_now(plan: Plan, release: float, trained: float, held_out: torch.Tensor) -> bool:
+    """The coordinator's refine decision on held-out labels ``held_out``, at the plan's margin."""
+    labels = held_out.tolist()
+    return refines(
+        release,
+        trained,
+        majority=majority_share(labels),
+        rows=len(labels),
+        margin=plan.refine_margin,
+    )
 
 
 def refine_noise(plan: Plan, z_release: float, z_train: float) -> float:
@@ -424,6 +438,7 @@ def references(federation: Federation) -> dict[str, float]:
 
 VARIANTS: dict[str, Callable[[float], Plan]] = {
     "shipped (release + head, chosen)": lambda e: Plan(epsilon=e),
+    "refining after any fall": lambda e: Plan(epsilon=e, refine_margin=-math.inf),
     "release + head, last round": lambda e: Plan(epsilon=e, choose=False),
     "before issue 25": lambda e: Plan(
         epsilon=e, share=0.25, stable_step=None, head="node-centred", choose=False
@@ -447,7 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--variants", help=f"a ;-separated subset of: {'; '.join(VARIANTS)} (default all)"
+    )
     args = parser.parse_args(argv)
+    variants = VARIANTS
+    if args.variants:
+        names = [n.strip() for n in args.variants.split(";")]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            parser.error(f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+        variants = {n: VARIANTS[n] for n in names}
     quiet_libraries()
     model = args.model
     try:
@@ -477,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in references(federation).items():
         print(f"{name:<36} no DP  {value:.3f}")
     for epsilon in (float(e) for e in args.epsilons.split(",")):
-        for name, variant in VARIANTS.items():
+        for name, variant in variants.items():
             plan = variant(epsilon)
             traces = [replay(federation, plan, seed=s) for s in range(args.draws)]
             finals = np.array([t.final for t in traces])

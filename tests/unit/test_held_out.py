@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -13,7 +14,15 @@ from flwr.supercore.task_identity import TaskIdentity
 from residency.common import wire
 from residency.common.config.kinds import Combine
 from residency.common.updates import prototypes
-from residency.server.held_out import KeptModel, better, held_out_rows, refines, split_rows
+from residency.server.held_out import (
+    RELEASE_MARGIN,
+    KeptModel,
+    better,
+    held_out_rows,
+    majority_share,
+    refines,
+    split_rows,
+)
 from residency.server.strategy import ValidatingStrategy
 
 pytestmark = pytest.mark.unit
@@ -52,9 +61,27 @@ def test_a_later_model_is_kept_unless_it_scores_lower() -> None:
 
 
 def test_training_that_scores_below_the_release_refines_it() -> None:
-    assert refines(0.9, 0.85)
-    assert not refines(0.9, 0.9)
-    assert not refines(0.9, 0.95)
+    assert refines(0.9, 0.85, majority=0.5, rows=200)
+    assert not refines(0.9, 0.9, majority=0.5, rows=200)
+    assert not refines(0.9, 0.95, majority=0.5, rows=200)
+
+
+def test_a_release_no_better_than_a_constant_guess_is_not_refined() -> None:
+    """Book reviews per person at epsilon 1: 139 held-out rows, 56% of them one class.
+
+    The standard error of an accuracy there is 0.042, so the release must score above
+    0.56 + 2 x 0.042 = 0.644 before a fall after it sends the budget back to it.
+    """
+    assert not refines(0.633, 0.59, majority=0.56, rows=139)
+    assert refines(0.65, 0.59, majority=0.56, rows=139)
+    assert refines(0.633, 0.59, majority=0.56, rows=139, margin=-math.inf)  # the rule before
+    assert not refines(0.633, 0.59, majority=0.56, rows=139, margin=RELEASE_MARGIN)
+
+
+def test_a_constant_guess_scores_the_share_of_the_most_frequent_label() -> None:
+    assert majority_share([0, 1, 1, 2]) == 0.5
+    assert majority_share([3]) == 1.0
+    assert majority_share([]) == 0.0
 
 
 def test_two_releases_combine_by_the_inverse_of_their_noise_variances() -> None:

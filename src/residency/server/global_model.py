@@ -48,7 +48,7 @@ from residency.common.model import (
 from residency.common.updates import prototypes
 from residency.common.updates.traits import traits_for
 from residency.server.checkpoint import Saved, save_checkpoint
-from residency.server.held_out import KeptModel, better, refines, split_rows
+from residency.server.held_out import KeptModel, better, majority_share, refines, split_rows
 from residency.server.results import ClassResult, FinalResult, RoundResult
 from residency.server.strategy import ValidatingStrategy
 
@@ -90,7 +90,10 @@ class GlobalModel:
         if server_round != 3 or not refinable(train.update, train.warm_start):
             return False
         release, trained = self.held_out_scores.get(1), self.held_out_scores.get(2)
-        return release is not None and trained is not None and refines(release, trained)
+        if release is None or trained is None or self.held_out is None:
+            return False
+        labels = self.held_out.tensors[2].tolist()
+        return refines(release, trained, majority=majority_share(labels), rows=len(labels))
 
     def _initial_arrays(self) -> ArrayRecord:
         """What goes out in round 1: the trainable tensors, or a release's empty template."""

@@ -12,8 +12,9 @@ Two choices, measured with ``bench/pipeline_replay.py`` on real corpora (docs/pe
   noisy step can undo a round, and where a few hundred records per class already give good
   class means, training can fall below the release that started it.
 - **Refine or train on.** In a warm-started job the first training round is a test: if its
-  model scores below the release's on the held-out part, the budget left goes to the release
-  again instead (``refine`` in the round plan), and the two releases are combined per node by
+  model scores below the release's on the held-out part, and the release there clearly beats
+  a constant guess (:data:`RELEASE_MARGIN`), the budget left goes to the release again
+  instead (``refine`` in the round plan), and the two releases are combined per node by
   their noise; the job then ends. Where class means already separate the classes (BBC topics
   at a few hundred records per country) that recovers most of what a release spending the
   whole epsilon reaches; where training pays (thousands of records, countries writing other
@@ -23,6 +24,8 @@ Two choices, measured with ``bench/pipeline_replay.py`` on real corpora (docs/pe
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,9 +75,37 @@ def better(kept: KeptModel | None, accuracy: float) -> bool:
     return kept is None or accuracy >= kept.accuracy
 
 
-def refines(release_accuracy: float, trained_accuracy: float) -> bool:
+RELEASE_MARGIN = 2.0
+"""Standard errors by which the release must beat the majority class before it is refined.
+
+A release no better than a constant guess has class means buried in its noise, and a second
+release of the budget left only halves that noise; training on gets further. Measured
+(``bench/person_level.py``, ``bench/pipeline_replay.py``; docs/performance.md)."""
+
+
+def refines(
+    release_accuracy: float,
+    trained_accuracy: float,
+    *,
+    majority: float,
+    rows: int,
+    margin: float = RELEASE_MARGIN,
+) -> bool:
     """After a warm start's first training round: spend the rest on the release instead?
 
-    Yes when the trained model scores below the release's on the held-out part.
+    Yes when the trained model scores below the release's on the held-out part and the
+    release there beats ``majority`` (the share of the held-out part's most frequent class,
+    what a constant guess scores) by ``margin`` standard errors of an accuracy on ``rows``
+    rows: only a release whose class means stand out of its noise is worth a second one.
     """
-    return trained_accuracy < release_accuracy
+    if trained_accuracy >= release_accuracy:
+        return False
+    spread = math.sqrt(majority * (1.0 - majority) / max(rows, 1))
+    return release_accuracy > majority + margin * spread
+
+
+def majority_share(labels: Sequence[int]) -> float:
+    """The share of the most frequent label: a constant guess's accuracy (0 without rows)."""
+    if not labels:
+        return 0.0
+    return max(Counter(labels).values()) / len(labels)

@@ -248,10 +248,14 @@ def head_weights(
     difference between node means as a site effect and projected class signal out where
     nodes share a language (0.861 against 0.948 for global class means on the BBC corpus
     without noise; docs/performance.md). A noisy count below zero is read as zero. The bias
-    centres every score on the overall mean, so a record scores by how it deviates from the
-    federation's average record. ``prior``: each class's public prior (its name embedded,
+    centres every score on the federation's mean record (:func:`feature_mean`), so a record
+    scores by how it deviates from it, and training, whose input is centred there too, starts
+    from a head whose threshold is where its features are zero: a bias it would have to
+    unlearn moves slowly, as each person's clipped gradient gives the bias a share of one
+    over the feature norm. ``prior``: each class's public prior (its name embedded,
     :mod:`residency.common.label_prior`), counted as :func:`prior_records` records of its
-    class that belong to no node.
+    class that belong to no node; it shapes the class directions, never the threshold, as
+    no record lies where the names do.
     """
     means, offsets, counts = class_and_node_effects(statistics, prior)
     sums, prior_weight = _class_sums(statistics, prior)
@@ -268,7 +272,7 @@ def head_weights(
         deviations = sums / per_class.clamp_min(1.0)[:, None] - overall
     directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(1e-12)
     weight = TEMPERATURE * directions
-    bias = -(weight @ overall)
+    bias = -(weight @ feature_mean(statistics))
     return weight.float(), bias.float()
 
 

@@ -41,6 +41,7 @@ from pipeline_replay import (
     Plan,
     accuracy,
     corpus_features,
+    held_out_centre,
     names_prior,
     noise_multipliers,
     refine_noise,
@@ -159,6 +160,9 @@ def replay(
     assert z_train is not None
     bound = FEATURE_CENTRE_BOUND
     centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    if plan.centre != "release":
+        centre = held_out_centre(centre, statistics, held_out[0], plan.centre)
+        bias = -(weight @ centre)  # the threshold where training's input is zero
     spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
     weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
     standard = {c: (u.features - centre) / spread for c, u in parties.items()}
@@ -308,6 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="standard errors by which the release must beat the majority class on the "
         "held-out part to be refined (-inf: after any fall, the rule before)",
     )
+    parser.add_argument(
+        "--centre",
+        choices=("release", "held-out", "combined"),
+        default="release",
+        help="training's centre: the release's mean record, the held-out texts' mean, or "
+        "both by precision",
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -363,7 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.alone:
                     groups |= {f"{c} alone": {c: u} for c, u in parties.items()}
                 line = [f"eps={epsilon:<3g} {name}:"]
-                plan = Plan(epsilon=epsilon, choose=args.refine, refine_margin=args.refine_margin)
+                plan = Plan(
+                    epsilon=epsilon,
+                    choose=args.refine,
+                    refine_margin=args.refine_margin,
+                    centre=args.centre,
+                )
                 for group, members in groups.items():
                     scores = [
                         replay(

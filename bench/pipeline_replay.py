@@ -80,6 +80,7 @@ class Plan:
     head: str = "shipped"
     choose: bool = True  # the held-out part keeps the best round and may refine the release
     refine_margin: float = RELEASE_MARGIN  # -inf: refine after any fall (the rule before)
+    centre: str = "release"  # or "held-out": training centred on the held-out texts' mean
 
 
 @functools.cache
@@ -256,6 +257,9 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
         return Trace(scores, scores[-1])
     bound = FEATURE_CENTRE_BOUND
     centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    if plan.centre != "release" and federation.held_out is not None:
+        centre = held_out_centre(centre, statistics, federation.held_out[0], plan.centre)
+        bias = -(weight @ centre)  # the threshold where training's input is zero
     scale = federation.scale.double().clamp_min(FEATURE_SCALE_FLOOR)
     weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
     standard = {c: ((x - centre) / scale, y) for c, (x, y) in federation.parties.items()}
@@ -282,6 +286,27 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
         return Trace(scores, scores[-1])
     last_best = len(chosen) - 1 - int(np.argmax(chosen[::-1]))  # ties to the later, as better()
     return Trace(scores, scores[last_best])
+
+
+def held_out_centre(
+    release: torch.Tensor, statistics: Release, texts: torch.Tensor, how: str
+) -> torch.Tensor:
+    """Training's centre from the coordinator's held-out texts: alone, or by precision.
+
+    ``combined``: per dimension, the release's mean record and the texts' mean averaged by
+    the inverse of their variances (the release's from the noise its records state, the
+    texts' from their own spread and count).
+    """
+    mean = texts.mean(dim=0)
+    if how == "held-out":
+        return mean
+    stds = np.asarray(statistics[prototypes.NOISE_STDS], dtype=np.float64)
+    counts = np.asarray(statistics[prototypes.NODE_COUNTS], dtype=np.float64)
+    total = max(float(counts.clip(min=0.0).sum()), 1.0)
+    release_var = float(np.square(stds).sum()) * counts.shape[1] / total**2
+    texts_var = texts.var(dim=0) / len(texts)
+    share = release_var / (release_var + texts_var.clamp_min(1e-30))
+    return share * mean + (1.0 - share) * release
 
 
 def refine_now(plan: Plan, release: float, trained: float, held_out: torch.Tensor) -> bool:
@@ -439,6 +464,8 @@ def references(federation: Federation) -> dict[str, float]:
 VARIANTS: dict[str, Callable[[float], Plan]] = {
     "shipped (release + head, chosen)": lambda e: Plan(epsilon=e),
     "refining after any fall": lambda e: Plan(epsilon=e, refine_margin=-math.inf),
+    "centred on the held-out texts": lambda e: Plan(epsilon=e, centre="held-out"),
+    "centred by precision": lambda e: Plan(epsilon=e, centre="combined"),
     "release + head, last round": lambda e: Plan(epsilon=e, choose=False),
     "before issue 25": lambda e: Plan(
         epsilon=e, share=0.25, stable_step=None, head="node-centred", choose=False

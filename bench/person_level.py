@@ -41,18 +41,17 @@ from pipeline_replay import (
     Plan,
     accuracy,
     corpus_features,
-    held_out_centre,
     names_prior,
     noise_multipliers,
     refine_noise,
     refine_now,
     step_size,
+    training_start,
 )
 from sklearn.linear_model import LogisticRegression
 
 from residency.cli.run_log import quiet_libraries
 from residency.common.config.job import VALIDATION_SHARE
-from residency.common.config.round_plan import FEATURE_CENTRE_BOUND, FEATURE_SCALE_FLOOR
 from residency.common.privacy.public_size import rounded_size
 from residency.common.updates import prototypes
 from residency.server.held_out import RELEASE_MARGIN, split_rows
@@ -158,13 +157,9 @@ def replay(
     statistics = prototypes.combined(releases, [z_release] * len(releases))
     weight, bias = (t.double() for t in prototypes.head_weights(statistics, prior))
     assert z_train is not None
-    bound = FEATURE_CENTRE_BOUND
-    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
-    if plan.centre != "release":
-        centre = held_out_centre(centre, statistics, held_out[0], plan.centre)
-        bias = -(weight @ centre)  # the threshold where training's input is zero
-    spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
-    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
+    centre, spread, weight, bias = training_start(
+        plan, statistics, weight, bias, scale, held_out[0]
+    )
     standard = {c: (u.features - centre) / spread for c, u in parties.items()}
     total = sum(u.public for u in parties.values())
     test_raw = test

@@ -255,13 +255,10 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
     chosen = [] if held_out is None else [accuracy(weight, bias, held_out)]
     if z_train is None:
         return Trace(scores, scores[-1])
-    bound = FEATURE_CENTRE_BOUND
-    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
-    if plan.centre != "release" and federation.held_out is not None:
-        centre = held_out_centre(centre, statistics, federation.held_out[0], plan.centre)
-        bias = -(weight @ centre)  # the threshold where training's input is zero
-    scale = federation.scale.double().clamp_min(FEATURE_SCALE_FLOOR)
-    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, scale))
+    texts = None if federation.held_out is None else federation.held_out[0]
+    centre, scale, weight, bias = training_start(
+        plan, statistics, weight, bias, federation.scale, texts
+    )
     standard = {c: ((x - centre) / scale, y) for c, (x, y) in federation.parties.items()}
     test = ((federation.test[0] - centre) / scale, federation.test[1])
     held = None if held_out is None else ((held_out[0] - centre) / scale, held_out[1])
@@ -286,6 +283,30 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
         return Trace(scores, scores[-1])
     last_best = len(chosen) - 1 - int(np.argmax(chosen[::-1]))  # ties to the later, as better()
     return Trace(scores, scores[last_best])
+
+
+def training_start(
+    plan: Plan,
+    statistics: Release,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    held_out: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(centre, scale, weight, bias)``: the release's head standardised, as training starts.
+
+    The centre is the release's mean record (clamped as the coordinator clamps it), or, with
+    ``plan.centre`` and held-out texts, :func:`held_out_centre`, the head's threshold moved
+    there with it; the scale is the public one, floored.
+    """
+    bound = FEATURE_CENTRE_BOUND
+    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    if plan.centre != "release" and held_out is not None:
+        centre = held_out_centre(centre, statistics, held_out, plan.centre)
+        bias = -(weight @ centre)  # the threshold where training's input is zero
+    spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
+    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
+    return centre, spread, weight, bias
 
 
 def held_out_centre(

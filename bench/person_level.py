@@ -107,7 +107,7 @@ def _dp_steps(
     """Full-batch DP-GD of softmax regression: one clipped gradient per unit, then noise."""
     onehot = torch.nn.functional.one_hot(units.labels, weight.shape[0]).to(features.dtype)
     count = int(units.owners.max()) + 1
-    clip, rate = plan.max_grad_norm, step_size(plan, units.public, z)
+    clip, rate, lift = plan.max_grad_norm, step_size(plan, units.public, z), plan.bias_input
     if plan.stable_step is not None:  # the product's cap for people (LocalSchedule.scaled)
         rate = min(rate, plan.stable_step / clip / units.records_per_unit)
     for _ in range(plan.steps):
@@ -116,7 +116,7 @@ def _dp_steps(
             0, units.owners, error[:, :, None] * features[:, None, :]
         )
         grad_b = torch.zeros((count, *bias.shape), dtype=features.dtype).index_add_(
-            0, units.owners, error
+            0, units.owners, lift * error
         )
         norms = (grad_w.square().sum((1, 2)) + grad_b.square().sum(1)).sqrt()
         factor = (clip / (norms + 1e-6)).clamp(max=1.0)
@@ -127,7 +127,7 @@ def _dp_steps(
             bias.shape, generator=generator, dtype=bias.dtype
         )
         weight = weight - rate * noisy_w / units.public
-        bias = bias - rate * noisy_b / units.public
+        bias = bias - lift * rate * noisy_b / units.public
     return weight, bias
 
 
@@ -178,7 +178,9 @@ def replay(
         chosen = accuracy(weight, bias, held_out)
         if plan.choose and server_round == 0 and refine_now(plan, kept[0], chosen, held_out[1]):
             refine = (z_release, z_train)
-            return _refined(parties, releases, refine, test_raw, classes, prior, plan, generator)
+            return _refined(
+                parties, releases, refine, test_raw, classes, prior, plan, generator, centre
+            )
         if chosen >= kept[0]:
             kept = (chosen, accuracy(weight, bias, test))
     return kept[1]
@@ -210,8 +212,12 @@ def _refined(
     prior: torch.Tensor,
     plan: Plan,
     generator: torch.Generator,
+    centre: torch.Tensor,
 ) -> float:
-    """Test accuracy of the release refined with what one training round left."""
+    """Test accuracy of the release refined with what one training round left.
+
+    Its threshold sits at training's ``centre``, as the coordinator sets it.
+    """
     z_release, _ = noises
     z_refine = refine_noise(plan, *noises)
     again = _releases(parties, classes, z_refine, generator)
@@ -222,7 +228,9 @@ def _refined(
     statistics = prototypes.combined(
         [release for release, _ in merged], [noise or z_refine for _, noise in merged]
     )
-    return accuracy(*prototypes.head_weights(statistics, prior), test)
+    weight, bias = prototypes.head_weights(statistics, prior)
+    bias = -(weight.double() @ centre)
+    return accuracy(weight, bias, test)
 
 
 @dataclass(frozen=True)
@@ -309,10 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--centre",
-        choices=("release", "held-out", "combined"),
-        default="release",
-        help="training's centre: the release's mean record, the held-out texts' mean, or "
-        "both by precision",
+        choices=("shipped", "release", "held-out"),
+        default="shipped",
+        help="training's centre: the release's mean record and the held-out texts' by "
+        "precision (shipped), or either alone",
+    )
+    parser.add_argument(
+        "--bias-input",
+        type=float,
+        default=1.0,
+        help="training's bias as the weight of a constant input of this size",
     )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -374,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     choose=args.refine,
                     refine_margin=args.refine_margin,
                     centre=args.centre,
+                    bias_input=args.bias_input,
                 )
                 for group, members in groups.items():
                     scores = [

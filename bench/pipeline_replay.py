@@ -58,6 +58,7 @@ from residency.common.model import ModelSpec, build_classifier, load_tokenizer
 from residency.common.privacy.accountant import noise_after, noise_for_target
 from residency.common.updates import prototypes
 from residency.server.held_out import RELEASE_MARGIN, majority_share, refines, split_rows
+from residency.server.training_centre import training_centre
 
 Party = tuple[torch.Tensor, torch.Tensor]  # unit-norm features (float64), labels (long)
 Release = dict[str, np.ndarray]  # one node's release, or the federation's statistics
@@ -80,7 +81,8 @@ class Plan:
     head: str = "shipped"
     choose: bool = True  # the held-out part keeps the best round and may refine the release
     refine_margin: float = RELEASE_MARGIN  # -inf: refine after any fall (the rule before)
-    centre: str = "release"  # or "held-out": training centred on the held-out texts' mean
+    centre: str = "shipped"  # by precision; "release": its mean alone; "held-out": the texts'
+    bias_input: float = 1.0  # the bias as the weight of a constant input of this size
 
 
 @functools.cache
@@ -178,7 +180,8 @@ def _dp_steps(
     """``plan.steps`` full-batch DP-GD steps of softmax regression on one node's rows."""
     features, labels = party
     onehot = torch.nn.functional.one_hot(labels, weight.shape[0]).to(features.dtype)
-    input_norm = (features.square().sum(1) + 1.0).sqrt()
+    lift = plan.bias_input
+    input_norm = (features.square().sum(1) + lift**2).sqrt()
     clip, rate = plan.max_grad_norm, step_size(plan, public, z)
     for _ in range(plan.steps):
         error = torch.softmax(features @ weight.T + bias, dim=1) - onehot
@@ -187,11 +190,11 @@ def _dp_steps(
         noisy_w = scaled.T @ features + z * clip * torch.randn(
             weight.shape, generator=generator, dtype=weight.dtype
         )
-        noisy_b = scaled.sum(0) + z * clip * torch.randn(
+        noisy_b = lift * scaled.sum(0) + z * clip * torch.randn(
             bias.shape, generator=generator, dtype=bias.dtype
         )
         weight = weight - rate * noisy_w / public
-        bias = bias - rate * noisy_b / public
+        bias = bias - lift * rate * noisy_b / public
     return weight, bias
 
 
@@ -251,17 +254,20 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
     statistics = prototypes.combined(releases, [z_release] * len(releases))
     weight, bias = _release_head(federation, plan, statistics)
     held_out = federation.held_out if plan.choose else None
-    scores = [accuracy(weight, bias, federation.test)]
-    chosen = [] if held_out is None else [accuracy(weight, bias, held_out)]
     if z_train is None:
-        return Trace(scores, scores[-1])
-    texts = None if federation.held_out is None else federation.held_out[0]
+        return Trace(
+            [accuracy(weight, bias, federation.test)], accuracy(weight, bias, federation.test)
+        )
+    texts = None if held_out is None else held_out[0]  # no held-out part, no texts to centre
     centre, scale, weight, bias = training_start(
         plan, statistics, weight, bias, federation.scale, texts
     )
     standard = {c: ((x - centre) / scale, y) for c, (x, y) in federation.parties.items()}
     test = ((federation.test[0] - centre) / scale, federation.test[1])
     held = None if held_out is None else ((held_out[0] - centre) / scale, held_out[1])
+    # the release as the coordinator scores it: the head training starts from
+    scores = [accuracy(weight, bias, test)]
+    chosen = [] if held is None else [accuracy(weight, bias, held)]
     total = sum(federation.public.values())
     for server_round in range(plan.rounds):
         new_weight, new_bias = torch.zeros_like(weight), torch.zeros_like(bias)
@@ -276,7 +282,7 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
             continue
         chosen.append(accuracy(weight, bias, held))
         if server_round == 0 and refine_now(plan, chosen[0], chosen[1], held[1]):
-            refined = _refined(federation, plan, releases, (z_release, z_train), generator)
+            refined = _refined(federation, plan, releases, (z_release, z_train), generator, centre)
             scores.append(refined)
             return Trace(scores, refined, refined=True)
     if not chosen:
@@ -295,39 +301,20 @@ def training_start(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(centre, scale, weight, bias)``: the release's head standardised, as training starts.
 
-    The centre is the release's mean record (clamped as the coordinator clamps it), or, with
-    ``plan.centre`` and held-out texts, :func:`held_out_centre`, the head's threshold moved
-    there with it; the scale is the public one, floored.
+    As ``GlobalModel._warm_start`` sets it: the centre by ``plan.centre`` (the product's
+    :func:`training_centre` as shipped), the head's threshold there (a zero standardised bias),
+    the public scale floored.
     """
     bound = FEATURE_CENTRE_BOUND
-    centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
-    if plan.centre != "release" and held_out is not None:
-        centre = held_out_centre(centre, statistics, held_out, plan.centre)
-        bias = -(weight @ centre)  # the threshold where training's input is zero
+    if plan.centre == "shipped":
+        centre = training_centre(statistics, held_out)
+    elif plan.centre == "held-out" and held_out is not None:
+        centre = held_out.mean(dim=0).clamp(-bound, bound)
+    else:
+        centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
     spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
-    weight, bias = (t.double() for t in prototypes.standardized(weight, bias, centre, spread))
-    return centre, spread, weight, bias
-
-
-def held_out_centre(
-    release: torch.Tensor, statistics: Release, texts: torch.Tensor, how: str
-) -> torch.Tensor:
-    """Training's centre from the coordinator's held-out texts: alone, or by precision.
-
-    ``combined``: per dimension, the release's mean record and the texts' mean averaged by
-    the inverse of their variances (the release's from the noise its records state, the
-    texts' from their own spread and count).
-    """
-    mean = texts.mean(dim=0)
-    if how == "held-out":
-        return mean
-    stds = np.asarray(statistics[prototypes.NOISE_STDS], dtype=np.float64)
-    counts = np.asarray(statistics[prototypes.NODE_COUNTS], dtype=np.float64)
-    total = max(float(counts.clip(min=0.0).sum()), 1.0)
-    release_var = float(np.square(stds).sum()) * counts.shape[1] / total**2
-    texts_var = texts.var(dim=0) / len(texts)
-    share = release_var / (release_var + texts_var.clamp_min(1e-30))
-    return share * mean + (1.0 - share) * release
+    weight, _ = prototypes.standardized(weight, bias, centre, spread)
+    return centre, spread, weight.double(), torch.zeros_like(bias, dtype=torch.float64)
 
 
 def refine_now(plan: Plan, release: float, trained: float, held_out: torch.Tensor) -> bool:
@@ -360,8 +347,12 @@ def _refined(
     releases: list[Release],
     noises: tuple[float, float],
     generator: torch.Generator,
+    centre: torch.Tensor,
 ) -> float:
-    """Reported accuracy of the release refined with what one training round left."""
+    """Reported accuracy of the release refined with what one training round left.
+
+    Its threshold sits at training's ``centre``, as the coordinator sets it.
+    """
     z_release, _ = noises
     z_refine = refine_noise(plan, *noises)
     again = _releases(federation, z_refine, generator)
@@ -372,7 +363,9 @@ def _refined(
     statistics = prototypes.combined(
         [release for release, _ in merged], [noise or z_refine for _, noise in merged]
     )
-    return accuracy(*_release_head(federation, plan, statistics), federation.test)
+    weight, bias = _release_head(federation, plan, statistics)
+    bias = -(weight @ centre)
+    return accuracy(weight, bias, federation.test)
 
 
 def corpus_features(
@@ -485,8 +478,9 @@ def references(federation: Federation) -> dict[str, float]:
 VARIANTS: dict[str, Callable[[float], Plan]] = {
     "shipped (release + head, chosen)": lambda e: Plan(epsilon=e),
     "refining after any fall": lambda e: Plan(epsilon=e, refine_margin=-math.inf),
+    "centred on the release alone": lambda e: Plan(epsilon=e, centre="release"),
     "centred on the held-out texts": lambda e: Plan(epsilon=e, centre="held-out"),
-    "centred by precision": lambda e: Plan(epsilon=e, centre="combined"),
+    "bias as a constant input of 3": lambda e: Plan(epsilon=e, bias_input=3.0),
     "release + head, last round": lambda e: Plan(epsilon=e, choose=False),
     "before issue 25": lambda e: Plan(
         epsilon=e, share=0.25, stable_step=None, head="node-centred", choose=False

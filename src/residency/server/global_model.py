@@ -21,7 +21,6 @@ from residency.common.classifier_head import classifier_head
 from residency.common.config.job import Job, refinable
 from residency.common.config.kinds import Combine
 from residency.common.config.round_plan import (
-    FEATURE_CENTRE_BOUND,
     FEATURE_SCALE_FLOOR,
     feature_transform_bytes,
     round_config,
@@ -32,6 +31,7 @@ from residency.common.data.readers import read_labeled_texts
 from residency.common.device import pick_compute
 from residency.common.evaluation import Scores, evaluate
 from residency.common.feature_scale import public_feature_scale
+from residency.common.head_input import encoder_features
 from residency.common.label_prior import label_prior
 from residency.common.model import (
     ModelSpec,
@@ -51,6 +51,7 @@ from residency.server.checkpoint import Saved, save_checkpoint
 from residency.server.held_out import KeptModel, better, majority_share, refines, split_rows
 from residency.server.results import ClassResult, FinalResult, RoundResult
 from residency.server.strategy import ValidatingStrategy
+from residency.server.training_centre import training_centre
 
 MODEL_DIR = "model"
 
@@ -116,12 +117,18 @@ class GlobalModel:
     def _warm_start(self, statistics: dict[str, np.ndarray]) -> None:
         """Train on from the release: standardised features, the class-mean head as the start.
 
-        The centre is the release's noisy feature mean and the scale a public statistic of the
-        encoder (:mod:`residency.common.feature_scale`); both are post-processing of what was
-        released, so the nodes' training rounds read them at no privacy cost.
+        The centre is the release's noisy mean record and the held-out texts' mean, averaged
+        by precision (:mod:`residency.server.training_centre`), and the scale a public
+        statistic of the encoder (:mod:`residency.common.feature_scale`): what was released
+        and the coordinator's own data, so the nodes' training rounds read them at no
+        privacy cost.
         """
-        bound = FEATURE_CENTRE_BOUND  # a mean of unit vectors; only the noise reaches past it
-        centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+        held_out = None
+        if self.held_out is not None:
+            held_out = encoder_features(
+                self.model, self.held_out, compute=self.compute, public=True
+            )
+        centre = training_centre(statistics, held_out)
         scale = public_feature_scale(
             self.model, self.tokenizer, max_length=self.job.model.max_length, compute=self.compute
         ).clamp_min(FEATURE_SCALE_FLOOR)
@@ -141,14 +148,17 @@ class GlobalModel:
         self.strategy.combine = Combine.FEDAVG
 
     def _standardise_head(self, centre: torch.Tensor, scale: torch.Tensor) -> None:
-        """The class-mean head rewritten for ``(x - centre) / scale``: the same logits."""
+        """The class-mean head for ``(x - centre) / scale``, its threshold at ``centre``.
+
+        The same class directions; a zero bias, so every class scores alike at the centre,
+        where training's input is zero (the release's own mean record, where
+        :func:`prototypes.head_weights` puts it, is the noisier estimate of that point).
+        """
         head = classifier_head(self.model)
-        weight, bias = prototypes.standardized(
-            head.weight.detach(), head.bias.detach(), centre, scale
-        )
+        weight, _ = prototypes.standardized(head.weight.detach(), head.bias.detach(), centre, scale)
         with torch.no_grad():
             head.weight.copy_(weight)
-            head.bias.copy_(bias)
+            head.bias.zero_()
 
     def refine_round(self) -> None:
         """Make the next round the release again (its template out, the releases combined)."""

@@ -12,8 +12,8 @@ The coordinator also holds texts of the task: the held-out part of its test set.
 record is a second estimate, with sampling error instead of noise. Each dimension's centre
 is the two averaged by the inverse of their variances: the release's from the noise its
 nodes state (``prototypes.NOISE_STDS``), the texts' from their spread and count. Where the
-release is precise (thousands of records, epsilon 8) the centre stays the release's; where
-it is noisy it moves to the texts'. Both inputs are already the coordinator's: the centre
+release is precise (thousands of records, epsilon 8) the centre stays near the release's;
+where it is noisy it moves to the texts'. Both inputs are already the coordinator's: the centre
 is post-processing of what the nodes released, so it costs them no privacy.
 
 It assumes the coordinator's test set stands for the nodes' records, as the held-out choice
@@ -21,9 +21,10 @@ of round already does (``server/held_out.py``); nothing checks it. A test of the
 against their variances was tried and not kept: small nodes' noisy counts make the release's
 mean heavier-tailed than its stated noise says, so texts from the nodes' own distribution
 read as unlike in the noisiest federations, where they help most. The cost of texts from
-elsewhere, measured: book reviews centring a BBC news federation cost 1 to 3 points against
-the release's centre (docs/performance.md, "A third change: training's centre", where every
-regime is measured with ``bench/pipeline_replay.py`` and ``bench/person_level.py``).
+elsewhere, measured: book reviews centring a BBC news federation cost up to 3 points against
+the release's centre, and still gain 23 where the release is noisiest (docs/performance.md,
+"A third change: training's centre", where every regime is measured with
+``bench/pipeline_replay.py`` and ``bench/person_level.py``).
 """
 
 from __future__ import annotations

@@ -255,9 +255,8 @@ def replay(federation: Federation, plan: Plan, *, seed: int) -> Trace:
     weight, bias = _release_head(federation, plan, statistics)
     held_out = federation.held_out if plan.choose else None
     if z_train is None:
-        return Trace(
-            [accuracy(weight, bias, federation.test)], accuracy(weight, bias, federation.test)
-        )
+        alone = accuracy(weight, bias, federation.test)
+        return Trace([alone], alone)
     texts = None if held_out is None else held_out[0]  # no held-out part, no texts to centre
     centre, scale, weight, bias = training_start(
         plan, statistics, weight, bias, federation.scale, texts

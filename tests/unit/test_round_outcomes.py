@@ -31,7 +31,8 @@ from residency.common.privacy.record import PrivacyRecord
 from residency.common.privacy.signing import Signer, create_signer
 from residency.common.refusal import Refusal, RefusalCode
 from residency.server.checkpoint import load_checkpoint
-from residency.server.federation import JobFailed, _Federation, run_federation
+from residency.server.federation import JobFailed, RunControl, _Federation, run_federation
+from residency.server.observer import FederationObserver
 from residency.server.results import (
     NodeRound,
     NodeStatus,
@@ -357,6 +358,7 @@ def _run(
     job: Job | None = None,
     resumed: Results | None = None,
     tracker: Tracker | None = None,
+    control: RunControl | None = None,
 ) -> Results:
     return run_federation(
         coordinator.grid,  # type: ignore[arg-type]
@@ -368,6 +370,7 @@ def _run(
         ledger=coordinator.ledger,
         resumed=resumed,
         tracker=tracker,
+        control=control,
     )
 
 
@@ -586,6 +589,31 @@ def test_a_waiting_round_says_who_it_waits_for_as_it_waits(tmp_path: Path) -> No
     assert waits[0][:2] == (1, ["ES", "FR"])  # said at once, before the deadline
     assert waits[0][2] < TIMEOUT_S
     assert waits[0][3] == TIMEOUT_S
+
+
+def test_a_stop_between_rounds_sends_no_further_round(tmp_path: Path) -> None:
+    """Ctrl-C after a round closed: the next round would be charged and never count."""
+    script = {"DE": _trained(), "FR": _trained()}
+    coordinator = _coordinator(tmp_path, script, rounds=3, train="")
+    control = RunControl()
+
+    class Stops(FederationObserver):
+        def round_finished(self, result: RoundResult) -> None:
+            control.stop.set()  # as Ctrl-C does, while round 1's checkpoint is written
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(coordinator, tmp_path / "out", observer=Stops(), control=control)
+
+    trained = {
+        int(m.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
+        for m in coordinator.grid.pushed
+        if m.metadata.message_type == "train"
+    }
+    assert trained == {1}
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
+    assert (results["status"], len(results["rounds"])) == ("stopped", 1)
+    assert not [e for e in _ledger(coordinator) if e.kind == "unconfirmed"]
+    assert control.ended.is_set()
 
 
 UNAFFORDABLE = Refusal(

@@ -222,9 +222,14 @@ def simulate(
     if threading.current_thread() is threading.main_thread():
 
         def on_sigint(signum: int, frame: FrameType | None) -> None:
+            # The first Ctrl-C asks the run to stop: its thread writes "stopped" while Flower's
+            # nodes and Ray still answer, then Flower ends as after a last round. Tearing the
+            # backend down under the run raced Ray's own exit (status 1, not 130). A second
+            # Ctrl-C does not wait.
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             interrupted.set()
-            control.stop.set()  # before the backend goes: the round ends stopped, not failed
-            raise KeyboardInterrupt
+            control.stop.set()
 
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:

@@ -321,6 +321,8 @@ def run_federation(
     try:
         check_admitted(job, roster.countries)
         for server_round in range(first_round, job.train.server_rounds + 1):
+            if roster.stop is not None and roster.stop.is_set():
+                raise KeyboardInterrupt  # asked to stop between rounds: send none that cannot count
             if model.refine_next(server_round):
                 model.refine_round()
             result = federation.play_round(server_round)

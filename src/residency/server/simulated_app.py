@@ -43,17 +43,22 @@ def make_server_app(
         if wrap_grid is not None:
             grid = wrap_grid(grid)
         run = str(context.run_id)
-        results = run_federation(
-            grid,
-            job,
-            out_dir=out_dir,
-            observer=observer,
-            run=run,
-            ledger=None if ledger is None else RunLedger.open(*ledger, run=run, job=job.name),
-            signed=signed,
-            control=control,
-            tracker=None if tracking_uri is None else Tracker(job, uri=tracking_uri, run=run),
-        )
+        try:
+            results = run_federation(
+                grid,
+                job,
+                out_dir=out_dir,
+                observer=observer,
+                run=run,
+                ledger=None if ledger is None else RunLedger.open(*ledger, run=run, job=job.name),
+                signed=signed,
+                control=control,
+                tracker=None if tracking_uri is None else Tracker(job, uri=tracking_uri, run=run),
+            )
+        except KeyboardInterrupt:
+            if control is None or not control.stop.is_set():
+                raise
+            return  # stopped and written: Flower ends the simulation as after a last round
         if sink is not None:
             sink.append(results)
 

@@ -225,7 +225,7 @@ def simulate(
             # The first Ctrl-C asks the run to stop: its thread writes "stopped" while Flower's
             # nodes and Ray still answer, then Flower ends as after a last round. Tearing the
             # backend down under the run raced Ray's own exit (status 1, not 130). A second
-            # Ctrl-C does not wait.
+            # Ctrl-C tears the engine down at once, as the first one used to.
             if interrupted.is_set():
                 raise KeyboardInterrupt
             interrupted.set()

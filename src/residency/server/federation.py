@@ -41,7 +41,7 @@ from residency.server.results import (
     RoundResult,
     RunStatus,
 )
-from residency.server.roster import JobFailed, Roster, check_admitted, exchange
+from residency.server.roster import JobFailed, Roster, check_admitted, check_stop, exchange
 from residency.server.run_ledger import RunLedger
 from residency.server.spend_tally import SpendTally
 from residency.server.strategy import ValidatingStrategy
@@ -174,8 +174,7 @@ class _Federation:
         replies = exchange(
             self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=roster.stop
         )
-        if roster.stop is not None and roster.stop.is_set():
-            raise KeyboardInterrupt  # replies cut short by the stop, not by the nodes
+        check_stop(roster.stop)  # replies cut short by the stop, not by the nodes
         waited = time.monotonic() - sent_at
         dropped = set(absent)
         for message in messages:
@@ -321,8 +320,7 @@ def run_federation(
     try:
         check_admitted(job, roster.countries)
         for server_round in range(first_round, job.train.server_rounds + 1):
-            if roster.stop is not None and roster.stop.is_set():
-                raise KeyboardInterrupt  # asked to stop between rounds: send none that cannot count
+            check_stop(roster.stop)  # asked between rounds: send none that cannot count
             if model.refine_next(server_round):
                 model.refine_round()
             result = federation.play_round(server_round)

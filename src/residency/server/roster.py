@@ -50,6 +50,12 @@ def check_admitted(job: Job, countries: Countries) -> None:
         )
 
 
+def check_stop(stop: threading.Event | None) -> None:
+    """End the run as stopped if a stop was asked for (Ctrl-C of a simulation)."""
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
+
+
 def pause(seconds: float, stop: threading.Event | None) -> None:
     """Sleep between polls; a stop request (Ctrl-C of a simulation) ends the run as stopped."""
     if stop is not None and stop.wait(seconds):
@@ -206,8 +212,7 @@ class Roster:
             replies = exchange(
                 self.grid, messages, timeout_s=timeout_s, on_reply=on_reply, stop=self.stop
             )
-            if self.stop is not None and self.stop.is_set():
-                raise KeyboardInterrupt
+            check_stop(self.stop)
             answered = {reply.metadata.src_node_id for reply in replies}
             silent += [self.countries.of(i) for i in asking if i not in answered]
         return [i for i in node_ids if i in self.confirmed], refused, silent

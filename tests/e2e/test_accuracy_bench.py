@@ -49,9 +49,7 @@ def test_tiny_run_reports_every_regime_and_spends_at_most_the_target(tmp_path: P
     table = lines[lines.index(next(x for x in lines if x.startswith("regime "))) :]
     assert all(len(line) <= 80 for line in table)
     assert "targets for prototypes+head" in done.stdout
-    assert (
-        "target <= 3: " in done.stdout
-    )  # epsilon 8's; every epsilon's verdict: test_bench_accuracy_split.py
+    assert "target <= 3: " in done.stdout  # epsilon 8's; each epsilon's: the unit tier
     assert "beats every country alone" in done.stdout
 
 

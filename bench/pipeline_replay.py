@@ -304,13 +304,10 @@ def training_start(
     :func:`training_centre` as shipped), the head's threshold there (a zero standardised bias),
     the public scale floored.
     """
-    bound = FEATURE_CENTRE_BOUND
-    if plan.centre == "shipped":
-        centre = training_centre(statistics, held_out)
-    elif plan.centre == "held-out" and held_out is not None:
-        centre = held_out.mean(dim=0).clamp(-bound, bound)
-    else:
-        centre = prototypes.feature_mean(statistics).clamp(-bound, bound)
+    if plan.centre == "held-out" and held_out is not None:
+        centre = held_out.mean(dim=0).clamp(-FEATURE_CENTRE_BOUND, FEATURE_CENTRE_BOUND)
+    else:  # without texts, the product's centre is the release's mean alone
+        centre = training_centre(statistics, held_out if plan.centre == "shipped" else None)
     spread = scale.double().clamp_min(FEATURE_SCALE_FLOOR)
     weight, _ = prototypes.standardized(weight, bias, centre, spread)
     return centre, spread, weight.double(), torch.zeros_like(bias, dtype=torch.float64)

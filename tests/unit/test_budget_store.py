@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,25 @@ def test_noise_is_fixed_per_signed_job_and_dataset(tmp_path: Path) -> None:
     assert fixed(job_account=JOB_B, dataset="d", derive=lambda: 0.8) == 0.8
     with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="fixed"):
         db.execute("UPDATE job_noise SET noise_multiplier = 0.1")
+
+
+def test_an_opener_reading_the_store_holds_up_no_other_openers_charge(tmp_path: Path) -> None:
+    """Two rounds of two jobs open one store at once (CI saw 'database is locked' from this).
+
+    The file is in WAL mode from its first opening, so one connection's open read never
+    blocks another's write, and no connection switches the mode under another's read.
+    """
+    path = tmp_path / "budget.sqlite"
+    BudgetStore(path)
+    with sqlite3.connect(path, isolation_level=None) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM charges").fetchone()  # a read left open
+        started = time.monotonic()
+        charge(BudgetStore(path))
+        assert BudgetStore(path).noise_for(job_account=JOB_A, dataset="d", derive=lambda: 0.7)
+        assert time.monotonic() - started < 5  # no wait on the reader (its timeout is 30 s)
+        reader.execute("COMMIT")
+    assert len(BudgetStore(path).charges()) == 1
 
 
 def test_a_store_from_before_job_accounts_keeps_each_old_run_apart(tmp_path: Path) -> None:

@@ -219,7 +219,14 @@ class BudgetStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
+        with (
+            self._file_lock("store"),  # openers set up the file in turn (see below)
+            closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db,
+        ):
+            # WAL is the file's mode from here on. Switched per connection instead, a switch
+            # that meets another opener's read fails at once ("database is locked"): SQLite
+            # gives no busy wait to a connection that holds a read and asks for more.
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)  # idempotent; runs in its own transaction
             db.execute("BEGIN IMMEDIATE")  # two processes opening one store migrate in turn
             try:
@@ -236,7 +243,6 @@ class BudgetStore:
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before training starts
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -280,14 +286,8 @@ class BudgetStore:
         """
         if not re.fullmatch(r"[0-9a-f]{64}", job_account):
             raise ValueError("a job account is the signed job's SHA-256")
-        folder = self.path.parent / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / f"{job_account}.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._file_lock(job_account):
+            yield
 
     @contextmanager
     def node_lock(self) -> Iterator[None]:
@@ -296,9 +296,15 @@ class BudgetStore:
         Two jobs' rounds never train at once (memory, and each round's wall time stays its
         own); the budget needs no such lock, its check and charge are one transaction.
         """
+        with self._file_lock("node"):
+            yield
+
+    @contextmanager
+    def _file_lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock shared by every process and thread that opens this store."""
         folder = self.path.parent / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "node.lock").open("a") as handle:
+        with (folder / f"{name}.lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -45,3 +45,25 @@ def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> 
     verified = residency("audit", "verify", str(ledger), "--keys", str(keys), cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "new consent cohort" in verified.stdout
+
+
+def test_a_corrupt_budget_store_is_named_in_one_line_and_left_as_it_was(tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "de.csv", separable_rows(30, 0))
+    made = residency(
+        "node", "init", "node-de", "--country", "DE", "--data", str(data),
+        "--labels", "pos,neg,obj", "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    store = tmp_path / "node-de" / "state" / "budget.sqlite"
+    store.parent.mkdir(exist_ok=True)
+    store.write_bytes(b"not a database, whatever happened to it " * 100)
+
+    for command in (("status", "node-de"), ("budget", "reset", "node-de", "--reason", "x")):
+        said = residency("node", *command, cwd=tmp_path)
+        assert said.returncode == 2, said.stdout + said.stderr
+        line = error_line(said)
+        assert f"{store}: the node's budget store cannot be opened (file is not a database)" in line
+        assert "fix: restore the node's state folder from its backup" in line
+        assert "Traceback" not in said.stderr
+    assert store.read_bytes() == b"not a database, whatever happened to it " * 100
+    assert not (tmp_path / "node-de" / "state" / "ledger.jsonl").exists()

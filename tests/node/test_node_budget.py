@@ -205,3 +205,21 @@ def test_every_reply_carries_a_signed_record_and_the_node_keeps_its_own_ledger(
 
 def _ledger_lines(tmp_path: Path) -> list[str]:
     return (tmp_path / "state" / "ledger.jsonl").read_text("ascii").splitlines()
+
+
+@pytest.mark.node
+def test_a_node_whose_store_cannot_be_opened_answers_the_fixed_fault_and_charges_nothing(
+    job: Job, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged store is no reason to train unmetered, nor to tell the coordinator its path."""
+    from residency.client.client_app import train
+
+    settings = node_file(tmp_path, budget=100.0)
+    store = tmp_path / "state" / STORE_FILE
+    store.parent.mkdir(exist_ok=True)
+    store.write_bytes(b"damaged " * 512)
+    reply = train_round(job, settings, run_id=1, server_round=1, handler=train)
+    assert reply.has_error()
+    assert (reply.error.code, reply.error.reason) == (wire.NODE_FAULT, wire.NODE_FAULT_REASON)
+    assert store.read_bytes() == b"damaged " * 512  # nothing written, nothing lost
+    assert f"{store}: the node's budget store cannot be opened" in caplog.text  # the operator's

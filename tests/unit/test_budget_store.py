@@ -13,6 +13,7 @@ import pytest
 
 from deployment_harness import wait_until
 from residency.client.budget_store import BudgetStore, Held
+from residency.common.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -270,3 +271,15 @@ def test_a_refused_reservation_holds_nothing(tmp_path: Path) -> None:
             check=refuse,
         )
     assert store.reservations() == []
+
+
+def test_a_file_that_is_no_store_is_named_with_its_fix_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "budget.sqlite"
+    path.write_bytes(b"garbage " * 512)
+    with pytest.raises(ConfigError) as raised:
+        BudgetStore(path)
+    said = str(raised.value)
+    assert said.startswith(f"{path}: the node's budget store cannot be opened (")
+    assert "fix: restore the node's state folder from its backup" in said
+    assert "\n" not in said
+    assert path.read_bytes() == b"garbage " * 512

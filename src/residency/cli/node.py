@@ -306,7 +306,10 @@ def status(
         settings = NodeDir(folder).load()
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
-    store = BudgetStore(settings.state / STORE_FILE)
+    try:
+        store = BudgetStore(settings.state / STORE_FILE)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
     charges = store.charges()
     accounts = {account.id: account for account in store.accounts()}
     rows = []
@@ -427,7 +430,10 @@ def reset(
         raise fail(
             f"{settings.data}: data file not found; fix: check data in node.toml", EXIT_INPUT
         )
-    store = BudgetStore(settings.state / STORE_FILE)
+    try:
+        store = BudgetStore(settings.state / STORE_FILE)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
     old, new = store.reset(settings.dataset_name, settings.data, reason=reason)
     signer = load_or_create_signer(
         settings.record_key, comment=f"residency-record-{settings.country}"

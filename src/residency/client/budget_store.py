@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from residency.common.clock import now
+from residency.common.errors import ConfigError
 from residency.common.privacy.accountant import History, PrivacyStep, compose, remaining
 
 STORE_FILE = "budget.sqlite"
@@ -219,6 +220,21 @@ class BudgetStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        try:
+            self._set_up()
+        except sqlite3.DatabaseError as exc:
+            fix = (
+                "another process has held it for 30 s; stop that process, then retry"
+                if "locked" in str(exc)
+                else "restore the node's state folder from its backup; without its record of"
+                " spend the node cannot train"
+            )
+            raise ConfigError(
+                f"{path}: the node's budget store cannot be opened ({exc}); fix: {fix}"
+            ) from exc
+
+    def _set_up(self) -> None:
+        """Create or migrate the store's tables; every opener does, one at a time."""
         with (
             self._file_lock("store"),  # openers set up the file in turn (see below)
             closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db,

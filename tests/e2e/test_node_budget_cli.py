@@ -14,13 +14,18 @@ from toy_federation import separable_rows, write_rows
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> None:
+def init_node(tmp_path: Path) -> None:
+    """``node init node-de`` in ``tmp_path``, on 30 records of its own."""
     data = write_rows(tmp_path / "de.csv", separable_rows(30, 0))
     made = residency(
         "node", "init", "node-de", "--country", "DE", "--data", str(data),
         "--labels", "pos,neg,obj", "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+
+
+def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> None:
+    init_node(tmp_path)
 
     empty = residency("node", "budget", "reset", "node-de", "--reason", " ", cwd=tmp_path)
     assert empty.returncode == 2
@@ -48,12 +53,7 @@ def test_a_reset_is_signed_into_the_node_ledger_and_verifies(tmp_path: Path) -> 
 
 
 def test_a_corrupt_budget_store_is_named_in_one_line_and_left_as_it_was(tmp_path: Path) -> None:
-    data = write_rows(tmp_path / "de.csv", separable_rows(30, 0))
-    made = residency(
-        "node", "init", "node-de", "--country", "DE", "--data", str(data),
-        "--labels", "pos,neg,obj", "--budget-epsilon", "8", "--delta", "1e-5", cwd=tmp_path,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    init_node(tmp_path)
     store = tmp_path / "node-de" / "state" / "budget.sqlite"
     store.parent.mkdir(exist_ok=True)
     store.write_bytes(b"not a database, whatever happened to it " * 100)

@@ -6,7 +6,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -31,6 +31,9 @@ from residency.common.data.readers import DataScan, count_records
 from residency.common.errors import ConfigError, DataError
 from residency.common.privacy.public_size import far_from
 from residency.common.privacy.unit import DEFAULT_RECORDS_PER_PERSON, PrivacyUnit
+
+if TYPE_CHECKING:
+    from residency.client.budget_store import BudgetStore
 
 node_app = typer.Typer(
     help="Run a country node: its own data, budget and key; only updates leave.",
@@ -292,13 +295,22 @@ def _warn_if_far_from_public_size(settings: NodeSettings) -> None:
         )
 
 
+def _budget_store(settings: NodeSettings) -> BudgetStore:
+    """The node's durable store; one that cannot be opened is one line and exit 2."""
+    from residency.client.budget_store import STORE_FILE, BudgetStore
+
+    try:
+        return BudgetStore(settings.state / STORE_FILE)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_INPUT) from exc
+
+
 @node_app.command()
 def status(
     folder: Annotated[Path, typer.Argument(help="Node folder from `node init`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Privacy budget spent and left per dataset, from the node's own durable store."""
-    from residency.client.budget_store import STORE_FILE, BudgetStore
     from residency.common.config.kinds import AccountantKind
     from residency.common.privacy.accountant import epsilon_spent
 
@@ -306,10 +318,7 @@ def status(
         settings = NodeDir(folder).load()
     except ConfigError as exc:
         raise fail(str(exc), EXIT_INPUT) from exc
-    try:
-        store = BudgetStore(settings.state / STORE_FILE)
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_INPUT) from exc
+    store = _budget_store(settings)
     charges = store.charges()
     accounts = {account.id: account for account in store.accounts()}
     rows = []
@@ -416,7 +425,6 @@ def reset(
     The old account keeps every charge; only later rounds charge the new one. The reset is
     appended to the node's ledger, so `residency audit verify` and `audit report` show it.
     """
-    from residency.client.budget_store import STORE_FILE, BudgetStore
     from residency.common.privacy.ledger import EntryKind, Ledger
     from residency.common.privacy.signing import load_or_create_signer
 
@@ -430,10 +438,7 @@ def reset(
         raise fail(
             f"{settings.data}: data file not found; fix: check data in node.toml", EXIT_INPUT
         )
-    try:
-        store = BudgetStore(settings.state / STORE_FILE)
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_INPUT) from exc
+    store = _budget_store(settings)
     old, new = store.reset(settings.dataset_name, settings.data, reason=reason)
     signer = load_or_create_signer(
         settings.record_key, comment=f"residency-record-{settings.country}"

@@ -225,7 +225,7 @@ class BudgetStore:
         except sqlite3.DatabaseError as exc:
             fix = (
                 "another process has held it for 30 s; stop that process, then retry"
-                if "locked" in str(exc)
+                if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # busy past the timeout
                 else "restore the node's state folder from its backup; without its record of"
                 " spend the node cannot train"
             )
